@@ -1,0 +1,80 @@
+"""The ``mirage`` command line: a Typer app that parses, validates and delegates.
+
+Every user-facing error is a :class:`~mirage_cli.errors.MirageError`; :func:`main` prints it as one
+line on stderr and exits with code 2. ``--debug`` (accepted anywhere on the command line) shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..errors import MirageError
+from .console import err_console
+
+app = typer.Typer(
+    name="mirage",
+    help="Camera-controlled, 3D-consistent video from a single image, with a latent spatial memory.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mirage {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (may be given anywhere on the line)."),
+) -> None:
+    """mirage: latent spatial memory for camera-controlled video."""
+
+
+from . import bench as _bench  # noqa: E402
+from . import cache as _cache  # noqa: E402
+from . import generate as _generate  # noqa: E402
+from . import models as _models  # noqa: E402
+from . import traj as _traj  # noqa: E402
+
+app.add_typer(_traj.app, name="traj")
+app.add_typer(_cache.app, name="cache")
+app.add_typer(_models.app, name="models")
+_generate.register(app)
+_bench.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:  # hoist so that the root callback owns it wherever the user typed it
+        args = ["--debug"] + [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="mirage", standalone_mode=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if argv is None:
+            sys.exit(code)
+        return code
+    except MirageError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        if argv is None:
+            sys.exit(e.exit_code)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+        if argv is None:
+            sys.exit(130)
+        return 130
+    return 0

@@ -1,0 +1,7 @@
+"""`mirage bench` (to be filled in)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `bench` command to the root app."""
