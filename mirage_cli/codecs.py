@@ -76,3 +76,26 @@ class PixelCodec:
     def describe(self) -> dict:
         return {"name": self.name, "channels": self.channels, "spatial_factor": self.spatial_factor,
                 "temporal_factor": self.temporal_factor}
+
+
+def features_to_rgb(features: torch.Tensor, codec_name: str) -> torch.Tensor:
+    """``(N, C)`` memory features -> ``(N, 3)`` colours in [0, 1].
+
+    Exact for the pixel codec. For any other codec (whose latents are not colours without its
+    decoder) this is a **pseudo-colour**: the three principal components of the features, each
+    stretched over its 1st..99th percentile — good for seeing structure in a PLY, not true colour.
+    """
+    f = features.float()
+    if codec_name.startswith("pixel"):
+        return f[:, :3].clamp(0, 1)
+    if f.shape[0] == 0:
+        return torch.zeros(0, 3)
+    centred = f - f.mean(0, keepdim=True)
+    idx = torch.linspace(0, f.shape[0] - 1, min(f.shape[0], 20000)).long()  # a fixed subsample keeps it fast
+    _, _, V = torch.linalg.svd(centred[idx], full_matrices=False)
+    pcs = centred @ V[:3].T
+    if pcs.shape[1] < 3:
+        pcs = F.pad(pcs, (0, 3 - pcs.shape[1]))
+    lo = torch.quantile(pcs[idx], 0.01, dim=0)
+    hi = torch.quantile(pcs[idx], 0.99, dim=0)
+    return ((pcs - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)

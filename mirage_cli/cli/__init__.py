@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except MirageError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         if argv is None:
             sys.exit(e.exit_code)
         return e.exit_code

@@ -1,7 +1,68 @@
-"""`mirage bench` (to be filled in)."""
+"""`mirage bench`: parse the options, hand them to :func:`mirage_cli.bench.run_bench`, print the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .console import console, err_console
 
 
 def register(app: typer.Typer) -> None:
     """Add the `bench` command to the root app."""
+    app.command("bench", no_args_is_help=True)(bench_cmd)
+
+
+def bench_cmd(
+    compare: str = typer.Option(..., "--compare", help="Baseline to compare the latent memory with: pointcloud."),
+    scene: str = typer.Option("synthetic", "--scene", help="'synthetic' (procedural room, exact depth, ground truth) or an IMAGE path."),
+    depth: Optional[Path] = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) [default: its sidecar IMAGE.depth.npy]."),
+    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file or preset [default: orbit_360; on the synthetic scene presets orbit the room's centre]."),
+    frames: int = typer.Option(25, "--frames", "-n", help="Total frames (all laps)."),
+    laps: int = typer.Option(1, "--laps", help="Repeat the trajectory this many times (e.g. 2 laps of orbit_360)."),
+    chunk_frames: int = typer.Option(9, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan codecs."),
+    codec: str = typer.Option("tiny", "--codec", help="tiny | pixel | wan2.1-vae | wan2.2-vae (real weights when cached, else random weights of the real architecture)."),
+    height: int = typer.Option(240, "--height", help="Frame height."),
+    width: int = typer.Option(416, "--width", help="Frame width."),
+    denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached)."),
+    steps: int = typer.Option(4, "--steps", help="Denoiser steps per chunk."),
+    write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (append: point cloud only; the latent memory keeps 'new')."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    fidelity: str = typer.Option("auto", "--fidelity", help="auto | on | off: decode both reads and compare with the true render (auto: synthetic scene and non-random codec)."),
+    seed: int = typer.Option(0, "--seed", help="Scene texture seed and denoiser noise seed."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (config, totals, ratios, per-chunk arrays) to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of cache size and cumulative seconds against frames."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
+    from ..bench import BenchConfig, draw_plot, run_bench, summary_table
+    from ..io import write_json
+
+    cfg = BenchConfig(compare=compare, scene=scene, depth=str(depth) if depth else None, traj=traj, frames=frames,
+                      laps=laps, chunk_frames=chunk_frames, codec=codec, height=height, width=width, denoiser=denoiser,
+                      steps=steps, write_policy=write_policy, device=device, fidelity=fidelity, seed=seed)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, disable=quiet, transient=False)
+    with progress:
+        report = run_bench(cfg, progress=progress, warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    if json_out:
+        write_json(json_out, report)
+    if plot:
+        draw_plot(report, plot)
+    console.print(summary_table(report))
+    notes = [f"weights: {report['weights']} (codec {report['weights_detail']['codec']}, "
+             f"denoiser {report['weights_detail']['denoiser']}); chunk content: {report['config']['content']}"]
+    if report["laps"]:
+        for lap in report["laps"][1:]:
+            notes.append(f"lap {lap['lap']}: cache growth latent {lap['latent_growth']:+.1%}, "
+                         f"pointcloud {lap['pointcloud_growth']:+.1%}")
+    for n in notes:
+        console.print(n, highlight=False)
+    if json_out:
+        console.print(f"report {json_out}" + (f"\nplot   {plot}" if plot else ""), highlight=False)
+    elif plot:
+        console.print(f"plot   {plot}", highlight=False)
+

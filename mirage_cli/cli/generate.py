@@ -1,7 +1,96 @@
-"""`mirage generate` (to be filled in)."""
+"""`mirage generate`: parse the options, hand them to :func:`mirage_cli.generate.generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from .console import console, err_console
 
 
 def register(app: typer.Typer) -> None:
     """Add the `generate` command to the root app."""
+    app.command("generate", no_args_is_help=True)(generate_cmd)
+
+
+def generate_cmd(
+    image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory). Not needed with --resume."),
+    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: outputs/<image-stem>-<traj-stem>]."),
+    backend: str = typer.Option("preview", "--backend", "-b", help="preview (no network, seconds) or wan-vace (Wan2.1-VACE diffusion)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="wan-vace model: registry name, Hub repo id or local directory [default: wan2.1-vace-1.3b]."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/16-bit .png), 'model' or 'prior' [default: sidecar, else cached depth model, else prior]."),
+    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for 16-bit PNG, e.g. 0.001 for mm)."),
+    depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for --depth model / automatic depth."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample the trajectory to N frames."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate [default: the trajectory's]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) [default: the image's]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Output width [default: the image's]."),
+    fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
+    steps: int = typer.Option(30, "--steps", help="Denoising steps (wan-vace)."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (wan-vace; 1 disables)."),
+    shift: float = typer.Option(3.0, "--shift", help="Flow-matching timestep shift (wan-vace; 3 for 480p, 5 for 720p)."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, with --guidance > 1)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan [default: 9 preview, 49 wan-vace]."),
+    downscale: int = typer.Option(1, "--downscale", help="preview: memory grid = image / N (faster, blockier)."),
+    cache_dump: str = typer.Option("chunks", "--cache-dump", help="none | final | chunks: which memory dumps to keep in OUT/cache."),
+    write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average."),
+    memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
+    references: int = typer.Option(2, "--references", help="Reference latent frames chosen by co-visibility per chunk (wan-vace)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace: keep modules on the CPU until used (small GPUs)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
+) -> None:
+    """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
+    from ..generate import GenerateConfig, generate
+
+    cfg = GenerateConfig(
+        image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
+        depth=depth, depth_scale=depth_scale, depth_model=depth_model, frames=frames, fps=fps, height=height, width=width,
+        fov=fov, seed=seed, steps=steps, guidance=guidance, shift=shift, prompt=prompt, negative_prompt=negative_prompt,
+        device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
+        write_policy=write_policy, memory=str(memory) if memory else None, references=references,
+        cpu_offload=cpu_offload, overwrite=overwrite,
+    )
+    warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
+    show = not (quiet or json_out)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, disable=not show, transient=False)
+    with progress:
+        record = generate(cfg, progress=progress, warn=warn, resume_dir=resume)
+    if json_out:
+        console.print_json(json.dumps(record))
+    elif not quiet:
+        print_summary(record)
+
+
+def print_summary(record: dict) -> None:
+    """What was written where, and how long each stage took."""
+    from rich.table import Table
+
+    tot = record["totals"]
+    b = record["backend"]
+    if b.get("name") == "preview":
+        console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
+    t = Table(title=f"mirage generate — {record['trajectory']['frames']} frames, {len(record['chunks'])} chunks, "
+                    f"backend {b.get('name')}, {record['device']}", show_header=True)
+    for col in ("stage", "seconds"):
+        t.add_column(col)
+    for k, v in tot["seconds"].items():
+        t.add_row(k, f"{v:.2f}")
+    t.add_row("total (wall)", f"{tot['wall_seconds']:.2f}")
+    console.print(t)
+    console.print(f"memory: {tot['memory_points']:,} points, {tot['memory_bytes'] / 1e6:.2f} MB")
+    o = record["outputs"]
+    console.print(f"video  {o['video']}\nchunks {Path(o['chunks'][0]).parent}/ ({len(o['chunks'])} mp4)\n"
+                  f"cache  {Path(o['run']).parent / 'cache'}/ ({len(o['cache'])} dumps)\nrecord {o['run']}")

@@ -1,5 +1,79 @@
-"""`mirage models ...` commands (to be filled in)."""
+"""`mirage models ...`: list the known models, download one, write the tiny test kit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="models commands", no_args_is_help=True)
+from .console import console, err_console
+
+app = typer.Typer(help="Known models: list, download, tiny random-weight kit.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Known model names, their Hub repos, approximate sizes and whether they are in the local cache."""
+    from ..models import REGISTRY, cache_status, hub_cache_dir
+
+    rows = []
+    for spec in REGISTRY.values():
+        status, snap = cache_status(spec)
+        rows.append({"name": spec.name, "repo": spec.repo_id, "kind": spec.kind,
+                     "subfolders": list(spec.subfolders) if spec.subfolders else None,
+                     "size_gb": spec.size_gb, "cached": status, "path": str(snap) if snap else None,
+                     "description": spec.description})
+    if as_json:
+        typer.echo(json.dumps({"cache_dir": str(hub_cache_dir()), "models": rows}, indent=2))
+        return
+    table = Table(title=f"models (cache: {hub_cache_dir()})", title_justify="left")
+    for col in ("name", "repo", "kind", "size", "cached"):
+        table.add_column(col, overflow="fold")
+    colour = {"cached": "green", "partial": "yellow", "absent": "dim"}
+    for r in rows:
+        table.add_row(r["name"], r["repo"], r["kind"], f"≈{r['size_gb']:g} GB",
+                      f"[{colour[r['cached']]}]{r['cached']}[/]")
+    console.print(table)
+    console.print("fetch one with [bold]mirage models download NAME[/]; any diffusers-layout folder also works "
+                  "as --model DIR", highlight=False)
+
+
+@app.command("download")
+def download(
+    name: str = typer.Argument(..., help="Registry name (see `mirage models list`) or Hub repo id."),
+) -> None:
+    """Fetch a model's needed subfolders (configs + safetensors only) into the Hugging Face cache."""
+    from ..errors import MirageError
+    from ..models import _snapshot_dir, hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model
+
+    repo_id, spec = lookup(name)
+    if hub_offline():
+        snap = _snapshot_dir(repo_id, hub_cache_dir())
+        sub = list(spec.subfolders) if spec and spec.subfolders else None
+        if snap is None or missing_parts(snap, sub):
+            raise MirageError(f"cannot download {name} ({repo_id}): HF_HUB_OFFLINE is set; unset it (and be online), "
+                              "or pass a local copy in Hub layout as --model DIR")
+    size = f" (≈{spec.size_gb:g} GB)" if spec else ""
+    err_console.print(f"downloading {name} from {repo_id}{size} ...", highlight=False)
+    path = resolve_model(name, download=True)
+    console.print(f"{name}: {path}", highlight=False)
+
+
+@app.command("tiny")
+def tiny(
+    directory: Path = typer.Argument(..., help="New (or empty) directory to write the kit into."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+) -> None:
+    """Write tiny random-weight models in Hub layout (Wan2.1-VACE folder + DIR/depth) for tests and smoke runs.
+
+    Use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is noise).
+    """
+    from ..tiny import make_tiny_kit
+
+    paths = make_tiny_kit(directory, seed=seed)
+    console.print(f"wan-vace (random weights): {paths['vace']}\ndepth model (random weights): {paths['depth']}",
+                  highlight=False)

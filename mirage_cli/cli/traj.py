@@ -1,5 +1,144 @@
-"""`mirage traj ...` commands (to be filled in)."""
+"""`mirage traj ...`: list presets, write a preset, convert a trajectory file, show one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="traj commands", no_args_is_help=True)
+from .console import console, err_console
+
+app = typer.Typer(
+    help="Camera trajectories: presets, format conversion, inspection.",
+    no_args_is_help=True,
+)
+
+FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colmap | worldscore."
+
+
+def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = False) -> None:
+    """Write ``traj`` to ``out`` (``-`` = stdout) and say where it went."""
+    from ..trajectory import trajectory_text, write_trajectory
+
+    if out == "-":
+        typer.echo(trajectory_text(traj, fmt, convention=convention, pose=pose), nl=False)
+        return
+    paths = write_trajectory(traj, out, fmt, convention=convention, pose=pose)
+    if not quiet:
+        err_console.print(f"wrote {', '.join(str(p) for p in paths)} ({fmt}, {len(traj)} frames)", highlight=False)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List the presets, one line each: name, motion, parameters with their defaults."""
+    from ..presets import PRESETS
+
+    width = max(len(n) for n in PRESETS)
+    for name, p in PRESETS.items():
+        params = " ".join(f"{k}={v:g}" for k, v in p.defaults().items())
+        typer.echo(f"{name:<{width}}  {p.description}  [{params}]")
+
+
+@app.command("preset", no_args_is_help=True)
+def preset_cmd(
+    name: Optional[str] = typer.Argument(None, help="Preset name (see `mirage traj list`)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file ('-' = stdout)."),
+    all_dir: Optional[Path] = typer.Option(None, "--all", help="Write every preset with its defaults into this folder."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Number of frames [default: 49; orbit_360: 81]."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second [default: 16]."),
+    fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view of frame 0, degrees [default: 55]."),
+    angle: Optional[float] = typer.Option(None, "--angle", help="Total rotation in degrees (orbits, pans, tilts, spiral)."),
+    distance: Optional[float] = typer.Option(None, "--distance", help="Total travel in reference-depth units (truck, pedestal, dolly, dolly_zoom, spiral radius)."),
+    look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Depth of the look-at point (orbits, dolly_zoom, spiral) [default: 1]."),
+    zoom: Optional[float] = typer.Option(None, "--zoom", help="Focal-length factor, >= 1 (zoom_in, zoom_out) [default: 1.5]."),
+    width: int = typer.Option(832, "--width", help="render_width written to the file (intrinsics adapt to any size)."),
+    height: int = typer.Option(480, "--height", help="render_height written to the file."),
+    to: str = typer.Option("native", "--to", help=FORMAT_HELP),
+    convention: str = typer.Option("opencv", "--convention", help="native only: opencv | opengl (opengl = what nerfstudio renders)."),
+    pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
+) -> None:
+    """Write preset NAME (with parameter overrides) to a trajectory file."""
+    from ..errors import MirageError
+    from ..presets import make_preset, write_presets
+
+    if all_dir is not None:
+        if name or output or any(v is not None for v in (frames, fps, fov, angle, distance, look_at_depth, zoom)):
+            raise MirageError("--all writes every preset with its defaults; give no NAME, -o or parameters with it")
+        paths = write_presets(all_dir)
+        err_console.print(f"wrote {len(paths)} presets to {all_dir}", highlight=False)
+        return
+    if not name or not output:
+        raise MirageError("give a preset NAME and -o FILE (or --all DIR)")
+    traj = make_preset(name, frames=frames, fps=fps, fov=fov, angle=angle, distance=distance,
+                       look_at_depth=look_at_depth, zoom=zoom, width=width, height=height)
+    _emit(traj, output, to, convention, pose)
+
+
+@app.command("convert", no_args_is_help=True)
+def convert_cmd(
+    source: str = typer.Argument(..., help="Trajectory file in any supported format (or a preset name)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output file ('-' = stdout; for colmap a folder or images.txt)."),
+    to: str = typer.Option("native", "--to", help=FORMAT_HELP),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample to N frames (slerp rotations, linear translation/intrinsics)."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Set the frame rate."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Declare the translations absolute | relative (units of the reference depth)."),
+    relative: bool = typer.Option(False, "--relative", help="Re-express the poses relative to frame 0 (frame 0 = identity)."),
+    convention: str = typer.Option("opencv", "--convention", help="native only: opencv | opengl (opengl = what nerfstudio renders)."),
+    pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
+) -> None:
+    """Convert SOURCE (format detected from its content) to a native (or other) trajectory file."""
+    from ..trajectory import convert
+
+    traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
+    _emit(traj, output, to, convention, pose)
+
+
+def _table(s: dict) -> Table:
+    unit = "x reference depth" if s["scale"] == "relative" else "units"
+    lo, hi = s["fov_y_deg"]
+    fov = f"{lo:.2f} deg" if abs(hi - lo) < 5e-3 else f"{lo:.2f} - {hi:.2f} deg"
+    intr = "vertical fov only (adapts to any aspect)" if s["fov_only"] else "normalized intrinsics"
+    rows = [
+        ("file", s["source"]), ("format", s["format"]),
+        ("frames", str(s["frames"])), ("fps", f"{s['fps']:g} ({s['seconds']:.2f} s)"),
+        ("scale", s["scale"]), ("render size", "{} x {}".format(*s["render_size"])),
+        ("intrinsics", intr), ("fov (vertical)", fov),
+        ("path length", f"{s['path_length']:.4g} {unit}"),
+        ("farthest from start", f"{s['max_distance_from_start']:.4g} {unit}"),
+        ("largest rotation", f"{s['largest_rotation_deg']:.2f} deg from frame 0 (at frame {s['largest_rotation_frame']})"),
+        ("largest step", f"{s['largest_step_rotation_deg']:.3f} deg between consecutive frames"),
+    ]
+    if "preset" in s:
+        params = " ".join(f"{k}={v:g}" for k, v in s["preset"].get("params", {}).items())
+        rows.append(("preset", f"{s['preset'].get('name')} ({params})"))
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+@app.command("show", no_args_is_help=True)
+def show_cmd(
+    source: str = typer.Argument(..., help="Trajectory file in any supported format (or a preset name)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a PNG: top and side views of the camera centres."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+) -> None:
+    """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
+    from ..trajectory import load_trajectory, summarize
+
+    traj = load_trajectory(source)
+    s = summarize(traj)
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        console.print(_table(s))
+    if plot is not None:
+        from ..trajplot import plot_trajectory
+
+        plot_trajectory(traj, plot)
+        err_console.print(f"wrote {plot}", highlight=False)

@@ -1,0 +1,135 @@
+"""File input/output shared by the commands: images, videos, JSON — all writes atomic.
+
+An atomic write goes to a temporary file in the destination's directory and is renamed over the
+destination only when complete, so a crash or Ctrl-C never leaves half a file behind and never
+destroys the previous version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import MirageError
+
+
+@contextmanager
+def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, else delete it.
+
+    ``suffix`` (default: ``path``'s) is kept on the temporary name for writers that pick a format
+    from the extension (ffmpeg).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
+    except OSError as e:
+        raise MirageError(f"{path.parent}: cannot write here ({e.strerror or e})") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path | str, data: dict) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_image(path: Path | str) -> torch.Tensor:
+    """Read an image file as ``(3, H, W)`` float32 RGB in [0, 1] (alpha is dropped)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise MirageError(f"{path}: image not found")
+    if path.is_dir():
+        raise MirageError(f"{path}: is a directory, not an image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise MirageError(f"{path}: not a readable image ({e.__class__.__name__})") from e
+    arr = np.asarray(rgb, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def save_image(path: Path | str, image: torch.Tensor) -> None:
+    """Write ``(3, H, W)`` [0, 1] as PNG, atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image[None])[0]).save(tmp, format="PNG")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``(T, 3, H, W)`` float [0, 1] -> ``(T, H, W, 3)`` uint8 (round to nearest)."""
+    return (frames.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_video(path: Path | str, frames: np.ndarray | torch.Tensor, fps: float, comment: str | None = None) -> None:
+    """Write an H.264 MP4 with exactly ``len(frames)`` frames, atomically.
+
+    Args:
+        frames: ``(T, H, W, 3)`` uint8 or ``(T, 3, H, W)`` float in [0, 1].
+        fps: frames per second. comment: stored in the container's ``comment`` tag.
+    """
+    import imageio.v2 as imageio
+
+    if isinstance(frames, torch.Tensor):
+        frames = to_uint8(frames)
+    if len(frames) == 0:
+        raise MirageError(f"{path}: no frames to write")
+    params = ["-metadata", f"comment={comment}"] if comment else None
+    with atomic_path(path) as tmp:
+        writer = imageio.get_writer(
+            tmp, fps=float(fps), codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error",
+            pixelformat="yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p",
+            output_params=params,
+        )
+        try:
+            for f in frames:
+                writer.append_data(np.ascontiguousarray(f))
+        finally:
+            writer.close()
+
+
+def read_video(path: Path | str) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames of a video file."""
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(path)
+    try:
+        return np.stack([np.asarray(f) for f in reader])
+    finally:
+        reader.close()

@@ -1,0 +1,258 @@
+"""The one deterministic, footprint-aware z-buffer splat shared by every memory.
+
+Footprints. A point ``p`` of frame ``t`` sits at continuous grid coordinates ``(u, v)`` (cell
+``(i, j)`` has its centre at ``(j + 0.5, i + 0.5)``) and covers the cells whose centres lie in its
+footprint:
+
+- square (``radius``): ``[u - r, u + r) x [v - r, v + r)``;
+- parallelogram (``axes``, a ``2 x 2`` matrix ``J`` whose columns are the footprint's two half-axes
+  in target cells): the centres ``c`` with ``|J^-1 (c - (u, v))|_inf <= 1 + margin``. This is the
+  exact image of a latent cell lifted as a small planar patch (see :mod:`.latent`), so a surface
+  seen obliquely, or from closer, is tiled without cracks and without overlaps.
+
+Half-extents are clamped to ``[0.5, max_radius]`` cells: a point always covers the cell its centre
+falls in (exactly that cell for ``r = 0.5``: the cell whose centre is in ``[u - 0.5, u + 0.5)``),
+and a very close point cannot flood the frame. Points with ``z <= 0`` (behind the camera),
+non-finite values or a footprint that misses the grid are dropped; a point whose centre is just
+outside the grid still covers the border cells its footprint overlaps.
+
+Visibility. One ``scatter_reduce(amin)`` over a packed int64 per (cell, point):
+``float32 bits of z << 32 | key`` (positive float32 bits sort like the floats). The nearest point
+wins; among exactly equal depths the smaller ``key`` wins, a 31-bit hash of the point's own content,
+so the result does not depend on the order of the points. Only if depth and key are both equal
+(indistinguishable points) does the lower point index decide. A min-reduce over integers is exact
+and order-independent on CPU and CUDA, unlike "last write wins"; everything is elementwise fp32
+(no matmul), so CPU and CUDA give the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_INT64_MAX = torch.iinfo(torch.int64).max
+# Points are grouped by how many cells their footprint spans per axis (a short loop over groups,
+# never over points): span 1 needs no expansion, the others expand to span x span offsets.
+_SPAN_GROUPS = (1, 2, 3, 5, 9, 17, 33, 65)
+AXES_MARGIN = 0.05
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """Integer hash (lowbias32-style) of int64 values taken modulo 2**32; returns values in [0, 2**32)."""
+    x = x & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def hash_rows(bits: torch.Tensor) -> torch.Tensor:
+    """31-bit hash of each row of an integer tensor ``(N, D)`` (values < 2**32) -> ``(N,)`` int64.
+
+    Depends only on the row's values (and column positions), so it follows a point wherever it is
+    stored. Vectorised; all products stay below 2**63.
+    """
+    N, D = bits.shape
+    cols = torch.arange(D, device=bits.device, dtype=torch.int64)
+    m = mix32(bits.to(torch.int64) + cols * 0x9E3779B9)
+    weights = mix32(cols + 0x1234567) & 0xFFFFF | 1  # odd 20-bit weight per column
+    s = (m * weights).sum(dim=1) & _MASK32
+    return mix32(s + D) & 0x7FFFFFFF
+
+
+def float_bits(x: torch.Tensor) -> torch.Tensor:
+    """Raw bit pattern of a float tensor as non-negative int64 (16 or 32 bits; fp64 is cast to fp32)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.contiguous().view(torch.int16).to(torch.int64) & 0xFFFF
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    return x.contiguous().view(torch.int32).to(torch.int64) & _MASK32
+
+
+def splat(
+    uv: torch.Tensor,
+    z: torch.Tensor,
+    radius: torch.Tensor | None,
+    h: int,
+    w: int,
+    key: torch.Tensor | None = None,
+    max_radius: float = 4.0,
+    axes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffered splat of ``P`` points into ``T`` frames of an ``h x w`` grid.
+
+    Args:
+        uv: ``(T, P, 2)`` continuous target-grid coordinates (cell centres at +0.5).
+        z: ``(T, P)`` z-depth in each target camera.
+        radius: ``(T, P)`` half-extent of a square footprint in target cells (ignored when
+            ``axes`` is given; ``None`` only with ``axes``).
+        h, w: grid size.
+        key: optional ``(P,)`` or ``(T, P)`` int64 tie-break keys in ``[0, 2**31)`` (a hash of each
+            point's content). Default: a hash of the float32 bits of ``(u, v, z)``.
+        max_radius: largest half-extent in cells.
+        axes: optional ``(T, P, 2, 2)`` parallelogram footprints: ``axes[..., :, k]`` is half-axis
+            ``k`` as a ``(du, dv)`` displacement in target cells.
+    Returns:
+        index: ``(T, h, w)`` int64, the winning point per cell, ``-1`` where no point landed.
+        depth: ``(T, h, w)`` float32, the winner's ``z``, ``0`` where no point landed.
+    """
+    if uv.ndim != 3 or uv.shape[-1] != 2 or z.shape != uv.shape[:2]:
+        raise ValueError(f"splat: uv {tuple(uv.shape)}, z {tuple(z.shape)} must be (T,P,2), (T,P)")
+    if axes is None and (radius is None or radius.shape != z.shape):
+        raise ValueError("splat: radius must be (T,P) (or give axes (T,P,2,2))")
+    if axes is not None and axes.shape != (*z.shape, 2, 2):
+        raise ValueError(f"splat: axes {tuple(axes.shape)} must be (T,P,2,2)")
+    T, P = z.shape
+    u = uv[..., 0].float()
+    v = uv[..., 1].float()
+    zf = z.float()
+    ok = torch.isfinite(u) & torch.isfinite(v) & torch.isfinite(zf) & (zf > 0)
+    t_idx, p_idx = ok.nonzero(as_tuple=True)
+    u, v, zf = u[t_idx, p_idx], v[t_idx, p_idx], zf[t_idx, p_idx]
+    if axes is not None:
+        J = axes.float()[t_idx, p_idx]
+        ru, rv, jinv = axes_extent(J)
+    else:
+        ru = rv = radius.float()[t_idx, p_idx]
+        jinv = None
+    if key is None:
+        ks = hash_rows(torch.stack([float_bits(u), float_bits(v), float_bits(zf)], dim=1))
+    else:
+        key = key.to(device=z.device, dtype=torch.int64)
+        ks = key[p_idx] if key.ndim == 1 else key[t_idx, p_idx]
+    return rasterize(t_idx, p_idx, u, v, zf, ru, rv, jinv, ks, T, h, w, max_radius)
+
+
+def axes_extent(J: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Bounding half-extents and inverse of parallelogram footprints ``J (M, 2, 2)``.
+
+    Returns ``ru (M,)``, ``rv (M,)`` and the inverse as four ``(M,)`` tensors ``(a, b, c, d)`` of
+    ``[[a, b], [c, d]]``. A degenerate parallelogram (seen edge-on) gets a huge inverse, so it
+    covers only the cell its centre falls in.
+    """
+    return axes_extent4(J[:, 0, 0], J[:, 0, 1], J[:, 1, 0], J[:, 1, 1])
+
+
+def axes_extent4(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor):
+    """:func:`axes_extent` for ``J = [[a, b], [c, d]]`` given as four ``(M,)`` tensors."""
+    ru = a.abs() + b.abs()
+    rv = c.abs() + d.abs()
+    det = a * d - b * c
+    good = det.abs() > 1e-12
+    inv_det = torch.where(good, 1.0 / torch.where(good, det, torch.ones_like(det)), torch.zeros_like(det))
+    big = torch.full_like(det, 1e12)
+    jinv = tuple(torch.where(good, x * inv_det, big) for x in (d, -b, -c, a))
+    return ru, rv, jinv
+
+
+def rasterize(
+    t_idx: torch.Tensor,
+    owner: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    z: torch.Tensor,
+    ru: torch.Tensor,
+    rv: torch.Tensor,
+    jinv: tuple[torch.Tensor, ...] | None,
+    key: torch.Tensor,
+    T: int,
+    h: int,
+    w: int,
+    max_radius: float = 4.0,
+    margin: float = AXES_MARGIN,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Core of :func:`splat` on a flat list of ``M`` (frame, point) pairs with ``z > 0``.
+
+    Args:
+        t_idx, owner: ``(M,)`` frame and point index of each pair (``t_idx`` may be a python int
+            0 when ``T == 1``).
+        u, v, z: ``(M,)`` fp32 grid coordinates and depth.
+        ru, rv: ``(M,)`` half-extents in cells (clamped here to ``[0.5, max_radius]``).
+        jinv: inverse parallelogram axes as four ``(M,)`` tensors (see :func:`axes_extent`), or
+            ``None`` for square footprints.
+        key: ``(M,)`` int64 tie-break keys in ``[0, 2**31)``.
+    Returns:
+        index ``(T, h, w)`` int64 (-1 none) and depth ``(T, h, w)`` float32 (0 none).
+    """
+    dev = z.device
+    hw = h * w
+    index = torch.full((T * hw,), -1, dtype=torch.int64, device=dev)
+    depth = torch.zeros(T * hw, dtype=torch.float32, device=dev)
+    if z.numel() == 0 or hw == 0:
+        return index.view(T, h, w), depth.view(T, h, w)
+    if not torch.is_tensor(t_idx):
+        t_idx = torch.full_like(owner, int(t_idx))
+    ru = ru.nan_to_num(0.5).clamp(0.5, float(max_radius))
+    rv = rv.nan_to_num(0.5).clamp(0.5, float(max_radius))
+    # Cell ranges [j0, j1) x [i0, i1) whose centres lie in the bounding box; clamp before casting.
+    j0 = torch.ceil(u - ru - 0.5).clamp(-1, w + 1)
+    j1 = torch.ceil(u + ru - 0.5).clamp(-1, w + 1)
+    i0 = torch.ceil(v - rv - 0.5).clamp(-1, h + 1)
+    i1 = torch.ceil(v + rv - 0.5).clamp(-1, h + 1)
+    ok = ((j1 > 0) & (j0 < w) & (i1 > 0) & (i0 < h)).nonzero().squeeze(1)
+    if ok.numel() == 0:
+        return index.view(T, h, w), depth.view(T, h, w)
+    if ok.numel() < z.numel():
+        t_idx, owner, u, v, z, key, j0, j1, i0, i1 = (
+            x.index_select(0, ok) for x in (t_idx, owner, u, v, z, key, j0, j1, i0, i1))
+        jinv = None if jinv is None else tuple(x.index_select(0, ok) for x in jinv)
+    jc0, jc1 = j0.long().clamp(0, w), j1.long().clamp(0, w)
+    ic0, ic1 = i0.long().clamp(0, h), i1.long().clamp(0, h)
+    span_j, span_i = jc1 - jc0, ic1 - ic0
+    span = torch.maximum(span_i, span_j)
+    base = t_idx * hw + ic0 * w + jc0
+    packed = (float_bits(z) << 32) | (key & 0x7FFFFFFF)
+
+    cells, vals, owners = [], [], []
+    one = span == 1  # a single cell (the one the centre falls in): no expansion, no test
+    if bool(one.all()):
+        cells.append(base), vals.append(packed), owners.append(owner)
+    else:
+        sel = one.nonzero().squeeze(1)
+        cells.append(base.index_select(0, sel))
+        vals.append(packed.index_select(0, sel))
+        owners.append(owner.index_select(0, sel))
+        lo = 1
+        for hi in _SPAN_GROUPS[1:]:
+            sel = ((span > lo) & (span <= hi)).nonzero().squeeze(1)
+            lo = hi
+            if sel.numel() == 0:
+                continue
+            off = torch.arange(hi, device=dev)
+            di, dj = torch.meshgrid(off, off, indexing="ij")
+            di, dj = di.reshape(-1), dj.reshape(-1)
+            inside = (di[None] < span_i[sel, None]) & (dj[None] < span_j[sel, None])  # (S, hi*hi)
+            rows, offs = inside.nonzero(as_tuple=True)
+            s = sel.index_select(0, rows)
+            dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
+            cell = base.index_select(0, s) + dio * w + djo
+            if jinv is not None:
+                us, vs = u.index_select(0, s), v.index_select(0, s)
+                ci = ic0.index_select(0, s) + dio
+                cj = jc0.index_select(0, s) + djo
+                dx = (cj.to(torch.float32) + 0.5) - us
+                dy = (ci.to(torch.float32) + 0.5) - vs
+                a, b, c, d = (x.index_select(0, s) for x in jinv)
+                alpha = a * dx + b * dy
+                beta = c * dx + d * dy
+                # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
+                home = (ci == torch.ceil(vs - 1.0).long()) & (cj == torch.ceil(us - 1.0).long())
+                keep = (((alpha.abs() <= 1 + margin) & (beta.abs() <= 1 + margin)) | home).nonzero().squeeze(1)
+                s, cell = s.index_select(0, keep), cell.index_select(0, keep)
+            cells.append(cell)
+            vals.append(packed.index_select(0, s))
+            owners.append(owner.index_select(0, s))
+    cell = torch.cat(cells) if len(cells) > 1 else cells[0]
+    val = torch.cat(vals) if len(vals) > 1 else vals[0]
+    own = torch.cat(owners) if len(owners) > 1 else owners[0]
+
+    best = torch.full((T * hw,), _INT64_MAX, dtype=torch.int64, device=dev)
+    best.scatter_reduce_(0, cell, val, reduce="amin", include_self=True)
+    win = (val == best.index_select(0, cell)).nonzero().squeeze(1)
+    best_owner = torch.full((T * hw,), _INT64_MAX, dtype=torch.int64, device=dev)
+    best_owner.scatter_reduce_(0, cell.index_select(0, win), own.index_select(0, win), reduce="amin",
+                               include_self=True)
+    known = best_owner != _INT64_MAX
+    index = torch.where(known, best_owner, index)
+    zbits = (best >> 32).to(torch.int32)
+    depth = torch.where(known, zbits.view(torch.float32), depth)
+    return index.view(T, h, w), depth.view(T, h, w)

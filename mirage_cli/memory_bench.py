@@ -1,0 +1,195 @@
+"""Speed of the latent memory: read / write / lift of one latent grid against a large memory.
+
+``python -m mirage_cli.memory_bench [--points 200000] [--device cpu]`` prints the report; the
+``mirage bench --memory-only`` command calls :func:`memory_speed_report`. Not a unit test: numbers
+depend on the machine and its load, so the report names the machine.
+
+Setup: the procedural room (:mod:`mirage_cli.scenes`) is lifted from many viewpoints at the latent
+grid size (random ``channels``-channel fp16 features, exact depth) until the memory holds
+``points`` points, the way an append-everything memory would grow. Then one chunk of ``frames``
+latent frames on an orbit is read, and written back with the default ``"new"`` policy (the known
+mask of that read), and written again as if every cell were new (the worst case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from .camera import Cameras, look_at
+from .memory.latent import LatentMemory
+from .scenes import make_scene
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up) and its last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _views(center: torch.Tensor, n: int, radius: float, height: float, phase: float, outward: bool) -> torch.Tensor:
+    poses = []
+    for k in range(n):
+        a = phase + 2 * math.pi * k / n
+        eye = center + torch.tensor([radius * math.sin(a), height, -radius * math.cos(a)], dtype=torch.float64)
+        target = center + (eye - center) * (3.0 if outward else 0.0)
+        target[1] = center[1]
+        poses.append(look_at(eye, target))
+    return torch.stack(poses)
+
+
+def build_memory(points: int, height: int, width: int, channels: int, device: torch.device,
+                 seed: int = 0) -> LatentMemory:
+    """A memory of exactly ``points`` points lifted from views of the room (random fp16 features)."""
+    scene = make_scene("room", seed)
+    center = torch.tensor(scene.center, dtype=torch.float64)
+    per_view = height * width
+    n_views = max(1, math.ceil(points / per_view))
+    rings = [(2.5, 0.0, 0.0, False), (1.0, -0.5, 0.3, True), (2.0, 0.4, 0.7, False), (0.5, 0.2, 1.1, True)]
+    per_ring = math.ceil(n_views / len(rings))
+    c2w = torch.cat([_views(center, per_ring, r, y, ph, out) for r, y, ph, out in rings])[:n_views]
+    cams = Cameras.from_fov(c2w, 55.0, width, height)
+    _, depth = scene.render(cams)
+    g = torch.Generator().manual_seed(seed)
+    mem = LatentMemory(channels, 1, codec="bench", device=device)
+    for k in range(n_views):
+        feats = torch.randn(channels, height, width, generator=g)
+        mem.lift(feats.to(device), depth[k].to(device), cams[k], chunk=k)
+    return mem.select(torch.arange(min(points, len(mem)), device=device))
+
+
+def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 104, channels: int = 16,
+                        frames: int = 21, device: str = "cpu", repeats: int = 3, seed: int = 0,
+                        print_report: bool = True) -> dict:
+    """Time read / write / lift of an ``height x width`` latent grid against a ``points``-point memory.
+
+    Returns a dict of the measurements (milliseconds per frame, points or cells per second) with
+    the report text under ``"text"``; prints the text unless ``print_report`` is False.
+    """
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    mem = build_memory(points, height, width, channels, dev, seed)
+    build_s = time.perf_counter() - t0
+    scene = make_scene("room", seed)
+    center = torch.tensor(scene.center, dtype=torch.float64)
+    c2w = _views(center, frames, 2.2, -0.1, 0.15, False)
+    cams = Cameras.from_fov(c2w, 55.0, width, height)
+    _, depth = scene.render(cams)
+    depth = depth.to(dev)
+    g = torch.Generator().manual_seed(seed + 1)
+    latents = torch.randn(frames, channels, height, width, generator=g).to(dev)
+
+    read_s, (_, known, _) = _timed(lambda: mem.read(cams), dev, repeats)
+
+    def write(known_mask):
+        m = mem.select(torch.arange(len(mem), device=dev))  # fresh copy: writes must not accumulate
+        _sync(dev)
+        t = time.perf_counter()
+        n = m.write(latents, depth, cams, known_mask, chunk=99)
+        _sync(dev)
+        return time.perf_counter() - t, n
+
+    def median_write(known_mask):
+        write(known_mask)
+        runs = [write(known_mask) for _ in range(repeats)]
+        return statistics.median(r[0] for r in runs), runs[-1][1]
+
+    write_s, added = median_write(known)
+    write_all_s, added_all = median_write(torch.zeros_like(known))
+    lift_s, _ = _timed(lambda: LatentMemory(channels, 1, device=dev).lift(latents[0], depth[0], cams[0]), dev, repeats)
+
+    cells = frames * height * width
+    res = {
+        "machine": _machine(dev),
+        "device": str(dev),
+        "points": len(mem),
+        "grid": [height, width],
+        "channels": channels,
+        "dtype": "float16",
+        "frames": frames,
+        "memory_bytes": mem.nbytes(),
+        "build_s": build_s,
+        "read_ms_per_frame": 1e3 * read_s / frames,
+        "read_points_per_s": len(mem) * frames / read_s,
+        "read_known_fraction": float(known.float().mean()),
+        "write_ms_per_frame": 1e3 * write_s / frames,
+        "write_points_added": int(added),
+        "write_cells_per_s": cells / write_s,
+        "write_all_new_ms_per_frame": 1e3 * write_all_s / frames,
+        "write_all_new_points_added": int(added_all),
+        "write_all_new_cells_per_s": cells / write_all_s,
+        "lift_ms": 1e3 * lift_s,
+    }
+    lines = [
+        f"mirage memory speed: latent grid {height}x{width}, {channels} channels float16, "
+        f"{len(mem):,} points ({mem.nbytes() / 2**20:.1f} MiB), {frames} frames per chunk",
+        f"machine: {res['machine']}",
+        f"read                 {res['read_ms_per_frame']:7.2f} ms/frame  {res['read_points_per_s'] / 1e6:7.1f} M points/s"
+        f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",
+        f"write (policy new)   {res['write_ms_per_frame']:7.2f} ms/frame  {res['write_cells_per_s'] / 1e6:7.2f} M cells/s"
+        f"   ({added} points added)",
+        f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
+        f"   ({added_all} points added)",
+        f"lift (one frame)     {res['lift_ms']:7.2f} ms",
+    ]
+    res["text"] = "\n".join(lines)
+    if print_report:
+        print(res["text"])
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirage_cli.memory_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--points", type=int, default=200_000)
+    p.add_argument("--height", type=int, default=60)
+    p.add_argument("--width", type=int, default=104)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    memory_speed_report(a.points, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

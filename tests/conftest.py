@@ -1,0 +1,42 @@
+"""Shared fixtures: a small synthetic scene image with exact depth, and the tiny model kit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mirage_cli.io import save_image
+
+
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory):
+    """A 208x120 render of the synthetic room with its exact depth sidecar.
+
+    Returns ``dict(image=Path, depth=Path, scene=Scene, camera=Cameras)``.
+    """
+    from mirage_cli.scenes import default_camera, make_scene
+
+    d = tmp_path_factory.mktemp("scene")
+    scene = make_scene("room")
+    cam = default_camera(208, 120)
+    rgb, depth = scene.render(cam)
+    save_image(d / "room.png", rgb[0])
+    np.save(d / "room.depth.npy", depth[0].numpy())
+    return {"image": d / "room.png", "depth": d / "room.depth.npy", "scene": scene, "camera": cam}
+
+
+@pytest.fixture(scope="session")
+def tiny_kit(tmp_path_factory):
+    """The tiny random-weight Wan2.1-VACE + depth model kit, saved in Hub layout (built once)."""
+    from mirage_cli.tiny import make_tiny_kit
+
+    return make_tiny_kit(tmp_path_factory.mktemp("tiny-kit"))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of two images in [0, 1] (channels first), optionally on a pixel mask."""
+    err = (a.float() - b.float()) ** 2
+    if mask is not None:
+        err = err[..., mask]
+    return float(10 * torch.log10(1.0 / err.mean().clamp(min=1e-12)))

@@ -1,0 +1,236 @@
+"""End-to-end `mirage generate` with the preview backend on a synthetic scene with exact depth."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import psnr
+from mirage_cli.camera import Cameras, backproject, look_at, project
+from mirage_cli.cli import main
+from mirage_cli.generate import GenerateConfig, generate
+from mirage_cli.io import read_video
+
+
+def run_frames(out) -> torch.Tensor:
+    """All frames of a preview run, exact (from the stored chunk latents, not the lossy MP4)."""
+    run = json.loads((out / "run.json").read_text())
+    frames = []
+    for c in run["chunks"]:
+        lat = load_file(str(out / "chunks" / f"chunk_{c['index']:03d}.latents.safetensors"))["latents"].float()
+        n = c["frames"][1] - c["frames"][0] + 1
+        frames.append(lat[:n] if c["index"] == 0 else lat[1:n])
+    return torch.cat(frames)
+
+
+def write_native(path, c2w: torch.Tensor, fov: float, fps: float = 8.0) -> None:
+    path.write_text(json.dumps({
+        "convention": "opencv", "pose": "c2w", "scale": "absolute", "fps": fps,
+        "camera_path": [{"camera_to_world": T.flatten().tolist(), "fov": fov} for T in c2w],
+    }))
+
+
+def seen_by_first_view(scene, cams: Cameras, depth0: torch.Tensor, t: int) -> torch.Tensor:
+    """Ground-truth mask of pixels of camera ``t`` whose surface point view 0 saw (not occluded)."""
+    _, d = scene.render(cams[t])
+    pts = backproject(d[0].double(), cams.c2w[t], cams.K()[t])
+    uv, z = project(pts.reshape(-1, 3), cams.w2c[0], cams.K()[0])
+    H, W = d.shape[-2:]
+    u, v = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    d0 = depth0[v.clamp(0, H - 1), u.clamp(0, W - 1)].double()
+    return (inside & ((z - d0).abs() < 0.01 * z)).reshape(H, W)
+
+
+def nearest_backward_warp(scene, cams: Cameras, image0: torch.Tensor, t: int) -> torch.Tensor:
+    """View 0's image sampled at the exact ground-truth correspondence of every pixel of camera t."""
+    _, d = scene.render(cams[t])
+    H, W = d.shape[-2:]
+    pts = backproject(d[0].double(), cams.c2w[t], cams.K()[t])
+    uv, _ = project(pts.reshape(-1, 3), cams.w2c[0], cams.K()[0])
+    u = uv[:, 0].floor().long().clamp(0, W - 1)
+    v = uv[:, 1].floor().long().clamp(0, H - 1)
+    return image0[:, v, u].reshape(3, H, W)
+
+
+def test_preview_matches_ground_truth_where_input_saw(small_scene, tmp_path):
+    scene, cam0 = small_scene["scene"], small_scene["camera"]
+    ref = scene.reference_depth
+    target = torch.tensor(scene.center)
+    c2w = []
+    for a in torch.linspace(0, 12, 9):  # orbit 12 degrees around the look-at point, exact units
+        ang = torch.deg2rad(a)
+        eye = target + torch.tensor([torch.sin(ang) * -3.0, 0.0, -torch.cos(ang) * 3.0], dtype=torch.float64)
+        c2w.append(look_at(eye, target))
+    c2w = torch.stack(c2w)
+    c2w = torch.linalg.inv(c2w[0]) @ c2w
+    traj = tmp_path / "orbit.json"
+    write_native(traj, c2w, float(cam0.fov_y_deg[0]))
+    out = tmp_path / "run"
+    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out)), warn=lambda m: None)
+    frames = run_frames(out)
+    cams = Cameras.from_fov(c2w, float(cam0.fov_y_deg[0]), 208, 120)
+    gt, _ = scene.render(cams)
+    _, depth0 = scene.render(cam0)
+    assert frames.shape == gt.shape
+    for t in (4, 8):
+        mask = seen_by_first_view(scene, cams, depth0[0], t)
+        assert mask.float().mean() > 0.6  # most of the frame was seen by the input view
+        # The best any forward warp of view 0 at this resolution can do: sample view 0 at the exact
+        # ground-truth correspondence (nearest pixel). Textures alias at 208x120, so this is ~24 dB.
+        oracle = psnr(nearest_backward_warp(scene, cams, gt[0], t), gt[t], mask)
+        got = psnr(frames[t], gt[t], mask)
+        assert got > 22.0 and got > oracle - 1.0, (t, got, oracle)
+    assert ref > 0
+
+
+def test_cli_run_outputs_and_records(small_scene, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([
+        "generate", str(small_scene["image"]), "--traj", "orbit_left", "--frames", "13", "--out", str(out), "--quiet",
+    ])
+    assert code == 0
+    video = read_video(out / "video.mp4")
+    assert video.shape == (13, 120, 208, 3)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["backend"]["name"] == "preview"
+    for key in ("mirage_version", "command", "backend", "model", "seed", "device", "dtype", "image", "trajectory", "chunks", "totals"):
+        assert key in run, key
+    assert run["image"]["sha256"] and run["trajectory"]["format"] == "preset"
+    assert run["depth"]["source"].startswith("sidecar:")
+    plan = run["chunk_plan"]
+    assert plan[0]["frames"][0] == 0 and plan[-1]["frames"][1] == 12
+    for c in run["chunks"]:
+        for k in ("read", "denoise", "decode", "write", "dump"):
+            assert c["seconds"][k] >= 0
+        assert c["memory_points"] > 0 and c["memory_bytes"] > 0 and 0 <= c["known_fraction"] <= 1
+        assert (out / "chunks" / f"chunk_{c['index']:03d}.mp4").exists()
+    dumps = sorted((out / "cache").glob("*.safetensors"))
+    assert [p.name for p in dumps] == [f"chunk_{i:03d}.safetensors" for i in range(len(run["chunks"]))] + ["final.safetensors"]
+    for p in dumps:
+        capsys.readouterr()
+        assert main(["cache", "inspect", str(p), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["points"] > 0
+    # The last dump and the final one hold the same memory.
+    assert json.loads(json.dumps(run["totals"]["memory_points"])) == run["chunks"][-1]["memory_points"]
+
+
+def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, monkeypatch):
+    base = dict(image=str(small_scene["image"]), traj="orbit_right", frames=21, chunk_frames=5, seed=7)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    generate(GenerateConfig(out=str(a), **base), warn=lambda m: None)
+    generate(GenerateConfig(out=str(b), **base), warn=lambda m: None)
+    assert torch.equal(run_frames(a), run_frames(b))
+
+    import mirage_cli.generate as g
+
+    real = g.run_chunk
+
+    def dies_after_chunk_1(chunk, *args, **kw):
+        if chunk.index == 2:
+            raise KeyboardInterrupt
+        return real(chunk, *args, **kw)
+
+    monkeypatch.setattr(g, "run_chunk", dies_after_chunk_1)
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
+    assert json.loads((c / "run.json").read_text())["status"] == "running"
+    assert (c / "cache" / "chunk_001.safetensors").exists() and not (c / "video.mp4").exists()
+    monkeypatch.setattr(g, "run_chunk", real)
+    assert main(["generate", "--resume", str(c), "--quiet"]) == 0
+    assert torch.equal(run_frames(a), run_frames(c))
+    assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
+
+
+def test_out_and_back_returns_to_the_first_frame(small_scene, tmp_path):
+    target = torch.tensor(small_scene["scene"].center)
+    angles = list(range(0, 21, 4)) + list(range(16, -1, -4))
+    c2w = []
+    for a in angles:
+        ang = torch.deg2rad(torch.tensor(float(a), dtype=torch.float64))
+        eye = target + torch.stack([torch.sin(ang) * 3.0, torch.tensor(0.0, dtype=torch.float64), -torch.cos(ang) * 3.0])
+        c2w.append(look_at(eye, target))
+    c2w = torch.stack(c2w)
+    c2w = torch.linalg.inv(c2w[0]) @ c2w
+    traj = tmp_path / "out_back.json"
+    write_native(traj, c2w, float(small_scene["camera"].fov_y_deg[0]))
+    out = tmp_path / "run"
+    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out), chunk_frames=4), warn=lambda m: None)
+    frames = run_frames(out)
+    assert len(frames) == len(angles)
+    assert psnr(frames[-1], frames[0]) > 40.0
+
+
+def test_memory_continuation(small_scene, tmp_path):
+    a = tmp_path / "a"
+    generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, out=str(a)), warn=lambda m: None)
+    b = tmp_path / "b"
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, out=str(b),
+                                  memory=str(a / "cache" / "final.safetensors")), warn=lambda m: None)
+    # The same path again through a memory that already holds it adds (almost) nothing.
+    assert sum(c["points_added"] for c in rec["chunks"]) <= 0.01 * rec["totals"]["memory_points"]
+
+
+# ----------------------------------------------------------------------------------- bad inputs
+def _err(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_exit_2_with_one_line(small_scene, tmp_path, capsys):
+    img = str(small_scene["image"])
+    cases = [
+        (["generate", str(tmp_path / "missing.png"), "--traj", "orbit_left"], "image not found"),
+        (["generate", str(small_scene["depth"]), "--traj", "orbit_left", "--out", str(tmp_path / "x1")], "not a readable image"),
+        (["generate", img, "--traj", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x2")], "nope.json"),
+        (["generate", img, "--traj", "orbit_left", "--depth", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "x3")], "depth is 10x8"),
+        (["generate", img, "--traj", "orbit_left", "--backend", "magic", "--out", str(tmp_path / "x4")], "unknown backend"),
+        (["generate", img, "--traj", "orbit_left", "--cache-dump", "sometimes", "--out", str(tmp_path / "x5")], "--cache-dump"),
+    ]
+    np.save(tmp_path / "wrong.npy", np.ones((8, 10), np.float32))
+    for argv, msg in cases:
+        _err(capsys)
+        code = main(argv)
+        err = _err(capsys)
+        assert code == 2, (argv, err)
+        assert msg in err, (msg, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir(small_scene, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    code = main(["generate", str(small_scene["image"]), "--traj", "orbit_left", "--out", str(ro / "run")])
+    assert code == 2 and "cannot write" in capsys.readouterr().err
+
+
+def test_output_under_a_file_is_refused(small_scene, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["generate", str(small_scene["image"]), "--traj", "orbit_left", "--out", str(blocker / "run")])
+    assert code == 2 and "cannot write" in capsys.readouterr().err
+
+
+def test_existing_run_is_never_clobbered(small_scene, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", str(small_scene["image"]), "--traj", "static", "--frames", "3", "--out", str(out), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["generate", str(small_scene["image"]), "--traj", "orbit_left", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # A foreign non-empty directory is not deleted even with --overwrite.
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "keep.jpg").write_bytes(b"precious")
+    assert main(["generate", str(small_scene["image"]), "--traj", "static", "--out", str(foreign), "--overwrite"]) == 2
+    assert (foreign / "keep.jpg").read_bytes() == b"precious"
+    shutil.rmtree(foreign)
