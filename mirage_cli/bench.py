@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import statistics
 import time
 import weakref
 from dataclasses import asdict, dataclass
@@ -92,6 +93,7 @@ class BenchConfig:
     write_policy: str = "new"
     device: str = "auto"
     fidelity: str = "auto"  # auto | on | off
+    write_depth: str = "auto"  # auto | exact | filled
     seed: int = 0
 
 
@@ -180,6 +182,29 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - t
 
 
+def timed_median(fn, device: torch.device, budget_s: float = 0.5, max_repeat: int = 5):
+    """``(fn(), median seconds)`` over repeated calls: repeats while the total stays under ``budget_s``
+    (at most ``max_repeat`` calls), so millisecond operations get a stable median and slow ones run once."""
+    times = []
+    while True:
+        out, s = timed(fn, device)
+        times.append(s)
+        if len(times) >= max_repeat or sum(times) >= budget_s:
+            return out, statistics.median(times)
+
+
+def timed_update(memory, clone, update, device: torch.device, budget_s: float = 0.5, max_repeat: int = 5):
+    """Time ``update(copy)`` on fresh copies of ``memory`` (``clone(memory)``, untimed) like
+    :func:`timed_median`; returns ``(the last updated copy, median seconds)``."""
+    times = []
+    while True:
+        m = clone(memory)
+        _, s = timed(lambda: update(m), device)
+        times.append(s)
+        if len(times) >= max_repeat or sum(times) >= budget_s:
+            return m, statistics.median(times)
+
+
 def machine_info(device: torch.device) -> dict:
     """Where the numbers were measured."""
     cpu = platform.processor() or ""
@@ -252,6 +277,8 @@ def make_denoiser(name: str, codec, device: torch.device):
     from .models import resolve_dtype
 
     C, f = codec.channels, codec.spatial_factor
+    if not hasattr(codec, "grey_latent"):
+        raise MirageError(f"--denoiser {name} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec.name}")
     dtype = resolve_dtype("auto", device)
     if name == "tiny":
         from .tiny import tiny_vace_components
@@ -416,6 +443,7 @@ def _upsample_mask(known: torch.Tensor, factor: int) -> torch.Tensor:
 def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     """Run both arms on the same loop; return the report (see the module docstring)."""
     from .backends import ChunkRequest
+    from .backends.preview import PreviewBackend
     from .depth import fill_depth
     from .generate import latent_frame_indices, plan_chunks
     from .memory.latent import WRITE_POLICIES as LATENT_POLICIES
@@ -424,38 +452,29 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     from .models import resolve_device
 
     t_start = time.perf_counter()
-    if cfg.compare not in COMPARES:
-        raise MirageError(f"--compare: unknown baseline '{cfg.compare}' (choose {', '.join(COMPARES)})")
-    if cfg.write_policy not in POLICIES:
-        raise MirageError(f"--write-policy: unknown policy '{cfg.write_policy}' (choose {', '.join(POLICIES)})")
-    if cfg.fidelity not in ("auto", "on", "off"):
-        raise MirageError(f"--fidelity: must be auto, on or off (got '{cfg.fidelity}')")
-    if cfg.chunk_frames < 2:
-        raise MirageError(f"--chunk-frames must be >= 2 (got {cfg.chunk_frames})")
-    if cfg.denoiser != "none" and cfg.steps < 1:
-        raise MirageError(f"--steps must be >= 1 (got {cfg.steps})")
-    if cfg.codec not in CODECS:
-        raise MirageError(f"--codec: unknown codec '{cfg.codec}' (choose {', '.join(CODECS)})")
-    if cfg.denoiser not in DENOISERS:
-        raise MirageError(f"--denoiser: unknown denoiser '{cfg.denoiser}' (choose {', '.join(DENOISERS)})")
+    load_start = _loadavg()
+    _validate(cfg)
     device = resolve_device(cfg.device)
 
     # 1. codec, denoiser, scene, trajectory, plan
     codec, codec_weights = make_codec(cfg.codec, device)
     f, tf, C = codec.spatial_factor, codec.temporal_factor, codec.channels
-    multiple = f * (2 if cfg.denoiser != "none" else 1)
-    data = prepare_scene(cfg, multiple)
+    data = prepare_scene(cfg, f * (2 if cfg.denoiser != "none" else 1))
     cams, traj_info = prepare_cameras(cfg, data)
     backend, denoiser_weights = make_denoiser(cfg.denoiser, codec, device)
     H, W = cfg.height, cfg.width
-    h, w = H // f, W // f
     chunks = plan_chunks(len(cams), cfg.chunk_frames, tf)
     synthetic = data.scene is not None
     fidelity = cfg.fidelity == "on" or (cfg.fidelity == "auto" and synthetic and codec_weights != "random")
     if fidelity and not synthetic:
         raise MirageError("--fidelity on needs the synthetic scene (ground-truth renders)")
-    content = ("denoiser" if backend is not None and denoiser_weights == "real"
-               else "ground-truth" if synthetic else "preview-fill")
+    if cfg.write_depth == "exact" and not synthetic:
+        raise MirageError("--write-depth exact needs the synthetic scene (an image scene has no true depth for new views)")
+    exact_depth = cfg.write_depth == "exact" or (cfg.write_depth == "auto" and fidelity)
+    if backend is not None and denoiser_weights == "real":
+        content = "denoiser"
+    else:
+        content = "ground-truth" if fidelity else "preview-fill"
     latent_policy = cfg.write_policy if cfg.write_policy in LATENT_POLICIES else "new"
     image, depth0 = data.image.to(device), data.depth.to(device)
     cam0 = cams[0]
@@ -464,7 +483,7 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     _warmup(image, depth0, cam0, C, f, device)
 
     # 3. shared: the input latent; one-time grey latent for the latent arm's VACE context
-    shared = {"input_encode_s": 0.0, "denoise_s": [], "decode_s": [], "content_encode_s": 0.0}
+    shared = {"input_encode_s": 0.0, "denoise_s": [], "decode_s": [], "content_encode_s": 0.0, "gt_render_s": 0.0}
     first_latent, shared["input_encode_s"] = timed(lambda: codec.encode(image[None])[0], device)
     lat_arm, pc_arm = Arm("latent"), Arm("pointcloud")
     if backend is not None:  # the wan-vace context uses the latent of a grey video (one encode per chunk shape)
@@ -473,10 +492,10 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     # 4. lift the input into both memories
     lmem = LatentMemory(C, f, codec=codec.name, device=device, write_policy=latent_policy)
     pmem = PointCloudMemory(device=device, write_policy=cfg.write_policy)
-    lat_arm.lift_peak = measure_peak(lambda: LatentMemory(C, f, codec=codec.name, device=device).lift(first_latent, depth0, cam0))
+    lat_arm.lift_peak = measure_peak(lambda: LatentMemory(C, f, device=device).lift(first_latent, depth0, cam0))
     pc_arm.lift_peak = measure_peak(lambda: PointCloudMemory(device=device).lift(image, depth0, cam0))
-    _, lat_arm.lift_s = timed(lambda: lmem.lift(first_latent, depth0, cam0, chunk=0), device)
-    _, pc_arm.lift_s = timed(lambda: pmem.lift(image, depth0, cam0, chunk=0), device)
+    lmem, lat_arm.lift_s = timed_update(lmem, _latent_clone, lambda m: m.lift(first_latent, depth0, cam0, chunk=0), device)
+    pmem, pc_arm.lift_s = timed_update(pmem, PointCloudMemory.clone, lambda m: m.lift(image, depth0, cam0, chunk=0), device)
     lat_arm.lift_bytes, pc_arm.lift_bytes = lmem.nbytes(), pmem.nbytes()
 
     task = progress.add_task(f"bench {cfg.codec}: latent vs pointcloud", total=len(chunks)) if progress else None
@@ -489,31 +508,37 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
         real = chunk.stop - chunk.start
         n_real_lat = 1 + (real - 1) // tf
         pos = [tf * j for j in range(n_real_lat)]  # chunk video frame of each real latent frame
+        wp_pos = list(range(1, real)) if cfg.write_policy == "append" else pos  # frames the point cloud writes
         L = chunk.length
         lrec: dict = {"frames": chunk.stop}
         prec: dict = {"frames": chunk.stop}
 
-        # READ, latent arm: splat in latent space, every latent frame
-        (read_lat, known_l, depth_l), lrec["read_s"] = timed(lambda: lmem.read(lcams), device)
+        # READ, latent arm: splat in latent space, every latent frame of the chunk
+        (read_lat, known_l, depth_l), lrec["read_s"] = timed_median(lambda: lmem.read(lcams), device)
         lrec["codec_s"] = 0.0
         lrec["peak_bytes"] = _held_bytes(lmem) + measure_peak(lambda: lmem.read(lcams))
         lrec["known_fraction"] = round(float(known_l[:n_real_lat].float().mean()), 6)
 
-        # READ, pointcloud arm: render every video frame at pixel resolution, encode render + mask
-        (rgb_p, known_p, depth_p), render_s = timed(lambda: pmem.render(vcams), device)
-        (pc_lat, pc_mask_lat), encode_s = timed(lambda: PointCloudMemory.encode_condition(codec, rgb_p, known_p), device)
+        # READ, pointcloud arm: render every video frame at pixel resolution, encode render + mask video
+        (rgb_p, known_p, depth_p), render_s = timed_median(lambda: pmem.render(vcams), device)
+        (pc_lat, _), encode_s = timed(lambda: PointCloudMemory.encode_condition(codec, rgb_p, known_p), device)
         prec.update(render_s=render_s, encode_s=encode_s, codec_s=encode_s, read_s=render_s + encode_s)
         prec["peak_bytes"] = _held_bytes(pmem) + measure_peak(
             lambda: PointCloudMemory.condition_videos(*pmem.render(vcams)[:2]))
         prec["known_fraction"] = round(float(known_p[pos].float().mean()), 6)
 
-        # ground truth of the chunk (uncharged: it stands in for generation and for depth estimation)
+        # ground truth (uncharged): only what fidelity, exact depth or ground-truth content need
         gt_rgb = gt_depth = None
-        if synthetic:
-            gt_rgb, gt_depth = data.scene.render(vcams)
-            gt_rgb, gt_depth = gt_rgb.to(device), gt_depth.to(device)
+        if synthetic and (fidelity or exact_depth or content == "ground-truth"):
+            need = list(range(L)) if content == "ground-truth" else sorted(set(pos) | (set(wp_pos) if exact_depth else set()))
+            gcams = Cameras(vcams.c2w[need], vcams.intrinsics[need], W, H)
+            (g_rgb, g_depth), s = timed(lambda: data.scene.render(gcams), device)
+            shared["gt_render_s"] += s
+            gt_rgb = torch.zeros(L, 3, H, W, device=device)
+            gt_depth = torch.zeros(L, H, W, device=device)
+            gt_rgb[need], gt_depth[need] = g_rgb.to(device), g_depth.to(device)
 
-        # DENOISE (shared): on the latent arm's read
+        # DENOISE (shared, timed once): on the latent arm's read
         denoise_s = 0.0
         latents = None
         if backend is not None:
@@ -523,53 +548,48 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
             out, denoise_s = timed(lambda: backend.denoise(req), device)
             if content == "denoiser":
                 latents = out
-        if latents is None:
-            if content == "ground-truth":
-                latents, s = timed(lambda: codec.encode(gt_rgb), device)
-                shared["content_encode_s"] += s
-            else:
-                from .backends.preview import PreviewBackend
-
-                req = ChunkRequest(read_latents=read_lat, known=known_l, read_depth=depth_l, first_latent=first_latent,
-                                   preceding=preceding, chunk_index=chunk.index, num_frames=L)
-                latents, s = timed(lambda: PreviewBackend().denoise(req), device)
-                denoise_s += s
+        if latents is None and content == "ground-truth":  # stands in for generation: uncharged
+            latents, s = timed(lambda: codec.encode(gt_rgb), device)
+            shared["content_encode_s"] += s
+        if latents is None:  # preview fill of the latent read (no codec, milliseconds): charged as denoise
+            req = ChunkRequest(read_latents=read_lat, known=known_l, read_depth=depth_l, first_latent=first_latent,
+                               preceding=preceding, chunk_index=chunk.index, num_frames=L)
+            latents, s = timed(lambda: PreviewBackend().denoise(req), device)
+            denoise_s += s
         latents = latents.float()
         shared["denoise_s"].append(denoise_s)
 
-        # DECODE (shared): the output video; the pointcloud write reuses these frames
+        # DECODE (shared): the output video; the point-cloud write reuses these frames
         frames, decode_s = timed(lambda: codec.decode(latents), device)
         shared["decode_s"].append(decode_s)
         prec["write_decode_s"] = decode_s
 
-        # WRITE, latent arm
-        wl_lat, wl_known, wl_cams = latents[:n_real_lat], known_l[:n_real_lat], lcams[:n_real_lat]
-        if synthetic:
-            wl_depth = lambda: gt_depth[pos]  # noqa: E731 - exact pixel depth, reduced to the latent grid
-        else:
-            wl_depth = lambda: fill_depth(depth_l[:n_real_lat], wl_known)  # noqa: E731
-        clone = lmem.select(torch.arange(len(lmem), device=device))
+        # WRITE, latent arm: newly revealed latent cells of the real latent frames
+        wl = (latents[:n_real_lat],
+              gt_depth[pos] if exact_depth else fill_depth(depth_l[:n_real_lat], known_l[:n_real_lat]),
+              lcams[:n_real_lat], known_l[:n_real_lat])
+        lrec["write_depth_s"] = 0.0
+        if not exact_depth:  # depth for the holes is part of the write (timed separately, added below)
+            _, lrec["write_depth_s"] = timed_median(lambda: fill_depth(depth_l[:n_real_lat], known_l[:n_real_lat]), device)
         lrec["peak_bytes"] = max(lrec["peak_bytes"], _held_bytes(lmem) + measure_peak(
-            lambda: clone.write(wl_lat, wl_depth(), wl_cams, wl_known, chunk=chunk.index + 1)))
-        del clone
+            lambda: _latent_clone(lmem).write(*wl, chunk=chunk.index + 1)))
         before = len(lmem)
-        _, lrec["write_s"] = timed(lambda: lmem.write(wl_lat, wl_depth(), wl_cams, wl_known, chunk=chunk.index + 1), device)
+        lmem, s = timed_update(lmem, _latent_clone, lambda m: m.write(*wl, chunk=chunk.index + 1), device)
+        lrec["write_s"] = s + lrec["write_depth_s"]
         lrec["points_added"] = len(lmem) - before
 
-        # WRITE, pointcloud arm: the decoded frames of the same latent frames (append: every new frame)
-        wp_pos = list(range(1, real)) if cfg.write_policy == "append" else pos
+        # WRITE, pointcloud arm: newly revealed pixels of the decoded frames (append: every new frame)
         wp_cams = Cameras(vcams.c2w[wp_pos], vcams.intrinsics[wp_pos], W, H)
-        wp_frames, wp_known = frames[wp_pos], known_p[wp_pos]
-        if synthetic:
-            wp_depth = lambda: gt_depth[wp_pos]  # noqa: E731
-        else:
-            wp_depth = lambda: fill_depth(depth_p[wp_pos], wp_known)  # noqa: E731
-        clone = pmem.clone()
+        wp = (frames[wp_pos], gt_depth[wp_pos] if exact_depth else fill_depth(depth_p[wp_pos], known_p[wp_pos]),
+              wp_cams, known_p[wp_pos])
+        prec["write_depth_s"] = 0.0
+        if not exact_depth:
+            _, prec["write_depth_s"] = timed_median(lambda: fill_depth(depth_p[wp_pos], known_p[wp_pos]), device)
         prec["peak_bytes"] = max(prec["peak_bytes"], _held_bytes(pmem) + measure_peak(
-            lambda: clone.write(wp_frames, wp_depth(), wp_cams, wp_known, chunk=chunk.index + 1)))
-        del clone
+            lambda: pmem.clone().write(*wp, chunk=chunk.index + 1)))
         before = len(pmem)
-        _, prec["write_s"] = timed(lambda: pmem.write(wp_frames, wp_depth(), wp_cams, wp_known, chunk=chunk.index + 1), device)
+        pmem, s = timed_update(pmem, PointCloudMemory.clone, lambda m: m.write(*wp, chunk=chunk.index + 1), device)
+        prec["write_s"] = s + prec["write_depth_s"]
         prec["points_added"] = len(pmem) - before
 
         # FIDELITY (uncharged): decoded read vs the true render, on known pixels of the real latent frames
@@ -589,7 +609,38 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
             progress.advance(task)
 
     return _report(cfg, codec, codec_weights, backend, denoiser_weights, device, data, cams, traj_info, chunks,
-                   lat_arm, pc_arm, shared, content, fidelity, latent_policy, (h, w), time.perf_counter() - t_start)
+                   lat_arm, pc_arm, shared, content, fidelity, exact_depth, latent_policy,
+                   (H // f, W // f), time.perf_counter() - t_start, load_start)
+
+
+def _validate(cfg: BenchConfig) -> None:
+    if cfg.compare not in COMPARES:
+        raise MirageError(f"--compare: unknown baseline '{cfg.compare}' (choose {', '.join(COMPARES)})")
+    if cfg.codec not in CODECS:
+        raise MirageError(f"--codec: unknown codec '{cfg.codec}' (choose {', '.join(CODECS)})")
+    if cfg.denoiser not in DENOISERS:
+        raise MirageError(f"--denoiser: unknown denoiser '{cfg.denoiser}' (choose {', '.join(DENOISERS)})")
+    if cfg.write_policy not in POLICIES:
+        raise MirageError(f"--write-policy: unknown policy '{cfg.write_policy}' (choose {', '.join(POLICIES)})")
+    if cfg.fidelity not in ("auto", "on", "off"):
+        raise MirageError(f"--fidelity: must be auto, on or off (got '{cfg.fidelity}')")
+    if cfg.write_depth not in ("auto", "exact", "filled"):
+        raise MirageError(f"--write-depth: must be auto, exact or filled (got '{cfg.write_depth}')")
+    if cfg.chunk_frames < 2:
+        raise MirageError(f"--chunk-frames must be >= 2 (got {cfg.chunk_frames})")
+    if cfg.denoiser != "none" and cfg.steps < 1:
+        raise MirageError(f"--steps must be >= 1 (got {cfg.steps})")
+
+
+def _latent_clone(memory):
+    return memory.select(torch.arange(len(memory), device=memory.device))
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _warmup(image, depth, cam, C, f, device) -> None:
@@ -667,7 +718,7 @@ def _ratio(a, b):
 
 
 def _report(cfg, codec, codec_weights, backend, denoiser_weights, device, data, cams, traj_info, chunks, lat_arm,
-            pc_arm, shared, content, fidelity, latent_policy, grid, wall) -> dict:
+            pc_arm, shared, content, fidelity, exact_depth, latent_policy, grid, wall, load_start) -> dict:
     lat = _arm_summary(lat_arm, shared, backend is not None)
     pc = _arm_summary(pc_arm, shared, False)
     keys = ("cache_bytes", "read_s", "write_s", "memory_overhead_s", "memory_overhead_incl_decode_s", "end_to_end_s",
@@ -696,15 +747,17 @@ def _report(cfg, codec, codec_weights, backend, denoiser_weights, device, data, 
             "chunk_length": chunks[0].length, "latent_grid": list(grid), "reference_depth": data.reference_depth,
             "trajectory": traj_info, "codec": describe() if describe else {"name": codec.name},
             "latent_write_policy": latent_policy, "pointcloud_write_policy": cfg.write_policy,
-            "content": content, "fidelity": fidelity,
+            "content": content, "fidelity": fidelity, "new_content_depth": "exact" if exact_depth else "filled",
+            "codec_label": _codec_label(cfg.codec, codec),
             "denoiser": backend.describe() if backend is not None else None,
         },
         "weights": weights,
         "weights_detail": {"codec": codec_weights, "denoiser": denoiser_weights},
         "device": str(device),
-        "machine": machine_info(device),
+        "machine": machine_info(device) | {"loadavg_start": load_start, "loadavg_end": _loadavg()},
         "shared": {"input_encode_s": shared["input_encode_s"], "denoise_s": sum(shared["denoise_s"]),
                    "decode_s": sum(shared["decode_s"]), "uncharged_content_encode_s": shared["content_encode_s"],
+                   "uncharged_gt_render_s": shared["gt_render_s"],
                    "per_chunk": {"denoise_s": shared["denoise_s"], "decode_s": shared["decode_s"]}},
         "latent": lat,
         "pointcloud": pc,
@@ -721,13 +774,23 @@ def _report(cfg, codec, codec_weights, backend, denoiser_weights, device, data, 
                           "memory_overhead_incl_decode_s",
             "shared": "input encode, denoiser, decode of each chunk for the output video (in end_to_end_s of both)",
             "uncharged": "ground-truth renders and their encoding (stand-in for generation), fidelity decodes, "
-                         "peak-memory replays",
+                         "peak-memory replays, copies made to repeat writes",
+            "timing": "memory operations: median of up to 5 calls within 0.5 s (writes on fresh copies); codec, "
+                      "denoiser and decode calls: one call each",
         },
         "wall_s": wall,
     }
 
 
 # --------------------------------------------------------------------------------------- output
+def _codec_label(name: str, codec) -> str:
+    if name == "tiny":
+        return "tiny (Wan2.1-VAE layout, 16 ch, 8x, tiny random weights)"
+    if name == "pixel":
+        return "pixel (3 ch, 1x)"
+    return f"{name} ({codec.channels} ch, {codec.spatial_factor}x)"
+
+
 def _fmt_bytes(n: float) -> str:
     for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= div:
@@ -749,9 +812,9 @@ def summary_table(report: dict):
 
     c = report["config"]
     lat, pc, r = report["latent"], report["pointcloud"], report["ratios"]
-    title = (f"mirage bench — latent memory vs RGB point cloud — {c['codec']['name']} ({report['weights_detail']['codec']} "
-             f"weights), {c['width']}x{c['height']}, {c['num_frames']} frames in {c['chunks']} chunks of "
-             f"{c['chunk_length']}, {report['device']}")
+    title = (f"mirage bench — latent memory vs RGB point cloud — codec {c['codec_label']}, {report['weights_detail']['codec']} "
+             f"weights, {c['width']}x{c['height']}, {c['num_frames']} frames in {c['chunks']} chunks of "
+             f"{c['chunk_length']}, {report['device']}, write policy {c['pointcloud_write_policy']}")
     t = Table(title=title, show_header=True, title_justify="left")
     t.add_column("measure")
     t.add_column("latent", justify="right")
@@ -792,7 +855,7 @@ def draw_plot(report: dict, path: str | os.PathLike) -> None:
     img = Image.new("RGB", (Wd, Hd), "white")
     d = ImageDraw.Draw(img)
     c = report["config"]
-    d.text((20, 10), f"mirage bench: latent memory vs RGB point cloud - codec {c['codec']['name']}, {c['width']}x{c['height']}, "
+    d.text((20, 10), f"mirage bench: latent memory vs RGB point cloud - codec {c['codec_label']}, {c['width']}x{c['height']}, "
                      f"write policy {c['pointcloud_write_policy']}, {report['device']}", fill="black", font=font)
     colors = {"latent": (31, 119, 180), "pointcloud": (214, 39, 40)}
     lat_x = [1] + report["latent"]["per_chunk"]["frames"]  # frame 1: the input image, lifted

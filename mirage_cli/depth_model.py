@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MirageError
-from .models import resolve_device, resolve_model, weights_kind
+from .models import dtype_kwargs, hf_progress, resolve_device, resolve_model, weights_kind
 from .wan_vae import _first_line
 
 DEFAULT_DEPTH_MODEL = "depth-anything-v2-small"
@@ -59,7 +59,7 @@ class DepthModel:
         arr = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
         inputs = self.processor(images=arr, do_rescale=False, return_tensors="pt")
         pix = inputs["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
-        with torch.inference_mode():
+        with torch.no_grad():
             pred = self.model(pixel_values=pix).predicted_depth  # (1, h', w')
         pred = F.interpolate(pred[:, None].float(), size=(H, W), mode="bilinear", align_corners=False)[0, 0]
         if self.kind == "metric":
@@ -85,7 +85,7 @@ def disparity_to_depth(disp: torch.Tensor, depth_range: float = RELATIVE_DEPTH_R
 
 
 def load_depth_model(ref: str | os.PathLike = DEFAULT_DEPTH_MODEL, device: str | torch.device = "cpu",
-                     required: bool = False, *, download: bool = False) -> DepthModel | None:
+                     required: bool = False, *, download: bool = False, progress: bool = True) -> DepthModel | None:
     """Load a depth-estimation model (``NAME | REPO_ID | DIR``) through transformers' Auto classes.
 
     Returns None when the model is not available locally and ``required`` is False; raises
@@ -102,8 +102,10 @@ def load_depth_model(ref: str | os.PathLike = DEFAULT_DEPTH_MODEL, device: str |
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     try:
-        processor = AutoImageProcessor.from_pretrained(root)
-        model = AutoModelForDepthEstimation.from_pretrained(root, dtype=torch.float32)
+        with hf_progress(progress):
+            processor = AutoImageProcessor.from_pretrained(root)
+            model = AutoModelForDepthEstimation.from_pretrained(root, use_safetensors=True,
+                                                                **dtype_kwargs("transformers", torch.float32))
     except Exception as e:
         raise MirageError(f"could not load the depth model from {root}: {_first_line(e)}") from e
     kind = getattr(model.config, "depth_estimation_type", None) or "relative"

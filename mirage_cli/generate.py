@@ -35,10 +35,11 @@ from . import __version__
 from .backends import Backend, ChunkRequest
 from .camera import Cameras, backproject, project
 from .codecs import Codec, PixelCodec
-from .depth import check_depth_size, fill_depth, input_depth_source, prior_depth
+from .depth import check_depth_size, fill_depth, fit_scale_shift, input_depth_source, prior_depth, reduce_depth
 from .errors import MirageError
 from .io import atomic_path, file_sha256, load_image, to_uint8, write_json, write_video
 from .memory.latent import INPUT_CHUNK, LatentMemory
+from .models import resolve_device
 
 LATENT_STORE_DTYPE = torch.float16
 RUN_FORMAT = "mirage.run"
@@ -104,6 +105,7 @@ class RunState:
     history_frames: list[int] = field(default_factory=list)  # trajectory frame of each
     video: list = field(default_factory=list)  # uint8 (H, W, 3) frames so far
     records: list[dict] = field(default_factory=list)
+    depth_model: object | None = None  # DepthModel: depth of new content when one is available
 
 
 # --------------------------------------------------------------------------------------- plan
@@ -180,16 +182,23 @@ def prepare_image(path: Path, height: int | None, width: int | None, multiple: i
     return image
 
 
-def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float, device: torch.device, warn) -> tuple[torch.Tensor, str]:
-    """Depth of the input image at its (resized) size: ``(H, W)`` float32 and a description."""
+def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float,
+                  device: torch.device, warn, show_progress: bool = True):
+    """Depth of the input image at its (resized) size.
+
+    Returns:
+        ``(depth (H, W) float32, description, depth model or None)``; the model, when one was
+        used, also gives depth to the new content of written chunks.
+    """
     H, W = image.shape[-2:]
+    model = None
     kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale)
     if kind.startswith("file:") or kind.startswith("sidecar:"):
         check_depth_size(depth, orig_size[0], orig_size[1], kind.split(":", 1)[1])
     elif kind in ("model", "auto"):
         from .depth_model import load_depth_model
 
-        model = load_depth_model(cfg.depth_model, device=str(device), required=(kind == "model"))
+        model = load_depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
         if model is not None:
             depth, dkind = model.predict(image)
             kind = f"model:{cfg.depth_model}:{dkind}"
@@ -200,7 +209,7 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
         depth = prior_depth(H, W, fov_y)
     if tuple(depth.shape) != (H, W):
         depth = F.interpolate(depth[None, None], size=(H, W), mode="nearest-exact")[0, 0]
-    return depth.float(), kind
+    return depth.float(), kind, model
 
 
 def prepare_trajectory(cfg: GenerateConfig, width: int, height: int):
@@ -221,7 +230,7 @@ def prepare_trajectory(cfg: GenerateConfig, width: int, height: int):
     return traj, cams
 
 
-def prepare_codec_backend(cfg: GenerateConfig) -> tuple[Codec, Backend]:
+def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tuple[Codec, Backend]:
     """Build the codec and the backend named by ``--backend``."""
     if cfg.backend == "preview":
         from .backends.preview import PreviewBackend
@@ -231,20 +240,11 @@ def prepare_codec_backend(cfg: GenerateConfig) -> tuple[Codec, Backend]:
         from .backends.wan_vace import load_wan_vace
 
         backend, codec = load_wan_vace(
-            cfg.model or "wan2.1-vace-1.3b", device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload, shift=cfg.shift
+            cfg.model or "wan2.1-vace-1.3b", device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload, shift=cfg.shift,
+            progress=show_progress,
         )
         return codec, backend
     raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview or wan-vace)")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MirageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise MirageError(f"--device: unknown device '{name}' (choose auto, cpu or cuda)")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -279,18 +279,36 @@ def select_references(read_depth: torch.Tensor, known: torch.Tensor, cams: Camer
     return [cand[i] for i in order[:count] if score[i] > 0]
 
 
-def write_depth(read_depth: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Depth for writing a chunk: the read depth where known, extended into holes elsewhere."""
-    return fill_depth(read_depth, known)
+def write_depth(read_depth: torch.Tensor, known: torch.Tensor, frames: torch.Tensor, tf: int, factor: int,
+                depth_model=None) -> torch.Tensor:
+    """Depth for writing a chunk's latent frames ``(T, h, w)``: the read depth where the memory
+    covered the cell; elsewhere the depth model's prediction for the decoded frame, aligned to the
+    read depth by a robust scale + shift fit on the covered cells, or (no model, or too few covered
+    cells to fit) the read depth extended into the holes from the background side."""
+    filled = fill_depth(read_depth, known)
+    if depth_model is None:
+        return filled
+    out = filled.clone()
+    for j in range(read_depth.shape[0]):
+        ok = known[j] & (read_depth[j] > 0)
+        if int(ok.sum()) < 32 or bool(ok.all()):
+            continue
+        pred, _ = depth_model.predict(frames[tf * j].clamp(0, 1))
+        pred = reduce_depth(pred.to(read_depth.device), factor)
+        scale, shift = fit_scale_shift(pred, read_depth[j], ok & (pred > 0))
+        aligned = scale * pred + shift
+        out[j] = torch.where(known[j] | (aligned <= 0), filled[j], aligned)
+    return out
 
 
 # --------------------------------------------------------------------------------------- the loop
-def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | None = None) -> dict:
+def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | None = None, quiet: bool = False) -> dict:
     """Run (or resume) one generation. Returns the run record (also written to ``run.json``).
 
     Args:
         cfg: the options. progress: a ``rich.progress.Progress`` or None. warn: callable for warnings.
         resume_dir: continue the run in this directory (its run.json supplies ``cfg``).
+        quiet: silence the model libraries' own loading bars too.
     """
     t_start = time.perf_counter()
     if resume_dir is not None:
@@ -315,13 +333,14 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         old = json.loads((out / "run.json").read_text())
         if old.get("image", {}).get("sha256") != image_hash:
             raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
-    codec, backend = prepare_codec_backend(cfg)
+    codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
     multiple = 16 if codec.spatial_factor > 1 and cfg.backend != "preview" else codec.spatial_factor
     image = prepare_image(image_path, cfg.height, cfg.width, multiple)
     H, W = image.shape[-2:]
     h, w = H // codec.spatial_factor, W // codec.spatial_factor
     traj, cams = prepare_trajectory(cfg, W, H)
-    depth, depth_kind = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), float(cams.fov_y_deg[0]), device, warn)
+    depth, depth_kind, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]),
+                                                   float(cams.fov_y_deg[0]), device, warn, show_progress=not quiet)
     valid = depth > 0
     reference_depth = float(depth[valid].median()) if bool(valid.any()) else 1.0
     if traj.scale == "relative":  # presets are written in units of the scene's reference depth
@@ -359,6 +378,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
                                   write_policy=cfg.write_policy, image_hash=image_hash)
             memory.lift(first_latent, depth.to(device), cam0, chunk=INPUT_CHUNK)
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0])
+    state.depth_model = depth_model
 
     record = {
         "format": RUN_FORMAT,
@@ -405,6 +425,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
     stats = state.memory.stats()
     record.update({
         "status": "done",
+        "backend": backend.describe(),  # after the run: steps/guidance actually used
         "totals": {
             "frames": len(state.video),
             "seconds": {k: round(sum(r["seconds"][k] for r in state.records), 4) for k in ("read", "denoise", "decode", "write", "dump")},
@@ -446,7 +467,7 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
         read_latents=read_lat, known=known, read_depth=read_depth, first_latent=first_latent,
         preceding=preceding, reference=torch.stack([state.history_latents[i] for i in refs]) if refs else None,
         chunk_index=chunk.index, num_frames=chunk.length, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-        seed=cfg.seed * 1_000_003 + chunk.index, steps=cfg.steps, guidance=cfg.guidance,
+        seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance,
     )
     step_task = progress.add_task(f"chunk {chunk.index} denoise", total=cfg.steps if backend.name != "preview" else 1) if progress else None
     cb = (lambda i, n: progress.update(step_task, completed=i, total=n)) if progress else None
@@ -465,7 +486,7 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
     # WRITE: lift what the read did not cover
     t = time.perf_counter()
     before = state.memory.stats()["points"]
-    wdepth = write_depth(read_depth, known)
+    wdepth = write_depth(read_depth, known, frames, tf, codec.spatial_factor, state.depth_model)
     # Only latent frames that are real trajectory frames are written (padding repeats the last camera).
     n_real_lat = 1 + (real - 1) // tf
     added = state.memory.write(latents[:n_real_lat], wdepth[:n_real_lat], lcams[:n_real_lat], known[:n_real_lat], chunk=chunk.index + 1)

@@ -20,6 +20,7 @@ diffusers nor transformers, so resolving (and failing) costs milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -316,3 +317,37 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bf16"``."""
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def dtype_kwargs(library: str, dtype: torch.dtype) -> dict:
+    """``from_pretrained`` keyword for a dtype: ``dtype=`` on current diffusers (>= 0.40) / transformers
+    (>= 4.56), ``torch_dtype=`` on older releases that do not know ``dtype``."""
+    import importlib.metadata as md
+
+    try:
+        parts = tuple(int(p) for p in re.findall(r"\d+", md.version(library))[:2])
+    except (md.PackageNotFoundError, ValueError):
+        return {"dtype": dtype}
+    new = {"diffusers": (0, 40), "transformers": (4, 56)}.get(library, (0, 0))
+    return {"dtype": dtype} if parts >= new else {"torch_dtype": dtype}
+
+
+@contextlib.contextmanager
+def hf_progress(enabled: bool = True):
+    """Context in which diffusers'/transformers' own progress bars (weight loading, saving) are on or off."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if d_on:
+            dlog.enable_progress_bar()
+        if t_on:
+            tlog.enable_progress_bar()

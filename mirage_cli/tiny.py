@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .errors import MirageError
-from .models import RANDOM_WEIGHTS_MARKER
+from .models import RANDOM_WEIGHTS_MARKER, hf_progress
 
 #: Tiny transformer config (as diffusers' own tests); ``rope_max_seq_len`` as the real models so any
 #: frame size the real model accepts also runs here.
@@ -54,29 +54,6 @@ def _marker(path: Path) -> None:
         {"random_weights": True, "created_by": "mirage models tiny",
          "note": "tiny randomly initialised instances of the real classes, for tests and CPU smoke runs"},
         indent=2) + "\n")
-
-
-def _quiet():
-    """Silence the save/load progress bars of diffusers and transformers (restored afterwards)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-        try:
-            yield
-        finally:
-            if d_on:
-                dlog.enable_progress_bar()
-            if t_on:
-                tlog.enable_progress_bar()
-
-    return cm()
 
 
 def tiny_tokenizer():
@@ -106,8 +83,9 @@ def tiny_vace_components(seed: int = 0, **transformer_overrides) -> dict:
         text_encoder = UMT5EncoderModel(UMT5Config(**TINY_UMT5_CONFIG)).eval()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                                         num_train_timesteps=1000)
-    return dict(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                transformer=transformer)
+    tokenizer = tiny_tokenizer()
+    assert len(tokenizer) <= TINY_UMT5_CONFIG["vocab_size"], "tiny vocabulary larger than the embedding table"
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
 
 
 def save_tiny_vace(path: str | os.PathLike, seed: int = 0, max_shard_size: str | None = None,
@@ -118,7 +96,7 @@ def save_tiny_vace(path: str | os.PathLike, seed: int = 0, max_shard_size: str |
     path = Path(path)
     pipe = WanVACEPipeline(**tiny_vace_components(seed, **transformer_overrides))
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    with _quiet():
+    with hf_progress(False):
         pipe.save_pretrained(path, safe_serialization=True, **kw)
     _marker(path)
     return path
@@ -148,7 +126,7 @@ def save_tiny_depth(path: str | os.PathLike, kind: str = "relative", seed: int =
                                 ensure_multiple_of=14, resample=3, do_rescale=True, rescale_factor=1 / 255,
                                 do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
                                 do_pad=False)
-    with _quiet():
+    with hf_progress(False):
         model.save_pretrained(path, safe_serialization=True)
         proc.save_pretrained(path)
     _marker(path)

@@ -1,4 +1,4 @@
-"""``WanVAECodec``: the Wan video VAE (diffusers ``AutoencoderKLWan``) behind the :class:`~mirage_cli.codecs.Codec` protocol.
+"""``WanVAECodec``: the Wan video VAE (diffusers ``AutoencoderKLWan``) as a :class:`~mirage_cli.codecs.Codec`.
 
 Shapes (Wan2.1 VAE: ``C = 16``, ``s = 8``; Wan2.2 VAE: ``C = 48``, ``s = 16``; both ``temporal = 4``):
 
@@ -27,7 +27,7 @@ import torch
 
 from .codecs import latent_frames
 from .errors import MirageError
-from .models import dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
+from .models import dtype_kwargs, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import AutoencoderKLWan
@@ -113,7 +113,8 @@ class WanVAECodec:
         cfg_dir = root / subfolder if subfolder else root
         _check_class(cfg_dir / "config.json", "AutoencoderKLWan")
         try:
-            vae = AutoencoderKLWan.from_pretrained(root, subfolder=subfolder, dtype=dt)
+            vae = AutoencoderKLWan.from_pretrained(root, subfolder=subfolder, use_safetensors=True,
+                                                   **dtype_kwargs("diffusers", dt))
         except Exception as e:  # corrupt or foreign files: one line
             raise MirageError(f"could not load the VAE from {cfg_dir}: {_first_line(e)}") from e
         return cls(vae, dev, dt, tiling, offload=offload, weights=weights_kind(cfg_dir), source=str(cfg_dir))
@@ -160,7 +161,7 @@ class WanVAECodec:
         """``(T_lat, C, h, w)`` normalised latents -> ``(1 + 4 (T_lat-1), 3, h s, w s)`` in [0, 1] (float32)."""
         if latents.ndim != 4 or latents.shape[1] != self.channels:
             raise MirageError(f"{self.name}: expected latents (T, {self.channels}, h, w), got {tuple(latents.shape)}")
-        with self._placed(), torch.inference_mode():
+        with self._placed(), torch.no_grad():
             dev = self.device
             z = latents.to(dev, torch.float32).permute(1, 0, 2, 3)[None]  # (1, C, T, h, w)
             z = z * self._std.to(dev) + self._mean.to(dev)
@@ -229,7 +230,7 @@ class WanVAECodec:
 
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Batch-free encode ``(T, 3, H, W)`` [0, 1] -> ``(T_lat, C, h, w)`` float32 on ``self.device``."""
-        with self._placed(), torch.inference_mode():
+        with self._placed(), torch.no_grad():
             dev = self.device
             x = (frames.to(dev, torch.float32) * 2 - 1).permute(1, 0, 2, 3)[None].to(self.dtype)
             z = self.vae.encode(x).latent_dist.mode().float()  # (1, C, T_lat, h, w)
@@ -242,7 +243,7 @@ class WanVAECodec:
         size = _CAL_CELLS * self.spatial_factor
         patches = rgb.view(-1, 3, 1, 1, 1).expand(-1, 3, 1, size, size)  # (27, 3, 1, S, S)
         self.calibration_calls += 1
-        with self._placed(), torch.inference_mode():
+        with self._placed(), torch.no_grad():
             dev = self.device
             z = self.vae.encode((patches.to(dev) * 2 - 1).to(self.dtype)).latent_dist.mode().float()
             z = (z - self._mean.to(dev)) / self._std.to(dev)  # (27, C, 1, 4, 4)
@@ -261,8 +262,8 @@ def _check_class(config_path, expected: str) -> None:
         cls = json.loads(open(config_path).read()).get("_class_name")
     except (OSError, ValueError) as e:
         raise MirageError(f"{config_path}: unreadable config ({_first_line(e)})") from e
-    if cls is not None and cls != expected:
-        raise MirageError(f"{config_path}: holds a {cls}, expected {expected}")
+    if cls != expected:
+        raise MirageError(f"{config_path}: holds {'a ' + cls if cls else 'no diffusers model'}, expected {expected}")
 
 
 def _first_line(e: BaseException) -> str:

@@ -238,6 +238,21 @@ def test_loader_accepts_any_diffusers_layout(tmp_path):
     assert out.shape == (T, 16, H // 8, W // 8)
 
 
+def test_registry_name_loads_from_the_hf_cache_offline(tmp_path, kit, monkeypatch):
+    import shutil
+
+    repo = tmp_path / "hf" / "hub" / "models--Wan-AI--Wan2.1-VACE-1.3B-diffusers"
+    shutil.copytree(kit["vace"], repo / "snapshots" / "c0ffee", ignore=shutil.ignore_patterns("depth"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backend, codec = load_wan_vace("wan2.1-vace-1.3b", device="cpu", progress=False)
+    assert backend.describe()["model"] == "wan2.1-vace-1.3b" and codec.source.endswith("c0ffee/vae")
+    assert WanVAECodec.from_pretrained("Wan-AI/Wan2.1-VACE-1.3B-diffusers", device="cpu").channels == 16
+
+
 def test_loader_rejects_other_models(tmp_path, kit):
     import shutil
 

@@ -28,6 +28,7 @@ class ChunkRequest:
         reference: ``(R, C, h, w)`` latents of earlier frames most co-visible with this chunk, or None.
         chunk_index: index of the chunk in the plan.
         num_frames: number of video frames of the chunk (``1 + temporal_factor * (T - 1)``).
+        seed: the run's seed; a backend derives its per-chunk noise from ``(seed, chunk_index)``.
     """
 
     read_latents: torch.Tensor

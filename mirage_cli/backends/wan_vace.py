@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 
 from ..errors import MirageError
-from ..models import (VACE_SUBFOLDERS, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind)
+from ..models import (VACE_SUBFOLDERS, dtype_kwargs, dtype_name, hf_progress, resolve_device, resolve_dtype,
+                      resolve_model, weights_kind)
 from ..wan_vae import WanVAECodec, _first_line
 from . import ChunkRequest, ProgressFn
 
@@ -110,7 +111,8 @@ class WanVACEBackend:
         codec: the chunk codec (its grey latents build the context; the loop decodes with it).
         device / dtype: compute device and transformer/text-encoder dtype.
         shift: flow-matching timestep shift (3.0 for 480p, 5.0 is Wan's choice for 720p).
-        cpu_offload: keep weights on the CPU and move each module to the device only while it runs.
+        cpu_offload: for small GPUs: the text encoder runs on the CPU (once per prompt, cached; as Wan's
+            ``--t5_cpu``), the transformer and VAE live in CPU memory and visit the GPU only while they run.
         conditioning_scale: VACE hint scale for every VACE layer.
         preceding_frames: how many of ``req.preceding`` to use: 1 pins the overlap frame only; ``k > 1``
             also prepends ``preceding[-k:-1]`` as extra pinned frames (temporal context), dropped
@@ -147,9 +149,11 @@ class WanVACEBackend:
                 f"{model}: transformer expects {cfg.in_channels} latent / {cfg.vace_in_channels} VACE channels but "
                 f"the VAE gives {codec.channels} / {2 * codec.channels + self.mask_channels} "
                 f"(2 x {codec.channels} + {codec.spatial_factor}^2)")
+        # Where the text encoder runs: the compute device, or the CPU when offloading (UMT5-XXL alone is 11.4 GB).
+        self.text_device = torch.device("cpu") if self.cpu_offload else self.device
+        self.text_encoder.to(self.text_device)
         if not self.cpu_offload:
-            for m in (self.transformer, self.text_encoder):
-                m.to(self.device)
+            self.transformer.to(self.device)
 
     # ------------------------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str) -> torch.Tensor:
@@ -159,8 +163,8 @@ class WanVACEBackend:
             tok = self.tokenizer([text], padding="max_length", max_length=self.max_sequence_length, truncation=True,
                                  add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
             n = int(tok.attention_mask.gt(0).sum())
-            with self._placed(self.text_encoder), torch.inference_mode():
-                dev = self.device
+            with torch.no_grad():
+                dev = self.text_device
                 h = self.text_encoder(tok.input_ids.to(dev), tok.attention_mask.to(dev)).last_hidden_state
             emb = torch.zeros_like(h)
             emb[:, :n] = h[:, :n]
@@ -172,7 +176,8 @@ class WanVACEBackend:
         """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
         read, known = req.read_latents, req.known
         if read.ndim != 4 or known.shape != (read.shape[0], *read.shape[2:]):
-            raise ValueError(f"read_latents {tuple(read.shape)} / known {tuple(known.shape)}: expected (T,C,h,w) / (T,h,w)")
+            raise ValueError(f"read_latents {tuple(read.shape)} / known {tuple(known.shape)}: "
+                             "expected (T, C, h, w) / (T, h, w)")
         T, C, h, w = read.shape
         sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
         if C != self.codec.channels:
@@ -233,7 +238,7 @@ class WanVACEBackend:
         scale = torch.full((len(self.transformer.config.vace_layers),), self.conditioning_scale, device=dev,
                            dtype=self.dtype)
         x = hold(noise.clone(), sigmas[0])
-        with self._placed(self.transformer), torch.inference_mode():
+        with self._placed(self.transformer), torch.no_grad():
             for i, t in enumerate(sched.timesteps):
                 ts = t.expand(1).to(dev)
                 v = self._velocity(x, ts, cond, ctx, scale)
@@ -262,6 +267,7 @@ class WanVACEBackend:
             "weights": self.weights, "steps": self._last.get("steps"), "guidance": self._last.get("guidance"),
             "shift": self.shift, "scheduler": "FlowMatchEulerDiscreteScheduler",
             "num_train_timesteps": self.num_train_timesteps, "cpu_offload": self.cpu_offload,
+            "text_encoder_device": str(self.text_device),
             "conditioning_scale": self.conditioning_scale, "preceding_frames": self.preceding_frames,
             "transformer": {"class": type(self.transformer).__name__, "num_layers": cfg.num_layers,
                             "dim": cfg.num_attention_heads * cfg.attention_head_dim,
@@ -287,14 +293,15 @@ class WanVACEBackend:
 
 def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False,
                   shift: float = 3.0, *, vae_dtype: str | torch.dtype = "fp32", tiling: bool = True,
-                  download: bool = False, conditioning_scale: float = 1.0,
-                  preceding_frames: int = 1) -> tuple[WanVACEBackend, WanVAECodec]:
+                  download: bool = False, conditioning_scale: float = 1.0, preceding_frames: int = 1,
+                  progress: bool = True) -> tuple[WanVACEBackend, WanVAECodec]:
     """Load any diffusers-layout Wan2.1-VACE folder (``NAME | REPO_ID | DIR``) into a backend and its codec.
 
     The model is resolved first (no diffusers import), so a missing model fails in milliseconds with
     :class:`MirageError`. Transformer and text encoder use ``dtype`` (``auto``: bf16 on CUDA, fp32 on
-    CPU); the VAE uses ``vae_dtype`` (fp32 by default). ``cpu_offload`` keeps the weights in CPU
-    memory and moves each module to the GPU only while it runs.
+    CPU); the VAE uses ``vae_dtype`` (fp32 by default). ``cpu_offload`` runs the text encoder on the
+    CPU and keeps transformer and VAE weights in CPU memory, moving each to the GPU only while it runs.
+    ``progress=False`` silences the libraries' weight-loading bars (for ``--quiet``).
     """
     root = resolve_model(model_ref, list(VACE_SUBFOLDERS), download=download)
     _read_index(root)
@@ -313,12 +320,14 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
         except Exception as e:  # corrupt/foreign files: one line naming the component
             raise MirageError(f"could not load {what} from {root / what}: {_first_line(e)}") from e
 
-    tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(root / "tokenizer"))
-    text_encoder = load("text_encoder", lambda: UMT5EncoderModel.from_pretrained(root / "text_encoder", dtype=dt))
-    transformer = load("transformer", lambda: WanVACETransformer3DModel.from_pretrained(
-        root, subfolder="transformer", dtype=dt))
-    codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=dev, dtype=vdt, tiling=tiling,
-                                        offload=cpu_offload)
+    with hf_progress(progress):
+        tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(root / "tokenizer"))
+        text_encoder = load("text_encoder", lambda: UMT5EncoderModel.from_pretrained(
+            root / "text_encoder", use_safetensors=True, **dtype_kwargs("transformers", dt)))
+        transformer = load("transformer", lambda: WanVACETransformer3DModel.from_pretrained(
+            root, subfolder="transformer", use_safetensors=True, **dtype_kwargs("diffusers", dt)))
+        codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=dev, dtype=vdt, tiling=tiling,
+                                            offload=cpu_offload)
     if text_encoder.config.d_model != transformer.config.text_dim:
         raise MirageError(f"{root}: text encoder width {text_encoder.config.d_model} != transformer text_dim "
                           f"{transformer.config.text_dim}")

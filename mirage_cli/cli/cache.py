@@ -1,5 +1,137 @@
-"""`mirage cache ...` commands (to be filled in)."""
+"""`mirage cache ...`: inspect, export and render latent-memory cache files (``*.safetensors``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
 
-app = typer.Typer(help="cache commands", no_args_is_help=True)
+from .console import console, err_console
+
+app = typer.Typer(
+    help="Latent-memory cache files: inspect, export a point cloud, render a memory-only flythrough.",
+    no_args_is_help=True,
+)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@app.command("inspect", no_args_is_help=True)
+def inspect_cmd(
+    file: Path = typer.Argument(..., help="Cache file (.safetensors) written by `mirage generate` or LatentMemory.save."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+) -> None:
+    """Summarise a cache: points, bytes, codec, channels, dtype, chunks, bounds, metadata."""
+    from ..memory.cachefile import cache_summary
+
+    info = cache_summary(file)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    t = Table(title=f"latent memory  {file}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    n = info["points"]
+    t.add_row("format", f"{info['format']} v{info['version']}  ({info['created_by'] or 'unknown writer'})")
+    t.add_row("codec", f"{info['codec']}: {info['channels']} channels, 1/{info['spatial_factor']} spatial")
+    t.add_row("points", f"{n:,}")
+    t.add_row("memory", f"{_human(info['bytes'])} ({info['bytes_per_point']:.0f} B/point, features {info['dtype']}); "
+                        f"file {_human(info['file_bytes'])}")
+    t.add_row("write policy", info["write_policy"])
+    if info["bounds"]:
+        lo, hi = info["bounds"]
+        t.add_row("bounds", "x [{:.3g}, {:.3g}]  y [{:.3g}, {:.3g}]  z [{:.3g}, {:.3g}]".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))
+        fp = info["footprint"]
+        t.add_row("footprint", f"min {fp['min']:.3g}  median {fp['median']:.3g}  max {fp['max']:.3g} (world units)")
+    chunks = info["chunks"]
+    if chunks:
+        items = sorted(chunks.items(), key=lambda kv: int(kv[0]))
+        shown = "  ".join(f"{'input' if k == '0' else k}: {v:,}" for k, v in items[:12])
+        more = f"  ... ({len(items) - 12} more)" if len(items) > 12 else ""
+        t.add_row("points per chunk", shown + more)
+    if info["image_hash"]:
+        t.add_row("image hash", info["image_hash"])
+    if info["extras"]:
+        keys = sorted(info["extras"])
+        ref = info["extras"].get("reference_depth")
+        t.add_row("extras", ", ".join(keys) + (f"  (reference_depth {ref:.4g})" if isinstance(ref, (int, float)) else ""))
+    console.print(t)
+
+
+@app.command("export", no_args_is_help=True)
+def export_cmd(
+    file: Path = typer.Argument(..., help="Cache file (.safetensors)."),
+    ply: Path = typer.Option(..., "--ply", help="Output point cloud (.ply, binary little-endian, float xyz + uchar rgb)."),
+    convention: str = typer.Option("opencv", "--convention", help="Axes of the written points: opencv (as stored: y down, z forward) | opengl (y up, z backward)."),
+) -> None:
+    """Export the memory's points as a coloured PLY (exact colours for the pixel codec, a PCA pseudo-colour otherwise)."""
+    from ..memory.cachefile import export_ply
+    from ..memory.latent import LatentMemory
+
+    mem = LatentMemory.load(file)
+    n = export_ply(mem, ply, convention=convention)
+    err_console.print(f"wrote {ply} ({n:,} points, {convention} axes)", highlight=False)
+
+
+@app.command("render", no_args_is_help=True)
+def render_cmd(
+    file: Path = typer.Argument(..., help="Cache file (.safetensors)."),
+    traj: str = typer.Option(..., "--traj", "-t", help="Trajectory file or preset name (frame 0 = the input image's camera)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Video width [default: the cache's 'width' extra, else 832]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Video height [default: the cache's 'height' extra, else 480]."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second [default: the trajectory's]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this [default: the reference depth for 'relative' trajectories, 1 otherwise]."),
+    holes: str = typer.Option("#ff00ff", "--holes", help="Colour of cells the memory does not cover (#rrggbb, black, white, magenta, grey)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+) -> None:
+    """Fly through the memory alone (no model): each latent cell shows what the memory holds, holes stay holes."""
+    from ..camera import validate_cameras
+    from ..errors import MirageError
+    from ..io import write_video
+    from ..memory.cachefile import parse_color, reference_depth_of, render_memory
+    from ..memory.latent import LatentMemory
+    from ..trajectory import load_trajectory
+
+    hole = parse_color(holes)
+    mem = LatentMemory.load(file, device=_device(device))
+    tr = load_trajectory(traj)
+    W = width or int(mem.extras.get("width") or 832)
+    H = height or int(mem.extras.get("height") or 480)
+    if W < mem.spatial_factor or H < mem.spatial_factor:
+        raise MirageError(f"--width/--height {W}x{H} is smaller than one latent cell ({mem.spatial_factor} px)")
+    cams = tr.cameras_for(W, H)
+    validate_cameras(cams, traj)
+    if scale is not None:
+        factor, why = scale, "--scale"
+    elif tr.scale == "relative":
+        factor, why = reference_depth_of(mem)
+    else:
+        factor, why = 1.0, "absolute trajectory"
+    cams = cams.scaled(factor)
+    frames, known = render_memory(mem, cams, hole)
+    rate = fps or tr.fps
+    write_video(output, frames, rate, comment=f"mirage cache render of {file.name} (memory only, holes {holes})")
+    if not quiet:
+        err_console.print(
+            f"wrote {output} ({len(cams)} frames, {frames.shape[-1]}x{frames.shape[-2]}, {rate:g} fps; "
+            f"translation scale {factor:.4g} from {why}; {100 * known.float().mean():.1f}% of cells known)",
+            highlight=False)

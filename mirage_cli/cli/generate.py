@@ -67,7 +67,7 @@ def generate_cmd(
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not show, transient=False)
     with progress:
-        record = generate(cfg, progress=progress, warn=warn, resume_dir=resume)
+        record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out)
     if json_out:
         console.print_json(json.dumps(record))
     elif not quiet:

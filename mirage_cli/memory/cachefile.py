@@ -7,34 +7,14 @@ directory and are renamed into place with :func:`os.replace`, so a crash never l
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ..errors import MirageError
-
-
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest`` (same suffix); on success rename it onto ``dest``.
-
-    On any exception the temporary file is removed and ``dest`` is left untouched.
-    """
-    dest = Path(dest)
-    if dest.parent and not dest.parent.exists():
-        raise MirageError(f"{dest}: directory {dest.parent} does not exist")
-    tmp = dest.with_name(f".{dest.stem}.tmp-{os.getpid()}{dest.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+from ..io import atomic_path
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -112,3 +92,149 @@ def parse_json(path, meta: dict, key: str) -> dict:
     if not isinstance(value, dict):
         raise MirageError(f"{path}: metadata field {key!r} must be a JSON object")
     return value
+
+
+# ------------------------------------------------------------------------------ tools (mirage cache ...)
+def cache_summary(path: str | os.PathLike) -> dict:
+    """Everything ``mirage cache inspect`` shows: the memory's stats plus the file's metadata.
+
+    Keys: ``file``, ``file_bytes``, ``format``, ``version``, ``created_by``, ``codec``, ``channels``,
+    ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``,
+    ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
+    """
+    from .latent import FORMAT, VERSION, LatentMemory
+
+    mem = LatentMemory.load(path)
+    st = mem.stats()
+    _, meta = _metadata_only(path)
+    return {
+        "file": str(path),
+        "file_bytes": Path(path).stat().st_size,
+        "format": FORMAT,
+        "version": VERSION,
+        "created_by": meta.get("created_by", ""),
+        "codec": st["codec"],
+        "channels": st["channels"],
+        "spatial_factor": st["spatial_factor"],
+        "dtype": st["dtype"],
+        "points": st["points"],
+        "bytes": st["bytes"],
+        "bytes_per_point": st["bytes_per_point"],
+        "write_policy": st["write_policy"],
+        "image_hash": st["image_hash"],
+        "bounds": st["bounds"],
+        "footprint": st["footprint"],
+        "chunks": st["points_per_chunk"],
+        "extras": mem.extras,
+    }
+
+
+def _metadata_only(path) -> tuple[list[str], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return list(f.keys()), dict(f.metadata() or {})
+    except Exception as e:
+        raise MirageError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from e
+
+
+def point_colors(memory, codec: str | None = None) -> torch.Tensor:
+    """``(N, 3)`` float colours in [0, 1] of the memory's points.
+
+    Exact for the pixel codec (the features are the colours); for other codecs the lead's
+    :func:`mirage_cli.codecs.features_to_rgb` map (a pseudo-colour without the decoder).
+    """
+    from ..codecs import features_to_rgb
+
+    name = codec or memory.codec
+    if name.startswith("pixel"):
+        return memory.features.float()[:, :3].clamp(0, 1).cpu()
+    return features_to_rgb(memory.features.float().cpu(), name).float().clamp(0, 1)
+
+
+def export_ply(memory, path: str | os.PathLike, convention: str = "opencv") -> int:
+    """Write the memory's points as a binary little-endian PLY (float xyz + uchar rgb), atomically.
+
+    ``convention="opencv"`` keeps the memory's world axes (x right, y down, z forward);
+    ``"opengl"`` flips y and z (y up), which most viewers expect. Returns the number of points.
+    """
+    import numpy as np
+
+    if convention not in ("opencv", "opengl"):
+        raise MirageError(f"unknown convention {convention!r} (choose opencv or opengl)")
+    n = len(memory)
+    xyz = memory.points.detach().float().cpu().numpy().astype("<f4")
+    if convention == "opengl":
+        xyz = xyz * np.array([1, -1, -1], dtype="<f4")
+    rgb = (point_colors(memory).numpy() * 255 + 0.5).astype(np.uint8)
+    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"comment mirage latent memory: codec {memory.codec}, {memory.channels} channels, "
+        f"spatial factor {memory.spatial_factor}, axes {convention}\n"
+        f"element vertex {n}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    ).encode("ascii")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(rec.tobytes())
+    return n
+
+
+def parse_color(text: str) -> tuple[float, float, float]:
+    """``"#rrggbb"``, ``"rrggbb"`` or a few names (black, white, magenta, grey) -> RGB in [0, 1]."""
+    names = {"black": "000000", "white": "ffffff", "magenta": "ff00ff", "grey": "808080", "gray": "808080"}
+    h = names.get(text.lower(), text.lstrip("#"))
+    if len(h) != 6 or any(c not in "0123456789abcdefABCDEF" for c in h):
+        raise MirageError(f"--holes: {text!r} is not a colour (use #rrggbb or black/white/magenta/grey)")
+    return tuple(int(h[i : i + 2], 16) / 255 for i in (0, 2, 4))
+
+
+def reference_depth_of(memory) -> tuple[float, str]:
+    """The scene's reference depth for ``"relative"`` trajectories, and where it came from.
+
+    ``extras["reference_depth"]`` when the cache has it, else the median z of the input image's
+    points (chunk 0), which live in frame 0's camera coordinates, else of all points.
+    """
+    ref = memory.extras.get("reference_depth")
+    if isinstance(ref, (int, float)) and ref > 0:
+        return float(ref), "cache metadata"
+    if len(memory) == 0:
+        raise MirageError("the cache is empty and has no reference_depth; pass --scale")
+    z = memory.points[:, 2]
+    first = memory.chunk == 0
+    zz = z[first & (z > 0)] if bool((first & (z > 0)).any()) else z[z > 0]
+    if zz.numel() == 0:
+        raise MirageError("the cache has no reference_depth and no point in front of frame 0; pass --scale")
+    return float(zz.median()), "median depth of the input image's points"
+
+
+@torch.no_grad()
+def render_memory(memory, cameras, holes=(1.0, 0.0, 1.0), batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory-only views: each latent cell shows its z-buffer winner's colour (nearest upsampled).
+
+    Returns frames ``(T, 3, h*f, w*f)`` float in [0, 1] (holes in the ``holes`` colour) and the
+    known-mask ``(T, h, w)``.
+    """
+    colors = point_colors(memory).to(memory.device)
+    f = memory.spatial_factor
+    frames, knowns = [], []
+    hole = torch.tensor(holes, dtype=torch.float32, device=memory.device)
+    for s in range(0, len(cameras), batch):
+        idx, _ = memory.read_index(cameras[s : s + batch])
+        known = idx >= 0
+        if len(memory):
+            img = colors[idx.clamp(min=0)]  # (b, h, w, 3)
+        else:
+            img = torch.zeros(*idx.shape, 3, device=memory.device)
+        img = torch.where(known[..., None], img, hole).permute(0, 3, 1, 2)
+        if f > 1:
+            img = img.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+        frames.append(img.cpu())
+        knowns.append(known.cpu())
+    return torch.cat(frames), torch.cat(knowns)

@@ -47,7 +47,7 @@ from .. import __version__
 from ..camera import Cameras
 from ..errors import MirageError
 from .cachefile import check_tensor, parse_int, parse_json, read_safetensors, write_safetensors
-from .splat import axes_extent4, float_bits, hash_rows, rasterize
+from .splat import float_bits, hash_rows, rasterize
 
 FORMAT = "mirage.latent-memory"
 VERSION = 1
@@ -247,6 +247,15 @@ class LatentMemory:
         self._chunk = chunk.to(torch.int32).contiguous()
         self._key = self._hash(self._points, self._features) if key is None else key
 
+    def _world_axes(self) -> torch.Tensor:
+        """``(N, 6)`` float32 world half-axes (``axes * footprint``), cached until the points change."""
+        cache = getattr(self, "_axes_cache", None)
+        if cache is None or cache[0] is not self._axes or cache[1].shape[0] != len(self) or cache[1].device != self.device:
+            A = (self._axes.float() * self._footprint[:, None, None]).reshape(-1, 6).contiguous()
+            cache = (self._axes, A)
+            self._axes_cache = cache
+        return cache[1]
+
     @staticmethod
     def _hash(points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
@@ -323,36 +332,56 @@ class LatentMemory:
                     torch.zeros(T, h, w, dtype=torch.float32, device=dev))
         w2c = cameras.w2c.to(dev, torch.float32)
         K = _latent_K(cameras, self.spatial_factor).to(dev, torch.float32)
+        Kc = _latent_K(cameras, self.spatial_factor)  # float64 on CPU, for the culling bounds
         X, Y, Z = pts.unbind(dim=1)
-        axes, foot, keys = self._axes[start:], self._footprint[start:], self._key[start:]
+        A_all, keys = self._world_axes()[start:], self._key[start:]
         m = self.max_radius
-        parts: list[list[torch.Tensor]] = [[] for _ in range(11)]
+        index = torch.empty(T, h, w, dtype=torch.int64, device=dev)
+        depth = torch.empty(T, h, w, dtype=torch.float32, device=dev)
         for t in range(T):
             r = w2c[t]
             xc = r[0, 0] * X + r[0, 1] * Y + r[0, 2] * Z + r[0, 3]
             yc = r[1, 0] * X + r[1, 1] * Y + r[1, 2] * Z + r[1, 3]
             zc = r[2, 0] * X + r[2, 1] * Y + r[2, 2] * Z + r[2, 3]
+            # Conservative frustum cull (grid grown by max_radius cells) without dividing.
+            k = Kc[t]
+            x_lo, x_hi = float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0])
+            y_lo, y_hi = float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])
+            ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
+            sel = ok.nonzero().squeeze(1)
+            xc, yc, z = (a.index_select(0, sel) for a in (xc, yc, zc))
             fx, fy, cx, cy = K[t, 0, 0], K[t, 1, 1], K[t, 0, 2], K[t, 1, 2]
-            xn, yn = xc / zc, yc / zc
+            xn, yn = xc / z, yc / z
             u = xn * fx + cx
             v = yn * fy + cy
-            sel = ((zc > 0) & (u > -m) & (u < w + m) & (v > -m) & (v < h + m)).nonzero().squeeze(1)
-            u, v, z, xn, yn = (a.index_select(0, sel) for a in (u, v, zc, xn, yn))
-            A = axes.index_select(0, sel).float() * foot.index_select(0, sel)[:, None, None]  # world half-axes
+            A = A_all.index_select(0, sel)  # (M, 6) world half-axes
             J = []
-            for k in range(2):
-                ax, ay, az = A[:, k, 0], A[:, k, 1], A[:, k, 2]
+            for q in (0, 3):
+                ax, ay, az = A[:, q], A[:, q + 1], A[:, q + 2]
                 cxk = r[0, 0] * ax + r[0, 1] * ay + r[0, 2] * az
                 cyk = r[1, 0] * ax + r[1, 1] * ay + r[1, 2] * az
                 czk = r[2, 0] * ax + r[2, 1] * ay + r[2, 2] * az
                 J += [fx * (cxk - xn * czk) / z, fy * (cyk - yn * czk) / z]
-            # J = [[du_0, du_1], [dv_0, dv_1]]: columns are the half-axes in target cells
-            vals = [torch.full_like(sel, t), sel + start, u, v, z, J[0], J[2], J[1], J[3], keys.index_select(0, sel)]
-            for lst, val in zip(parts, vals):
-                lst.append(val)
-        ti, pi, u, v, z, a, b, c, d, key = (torch.cat(lst) for lst in parts[:10])
-        ru, rv, jinv = axes_extent4(a, b, c, d)
-        return rasterize(ti, pi, u, v, z, ru, rv, jinv, key, T, h, w, self.max_radius)
+            # [[du_0, du_1], [dv_0, dv_1]]: the columns are the patch's half-axes in target cells
+            idx, dep = rasterize(0, sel + start, u, v, z, keys.index_select(0, sel), 1, h, w,
+                                 J=(J[0], J[2], J[1], J[3]), max_radius=m)
+            index[t], depth[t] = idx[0], dep[0]
+        return index, depth
+
+    @torch.no_grad()
+    def read_index(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """The z-buffer of :meth:`read` as indices: winner point per cell ``(T, h, w)`` int64
+        (-1 = unknown) and its depth ``(T, h, w)`` float32 (e.g. to colour points for a preview)."""
+        h, w = self.latent_size(cameras)
+        idx, dep = [], []
+        for s in range(0, len(cameras), max(1, int(batch))):
+            i, d = self._splat(cameras[s : s + batch])
+            idx.append(i)
+            dep.append(d)
+        if not idx:
+            return (torch.zeros(0, h, w, dtype=torch.int64, device=self.device),
+                    torch.zeros(0, h, w, dtype=torch.float32, device=self.device))
+        return torch.cat(idx), torch.cat(dep)
 
     def _make_points(self, latents: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                      cells: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -108,68 +108,57 @@ def splat(
     ok = torch.isfinite(u) & torch.isfinite(v) & torch.isfinite(zf) & (zf > 0)
     t_idx, p_idx = ok.nonzero(as_tuple=True)
     u, v, zf = u[t_idx, p_idx], v[t_idx, p_idx], zf[t_idx, p_idx]
-    if axes is not None:
-        J = axes.float()[t_idx, p_idx]
-        ru, rv, jinv = axes_extent(J)
-    else:
-        ru = rv = radius.float()[t_idx, p_idx]
-        jinv = None
     if key is None:
         ks = hash_rows(torch.stack([float_bits(u), float_bits(v), float_bits(zf)], dim=1))
     else:
         key = key.to(device=z.device, dtype=torch.int64)
         ks = key[p_idx] if key.ndim == 1 else key[t_idx, p_idx]
-    return rasterize(t_idx, p_idx, u, v, zf, ru, rv, jinv, ks, T, h, w, max_radius)
+    if axes is not None:
+        J = axes.float()[t_idx, p_idx]
+        return rasterize(t_idx, p_idx, u, v, zf, ks, T, h, w, J=(J[:, 0, 0], J[:, 0, 1], J[:, 1, 0], J[:, 1, 1]),
+                         max_radius=max_radius)
+    return rasterize(t_idx, p_idx, u, v, zf, ks, T, h, w, radius=radius.float()[t_idx, p_idx], max_radius=max_radius)
 
 
-def axes_extent(J: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Bounding half-extents and inverse of parallelogram footprints ``J (M, 2, 2)``.
+def inverse2x2(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Inverse ``(a', b', c', d')`` of ``[[a, b], [c, d]]`` (four ``(M,)`` tensors).
 
-    Returns ``ru (M,)``, ``rv (M,)`` and the inverse as four ``(M,)`` tensors ``(a, b, c, d)`` of
-    ``[[a, b], [c, d]]``. A degenerate parallelogram (seen edge-on) gets a huge inverse, so it
-    covers only the cell its centre falls in.
+    A degenerate matrix (a parallelogram seen edge-on) gets a huge inverse, so that only the cell
+    its centre falls in is covered.
     """
-    return axes_extent4(J[:, 0, 0], J[:, 0, 1], J[:, 1, 0], J[:, 1, 1])
-
-
-def axes_extent4(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor):
-    """:func:`axes_extent` for ``J = [[a, b], [c, d]]`` given as four ``(M,)`` tensors."""
-    ru = a.abs() + b.abs()
-    rv = c.abs() + d.abs()
     det = a * d - b * c
     good = det.abs() > 1e-12
     inv_det = torch.where(good, 1.0 / torch.where(good, det, torch.ones_like(det)), torch.zeros_like(det))
     big = torch.full_like(det, 1e12)
-    jinv = tuple(torch.where(good, x * inv_det, big) for x in (d, -b, -c, a))
-    return ru, rv, jinv
+    return tuple(torch.where(good, x * inv_det, big) for x in (d, -b, -c, a))
 
 
 def rasterize(
-    t_idx: torch.Tensor,
+    t_idx: torch.Tensor | int,
     owner: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor,
     z: torch.Tensor,
-    ru: torch.Tensor,
-    rv: torch.Tensor,
-    jinv: tuple[torch.Tensor, ...] | None,
     key: torch.Tensor,
     T: int,
     h: int,
     w: int,
+    radius: torch.Tensor | None = None,
+    J: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     max_radius: float = 4.0,
     margin: float = AXES_MARGIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Core of :func:`splat` on a flat list of ``M`` (frame, point) pairs with ``z > 0``.
 
     Args:
-        t_idx, owner: ``(M,)`` frame and point index of each pair (``t_idx`` may be a python int
-            0 when ``T == 1``).
+        t_idx: ``(M,)`` frame of each pair, or an int when all pairs are in that frame.
+        owner: ``(M,)`` point index reported in ``index``.
         u, v, z: ``(M,)`` fp32 grid coordinates and depth.
-        ru, rv: ``(M,)`` half-extents in cells (clamped here to ``[0.5, max_radius]``).
-        jinv: inverse parallelogram axes as four ``(M,)`` tensors (see :func:`axes_extent`), or
-            ``None`` for square footprints.
         key: ``(M,)`` int64 tie-break keys in ``[0, 2**31)``.
+        T, h, w: output size.
+        radius: ``(M,)`` square half-extents in cells, or
+        J: parallelograms ``[[a, b], [c, d]]`` as four ``(M,)`` tensors (columns = half-axes in
+            cells). Half-extents are clamped to ``[0.5, max_radius]``.
     Returns:
         index ``(T, h, w)`` int64 (-1 none) and depth ``(T, h, w)`` float32 (0 none).
     """
@@ -179,27 +168,23 @@ def rasterize(
     depth = torch.zeros(T * hw, dtype=torch.float32, device=dev)
     if z.numel() == 0 or hw == 0:
         return index.view(T, h, w), depth.view(T, h, w)
-    if not torch.is_tensor(t_idx):
-        t_idx = torch.full_like(owner, int(t_idx))
+    if J is not None:
+        ru, rv = J[0].abs() + J[1].abs(), J[2].abs() + J[3].abs()
+    else:
+        ru = rv = radius
     ru = ru.nan_to_num(0.5).clamp(0.5, float(max_radius))
-    rv = rv.nan_to_num(0.5).clamp(0.5, float(max_radius))
+    rv = ru if rv is ru else rv.nan_to_num(0.5).clamp(0.5, float(max_radius))
     # Cell ranges [j0, j1) x [i0, i1) whose centres lie in the bounding box; clamp before casting.
     j0 = torch.ceil(u - ru - 0.5).clamp(-1, w + 1)
     j1 = torch.ceil(u + ru - 0.5).clamp(-1, w + 1)
     i0 = torch.ceil(v - rv - 0.5).clamp(-1, h + 1)
     i1 = torch.ceil(v + rv - 0.5).clamp(-1, h + 1)
-    ok = ((j1 > 0) & (j0 < w) & (i1 > 0) & (i0 < h)).nonzero().squeeze(1)
-    if ok.numel() == 0:
-        return index.view(T, h, w), depth.view(T, h, w)
-    if ok.numel() < z.numel():
-        t_idx, owner, u, v, z, key, j0, j1, i0, i1 = (
-            x.index_select(0, ok) for x in (t_idx, owner, u, v, z, key, j0, j1, i0, i1))
-        jinv = None if jinv is None else tuple(x.index_select(0, ok) for x in jinv)
     jc0, jc1 = j0.long().clamp(0, w), j1.long().clamp(0, w)
     ic0, ic1 = i0.long().clamp(0, h), i1.long().clamp(0, h)
     span_j, span_i = jc1 - jc0, ic1 - ic0
-    span = torch.maximum(span_i, span_j)
-    base = t_idx * hw + ic0 * w + jc0
+    # Cells spanned per axis (0 when the bounding box misses the grid on either axis).
+    span = torch.where(torch.minimum(span_i, span_j) > 0, torch.maximum(span_i, span_j), 0)
+    base = ic0 * w + jc0 + (t_idx * hw if torch.is_tensor(t_idx) else int(t_idx) * hw)
     packed = (float_bits(z) << 32) | (key & 0x7FFFFFFF)
 
     cells, vals, owners = [], [], []
@@ -225,13 +210,13 @@ def rasterize(
             s = sel.index_select(0, rows)
             dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
             cell = base.index_select(0, s) + dio * w + djo
-            if jinv is not None:
+            if J is not None:
                 us, vs = u.index_select(0, s), v.index_select(0, s)
                 ci = ic0.index_select(0, s) + dio
                 cj = jc0.index_select(0, s) + djo
                 dx = (cj.to(torch.float32) + 0.5) - us
                 dy = (ci.to(torch.float32) + 0.5) - vs
-                a, b, c, d = (x.index_select(0, s) for x in jinv)
+                a, b, c, d = inverse2x2(*(x.index_select(0, s) for x in J))
                 alpha = a * dx + b * dy
                 beta = c * dx + d * dy
                 # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.

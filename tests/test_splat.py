@@ -1,0 +1,164 @@
+"""The deterministic, footprint-aware z-buffer splat, against a brute-force reference."""
+
+import math
+
+import pytest
+import torch
+
+from mirage_cli.memory.splat import hash_rows, float_bits, splat
+
+
+def _one(u, v, z, r, h=5, w=6, **kw):
+    uv = torch.tensor([[[u, v]]], dtype=torch.float32)
+    return splat(uv, torch.tensor([[z]]), torch.tensor([[r]]), h, w, **kw)
+
+
+def reference_splat(uv, z, radius, h, w, key, max_radius=4.0):
+    """Loop-based reference: each cell takes the covering point with the smallest (z, key, index)."""
+    T, P = z.shape
+    index = torch.full((T, h, w), -1, dtype=torch.int64)
+    depth = torch.zeros(T, h, w)
+    for t in range(T):
+        best = {}
+        for p in range(P):
+            zz = float(z[t, p])
+            if not (math.isfinite(zz) and zz > 0):
+                continue
+            u, v = float(uv[t, p, 0]), float(uv[t, p, 1])
+            r = min(max(float(radius[t, p]), 0.5), max_radius)
+            for i in range(h):
+                for j in range(w):
+                    if u - r <= j + 0.5 < u + r and v - r <= i + 0.5 < v + r:
+                        cand = (torch.tensor(zz, dtype=torch.float32).item(), int(key[p]), p)
+                        if (i, j) not in best or cand < best[(i, j)]:
+                            best[(i, j)] = cand
+        for (i, j), (zz, _, p) in best.items():
+            index[t, i, j] = p
+            depth[t, i, j] = zz
+    return index, depth
+
+
+def test_single_point_covers_exactly_its_cell():
+    idx, dep = _one(2.3, 1.7, 3.0, 0.5)
+    assert idx[0, 1, 2] == 0 and dep[0, 1, 2] == 3.0
+    assert (idx >= 0).sum() == 1 and (dep > 0).sum() == 1
+    # radius below half a cell still covers the cell the point falls in
+    idx, _ = _one(2.3, 1.7, 3.0, 0.1)
+    assert idx[0, 1, 2] == 0 and (idx >= 0).sum() == 1
+    # a cell centre exactly on the point with r = 0.5 covers that cell only
+    idx, _ = _one(2.5, 1.5, 3.0, 0.5)
+    assert idx[0, 1, 2] == 0 and (idx >= 0).sum() == 1
+
+
+def test_footprint_covers_the_cells_it_spans_and_is_clamped():
+    idx, _ = _one(3.0, 2.5, 1.0, 1.5, h=6, w=8)  # centres within [1.5, 4.5) x [1, 4)
+    covered = (idx[0] >= 0).nonzero().tolist()
+    assert sorted(covered) == [[i, j] for i in (1, 2, 3) for j in (1, 2, 3)]
+    idx, _ = _one(10.0, 10.0, 1.0, 100.0, h=20, w=20, max_radius=2.0)
+    assert (idx >= 0).sum() == 16  # clamped to a 4x4 square
+
+
+def test_nearest_wins_whatever_the_order():
+    uv = torch.tensor([[[2.2, 2.2], [2.7, 2.6], [2.5, 2.4]]])
+    z = torch.tensor([[5.0, 2.0, 3.0]])
+    r = torch.full((1, 3), 0.5)
+    idx, dep = splat(uv, z, r, 5, 5)
+    assert idx[0, 2, 2] == 1 and dep[0, 2, 2] == 2.0
+    perm = torch.tensor([2, 0, 1])
+    idx2, dep2 = splat(uv[:, perm], z[:, perm], r[:, perm], 5, 5)
+    assert perm[idx2[0, 2, 2]] == 1 and torch.equal(dep, dep2)
+
+
+def test_exact_ties_are_broken_by_key_not_by_order():
+    uv = torch.tensor([[[2.2, 2.2], [2.7, 2.6], [2.5, 2.4], [2.6, 2.3]]])
+    z = torch.full((1, 4), 2.0)
+    r = torch.full((1, 4), 0.5)
+    key = torch.tensor([40, 7, 99, 13])
+    idx, _ = splat(uv, z, r, 5, 5, key=key)
+    assert idx[0, 2, 2] == 1
+    for seed in range(5):
+        perm = torch.randperm(4, generator=torch.Generator().manual_seed(seed))
+        idx2, _ = splat(uv[:, perm], z[:, perm], r[:, perm], 5, 5, key=key[perm])
+        assert perm[idx2[0, 2, 2]] == 1
+    # Without keys the default key is a hash of (u, v, z): still independent of the order.
+    winner = uv[0, splat(uv, z, r, 5, 5)[0][0, 2, 2]]
+    for seed in range(5):
+        perm = torch.randperm(4, generator=torch.Generator().manual_seed(seed))
+        idx2, _ = splat(uv[:, perm], z[:, perm], r[:, perm], 5, 5)
+        assert torch.equal(uv[0, perm][idx2[0, 2, 2]], winner)
+
+
+def test_points_behind_invalid_or_outside_are_dropped():
+    uv = torch.tensor([[[1.5, 1.5], [1.5, 1.5], [float("nan"), 1.0], [50.0, 1.5], [-0.2, 1.5], [1.5, 1.5]]])
+    z = torch.tensor([[-1.0, 0.0, 1.0, 1.0, 1.0, float("inf")]])
+    r = torch.full((1, 6), 0.5)
+    r[0, 4] = 1.0  # centre just outside the grid; its footprint reaches column 0, rows 0 and 1
+    idx, dep = splat(uv, z, r, 4, 4)
+    assert (idx >= 0).sum() == 2 and idx[0, 0, 0] == 4 and idx[0, 1, 0] == 4
+    assert dep[0, 0, 0] == 1.0 and (dep > 0).sum() == 2
+
+
+def test_batched_equals_frame_by_frame():
+    g = torch.Generator().manual_seed(0)
+    T, P, h, w = 3, 200, 12, 16
+    uv = torch.rand(T, P, 2, generator=g) * torch.tensor([w + 4.0, h + 4.0]) - 2
+    z = torch.rand(T, P, generator=g) * 5 + 0.5
+    r = torch.rand(T, P, generator=g) * 2
+    idx, dep = splat(uv, z, r, h, w)
+    for t in range(T):
+        i1, d1 = splat(uv[t : t + 1], z[t : t + 1], r[t : t + 1], h, w)
+        assert torch.equal(i1[0], idx[t]) and torch.equal(d1[0], dep[t])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_brute_force_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    T, P, h, w = 2, 60, 7, 9
+    uv = torch.rand(T, P, 2, generator=g) * torch.tensor([w + 2.0, h + 2.0]) - 1
+    z = (torch.rand(T, P, generator=g) * 4).round() + 1.0  # many exact depth ties
+    r = torch.rand(T, P, generator=g) * 2.5
+    key = hash_rows(torch.stack([float_bits(uv[0, :, 0]), float_bits(uv[0, :, 1])], 1))
+    idx, dep = splat(uv, z, r, h, w, key=key, max_radius=2.0)
+    ridx, rdep = reference_splat(uv, z, r, h, w, key, max_radius=2.0)
+    assert torch.equal(idx, ridx)
+    assert torch.equal(dep, rdep)
+
+
+def test_parallelogram_footprint_covers_its_cells_only():
+    # A thin parallelogram along the diagonal: half-axes (2, 2) and (0.3, -0.3) cells.
+    uv = torch.tensor([[[5.0, 5.0]]])
+    axes = torch.tensor([[[[2.0, 0.3], [2.0, -0.3]]]])
+    idx, _ = splat(uv, torch.tensor([[1.0]]), None, 10, 10, axes=axes)
+    covered = {tuple(c) for c in (idx[0] >= 0).nonzero().tolist()}
+    assert {(4, 4), (5, 5), (3, 3), (6, 6)} <= covered  # along the diagonal
+    assert (2, 7) not in covered and (7, 2) not in covered and (5, 2) not in covered
+    assert len(covered) < 16  # far less than its 5x5 bounding box
+
+
+def test_shuffled_points_give_the_same_depth_and_winner_content():
+    g = torch.Generator().manual_seed(3)
+    T, P, h, w = 2, 500, 20, 30
+    uv = torch.rand(T, P, 2, generator=g) * torch.tensor([w * 1.0, h * 1.0])
+    z = (torch.rand(T, P, generator=g) * 3).round() + 1.0
+    r = torch.rand(T, P, generator=g) * 1.5
+    idx, dep = splat(uv, z, r, h, w)
+    perm = torch.randperm(P, generator=g)
+    idx2, dep2 = splat(uv[:, perm], z[:, perm], r[:, perm], h, w)
+    assert torch.equal(dep, dep2)
+    known = idx >= 0
+    assert torch.equal(known, idx2 >= 0)
+    a = uv[torch.arange(T)[:, None, None], idx.clamp(min=0)]
+    b = uv[:, perm][torch.arange(T)[:, None, None], idx2.clamp(min=0)]
+    assert torch.equal(a[known], b[known])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu_bit_for_bit():
+    g = torch.Generator().manual_seed(4)
+    T, P, h, w = 3, 5000, 30, 52
+    uv = torch.rand(T, P, 2, generator=g) * torch.tensor([w * 1.0, h * 1.0])
+    z = (torch.rand(T, P, generator=g) * 3).round() + 1.0
+    r = torch.rand(T, P, generator=g) * 3
+    idx, dep = splat(uv, z, r, h, w)
+    idx_c, dep_c = splat(uv.cuda(), z.cuda(), r.cuda(), h, w)
+    assert torch.equal(idx, idx_c.cpu()) and torch.equal(dep, dep_c.cpu())
