@@ -413,6 +413,7 @@ class Arm:
         self.lift_s = 0.0
         self.lift_peak = 0
         self.lift_bytes = 0
+        self.xyz_rgb_bytes = 0
         self.setup_s = 0.0
         self.mse = [0.0, 0]
 
@@ -432,7 +433,23 @@ class Arm:
 
 
 def _held_bytes(memory) -> int:
-    return memory.nbytes() + memory.key.numel() * memory.key.element_size()
+    """Bytes of every tensor a memory object holds (its payload, derived keys, caches, nested memories)."""
+    seen: set[int] = set()
+
+    def walk(x, depth: int = 0) -> int:
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            if st.data_ptr() in seen:
+                return 0
+            seen.add(st.data_ptr())
+            return st.nbytes()
+        if isinstance(x, (tuple, list)):
+            return sum(walk(v, depth) for v in x)
+        if depth < 2 and hasattr(x, "__dict__") and type(x).__module__.startswith("mirage_cli.memory"):
+            return sum(walk(v, depth + 1) for v in vars(x).values())
+        return 0
+
+    return walk(memory)
 
 
 def _upsample_mask(known: torch.Tensor, factor: int) -> torch.Tensor:
@@ -604,6 +621,7 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
             rec["points"] = len(mem)
             rec["memory_overhead_s"] = rec["read_s"] + rec["write_s"]
             arm.chunks.append(rec)
+        pc_arm.xyz_rgb_bytes = pmem.nbytes_xyz_rgb()
         preceding = latents[n_real_lat - 1 : n_real_lat]
         if progress:
             progress.advance(task)
@@ -689,6 +707,7 @@ def _arm_summary(arm: Arm, shared: dict, with_grey: bool) -> dict:
         "read_psnr": _psnr(*arm.mse),
     }
     if arm.name == "pointcloud":
+        out["cache_bytes_xyz_rgb_only"] = arm.xyz_rgb_bytes
         out["render_s"] = sum(c["render_s"] for c in ch)
         out["encode_s"] = sum(c["encode_s"] for c in ch)
         out["write_decode_s"] = sum(c["write_decode_s"] for c in ch)
@@ -724,6 +743,7 @@ def _report(cfg, codec, codec_weights, backend, denoiser_weights, device, data, 
     keys = ("cache_bytes", "read_s", "write_s", "memory_overhead_s", "memory_overhead_incl_decode_s", "end_to_end_s",
             "peak_bytes")
     ratios = {k: _ratio(pc[k], lat[k]) for k in keys}
+    ratios["cache_bytes_vs_xyz_rgb_only"] = _ratio(pc["cache_bytes_xyz_rgb_only"], lat["cache_bytes"])
     kinds = {k for k in (codec_weights, denoiser_weights) if k != "none"}
     weights = "random" if "random" in kinds else "real" if kinds else "none"
     laps = []

@@ -44,7 +44,7 @@ class PixelCodec:
     """Latent = pixels (3 channels, values in [0, 1]), optionally box-downscaled by an integer factor.
 
     Exact for ``spatial_factor == 1``: decode(encode(x)) == x. With a factor ``s`` the decode is a
-    nearest upsampling of the cell means.
+    bilinear upsampling of the cell means (smooth, slightly soft).
     """
 
     name = "pixel"
@@ -67,7 +67,7 @@ class PixelCodec:
         x = latents.float()
         s = self.spatial_factor
         if s > 1:
-            x = F.interpolate(x, scale_factor=s, mode="nearest")
+            x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         return x.clamp(0, 1)
 
     def latent_to_rgb(self, features: torch.Tensor) -> torch.Tensor:

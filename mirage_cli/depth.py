@@ -202,20 +202,6 @@ def _fill_max(d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.where(k, d, up)
 
 
-def reduce_depth(depth: torch.Tensor, factor: int) -> torch.Tensor:
-    """Reduce ``(..., H, W)`` depth to a grid ``factor`` times coarser, keeping the **nearest**
-    valid surface of each cell (a cell straddling an edge belongs to the foreground object, never
-    to a point floating between the two surfaces). Invalid (0) pixels are ignored."""
-    if factor == 1:
-        return depth
-    big = torch.where(depth > 0, depth, torch.full_like(depth, float("inf")))
-    shape = big.shape
-    x = big.reshape(-1, 1, shape[-2], shape[-1])
-    m = -F.max_pool2d(-x, factor)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return m.reshape(*shape[:-2], m.shape[-2], m.shape[-1])
-
-
 def input_depth_source(option: str | None, image: Path, depth_scale: float | None) -> tuple[str, torch.Tensor | None]:
     """Decide where the input image's depth comes from (see the module docstring for the order).
 

@@ -35,10 +35,10 @@ from . import __version__
 from .backends import Backend, ChunkRequest
 from .camera import Cameras, backproject, project
 from .codecs import Codec, PixelCodec
-from .depth import check_depth_size, fill_depth, fit_scale_shift, input_depth_source, prior_depth, reduce_depth
+from .depth import check_depth_size, fill_depth, fit_scale_shift, input_depth_source, prior_depth
 from .errors import MirageError
 from .io import atomic_path, file_sha256, load_image, to_uint8, write_json, write_video
-from .memory.latent import INPUT_CHUNK, LatentMemory
+from .memory.latent import INPUT_CHUNK, LatentMemory, reduce_depth
 from .models import resolve_device
 
 LATENT_STORE_DTYPE = torch.float16
@@ -72,7 +72,7 @@ class GenerateConfig:
     device: str = "auto"
     dtype: str = "auto"
     chunk_frames: int | None = None
-    downscale: int = 1
+    downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
     cache_dump: str = "chunks"
     write_policy: str = "new"
     memory: str | None = None
@@ -106,6 +106,8 @@ class RunState:
     video: list = field(default_factory=list)  # uint8 (H, W, 3) frames so far
     records: list[dict] = field(default_factory=list)
     depth_model: object | None = None  # DepthModel: depth of new content when one is available
+    reference_depth: float = 1.0  # median depth of the input (unit of relative trajectories)
+    size: tuple[int, int] = (0, 0)  # (width, height) of the frames
 
 
 # --------------------------------------------------------------------------------------- plan
@@ -230,12 +232,24 @@ def prepare_trajectory(cfg: GenerateConfig, width: int, height: int):
     return traj, cams
 
 
+PREVIEW_MAX_CELLS = 131_072  # ~ a 256x512 grid: keeps a preview of a 480p image in seconds
+
+
+def preview_downscale(width: int, height: int) -> int:
+    """Auto ``--downscale`` for the preview: the smallest of 1, 2, 4, 8 whose grid has at most
+    ``PREVIEW_MAX_CELLS`` cells (a 480x832 image -> 2; a 208x120 image -> 1, exact pixels)."""
+    for s in (1, 2, 4, 8):
+        if (width // s) * (height // s) <= PREVIEW_MAX_CELLS:
+            return s
+    return 8
+
+
 def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tuple[Codec, Backend]:
     """Build the codec and the backend named by ``--backend``."""
     if cfg.backend == "preview":
         from .backends.preview import PreviewBackend
 
-        return PixelCodec(cfg.downscale), PreviewBackend()
+        return PixelCodec(cfg.downscale or 1), PreviewBackend()
     if cfg.backend == "wan-vace":
         from .backends.wan_vace import load_wan_vace
 
@@ -319,7 +333,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         raise MirageError("generate: --traj is required (a trajectory file or a preset name, see `mirage traj list`)")
     if cfg.cache_dump not in ("none", "final", "chunks"):
         raise MirageError(f"--cache-dump: must be none, final or chunks (got '{cfg.cache_dump}')")
-    if cfg.downscale < 1:
+    if cfg.downscale is not None and cfg.downscale < 1:
         raise MirageError(f"--downscale must be >= 1 (got {cfg.downscale})")
     if cfg.chunk_frames is not None and cfg.chunk_frames < 2:
         raise MirageError(f"--chunk-frames must be >= 2 (got {cfg.chunk_frames})")
@@ -333,6 +347,9 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         old = json.loads((out / "run.json").read_text())
         if old.get("image", {}).get("sha256") != image_hash:
             raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
+    if cfg.backend == "preview" and cfg.downscale is None:
+        w0, h0 = (cfg.width or image_raw.shape[-1]), (cfg.height or image_raw.shape[-2])
+        cfg.downscale = preview_downscale(w0, h0)
     codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
     multiple = 16 if codec.spatial_factor > 1 and cfg.backend != "preview" else codec.spatial_factor
     image = prepare_image(image_path, cfg.height, cfg.width, multiple)
@@ -378,7 +395,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
                                   write_policy=cfg.write_policy, image_hash=image_hash)
             memory.lift(first_latent, depth.to(device), cam0, chunk=INPUT_CHUNK)
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0])
-    state.depth_model = depth_model
+    state.depth_model, state.reference_depth, state.size = depth_model, reference_depth, (W, H)
 
     record = {
         "format": RUN_FORMAT,
@@ -418,7 +435,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
     t = time.perf_counter()
     write_video(out / "video.mp4", torch.from_numpy(_stack(state.video)).numpy(), fps, comment=_comment(backend))
     if cfg.cache_dump in ("final", "chunks"):
-        state.memory.save(out / "cache" / "final.safetensors", extras=_dump_extras(cfg, state, reference_depth, image_hash))
+        state.memory.save(out / "cache" / "final.safetensors", extras=_dump_extras(state, image_hash))
     last = out / "cache" / "last.safetensors"
     if last.exists():
         last.unlink()
@@ -511,16 +528,18 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
     }
     dump = out / "cache" / (f"chunk_{chunk.index:03d}.safetensors" if cfg.cache_dump == "chunks" else "last.safetensors")
     rec["seconds"] = {k: round(v, 4) for k, v in sec.items()} | {"dump": 0.0}
-    state.memory.save(dump, extras=_dump_extras(cfg, state, None, image_hash, pending=rec))
+    state.memory.save(dump, extras=_dump_extras(state, image_hash, pending=rec))
     rec["seconds"]["dump"] = round(time.perf_counter() - t, 4)
     return rec
 
 
 # --------------------------------------------------------------------------------------- resume
-def _dump_extras(cfg: GenerateConfig, state: RunState, reference_depth, image_hash: str, pending: dict | None = None) -> dict:
+def _dump_extras(state: RunState, image_hash: str, pending: dict | None = None) -> dict:
+    """Metadata of every dump: what `mirage cache render` needs to scale relative trajectories and
+    size its frames, plus the chunk records that make the dump a resume checkpoint."""
     records = state.records + ([pending] if pending else [])
     return {"image_sha256": image_hash, "run_chunks": records, "chunks_done": len(records),
-            "reference_depth": reference_depth if reference_depth is not None else None}
+            "reference_depth": state.reference_depth, "width": state.size[0], "height": state.size[1]}
 
 
 def _save_latents(path: Path, latents: torch.Tensor, chunk: Chunk) -> None:

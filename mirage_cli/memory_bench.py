@@ -23,6 +23,7 @@ import time
 import torch
 
 from .camera import Cameras, look_at
+from .errors import MirageError
 from .memory.latent import LatentMemory
 from .scenes import make_scene
 
@@ -103,6 +104,8 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     the report text under ``"text"``; prints the text unless ``print_report`` is False.
     """
     dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MirageError("memory bench: --device cuda asked for, but this torch has no CUDA device")
     t0 = time.perf_counter()
     mem = build_memory(points, height, width, channels, dev, seed)
     build_s = time.perf_counter() - t0
@@ -187,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    memory_speed_report(a.points, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
+    try:
+        memory_speed_report(a.points, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
+    except MirageError as e:
+        print(f"error: {e}")
+        return 2
     return 0
 
 

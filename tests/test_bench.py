@@ -50,9 +50,11 @@ def test_report_schema_and_ratios(pixel_report):
     assert lat["denoise_s"] == pc["denoise_s"] and lat["decode_s"] == pc["decode_s"]  # shared
     assert lat["end_to_end_s"] == pytest.approx(r["shared"]["input_encode_s"] + lat["memory_overhead_s"]
                                                 + lat["denoise_s"] + lat["decode_s"])
-    # the memories' accounting: latent = xyz f32 + fp16 features + footprint + chunk; points = xyz + rgb u8 + ...
-    assert lat["cache_bytes"] == lat["points"] * (12 + 2 * 3 + 4 + 4)
-    assert pc["cache_bytes"] == pc["points"] * (12 + 3 + 4 + 4)
+    # the same bookkeeping per point: footprint f32 + axes 2x3 f16 + chunk i32 (20 B), plus
+    # latent: xyz f32 + 3 fp16 features here; point cloud: xyz f32 + rgb u8
+    assert lat["cache_bytes"] == lat["points"] * (12 + 2 * 3 + 20)
+    assert pc["cache_bytes"] == pc["points"] * (12 + 3 + 20)
+    assert pc["cache_bytes_xyz_rgb_only"] == pc["points"] * 15
     assert pc["peak_bytes"] > pc["cache_bytes"] and lat["peak_bytes"] > lat["cache_bytes"]
     json.dumps(r)  # serialisable
 
@@ -61,8 +63,8 @@ def test_pixel_codec_reads_are_faithful(pixel_report):
     """At 1x with the exact pixel codec both arms hold the same surface: both reads match the true render."""
     lat, pc = pixel_report["latent"], pixel_report["pointcloud"]
     assert pixel_report["config"]["content"] == "ground-truth"
-    assert lat["read_psnr"] > 22 and pc["read_psnr"] > 22
-    assert abs(lat["read_psnr"] - pc["read_psnr"]) < 1.5
+    assert lat["read_psnr"] > 19 and pc["read_psnr"] > 19  # resampling a textured room at 80x48
+    assert abs(lat["read_psnr"] - pc["read_psnr"]) < 0.5  # same points; fp16 vs uint8 colours
     assert lat["known_fraction"] > 0.5
 
 
@@ -135,7 +137,7 @@ def test_cli_json_plot_and_table(tmp_path, capsys):
     assert "pointcloud / latent" in text and "memory overhead" in text
     im = Image.open(png).convert("RGB")
     assert im.size == (1200, 520)
-    cols = set(im.getdata())
+    cols = {im.getpixel((x, y)) for x in range(0, 1200, 2) for y in range(0, 520, 2)}
     assert (31, 119, 180) in cols and (214, 39, 40) in cols  # both arms drawn
 
 

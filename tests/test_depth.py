@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mirage_cli.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth, reduce_depth
+from mirage_cli.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth
 from mirage_cli.errors import MirageError
 
 
@@ -57,13 +57,6 @@ def test_fill_depth_takes_background_side():
     f = fill_depth(d, known)
     assert torch.all(f[:, :, 3:5] == 4.0)
     assert torch.equal(f[known], d[known])
-
-
-def test_reduce_depth_keeps_foreground_not_average():
-    d = torch.full((8, 8), 5.0)
-    d[:, :3] = 1.0  # the edge cuts through the cell covering columns 0..3
-    r = reduce_depth(d, 4)
-    assert r[0, 0] == 1.0 and r[0, 1] == 5.0
 
 
 def test_prior_depth_shape_and_range():

@@ -40,7 +40,7 @@ def generate_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
     chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan [default: 9 preview, 49 wan-vace]."),
-    downscale: int = typer.Option(1, "--downscale", help="preview: memory grid = image / N (faster, blockier)."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) [default: auto, 2 for 480x832, 1 up to 256x512]."),
     cache_dump: str = typer.Option("chunks", "--cache-dump", help="none | final | chunks: which memory dumps to keep in OUT/cache."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average."),
     memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
@@ -65,7 +65,7 @@ def generate_cmd(
     warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     show = not (quiet or json_out)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, disable=not show, transient=False)
+                        TimeElapsedColumn(), console=err_console, disable=not show, transient=True)
     with progress:
         record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out)
     if json_out:
@@ -82,8 +82,9 @@ def print_summary(record: dict) -> None:
     b = record["backend"]
     if b.get("name") == "preview":
         console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
-    t = Table(title=f"mirage generate — {record['trajectory']['frames']} frames, {len(record['chunks'])} chunks, "
-                    f"backend {b.get('name')}, {record['device']}", show_header=True)
+    console.print(f"{record['trajectory']['frames']} frames in {len(record['chunks'])} chunks, backend {b.get('name')}, "
+                  f"grid {record['latent_grid'][1]}x{record['latent_grid'][0]}, {record['device']}")
+    t = Table(show_header=True)
     for col in ("stage", "seconds"):
         t.add_column(col)
     for k, v in tot["seconds"].items():

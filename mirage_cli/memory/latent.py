@@ -10,7 +10,7 @@ Storage, one row per point (``N`` points, ``C`` latent channels):
 - ``axes (N, 2, 3) float16``: the cell as a small planar patch: its two world half-axes (along the
   lifting camera's u and v, following the local depth slope), divided by ``footprint``. A frontal
   cell has ``axes ~ [[.5, 0, 0], [0, .5, 0]]`` (rotated to world); a floor cell seen at a grazing
-  angle has a long v axis. Slopes come from :func:`depth_slopes` and are clamped to
+  angle has a long v axis. Slopes come from :func:`~mirage_cli.memory.splat.depth_slopes`, clamped to
   ``max_stretch``.
 - ``chunk (N,) int32``: who wrote the point. Convention: ``0`` = the input image (the :meth:`lift`
   default); generated chunk ``i`` (file ``chunk_{i:03d}``) writes with ``chunk = i + 1``.
@@ -24,7 +24,7 @@ Semantics:
   grid together with its patch (the projection's Jacobian applied to ``axes * footprint``: a
   parallelogram in target cells, about ``footprint * fx_lat_target / z_target`` wide for a frontal
   patch; half-extents clamped to ``[0.5, max_radius]`` cells) and z-buffered by
-  :func:`~mirage_cli.memory.splat.rasterize`: scatter-min of depth, ties broken by a hash of the
+  :func:`~mirage_cli.memory.splat.splat_patches`: scatter-min of depth, ties broken by a hash of the
   point's content, so the read is bit-identical whatever the order of the points, on CPU and CUDA.
   Reading the lifting camera gives back exactly one point per cell (the patch is that cell).
 - **Write** (:meth:`LatentMemory.write`), policy ``"new"`` (default): only cells the read did not
@@ -47,7 +47,7 @@ from .. import __version__
 from ..camera import Cameras
 from ..errors import MirageError
 from .cachefile import check_tensor, parse_int, parse_json, read_safetensors, write_safetensors
-from .splat import float_bits, hash_rows, rasterize
+from .splat import depth_slopes, float_bits, hash_rows, lift_patches, splat_patches  # noqa: F401 (depth_slopes re-exported)
 
 FORMAT = "mirage.latent-memory"
 VERSION = 1
@@ -88,30 +88,6 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     inv = torch.where(incl, 1.0 / s, torch.zeros_like(s)).sum(dim=-1)
     cnt = incl.sum(dim=-1).float()
     return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
-
-
-def depth_slopes(d: torch.Tensor, ratio: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Robust depth slopes ``dz/du``, ``dz/dv`` per cell of a latent depth map ``d (h, w)`` (0 = invalid).
-
-    One-sided differences to both neighbours: their mean when they agree in sign within a factor
-    ``ratio`` (a smooth surface), else the smaller in magnitude (a depth edge on one side: keep the
-    cell's own surface); one side only when the other neighbour is missing; 0 when both are.
-    """
-    valid = d > 0
-
-    def along(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-        nan = torch.full_like(x[..., :1], float("nan"))
-        dd = torch.where(ok[..., 1:] & ok[..., :-1], x[..., 1:] - x[..., :-1], float("nan"))
-        fwd = torch.cat([dd, nan], dim=-1)
-        bwd = torch.cat([nan, dd], dim=-1)
-        af, ab = fwd.abs(), bwd.abs()
-        agree = (fwd * bwd > 0) & (torch.maximum(af, ab) <= ratio * torch.minimum(af, ab))
-        small = torch.where(af <= ab, fwd, bwd)
-        g = torch.where(agree, 0.5 * (fwd + bwd), small)
-        g = torch.where(torch.isnan(fwd), bwd, torch.where(torch.isnan(bwd), fwd, g))
-        return torch.nan_to_num(g, nan=0.0)
-
-    return along(d, valid), along(d.T, valid.T).T
 
 
 def _latent_K(cameras: Cameras, factor: int) -> torch.Tensor:
@@ -317,56 +293,10 @@ class LatentMemory:
                           f"nor the image ({h * f}, {w * f})")
 
     def _splat(self, cameras: Cameras, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``.
-
-        Per frame (a loop over frames, never over points): project every point, cull those whose
-        footprint cannot reach the grid, then compute the survivors' patch Jacobians. Elementwise
-        fp32 ops only (no matmul), so CPU and CUDA give bit-identical results.
-        """
+        """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``."""
         h, w = self.latent_size(cameras)
-        T = len(cameras)
-        dev = self.device
-        pts = self._points[start:]
-        if pts.shape[0] == 0:
-            return (torch.full((T, h, w), -1, dtype=torch.int64, device=dev),
-                    torch.zeros(T, h, w, dtype=torch.float32, device=dev))
-        w2c = cameras.w2c.to(dev, torch.float32)
-        K = _latent_K(cameras, self.spatial_factor).to(dev, torch.float32)
-        Kc = _latent_K(cameras, self.spatial_factor)  # float64 on CPU, for the culling bounds
-        X, Y, Z = pts.unbind(dim=1)
-        A_all, keys = self._world_axes()[start:], self._key[start:]
-        m = self.max_radius
-        index = torch.empty(T, h, w, dtype=torch.int64, device=dev)
-        depth = torch.empty(T, h, w, dtype=torch.float32, device=dev)
-        for t in range(T):
-            r = w2c[t]
-            xc = r[0, 0] * X + r[0, 1] * Y + r[0, 2] * Z + r[0, 3]
-            yc = r[1, 0] * X + r[1, 1] * Y + r[1, 2] * Z + r[1, 3]
-            zc = r[2, 0] * X + r[2, 1] * Y + r[2, 2] * Z + r[2, 3]
-            # Conservative frustum cull (grid grown by max_radius cells) without dividing.
-            k = Kc[t]
-            x_lo, x_hi = float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0])
-            y_lo, y_hi = float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])
-            ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
-            sel = ok.nonzero().squeeze(1)
-            xc, yc, z = (a.index_select(0, sel) for a in (xc, yc, zc))
-            fx, fy, cx, cy = K[t, 0, 0], K[t, 1, 1], K[t, 0, 2], K[t, 1, 2]
-            xn, yn = xc / z, yc / z
-            u = xn * fx + cx
-            v = yn * fy + cy
-            A = A_all.index_select(0, sel)  # (M, 6) world half-axes
-            J = []
-            for q in (0, 3):
-                ax, ay, az = A[:, q], A[:, q + 1], A[:, q + 2]
-                cxk = r[0, 0] * ax + r[0, 1] * ay + r[0, 2] * az
-                cyk = r[1, 0] * ax + r[1, 1] * ay + r[1, 2] * az
-                czk = r[2, 0] * ax + r[2, 1] * ay + r[2, 2] * az
-                J += [fx * (cxk - xn * czk) / z, fy * (cyk - yn * czk) / z]
-            # [[du_0, du_1], [dv_0, dv_1]]: the columns are the patch's half-axes in target cells
-            idx, dep = rasterize(0, sel + start, u, v, z, keys.index_select(0, sel), 1, h, w,
-                                 J=(J[0], J[2], J[1], J[3]), max_radius=m)
-            index[t], depth[t] = idx[0], dep[0]
-        return index, depth
+        return splat_patches(self._points[start:], self._world_axes()[start:], self._key[start:], cameras.w2c,
+                             _latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start)
 
     @torch.no_grad()
     def read_index(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,29 +316,9 @@ class LatentMemory:
     def _make_points(self, latents: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                      cells: torch.Tensor) -> dict[str, torch.Tensor]:
         """Lift latent cells ``cells (h, w) bool`` of one frame with latent depth ``(h, w)``."""
-        gu, gv = depth_slopes(depth.to(torch.float64))
-        ii, jj = cells.nonzero(as_tuple=True)
-        z = depth[ii, jj].to(torch.float64)
-        Kd = K.to(self.device, torch.float64)
-        T = c2w.to(self.device, torch.float64)
-        fx, fy = Kd[0, 0], Kd[1, 1]
-        xn = ((jj.to(torch.float64) + 0.5) - Kd[0, 2]) / fx
-        yn = ((ii.to(torch.float64) + 0.5) - Kd[1, 2]) / fy
-        footprint = z / fx
-        lim = self.max_stretch * footprint
-        gu = torch.maximum(torch.minimum(gu[ii, jj], lim), -lim)
-        gv = torch.maximum(torch.minimum(gv[ii, jj], lim), -lim)
-        cam = torch.stack([xn * z, yn * z, z], dim=1)
-        du = torch.stack([gu * xn + z / fx, gu * yn, gu], dim=1) * 0.5  # half-axis along u (camera frame)
-        dv = torch.stack([gv * xn, gv * yn + z / fy, gv], dim=1) * 0.5
-
-        def rot(x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([T[k, 0] * x[:, 0] + T[k, 1] * x[:, 1] + T[k, 2] * x[:, 2] for k in range(3)], dim=1)
-
-        world = rot(cam) + T[:3, 3]
-        axes = torch.stack([rot(du), rot(dv)], dim=1) / footprint[:, None, None]
-        return {"points": world.to(torch.float32), "features": latents[:, ii, jj].T.to(self.feature_dtype),
-                "footprint": footprint.to(torch.float32), "axes": axes.to(torch.float16)}
+        pts, foot, axes, ii, jj = lift_patches(depth, K, c2w, cells, self.max_stretch)
+        return {"points": pts, "features": latents[:, ii, jj].T.to(self.feature_dtype), "footprint": foot,
+                "axes": axes.to(torch.float16)}
 
     def _check_latents(self, latents: torch.Tensor, h: int, w: int, what: str) -> torch.Tensor:
         latents = torch.as_tensor(latents).to(self.device)

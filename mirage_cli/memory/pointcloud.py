@@ -2,31 +2,33 @@
 
 It is what mirage's latent memory replaces, built as those systems build it and with the same
 pieces as :class:`~mirage_cli.memory.latent.LatentMemory`, so that the benchmark compares the
-representations and nothing else. Storage, one row per point (``N`` points):
+representations and nothing else. Storage, one row per point (``N`` points, one per *pixel*):
 
 - ``points (N, 3) float32``: world position (OpenCV world of the input camera).
 - ``colors (N, 3) uint8``: the pixel's RGB.
-- ``footprint (N,) float32``: world size of the pixel the point was lifted from (``z / fx_px``).
-- ``chunk (N,) int32``: who wrote the point (0 = input image, generated chunk ``i`` -> ``i + 1``).
+- the same per-point bookkeeping as the latent memory: ``footprint (N,) float32`` (world size of
+  the pixel), ``axes (N, 2, 3) float16`` (the pixel as a small planar patch) and ``chunk (N,)
+  int32`` (0 = input image, generated chunk ``i`` -> ``i + 1``).
 
-(A derived ``key (N,) int64`` content hash, the depth tie-break of the splat, is held as in the
-latent memory and, as there, not counted in :meth:`nbytes` nor saved.)
+The geometry lives in a :class:`LatentMemory` at ``spatial_factor = 1`` (one "cell" per pixel), so
+lifting, patch orientation, the z-buffered splat and its tie-breaking are *the same code* as the
+latent memory's; the colours are kept next to it, row-aligned. That geometry memory carries a
+1-channel fp16 placeholder feature, an implementation detail: it is not counted in :meth:`nbytes`
+(the cache payload) but is in :meth:`held_bytes`. Derived keys are not counted either (as in the
+latent memory).
 
 Semantics:
 
-- **Lift** (:meth:`PointCloudMemory.lift`): one point per *pixel* with valid depth, at the pixel
-  centre's ray.
-- **Read** = :meth:`render` + :meth:`encode_condition`: every point is projected into every
-  *video* frame of the chunk at pixel resolution and z-buffered by the same
-  :func:`~mirage_cli.memory.splat.splat` as the latent memory (half-extent
-  ``footprint * fx_px / z / 2`` pixels, clamped to ``[0.5, max_radius]``); the rendered video
-  (unknown pixels grey) and the mask video (1 = unknown, "generate") are then encoded by the codec,
-  which is the condition a VACE/GEN3C-style denoiser consumes. :meth:`read` does both.
+- **Lift** (:meth:`PointCloudMemory.lift`): one point per pixel with valid depth.
+- **Read** = :meth:`render` + :meth:`encode_condition`: every point is splatted into every *video*
+  frame of the chunk at pixel resolution; the rendered video (unknown pixels grey) and the mask
+  video (1 = unknown, "generate") are then encoded by the codec, which is the condition a
+  VACE/GEN3C-style denoiser consumes. :meth:`read` does both.
 - **Write** (:meth:`write`; :meth:`write_latents` decodes first): the chunk's frames are lifted at
-  pixel resolution with the same policies as the latent memory — ``"new"`` (only pixels the render
-  did not cover, and not covered by points earlier frames of the same call just added),
-  ``"replace"``, ``"average"`` — plus ``"append"``: every valid pixel of every frame is added,
-  which is what peers that append each generated frame to their cache do.
+  pixel resolution with the same policies as the latent memory -- ``"new"`` (only pixels the render
+  did not cover, nor the points that earlier frames of the same call just added), ``"replace"``,
+  ``"average"`` -- plus ``"append"``: every valid pixel of every frame is added, which is what
+  peers that append each generated frame to their cache do.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .. import __version__
 from ..camera import Cameras
 from ..errors import MirageError
 from .cachefile import write_safetensors
-from .splat import float_bits, hash_rows, splat
+from .latent import LatentMemory
 
 FORMAT = "mirage.pointcloud-memory"
 VERSION = 1
@@ -51,6 +53,10 @@ GREY = 0.5  # value of unknown pixels in the rendered condition video
 def _to_u8(rgb: torch.Tensor) -> torch.Tensor:
     """``(..., 3)`` float in [0, 1] -> uint8 (round to nearest)."""
     return (rgb.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+def _valid(depth: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(depth) & (depth > 0)
 
 
 class PointCloudMemory:
@@ -67,18 +73,14 @@ class PointCloudMemory:
             raise MirageError(f"unknown write policy {write_policy!r} (choose from {', '.join(WRITE_POLICIES)})")
         self.write_policy = write_policy
         self.max_radius = float(max_radius)
-        dev = torch.device(device)
-        self._points = torch.zeros(0, 3, dtype=torch.float32, device=dev)
-        self._colors = torch.zeros(0, 3, dtype=torch.uint8, device=dev)
-        self._footprint = torch.zeros(0, dtype=torch.float32, device=dev)
-        self._chunk = torch.zeros(0, dtype=torch.int32, device=dev)
-        self._key = torch.zeros(0, dtype=torch.int64, device=dev)
+        self.geometry = LatentMemory(1, 1, codec="pointcloud", device=device, max_radius=max_radius)
+        self._colors = torch.zeros(0, 3, dtype=torch.uint8, device=torch.device(device))
 
     # ----------------------------------------------------------------------------- attributes
     @property
     def points(self) -> torch.Tensor:
         """``(N, 3)`` float32 world positions."""
-        return self._points
+        return self.geometry.points
 
     @property
     def colors(self) -> torch.Tensor:
@@ -88,116 +90,77 @@ class PointCloudMemory:
     @property
     def footprint(self) -> torch.Tensor:
         """``(N,)`` float32 world size of each point's pixel."""
-        return self._footprint
+        return self.geometry.footprint
+
+    @property
+    def axes(self) -> torch.Tensor:
+        """``(N, 2, 3)`` float16 patch half-axes in units of the footprint."""
+        return self.geometry.axes
 
     @property
     def chunk(self) -> torch.Tensor:
         """``(N,)`` int32 chunk that wrote each point (0 = input image)."""
-        return self._chunk
+        return self.geometry.chunk
 
     @property
     def key(self) -> torch.Tensor:
-        """``(N,)`` int64 31-bit content hash (splat tie-break; derived, not saved)."""
-        return self._key
+        """``(N,)`` int64 splat tie-break hash (derived, not saved)."""
+        return self.geometry.key
 
     @property
     def device(self) -> torch.device:
-        return self._points.device
+        return self.geometry.device
 
     def __len__(self) -> int:
-        return self._points.shape[0]
+        return len(self.geometry)
 
     def __repr__(self) -> str:
         return f"PointCloudMemory(points={len(self)}, write_policy={self.write_policy!r}, device={self.device})"
 
-    def clone(self) -> "PointCloudMemory":
-        """An independent copy (same policy, copied tensors)."""
+    def _replace(self, geometry: LatentMemory, colors: torch.Tensor) -> None:
+        if len(geometry) != colors.shape[0]:  # pragma: no cover - an internal invariant
+            raise RuntimeError(f"point cloud out of step: {len(geometry)} points, {colors.shape[0]} colours")
+        self.geometry, self._colors = geometry, colors.contiguous()
+
+    def select(self, index: torch.Tensor) -> "PointCloudMemory":
+        """A new point cloud holding the points ``index`` (int indices or a bool mask), in that order."""
         m = PointCloudMemory(self.device, self.write_policy, self.max_radius)
-        m._set(self._points.clone(), self._colors.clone(), self._footprint.clone(), self._chunk.clone(), self._key.clone())
+        index = torch.as_tensor(index).to(self.device)
+        m._replace(self.geometry.select(index), self._colors[index])
         return m
 
-    # ----------------------------------------------------------------------------- storage
-    def _set(self, points, colors, footprint, chunk, key=None) -> None:
-        self._points = points.to(torch.float32).contiguous()
-        self._colors = colors.to(torch.uint8).contiguous()
-        self._footprint = footprint.to(torch.float32).contiguous()
-        self._chunk = chunk.to(torch.int32).contiguous()
-        self._key = self._hash(self._points, self._colors) if key is None else key
+    def clone(self) -> "PointCloudMemory":
+        """An independent copy (same policy, copied tensors)."""
+        return self.select(torch.arange(len(self), device=self.device))
 
-    @staticmethod
-    def _hash(points: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
-        if points.shape[0] == 0:
-            return torch.zeros(0, dtype=torch.int64, device=points.device)
-        return hash_rows(torch.cat([float_bits(points), colors.to(torch.int64)], dim=1))
-
-    def _append(self, points: torch.Tensor, colors: torch.Tensor, footprint: torch.Tensor, chunk: int) -> int:
-        n = points.shape[0]
-        if n == 0:
-            return 0
-        points = points.to(torch.float32)
-        colors = colors.to(torch.uint8)
-        self._points = torch.cat([self._points, points])
-        self._colors = torch.cat([self._colors, colors])
-        self._footprint = torch.cat([self._footprint, footprint.to(torch.float32)])
-        self._chunk = torch.cat([self._chunk, torch.full((n,), int(chunk), dtype=torch.int32, device=self.device)])
-        self._key = torch.cat([self._key, self._hash(points, colors)])
-        return n
-
-    # ----------------------------------------------------------------------------- geometry
-    def _project(self, cameras: Cameras, points: torch.Tensor, footprint: torch.Tensor):
-        """``uv (T, P, 2)``, ``z (T, P)``, ``radius (T, P)`` in the cameras' pixel grids (fp32, elementwise)."""
-        dev = self.device
-        w2c = cameras.w2c.to(dev, torch.float32)
-        K = cameras.K().to(dev, torch.float32)
-        X, Y, Z = (c[None] for c in points.unbind(dim=1))
-        R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-
-        def row(k: int) -> torch.Tensor:
-            return R[:, k, 0, None] * X + R[:, k, 1, None] * Y + R[:, k, 2, None] * Z + t[:, k, None]
-
-        xc, yc, zc = row(0), row(1), row(2)
-        fx, fy, cx, cy = K[:, 0, 0, None], K[:, 1, 1, None], K[:, 0, 2, None], K[:, 1, 2, None]
-        u = xc / zc * fx + cx
-        v = yc / zc * fy + cy
-        radius = footprint[None] * fx / zc * 0.5
-        return torch.stack([u, v], dim=-1), zc, radius
-
-    def _splat(self, cameras: Cameras, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Winner index ``(T, H, W)`` (-1 = none, relative to ``start``) and depth, for points ``start:``."""
-        pts, fp, key = self._points[start:], self._footprint[start:], self._key[start:]
-        uv, z, radius = self._project(cameras, pts, fp)
-        return splat(uv, z, radius, cameras.height, cameras.width, key=key, max_radius=self.max_radius)
-
-    def _make_points(self, rgb: torch.Tensor, depth: torch.Tensor, camera: Cameras, cells: torch.Tensor):
-        """Lift pixels ``cells (H, W) bool`` of ``rgb (3, H, W)`` with ``depth (H, W)`` -> points, colors, footprints."""
-        ii, jj = cells.nonzero(as_tuple=True)
-        z = depth[ii, jj].to(torch.float64)
-        K = camera.K()[0].to(self.device, torch.float64)
-        T = camera.c2w[0].to(self.device, torch.float64)
-        xc = ((jj.to(torch.float64) + 0.5) - K[0, 2]) / K[0, 0] * z
-        yc = ((ii.to(torch.float64) + 0.5) - K[1, 2]) / K[1, 1] * z
-        world = torch.stack([T[k, 0] * xc + T[k, 1] * yc + T[k, 2] * z + T[k, 3] for k in range(3)], dim=1)
-        colors = _to_u8(rgb[:, ii, jj].T)
-        footprint = (z / K[0, 0]).to(torch.float32)
-        return world.to(torch.float32), colors, footprint
-
+    # ----------------------------------------------------------------------------- lift / read / write
     def _check(self, rgb: torch.Tensor, depth: torch.Tensor, cameras: Cameras, what: str):
-        H, W = cameras.height, cameras.width
+        H, W, T = cameras.height, cameras.width, len(cameras)
         rgb = torch.as_tensor(rgb).to(self.device)
         depth = torch.as_tensor(depth).to(self.device).float()
         if rgb.ndim == 3:
             rgb = rgb[None]
         if depth.ndim == 2:
             depth = depth[None]
-        T = len(cameras)
         if tuple(rgb.shape) != (T, 3, H, W):
             raise MirageError(f"{what}: frames have shape {tuple(rgb.shape)}, expected ({T}, 3, {H}, {W})")
         if tuple(depth.shape) != (T, H, W):
             raise MirageError(f"{what}: depth has shape {tuple(depth.shape)}, expected ({T}, {H}, {W})")
-        depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
-        return rgb, depth
+        return rgb, torch.where(_valid(depth), depth, torch.zeros_like(depth))
 
-    # ----------------------------------------------------------------------------- lift / read / write
+    def _lift_one(self, rgb: torch.Tensor, depth: torch.Tensor, camera: Cameras, chunk: int, cells: torch.Tensor) -> int:
+        """Lift the pixels ``cells (H, W) bool`` (with valid depth) of one frame; colours stay row-aligned."""
+        cells = cells & (depth > 0)
+        if not bool(cells.any()):
+            return 0
+        placeholder = torch.zeros(1, *depth.shape, device=self.device)
+        n = self.geometry.lift(placeholder, depth, camera, chunk=chunk, mask=cells)
+        self._colors = torch.cat([self._colors, _to_u8(rgb[:, cells].T)])
+        if n != int(cells.sum()):  # pragma: no cover - the geometry memory lifted other pixels than asked
+            raise RuntimeError(f"point cloud lift: {n} points for {int(cells.sum())} pixels")
+        return n
+
+    @torch.no_grad()
     def lift(self, rgb: torch.Tensor, depth: torch.Tensor, camera: Cameras, chunk: int = INPUT_CHUNK,
              mask: torch.Tensor | None = None) -> int:
         """Add one point per pixel with valid depth.
@@ -211,14 +174,13 @@ class PointCloudMemory:
         if len(camera) != 1:
             raise MirageError(f"lift: expected one camera, got {len(camera)}")
         rgb, depth = self._check(rgb, depth, camera, "lift")
-        cells = depth[0] > 0
+        cells = torch.ones_like(depth[0], dtype=torch.bool)
         if mask is not None:
             cells &= torch.as_tensor(mask, device=self.device).bool()
-        pts, cols, fp = self._make_points(rgb[0], depth[0], camera, cells)
-        return self._append(pts, cols, fp, chunk)
+        return self._lift_one(rgb[0], depth[0], camera, chunk, cells)
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Z-buffered render of the cloud into every camera at pixel resolution.
 
         Returns:
@@ -226,21 +188,10 @@ class PointCloudMemory:
             known: ``(T, H, W)`` bool.
             depth: ``(T, H, W)`` float32 z-depth of the winner (0 where unknown).
         """
-        H, W, T = cameras.height, cameras.width, len(cameras)
-        rgb = torch.zeros(T, 3, H, W, dtype=torch.float32, device=self.device)
-        known = torch.zeros(T, H, W, dtype=torch.bool, device=self.device)
-        depth = torch.zeros(T, H, W, dtype=torch.float32, device=self.device)
-        if len(self) == 0:
-            return rgb, known, depth
-        b = max(1, int(batch))
-        for s in range(0, T, b):
-            cams = cameras[s : s + b]
-            idx, dep = self._splat(cams)
-            k = idx >= 0
-            cols = self._colors[idx.clamp(min=0)].float() / 255.0  # (b, H, W, 3)
-            rgb[s : s + len(cams)] = torch.where(k[..., None], cols, torch.zeros_like(cols)).permute(0, 3, 1, 2)
-            known[s : s + len(cams)] = k
-            depth[s : s + len(cams)] = dep
+        idx, depth = self.geometry.read_index(cameras, batch=batch)
+        known = idx >= 0
+        cols = self._colors[idx.clamp(min=0)].float() / 255.0 if len(self) else torch.zeros(*idx.shape, 3, device=self.device)
+        rgb = torch.where(known[..., None], cols, torch.zeros_like(cols)).permute(0, 3, 1, 2).contiguous()
         return rgb, known, depth
 
     @staticmethod
@@ -276,7 +227,7 @@ class PointCloudMemory:
     @torch.no_grad()
     def write(self, frames: torch.Tensor, depth: torch.Tensor, cameras: Cameras, known: torch.Tensor | None,
               chunk: int) -> int:
-        """Lift a chunk's frames with this memory's write policy, frame by frame.
+        """Lift a chunk's frames with this memory's write policy, frame by frame in order.
 
         Args:
             frames: ``(T, 3, H, W)`` in [0, 1] (decoded chunk frames). depth: ``(T, H, W)`` z-depth.
@@ -288,33 +239,33 @@ class PointCloudMemory:
         frames, d = self._check(frames, depth, cameras, "write")
         T, H, W = d.shape
         if self.write_policy == "append":
-            return sum(self._append(*self._make_points(frames[t], d[t], cameras[t], d[t] > 0), chunk) for t in range(T))
+            return sum(self._lift_one(frames[t], d[t], cameras[t], chunk, d[t] > 0) for t in range(T))
         if self.write_policy == "new":
             if known is None:
-                known = self._splat(cameras)[0] >= 0 if len(self) else torch.zeros(T, H, W, dtype=torch.bool, device=self.device)
+                known = self.geometry.read_index(cameras)[0] >= 0
             known = torch.as_tensor(known, device=self.device).bool()
             if tuple(known.shape) != (T, H, W):
                 raise MirageError(f"write: known-mask has shape {tuple(known.shape)}, expected ({T}, {H}, {W})")
             start, added = len(self), 0
             for t in range(T):
                 covered = known[t]
-                if len(self) > start:  # cells covered by points earlier frames of this call just added
-                    covered = covered | (self._splat(cameras[t], start)[0][0] >= 0)
-                cells = (d[t] > 0) & ~covered
-                added += self._append(*self._make_points(frames[t], d[t], cameras[t], cells), chunk)
+                if len(self) > start:  # cells covered by the points earlier frames of this call just added
+                    fresh = self.geometry.select(torch.arange(start, len(self), device=self.device))
+                    covered = covered | (fresh.read_index(cameras[t])[0][0] >= 0)
+                added += self._lift_one(frames[t], d[t], cameras[t], chunk, ~covered)
             return added
         added = 0
-        for t in range(T):  # replace / average
+        for t in range(T):  # replace / average: re-render every frame
             valid = d[t] > 0
-            idx = self._splat(cameras[t])[0][0] if len(self) else torch.full((H, W), -1, dtype=torch.int64, device=self.device)
+            idx = self.geometry.read_index(cameras[t])[0][0]
             covered = (idx >= 0) & valid
             winners = idx[covered]
             if self.write_policy == "replace":
                 keep = torch.ones(len(self), dtype=torch.bool, device=self.device)
                 keep[winners] = False
-                self._set(self._points[keep], self._colors[keep], self._footprint[keep], self._chunk[keep], self._key[keep])
+                self._replace(self.geometry.select(keep), self._colors[keep])
                 cells = valid
-            else:  # average
+            else:  # average: the winner's colour becomes the mean of its old colour and the new pixels it covers
                 if winners.numel():
                     new = frames[t][:, covered].T.to(torch.float64) * 255.0
                     sums = torch.zeros(len(self), 3, dtype=torch.float64, device=self.device)
@@ -324,9 +275,9 @@ class PointCloudMemory:
                     mean = sums[upd] / cnt[upd, None].to(torch.float64)
                     cols = self._colors.clone()
                     cols[upd] = (0.5 * (self._colors[upd].to(torch.float64) + mean) + 0.5).clamp(0, 255).to(torch.uint8)
-                    self._set(self._points, cols, self._footprint, self._chunk)
+                    self._colors = cols
                 cells = valid & ~covered
-            added += self._append(*self._make_points(frames[t], d[t], cameras[t], cells), chunk)
+            added += self._lift_one(frames[t], d[t], cameras[t], chunk, cells)
         return added
 
     def write_latents(self, latents: torch.Tensor, codec, depth: torch.Tensor, cameras: Cameras,
@@ -340,19 +291,28 @@ class PointCloudMemory:
         return self.write(frames, depth, cameras, known, chunk)
 
     # ----------------------------------------------------------------------------- inspection
+    def _payload(self) -> dict[str, torch.Tensor]:
+        g = self.geometry
+        return {"points": g.points, "colors": self._colors, "footprint": g.footprint, "axes": g.axes, "chunk": g.chunk}
+
     def nbytes(self) -> int:
-        """Bytes of the stored tensors (points, colors, footprint, chunk): the cache payload."""
-        return sum(t.numel() * t.element_size() for t in (self._points, self._colors, self._footprint, self._chunk))
+        """Bytes of the cache payload: points f32 + colors u8 + footprint f32 + axes f16 + chunk i32."""
+        return sum(t.numel() * t.element_size() for t in self._payload().values())
+
+    def nbytes_xyz_rgb(self) -> int:
+        """Bytes of the most compact explicit cloud, xyz f32 + rgb u8 only (15 B/point), for reference."""
+        return len(self) * (3 * 4 + 3)
 
     def held_bytes(self) -> int:
-        """Bytes of every tensor the memory holds (:meth:`nbytes` plus the derived keys)."""
-        return self.nbytes() + self._key.numel() * self._key.element_size()
+        """Bytes of every tensor the memory holds: :meth:`nbytes` plus the placeholder features and keys."""
+        g = self.geometry
+        return self.nbytes() + sum(t.numel() * t.element_size() for t in (g.features, g.key))
 
     def stats(self) -> dict:
         n = len(self)
         b = self.nbytes()
         if n:
-            ch, cnt = torch.unique(self._chunk, return_counts=True)
+            ch, cnt = torch.unique(self.chunk, return_counts=True)
             per_chunk = {str(int(c)): int(k) for c, k in zip(ch.tolist(), cnt.tolist())}
         else:
             per_chunk = {}
@@ -360,8 +320,7 @@ class PointCloudMemory:
                 "points_per_chunk": per_chunk, "device": str(self.device)}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a ``.safetensors`` file (atomic): points, colors, footprint, chunk + metadata."""
+        """Write a ``.safetensors`` file (atomic): points, colors, footprint, axes, chunk + metadata."""
         meta = {"format": FORMAT, "version": str(VERSION), "convention": "opencv", "created_by": f"mirage-cli {__version__}",
                 "write_policy": self.write_policy, "points": str(len(self))}
-        write_safetensors(path, {"points": self._points, "colors": self._colors, "footprint": self._footprint,
-                                 "chunk": self._chunk}, meta)
+        write_safetensors(path, self._payload(), meta)

@@ -23,6 +23,11 @@ so the result does not depend on the order of the points. Only if depth and key 
 (indistinguishable points) does the lower point index decide. A min-reduce over integers is exact
 and order-independent on CPU and CUDA, unlike "last write wins"; everything is elementwise fp32
 (no matmul), so CPU and CUDA give the same bits.
+
+Patches. Memories store each point as a small planar patch (:func:`lift_patches`: the lifted cell
+with two world half-axes that follow the local depth slope) and read with :func:`splat_patches`
+(project the patch with the projection's Jacobian, then rasterise the parallelogram). Every memory
+(latent tokens, the RGB point-cloud baseline) uses these two functions, so they see the same geometry.
 """
 
 from __future__ import annotations
@@ -241,3 +246,128 @@ def rasterize(
     zbits = (best >> 32).to(torch.int32)
     depth = torch.where(known, zbits.view(torch.float32), depth)
     return index.view(T, h, w), depth.view(T, h, w)
+
+
+# ---------------------------------------------------------------------------------- patches
+def depth_slopes(d: torch.Tensor, ratio: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Robust depth slopes ``dz/du``, ``dz/dv`` per cell of a latent depth map ``d (h, w)`` (0 = invalid).
+
+    One-sided differences to both neighbours: their mean when they agree in sign within a factor
+    ``ratio`` (a smooth surface), else the smaller in magnitude (a depth edge on one side: keep the
+    cell's own surface); one side only when the other neighbour is missing; 0 when both are.
+    """
+    valid = d > 0
+
+    def along(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        nan = torch.full_like(x[..., :1], float("nan"))
+        dd = torch.where(ok[..., 1:] & ok[..., :-1], x[..., 1:] - x[..., :-1], float("nan"))
+        fwd = torch.cat([dd, nan], dim=-1)
+        bwd = torch.cat([nan, dd], dim=-1)
+        af, ab = fwd.abs(), bwd.abs()
+        agree = (fwd * bwd > 0) & (torch.maximum(af, ab) <= ratio * torch.minimum(af, ab))
+        small = torch.where(af <= ab, fwd, bwd)
+        g = torch.where(agree, 0.5 * (fwd + bwd), small)
+        g = torch.where(torch.isnan(fwd), bwd, torch.where(torch.isnan(bwd), fwd, g))
+        return torch.nan_to_num(g, nan=0.0)
+
+    return along(d, valid), along(d.T, valid.T).T
+
+
+
+def lift_patches(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, cells: torch.Tensor,
+                 max_stretch: float = 8.0) -> tuple[torch.Tensor, ...]:
+    """Lift the grid cells ``cells (h, w) bool`` of one view to patches.
+
+    Args:
+        depth: ``(h, w)`` z-depth at the cell centres (0 = invalid; used whole for the slopes).
+        K: ``(3, 3)`` intrinsics of that grid; c2w: ``(4, 4)`` camera-to-world (any float dtype).
+        cells: which cells to lift (``depth > 0`` there).
+        max_stretch: slope clamp, ``|dz/du| <= max_stretch * footprint`` (grazing cells).
+    Returns:
+        points ``(M, 3)`` float32 (on the cell-centre rays), footprint ``(M,)`` float32
+        (``z / fx``), axes ``(M, 2, 3)`` float32 world half-axes along u and v divided by the
+        footprint, and the cells' row / column indices ``ii, jj (M,)``. Computed in float64.
+    """
+    dev = depth.device
+    gu, gv = depth_slopes(depth.to(torch.float64))
+    ii, jj = cells.nonzero(as_tuple=True)
+    z = depth[ii, jj].to(torch.float64)
+    Kd = K.to(dev, torch.float64)
+    T = c2w.to(dev, torch.float64)
+    fx, fy = Kd[0, 0], Kd[1, 1]
+    xn = ((jj.to(torch.float64) + 0.5) - Kd[0, 2]) / fx
+    yn = ((ii.to(torch.float64) + 0.5) - Kd[1, 2]) / fy
+    footprint = z / fx
+    lim = max_stretch * footprint
+    gu = torch.maximum(torch.minimum(gu[ii, jj], lim), -lim)
+    gv = torch.maximum(torch.minimum(gv[ii, jj], lim), -lim)
+    cam = torch.stack([xn * z, yn * z, z], dim=1)
+    du = torch.stack([gu * xn + z / fx, gu * yn, gu], dim=1) * 0.5  # half-axis along u (camera frame)
+    dv = torch.stack([gv * xn, gv * yn + z / fy, gv], dim=1) * 0.5
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([T[k, 0] * x[:, 0] + T[k, 1] * x[:, 1] + T[k, 2] * x[:, 2] for k in range(3)], dim=1)
+
+    world = rot(cam) + T[:3, 3]
+    axes = torch.stack([rot(du), rot(dv)], dim=1) / footprint[:, None, None]
+    return world.to(torch.float32), footprint.to(torch.float32), axes.to(torch.float32), ii, jj
+
+
+def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
+                  h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffered splat of patches into ``T`` cameras' ``h x w`` grids.
+
+    Args:
+        points: ``(N, 3)`` float32 world positions.
+        axes: ``(N, 6)`` float32 world half-axes (``axes * footprint`` of :func:`lift_patches`,
+            flattened).
+        key: ``(N,)`` int64 content hashes in ``[0, 2**31)`` (tie-break).
+        w2c: ``(T, 4, 4)`` world-to-camera; K: ``(T, 3, 3)`` intrinsics of the target grids.
+        owner_offset: added to the reported indices (when ``points`` is a slice of a memory).
+    Returns:
+        index ``(T, h, w)`` int64 (-1 = none) and depth ``(T, h, w)`` float32 (0 = none).
+
+    Per frame (a loop over frames, never over points): project every point, cull those whose
+    footprint cannot reach the grid, then compute the survivors' patch Jacobians and rasterise.
+    Elementwise fp32 ops only (no matmul), so CPU and CUDA give bit-identical results.
+    """
+    dev = points.device
+    T = w2c.shape[0]
+    index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
+    depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
+    if points.shape[0] == 0:
+        return index, depth
+    Kc = K.to("cpu", torch.float64)  # for the culling bounds
+    w2c = w2c.to(dev, torch.float32)
+    K = K.to(dev, torch.float32)
+    X, Y, Z = points.unbind(dim=1)
+    m = float(max_radius)
+    for t in range(T):
+        r = w2c[t]
+        xc = r[0, 0] * X + r[0, 1] * Y + r[0, 2] * Z + r[0, 3]
+        yc = r[1, 0] * X + r[1, 1] * Y + r[1, 2] * Z + r[1, 3]
+        zc = r[2, 0] * X + r[2, 1] * Y + r[2, 2] * Z + r[2, 3]
+        # Conservative frustum cull (grid grown by max_radius cells) without dividing.
+        k = Kc[t]
+        x_lo, x_hi = float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0])
+        y_lo, y_hi = float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])
+        ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
+        sel = ok.nonzero().squeeze(1)
+        xc, yc, z = (a.index_select(0, sel) for a in (xc, yc, zc))
+        fx, fy, cx, cy = K[t, 0, 0], K[t, 1, 1], K[t, 0, 2], K[t, 1, 2]
+        xn, yn = xc / z, yc / z
+        u = xn * fx + cx
+        v = yn * fy + cy
+        A = axes.index_select(0, sel)  # (M, 6) world half-axes
+        J = []
+        for q in (0, 3):
+            ax, ay, az = A[:, q], A[:, q + 1], A[:, q + 2]
+            cxk = r[0, 0] * ax + r[0, 1] * ay + r[0, 2] * az
+            cyk = r[1, 0] * ax + r[1, 1] * ay + r[1, 2] * az
+            czk = r[2, 0] * ax + r[2, 1] * ay + r[2, 2] * az
+            J += [fx * (cxk - xn * czk) / z, fy * (cyk - yn * czk) / z]
+        # [[du_0, du_1], [dv_0, dv_1]]: the columns are the patch's half-axes in target cells
+        idx, dep = rasterize(0, sel + owner_offset, u, v, z, key.index_select(0, sel), 1, h, w,
+                             J=(J[0], J[2], J[1], J[3]), max_radius=m)
+        index[t], depth[t] = idx[0], dep[0]
+    return index, depth
