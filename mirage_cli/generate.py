@@ -367,6 +367,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
     chunks = plan_chunks(N, chunk_frames, codec.temporal_factor)
     if resume_dir is None:
         out = prepare_out_dir(cfg, image_path, Path(str(cfg.traj)).stem)
+        cfg.out = str(out)
     from .trajectory import save_trajectory
 
     if resume_dir is None:
