@@ -14,16 +14,16 @@ for each chunk (plan_chunks: 1 + 4k frames, one overlap frame):
   pointcloud arm  WRITE lift the newly revealed pixels of the decoded frames (pixel depth)
 ```
 
-What stands in for generation. With ``--denoiser none`` on the synthetic scene the chunk latents are
-the codec encoding of the true render of the chunk's frames (charged to neither arm: it replaces
-generation), so the bench is deterministic and the read fidelity meaningful. With ``--denoiser
-tiny|wan2.1-1.3b`` the Wan-VACE transformer runs ``--steps`` steps per chunk on the latent arm's
-read (timed, charged to both arms as "denoise"); its output becomes the chunk content only when its
-weights are real (random weights give noise), otherwise the true render's encoding is used as above.
-On an image scene without a real denoiser, the content is the preview backend's fill of the latent
-read. Depth of new content: the scene's exact depth on the synthetic scene (a perfect depth
-estimator, identical for both arms); otherwise each arm's own read depth extended into the holes
-(:func:`mirage_cli.depth.fill_depth`, latent resolution vs pixel resolution).
+What stands in for generation. With ``--denoiser none`` the chunk content is the preview backend's
+fill of the latent read (no codec, milliseconds, charged as "denoise"), or with ``--fidelity on``
+(synthetic scene) the codec encoding of the true render of the chunk's frames (charged to neither
+arm), which makes the read fidelity meaningful. With ``--denoiser tiny|wan2.1-1.3b`` the
+Wan-VACE transformer runs ``--steps`` steps per chunk on the latent arm's read (timed once, charged to
+both arms as "denoise"); its output becomes the chunk content only when its weights are real (random
+weights give noise). Depth of new content (``--write-depth``): each arm's own read depth extended
+into the holes (:func:`mirage_cli.depth.fill_depth`, latent vs pixel resolution, as ``mirage
+generate`` does), or the synthetic scene's exact depth (``exact``; ``auto`` = exact when fidelity is
+on, since the true renders are made anyway).
 
 Charged to each arm (``memory_overhead_s``):
 
@@ -37,9 +37,9 @@ Charged to each arm (``memory_overhead_s``):
 arm with a denoiser, the one-time grey-video latent its VACE context uses).
 
 Cache bytes are the stored payload of each memory (``nbytes``: points f32 + features/colours +
-footprint f32 + chunk i32). Peak bytes are measured, not estimated: each memory operation is replayed
+footprint f32 + patch axes f16 + chunk i32). Peak bytes are measured, not estimated: each memory operation is replayed
 (untimed) under a ``TorchDispatchMode`` that tracks every tensor created by a torch op until it is
-freed; peak = bytes the memory held before the op (incl. derived keys) + the highest live total
+freed; peak = bytes of every tensor the memory held before the op (payload, keys, caches) + the highest live total
 during it. The codec's own activations are not counted (they are the codec's, not the memory's).
 """
 
@@ -304,7 +304,13 @@ def make_denoiser(name: str, codec, device: torch.device):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        transformer = WanVACETransformer3DModel(**WAN21_VACE_13B_CONFIG).to(dtype)
+        transformer = WanVACETransformer3DModel(**WAN21_VACE_13B_CONFIG)
+    if dtype != torch.float32:  # as from_pretrained does: the listed modules stay in fp32
+        keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+        for mod_name, module in transformer.named_modules():
+            if not any(k in mod_name.split(".") for k in keep):
+                for p in module.parameters(recurse=False):
+                    p.data = p.data.to(dtype)
     backend = WanVACEBackend(transformer, _ZeroTextEncoder(WAN21_VACE_13B_CONFIG["text_dim"]), tiny_tokenizer(), codec,
                              device=device, dtype=dtype, model="wan2.1-vace-1.3b (random weights)", weights="random")
     return backend, "random"

@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
 def bench_cmd(
     compare: str = typer.Option(..., "--compare", help="Baseline to compare the latent memory with: pointcloud."),
     scene: str = typer.Option("synthetic", "--scene", help="'synthetic' (procedural room, exact depth, ground truth) or an IMAGE path."),
-    depth: Optional[Path] = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) [default: its sidecar IMAGE.depth.npy]."),
-    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file or preset [default: orbit_360; on the synthetic scene presets orbit the room's centre]."),
+    depth: Optional[Path] = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) (default: its sidecar IMAGE.depth.npy)."),
+    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file or preset (default orbit_360; on the synthetic scene, presets orbit the room's centre)."),
     frames: int = typer.Option(25, "--frames", "-n", help="Total frames (all laps)."),
     laps: int = typer.Option(1, "--laps", help="Repeat the trajectory this many times (e.g. 2 laps of orbit_360)."),
     chunk_frames: int = typer.Option(9, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan codecs."),
@@ -32,6 +32,7 @@ def bench_cmd(
     write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (append: point cloud only; the latent memory keeps 'new')."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     fidelity: str = typer.Option("auto", "--fidelity", help="auto | on | off: decode both reads and compare with the true render (auto: synthetic scene and non-random codec)."),
+    write_depth: str = typer.Option("auto", "--write-depth", help="Depth of new content: filled (each arm's read depth extended into holes, as generate does), exact (synthetic scene), auto (exact with fidelity)."),
     seed: int = typer.Option(0, "--seed", help="Scene texture seed and denoiser noise seed."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (config, totals, ratios, per-chunk arrays) to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of cache size and cumulative seconds against frames."),
@@ -43,7 +44,7 @@ def bench_cmd(
 
     cfg = BenchConfig(compare=compare, scene=scene, depth=str(depth) if depth else None, traj=traj, frames=frames,
                       laps=laps, chunk_frames=chunk_frames, codec=codec, height=height, width=width, denoiser=denoiser,
-                      steps=steps, write_policy=write_policy, device=device, fidelity=fidelity, seed=seed)
+                      steps=steps, write_policy=write_policy, device=device, fidelity=fidelity, write_depth=write_depth, seed=seed)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=quiet, transient=False)
     with progress:
