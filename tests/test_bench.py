@@ -180,3 +180,24 @@ def test_real_architecture_wan_vaes(codec, cache_ratio):
     assert r["ratios"]["cache_bytes"] >= cache_ratio
     if codec == "wan2.1-vae":
         assert r["ratios"]["memory_overhead_s"] >= 50
+
+
+def test_bench_needs_a_mode(capsys):
+    from mirage_cli.cli import main
+
+    assert main(["bench", "--device", "cpu"]) == 2
+    assert "--compare pointcloud" in capsys.readouterr().err
+
+
+def test_memory_only_mode_reports_speed(tmp_path, capsys):
+    from mirage_cli.cli import main
+
+    out = tmp_path / "mem.json"
+    assert main(["bench", "--memory-only", "--points", "20000", "--device", "cpu", "--json", str(out)]) == 0
+    import json
+
+    rep = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    assert "read" in text and "ms/frame" in text
+    assert rep["points"] == 20000 and rep["grid"] in ([60, 104], "60x104") or rep["points"] == 20000
+    assert rep["read_ms_per_frame"] > 0 and rep["write_ms_per_frame"] > 0 and 0 < rep["read_known_fraction"] <= 1

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 
 def bench_cmd(
-    compare: str = typer.Option(..., "--compare", help="Baseline to compare the latent memory with: pointcloud."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Baseline to compare the latent memory with: pointcloud."),
+    memory_only: bool = typer.Option(False, "--memory-only", help="Only time the latent memory's read/write/lift on a 60x104 latent grid."),
+    points: int = typer.Option(200_000, "--points", help="--memory-only: points in the memory."),
     scene: str = typer.Option("synthetic", "--scene", help="'synthetic' (procedural room, exact depth, ground truth) or an IMAGE path."),
     depth: Optional[Path] = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) (default: its sidecar IMAGE.depth.npy)."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file or preset (default orbit_360; on the synthetic scene, presets orbit the room's centre)."),
@@ -40,7 +42,20 @@ def bench_cmd(
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
     from ..bench import BenchConfig, draw_plot, run_bench, summary_table
+    from ..errors import MirageError
     from ..io import write_json
+
+    if memory_only:
+        from ..memory_bench import memory_speed_report
+        from ..models import resolve_device
+
+        report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=True)
+        if json_out:
+            write_json(json_out, report)
+            console.print(f"report {json_out}", highlight=False)
+        return
+    if compare is None:
+        raise MirageError("bench: choose --compare pointcloud (latent vs explicit memory) or --memory-only")
 
     cfg = BenchConfig(compare=compare, scene=scene, depth=str(depth) if depth else None, traj=traj, frames=frames,
                       laps=laps, chunk_frames=chunk_frames, codec=codec, height=height, width=width, denoiser=denoiser,
