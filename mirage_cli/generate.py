@@ -121,7 +121,7 @@ def plan_chunks(num_frames: int, chunk_frames: int, temporal_factor: int) -> lis
     """Split ``num_frames`` trajectory frames into overlapping chunks (see the module docstring)."""
     L = valid_chunk_length(chunk_frames, temporal_factor)
     if num_frames <= 1:
-        return [Chunk(0, 0, 1, L)]
+        return [Chunk(0, 0, 1, 1 + temporal_factor)]
     chunks, start = [], 0
     while True:
         stop = min(start + L, num_frames)
@@ -146,13 +146,14 @@ def prepare_out_dir(cfg: GenerateConfig, image: Path, traj_name: str) -> Path:
     if out.exists() and not out.is_dir():
         raise MirageError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()):
+        is_run = (out / "run.json").exists()
+        if not is_run:
+            raise MirageError(f"{out}: not empty and not a mirage run directory (no run.json); "
+                              "refusing to write there, choose another --out")
         if not cfg.overwrite:
-            raise MirageError(
-                f"{out}: output directory is not empty; pass --overwrite to replace that run, "
-                f"--resume {out} to continue it, or --out for another directory"
-            )
-        if not (out / "run.json").exists():
-            raise MirageError(f"{out}: not a mirage run directory (no run.json); refusing to overwrite it")
+            done = '"status": "done"' in (out / "run.json").read_text(errors="replace")
+            hint = "" if done else f", --resume {out} to continue it"
+            raise MirageError(f"{out}: holds an earlier run; pass --overwrite to replace it{hint}, or --out for another directory")
         for name in ("video.mp4", "run.json", "trajectory.json", "chunks", "cache"):
             p = out / name
             if p.is_dir():
@@ -171,14 +172,20 @@ def prepare_out_dir(cfg: GenerateConfig, image: Path, traj_name: str) -> Path:
 
 
 def prepare_image(path: Path, height: int | None, width: int | None, multiple: int) -> torch.Tensor:
-    """Load the input image and bring it to ``height x width`` (default: its own size) rounded
-    down to a multiple of ``multiple`` (the codec's grid). Returns ``(3, H, W)`` in [0, 1]."""
+    """Load the input image and bring it to ``height x width`` (default: its own size; one of the
+    two given: the other follows the aspect ratio), rounded down to a multiple of ``multiple`` (the
+    codec's grid: 16 for Wan, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
     image = load_image(path)
     H0, W0 = image.shape[-2:]
+    if height and not width:
+        width = max(1, round(W0 * height / H0))
+    if width and not height:
+        height = max(1, round(H0 * width / W0))
     H = (height or H0) // multiple * multiple
     W = (width or W0) // multiple * multiple
     if H < multiple or W < multiple:
-        raise MirageError(f"{path}: image is too small ({W0}x{H0}); need at least {multiple}x{multiple}")
+        raise MirageError(f"{path}: a {width or W0}x{height or H0} frame is smaller than one {multiple}x{multiple} "
+                          "grid cell; use a larger --height/--width or a smaller --downscale")
     if (H, W) != (H0, W0):
         image = F.interpolate(image[None], size=(H, W), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
     return image
@@ -221,13 +228,9 @@ def prepare_trajectory(cfg: GenerateConfig, width: int, height: int):
 
     traj = load_trajectory(cfg.traj)
     if cfg.frames is not None:
-        if cfg.frames < 1:
-            raise MirageError(f"--frames must be >= 1 (got {cfg.frames})")
         traj = resample(traj, cfg.frames)
     cams = traj.cameras_for(width, height)
     if cfg.fov is not None:
-        if not 1.0 <= cfg.fov <= 179.0:
-            raise MirageError(f"--fov must be in (1, 179) degrees (got {cfg.fov})")
         cams = Cameras.from_fov(cams.c2w, cfg.fov, width, height)
     return traj, cams
 
@@ -315,79 +318,154 @@ def write_depth(read_depth: torch.Tensor, known: torch.Tensor, frames: torch.Ten
     return out
 
 
+# --------------------------------------------------------------------------------------- checks
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_config(cfg: GenerateConfig) -> None:
+    """Reject bad options with one line each, before anything is read or written."""
+    from .memory.latent import WRITE_POLICIES
+
+    def bad(opt: str, why: str):
+        raise MirageError(f"{opt}: {why}")
+
+    if not cfg.image:
+        bad("generate", "an IMAGE is required")
+    if not cfg.traj:
+        bad("--traj", "is required (a trajectory file or a preset name, see `mirage traj list`)")
+    if cfg.backend not in ("preview", "wan-vace"):
+        bad("--backend", f"unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+    if cfg.cache_dump not in ("none", "final", "chunks"):
+        bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
+    if cfg.write_policy not in WRITE_POLICIES:
+        bad("--write-policy", f"must be one of {', '.join(WRITE_POLICIES)} (got '{cfg.write_policy}')")
+    if cfg.dtype not in DTYPES:
+        bad("--dtype", f"must be one of {', '.join(DTYPES)} (got '{cfg.dtype}')")
+    if cfg.downscale is not None and cfg.downscale < 1:
+        bad("--downscale", f"must be >= 1 (got {cfg.downscale})")
+    if cfg.chunk_frames is not None and cfg.chunk_frames < 2:
+        bad("--chunk-frames", f"must be >= 2 (got {cfg.chunk_frames})")
+    if cfg.frames is not None and cfg.frames < 1:
+        bad("--frames", f"must be >= 1 (got {cfg.frames})")
+    if cfg.fps is not None and not (math.isfinite(cfg.fps) and 0 < cfg.fps <= 1000):
+        bad("--fps", f"must be a number in (0, 1000] (got {cfg.fps})")
+    for opt, v in (("--height", cfg.height), ("--width", cfg.width)):
+        if v is not None and not 16 <= v <= 8192:
+            bad(opt, f"must be between 16 and 8192 pixels (got {v})")
+    if cfg.fov is not None and not (math.isfinite(cfg.fov) and 1.0 <= cfg.fov <= 179.0):
+        bad("--fov", f"must be between 1 and 179 degrees (got {cfg.fov})")
+    if cfg.steps < 1:
+        bad("--steps", f"must be >= 1 (got {cfg.steps})")
+    if not (math.isfinite(cfg.guidance) and cfg.guidance >= 1.0):
+        bad("--guidance", f"must be >= 1 (1 disables guidance; got {cfg.guidance})")
+    if not (math.isfinite(cfg.shift) and cfg.shift > 0):
+        bad("--shift", f"must be > 0 (got {cfg.shift})")
+    if cfg.references < 0:
+        bad("--references", f"must be >= 0 (got {cfg.references})")
+    if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
+        bad("--depth-scale", f"must be > 0 (got {cfg.depth_scale})")
+
+
+def absolute_paths(cfg: GenerateConfig) -> None:
+    """Store file arguments as absolute paths so that ``--resume`` works from any directory."""
+    cfg.image = str(Path(cfg.image).resolve())
+    if cfg.depth not in (None, "prior", "model"):
+        cfg.depth = str(Path(cfg.depth).resolve())
+    if cfg.memory:
+        cfg.memory = str(Path(cfg.memory).resolve())
+    if Path(cfg.traj).exists():
+        cfg.traj = str(Path(cfg.traj).resolve())
+
+
+def traj_stem(traj: str) -> str:
+    """``presets/orbit_left.json`` -> ``orbit_left``; ``preset:orbit_left`` -> ``orbit_left``."""
+    return Path(traj.split(":", 1)[-1]).stem
+
+
 # --------------------------------------------------------------------------------------- the loop
 def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | None = None, quiet: bool = False) -> dict:
     """Run (or resume) one generation. Returns the run record (also written to ``run.json``).
 
+    Everything that can fail on bad input is checked before the output directory is touched.
+
     Args:
         cfg: the options. progress: a ``rich.progress.Progress`` or None. warn: callable for warnings.
-        resume_dir: continue the run in this directory (its run.json supplies ``cfg``).
+        resume_dir: continue the run in this directory (its run.json supplies ``cfg``; the
+            trajectory comes from its ``trajectory.json`` and the scale from its recorded depth).
         quiet: silence the model libraries' own loading bars too.
     """
     t_start = time.perf_counter()
+    old = None
     if resume_dir is not None:
-        cfg, out = load_resume_config(resume_dir), Path(resume_dir)
-    if not cfg.image:
-        raise MirageError("generate: an IMAGE is required")
-    if not cfg.traj:
-        raise MirageError("generate: --traj is required (a trajectory file or a preset name, see `mirage traj list`)")
-    if cfg.cache_dump not in ("none", "final", "chunks"):
-        raise MirageError(f"--cache-dump: must be none, final or chunks (got '{cfg.cache_dump}')")
-    if cfg.downscale is not None and cfg.downscale < 1:
-        raise MirageError(f"--downscale must be >= 1 (got {cfg.downscale})")
-    if cfg.chunk_frames is not None and cfg.chunk_frames < 2:
-        raise MirageError(f"--chunk-frames must be >= 2 (got {cfg.chunk_frames})")
+        out = Path(resume_dir)
+        cfg, old = load_resume_config(out), json.loads((out / "run.json").read_text())
+    check_config(cfg)
+    absolute_paths(cfg)
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
 
-    # 1. image, trajectory (validated before anything is written), codec + backend
+    # 1. image, saved memory, codec + backend, trajectory, depth — all validated, nothing written yet
     image_raw = load_image(image_path)
     image_hash = file_sha256(image_path)
-    if resume_dir is not None:
-        old = json.loads((out / "run.json").read_text())
-        if old.get("image", {}).get("sha256") != image_hash:
-            raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
+    if old is not None and old.get("image", {}).get("sha256") != image_hash:
+        raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
+    memory = None
+    if cfg.memory and old is None:
+        memory = LatentMemory.load(cfg.memory, device=device)
+        if cfg.backend == "preview" and cfg.downscale is None and memory.codec == "pixel":
+            cfg.downscale = memory.spatial_factor  # continue at the memory's own grid
     if cfg.backend == "preview" and cfg.downscale is None:
-        w0, h0 = (cfg.width or image_raw.shape[-1]), (cfg.height or image_raw.shape[-2])
-        cfg.downscale = preview_downscale(w0, h0)
+        cfg.downscale = preview_downscale(cfg.width or image_raw.shape[-1], cfg.height or image_raw.shape[-2])
     codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
-    multiple = 16 if codec.spatial_factor > 1 and cfg.backend != "preview" else codec.spatial_factor
+    if memory is not None and (memory.channels != codec.channels or memory.spatial_factor != codec.spatial_factor
+                               or memory.codec != codec.name):
+        raise MirageError(
+            f"{cfg.memory}: memory holds {memory.codec} latents ({memory.channels} channels at 1/{memory.spatial_factor} "
+            f"scale), but the {cfg.backend} backend uses {codec.name} ({codec.channels} at 1/{codec.spatial_factor})"
+        )
+    multiple = 16 if cfg.backend != "preview" else codec.spatial_factor
     image = prepare_image(image_path, cfg.height, cfg.width, multiple)
     H, W = image.shape[-2:]
     h, w = H // codec.spatial_factor, W // codec.spatial_factor
-    traj, cams = prepare_trajectory(cfg, W, H)
-    depth, depth_kind, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]),
-                                                   float(cams.fov_y_deg[0]), device, warn, show_progress=not quiet)
-    valid = depth > 0
-    reference_depth = float(depth[valid].median()) if bool(valid.any()) else 1.0
-    if traj.scale == "relative":  # presets are written in units of the scene's reference depth
-        cams = cams.scaled(reference_depth)
-    N = len(cams)
-    chunk_frames = cfg.chunk_frames or (9 if codec.temporal_factor == 1 else 49)
-    chunks = plan_chunks(N, chunk_frames, codec.temporal_factor)
-    if resume_dir is None:
-        out = prepare_out_dir(cfg, image_path, Path(str(cfg.traj)).stem)
-        cfg.out = str(out)
-    from .trajectory import save_trajectory
+    if old is None:
+        traj, cams = prepare_trajectory(cfg, W, H)
+        depth, depth_kind, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]),
+                                                       float(cams.fov_y_deg[0]), device, warn, show_progress=not quiet)
+        valid = depth > 0
+        reference_depth = float(depth[valid].median()) if bool(valid.any()) else 1.0
+    else:  # the depth only mattered for the first lift, which the dumps hold; keep its scale and model
+        depth_kind, reference_depth = old["depth"]["source"], float(old["depth"]["reference_depth"])
+        depth_model = None
+        if depth_kind.startswith("model:"):
+            from .depth_model import load_depth_model
 
-    if resume_dir is None:
+            depth_model = load_depth_model(cfg.depth_model, device=str(device), required=True, progress=not quiet)
+
+    # 2. the run directory; the trajectory is used as saved there, so a resumed run reads the same cameras
+    from .trajectory import load_trajectory, save_trajectory
+
+    if old is None:
+        out = prepare_out_dir(cfg, image_path, traj_stem(cfg.traj))
+        cfg.out = str(out.resolve())
         save_trajectory(traj, out / "trajectory.json")
-    cfg.chunk_frames = chunk_frames
+    saved = load_trajectory(out / "trajectory.json")
+    cams = saved.cameras_for(W, H)
+    if cfg.fov is not None:
+        cams = Cameras.from_fov(cams.c2w, cfg.fov, W, H)
+    if saved.scale == "relative":  # presets are written in units of the scene's reference depth
+        cams = cams.scaled(reference_depth)
+    fps = cfg.fps or saved.fps
+    N = len(cams)
+    cfg.chunk_frames = cfg.chunk_frames or (9 if codec.temporal_factor == 1 else 49)
+    chunks = plan_chunks(N, cfg.chunk_frames, codec.temporal_factor)
 
-    # 2. the input latent and the memory
+    # 3. the input latent and the memory
     first_latent = round_latents(codec.encode(image[None].to(device))[0]).to(device)  # (C, h, w)
     cam0 = cams[0]
-    state: RunState
-    if resume_dir is not None:
+    if old is not None:
         state = load_resume_state(out, codec, chunks, first_latent, device)
     else:
-        if cfg.memory:
-            memory = LatentMemory.load(cfg.memory, device=device)
-            if memory.channels != codec.channels or memory.spatial_factor != codec.spatial_factor:
-                raise MirageError(
-                    f"{cfg.memory}: memory has {memory.channels} channels at 1/{memory.spatial_factor} scale, "
-                    f"but the {cfg.backend} codec needs {codec.channels} at 1/{codec.spatial_factor}"
-                )
+        if memory is not None:
             memory.write_policy = cfg.write_policy
             _, known0, _ = memory.read(cam0)
             memory.lift(first_latent, depth.to(device), cam0, chunk=INPUT_CHUNK, mask=~known0[0])
@@ -398,56 +476,69 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0])
     state.depth_model, state.reference_depth, state.size = depth_model, reference_depth, (W, H)
 
-    record = {
-        "format": RUN_FORMAT,
-        "mirage_version": __version__,
-        "status": "running",
-        "command": " ".join(["mirage"] + sys.argv[1:]) if resume_dir is None else _old_command(out),
-        "config": asdict(cfg),
-        "backend": backend.describe(),
-        "codec": {"name": codec.name, "channels": codec.channels, "spatial_factor": codec.spatial_factor,
-                  "temporal_factor": codec.temporal_factor},
-        "model": cfg.model,
-        "seed": cfg.seed,
-        "device": str(device),
-        "dtype": cfg.dtype,
-        "image": {"path": str(image_path), "sha256": image_hash, "width": W, "height": H},
-        "depth": {"source": depth_kind, "reference_depth": reference_depth},
-        "trajectory": {"source": str(cfg.traj), "format": traj.format, "frames": N, "fps": cfg.fps or traj.fps,
-                       "scale": traj.scale},
-        "latent_grid": [h, w],
-        "chunk_plan": [{"index": c.index, "frames": [c.start, c.stop - 1], "padded_length": c.length} for c in chunks],
-        "chunks": state.records,
-    }
-    fps = cfg.fps or traj.fps
+    if old is not None:
+        record = old
+        record.setdefault("resumed_at", []).append(_now())
+        record["status"] = "running"
+    else:
+        record = {
+            "format": RUN_FORMAT,
+            "mirage_version": __version__,
+            "versions": _versions(),
+            "status": "running",
+            "started_at": _now(),
+            "command": " ".join(["mirage"] + sys.argv[1:]),
+            "config": asdict(cfg),
+            "backend": backend.describe(),
+            "codec": {"name": codec.name, "channels": codec.channels, "spatial_factor": codec.spatial_factor,
+                      "temporal_factor": codec.temporal_factor},
+            "model": cfg.model,
+            "seed": cfg.seed,
+            "device": str(device),
+            "dtype": cfg.dtype,
+            "image": {"path": str(image_path), "sha256": image_hash, "width": W, "height": H},
+            "depth": {"source": depth_kind, "reference_depth": reference_depth},
+            "trajectory": {"source": str(cfg.traj), "format": traj.format, "frames": N, "fps": fps,
+                           "scale": traj.scale, "saved": str(out / "trajectory.json")},
+            "latent_grid": [h, w],
+            "chunk_plan": [{"index": c.index, "frames": [c.start, c.stop - 1], "padded_length": c.length} for c in chunks],
+        }
+    record["chunks"] = state.records
     write_json(out / "run.json", record)
 
-    # 3. the loop
+    # 4. the loop
     task = progress.add_task("chunks", total=len(chunks), completed=len(state.records)) if progress else None
-    for chunk in chunks[len(state.records):]:
-        rec = run_chunk(chunk, chunks, cfg, codec, backend, state, cams, first_latent, (h, w), out, fps, progress, image_hash)
-        state.records.append(rec)
-        record["chunks"] = state.records
+    try:
+        for chunk in chunks[len(state.records):]:
+            rec = run_chunk(chunk, chunks, cfg, codec, backend, state, cams, first_latent, (h, w), out, fps, progress, image_hash)
+            state.records.append(rec)
+            record["chunks"] = state.records
+            write_json(out / "run.json", record)
+            if progress:
+                progress.advance(task)
+    except BaseException as e:
+        record["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        record["error"] = f"{type(e).__name__}: {e}"
         write_json(out / "run.json", record)
-        if progress:
-            progress.advance(task)
+        warn(f"run {record['status']} after {len(state.records)} of {len(chunks)} chunks; finished chunks are kept. "
+             f"Continue with: mirage generate --resume {out}")
+        raise
 
-    # 4. outputs
+    # 5. outputs
     t = time.perf_counter()
-    write_video(out / "video.mp4", torch.from_numpy(_stack(state.video)).numpy(), fps, comment=_comment(backend))
+    write_video(out / "video.mp4", _stack(state.video), fps, comment=_comment(backend))
     if cfg.cache_dump in ("final", "chunks"):
         state.memory.save(out / "cache" / "final.safetensors", extras=_dump_extras(state, image_hash))
-    last = out / "cache" / "last.safetensors"
-    if last.exists():
-        last.unlink()
     stats = state.memory.stats()
+    record.pop("error", None)
     record.update({
         "status": "done",
+        "finished_at": _now(),
         "backend": backend.describe(),  # after the run: steps/guidance actually used
         "totals": {
             "frames": len(state.video),
             "seconds": {k: round(sum(r["seconds"][k] for r in state.records), 4) for k in ("read", "denoise", "decode", "write", "dump")},
-            "wall_seconds": round(time.perf_counter() - t_start, 3),
+            "wall_seconds": round(time.perf_counter() - t_start, 3) + (old or {}).get("totals", {}).get("wall_seconds", 0.0),
             "finalize_seconds": round(time.perf_counter() - t, 3),
             "memory_points": stats["points"],
             "memory_bytes": stats["bytes"],
@@ -455,12 +546,35 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         "outputs": {
             "video": str(out / "video.mp4"),
             "chunks": [str(out / "chunks" / f"chunk_{c.index:03d}.mp4") for c in chunks],
-            "cache": sorted(str(p) for p in (out / "cache").glob("*.safetensors")),
+            "cache": sorted(str(p) for p in (out / "cache").glob("*.safetensors") if p.name != "last.safetensors"),
             "run": str(out / "run.json"),
         },
     })
     write_json(out / "run.json", record)
+    last = out / "cache" / "last.safetensors"  # the rolling checkpoint goes only once the run is recorded done
+    if last.exists():
+        last.unlink()
     return record
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict:
+    import platform
+
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("diffusers", "transformers"):
+        try:
+            from importlib.metadata import version
+
+            v[name] = version(name)
+        except Exception:  # not installed: not needed by the preview
+            v[name] = None
+    return v
 
 
 def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Codec, backend: Backend, state: RunState,
@@ -506,7 +620,7 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
     before = state.memory.stats()["points"]
     wdepth = write_depth(read_depth, known, frames, tf, codec.spatial_factor, state.depth_model)
     # Only latent frames that are real trajectory frames are written (padding repeats the last camera).
-    n_real_lat = 1 + (real - 1) // tf
+    n_real_lat = 1 + math.ceil((real - 1) / tf)  # the padded last latent frame uses the last real camera
     added = state.memory.write(latents[:n_real_lat], wdepth[:n_real_lat], lcams[:n_real_lat], known[:n_real_lat], chunk=chunk.index + 1)
     sec["write"] = time.perf_counter() - t
 
@@ -596,7 +710,7 @@ def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_
     (the input image for chunk 0, the previous chunk's last frame otherwise), so it is skipped."""
     real = chunk.stop - chunk.start
     lat_frames = latent_frame_indices(chunk, tf)
-    for j in range(1, 1 + (real - 1) // tf):
+    for j in range(1, 1 + math.ceil((real - 1) / tf)):
         state.history_latents.append(latents[j])
         state.history_frames.append(lat_frames[j])
     state.video.extend(list(frames_u8[1:] if chunk.index > 0 else frames_u8))
@@ -625,7 +739,7 @@ def load_resume_state(out: Path, codec: Codec, chunks: list[Chunk], first_latent
 def _stack(frames: list):
     import numpy as np
 
-    return np.stack(frames)
+    return np.stack(frames)  # (T, H, W, 3) uint8
 
 
 def _comment(backend: Backend) -> str:

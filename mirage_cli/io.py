@@ -67,7 +67,7 @@ def file_sha256(path: Path | str) -> str:
 
 def load_image(path: Path | str) -> torch.Tensor:
     """Read an image file as ``(3, H, W)`` float32 RGB in [0, 1] (alpha is dropped)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -77,7 +77,7 @@ def load_image(path: Path | str) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = ImageOps.exif_transpose(im).convert("RGB")  # phone photos: honour the EXIF orientation
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise MirageError(f"{path}: not a readable image ({e.__class__.__name__})") from e
     arr = np.asarray(rgb, dtype=np.float32) / 255.0

@@ -141,7 +141,7 @@ def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, mo
     monkeypatch.setattr(g, "run_chunk", dies_after_chunk_1)
     with pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
-    assert json.loads((c / "run.json").read_text())["status"] == "running"
+    assert json.loads((c / "run.json").read_text())["status"] == "interrupted"
     assert (c / "cache" / "chunk_001.safetensors").exists() and not (c / "video.mp4").exists()
     monkeypatch.setattr(g, "run_chunk", real)
     assert main(["generate", "--resume", str(c), "--quiet"]) == 0
@@ -253,3 +253,58 @@ def test_wan_vace_tiny_end_to_end_is_deterministic(small_scene, tiny_kit, tmp_pa
         lb = load_file(str(b / "chunks" / f"chunk_{i:03d}.latents.safetensors"))["latents"]
         assert torch.equal(la, lb)
     assert np.array_equal(read_video(a / "video.mp4"), read_video(b / "video.mp4"))
+
+
+def test_bad_options_never_touch_an_earlier_run(small_scene, tmp_path, capsys):
+    out = tmp_path / "run"
+    img = str(small_scene["image"])
+    assert main(["generate", img, "--traj", "static", "--frames", "3", "--out", str(out), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = [
+        (["--write-policy", "foo"], "--write-policy"), (["--fps", "-5"], "--fps"), (["--fps", "nan"], "--fps"),
+        (["--shift", "0"], "--shift"), (["--height", "7"], "--height"), (["--steps", "0"], "--steps"),
+        (["--dtype", "fp8"], "--dtype"), (["--references", "-1"], "--references"),
+        (["--memory", str(tmp_path / "none.safetensors")], "none.safetensors"),
+    ]
+    for extra, msg in bad:
+        capsys.readouterr()
+        code = main(["generate", img, "--traj", "orbit_left", "--out", str(out), "--overwrite", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and msg in err and "Traceback" not in err, (extra, err)
+        assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}, extra
+
+
+def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_path, monkeypatch):
+    import mirage_cli.generate as g
+    from mirage_cli.trajectory import load_trajectory, save_trajectory
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(small_scene["image"], work / "room.png")
+    shutil.copy(small_scene["depth"], work / "room.depth.npy")
+    save_trajectory(load_trajectory("orbit_left", frames=13), work / "mine.json")
+    monkeypatch.chdir(work)
+    real = g.run_chunk
+
+    def dies(chunk, *args, **kw):
+        if chunk.index == 1:
+            raise KeyboardInterrupt
+        return real(chunk, *args, **kw)
+
+    monkeypatch.setattr(g, "run_chunk", dies)
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(image="room.png", traj="mine.json", out="run", chunk_frames=5), warn=lambda m: None)
+    monkeypatch.setattr(g, "run_chunk", real)
+    # The user edits the trajectory file meanwhile and resumes from elsewhere: the run keeps its own.
+    save_trajectory(load_trajectory("orbit_right", frames=21), work / "mine.json")
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--resume", str(work / "run"), "--quiet"]) == 0
+    assert read_video(work / "run" / "video.mp4").shape[0] == 13
+    run = json.loads((work / "run" / "run.json").read_text())
+    assert run["status"] == "done" and run["config"]["image"] == str(work / "room.png")
+    assert run["trajectory"]["frames"] == 13 and len(run["resumed_at"]) == 1
+
+
+def test_resume_refuses_extra_inputs(small_scene, tmp_path, capsys):
+    assert main(["generate", "--resume", str(tmp_path), "--traj", "orbit_left"]) == 2
+    assert "run.json" in capsys.readouterr().err

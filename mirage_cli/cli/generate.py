@@ -20,16 +20,16 @@ def register(app: typer.Typer) -> None:
 def generate_cmd(
     image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory). Not needed with --resume."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: outputs/<image-stem>-<traj-stem>]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
     backend: str = typer.Option("preview", "--backend", "-b", help="preview (no network, seconds) or wan-vace (Wan2.1-VACE diffusion)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="wan-vace model: registry name, Hub repo id or local directory [default: wan2.1-vace-1.3b]."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/16-bit .png), 'model' or 'prior' [default: sidecar, else cached depth model, else prior]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="wan-vace model: registry name, Hub repo id or local directory \\[default: wan2.1-vace-1.3b]."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/16-bit .png), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
     depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for 16-bit PNG, e.g. 0.001 for mm)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for --depth model / automatic depth."),
     frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample the trajectory to N frames."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate [default: the trajectory's]."),
-    height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) [default: the image's]."),
-    width: Optional[int] = typer.Option(None, "--width", help="Output width [default: the image's]."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate \\[default: the trajectory's]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) \\[default: the image's]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Output width \\[default: the image's]."),
     fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
     steps: int = typer.Option(30, "--steps", help="Denoising steps (wan-vace)."),
@@ -39,8 +39,8 @@ def generate_cmd(
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, with --guidance > 1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
-    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan [default: 9 preview, 49 wan-vace]."),
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) [default: auto, 2 for 480x832, 1 up to 256x512]."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan \\[default: 9 preview, 49 wan-vace]."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) \\[default: auto, 2 for 480x832, 1 up to 256x512]."),
     cache_dump: str = typer.Option("chunks", "--cache-dump", help="none | final | chunks: which memory dumps to keep in OUT/cache."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average."),
     memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
@@ -52,7 +52,11 @@ def generate_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
+    from ..errors import MirageError
     from ..generate import GenerateConfig, generate
+
+    if resume is not None and (image is not None or traj is not None or out is not None):
+        raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")
 
     cfg = GenerateConfig(
         image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
