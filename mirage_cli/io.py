@@ -40,6 +40,8 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, permissions changed under us, ...: one line, the old file intact
+        raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -27,9 +27,7 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +36,7 @@ import torch
 
 from .camera import Cameras, check_rotation, rigid_inverse, validate_cameras
 from .errors import MirageError
+from .io import atomic_path
 
 FORMATS = ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore")
 """File formats this module reads (and writes, see :func:`write_trajectory`)."""
@@ -905,25 +904,10 @@ def trajectory_text(traj: Trajectory, fmt: str = "native", *, convention: str = 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
-        raise
 
 
 # ===================================================================================== resampling

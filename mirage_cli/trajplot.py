@@ -12,14 +12,12 @@ direction (the camera's +z axis) of every few frames. Both panels keep equal axi
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import MirageError
+from .io import atomic_path
 from .trajectory import Trajectory
 
 BG, FG, GRID, PATH = (255, 255, 255), (30, 30, 30), (225, 225, 225), (170, 170, 170)
@@ -148,18 +146,5 @@ def plot_trajectory(traj: Trajectory, path: str | Path, size: tuple[int, int] = 
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
-        raise
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -292,7 +292,7 @@ def test_save_is_atomic(room, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(MirageError, match="disk full"):  # one line for the user, old file intact
         _memory(room).save(path, extras={"x": 1})
     assert path.read_bytes() == before and not list(tmp_path.glob(".*"))
     with pytest.raises(MirageError, match="JSON"):

@@ -217,12 +217,12 @@ def test_native_file_is_readable_as_nerfstudio(tmp_path):
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "t.json"
     path.write_text("old")
-    import mirage_cli.trajectory as T
+    import mirage_cli.io as io
 
-    def boom(fd):
+    def boom(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(T.os, "fsync", boom)
+    monkeypatch.setattr(io.os, "replace", boom)
     with pytest.raises(MirageError, match="No space left"):
         save_trajectory(_general_traj(), path)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.json"]
