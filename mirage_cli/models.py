@@ -246,7 +246,7 @@ def resolve_model(ref: str | os.PathLike, subfolders: list[str] | None = None, *
     state = "is not available" if snap is None else f"is incomplete ({'; '.join(problems)})"
     offline = " (HF_HUB_OFFLINE is set: unset it to download)" if hub_offline() else ""
     raise MirageError(f"{label} {state} {where}{offline}; fetch it with {fetch}, "
-                      "or pass --model DIR with a local copy in Hub layout")
+                      "or give a local directory in Hub layout instead (--model DIR, or --depth-model DIR for depth)")
 
 
 def _download(repo_id: str, subfolders: list[str] | None, cache: Path, label: str) -> Path:
