@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -221,18 +222,19 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
     return depth.float(), kind, model
 
 
-def prepare_trajectory(cfg: GenerateConfig, width: int, height: int):
-    """Load the trajectory: ``(Trajectory, Cameras (N) at the image size)``, poses relative to frame 0,
-    translations still in the trajectory's units (``traj.scale == "relative"``: reference depths)."""
+def prepare_trajectory(cfg: GenerateConfig):
+    """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem."""
     from .trajectory import load_trajectory, resample
 
     traj = load_trajectory(cfg.traj)
-    if cfg.frames is not None:
-        traj = resample(traj, cfg.frames)
+    return resample(traj, cfg.frames) if cfg.frames is not None else traj
+
+
+def trajectory_cameras(traj, fov: float | None, width: int, height: int) -> Cameras:
+    """``(N)`` cameras at the image size, poses relative to frame 0, ``--fov`` applied; translations
+    still in the trajectory's units (``traj.scale == "relative"``: reference depths)."""
     cams = traj.cameras_for(width, height)
-    if cfg.fov is not None:
-        cams = Cameras.from_fov(cams.c2w, cfg.fov, width, height)
-    return traj, cams
+    return Cameras.from_fov(cams.c2w, fov, width, height) if fov is not None else cams
 
 
 PREVIEW_MAX_CELLS = 131_072  # ~ a 256x512 grid: keeps a preview of a 480p image in seconds
@@ -428,9 +430,10 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
     H, W = image.shape[-2:]
     h, w = H // codec.spatial_factor, W // codec.spatial_factor
     if old is None:
-        traj, cams = prepare_trajectory(cfg, W, H)
+        traj = prepare_trajectory(cfg)
+        fov0 = float(trajectory_cameras(traj, cfg.fov, W, H).fov_y_deg[0])  # the prior depth needs frame 0's fov
         depth, depth_kind, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]),
-                                                       float(cams.fov_y_deg[0]), device, warn, show_progress=not quiet)
+                                                       fov0, device, warn, show_progress=not quiet)
         valid = depth > 0
         reference_depth = float(depth[valid].median()) if bool(valid.any()) else 1.0
     else:  # the depth only mattered for the first lift, which the dumps hold; keep its scale and model
@@ -449,9 +452,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         cfg.out = str(out.resolve())
         save_trajectory(traj, out / "trajectory.json")
     saved = load_trajectory(out / "trajectory.json")
-    cams = saved.cameras_for(W, H)
-    if cfg.fov is not None:
-        cams = Cameras.from_fov(cams.c2w, cfg.fov, W, H)
+    cams = trajectory_cameras(saved, cfg.fov, W, H)
     if saved.scale == "relative":  # presets are written in units of the scene's reference depth
         cams = cams.scaled(reference_depth)
     fps = cfg.fps or saved.fps
@@ -510,7 +511,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
     task = progress.add_task("chunks", total=len(chunks), completed=len(state.records)) if progress else None
     try:
         for chunk in chunks[len(state.records):]:
-            rec = run_chunk(chunk, chunks, cfg, codec, backend, state, cams, first_latent, (h, w), out, fps, progress, image_hash)
+            rec = run_chunk(chunk, cfg, codec, backend, state, cams, first_latent, (h, w), out, fps, progress, image_hash)
             state.records.append(rec)
             record["chunks"] = state.records
             write_json(out / "run.json", record)
@@ -526,7 +527,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
 
     # 5. outputs
     t = time.perf_counter()
-    write_video(out / "video.mp4", _stack(state.video), fps, comment=_comment(backend))
+    write_video(out / "video.mp4", np.stack(state.video), fps, comment=_comment(backend))
     if cfg.cache_dump in ("final", "chunks"):
         state.memory.save(out / "cache" / "final.safetensors", extras=_dump_extras(state, image_hash))
     stats = state.memory.stats()
@@ -577,7 +578,7 @@ def _versions() -> dict:
     return v
 
 
-def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Codec, backend: Backend, state: RunState,
+def run_chunk(chunk: Chunk, cfg: GenerateConfig, codec: Codec, backend: Backend, state: RunState,
               cams: Cameras, first_latent: torch.Tensor, grid: tuple[int, int], out: Path, fps: float, progress, image_hash: str) -> dict:
     """Read -> denoise -> decode -> write -> dump for one chunk. Returns its run.json record."""
     sec = {}
@@ -617,7 +618,6 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
 
     # WRITE: lift what the read did not cover
     t = time.perf_counter()
-    before = state.memory.stats()["points"]
     wdepth = write_depth(read_depth, known, frames, tf, codec.spatial_factor, state.depth_model)
     # Only latent frames that are real trajectory frames are written (padding repeats the last camera).
     n_real_lat = 1 + math.ceil((real - 1) / tf)  # the padded last latent frame uses the last real camera
@@ -630,16 +630,15 @@ def run_chunk(chunk: Chunk, chunks: list[Chunk], cfg: GenerateConfig, codec: Cod
     t = time.perf_counter()
     write_video(out / "chunks" / f"chunk_{chunk.index:03d}.mp4", frames_u8, fps)
     _save_latents(out / "chunks" / f"chunk_{chunk.index:03d}.latents.safetensors", latents, chunk)
-    stats = state.memory.stats()
     rec = {
         "index": chunk.index,
         "frames": [chunk.start, chunk.stop - 1],
         "latent_frames": len(lat_frames),
         "known_fraction": round(float(known[:n_real_lat].float().mean()), 6),
         "references": [state.history_frames[i] for i in refs],
-        "points_added": int(added) if added is not None else stats["points"] - before,
-        "memory_points": stats["points"],
-        "memory_bytes": stats["bytes"],
+        "points_added": int(added),
+        "memory_points": len(state.memory),  # len/nbytes: cheap, unlike stats() (bounds, per-chunk counts)
+        "memory_bytes": state.memory.nbytes(),
     }
     dump = out / "cache" / (f"chunk_{chunk.index:03d}.safetensors" if cfg.cache_dump == "chunks" else "last.safetensors")
     rec["seconds"] = {k: round(v, 4) for k, v in sec.items()} | {"dump": 0.0}
@@ -701,10 +700,6 @@ def load_resume_config(out: Path) -> GenerateConfig:
     return cfg
 
 
-def _old_command(out: Path) -> str:
-    return json.loads((out / "run.json").read_text()).get("command", "")
-
-
 def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_u8, tf: int) -> None:
     """Append a finished chunk's latent frames and video frames. Its frame 0 is already there
     (the input image for chunk 0, the previous chunk's last frame otherwise), so it is skipped."""
@@ -734,12 +729,6 @@ def load_resume_state(out: Path, codec: Codec, chunks: list[Chunk], first_latent
         frames_u8 = to_uint8(codec.decode(latents)[: chunk.stop - chunk.start])
         extend_history(state, chunk, latents, frames_u8, codec.temporal_factor)
     return state
-
-
-def _stack(frames: list):
-    import numpy as np
-
-    return np.stack(frames)  # (T, H, W, 3) uint8
 
 
 def _comment(backend: Backend) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -27,6 +28,25 @@ def run_frames(out) -> torch.Tensor:
         n = c["frames"][1] - c["frames"][0] + 1
         frames.append(lat[:n] if c["index"] == 0 else lat[1:n])
     return torch.cat(frames)
+
+
+@contextmanager
+def interrupted_at_chunk(monkeypatch, index: int):
+    """Within the block, the loop is killed (Ctrl-C) when it reaches chunk ``index``."""
+    import mirage_cli.generate as g
+
+    real = g.run_chunk
+
+    def dies(chunk, *args, **kw):
+        if chunk.index == index:
+            raise KeyboardInterrupt
+        return real(chunk, *args, **kw)
+
+    monkeypatch.setattr(g, "run_chunk", dies)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(g, "run_chunk", real)
 
 
 def write_native(path, c2w: torch.Tensor, fov: float, fps: float = 8.0) -> None:
@@ -129,21 +149,10 @@ def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, mo
     generate(GenerateConfig(out=str(b), **base), warn=lambda m: None)
     assert torch.equal(run_frames(a), run_frames(b))
 
-    import mirage_cli.generate as g
-
-    real = g.run_chunk
-
-    def dies_after_chunk_1(chunk, *args, **kw):
-        if chunk.index == 2:
-            raise KeyboardInterrupt
-        return real(chunk, *args, **kw)
-
-    monkeypatch.setattr(g, "run_chunk", dies_after_chunk_1)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_chunk(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
     assert json.loads((c / "run.json").read_text())["status"] == "interrupted"
     assert (c / "cache" / "chunk_001.safetensors").exists() and not (c / "video.mp4").exists()
-    monkeypatch.setattr(g, "run_chunk", real)
     assert main(["generate", "--resume", str(c), "--quiet"]) == 0
     assert torch.equal(run_frames(a), run_frames(c))
     assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
@@ -275,7 +284,6 @@ def test_bad_options_never_touch_an_earlier_run(small_scene, tmp_path, capsys):
 
 
 def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_path, monkeypatch):
-    import mirage_cli.generate as g
     from mirage_cli.trajectory import load_trajectory, save_trajectory
 
     work = tmp_path / "work"
@@ -284,17 +292,8 @@ def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_pa
     shutil.copy(small_scene["depth"], work / "room.depth.npy")
     save_trajectory(load_trajectory("orbit_left", frames=13), work / "mine.json")
     monkeypatch.chdir(work)
-    real = g.run_chunk
-
-    def dies(chunk, *args, **kw):
-        if chunk.index == 1:
-            raise KeyboardInterrupt
-        return real(chunk, *args, **kw)
-
-    monkeypatch.setattr(g, "run_chunk", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(image="room.png", traj="mine.json", out="run", chunk_frames=5), warn=lambda m: None)
-    monkeypatch.setattr(g, "run_chunk", real)
     # The user edits the trajectory file meanwhile and resumes from elsewhere: the run keeps its own.
     save_trajectory(load_trajectory("orbit_right", frames=21), work / "mine.json")
     monkeypatch.chdir(tmp_path)
