@@ -15,7 +15,7 @@ def small_scene(tmp_path_factory):
 
     Returns ``dict(image=Path, depth=Path, scene=Scene, camera=Cameras)``.
     """
-    from mirage_cli.scenes import default_camera, make_scene
+    from mirage_cli.data.scenes import default_camera, make_scene
 
     d = tmp_path_factory.mktemp("scene")
     scene = make_scene("room")
@@ -29,7 +29,7 @@ def small_scene(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_kit(tmp_path_factory):
     """The tiny random-weight Wan2.1-VACE + depth model kit, saved in Hub layout (built once)."""
-    from mirage_cli.tiny import make_tiny_kit
+    from mirage_cli.models.tiny import make_tiny_kit
 
     return make_tiny_kit(tmp_path_factory.mktemp("tiny-kit"))
 

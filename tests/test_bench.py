@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mirage_cli.bench import BenchConfig, TensorPeak, measure_peak, run_bench
+from mirage_cli.bench.core import BenchConfig, TensorPeak, measure_peak, run_bench
 from mirage_cli.cli import main
 
 KEYS = ("cache_bytes", "read_s", "write_s", "memory_overhead_s", "end_to_end_s", "peak_bytes")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mirage_cli.cli import main
-from mirage_cli.codecs import PixelCodec
+from mirage_cli.models.codecs import PixelCodec
 from mirage_cli.memory import LatentMemory
-from mirage_cli.scenes import default_camera, make_scene
+from mirage_cli.data.scenes import default_camera, make_scene
 
 W, H, SF = 208, 120, 2
 
@@ -72,7 +72,7 @@ def test_export_ply(cache_file, tmp_path, convention):
 
 
 def test_render_flythrough(cache_file, tmp_path, capsys):
-    pytest.importorskip("mirage_cli.trajectory")
+    pytest.importorskip("mirage_cli.trajectories.trajectory")
     from mirage_cli.io import read_video
 
     path, mem = cache_file

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from mirage_cli.camera import Cameras, backproject, look_at, pixel_centers, project, rigid_inverse
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, pixel_centers, project, rigid_inverse
 
 
 def _random_pose(seed: int) -> torch.Tensor:

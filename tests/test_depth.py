@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mirage_cli.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth
+from mirage_cli.geometry.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth
 from mirage_cli.errors import MirageError
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mirage_cli.example import write_example
+from mirage_cli.data.example import write_example
 from mirage_cli.io import load_image
 
 ROOT = Path(__file__).resolve().parents[1]

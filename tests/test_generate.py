@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import psnr
-from mirage_cli.camera import Cameras, backproject, look_at, project
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 from mirage_cli.cli import main
-from mirage_cli.generate import GenerateConfig, generate
+from mirage_cli.pipeline.generate import GenerateConfig, generate
 from mirage_cli.io import read_video
 
 
@@ -33,7 +33,7 @@ def run_frames(out) -> torch.Tensor:
 @contextmanager
 def interrupted_at_chunk(monkeypatch, index: int):
     """Within the block, the loop is killed (Ctrl-C) when it reaches chunk ``index``."""
-    import mirage_cli.generate as g
+    import mirage_cli.pipeline.generate as g
 
     real = g.run_chunk
 
@@ -284,7 +284,7 @@ def test_bad_options_never_touch_an_earlier_run(small_scene, tmp_path, capsys):
 
 
 def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_path, monkeypatch):
-    from mirage_cli.trajectory import load_trajectory, save_trajectory
+    from mirage_cli.trajectories.trajectory import load_trajectory, save_trajectory
 
     work = tmp_path / "work"
     work.mkdir()

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mirage_cli.camera import Cameras, backproject, look_at, project
-from mirage_cli.codecs import PixelCodec
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
+from mirage_cli.models.codecs import PixelCodec
 from mirage_cli.errors import MirageError
 from mirage_cli.memory import LatentMemory, reduce_depth
 from mirage_cli.memory.splat import splat
-from mirage_cli.scenes import default_camera, make_scene
+from mirage_cli.data.scenes import default_camera, make_scene
 
 SF = 4
 W, H = 416, 240  # pixels; latent grid 60 x 104

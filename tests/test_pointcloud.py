@@ -9,12 +9,12 @@ import torch
 from safetensors import safe_open
 
 from conftest import psnr
-from mirage_cli.camera import Cameras, backproject, look_at, project
-from mirage_cli.codecs import PixelCodec
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
+from mirage_cli.models.codecs import PixelCodec
 from mirage_cli.errors import MirageError
 from mirage_cli.memory.latent import LatentMemory
 from mirage_cli.memory.pointcloud import PointCloudMemory
-from mirage_cli.scenes import default_camera, make_scene
+from mirage_cli.data.scenes import default_camera, make_scene
 
 W, H = 128, 72
 

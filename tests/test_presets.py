@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_cli.camera import project, validate_cameras
+from mirage_cli.geometry.cameras import project, validate_cameras
 from mirage_cli.errors import MirageError
-from mirage_cli.presets import PRESETS, main as presets_main, make_preset
-from mirage_cli.trajectory import load_trajectory, native_dict, rotation_angle_deg
+from mirage_cli.trajectories.presets import PRESETS, main as presets_main, make_preset
+from mirage_cli.trajectories.trajectory import load_trajectory, native_dict, rotation_angle_deg
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 EYE = torch.eye(4, dtype=torch.float64)
@@ -144,7 +144,7 @@ def _close(a, b, path="$"):
 
 def test_shipped_preset_files_equal_what_the_code_generates():
     shipped = sorted(p.stem for p in SHIPPED.glob("*.json"))
-    assert shipped == sorted(PRESETS), "regenerate with `python -m mirage_cli.presets`"
+    assert shipped == sorted(PRESETS), "regenerate with `python -m mirage_cli.trajectories.presets`"
     for name in PRESETS:
         _close(json.loads((SHIPPED / f"{name}.json").read_text()), native_dict(make_preset(name)), name)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mirage_cli.camera import Cameras, look_at
+from mirage_cli.geometry.cameras import Cameras, look_at
 from mirage_cli.memory.splat import float_bits, hash_rows, lift_patches, splat, splat_patches
 
 

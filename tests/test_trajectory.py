@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_cli.camera import Cameras
+from mirage_cli.geometry.cameras import Cameras
 from mirage_cli.errors import MirageError
-from mirage_cli.trajectory import (
+from mirage_cli.trajectories.trajectory import (
     FORMATS,
     OPENGL_TO_OPENCV,
     Trajectory,

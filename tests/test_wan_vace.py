@@ -15,10 +15,10 @@ import torch
 
 from mirage_cli.backends import Backend, ChunkRequest
 from mirage_cli.backends.wan_vace import build_vace_context, chunk_generator, load_wan_vace
-from mirage_cli.codecs import Codec
+from mirage_cli.models.codecs import Codec
 from mirage_cli.errors import MirageError
-from mirage_cli.tiny import make_tiny_kit, save_tiny_vace
-from mirage_cli.wan_vae import WanVAECodec
+from mirage_cli.models.tiny import make_tiny_kit, save_tiny_vace
+from mirage_cli.models.wan_vae import WanVAECodec
 
 H, W = 32, 64  # latent grid 4 x 8
 T = 3  # latent frames per chunk (9 video frames)

@@ -32,7 +32,7 @@ def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tenso
     than ``BACKGROUND_RATIO`` of its farthest child count only ``FOREGROUND_WEIGHT``). Pull: a
     partly known cell keeps its own average; the rest comes from the 3x3 coarser cells around it,
     weighted by distance and by how close their depth is to the cell's expected depth — the depth
-    extended into the hole from the background side (:func:`~mirage_cli.depth.fill_depth`). So a
+    extended into the hole from the background side (:func:`~mirage_cli.geometry.depth.fill_depth`). So a
     disocclusion is filled with what lies behind the occluder, not a blur of both sides.
 
     Args:
@@ -41,7 +41,7 @@ def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tenso
     Returns:
         ``(T, C, h, w)``: ``values`` on known cells, the fill elsewhere.
     """
-    from ..depth import fill_depth
+    from ..geometry.depth import fill_depth
 
     if depth is None:
         depth = torch.ones_like(known, dtype=torch.float32)

@@ -49,9 +49,9 @@ from pathlib import Path
 import torch
 
 from ..errors import MirageError
-from ..models import (VACE_SUBFOLDERS, dtype_kwargs, dtype_name, hf_progress, resolve_device, resolve_dtype,
+from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, dtype_name, hf_progress, resolve_device, resolve_dtype,
                       resolve_model, weights_kind)
-from ..wan_vae import WanVAECodec, _first_line
+from ..models.wan_vae import WanVAECodec, _first_line
 from . import ChunkRequest, ProgressFn
 
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanVACEPipeline

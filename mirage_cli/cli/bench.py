@@ -1,4 +1,4 @@
-"""`mirage bench`: parse the options, hand them to :func:`mirage_cli.bench.run_bench`, print the table."""
+"""`mirage bench`: parse the options, hand them to :func:`mirage_cli.bench.core.run_bench`, print the table."""
 
 from __future__ import annotations
 
@@ -41,13 +41,13 @@ def bench_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
-    from ..bench import BenchConfig, draw_plot, run_bench, summary_table
+    from ..bench.core import BenchConfig, draw_plot, run_bench, summary_table
     from ..errors import MirageError
     from ..io import write_json
 
     if memory_only:
-        from ..memory_bench import memory_speed_report
-        from ..models import resolve_device
+        from ..bench.memory_speed import memory_speed_report
+        from ..models.registry import resolve_device
 
         report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=True)
         if json_out:

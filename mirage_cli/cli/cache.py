@@ -104,12 +104,12 @@ def render_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Fly through the memory alone (no model): each latent cell shows what the memory holds, holes stay holes."""
-    from ..camera import validate_cameras
+    from ..geometry.cameras import validate_cameras
     from ..errors import MirageError
     from ..io import write_video
     from ..memory.cachefile import parse_color, reference_depth_of, render_memory
     from ..memory.latent import LatentMemory
-    from ..trajectory import load_trajectory
+    from ..trajectories.trajectory import load_trajectory
 
     hole = parse_color(holes)
     mem = LatentMemory.load(file, device=_device(device))

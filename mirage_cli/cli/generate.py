@@ -1,4 +1,4 @@
-"""`mirage generate`: parse the options, hand them to :func:`mirage_cli.generate.generate`."""
+"""`mirage generate`: parse the options, hand them to :func:`mirage_cli.pipeline.generate.generate`."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def generate_cmd(
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
     from ..errors import MirageError
-    from ..generate import GenerateConfig, generate
+    from ..pipeline.generate import GenerateConfig, generate
 
     if resume is not None and (image is not None or traj is not None or out is not None):
         raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")

@@ -18,7 +18,7 @@ def list_models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Known model names, their Hub repos, approximate sizes and whether they are in the local cache."""
-    from ..models import REGISTRY, cache_status, hub_cache_dir
+    from ..models.registry import REGISTRY, cache_status, hub_cache_dir
 
     rows = []
     for spec in REGISTRY.values():
@@ -48,7 +48,7 @@ def download(
 ) -> None:
     """Fetch a model's needed subfolders (configs + safetensors only) into the Hugging Face cache."""
     from ..errors import MirageError
-    from ..models import _snapshot_dir, hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model
+    from ..models.registry import _snapshot_dir, hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model
 
     repo_id, spec = lookup(name)
     if hub_offline():
@@ -72,7 +72,7 @@ def tiny(
 
     Use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is noise).
     """
-    from ..tiny import make_tiny_kit
+    from ..models.tiny import make_tiny_kit
 
     paths = make_tiny_kit(directory, seed=seed)
     console.print(f"wan-vace (random weights): {paths['vace']}\ndepth model (random weights): {paths['depth']}",

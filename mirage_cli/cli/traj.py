@@ -21,7 +21,7 @@ FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colma
 
 def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = False) -> None:
     """Write ``traj`` to ``out`` (``-`` = stdout) and say where it went."""
-    from ..trajectory import trajectory_text, write_trajectory
+    from ..trajectories.trajectory import trajectory_text, write_trajectory
 
     if out == "-":
         typer.echo(trajectory_text(traj, fmt, convention=convention, pose=pose), nl=False)
@@ -34,7 +34,7 @@ def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = Fa
 @app.command("list")
 def list_cmd() -> None:
     """List the presets, one line each: name, motion, parameters with their defaults."""
-    from ..presets import PRESETS
+    from ..trajectories.presets import PRESETS
 
     width = max(len(n) for n in PRESETS)
     for name, p in PRESETS.items():
@@ -62,7 +62,7 @@ def preset_cmd(
 ) -> None:
     """Write preset NAME (with parameter overrides) to a trajectory file."""
     from ..errors import MirageError
-    from ..presets import make_preset, write_presets
+    from ..trajectories.presets import make_preset, write_presets
 
     if all_dir is not None:
         if name or output or any(v is not None for v in (frames, fps, fov, angle, distance, look_at_depth, zoom)):
@@ -90,7 +90,7 @@ def convert_cmd(
     pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
 ) -> None:
     """Convert SOURCE (format detected from its content) to a native (or other) trajectory file."""
-    from ..trajectory import convert
+    from ..trajectories.trajectory import convert
 
     traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
     _emit(traj, output, to, convention, pose)
@@ -129,7 +129,7 @@ def show_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
-    from ..trajectory import load_trajectory, summarize
+    from ..trajectories.trajectory import load_trajectory, summarize
 
     traj = load_trajectory(source)
     s = summarize(traj)
@@ -138,7 +138,7 @@ def show_cmd(
     else:
         console.print(_table(s))
     if plot is not None:
-        from ..trajplot import plot_trajectory
+        from ..trajectories.plot import plot_trajectory
 
         plot_trajectory(traj, plot)
         err_console.print(f"wrote {plot}", highlight=False)

@@ -143,9 +143,9 @@ def point_colors(memory, codec: str | None = None) -> torch.Tensor:
     """``(N, 3)`` float colours in [0, 1] of the memory's points.
 
     Exact for the pixel codec (the features are the colours); for other codecs the lead's
-    :func:`mirage_cli.codecs.features_to_rgb` map (a pseudo-colour without the decoder).
+    :func:`mirage_cli.models.codecs.features_to_rgb` map (a pseudo-colour without the decoder).
     """
-    from ..codecs import features_to_rgb
+    from ..models.codecs import features_to_rgb
 
     name = codec or memory.codec
     if name.startswith("pixel"):

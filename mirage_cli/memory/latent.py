@@ -44,7 +44,7 @@ import os
 import torch
 
 from .. import __version__
-from ..camera import Cameras
+from ..geometry.cameras import Cameras
 from ..errors import MirageError
 from .cachefile import check_tensor, parse_int, parse_json, read_safetensors, write_safetensors
 from .splat import depth_slopes, float_bits, hash_rows, lift_patches, splat_patches  # noqa: F401 (depth_slopes re-exported)

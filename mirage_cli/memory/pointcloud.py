@@ -38,7 +38,7 @@ import os
 import torch
 
 from .. import __version__
-from ..camera import Cameras
+from ..geometry.cameras import Cameras
 from ..errors import MirageError
 from .cachefile import write_safetensors
 from .latent import LatentMemory

@@ -34,9 +34,9 @@ from typing import Any, Callable
 
 import torch
 
-from .camera import Cameras, check_rotation, rigid_inverse, validate_cameras
-from .errors import MirageError
-from .io import atomic_path
+from ..geometry.cameras import Cameras, check_rotation, rigid_inverse, validate_cameras
+from ..errors import MirageError
+from ..io import atomic_path
 
 FORMATS = ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore")
 """File formats this module reads (and writes, see :func:`write_trajectory`)."""
@@ -994,9 +994,9 @@ def summarize(traj: Trajectory) -> dict[str, Any]:
 
 
 def __getattr__(name: str) -> Any:
-    """``PRESETS`` and ``make_preset`` live in :mod:`mirage_cli.presets`; re-exported lazily here."""
+    """``PRESETS`` and ``make_preset`` live in :mod:`mirage_cli.trajectories.presets`; re-exported lazily here."""
     if name in ("PRESETS", "make_preset"):
-        from . import presets
+        from .. import presets
 
         return getattr(presets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MirageError
+from ..errors import MirageError
 
 #: Marker file written by the tiny model kit (``mirage models tiny``): the weights are random.
 RANDOM_WEIGHTS_MARKER = "mirage_random_weights.json"

@@ -1,4 +1,4 @@
-"""``WanVAECodec``: the Wan video VAE (diffusers ``AutoencoderKLWan``) as a :class:`~mirage_cli.codecs.Codec`.
+"""``WanVAECodec``: the Wan video VAE (diffusers ``AutoencoderKLWan``) as a :class:`~mirage_cli.models.codecs.Codec`.
 
 Shapes (Wan2.1 VAE: ``C = 16``, ``s = 8``; Wan2.2 VAE: ``C = 48``, ``s = 16``; both ``temporal = 4``):
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .codecs import latent_frames
-from .errors import MirageError
-from .models import dtype_kwargs, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
+from ..errors import MirageError
+from .registry import dtype_kwargs, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import AutoencoderKLWan

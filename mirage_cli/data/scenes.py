@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .camera import Cameras
-from .errors import MirageError
+from ..geometry.cameras import Cameras
+from ..errors import MirageError
 
 SCENE_NAMES = ("room",)
 
@@ -53,7 +53,7 @@ class Scene:
         boxes / spheres: the objects.
         seed: texture seed (colours and noise phase; geometry does not depend on it).
         center: a point in the middle of the room, free of objects in a ring of radius ~2.5
-            around it (handy for orbits with :func:`~mirage_cli.camera.look_at`).
+            around it (handy for orbits with :func:`~mirage_cli.geometry.cameras.look_at`).
     """
 
     name: str

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import MirageError
+from ..errors import MirageError
 
 
 @dataclass

@@ -24,8 +24,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .errors import MirageError
-from .models import dtype_kwargs, hf_progress, resolve_device, resolve_model, weights_kind
+from ..errors import MirageError
+from .registry import dtype_kwargs, hf_progress, resolve_device, resolve_model, weights_kind
 from .wan_vae import _first_line
 
 DEFAULT_DEPTH_MODEL = "depth-anything-v2-small"

@@ -18,7 +18,7 @@ DIR/                          a Wan2.1-VACE diffusers folder, written by WanVACE
 ```
 
 Everything is loaded back by the same code as real weights (:func:`mirage_cli.backends.wan_vace.load_wan_vace`,
-:func:`mirage_cli.depth_model.load_depth_model`). Building and saving takes well under a second
+:func:`mirage_cli.models.depth_model.load_depth_model`). Building and saving takes well under a second
 once diffusers/transformers are imported. Frame sizes must be multiples of 16 (VAE 8 x patch 2).
 """
 
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MirageError
-from .models import RANDOM_WEIGHTS_MARKER, hf_progress
+from ..errors import MirageError
+from .registry import RANDOM_WEIGHTS_MARKER, hf_progress
 
 #: Tiny transformer config (as diffusers' own tests); ``rope_max_seq_len`` as the real models so any
 #: frame size the real model accepts also runs here.

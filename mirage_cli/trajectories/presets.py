@@ -9,7 +9,7 @@ Intrinsics are a vertical field of view only (``fov_only``), so they fit any asp
 
 The files in ``presets/`` are generated from this module; regenerate them with::
 
-    python -m mirage_cli.presets            # writes presets/*.json next to the package
+    python -m mirage_cli.trajectories.presets            # writes presets/*.json next to the package
     mirage traj preset --all presets/       # the same through the CLI
 """
 
@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from .camera import Cameras, look_at
-from .errors import MirageError
+from ..geometry.cameras import Cameras, look_at
+from ..errors import MirageError
 from .trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory, save_trajectory
 
 COMMON_DEFAULTS: dict[str, float] = {"frames": 49, "fps": 16.0, "fov": 55.0}
@@ -270,7 +270,7 @@ def default_presets_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mirage_cli.presets [DIR]``: regenerate the shipped preset files."""
+    """``python -m mirage_cli.trajectories.presets [DIR]``: regenerate the shipped preset files."""
     args = sys.argv[1:] if argv is None else argv
     directory = Path(args[0]) if args else default_presets_dir()
     for path in write_presets(directory):

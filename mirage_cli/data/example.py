@@ -1,6 +1,6 @@
 """The shipped example: ``examples/room.png`` and its exact depth sidecar ``examples/room.depth.npy``.
 
-Regenerate with ``python -m mirage_cli.example examples/`` (a test checks the committed files
+Regenerate with ``python -m mirage_cli.data.example examples/`` (a test checks the committed files
 equal what this writes).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, save_image
+from ..io import atomic_path, save_image
 from .scenes import default_camera, make_scene
 
 EXAMPLE_SIZE = (832, 480)  # width, height: Wan2.1's 480p landscape size

@@ -32,15 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .backends import Backend, ChunkRequest
-from .camera import Cameras, backproject, project
-from .codecs import Codec, PixelCodec
-from .depth import check_depth_size, fill_depth, fit_scale_shift, input_depth_source, prior_depth
-from .errors import MirageError
-from .io import atomic_path, file_sha256, load_image, to_uint8, write_json, write_video
-from .memory.latent import INPUT_CHUNK, LatentMemory, reduce_depth
-from .models import resolve_device
+from .. import __version__
+from ..backends import Backend, ChunkRequest
+from ..geometry.cameras import Cameras, backproject, project
+from ..models.codecs import Codec, PixelCodec
+from ..geometry.depth import check_depth_size, fill_depth, fit_scale_shift, input_depth_source, prior_depth
+from ..errors import MirageError
+from ..io import atomic_path, file_sha256, load_image, to_uint8, write_json, write_video
+from ..memory.latent import INPUT_CHUNK, LatentMemory, reduce_depth
+from ..models.registry import resolve_device
 
 LATENT_STORE_DTYPE = torch.float16
 RUN_FORMAT = "mirage.run"
@@ -206,7 +206,7 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
     if kind.startswith("file:") or kind.startswith("sidecar:"):
         check_depth_size(depth, orig_size[0], orig_size[1], kind.split(":", 1)[1])
     elif kind in ("model", "auto"):
-        from .depth_model import load_depth_model
+        from ..models.depth_model import load_depth_model
 
         model = load_depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
         if model is not None:
@@ -224,7 +224,7 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
 
 def prepare_trajectory(cfg: GenerateConfig):
     """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem."""
-    from .trajectory import load_trajectory, resample
+    from ..trajectories.trajectory import load_trajectory, resample
 
     traj = load_trajectory(cfg.traj)
     return resample(traj, cfg.frames) if cfg.frames is not None else traj
@@ -252,11 +252,11 @@ def preview_downscale(width: int, height: int) -> int:
 def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tuple[Codec, Backend]:
     """Build the codec and the backend named by ``--backend``."""
     if cfg.backend == "preview":
-        from .backends.preview import PreviewBackend
+        from ..backends.preview import PreviewBackend
 
         return PixelCodec(cfg.downscale or 1), PreviewBackend()
     if cfg.backend == "wan-vace":
-        from .backends.wan_vace import load_wan_vace
+        from ..backends.wan_vace import load_wan_vace
 
         backend, codec = load_wan_vace(
             cfg.model or "wan2.1-vace-1.3b", device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload, shift=cfg.shift,
@@ -326,7 +326,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 def check_config(cfg: GenerateConfig) -> None:
     """Reject bad options with one line each, before anything is read or written."""
-    from .memory.latent import WRITE_POLICIES
+    from ..memory.latent import WRITE_POLICIES
 
     def bad(opt: str, why: str):
         raise MirageError(f"{opt}: {why}")
@@ -440,12 +440,12 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
         depth_kind, reference_depth = old["depth"]["source"], float(old["depth"]["reference_depth"])
         depth_model = None
         if depth_kind.startswith("model:"):
-            from .depth_model import load_depth_model
+            from ..models.depth_model import load_depth_model
 
             depth_model = load_depth_model(cfg.depth_model, device=str(device), required=True, progress=not quiet)
 
     # 2. the run directory; the trajectory is used as saved there, so a resumed run reads the same cameras
-    from .trajectory import load_trajectory, save_trajectory
+    from ..trajectories.trajectory import load_trajectory, save_trajectory
 
     if old is None:
         out = prepare_out_dir(cfg, image_path, traj_stem(cfg.traj))

@@ -21,7 +21,7 @@ arm), which makes the read fidelity meaningful. With ``--denoiser tiny|wan2.1-1.
 Wan-VACE transformer runs ``--steps`` steps per chunk on the latent arm's read (timed once, charged to
 both arms as "denoise"); its output becomes the chunk content only when its weights are real (random
 weights give noise). Depth of new content (``--write-depth``): each arm's own read depth extended
-into the holes (:func:`mirage_cli.depth.fill_depth`, latent vs pixel resolution, as ``mirage
+into the holes (:func:`mirage_cli.geometry.depth.fill_depth`, latent vs pixel resolution, as ``mirage
 generate`` does), or the synthetic scene's exact depth (``exact``; ``auto`` = exact when fidelity is
 on, since the true renders are made anyway).
 
@@ -56,9 +56,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .camera import Cameras
-from .errors import MirageError
+from .. import __version__
+from ..geometry.cameras import Cameras
+from ..errors import MirageError
 
 BENCH_FORMAT = "mirage.bench"
 CODECS = ("tiny", "pixel", "wan2.1-vae", "wan2.2-vae")
@@ -234,10 +234,10 @@ def _psnr(mse_sum: float, count: int) -> float | None:
 def make_codec(name: str, device: torch.device):
     """``(codec, weights)`` for ``--codec``; Wan VAEs use cached real weights, else random weights."""
     if name == "pixel":
-        from .codecs import PixelCodec
+        from ..models.codecs import PixelCodec
 
         return PixelCodec(1), "none"
-    from .wan_vae import WanVAECodec
+    from ..models.wan_vae import WanVAECodec
 
     if name == "tiny":
         return WanVAECodec.random("wan2.1", device=device, tiny=True, tiling=False), "random"
@@ -273,15 +273,15 @@ def make_denoiser(name: str, codec, device: torch.device):
         return None, "none"
     if name not in DENOISERS:
         raise MirageError(f"--denoiser: unknown denoiser '{name}' (choose {', '.join(DENOISERS)})")
-    from .backends.wan_vace import WanVACEBackend
-    from .models import resolve_dtype
+    from ..backends.wan_vace import WanVACEBackend
+    from ..models.registry import resolve_dtype
 
     C, f = codec.channels, codec.spatial_factor
     if not hasattr(codec, "grey_latent"):
         raise MirageError(f"--denoiser {name} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec.name}")
     dtype = resolve_dtype("auto", device)
     if name == "tiny":
-        from .tiny import tiny_vace_components
+        from ..models.tiny import tiny_vace_components
 
         parts = tiny_vace_components(seed=0, in_channels=C, out_channels=C, vace_in_channels=2 * C + f * f)
         backend = WanVACEBackend(parts["transformer"], parts["text_encoder"], parts["tokenizer"], codec, device=device,
@@ -291,7 +291,7 @@ def make_denoiser(name: str, codec, device: torch.device):
         raise MirageError(f"--denoiser {name} needs the Wan2.1 latent space (16 channels, 8x); --codec {codec.name} "
                           f"gives {C} channels at {f}x (use --codec wan2.1-vae or tiny)")
     try:  # real weights when cached (never downloads)
-        from .backends.wan_vace import load_wan_vace
+        from ..backends.wan_vace import load_wan_vace
 
         backend, _ = load_wan_vace("wan2.1-vace-1.3b", device=str(device), dtype="auto")
         backend.codec = codec
@@ -300,7 +300,7 @@ def make_denoiser(name: str, codec, device: torch.device):
         pass
     from diffusers import WanVACETransformer3DModel
 
-    from .tiny import tiny_tokenizer
+    from ..models.tiny import tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -332,7 +332,7 @@ def prepare_scene(cfg: BenchConfig, multiple: int) -> SceneData:
         raise MirageError(f"--height/--width {H}x{W}: must be positive multiples of {multiple} for --codec {cfg.codec}"
                           + (f" with --denoiser {cfg.denoiser}" if cfg.denoiser != "none" else ""))
     if cfg.scene == "synthetic":
-        from .scenes import default_camera, make_scene
+        from ..data.scenes import default_camera, make_scene
 
         if cfg.depth:
             raise MirageError("--depth only applies to an image --scene (the synthetic scene has exact depth)")
@@ -341,8 +341,8 @@ def prepare_scene(cfg: BenchConfig, multiple: int) -> SceneData:
         return SceneData(rgb[0], depth[0], float(depth[0][depth[0] > 0].median()), scene, "synthetic room (exact depth)")
     import torch.nn.functional as F
 
-    from .depth import load_depth_file, sidecar_for
-    from .io import load_image
+    from ..geometry.depth import load_depth_file, sidecar_for
+    from ..io import load_image
 
     path = Path(cfg.scene)
     image = load_image(path)
@@ -368,8 +368,8 @@ def prepare_cameras(cfg: BenchConfig, data: SceneData) -> tuple[Cameras, dict]:
     On the synthetic scene a preset's ``look_at_depth`` is set to the room's centre (so an orbit runs
     on the object-free ring inside the room) and every camera must stay inside the room.
     """
-    from .presets import PRESETS
-    from .trajectory import load_trajectory, resample
+    from ..trajectories.presets import PRESETS
+    from ..trajectories.trajectory import load_trajectory, resample
 
     name = cfg.traj or "orbit_360"
     if cfg.frames < 2:
@@ -465,14 +465,14 @@ def _upsample_mask(known: torch.Tensor, factor: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- the bench
 def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     """Run both arms on the same loop; return the report (see the module docstring)."""
-    from .backends import ChunkRequest
-    from .backends.preview import PreviewBackend
-    from .depth import fill_depth
-    from .generate import latent_frame_indices, plan_chunks
-    from .memory.latent import WRITE_POLICIES as LATENT_POLICIES
-    from .memory.latent import LatentMemory
-    from .memory.pointcloud import PointCloudMemory
-    from .models import resolve_device
+    from ..backends import ChunkRequest
+    from ..backends.preview import PreviewBackend
+    from ..geometry.depth import fill_depth
+    from ..pipeline.generate import latent_frame_indices, plan_chunks
+    from ..memory.latent import WRITE_POLICIES as LATENT_POLICIES
+    from ..memory.latent import LatentMemory
+    from ..memory.pointcloud import PointCloudMemory
+    from ..models.registry import resolve_device
 
     t_start = time.perf_counter()
     load_start = _loadavg()
@@ -668,8 +668,8 @@ def _loadavg() -> list[float] | None:
 
 
 def _warmup(image, depth, cam, C, f, device) -> None:
-    from .memory.latent import LatentMemory
-    from .memory.pointcloud import PointCloudMemory
+    from ..memory.latent import LatentMemory
+    from ..memory.pointcloud import PointCloudMemory
 
     small = Cameras(cam.c2w, cam.intrinsics, max(f, cam.width // 4 // f * f), max(f, cam.height // 4 // f * f))
     import torch.nn.functional as F
@@ -874,7 +874,7 @@ def draw_plot(report: dict, path: str | os.PathLike) -> None:
     """PNG with two panels: cache size and cumulative seconds against frames, both arms (Pillow only)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     font = ImageFont.load_default()
     Wd, Hd = 1200, 520

@@ -1,10 +1,10 @@
 """Speed of the latent memory: read / write / lift of one latent grid against a large memory.
 
-``python -m mirage_cli.memory_bench [--points 200000] [--device cpu]`` prints the report; the
+``python -m mirage_cli.bench.memory_speed [--points 200000] [--device cpu]`` prints the report; the
 ``mirage bench --memory-only`` command calls :func:`memory_speed_report`. Not a unit test: numbers
 depend on the machine and its load, so the report names the machine.
 
-Setup: the procedural room (:mod:`mirage_cli.scenes`) is lifted from many viewpoints at the latent
+Setup: the procedural room (:mod:`mirage_cli.data.scenes`) is lifted from many viewpoints at the latent
 grid size (random ``channels``-channel fp16 features, exact depth) until the memory holds
 ``points`` points, the way an append-everything memory would grow. Then one chunk of ``frames``
 latent frames on an orbit is read, and written back with the default ``"new"`` policy (the known
@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from .camera import Cameras, look_at
-from .errors import MirageError
-from .memory.latent import LatentMemory
-from .scenes import make_scene
+from ..geometry.cameras import Cameras, look_at
+from ..errors import MirageError
+from ..memory.latent import LatentMemory
+from ..data.scenes import make_scene
 
 
 def _cpu_name() -> str:
@@ -178,7 +178,7 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirage_cli.memory_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirage_cli.bench.memory_speed", description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=200_000)
     p.add_argument("--height", type=int, default=60)
     p.add_argument("--width", type=int, default=104)

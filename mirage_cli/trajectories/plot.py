@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .io import atomic_path
+from ..io import atomic_path
 from .trajectory import Trajectory
 
 BG, FG, GRID, PATH = (255, 255, 255), (30, 30, 30), (225, 225, 225), (170, 170, 170)

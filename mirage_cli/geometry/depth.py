@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MirageError
+from ..errors import MirageError
 
 SIDECAR_SUFFIXES = (".depth.npy", ".depth.npz", ".depth.png")
 BACKGROUND_PASSES = 4  # holes up to ~8 cells wide take their far side's depth
