@@ -3,7 +3,7 @@ import torch
 
 from mirage_cli.backends import ChunkRequest
 from mirage_cli.backends.preview import PreviewBackend, push_pull_fill
-from mirage_cli.pipeline.generate import latent_frame_indices, plan_chunks, valid_chunk_length
+from mirage_cli.pipeline.plan import latent_frame_indices, plan_chunks, valid_chunk_length
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 9, 10, 17, 49, 50, 121])

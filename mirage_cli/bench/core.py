@@ -468,7 +468,7 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     from ..backends import ChunkRequest
     from ..backends.preview import PreviewBackend
     from ..geometry.depth import fill_depth
-    from ..pipeline.generate import latent_frame_indices, plan_chunks
+    from ..pipeline.plan import latent_frame_indices, plan_chunks
     from ..memory.latent import WRITE_POLICIES as LATENT_POLICIES
     from ..memory.latent import LatentMemory
     from ..memory.pointcloud import PointCloudMemory

@@ -41,6 +41,7 @@ from ..errors import MirageError
 from ..io import atomic_path, file_sha256, load_image, to_uint8, write_json, write_video
 from ..memory.latent import INPUT_CHUNK, LatentMemory, reduce_depth
 from ..models.registry import resolve_device
+from .plan import Chunk, latent_frame_indices, plan_chunks, reference_depth, scale_cameras, written_latent_frames
 
 LATENT_STORE_DTYPE = torch.float16
 RUN_FORMAT = "mirage.run"
@@ -83,21 +84,6 @@ class GenerateConfig:
 
 
 @dataclass
-class Chunk:
-    """One chunk of the plan: trajectory frames ``[start, stop)``, padded to ``length`` frames."""
-
-    index: int
-    start: int
-    stop: int
-    length: int
-
-    @property
-    def frames(self) -> list[int]:
-        """Trajectory frame of every (padded) chunk frame: the last camera repeats as padding."""
-        return [min(self.start + i, self.stop - 1) for i in range(self.length)]
-
-
-@dataclass
 class RunState:
     """What the loop carries from chunk to chunk (and what --resume rebuilds)."""
 
@@ -109,35 +95,6 @@ class RunState:
     depth_model: object | None = None  # DepthModel: depth of new content when one is available
     reference_depth: float = 1.0  # median depth of the input (unit of relative trajectories)
     size: tuple[int, int] = (0, 0)  # (width, height) of the frames
-
-
-# --------------------------------------------------------------------------------------- plan
-def valid_chunk_length(n: int, temporal_factor: int) -> int:
-    """Round ``n`` down to ``1 + temporal_factor * k`` with ``k >= 1``."""
-    k = max(1, (n - 1) // temporal_factor)
-    return 1 + temporal_factor * k
-
-
-def plan_chunks(num_frames: int, chunk_frames: int, temporal_factor: int) -> list[Chunk]:
-    """Split ``num_frames`` trajectory frames into overlapping chunks (see the module docstring)."""
-    L = valid_chunk_length(chunk_frames, temporal_factor)
-    if num_frames <= 1:
-        return [Chunk(0, 0, 1, 1 + temporal_factor)]
-    chunks, start = [], 0
-    while True:
-        stop = min(start + L, num_frames)
-        real = stop - start
-        length = L if real == L else 1 + temporal_factor * math.ceil((real - 1) / temporal_factor)
-        chunks.append(Chunk(len(chunks), start, stop, max(length, 1 + temporal_factor)))
-        if stop >= num_frames:
-            return chunks
-        start = stop - 1
-
-
-def latent_frame_indices(chunk: Chunk, temporal_factor: int) -> list[int]:
-    """Trajectory frame index of each latent frame of ``chunk``."""
-    frames = chunk.frames
-    return [frames[temporal_factor * j] for j in range(1 + (chunk.length - 1) // temporal_factor)]
 
 
 # --------------------------------------------------------------------------------------- prepare_*
