@@ -72,7 +72,7 @@ def test_export_ply(cache_file, tmp_path, convention):
 
 
 def test_render_flythrough(cache_file, tmp_path, capsys):
-    pytest.importorskip("mirage_cli.trajectories.trajectory")
+    pytest.importorskip("mirage_cli.trajectories")
     from mirage_cli.io import read_video
 
     path, mem = cache_file

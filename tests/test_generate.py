@@ -284,7 +284,7 @@ def test_bad_options_never_touch_an_earlier_run(small_scene, tmp_path, capsys):
 
 
 def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_path, monkeypatch):
-    from mirage_cli.trajectories.trajectory import load_trajectory, save_trajectory
+    from mirage_cli.trajectories import load_trajectory, save_trajectory
 
     work = tmp_path / "work"
     work.mkdir()

@@ -368,8 +368,7 @@ def prepare_cameras(cfg: BenchConfig, data: SceneData) -> tuple[Cameras, dict]:
     On the synthetic scene a preset's ``look_at_depth`` is set to the room's centre (so an orbit runs
     on the object-free ring inside the room) and every camera must stay inside the room.
     """
-    from ..trajectories.presets import PRESETS
-    from ..trajectories.trajectory import load_trajectory, resample
+    from ..trajectories import PRESETS, load_trajectory, resample
 
     name = cfg.traj or "orbit_360"
     if cfg.frames < 2:

@@ -109,7 +109,7 @@ def render_cmd(
     from ..io import write_video
     from ..memory.cachefile import parse_color, reference_depth_of, render_memory
     from ..memory.latent import LatentMemory
-    from ..trajectories.trajectory import load_trajectory
+    from ..trajectories import load_trajectory
 
     hole = parse_color(holes)
     mem = LatentMemory.load(file, device=_device(device))

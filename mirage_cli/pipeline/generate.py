@@ -181,7 +181,7 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
 
 def prepare_trajectory(cfg: GenerateConfig):
     """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem."""
-    from ..trajectories.trajectory import load_trajectory, resample
+    from ..trajectories import load_trajectory, resample
 
     traj = load_trajectory(cfg.traj)
     return resample(traj, cfg.frames) if cfg.frames is not None else traj
@@ -402,7 +402,7 @@ def generate(cfg: GenerateConfig, progress=None, warn=print, resume_dir: Path | 
             depth_model = load_depth_model(cfg.depth_model, device=str(device), required=True, progress=not quiet)
 
     # 2. the run directory; the trajectory is used as saved there, so a resumed run reads the same cameras
-    from ..trajectories.trajectory import load_trajectory, save_trajectory
+    from ..trajectories import load_trajectory, save_trajectory
 
     if old is None:
         out = prepare_out_dir(cfg, image_path, traj_stem(cfg.traj))
