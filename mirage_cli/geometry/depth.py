@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import MirageError
 from .cameras import focal_from_fov
@@ -61,8 +62,6 @@ def load_depth_file(path: Path, depth_scale: float | None = None) -> torch.Tenso
                     raise MirageError(f"{path}: .npz has no array named 'depth' (found: {', '.join(z.files) or 'none'})")
                 arr = z["depth"]
         elif suffix == ".png":
-            from PIL import Image
-
             with Image.open(path) as im:
                 if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
                     raise MirageError(f"{path}: depth PNG must be 16-bit single-channel (got mode {im.mode})")
