@@ -242,7 +242,7 @@ class LatentArm(Arm):
     def _empty(self):
         return LatentMemory(self.codec.channels, self.codec.spatial_factor, device=self.device)
 
-    _clone = staticmethod(lambda memory: clone_latent(memory))
+    _clone = staticmethod(clone_latent)
 
     def read(self, cams: ChunkCameras) -> ArmRead:
         (lat, known, depth), read_s = timed_median(lambda: self.memory.read(cams.latent))
