@@ -33,7 +33,7 @@ def run_frames(out) -> torch.Tensor:
 @contextmanager
 def interrupted_at_chunk(monkeypatch, index: int):
     """Within the block, the loop is killed (Ctrl-C) when it reaches chunk ``index``."""
-    import mirage_cli.pipeline.generate as g
+    import mirage_cli.pipeline.loop as g
 
     real = g.run_chunk
 
