@@ -45,6 +45,7 @@ import torch
 
 from .. import __version__
 from ..geometry.cameras import Cameras
+from ..dtypes import dtype_name
 from ..errors import MirageError
 from .cachefile import check_tensor, parse_int, parse_json, read_safetensors, write_safetensors
 from .splat import depth_slopes, float_bits, hash_rows, lift_patches, splat_patches  # noqa: F401 (depth_slopes re-exported)
@@ -54,10 +55,6 @@ VERSION = 1
 WRITE_POLICIES = ("new", "replace", "average")
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 INPUT_CHUNK = 0
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 # ------------------------------------------------------------------------------------ depth
@@ -202,7 +199,7 @@ class LatentMemory:
 
     def __repr__(self) -> str:
         return (f"LatentMemory(points={len(self)}, channels={self.channels}, spatial_factor={self.spatial_factor}, "
-                f"codec={self.codec!r}, dtype={dtype_name(self.feature_dtype)}, device={self.device})")
+                f"codec={self.codec!r}, dtype={dtype_name(self.feature_dtype, 'torch')}, device={self.device})")
 
     # ----------------------------------------------------------------------------- building
     def _config(self) -> dict:
@@ -494,7 +491,7 @@ class LatentMemory:
             "bytes": b,
             "bytes_per_point": (b / n) if n else 0.0,
             "channels": self.channels,
-            "dtype": dtype_name(self.feature_dtype),
+            "dtype": dtype_name(self.feature_dtype, "torch"),
             "codec": self.codec,
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,
@@ -519,7 +516,7 @@ class LatentMemory:
             "convention": "opencv",
             "created_by": f"mirage-cli {__version__}",
             "image_hash": self.image_hash,
-            "feature_dtype": dtype_name(self.feature_dtype),
+            "feature_dtype": dtype_name(self.feature_dtype, "torch"),
             "write_policy": self.write_policy,
             "points": str(len(self)),
             "extras": json.dumps(ex, sort_keys=True),
