@@ -39,7 +39,6 @@ pipeline does (inactive = latent, reactive = 0, mask = 0) and dropped from the o
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
@@ -49,16 +48,24 @@ from pathlib import Path
 import torch
 
 from ..errors import MirageError
-from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, dtype_name, hf_progress, resolve_device, resolve_dtype,
+from ..dtypes import dtype_name
+from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, hf_progress, resolve_device, resolve_dtype,
                       resolve_model, weights_kind)
-from ..models.wan_vae import WanVAECodec, _first_line
+from ..models.wan_vae import WanVAECodec, _first_line, placed_on
 from . import ChunkRequest, ProgressFn
 
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanVACEPipeline
 
 
 def clean_prompt(text: str) -> str:
-    """The Wan pipelines' prompt cleaning: ftfy fix, double HTML unescape, collapse whitespace."""
+    """The Wan pipelines' prompt cleaning: ftfy fix, double HTML unescape, collapse whitespace.
+
+    A re-implementation of ``prompt_clean`` (= ``whitespace_clean(basic_clean(text))``) in
+    ``diffusers/pipelines/wan/pipeline_wan.py`` (diffusers 0.42), which every Wan pipeline applies
+    before tokenizing. It is re-implemented, not imported, because diffusers does not make it
+    public API (a module-level helper, exported nowhere, undocumented) and it raises a NameError
+    when ftfy is missing (NOTES.md). tests/test_wan_vace.py checks it against diffusers' own.
+    """
     try:
         import ftfy
 
@@ -238,7 +245,7 @@ class WanVACEBackend:
         scale = torch.full((len(self.transformer.config.vace_layers),), self.conditioning_scale, device=dev,
                            dtype=self.dtype)
         x = hold(noise.clone(), sigmas[0])
-        with self._placed(self.transformer), torch.no_grad():
+        with placed_on(self.transformer, self.device, self.cpu_offload), torch.no_grad():
             for i, t in enumerate(sched.timesteps):
                 ts = t.expand(1).to(dev)
                 v = self._velocity(x, ts, cond, ctx, scale)
@@ -276,19 +283,6 @@ class WanVACEBackend:
             "text_encoder": type(self.text_encoder).__name__, "vae": self.codec.name,
             "context": "memory read (no VAE encode per chunk)", "prompts_cached": len(self._prompt_cache),
         }
-
-    @contextlib.contextmanager
-    def _placed(self, module):
-        if not self.cpu_offload:
-            yield
-            return
-        module.to(self.device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
 
 
 def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False,
