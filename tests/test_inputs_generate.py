@@ -33,6 +33,18 @@ def test_intrinsics_option_reaches_the_cameras(small_scene, tmp_path):
     assert math.isclose(K[0, 0], 130.0) and math.isclose(K[1, 1], 100.0)  # per axis: 400 * 120 / 480
 
 
+def test_trajectory_notes_are_warnings(small_scene, tmp_path):
+    eye = torch.eye(4).tolist()
+    doc = {"camera_angle_x": 1.0, "w": 208, "h": 120,
+           "frames": [{"file_path": f"img_{i}.png", "transform_matrix": eye} for i in (2, 10, 1)]}
+    (tmp_path / "transforms.json").write_text(json.dumps(doc))
+    warnings: list[str] = []
+    start(GenerateConfig(image=str(small_scene["image"]), traj=str(tmp_path / "transforms.json"), out=str(tmp_path / "r")),
+          warn=warnings.append)
+    assert any("frames reordered by file_path" in w for w in warnings), warnings
+    assert not any("--intrinsics" in w for w in warnings)  # same aspect as the image: no aspect warning
+
+
 def test_bad_intrinsics_option_is_one_line(small_scene, tmp_path, capsys):
     code = main(["generate", str(small_scene["image"]), "--traj", "orbit_left", "--intrinsics", "square",
                  "--out", str(tmp_path / "x")])

@@ -109,6 +109,9 @@ def test_transforms_json_frames_sorted_by_file_path_naturally(tmp_path, capsys):
     assert len(traj.notes) == 1 and "reordered by file_path" in traj.notes[0]
     code, out, _ = _run(capsys, "traj", "show", str(tmp_path / "transforms.json"))
     assert code == 0 and "reordered" in out
+    code, _, err = _run(capsys, "traj", "convert", str(tmp_path / "transforms.json"), "-o", str(tmp_path / "n.json"))
+    assert code == 0 and "note:" in err and "reordered" in err
+    assert _yaws(load_trajectory(tmp_path / "n.json")) == pytest.approx([10.0 * i for i in range(11)])
 
 
 def test_listed_order_kept_without_file_paths_and_for_camera_paths(tmp_path):

@@ -94,6 +94,8 @@ def convert_cmd(
     from ..trajectories import convert  # deferred: torch
 
     traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
+    for note in traj.notes:  # e.g. frames reordered: the output keeps the new order
+        err_console.print(f"note: {note}", highlight=False)
     _emit(traj, output, to, convention, pose)
 
 
