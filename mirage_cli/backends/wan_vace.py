@@ -310,6 +310,23 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
     vdt = resolve_dtype(vae_dtype, dev)
 
     from diffusers import WanVACETransformer3DModel
+
+    tokenizer, text_encoder, transformer, codec = load_wan_components(
+        root, WanVACETransformer3DModel, dev, dt, vdt, tiling=tiling, cpu_offload=cpu_offload, progress=progress)
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    name = os.fspath(model_ref)
+    backend = WanVACEBackend(transformer, text_encoder, tokenizer, codec, device=dev, dtype=dt, shift=shift,
+                             num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000)),
+                             cpu_offload=cpu_offload, model=name, weights=weights_kind(root),
+                             conditioning_scale=conditioning_scale, preceding_frames=preceding_frames)
+    return backend, codec
+
+
+def load_wan_components(root: Path, transformer_cls, device: torch.device, dtype: torch.dtype,
+                        vae_dtype: torch.dtype, *, tiling: bool = True, cpu_offload: bool = False,
+                        progress: bool = True) -> tuple:
+    """Tokenizer, UMT5 text encoder, transformer (``transformer_cls``) and :class:`WanVAECodec` of a resolved
+    diffusers Wan folder; any loading failure is one :class:`MirageError` line naming the component."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     def load(what: str, fn):
@@ -323,21 +340,15 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
     with hf_progress(progress):
         tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(root / "tokenizer"))
         text_encoder = load("text_encoder", lambda: UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", use_safetensors=True, **dtype_kwargs("transformers", dt)))
-        transformer = load("transformer", lambda: WanVACETransformer3DModel.from_pretrained(
-            root, subfolder="transformer", use_safetensors=True, **dtype_kwargs("diffusers", dt)))
-        codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=dev, dtype=vdt, tiling=tiling,
+            root / "text_encoder", use_safetensors=True, **dtype_kwargs("transformers", dtype)))
+        transformer = load("transformer", lambda: transformer_cls.from_pretrained(
+            root, subfolder="transformer", use_safetensors=True, **dtype_kwargs("diffusers", dtype)))
+        codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=device, dtype=vae_dtype, tiling=tiling,
                                             offload=cpu_offload)
     if text_encoder.config.d_model != transformer.config.text_dim:
         raise MirageError(f"{root}: text encoder width {text_encoder.config.d_model} != transformer text_dim "
                           f"{transformer.config.text_dim}")
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    name = os.fspath(model_ref)
-    backend = WanVACEBackend(transformer, text_encoder, tokenizer, codec, device=dev, dtype=dt, shift=shift,
-                             num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000)),
-                             cpu_offload=cpu_offload, model=name, weights=weights_kind(root),
-                             conditioning_scale=conditioning_scale, preceding_frames=preceding_frames)
-    return backend, codec
+    return tokenizer, text_encoder, transformer, codec
 
 
 def _read_index(root: Path) -> dict:
