@@ -7,7 +7,6 @@ directly in diffusers naming.
 """
 
 import json
-import math
 import subprocess
 import sys
 import time

@@ -22,7 +22,6 @@ Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the r
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,10 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
-from ..models.registry import VACE_SUBFOLDERS, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
-from ..models.wan_vae import WanVAECodec, _first_line
+from ..models.wan_vae import WanVAECodec
 from . import ChunkRequest, ProgressFn
-from .wan_vace import MAX_SEQUENCE_LENGTH, WanVACEBackend, chunk_generator, load_wan_components
+from .wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, chunk_generator, load_wan_folder, read_model_index
 
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 1.0
@@ -55,7 +53,7 @@ def frame_timesteps(t: torch.Tensor, n_ref: int, n_target: int, n_prec: int) -> 
     return ts
 
 
-class MirageBackend:
+class MirageBackend(WanBackendBase):
     """Backend protocol implementation around :class:`MirageTransformer3DModel` + UMT5 + the Wan2.2 VAE codec.
 
     Args:
@@ -69,9 +67,6 @@ class MirageBackend:
     """
 
     name = "mirage"
-    # Prompt encoding and offload placement are exactly the wan-vace backend's (same UMT5 pipeline).
-    encode_prompt = WanVACEBackend.encode_prompt
-    _placed = WanVACEBackend._placed
 
     def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
                  dtype: torch.dtype, shift: float = DEFAULT_SHIFT, num_train_timesteps: int = 1000,
@@ -84,26 +79,10 @@ class MirageBackend:
                               "(read + white latent); is this a `mirage models convert` folder?")
         if int(preceding_frames) < 0:
             raise MirageError(f"mirage: preceding frames must be >= 0 (got {preceding_frames})")
-        self.transformer = transformer.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.codec = codec
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.shift = float(shift)
-        self.num_train_timesteps = int(num_train_timesteps)
         self.preceding_frames = int(preceding_frames)
-        self.cpu_offload = bool(cpu_offload) and self.device.type != "cpu"
-        self.model = model
-        self.weights = weights
-        self.max_sequence_length = int(max_sequence_length)
-        self.patch = tuple(int(p) for p in cfg.patch_size)
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-        self._last: dict = {}
-        self.text_device = torch.device("cpu") if self.cpu_offload else self.device
-        self.text_encoder.to(self.text_device)
-        if not self.cpu_offload:
-            self.transformer.to(self.device)
+        self._setup(transformer, text_encoder, tokenizer, codec, device=device, dtype=dtype, shift=shift,
+                    num_train_timesteps=num_train_timesteps, cpu_offload=cpu_offload, model=model, weights=weights,
+                    max_sequence_length=max_sequence_length)
 
     # ------------------------------------------------------------------------------ context
     def vace_context(self, scene: torch.Tensor) -> torch.Tensor:
@@ -138,23 +117,8 @@ class MirageBackend:
     # ------------------------------------------------------------------------------ denoise
     def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
         """Denoise one chunk; returns the ``T`` target latents ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
+        T, C, h, w, steps, guidance = self._check_request(req)
         read, known = req.read_latents, req.known
-        if read.ndim != 4 or known.shape != (read.shape[0], *read.shape[2:]):
-            raise ValueError(f"read_latents {tuple(read.shape)} / known {tuple(known.shape)}: "
-                             "expected (T, C, h, w) / (T, h, w)")
-        T, C, h, w = read.shape
-        sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
-        if C != self.codec.channels:
-            raise MirageError(f"mirage: the memory holds {C}-channel latents but {self.codec.name} has "
-                              f"{self.codec.channels} (was the cache made with another codec?)")
-        if h % self.patch[1] or w % self.patch[2]:
-            raise MirageError(f"mirage: frame size {w * sf}x{h * sf} must be divisible by "
-                              f"{sf * self.patch[2]}x{sf * self.patch[1]} (VAE {sf} x transformer patch)")
-        if req.num_frames not in (1, 1 + tf * (T - 1)):
-            raise ValueError(f"num_frames {req.num_frames} does not match {T} latent frames (1 + {tf}(T-1))")
-        steps, guidance = int(req.steps), float(req.guidance)
-        if steps < 1:
-            raise MirageError(f"mirage: --steps must be >= 1 (got {steps})")
         dev = self.device
 
         pin, prec, prec_scene = self._split(req, dev)
@@ -199,22 +163,10 @@ class MirageBackend:
 
     # ------------------------------------------------------------------------------ misc
     def describe(self) -> dict:
-        cfg = self.transformer.config
-        return {
-            "name": self.name, "model": self.model, "device": str(self.device), "dtype": dtype_name(self.dtype),
-            "weights": self.weights, "steps": self._last.get("steps"), "guidance": self._last.get("guidance"),
-            "shift": self.shift, "scheduler": "UniPCMultistepScheduler (flow, sigmas linspace(0.999, 0, steps+1)[:-1])",
-            "num_train_timesteps": self.num_train_timesteps, "cpu_offload": self.cpu_offload,
-            "text_encoder_device": str(self.text_device), "preceding_frames": self.preceding_frames,
-            "last_chunk": dict(self._last),
-            "transformer": {"class": type(self.transformer).__name__, "num_layers": cfg.num_layers,
-                            "dim": cfg.num_attention_heads * cfg.attention_head_dim,
-                            "vace_layers": list(cfg.vace_layers), "patch_size": list(self.patch),
-                            "params_m": round(sum(p.numel() for p in self.transformer.parameters()) / 1e6, 3)},
-            "text_encoder": type(self.text_encoder).__name__, "vae": self.codec.name,
-            "context": "[memory read | white-video latent] (no VAE encode per chunk beyond the cached white latent)",
-            "prompts_cached": len(self._prompt_cache),
-        }
+        return {**self._describe_common(),
+                "scheduler": "UniPCMultistepScheduler (flow, sigmas linspace(0.999, 0, steps+1)[:-1])",
+                "preceding_frames": self.preceding_frames, "last_chunk": dict(self._last),
+                "context": "[memory read | white-video latent] (no VAE encode per chunk beyond the cached white latent)"}
 
 
 def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False, *,
@@ -226,34 +178,21 @@ def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_o
     Resolution happens first (no diffusers import), so a missing model fails in milliseconds.
     dtype/device/offload policy as :func:`~mirage_cli.backends.wan_vace.load_wan_vace`.
     """
-    root = resolve_model(model_ref, list(VACE_SUBFOLDERS), download=download)
-    _check_index(root)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    vdt = resolve_dtype(vae_dtype, dev)
+    def transformer_cls():
+        from ..models.mirage_transformer import MirageTransformer3DModel
 
-    from ..models.mirage_transformer import MirageTransformer3DModel
+        return MirageTransformer3DModel
 
-    tokenizer, text_encoder, transformer, codec = load_wan_components(
-        root, MirageTransformer3DModel, dev, dt, vdt, tiling=tiling, cpu_offload=cpu_offload, progress=progress)
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    backend = MirageBackend(transformer, text_encoder, tokenizer, codec, device=dev, dtype=dt, shift=shift,
-                            num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000)),
-                            preceding_frames=preceding_frames, cpu_offload=cpu_offload, model=os.fspath(model_ref),
-                            weights=weights_kind(root))
-    return backend, codec
+    parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
+                            cpu_offload=cpu_offload, download=download, progress=progress)
+    backend = MirageBackend(*parts.modules, device=parts.device, dtype=parts.dtype, shift=shift,
+                            num_train_timesteps=parts.num_train_timesteps, preceding_frames=preceding_frames,
+                            cpu_offload=cpu_offload, model=os.fspath(model_ref), weights=parts.weights)
+    return backend, parts.modules[3]
 
 
 def _check_index(root: Path) -> None:
     """The folder must hold a Mirage transformer (written by ``mirage models convert``)."""
-    path = root / "model_index.json"
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MirageError(f"{root} has no model_index.json (expected a `mirage models convert` folder)") from None
-    except (OSError, ValueError) as e:
-        raise MirageError(f"{path}: unreadable ({_first_line(e)})") from e
-    tr = index.get("transformer") or [None, None]
-    if tr[1] != "MirageTransformer3DModel":
-        raise MirageError(f"{path}: transformer is {tr[1]}, expected MirageTransformer3DModel (convert the paper's "
-                          "checkpoints first: `mirage models convert --base wan2.2-ti2v-5b --vace FILE --lora FILE -o OUT`)")
+    read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
+                     "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "
+                     "--vace FILE --lora FILE -o OUT`")
