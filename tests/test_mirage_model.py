@@ -263,8 +263,8 @@ def test_reference_named_pair_converts_to_the_same_transformer(kit, converted):
     assert info["lora"]["scale"] == 1.0 and info["lora"]["rank"] == 4 and info["lora"]["modules"] == 40
     assert info["vace"]["vace_layers"] == [0, 2] and info["created_by"].startswith("mirage ")
     assert report.shards > 1 and (out / "transformer" / "diffusion_pytorch_model.safetensors.index.json").is_file()
-    largest = max(v.numel() * v.element_size() for v in a.values())
-    assert report.peak_held_bytes <= 60_000 + largest < report.total_bytes
+    largest = max(v.numel() * v.element_size() for v in a.values())  # fp32 as loaded; >= as written
+    assert 0 < report.peak_held_bytes <= largest < report.total_bytes / 5  # one tensor at a time
     assert report.peak_rss_bytes > 0
     assert not list(out.parent.glob(".model.partial-*"))
     assert (out / "mirage_random_weights.json").is_file()
@@ -372,10 +372,11 @@ def test_convert_rejects_a_base_that_is_not_wan22(kit, tmp_path, tiny_kit):
 def test_convert_never_leaves_a_half_written_folder(kit, tmp_path, monkeypatch):
     from mirage_cli.models import convert as conv
 
-    def boom(self):
+    def boom(self, produce):
+        produce(self.shards[0][0])
         raise OSError("disk full")
 
-    monkeypatch.setattr(conv._ShardWriter, "flush", boom)
+    monkeypatch.setattr(conv._StreamingShards, "write", boom)
     with pytest.raises(OSError):
         convert_mirage(kit["base"], kit["vace_file"], kit["lora_file"], tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

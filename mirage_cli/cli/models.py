@@ -73,8 +73,8 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="New directory for the converted model."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="W += scale * B @ A (1 = as trained)."),
     download: bool = typer.Option(False, "--download", help="Fetch a missing base from the Hub."),
-    max_shard_gb: float = typer.Option(2.0, "--max-shard-size", help="Largest transformer shard in GB "
-                                       "(about the conversion's peak memory)."),
+    max_shard_gb: float = typer.Option(5.0, "--max-shard-size", help="Largest transformer shard file in GB "
+                                       "(the conversion streams one tensor at a time whatever the size)."),
 ) -> None:
     """Convert the paper's VACE + LoRA checkpoints and a Wan2.2-TI2V-5B base into one diffusers folder.
 
