@@ -26,7 +26,9 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``, else delete it.
 
     ``suffix`` (default: ``path``'s) is kept on the temporary name for writers that pick a format
-    from the extension (ffmpeg).
+    from the extension (ffmpeg). The temporary is fsynced before the rename and the directory
+    after it, so even a power cut leaves either the old or the complete new file (resume relies
+    on its checkpoints being whole).
     """
     path = Path(path)
     try:
@@ -39,12 +41,36 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        _fsync_file(tmp_path)  # the data must be on disk before the rename makes it the file
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)  # ... and the rename itself, so a power cut keeps the new version
     except OSError as e:  # disk full, permissions changed under us, ...: one line, the old file intact
         raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory entry where the platform allows it (not on Windows; some filesystems refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

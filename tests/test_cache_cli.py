@@ -72,7 +72,6 @@ def test_export_ply(cache_file, tmp_path, convention):
 
 
 def test_render_flythrough(cache_file, tmp_path, capsys):
-    pytest.importorskip("mirage_cli.trajectories.trajectory")
     from mirage_cli.io import read_video
 
     path, mem = cache_file
@@ -89,6 +88,26 @@ def test_render_flythrough(cache_file, tmp_path, capsys):
     last = video[-1].astype(np.float32)
     assert (last.sum(-1) < 20).mean() > 0.01  # holes are shown as holes (black) after the move
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("text, rgb", [
+    ("#ff00ff", (1.0, 0.0, 1.0)), ("00ff00", (0.0, 1.0, 0.0)), ("#00f", (0.0, 0.0, 1.0)),
+    ("grey", (128 / 255,) * 3), ("Black", (0.0, 0.0, 0.0)), ("rebeccapurple", (102 / 255, 51 / 255, 153 / 255)),
+    ("rgb(255, 0, 0)", (1.0, 0.0, 0.0)),
+])
+def test_parse_color_accepts_hex_and_css_names(text, rgb):
+    from mirage_cli.cli.cache import parse_color
+
+    assert parse_color(text) == pytest.approx(rgb, abs=1e-12)
+
+
+def test_bad_holes_colour_exits_2_with_one_line(cache_file, tmp_path, capsys):
+    path, _ = cache_file
+    out = tmp_path / "fly.mp4"
+    assert main(["cache", "render", str(path), "--traj", "static", "-o", str(out), "--holes", "not-a-colour"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--holes: 'not-a-colour' is not a colour" in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_bad_cache_exits_2_with_one_line(tmp_path, capsys):

@@ -19,6 +19,14 @@ from mirage_cli.pipeline.generate import GenerateConfig, generate
 from mirage_cli.io import read_video
 
 
+def safe_metadata(path) -> dict:
+    """The string metadata of a safetensors file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata())
+
+
 def run_frames(out) -> torch.Tensor:
     """All frames of a preview run, exact (from the stored chunk latents, not the lossy MP4)."""
     run = json.loads((out / "run.json").read_text())
@@ -33,7 +41,7 @@ def run_frames(out) -> torch.Tensor:
 @contextmanager
 def interrupted_at_chunk(monkeypatch, index: int):
     """Within the block, the loop is killed (Ctrl-C) when it reaches chunk ``index``."""
-    import mirage_cli.pipeline.generate as g
+    import mirage_cli.pipeline.loop as g
 
     real = g.run_chunk
 
@@ -138,8 +146,18 @@ def test_cli_run_outputs_and_records(small_scene, tmp_path, capsys):
         assert main(["cache", "inspect", str(p), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["points"] > 0
-    # The last dump and the final one hold the same memory.
-    assert json.loads(json.dumps(run["totals"]["memory_points"])) == run["chunks"][-1]["memory_points"]
+    # The last dump and the final one hold the same memory: same tensors, same metadata.
+    last, final = dumps[-2], dumps[-1]
+    ta, tb = load_file(str(last)), load_file(str(final))
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    ma, mb = safe_metadata(last), safe_metadata(final)
+    ea, eb = json.loads(ma.pop("extras")), json.loads(mb.pop("extras"))
+    assert ma == mb
+    # Extras match too, but for the last chunk's dump time, which was not known while it was dumped.
+    assert ea["run_chunks"][-1]["seconds"]["dump"] == 0.0
+    ea["run_chunks"][-1]["seconds"]["dump"] = eb["run_chunks"][-1]["seconds"]["dump"]
+    assert ea == eb and eb["run_chunks"] == run["chunks"]
+    assert run["totals"]["memory_points"] == run["chunks"][-1]["memory_points"] == int(mb["points"])
 
 
 def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, monkeypatch):
@@ -284,7 +302,7 @@ def test_bad_options_never_touch_an_earlier_run(small_scene, tmp_path, capsys):
 
 
 def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_path, monkeypatch):
-    from mirage_cli.trajectories.trajectory import load_trajectory, save_trajectory
+    from mirage_cli.trajectories import load_trajectory, save_trajectory
 
     work = tmp_path / "work"
     work.mkdir()
@@ -307,3 +325,64 @@ def test_resume_uses_the_saved_trajectory_and_absolute_paths(small_scene, tmp_pa
 def test_resume_refuses_extra_inputs(small_scene, tmp_path, capsys):
     assert main(["generate", "--resume", str(tmp_path), "--traj", "orbit_left"]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- run records
+@pytest.fixture
+def interrupted_run(small_scene, tmp_path, monkeypatch):
+    """A run directory interrupted after its first chunk (resumable)."""
+    out = tmp_path / "run"
+    with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5, out=str(out)),
+                 warn=lambda m: None)
+    return out
+
+
+def _edit_run(out, edit) -> None:
+    data = json.loads((out / "run.json").read_text())
+    edit(data)
+    (out / "run.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("damage, field, problem", [
+    (lambda out: (out / "run.json").write_text((out / "run.json").read_text()[:300]), None, "not valid JSON"),
+    (lambda out: _edit_run(out, lambda d: d["depth"].pop("reference_depth")), "depth.reference_depth", "is missing"),
+    (lambda out: _edit_run(out, lambda d: d.pop("config")), "config", "is missing"),
+    (lambda out: _edit_run(out, lambda d: d["config"].update(seed="7")), "config.seed", "must be an integer"),
+    (lambda out: _edit_run(out, lambda d: d["depth"].update(reference_depth=None)), "depth.reference_depth", "must be a number"),
+    (lambda out: _edit_run(out, lambda d: d["chunks"][0].update(frames="0-4")), "chunks[0].frames", "must be a list"),
+    (lambda out: _edit_run(out, lambda d: d.update(format="something.else")), "format", "not a mirage run record"),
+])
+def test_damaged_run_record_gives_one_line_on_resume(interrupted_run, capsys, damage, field, problem):
+    damage(interrupted_run)
+    before = {p: p.read_bytes() for p in interrupted_run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(interrupted_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(interrupted_run / "run.json") in err and problem in err, err
+    if field is not None:
+        assert f"'{field}'" in err, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert before == {p: p.read_bytes() for p in interrupted_run.rglob("*") if p.is_file()}  # nothing touched
+
+
+def test_run_record_round_trips(interrupted_run):
+    from mirage_cli.pipeline.records import RunRecord
+
+    data = json.loads((interrupted_run / "run.json").read_text())
+    rec = RunRecord.from_json(data, interrupted_run / "run.json")
+    assert rec.status == "interrupted" and rec.config.chunk_frames == 5 and rec.chunks[0].index == 0
+    assert isinstance(rec.config, GenerateConfig) and isinstance(rec.depth.reference_depth, float)
+    assert rec.to_json() == data
+
+
+def test_damaged_dump_records_give_one_line_on_resume(interrupted_run, capsys):
+    from mirage_cli.memory.latent import LatentMemory
+
+    dump = interrupted_run / "cache" / "chunk_000.safetensors"
+    mem = LatentMemory.load(dump)
+    mem.save(dump, extras={"chunks_done": 1, "run_chunks": [{"index": 0}]})
+    capsys.readouterr()
+    assert main(["generate", "--resume", str(interrupted_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(dump) in err and "'run_chunks[0].frames' is missing" in err and "Traceback" not in err, err

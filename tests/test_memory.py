@@ -256,6 +256,32 @@ def test_write_policies_replace_and_average(room):
         LatentMemory(3, SF, write_policy="append")
 
 
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(channels=0), "channels must be >= 1"),
+    (dict(spatial_factor=0), "spatial_factor must be >= 1"),
+    (dict(codec=" "), "codec name must not be empty"),
+    (dict(feature_dtype="int8"), "feature_dtype must be one of float16, bfloat16, float32"),
+    (dict(feature_dtype=torch.int8), "feature_dtype must be one of"),
+    (dict(write_policy="append"), "unknown write policy 'append'"),
+    (dict(device="gpu0"), "unknown device 'gpu0'"),
+    (dict(max_radius=0), "max_radius must be a finite number > 0"),
+    (dict(edge_tol=float("nan")), "edge_tol must be a finite number >= 0"),
+    (dict(max_stretch=-1.0), "max_stretch must be a finite number > 0"),
+])
+def test_constructor_rejects_user_settings_with_one_mirage_error(kwargs, pattern):
+    with pytest.raises(MirageError, match=pattern) as e:
+        LatentMemory(**{"channels": 3, "spatial_factor": SF, **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_constructor_wrong_types_are_type_errors_and_names_are_accepted():
+    for args, kwargs in (((3.0, SF), {}), ((3, "2"), {}), ((3, SF), {"codec": None})):
+        with pytest.raises(TypeError):
+            LatentMemory(*args, **kwargs)
+    m = LatentMemory(3, SF, feature_dtype="bfloat16", edge_tol=0)
+    assert m.feature_dtype == torch.bfloat16 and m.edge_tol == 0.0 and m.features.dtype == torch.bfloat16
+
+
 # ------------------------------------------------------------------------------------ files
 def test_save_load_roundtrip(room, tmp_path):
     mem = _memory(room, image_hash="sha256:abc")

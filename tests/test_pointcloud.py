@@ -165,6 +165,20 @@ def test_write_replace_and_average(room):
     torch.testing.assert_close(out[0], (rgb + 1) / 2, atol=1.5 / 255, rtol=0)
 
 
+@pytest.mark.parametrize("policy", ["new", "average", "replace"])
+def test_write_policies_are_the_latent_memorys(room, policy):
+    """Pixel latents at 1x: both memories run the same policy code, so they add the same cells."""
+    scene, cam0, rgb, depth = room
+    pc = lifted(room, policy)
+    lm = LatentMemory(3, 1, codec="pixel", feature_dtype=torch.float32, write_policy=policy)
+    lm.lift(rgb, depth, cam0)
+    cams = orbit(scene, 30.0, 2)
+    gt, gd = scene.render(cams)
+    assert pc.write(gt, gd, cams, None, chunk=1) == lm.write(gt, gd, cams, None, chunk=1) > 0
+    if policy != "replace":  # replace removes z-buffer winners, whose depth ties each memory breaks by its own hash
+        assert torch.equal(pc.points, lm.points) and torch.equal(pc.chunk, lm.chunk)
+
+
 def test_errors_and_save(room, tmp_path):
     scene, cam0, rgb, depth = room
     with pytest.raises(MirageError):

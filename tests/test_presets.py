@@ -9,8 +9,10 @@ import torch
 
 from mirage_cli.geometry.cameras import project, validate_cameras
 from mirage_cli.errors import MirageError
-from mirage_cli.trajectories.presets import PRESETS, main as presets_main, make_preset
-from mirage_cli.trajectories.trajectory import load_trajectory, native_dict, rotation_angle_deg
+from mirage_cli.geometry.rotations import rotation_angle_deg
+from mirage_cli.trajectories import PRESETS, load_trajectory, make_preset
+from mirage_cli.trajectories.formats.native import native_dict
+from mirage_cli.trajectories.presets.__main__ import main as presets_main
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 EYE = torch.eye(4, dtype=torch.float64)

@@ -10,8 +10,7 @@ from PIL import Image
 
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
-from mirage_cli.trajectories.presets import PRESETS
-from mirage_cli.trajectories.trajectory import load_trajectory
+from mirage_cli.trajectories import PRESETS, load_trajectory
 
 DATA = Path(__file__).parent / "data" / "traj"
 EYE16 = torch.eye(4).reshape(-1).tolist()

@@ -8,21 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_cli.geometry.cameras import Cameras
 from mirage_cli.errors import MirageError
-from mirage_cli.trajectories.trajectory import (
+from mirage_cli.geometry.cameras import OPENGL_TO_OPENCV, Cameras
+from mirage_cli.geometry.rotations import quaternion_to_rotation, rotation_angle_deg, rotation_to_quaternion
+from mirage_cli.trajectories import (
     FORMATS,
-    OPENGL_TO_OPENCV,
     Trajectory,
     detect_format,
     load_trajectory,
-    quaternion_to_rotation,
     resample,
-    rotation_angle_deg,
-    rotation_to_quaternion,
     save_trajectory,
     summarize,
-    write_trajectory,
 )
 
 DATA = Path(__file__).parent / "data" / "traj"
@@ -160,7 +156,7 @@ def test_native_to_foreign_to_native_round_trip(tmp_path, fmt, fov_only, off_cen
     save_trajectory(traj, tmp_path / "a.json")
     native = load_trajectory(tmp_path / "a.json")
     out = tmp_path / ("colmap" if fmt == "colmap" else "b.out")
-    write_trajectory(native, out, fmt)
+    save_trajectory(native, out, fmt)
     back = load_trajectory(out)
     assert back.format == fmt
     save_trajectory(back, tmp_path / "c.json")
@@ -174,15 +170,15 @@ def test_native_to_foreign_to_native_round_trip(tmp_path, fmt, fov_only, off_cen
 
 def test_worldscore_round_trip_and_its_limits(tmp_path):
     traj = load_trajectory(DATA / "native_opencv.json")
-    write_trajectory(traj, tmp_path / "cd.json", "worldscore")
+    save_trajectory(traj, tmp_path / "cd.json", "worldscore")
     back = load_trajectory(tmp_path / "cd.json")
     assert back.format == "worldscore" and back.fps == 16
     assert torch.allclose(back.cameras.c2w, GT, atol=1e-6)
     assert torch.allclose(back.cameras.intrinsics, traj.cameras.intrinsics, atol=1e-6)
     with pytest.raises(MirageError, match="zooms"):
-        write_trajectory(_general_traj(), tmp_path / "z.json", "worldscore")
+        save_trajectory(_general_traj(), tmp_path / "z.json", "worldscore")
     with pytest.raises(MirageError, match="centred principal point"):
-        write_trajectory(_general_traj(off_centre=True), tmp_path / "n.json", "nerfstudio")
+        save_trajectory(_general_traj(off_centre=True), tmp_path / "n.json", "nerfstudio")
 
 
 @pytest.mark.parametrize("convention", ["opencv", "opengl"])

@@ -299,3 +299,14 @@ def test_cli_models_tiny_writes_the_hub_layout(tmp_path):
                 "vae/diffusion_pytorch_model.safetensors", "depth/config.json", "depth/preprocessor_config.json"):
         assert (target / rel).is_file(), rel
     assert main(["models", "tiny", str(target)]) == 2  # never overwrites
+
+
+def test_clean_prompt_matches_diffusers_wan_prompt_clean():
+    """clean_prompt re-implements diffusers' (non-public) Wan ``prompt_clean``; catch drift."""
+    from mirage_cli.backends.wan_vace import clean_prompt
+
+    wan = pytest.importorskip("diffusers.pipelines.wan.pipeline_wan")
+    if not hasattr(wan, "prompt_clean"):
+        pytest.skip("this diffusers has no prompt_clean")
+    for text in ["  a  cosy\n\troom ", "fish &amp;amp; chips", "caf\u00c3\u00a9 at dusk", "", "one\u00a0two   three"]:
+        assert clean_prompt(text) == wan.prompt_clean(text), text

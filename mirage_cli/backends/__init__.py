@@ -2,7 +2,7 @@
 
 A backend never touches the memory: it receives what the memory read returned (latents, known
 mask, depth for every latent frame of the chunk), the context latents, and returns the chunk's
-latents. The loop in ``generate.py`` does everything else.
+latents. The loop in ``pipeline/loop.py`` does everything else.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
-from ..models.wan_vae import WanVAECodec
+from ..models.wan_vae import WanVAECodec, placed_on
 from . import ChunkRequest, ProgressFn
 from .wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, chunk_generator, load_wan_folder, read_model_index
 
@@ -142,7 +142,7 @@ class MirageBackend(WanBackendBase):
         x = torch.randn((1, C, T, h, w), generator=chunk_generator(req.seed, req.chunk_index),
                         dtype=torch.float32).to(dev)
         x[:, :, 0] = pin
-        with self._placed(self.transformer), torch.no_grad():
+        with placed_on(self.transformer, self.device, self.cpu_offload), torch.no_grad():
             for i, t in enumerate(sched.timesteps):
                 ts = frame_timesteps(t.to(dev), n_ref, T, n_prec)
                 seq = torch.cat([ref5, x, prec5], dim=2).to(self.dtype)

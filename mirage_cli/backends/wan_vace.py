@@ -39,7 +39,6 @@ pipeline does (inactive = latent, reactive = 0, mask = 0) and dropped from the o
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
@@ -50,16 +49,24 @@ from pathlib import Path
 import torch
 
 from ..errors import MirageError
-from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, dtype_name, hf_progress, resolve_device, resolve_dtype,
+from ..dtypes import dtype_name
+from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, hf_progress, resolve_device, resolve_dtype,
                       resolve_model, weights_kind)
-from ..models.wan_vae import WanVAECodec, _first_line
+from ..models.wan_vae import WanVAECodec, _first_line, placed_on
 from . import ChunkRequest, ProgressFn
 
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanVACEPipeline
 
 
 def clean_prompt(text: str) -> str:
-    """The Wan pipelines' prompt cleaning: ftfy fix, double HTML unescape, collapse whitespace."""
+    """The Wan pipelines' prompt cleaning: ftfy fix, double HTML unescape, collapse whitespace.
+
+    A re-implementation of ``prompt_clean`` (= ``whitespace_clean(basic_clean(text))``) in
+    ``diffusers/pipelines/wan/pipeline_wan.py`` (diffusers 0.42), which every Wan pipeline applies
+    before tokenizing. It is re-implemented, not imported, because diffusers does not make it
+    public API (a module-level helper, exported nowhere, undocumented) and it raises a NameError
+    when ftfy is missing (NOTES.md). tests/test_wan_vace.py checks it against diffusers' own.
+    """
     try:
         import ftfy
 
@@ -105,7 +112,7 @@ def chunk_generator(seed: int, chunk_index: int) -> torch.Generator:
 
 
 class WanBackendBase:
-    """What the Wan backends share: module placement, CPU offload, UMT5 prompt encoding, request checks.
+    """What the Wan backends share: module placement, UMT5 prompt encoding, request checks, describe.
 
     Subclasses set ``name`` and call :meth:`_setup` from their ``__init__``.
     """
@@ -189,19 +196,6 @@ class WanBackendBase:
             "text_encoder": type(self.text_encoder).__name__, "vae": self.codec.name,
             "prompts_cached": len(self._prompt_cache),
         }
-
-    @contextlib.contextmanager
-    def _placed(self, module):
-        if not self.cpu_offload:
-            yield
-            return
-        module.to(self.device)
-        try:
-            yield
-        finally:
-            module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
 
 
 class WanVACEBackend(WanBackendBase):
@@ -291,7 +285,7 @@ class WanVACEBackend(WanBackendBase):
         scale = torch.full((len(self.transformer.config.vace_layers),), self.conditioning_scale, device=dev,
                            dtype=self.dtype)
         x = hold(noise.clone(), sigmas[0])
-        with self._placed(self.transformer), torch.no_grad():
+        with placed_on(self.transformer, self.device, self.cpu_offload), torch.no_grad():
             for i, t in enumerate(sched.timesteps):
                 ts = t.expand(1).to(dev)
                 v = self._velocity(x, ts, cond, ctx, scale)

@@ -17,8 +17,6 @@ import argparse
 import math
 import os
 import platform
-import statistics
-import time
 
 import torch
 
@@ -26,42 +24,15 @@ from ..geometry.cameras import Cameras, look_at
 from ..errors import MirageError
 from ..memory.latent import LatentMemory
 from ..data.scenes import make_scene
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .arms import clone_latent
+from .measure import cpu_name, timed, timed_median, timed_update
 
 
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"{platform.system()} {platform.machine()}, {_cpu_name()}, {os.cpu_count()} cores, "
+    return (f"{platform.system()} {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up) and its last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def _views(center: torch.Tensor, n: int, radius: float, height: float, phase: float, outward: bool) -> torch.Tensor:
@@ -106,9 +77,7 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MirageError("memory bench: --device cuda asked for, but this torch has no CUDA device")
-    t0 = time.perf_counter()
-    mem = build_memory(points, height, width, channels, dev, seed)
-    build_s = time.perf_counter() - t0
+    mem, build_s = timed(lambda: build_memory(points, height, width, channels, dev, seed))
     scene = make_scene("room", seed)
     center = torch.tensor(scene.center, dtype=torch.float64)
     c2w = _views(center, frames, 2.2, -0.1, 0.15, False)
@@ -118,24 +87,17 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     g = torch.Generator().manual_seed(seed + 1)
     latents = torch.randn(frames, channels, height, width, generator=g).to(dev)
 
-    read_s, (_, known, _) = _timed(lambda: mem.read(cams), dev, repeats)
-
-    def write(known_mask):
-        m = mem.select(torch.arange(len(mem), device=dev))  # fresh copy: writes must not accumulate
-        _sync(dev)
-        t = time.perf_counter()
-        n = m.write(latents, depth, cams, known_mask, chunk=99)
-        _sync(dev)
-        return time.perf_counter() - t, n
+    (_, known, _), read_s = timed_median(lambda: mem.read(cams))
 
     def median_write(known_mask):
-        write(known_mask)
-        runs = [write(known_mask) for _ in range(repeats)]
-        return statistics.median(r[0] for r in runs), runs[-1][1]
+        """Median seconds of one write on fresh copies (writes must not accumulate), points it adds."""
+        m, sec = timed_update(mem, clone_latent, lambda m: m.write(latents, depth, cams, known_mask, chunk=99),
+                              max_samples=repeats)
+        return sec, len(m) - len(mem)
 
     write_s, added = median_write(known)
     write_all_s, added_all = median_write(torch.zeros_like(known))
-    lift_s, _ = _timed(lambda: LatentMemory(channels, 1, device=dev).lift(latents[0], depth[0], cams[0]), dev, repeats)
+    _, lift_s = timed_median(lambda: LatentMemory(channels, 1, device=dev).lift(latents[0], depth[0], cams[0]))
 
     cells = frames * height * width
     res = {

@@ -1,4 +1,5 @@
-"""`mirage bench`: parse the options, hand them to :func:`mirage_cli.bench.core.run_bench`, print the table."""
+"""`mirage bench`: parse the options, hand them to :func:`mirage_cli.bench.loop.run_bench` (or
+:func:`mirage_cli.bench.memory_speed.memory_speed_report`), print the table."""
 
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def bench_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
-    from ..bench.core import BenchConfig, draw_plot, run_bench, summary_table
+    from ..bench.config import BenchConfig
+    from ..bench.loop import run_bench
+    from ..bench.plot import draw_plot
+    from ..bench.report import notes, summary_table
     from ..errors import MirageError
     from ..io import write_json
 
@@ -69,14 +73,8 @@ def bench_cmd(
     if plot:
         draw_plot(report, plot)
     console.print(summary_table(report))
-    notes = [f"weights: {report['weights']} (codec {report['weights_detail']['codec']}, "
-             f"denoiser {report['weights_detail']['denoiser']}); chunk content: {report['config']['content']}"]
-    if report["laps"]:
-        for lap in report["laps"][1:]:
-            notes.append(f"lap {lap['lap']}: cache growth latent {lap['latent_growth']:+.1%}, "
-                         f"pointcloud {lap['pointcloud_growth']:+.1%}")
-    for n in notes:
-        console.print(n, highlight=False)
+    for line in notes(report):
+        console.print(line, highlight=False)
     if json_out:
         console.print(f"report {json_out}" + (f"\nplot   {plot}" if plot else ""), highlight=False)
     elif plot:

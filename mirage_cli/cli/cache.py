@@ -33,15 +33,33 @@ def _device(name: str) -> str:
     return name
 
 
+def parse_color(text: str, option: str = "--holes") -> tuple[float, float, float]:
+    """A colour option -> RGB in [0, 1]: ``#rgb``, ``#rrggbb``, ``rrggbb`` (no ``#``), ``rgb(...)``,
+    ``hsl(...)`` or any CSS colour name (PIL's :func:`~PIL.ImageColor.getrgb`); alpha is ignored."""
+    from PIL import ImageColor
+
+    from ..errors import MirageError
+
+    spec = text.strip()
+    if len(spec) == 6 and all(c in "0123456789abcdefABCDEF" for c in spec):
+        spec = "#" + spec  # bare hex, accepted since the first version of --holes
+    try:
+        rgb = ImageColor.getrgb(spec)
+    except ValueError:
+        raise MirageError(f"{option}: {text!r} is not a colour (use #rrggbb or a CSS colour name such as black)") from None
+    return tuple(c / 255 for c in rgb[:3])
+
+
 @app.command("inspect", no_args_is_help=True)
 def inspect_cmd(
     file: Path = typer.Argument(..., help="Cache file (.safetensors) written by `mirage generate` or LatentMemory.save."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Summarise a cache: points, bytes, codec, channels, dtype, chunks, bounds, metadata."""
-    from ..memory.cachefile import cache_summary
+    from ..memory.latent import LatentMemory
+    from ..memory.storage import cache_summary
 
-    info = cache_summary(file)
+    info = cache_summary(file, LatentMemory.load(file))
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -82,7 +100,7 @@ def export_cmd(
     convention: str = typer.Option("opencv", "--convention", help="Axes of the written points: opencv (as stored: y down, z forward) | opengl (y up, z backward)."),
 ) -> None:
     """Export the memory's points as a coloured PLY (exact colours for the pixel codec, a PCA pseudo-colour otherwise)."""
-    from ..memory.cachefile import export_ply
+    from ..memory.export import export_ply
     from ..memory.latent import LatentMemory
 
     mem = LatentMemory.load(file)
@@ -99,39 +117,22 @@ def render_cmd(
     height: Optional[int] = typer.Option(None, "--height", help="Video height [default: the cache's 'height' extra, else 480]."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second [default: the trajectory's]."),
     scale: Optional[float] = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this [default: the reference depth for 'relative' trajectories, 1 otherwise]."),
-    holes: str = typer.Option("#ff00ff", "--holes", help="Colour of cells the memory does not cover (#rrggbb, black, white, magenta, grey)."),
+    holes: str = typer.Option("#ff00ff", "--holes", help="Colour of cells the memory does not cover (#rrggbb or a CSS colour name: black, white, magenta, grey...)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Fly through the memory alone (no model): each latent cell shows what the memory holds, holes stay holes."""
-    from ..geometry.cameras import validate_cameras
-    from ..errors import MirageError
-    from ..io import write_video
-    from ..memory.cachefile import parse_color, reference_depth_of, render_memory
+    from ..memory.export import render_flythrough
     from ..memory.latent import LatentMemory
-    from ..trajectories.trajectory import load_trajectory
+    from ..trajectories import load_trajectory
 
     hole = parse_color(holes)
     mem = LatentMemory.load(file, device=_device(device))
     tr = load_trajectory(traj)
-    W = width or int(mem.extras.get("width") or 832)
-    H = height or int(mem.extras.get("height") or 480)
-    if W < mem.spatial_factor or H < mem.spatial_factor:
-        raise MirageError(f"--width/--height {W}x{H} is smaller than one latent cell ({mem.spatial_factor} px)")
-    cams = tr.cameras_for(W, H)
-    validate_cameras(cams, traj)
-    if scale is not None:
-        factor, why = scale, "--scale"
-    elif tr.scale == "relative":
-        factor, why = reference_depth_of(mem)
-    else:
-        factor, why = 1.0, "absolute trajectory"
-    cams = cams.scaled(factor)
-    frames, known = render_memory(mem, cams, hole)
-    rate = fps or tr.fps
-    write_video(output, frames, rate, comment=f"mirage cache render of {file.name} (memory only, holes {holes})")
+    out = render_flythrough(mem, tr, output, source=traj, width=width, height=height, fps=fps, scale=scale, holes=hole,
+                            comment=f"mirage cache render of {file.name} (memory only, holes {holes})")
     if not quiet:
         err_console.print(
-            f"wrote {output} ({len(cams)} frames, {frames.shape[-1]}x{frames.shape[-2]}, {rate:g} fps; "
-            f"translation scale {factor:.4g} from {why}; {100 * known.float().mean():.1f}% of cells known)",
+            f"wrote {output} ({out.frames} frames, {out.width}x{out.height}, {out.fps:g} fps; "
+            f"translation scale {out.scale:.4g} from {out.scale_from}; {100 * out.known:.1f}% of cells known)",
             highlight=False)

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..errors import MirageError
 from .console import console, err_console
 
 app = typer.Typer(
@@ -17,16 +18,17 @@ app = typer.Typer(
 )
 
 FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colmap | worldscore."
+# The trajectories package is imported inside the commands: it pulls in torch, and `mirage --help` should not.
 
 
 def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = False) -> None:
     """Write ``traj`` to ``out`` (``-`` = stdout) and say where it went."""
-    from ..trajectories.trajectory import trajectory_text, write_trajectory
+    from ..trajectories import save_trajectory, trajectory_text  # deferred: torch
 
     if out == "-":
         typer.echo(trajectory_text(traj, fmt, convention=convention, pose=pose), nl=False)
         return
-    paths = write_trajectory(traj, out, fmt, convention=convention, pose=pose)
+    paths = save_trajectory(traj, out, fmt, convention=convention, pose=pose)
     if not quiet:
         err_console.print(f"wrote {', '.join(str(p) for p in paths)} ({fmt}, {len(traj)} frames)", highlight=False)
 
@@ -34,7 +36,7 @@ def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = Fa
 @app.command("list")
 def list_cmd() -> None:
     """List the presets, one line each: name, motion, parameters with their defaults."""
-    from ..trajectories.presets import PRESETS
+    from ..trajectories import PRESETS  # deferred: torch
 
     width = max(len(n) for n in PRESETS)
     for name, p in PRESETS.items():
@@ -61,8 +63,7 @@ def preset_cmd(
     pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
 ) -> None:
     """Write preset NAME (with parameter overrides) to a trajectory file."""
-    from ..errors import MirageError
-    from ..trajectories.presets import make_preset, write_presets
+    from ..trajectories import make_preset, write_presets  # deferred: torch
 
     if all_dir is not None:
         if name or output or any(v is not None for v in (frames, fps, fov, angle, distance, look_at_depth, zoom)):
@@ -90,7 +91,7 @@ def convert_cmd(
     pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
 ) -> None:
     """Convert SOURCE (format detected from its content) to a native (or other) trajectory file."""
-    from ..trajectories.trajectory import convert
+    from ..trajectories import convert  # deferred: torch
 
     traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
     _emit(traj, output, to, convention, pose)
@@ -129,7 +130,7 @@ def show_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
 ) -> None:
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
-    from ..trajectories.trajectory import load_trajectory, summarize
+    from ..trajectories import load_trajectory, summarize  # deferred: torch
 
     traj = load_trajectory(source)
     s = summarize(traj)
@@ -138,7 +139,7 @@ def show_cmd(
     else:
         console.print(_table(s))
     if plot is not None:
-        from ..trajectories.plot import plot_trajectory
+        from ..trajectories.plot import plot_trajectory  # deferred: Pillow's drawing, only with --plot
 
         plot_trajectory(traj, plot)
         err_console.print(f"wrote {plot}", highlight=False)

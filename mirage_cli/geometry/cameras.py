@@ -15,10 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from ..errors import MirageError
+from .rotations import check_rotation
+
+FloatOrTensor = TypeVar("FloatOrTensor", float, torch.Tensor)
+
+OPENGL_TO_OPENCV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+"""Right-multiply an OpenGL/Blender c2w by this to get an OpenCV c2w (and vice versa): flips camera y and z."""
 
 
 @dataclass
@@ -66,7 +73,7 @@ class Cameras:
         if c2w.ndim == 2:
             c2w = c2w[None]
         fov = torch.as_tensor(fov_y_deg, dtype=torch.float64).expand(c2w.shape[0])
-        fy = 0.5 / torch.tan(torch.deg2rad(fov) / 2)  # fy / H
+        fy = focal_from_fov(fov)  # fy / H
         fx = fy * height / width  # square pixels: fx_px == fy_px
         half = torch.full_like(fx, 0.5)
         return cls(c2w, torch.stack([fx, fy, half, half], dim=-1), width, height)
@@ -108,7 +115,7 @@ class Cameras:
     @property
     def fov_y_deg(self) -> torch.Tensor:
         """``(N,)`` vertical field of view in degrees."""
-        return torch.rad2deg(2 * torch.atan(0.5 / self.intrinsics[:, 1]))
+        return fov_from_focal(self.intrinsics[:, 1])
 
     def K(self, width: int | None = None, height: int | None = None) -> torch.Tensor:
         """``(N, 3, 3)`` intrinsics for a grid of ``width x height`` cells (default: the image).
@@ -133,9 +140,6 @@ class Cameras:
         c2w = self.c2w.clone()
         c2w[:, :3, 3] *= factor
         return Cameras(c2w, self.intrinsics, self.width, self.height)
-
-    def to_dict(self) -> dict:
-        return {"n": len(self), "width": self.width, "height": self.height}
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -223,27 +227,22 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up=(0.0, -1.0, 0.0)) -> tor
     return T
 
 
-def check_rotation(R: torch.Tensor, tol: float = 1e-3) -> str | None:
-    """Return a problem description if ``R (3,3)`` is not a proper rotation, else None.
+def focal_from_fov(fov_deg: FloatOrTensor) -> FloatOrTensor:
+    """Normalized focal length ``focal / extent`` of a field of view ``fov_deg`` (degrees) along that extent.
 
-    Tolerance: ``max |R^T R - I| <= tol`` and ``|det R - 1| <= tol`` (default 1e-3, loose enough for
-    poses stored with 6 decimals, tight enough to catch scale/shear).
+    The one fov -> focal conversion of the package: ``0.5 / tan(fov / 2)``. A float gives a float,
+    a tensor (any shape) a tensor of the same shape.
     """
-    R = R.to(torch.float64)
-    if not torch.isfinite(R).all():
-        return "contains NaN or inf"
-    err = (R.T @ R - torch.eye(3, dtype=torch.float64)).abs().max().item()
-    if err > tol:
-        return f"rotation is not orthonormal (max |R^T R - I| = {err:.2e} > {tol:g})"
-    det = torch.linalg.det(R).item()
-    if abs(det - 1.0) > tol:
-        return f"rotation has det {det:+.4f}, expected +1 (a reflection?)"
-    return None
-
-
-def fov_to_focal_norm(fov_deg: float) -> float:
-    """Normalized focal length (focal / image extent) for a field of view along that extent."""
+    if isinstance(fov_deg, torch.Tensor):
+        return 0.5 / torch.tan(torch.deg2rad(fov_deg) / 2)
     return 0.5 / math.tan(math.radians(fov_deg) / 2)
+
+
+def fov_from_focal(focal_norm: FloatOrTensor) -> FloatOrTensor:
+    """Field of view in degrees along an extent of normalized focal length ``focal / extent`` (inverse of :func:`focal_from_fov`)."""
+    if isinstance(focal_norm, torch.Tensor):
+        return torch.rad2deg(2 * torch.atan(0.5 / focal_norm))
+    return math.degrees(2 * math.atan(0.5 / focal_norm))
 
 
 def validate_cameras(cams: Cameras, source: str = "cameras") -> None:

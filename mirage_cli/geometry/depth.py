@@ -16,14 +16,15 @@ to the rendered depth with :func:`fit_scale_shift`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..errors import MirageError
+from .cameras import focal_from_fov
 
 SIDECAR_SUFFIXES = (".depth.npy", ".depth.npz", ".depth.png")
 BACKGROUND_PASSES = 4  # holes up to ~8 cells wide take their far side's depth
@@ -61,8 +62,6 @@ def load_depth_file(path: Path, depth_scale: float | None = None) -> torch.Tenso
                     raise MirageError(f"{path}: .npz has no array named 'depth' (found: {', '.join(z.files) or 'none'})")
                 arr = z["depth"]
         elif suffix == ".png":
-            from PIL import Image
-
             with Image.open(path) as im:
                 if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
                     raise MirageError(f"{path}: depth PNG must be 16-bit single-channel (got mode {im.mode})")
@@ -106,7 +105,7 @@ def prior_depth(height: int, width: int, fov_y_deg: float, horizon: float = 0.45
     Returns:
         ``(H, W)`` float32 z-depth.
     """
-    fy = height * 0.5 / math.tan(math.radians(fov_y_deg) / 2)
+    fy = height * focal_from_fov(fov_y_deg)
     v = torch.arange(height, dtype=torch.float32) + 0.5
     dv = v - horizon * height
     ground = torch.where(dv > 0, camera_height * fy / dv.clamp(min=1e-6), torch.full_like(dv, float("inf")))

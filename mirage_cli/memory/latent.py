@@ -19,7 +19,8 @@ Semantics:
 
 - **Lift** (:meth:`LatentMemory.lift`): one point per latent cell with valid depth, at the cell
   centre's ray. Pixel depth is reduced to the latent grid by :func:`reduce_depth` (foreground
-  cluster rule), so a cell straddling a depth edge lands on the nearer surface, never in between.
+  cluster rule, in :mod:`.lifting`), so a cell straddling a depth edge lands on the nearer surface,
+  never in between.
 - **Read** (:meth:`LatentMemory.read`): every point is projected into each target camera's latent
   grid together with its patch (the projection's Jacobian applied to ``axes * footprint``: a
   parallelogram in target cells, about ``footprint * fx_lat_target / z_target`` wide for a frontal
@@ -27,82 +28,70 @@ Semantics:
   :func:`~mirage_cli.memory.splat.splat_patches`: scatter-min of depth, ties broken by a hash of the
   point's content, so the read is bit-identical whatever the order of the points, on CPU and CUDA.
   Reading the lifting camera gives back exactly one point per cell (the patch is that cell).
-- **Write** (:meth:`LatentMemory.write`), policy ``"new"`` (default): only cells the read did not
-  cover add points, frame by frame, and cells covered by points that earlier frames of the same
-  call just added count as covered. Revisiting a place adds nothing, so the memory is bounded by
-  the scene, not by the video length. ``"replace"``: the read's winners under every valid cell
-  are removed and the new latents lifted. ``"average"``: each winner's feature becomes the mean of
-  its old value and the mean of the new latents it covers (an exponential moving average with
-  weight 1/2); uncovered cells add points as with ``"new"``.
+- **Write** (:meth:`LatentMemory.write`): frame by frame with the write policies of
+  :mod:`.policies` (shared with the point-cloud baseline): ``"new"`` (default; only cells the read
+  did not cover add points, so revisiting a place adds nothing), ``"replace"`` or ``"average"``
+  (features blended in fp64, stored in ``feature_dtype``).
+- **File** (:meth:`save` / :meth:`load`): the safetensors cache format of :mod:`.storage`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import operator
 import os
 
 import torch
 
-from .. import __version__
-from ..geometry.cameras import Cameras
 from ..errors import MirageError
-from .cachefile import check_tensor, parse_int, parse_json, read_safetensors, write_safetensors
-from .splat import depth_slopes, float_bits, hash_rows, lift_patches, splat_patches  # noqa: F401 (depth_slopes re-exported)
+from ..geometry.cameras import Cameras
+from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
+from .policies import LATENT_POLICIES, check_policy, write_frames
+from .splat import float_bits, hash_rows, lift_patches, splat_patches
+from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
+                      write_safetensors)
 
-FORMAT = "mirage.latent-memory"
-VERSION = 1
-WRITE_POLICIES = ("new", "replace", "average")
-FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-INPUT_CHUNK = 0
+WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
+
+# INPUT_CHUNK and reduce_depth are part of this module's API (the generate loop imports them from here).
+__all__ = ["INPUT_CHUNK", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+def _count(name: str, value) -> int:
+    """A count the user chose (channels, spatial factor): an integer >= 1.
 
-
-# ------------------------------------------------------------------------------------ depth
-def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> torch.Tensor:
-    """Reduce pixel z-depth ``(..., H, W)`` to the latent grid ``(..., H // factor, W // factor)``.
-
-    Rule (foreground cluster): the ``factor x factor`` pixel depths of a cell are sorted; the
-    cluster is the nearest value plus every following value up to the first relative jump larger
-    than ``edge_tol`` (``d[k+1] > d[k] * (1 + edge_tol)``). The cell depth is the harmonic mean of
-    that cluster (exact at the cell centre for a plane). A smooth or slanted surface has no jump, so
-    the whole block is used; a cell straddling a depth edge takes the nearer surface only, never a
-    value between the two. Invalid pixels (``<= 0`` or non-finite) are ignored; a cell without a
-    valid pixel gets depth 0 (no point). Rows/columns beyond ``factor * (H // factor)`` are dropped.
+    A non-integer is a programming error (``TypeError``); a value below 1 is the user's (``MirageError``).
     """
-    factor = int(factor)
-    *lead, H, W = depth.shape
-    h, w = H // factor, W // factor
-    d = depth[..., : h * factor, : w * factor].float()
-    inf = torch.tensor(float("inf"), device=d.device)
-    d = torch.where(torch.isfinite(d) & (d > 0), d, inf)
-    if factor == 1:
-        return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
-    blocks = d.reshape(*lead, h, factor, w, factor).transpose(-3, -2).reshape(*lead, h, w, factor * factor)
-    s, _ = blocks.sort(dim=-1)
-    jump = s[..., 1:] > s[..., :-1] * (1 + edge_tol)
-    first = torch.ones_like(s[..., :1], dtype=torch.bool)
-    incl = torch.cat([first, jump.cumsum(dim=-1) == 0], dim=-1) & torch.isfinite(s)
-    inv = torch.where(incl, 1.0 / s, torch.zeros_like(s)).sum(dim=-1)
-    cnt = incl.sum(dim=-1).float()
-    return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if n < 1:
+        raise MirageError(f"{name} must be >= 1, got {n}")
+    return n
 
 
-def _latent_K(cameras: Cameras, factor: int) -> torch.Tensor:
-    """``(N, 3, 3)`` float64 intrinsics of the latent grid: pixel intrinsics divided by ``factor``.
-
-    A latent cell is a ``factor x factor`` pixel block starting at pixel 0, so this is exact even
-    when the image size is not a multiple of ``factor`` (equal to ``K(W // f, H // f)`` when it is).
-    """
-    K = cameras.K().clone()
-    K[:, :2, :] /= factor
-    return K
+def _positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """A finite real setting > 0 (or >= 0), else ``MirageError``."""
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise MirageError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return v
 
 
-# ------------------------------------------------------------------------------------ memory
-_TENSORS = ("points", "features", "footprint", "axes", "chunk")
+def _feature_dtype(value: torch.dtype | str) -> torch.dtype:
+    dtype = FEATURE_DTYPES.get(value, value) if isinstance(value, str) else value
+    if dtype not in FEATURE_DTYPES.values():
+        raise MirageError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {value}")
+    return dtype
+
+
+def _device(value: str | torch.device) -> torch.device:
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise MirageError(f"unknown device {value!r} ({' '.join(str(e).split())})") from None
 
 
 class LatentMemory:
@@ -112,13 +101,20 @@ class LatentMemory:
         channels: latent channels ``C``.
         spatial_factor: pixels per latent cell along each axis (8 for Wan2.1, 1 for raw pixels).
         codec: name of the codec the latents come from (stored in the cache file).
-        feature_dtype: storage dtype of the features (fp16 by default, bf16 or fp32 allowed).
+        feature_dtype: storage dtype of the features (fp16 by default, bf16 or fp32 allowed; a
+            dtype or its name).
         device: where the tensors live (``"cpu"``, ``"cuda"``...).
-        write_policy: ``"new"`` (default), ``"replace"`` or ``"average"``.
+        write_policy: ``"new"`` (default), ``"replace"`` or ``"average"`` (see :mod:`.policies`).
         image_hash: hash of the input image (stored in the cache file).
         max_radius: largest splat half-extent in target cells.
         edge_tol: relative depth jump that separates surfaces in :func:`reduce_depth`.
         max_stretch: largest patch elongation (slope clamp) for cells seen at grazing angles.
+
+    Raises:
+        MirageError: a setting the user chose is out of range (channels or spatial factor < 1, empty
+            codec name, unknown feature dtype, write policy or device, non-positive radius...).
+        TypeError: a setting has the wrong type (a programming error: non-integer channels,
+            non-string codec).
     """
 
     def __init__(
@@ -126,7 +122,7 @@ class LatentMemory:
         channels: int,
         spatial_factor: int,
         codec: str = "pixel",
-        feature_dtype: torch.dtype = torch.float16,
+        feature_dtype: torch.dtype | str = torch.float16,
         device: str | torch.device = "cpu",
         write_policy: str = "new",
         image_hash: str = "",
@@ -134,29 +130,23 @@ class LatentMemory:
         edge_tol: float = 0.05,
         max_stretch: float = 8.0,
     ) -> None:
-        if int(channels) < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        if int(spatial_factor) < 1:
-            raise ValueError(f"spatial_factor must be >= 1, got {spatial_factor}")
-        if isinstance(feature_dtype, str):
-            feature_dtype = FEATURE_DTYPES.get(feature_dtype, feature_dtype)
-        if feature_dtype not in FEATURE_DTYPES.values():
-            raise ValueError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {feature_dtype}")
-        if write_policy not in WRITE_POLICIES:
-            raise MirageError(f"unknown write policy {write_policy!r} (choose from {', '.join(WRITE_POLICIES)})")
-        self.channels = int(channels)
-        self.spatial_factor = int(spatial_factor)
-        self.codec = str(codec)
-        self.feature_dtype = feature_dtype
-        self.write_policy = write_policy
+        if not isinstance(codec, str):
+            raise TypeError(f"codec must be a codec name (str), got {type(codec).__name__}")
+        if not codec.strip():
+            raise MirageError("codec name must not be empty")
+        self.channels = _count("channels", channels)
+        self.spatial_factor = _count("spatial_factor", spatial_factor)
+        self.codec = codec
+        self.feature_dtype = _feature_dtype(feature_dtype)
+        self.write_policy = check_policy(write_policy, LATENT_POLICIES)
         self.image_hash = str(image_hash)
-        self.max_radius = float(max_radius)
-        self.edge_tol = float(edge_tol)
-        self.max_stretch = float(max_stretch)
+        self.max_radius = _positive("max_radius", max_radius)
+        self.edge_tol = _positive("edge_tol", edge_tol, allow_zero=True)
+        self.max_stretch = _positive("max_stretch", max_stretch)
         self.extras: dict = {}
-        dev = torch.device(device)
+        dev = _device(device)
         self._points = torch.zeros(0, 3, dtype=torch.float32, device=dev)
-        self._features = torch.zeros(0, self.channels, dtype=feature_dtype, device=dev)
+        self._features = torch.zeros(0, self.channels, dtype=self.feature_dtype, device=dev)
         self._footprint = torch.zeros(0, dtype=torch.float32, device=dev)
         self._axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=dev)
         self._chunk = torch.zeros(0, dtype=torch.int32, device=dev)
@@ -263,7 +253,7 @@ class LatentMemory:
 
     def to(self, device: str | torch.device) -> "LatentMemory":
         """Move every tensor to ``device`` (in place, like ``nn.Module.to``); returns ``self``."""
-        dev = torch.device(device)
+        dev = _device(device)
         for name in ("_points", "_features", "_footprint", "_axes", "_chunk", "_key"):
             setattr(self, name, getattr(self, name).to(dev))
         return self
@@ -271,47 +261,37 @@ class LatentMemory:
     # ----------------------------------------------------------------------------- geometry
     def latent_size(self, cameras: Cameras) -> tuple[int, int]:
         """``(h, w)`` of the latent grid for these cameras: ``(H // f, W // f)``."""
-        h, w = cameras.height // self.spatial_factor, cameras.width // self.spatial_factor
-        if h < 1 or w < 1:
-            raise MirageError(f"image {cameras.width}x{cameras.height} is smaller than one latent cell "
-                              f"(spatial factor {self.spatial_factor})")
-        return h, w
-
-    def _depth_to_grid(self, depth: torch.Tensor, h: int, w: int, what: str = "depth") -> torch.Tensor:
-        """Depth ``(..., h, w)`` latent cells or ``(..., H, W)`` pixels -> ``(..., h, w)`` float32 on device."""
-        depth = torch.as_tensor(depth).to(self.device)
-        if depth.ndim < 2:
-            raise MirageError(f"{what}: expected a (H, W) depth map, got shape {tuple(depth.shape)}")
-        Hd, Wd = depth.shape[-2:]
-        f = self.spatial_factor
-        if (Hd, Wd) == (h, w):
-            d = depth.float()
-            return torch.where(torch.isfinite(d) & (d > 0), d, torch.zeros_like(d))
-        if Hd // f == h and Wd // f == w:
-            return reduce_depth(depth, f, self.edge_tol)
-        raise MirageError(f"{what}: shape {tuple(depth.shape[-2:])} matches neither the latent grid ({h}, {w}) "
-                          f"nor the image ({h * f}, {w * f})")
+        return latent_size(cameras, self.spatial_factor)
 
     def _splat(self, cameras: Cameras, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``."""
         h, w = self.latent_size(cameras)
         return splat_patches(self._points[start:], self._world_axes()[start:], self._key[start:], cameras.w2c,
-                             _latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start)
+                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start)
 
     @torch.no_grad()
-    def read_index(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_index(self, cameras: Cameras, batch: int = 8, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The z-buffer of :meth:`read` as indices: winner point per cell ``(T, h, w)`` int64
-        (-1 = unknown) and its depth ``(T, h, w)`` float32 (e.g. to colour points for a preview)."""
+        (-1 = unknown) and its depth ``(T, h, w)`` float32 (e.g. to colour points for a preview).
+
+        Only the points ``start:`` take part (the indices still count from point 0); frames are
+        splatted ``batch`` at a time, which changes nothing in the result (each frame is its own z-buffer).
+        """
         h, w = self.latent_size(cameras)
+        step = max(1, int(batch))
         idx, dep = [], []
-        for s in range(0, len(cameras), max(1, int(batch))):
-            i, d = self._splat(cameras[s : s + batch])
+        for s in range(0, len(cameras), step):
+            i, d = self._splat(cameras[s : s + step], start)
             idx.append(i)
             dep.append(d)
         if not idx:
             return (torch.zeros(0, h, w, dtype=torch.int64, device=self.device),
                     torch.zeros(0, h, w, dtype=torch.float32, device=self.device))
         return torch.cat(idx), torch.cat(dep)
+
+    def winners(self, cameras: Cameras, start: int = 0) -> torch.Tensor:
+        """``(T, h, w)`` int64 z-buffer winners among the points ``start:`` (-1 = none); see :mod:`.policies`."""
+        return self.read_index(cameras, start=start)[0]
 
     def _make_points(self, latents: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                      cells: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -326,6 +306,9 @@ class LatentMemory:
             raise MirageError(f"{what}: latents have shape {tuple(latents.shape)}, expected (..., {self.channels}, {h}, {w}) "
                               f"for {self.channels} channels and this camera's latent grid")
         return latents
+
+    def _depth_grid(self, depth: torch.Tensor, h: int, w: int, what: str) -> torch.Tensor:
+        return depth_to_grid(depth, h, w, self.spatial_factor, self.edge_tol, self.device, what)
 
     # ----------------------------------------------------------------------------- lift / read / write
     @torch.no_grad()
@@ -349,7 +332,7 @@ class LatentMemory:
         latents = self._check_latents(latents, h, w, "lift")
         if latents.ndim == 4 and latents.shape[0] == 1:
             latents = latents[0]
-        d = self._depth_to_grid(depth, h, w, "lift depth")
+        d = self._depth_grid(depth, h, w, "lift depth")
         if d.ndim == 3 and d.shape[0] == 1:
             d = d[0]
         if latents.ndim != 3 or d.ndim != 2:
@@ -361,7 +344,7 @@ class LatentMemory:
             if mask.shape != (h, w):
                 raise MirageError(f"lift: mask has shape {tuple(mask.shape)}, expected ({h}, {w})")
             cells &= mask.bool()
-        K = _latent_K(camera, self.spatial_factor)[0]
+        K = latent_K(camera, self.spatial_factor)[0]
         return self._append(self._make_points(latents.float(), d, camera.c2w[0], K, cells), chunk)
 
     @torch.no_grad()
@@ -417,60 +400,32 @@ class LatentMemory:
             latents = latents[None]
         if latents.shape[0] != T:
             raise MirageError(f"write: {latents.shape[0]} latent frames for {T} cameras")
-        d = self._depth_to_grid(depth, h, w, "write depth")
+        d = self._depth_grid(depth, h, w, "write depth")
         if d.ndim == 2:
             d = d[None]
         if d.shape[0] != T:
             raise MirageError(f"write: {d.shape[0]} depth frames for {T} cameras")
         latents = latents.float()
-        K = _latent_K(cameras, self.spatial_factor)
-        if self.write_policy == "new":
-            return self._write_new(latents, d, cameras, known, chunk, K, h, w)
-        return self._write_update(latents, d, cameras, chunk, K)
+        K = latent_K(cameras, self.spatial_factor)
 
-    def _write_new(self, latents, d, cameras, known, chunk, K, h, w) -> int:
-        T = len(cameras)
-        if known is None:
-            known = self._splat(cameras)[0] >= 0
-        known = torch.as_tensor(known, device=self.device).bool()
-        if known.shape != (T, h, w):
-            raise MirageError(f"write: known-mask has shape {tuple(known.shape)}, expected ({T}, {h}, {w})")
-        start = len(self)
-        added = 0
-        for t in range(T):
-            covered = known[t]
-            if len(self) > start:  # cells covered by the points earlier frames of this call just added
-                covered = covered | (self._splat(cameras[t], start)[0][0] >= 0)
-            cells = (d[t] > 0) & ~covered
-            added += self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells), chunk)
-        return added
+        def add(t: int, cells: torch.Tensor) -> int:
+            return self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells), chunk)
 
-    def _write_update(self, latents, d, cameras, chunk, K) -> int:
-        added = 0
-        for t in range(len(cameras)):
-            valid = d[t] > 0
-            idx = self._splat(cameras[t])[0][0]
-            covered = (idx >= 0) & valid
-            winners = idx[covered]
-            if self.write_policy == "replace":
-                keep = torch.ones(len(self), dtype=torch.bool, device=self.device)
-                keep[winners] = False
-                self._set(*(v[keep] for v in self._tensors().values()), key=self._key[keep])
-                cells = valid
-            else:  # average
-                if winners.numel():
-                    new = latents[t][:, covered].T.to(torch.float64)  # (M, C)
-                    sums = torch.zeros(len(self), self.channels, dtype=torch.float64, device=self.device)
-                    sums.index_add_(0, winners, new)
-                    cnt = torch.bincount(winners, minlength=len(self))
-                    upd = (cnt > 0).nonzero(as_tuple=True)[0]
-                    mean = sums[upd] / cnt[upd, None].to(torch.float64)
-                    feats = self._features.clone()
-                    feats[upd] = (0.5 * (self._features[upd].to(torch.float64) + mean)).to(self.feature_dtype)
-                    self._set(self._points, feats, self._footprint, self._axes, self._chunk)
-                cells = valid & ~covered
-            added += self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells), chunk)
-        return added
+        def values(t: int, covered: torch.Tensor) -> torch.Tensor:
+            return latents[t][:, covered].T.to(torch.float64)
+
+        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values)
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
+        self._set(*(v[keep] for v in self._tensors().values()), key=self._key[keep])
+
+    def blend(self, index: torch.Tensor, mean: torch.Tensor) -> None:
+        """Policy ``"average"``: feature ``<- (feature + mean) / 2`` for the points ``index (M,)``,
+        computed in fp64 and stored in ``feature_dtype`` (``mean (M, C)`` float64); keys follow."""
+        feats = self._features.clone()
+        feats[index] = (0.5 * (self._features[index].to(torch.float64) + mean)).to(self.feature_dtype)
+        self._set(self._points, feats, self._footprint, self._axes, self._chunk)
 
     # ----------------------------------------------------------------------------- inspection
     def nbytes(self) -> int:
@@ -482,12 +437,10 @@ class LatentMemory:
         n = len(self)
         if n:
             bounds = [self._points.min(dim=0).values.tolist(), self._points.max(dim=0).values.tolist()]
-            ch, cnt = torch.unique(self._chunk, return_counts=True)
-            per_chunk = {str(int(c)): int(k) for c, k in zip(ch.tolist(), cnt.tolist())}
             fp = self._footprint
             footprint = {"min": float(fp.min()), "median": float(fp.median()), "max": float(fp.max())}
         else:
-            bounds, per_chunk, footprint = None, {}, None
+            bounds, footprint = None, None
         b = self.nbytes()
         return {
             "points": n,
@@ -499,7 +452,7 @@ class LatentMemory:
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,
             "bounds": bounds,
-            "points_per_chunk": per_chunk,
+            "points_per_chunk": points_per_chunk(self._chunk),
             "footprint": footprint,
             "image_hash": self.image_hash,
             "device": str(self.device),
@@ -507,23 +460,8 @@ class LatentMemory:
 
     # ----------------------------------------------------------------------------- file
     def metadata(self, extras: dict | None = None) -> dict[str, str]:
-        """The cache file's ``__metadata__`` (strings only; extras JSON-encoded)."""
-        ex = dict(self.extras)
-        ex.update(extras or {})
-        return {
-            "format": FORMAT,
-            "version": str(VERSION),
-            "codec": self.codec,
-            "channels": str(self.channels),
-            "spatial_factor": str(self.spatial_factor),
-            "convention": "opencv",
-            "created_by": f"mirage-cli {__version__}",
-            "image_hash": self.image_hash,
-            "feature_dtype": dtype_name(self.feature_dtype),
-            "write_policy": self.write_policy,
-            "points": str(len(self)),
-            "extras": json.dumps(ex, sort_keys=True),
-        }
+        """The cache file's ``__metadata__`` (strings only; extras JSON-encoded; see :mod:`.storage`)."""
+        return latent_metadata(self, extras)
 
     def save(self, path: str | os.PathLike, extras: dict | None = None) -> None:
         """Write a ``.safetensors`` cache atomically (temporary file + ``os.replace``).
@@ -544,46 +482,9 @@ class LatentMemory:
         Raises:
             MirageError: one line naming the file and the problem.
         """
-        tensors, meta = read_safetensors(path)
-        fmt = meta.get("format")
-        if fmt != FORMAT:
-            what = "no 'format' metadata" if fmt is None else f"format {fmt!r}"
-            raise MirageError(f"{path}: not a mirage latent-memory cache ({what}, expected {FORMAT!r})")
-        version = meta.get("version")
-        if version != str(VERSION):
-            raise MirageError(f"{path}: cache format version {version!r} is not supported (this mirage reads version {VERSION})")
-        if meta.get("convention", "opencv") != "opencv":
-            raise MirageError(f"{path}: convention {meta.get('convention')!r} is not supported (expected 'opencv')")
-        channels = parse_int(path, meta, "channels", 1)
-        factor = parse_int(path, meta, "spatial_factor", 1)
-        codec = meta.get("codec") or ""
-        if not codec:
-            raise MirageError(f"{path}: metadata field 'codec' is missing")
-        policy = meta.get("write_policy", "new")
-        if policy not in WRITE_POLICIES:
-            raise MirageError(f"{path}: metadata field 'write_policy' = {policy!r} is not one of {', '.join(WRITE_POLICIES)}")
-        extras = parse_json(path, meta, "extras")
-        points = check_tensor(path, "points", tensors, (None, 3), (torch.float32,))
-        n = points.shape[0]
-        features = check_tensor(path, "features", tensors, (n, channels), tuple(FEATURE_DTYPES.values()))
-        footprint = check_tensor(path, "footprint", tensors, (n,), (torch.float32,))
-        axes = check_tensor(path, "axes", tensors, (n, 2, 3), (torch.float16,))
-        chunk = check_tensor(path, "chunk", tensors, (n,), (torch.int32,))
-        extra_tensors = sorted(set(tensors) - set(_TENSORS))
-        if extra_tensors:
-            raise MirageError(f"{path}: unexpected tensors {', '.join(extra_tensors)} for format version {VERSION}")
-        if "points" in meta and meta["points"] != str(n):
-            raise MirageError(f"{path}: metadata says {meta['points']} points but the tensors hold {n}")
-        if n:
-            if not torch.isfinite(points).all():
-                raise MirageError(f"{path}: tensor 'points' contains NaN or inf")
-            if not (torch.isfinite(footprint).all() and (footprint > 0).all()):
-                raise MirageError(f"{path}: tensor 'footprint' must be finite and positive")
-            if not torch.isfinite(axes).all():
-                raise MirageError(f"{path}: tensor 'axes' contains NaN or inf")
-            if not torch.isfinite(features.float()).all():
-                raise MirageError(f"{path}: tensor 'features' contains NaN or inf")
-        m = cls(channels, factor, codec, features.dtype, "cpu", policy, meta.get("image_hash", ""))
-        m.extras = extras
-        m._set(points, features, footprint, axes, chunk)
+        c = read_latent_cache(path)
+        t = c.tensors
+        m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash)
+        m.extras = c.extras
+        m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
         return m.to(device)

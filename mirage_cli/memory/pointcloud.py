@@ -24,11 +24,11 @@ Semantics:
   frame of the chunk at pixel resolution; the rendered video (unknown pixels grey) and the mask
   video (1 = unknown, "generate") are then encoded by the codec, which is the condition a
   VACE/GEN3C-style denoiser consumes. :meth:`read` does both.
-- **Write** (:meth:`write`; :meth:`write_latents` decodes first): the chunk's frames are lifted at
-  pixel resolution with the same policies as the latent memory -- ``"new"`` (only pixels the render
-  did not cover, nor the points that earlier frames of the same call just added), ``"replace"``,
-  ``"average"`` -- plus ``"append"``: every valid pixel of every frame is added, which is what
-  peers that append each generated frame to their cache do.
+- **Write** (:meth:`write`): the chunk's (decoded) frames are lifted at pixel resolution with the
+  write policies of :mod:`.policies`, the same code as the latent memory's -- ``"new"``,
+  ``"replace"``, ``"average"`` (colours blended in fp64, rounded to uint8) -- plus ``"append"``:
+  every valid pixel of every frame is added, which is what peers that append each generated frame
+  to their cache do.
 """
 
 from __future__ import annotations
@@ -37,16 +37,14 @@ import os
 
 import torch
 
-from .. import __version__
-from ..geometry.cameras import Cameras
 from ..errors import MirageError
-from .cachefile import write_safetensors
+from ..geometry.cameras import Cameras
 from .latent import LatentMemory
+from .policies import POINTCLOUD_POLICIES, check_policy, write_frames
+from .storage import CREATED_BY, INPUT_CHUNK, points_per_chunk, write_safetensors
 
 FORMAT = "mirage.pointcloud-memory"
 VERSION = 1
-WRITE_POLICIES = ("new", "replace", "average", "append")
-INPUT_CHUNK = 0
 GREY = 0.5  # value of unknown pixels in the rendered condition video
 
 
@@ -69,9 +67,7 @@ class PointCloudMemory:
     """
 
     def __init__(self, device: str | torch.device = "cpu", write_policy: str = "new", max_radius: float = 4.0) -> None:
-        if write_policy not in WRITE_POLICIES:
-            raise MirageError(f"unknown write policy {write_policy!r} (choose from {', '.join(WRITE_POLICIES)})")
-        self.write_policy = write_policy
+        self.write_policy = check_policy(write_policy, POINTCLOUD_POLICIES)
         self.max_radius = float(max_radius)
         self.geometry = LatentMemory(1, 1, codec="pointcloud", device=device, max_radius=max_radius)
         self._colors = torch.zeros(0, 3, dtype=torch.uint8, device=torch.device(device))
@@ -237,58 +233,29 @@ class PointCloudMemory:
             the number of points added.
         """
         frames, d = self._check(frames, depth, cameras, "write")
-        T, H, W = d.shape
-        if self.write_policy == "append":
-            return sum(self._lift_one(frames[t], d[t], cameras[t], chunk, d[t] > 0) for t in range(T))
-        if self.write_policy == "new":
-            if known is None:
-                known = self.geometry.read_index(cameras)[0] >= 0
-            known = torch.as_tensor(known, device=self.device).bool()
-            if tuple(known.shape) != (T, H, W):
-                raise MirageError(f"write: known-mask has shape {tuple(known.shape)}, expected ({T}, {H}, {W})")
-            start, added = len(self), 0
-            for t in range(T):
-                covered = known[t]
-                if len(self) > start:  # cells covered by the points earlier frames of this call just added
-                    fresh = self.geometry.select(torch.arange(start, len(self), device=self.device))
-                    covered = covered | (fresh.read_index(cameras[t])[0][0] >= 0)
-                added += self._lift_one(frames[t], d[t], cameras[t], chunk, ~covered)
-            return added
-        added = 0
-        for t in range(T):  # replace / average: re-render every frame
-            valid = d[t] > 0
-            idx = self.geometry.read_index(cameras[t])[0][0]
-            covered = (idx >= 0) & valid
-            winners = idx[covered]
-            if self.write_policy == "replace":
-                keep = torch.ones(len(self), dtype=torch.bool, device=self.device)
-                keep[winners] = False
-                self._replace(self.geometry.select(keep), self._colors[keep])
-                cells = valid
-            else:  # average: the winner's colour becomes the mean of its old colour and the new pixels it covers
-                if winners.numel():
-                    new = frames[t][:, covered].T.to(torch.float64) * 255.0
-                    sums = torch.zeros(len(self), 3, dtype=torch.float64, device=self.device)
-                    sums.index_add_(0, winners, new)
-                    cnt = torch.bincount(winners, minlength=len(self))
-                    upd = (cnt > 0).nonzero(as_tuple=True)[0]
-                    mean = sums[upd] / cnt[upd, None].to(torch.float64)
-                    cols = self._colors.clone()
-                    cols[upd] = (0.5 * (self._colors[upd].to(torch.float64) + mean) + 0.5).clamp(0, 255).to(torch.uint8)
-                    self._colors = cols
-                cells = valid & ~covered
-            added += self._lift_one(frames[t], d[t], cameras[t], chunk, cells)
-        return added
 
-    def write_latents(self, latents: torch.Tensor, codec, depth: torch.Tensor, cameras: Cameras,
-                      known: torch.Tensor | None, chunk: int, frame_index: list[int] | None = None) -> int:
-        """Decode ``latents (T_lat, C, h, w)`` with ``codec`` and :meth:`write` the frames ``frame_index``
-        of the decoded video (default: all) with the matching ``depth``/``cameras``/``known``."""
-        with torch.no_grad():
-            frames = codec.decode(latents)
-        if frame_index is not None:
-            frames = frames[frame_index]
-        return self.write(frames, depth, cameras, known, chunk)
+        def add(t: int, cells: torch.Tensor) -> int:
+            return self._lift_one(frames[t], d[t], cameras[t], chunk, cells)
+
+        def values(t: int, covered: torch.Tensor) -> torch.Tensor:
+            return frames[t][:, covered].T.to(torch.float64) * 255.0
+
+        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values)
+
+    def winners(self, cameras: Cameras, start: int = 0) -> torch.Tensor:
+        """``(T, H, W)`` int64 z-buffer winners among the points ``start:`` (-1 = none); see :mod:`.policies`."""
+        return self.geometry.winners(cameras, start)
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
+        self._replace(self.geometry.select(keep), self._colors[keep])
+
+    def blend(self, index: torch.Tensor, mean: torch.Tensor) -> None:
+        """Policy ``"average"``: colour ``<- (colour + mean) / 2`` for the points ``index (M,)``, in fp64
+        and rounded to uint8 (``mean (M, 3)`` float64 in 0..255)."""
+        cols = self._colors.clone()
+        cols[index] = (0.5 * (self._colors[index].to(torch.float64) + mean) + 0.5).clamp(0, 255).to(torch.uint8)
+        self._colors = cols
 
     # ----------------------------------------------------------------------------- inspection
     def _payload(self) -> dict[str, torch.Tensor]:
@@ -309,18 +276,14 @@ class PointCloudMemory:
         return self.nbytes() + sum(t.numel() * t.element_size() for t in (g.features, g.key))
 
     def stats(self) -> dict:
+        """Summary: points, bytes, bytes_per_point, write_policy, points_per_chunk, device."""
         n = len(self)
         b = self.nbytes()
-        if n:
-            ch, cnt = torch.unique(self.chunk, return_counts=True)
-            per_chunk = {str(int(c)): int(k) for c, k in zip(ch.tolist(), cnt.tolist())}
-        else:
-            per_chunk = {}
         return {"points": n, "bytes": b, "bytes_per_point": (b / n) if n else 0.0, "write_policy": self.write_policy,
-                "points_per_chunk": per_chunk, "device": str(self.device)}
+                "points_per_chunk": points_per_chunk(self.chunk), "device": str(self.device)}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a ``.safetensors`` file (atomic): points, colors, footprint, axes, chunk + metadata."""
-        meta = {"format": FORMAT, "version": str(VERSION), "convention": "opencv", "created_by": f"mirage-cli {__version__}",
+        meta = {"format": FORMAT, "version": str(VERSION), "convention": "opencv", "created_by": CREATED_BY,
                 "write_policy": self.write_policy, "points": str(len(self))}
         write_safetensors(path, self._payload(), meta)

@@ -186,59 +186,78 @@ def rasterize(
     i1 = torch.ceil(v + rv - 0.5).clamp(-1, h + 1)
     jc0, jc1 = j0.long().clamp(0, w), j1.long().clamp(0, w)
     ic0, ic1 = i0.long().clamp(0, h), i1.long().clamp(0, h)
-    span_j, span_i = jc1 - jc0, ic1 - ic0
-    # Cells spanned per axis (0 when the bounding box misses the grid on either axis).
-    span = torch.where(torch.minimum(span_i, span_j) > 0, torch.maximum(span_i, span_j), 0)
     base = ic0 * w + jc0 + (t_idx * hw if torch.is_tensor(t_idx) else int(t_idx) * hw)
     packed = (float_bits(z) << 32) | (key & 0x7FFFFFFF)
+    cell, sel = _covered_cells(base, ic0, jc0, ic1 - ic0, jc1 - jc0, w, u, v, J, margin)
+    val = packed if sel is None else packed.index_select(0, sel)
+    own = owner if sel is None else owner.index_select(0, sel)
+    return _zbuffer(cell, val, own, index, depth, T, h, w)
 
-    cells, vals, owners = [], [], []
+
+def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, span_i: torch.Tensor,
+                   span_j: torch.Tensor, w: int, u: torch.Tensor, v: torch.Tensor,
+                   J: tuple[torch.Tensor, ...] | None, margin: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Expand ``M`` footprints to the flat cells they cover.
+
+    Each pair covers the cells of its clamped bounding box (first cell ``base``, ``span_i x span_j``
+    cells), and with parallelograms ``J`` only those whose centre passes the ``|J^-1 d|_inf <= 1 +
+    margin`` test (or that hold the pair's centre). Returns the covered cells ``(K,)`` and, per cell,
+    the pair it came from ``(K,)`` (``None`` when every pair covers exactly its one base cell).
+    """
+    dev = base.device
+    # Cells spanned per axis (0 when the bounding box misses the grid on either axis).
+    span = torch.where(torch.minimum(span_i, span_j) > 0, torch.maximum(span_i, span_j), 0)
     one = span == 1  # a single cell (the one the centre falls in): no expansion, no test
     if bool(one.all()):
-        cells.append(base), vals.append(packed), owners.append(owner)
-    else:
-        sel = one.nonzero().squeeze(1)
-        cells.append(base.index_select(0, sel))
-        vals.append(packed.index_select(0, sel))
-        owners.append(owner.index_select(0, sel))
-        lo = 1
-        for hi in _SPAN_GROUPS[1:]:
-            sel = ((span > lo) & (span <= hi)).nonzero().squeeze(1)
-            lo = hi
-            if sel.numel() == 0:
-                continue
-            off = torch.arange(hi, device=dev)
-            di, dj = torch.meshgrid(off, off, indexing="ij")
-            di, dj = di.reshape(-1), dj.reshape(-1)
-            inside = (di[None] < span_i[sel, None]) & (dj[None] < span_j[sel, None])  # (S, hi*hi)
-            rows, offs = inside.nonzero(as_tuple=True)
-            s = sel.index_select(0, rows)
-            dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
-            cell = base.index_select(0, s) + dio * w + djo
-            if J is not None:
-                us, vs = u.index_select(0, s), v.index_select(0, s)
-                ci = ic0.index_select(0, s) + dio
-                cj = jc0.index_select(0, s) + djo
-                dx = (cj.to(torch.float32) + 0.5) - us
-                dy = (ci.to(torch.float32) + 0.5) - vs
-                a, b, c, d = inverse2x2(*(x.index_select(0, s) for x in J))
-                alpha = a * dx + b * dy
-                beta = c * dx + d * dy
-                # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
-                home = (ci == torch.ceil(vs - 1.0).long()) & (cj == torch.ceil(us - 1.0).long())
-                keep = (((alpha.abs() <= 1 + margin) & (beta.abs() <= 1 + margin)) | home).nonzero().squeeze(1)
-                s, cell = s.index_select(0, keep), cell.index_select(0, keep)
-            cells.append(cell)
-            vals.append(packed.index_select(0, s))
-            owners.append(owner.index_select(0, s))
-    cell = torch.cat(cells) if len(cells) > 1 else cells[0]
-    val = torch.cat(vals) if len(vals) > 1 else vals[0]
-    own = torch.cat(owners) if len(owners) > 1 else owners[0]
+        return base, None
+    sel = one.nonzero().squeeze(1)
+    cells, pairs = [base.index_select(0, sel)], [sel]
+    lo = 1
+    for hi in _SPAN_GROUPS[1:]:
+        sel = ((span > lo) & (span <= hi)).nonzero().squeeze(1)
+        lo = hi
+        if sel.numel() == 0:
+            continue
+        off = torch.arange(hi, device=dev)
+        di, dj = torch.meshgrid(off, off, indexing="ij")
+        di, dj = di.reshape(-1), dj.reshape(-1)
+        inside = (di[None] < span_i[sel, None]) & (dj[None] < span_j[sel, None])  # (S, hi*hi)
+        rows, offs = inside.nonzero(as_tuple=True)
+        s = sel.index_select(0, rows)
+        dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
+        cell = base.index_select(0, s) + dio * w + djo
+        if J is not None:
+            keep = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v, J, margin)
+            s, cell = s.index_select(0, keep), cell.index_select(0, keep)
+        cells.append(cell)
+        pairs.append(s)
+    return torch.cat(cells), torch.cat(pairs)
 
-    best = torch.full((T * hw,), _INT64_MAX, dtype=torch.int64, device=dev)
+
+def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                          J: tuple[torch.Tensor, ...], margin: float) -> torch.Tensor:
+    """Indices of the candidate cells ``(ci, cj)`` of pairs ``s`` whose centre lies in the pair's
+    parallelogram (grown by ``margin``) or that hold the pair's centre."""
+    us, vs = u.index_select(0, s), v.index_select(0, s)
+    dx = (cj.to(torch.float32) + 0.5) - us
+    dy = (ci.to(torch.float32) + 0.5) - vs
+    a, b, c, d = inverse2x2(*(x.index_select(0, s) for x in J))
+    alpha = a * dx + b * dy
+    beta = c * dx + d * dy
+    # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
+    home = (ci == torch.ceil(vs - 1.0).long()) & (cj == torch.ceil(us - 1.0).long())
+    return (((alpha.abs() <= 1 + margin) & (beta.abs() <= 1 + margin)) | home).nonzero().squeeze(1)
+
+
+def _zbuffer(cell: torch.Tensor, val: torch.Tensor, own: torch.Tensor, index: torch.Tensor, depth: torch.Tensor,
+             T: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic z-buffer: per flat cell, the smallest packed ``z bits << 32 | key`` wins, then the
+    smallest owner among exact ties. Returns index ``(T, h, w)`` (-1 none) and depth (0 none)."""
+    n = T * h * w
+    best = torch.full((n,), _INT64_MAX, dtype=torch.int64, device=cell.device)
     best.scatter_reduce_(0, cell, val, reduce="amin", include_self=True)
     win = (val == best.index_select(0, cell)).nonzero().squeeze(1)
-    best_owner = torch.full((T * hw,), _INT64_MAX, dtype=torch.int64, device=dev)
+    best_owner = torch.full((n,), _INT64_MAX, dtype=torch.int64, device=cell.device)
     best_owner.scatter_reduce_(0, cell.index_select(0, win), own.index_select(0, win), reduce="amin",
                                include_self=True)
     known = best_owner != _INT64_MAX

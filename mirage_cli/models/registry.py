@@ -318,11 +318,6 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return _DTYPES[d]
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bf16"``."""
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-
-
 def dtype_kwargs(library: str, dtype: torch.dtype) -> dict:
     """``from_pretrained`` keyword for a dtype: ``dtype=`` on current diffusers (>= 0.40) / transformers
     (>= 4.56), ``torch_dtype=`` on older releases that do not know ``dtype``."""

@@ -27,7 +27,8 @@ import torch
 
 from .codecs import latent_frames
 from ..errors import MirageError
-from .registry import dtype_kwargs, dtype_name, resolve_device, resolve_dtype, resolve_model, weights_kind
+from ..dtypes import dtype_name
+from .registry import dtype_kwargs, resolve_device, resolve_dtype, resolve_model, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffusers import AutoencoderKLWan
@@ -45,6 +46,23 @@ TINY_WAN22_VAE_CONFIG = dict(base_dim=4, decoder_base_dim=4, z_dim=48, dim_mult=
 # Colour levels of the calibration patches behind latent_to_rgb (3 x 3 x 3 = 27 uniform patches).
 _CAL_LEVELS = (0.1, 0.5, 0.9)
 _CAL_CELLS = 4  # each patch is 4 x 4 latent cells; the central 2 x 2 are used (away from the borders)
+
+
+@contextlib.contextmanager
+def placed_on(module: torch.nn.Module, device: torch.device, offload: bool):
+    """CPU offloading for one call: with ``offload``, move ``module``'s weights to ``device`` for the
+    block and back to the CPU after it (emptying the CUDA cache); without, do nothing. Shared by
+    the Wan VAE codec and the wan-vace backend's transformer."""
+    if not offload:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 class WanVAECodec:
@@ -161,7 +179,7 @@ class WanVAECodec:
         """``(T_lat, C, h, w)`` normalised latents -> ``(1 + 4 (T_lat-1), 3, h s, w s)`` in [0, 1] (float32)."""
         if latents.ndim != 4 or latents.shape[1] != self.channels:
             raise MirageError(f"{self.name}: expected latents (T, {self.channels}, h, w), got {tuple(latents.shape)}")
-        with self._placed(), torch.no_grad():
+        with placed_on(self.vae, self.device, self.offload), torch.no_grad():
             dev = self.device
             z = latents.to(dev, torch.float32).permute(1, 0, 2, 3)[None]  # (1, C, T, h, w)
             z = z * self._std.to(dev) + self._mean.to(dev)
@@ -222,23 +240,9 @@ class WanVAECodec:
         if height % s or width % s:
             raise MirageError(f"{self.name}: frame size {width}x{height} must be divisible by {s}")
 
-    @contextlib.contextmanager
-    def _placed(self):
-        """Move the weights to the compute device for one call when offloading."""
-        if not self.offload:
-            yield
-            return
-        self.vae.to(self.device)
-        try:
-            yield
-        finally:
-            self.vae.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Batch-free encode ``(T, 3, H, W)`` [0, 1] -> ``(T_lat, C, h, w)`` float32 on ``self.device``."""
-        with self._placed(), torch.no_grad():
+        with placed_on(self.vae, self.device, self.offload), torch.no_grad():
             dev = self.device
             x = (frames.to(dev, torch.float32) * 2 - 1).permute(1, 0, 2, 3)[None].to(self.dtype)
             z = self.vae.encode(x).latent_dist.mode().float()  # (1, C, T_lat, h, w)
@@ -251,7 +255,7 @@ class WanVAECodec:
         size = _CAL_CELLS * self.spatial_factor
         patches = rgb.view(-1, 3, 1, 1, 1).expand(-1, 3, 1, size, size)  # (27, 3, 1, S, S)
         self.calibration_calls += 1
-        with self._placed(), torch.no_grad():
+        with placed_on(self.vae, self.device, self.offload), torch.no_grad():
             dev = self.device
             z = self.vae.encode((patches.to(dev) * 2 - 1).to(self.dtype)).latent_dist.mode().float()
             z = (z - self._mean.to(dev)) / self._std.to(dev)  # (27, C, 1, 4, 4)

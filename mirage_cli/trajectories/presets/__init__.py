@@ -16,16 +16,17 @@ The files in ``presets/`` are generated from this module; regenerate them with::
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..geometry.cameras import Cameras, look_at
-from ..errors import MirageError
-from .trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory, save_trajectory
+from ...errors import MirageError
+from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal, look_at
+from ...geometry.rotations import rotation_x, rotation_y
+from ..formats import save_trajectory
+from ..trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory
 
 COMMON_DEFAULTS: dict[str, float] = {"frames": 49, "fps": 16.0, "fov": 55.0}
 """Defaults every preset shares: 49 frames (Wan's 4k+1), 16 fps, 55 degrees vertical fov."""
@@ -70,18 +71,6 @@ def _eye(n: int) -> torch.Tensor:
     return torch.eye(4, dtype=torch.float64).repeat(n, 1, 1)
 
 
-def _rot_y(theta: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, 3)`` rotation about the camera's y axis; ``theta > 0`` turns the view to the right (+x)."""
-    c, s, z, o = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta), torch.ones_like(theta)
-    return torch.stack([c, z, s, z, o, z, -s, z, c], -1).reshape(-1, 3, 3)
-
-
-def _rot_x(phi: torch.Tensor) -> torch.Tensor:
-    """``(N, 3, 3)`` rotation about the camera's x axis; ``phi > 0`` turns the view up (-y)."""
-    c, s, z, o = torch.cos(phi), torch.sin(phi), torch.zeros_like(phi), torch.ones_like(phi)
-    return torch.stack([o, z, z, z, c, -s, z, s, c], -1).reshape(-1, 3, 3)
-
-
 def _rotations(R: torch.Tensor) -> torch.Tensor:
     c2w = _eye(R.shape[0])
     c2w[:, :3, :3] = R
@@ -96,7 +85,7 @@ def _translations(direction: tuple[float, float, float], amount: torch.Tensor) -
 
 def _orbit(theta: torch.Tensor, depth: float) -> torch.Tensor:
     """Rotation by ``theta`` about the vertical axis through ``P = (0, 0, depth)``: ``T(P) R_y T(-P)``."""
-    c2w = _rotations(_rot_y(theta))
+    c2w = _rotations(rotation_y(theta))
     P = torch.tensor([0.0, 0.0, depth], dtype=torch.float64)
     c2w[:, :3, 3] = P - c2w[:, :3, :3] @ P
     return c2w
@@ -119,13 +108,13 @@ def _orbit_builder(sign: float) -> Builder:
 
 def _pan_builder(sign: float) -> Builder:
     def build(t: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return _rotations(_rot_y(sign * math.radians(p["angle"]) * t)), _ones(t)
+        return _rotations(rotation_y(sign * math.radians(p["angle"]) * t)), _ones(t)
     return build
 
 
 def _tilt_builder(sign: float) -> Builder:
     def build(t: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return _rotations(_rot_x(sign * math.radians(p["angle"]) * t)), _ones(t)
+        return _rotations(rotation_x(sign * math.radians(p["angle"]) * t)), _ones(t)
     return build
 
 
@@ -248,7 +237,7 @@ def make_preset(name: str, frames: int | None = None, fps: float | None = None, 
     n = params["frames"]
     t = torch.linspace(0.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
     c2w, focal = PRESETS[name].build(t, params)
-    fov_y = torch.rad2deg(2 * torch.atan(math.tan(math.radians(params["fov"]) / 2) / focal))
+    fov_y = fov_from_focal(focal_from_fov(params["fov"]) * focal)  # the focal multiplier zooms frame 0's fov
     cams = Cameras.from_fov(c2w, fov_y, width, height)
     meta = {"preset": {"name": name, "params": params}}
     return Trajectory(cams, params["fps"], "preset", "relative", name, True, meta)
@@ -265,18 +254,5 @@ def write_presets(directory: str | Path) -> list[Path]:
 
 
 def default_presets_dir() -> Path:
-    """The repository's ``presets/`` folder (next to the package)."""
-    return Path(__file__).resolve().parent.parent / "presets"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mirage_cli.trajectories.presets [DIR]``: regenerate the shipped preset files."""
-    args = sys.argv[1:] if argv is None else argv
-    directory = Path(args[0]) if args else default_presets_dir()
-    for path in write_presets(directory):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """The repository's ``presets/`` folder (next to the ``mirage_cli`` package)."""
+    return Path(__file__).resolve().parents[3] / "presets"

@@ -1,0 +1,114 @@
+"""The codec and the denoiser of ``mirage bench``: real weights when cached (never downloads), else
+random weights of the real architecture (timing of a network does not depend on its weight values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import MirageError
+from .config import CODECS, DENOISERS
+
+#: Wan2.1-VACE-1.3B transformer (Hub config of Wan-AI/Wan2.1-VACE-1.3B-diffusers).
+WAN21_VACE_13B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                             out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+                             cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+                             vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
+
+
+def make_codec(name: str, device: torch.device):
+    """``(codec, weights)`` for ``--codec``; Wan VAEs use cached real weights, else random weights."""
+    if name == "pixel":
+        from ..models.codecs import PixelCodec
+
+        return PixelCodec(1), "none"
+    from ..models.wan_vae import WanVAECodec
+
+    if name == "tiny":
+        return WanVAECodec.random("wan2.1", device=device, tiny=True, tiling=False), "random"
+    if name in ("wan2.1-vae", "wan2.2-vae"):
+        try:  # real weights when cached (never downloads)
+            codec = WanVAECodec.from_pretrained(name, device=device, tiling=False)
+            return codec, codec.weights
+        except MirageError:
+            return WanVAECodec.random(name.split("-")[0], device=device, tiling=False), "random"
+    raise MirageError(f"--codec: unknown codec '{name}' (choose {', '.join(CODECS)})")
+
+
+class _ZeroTextEncoder(torch.nn.Module):
+    """Stands in for UMT5 with random weights: zero prompt embeddings of the transformer's width.
+
+    The text encoder runs once per prompt (cached), not per chunk, so it is no part of the per-chunk
+    cost the bench measures.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(last_hidden_state=torch.zeros(*input_ids.shape, self.dim, device=input_ids.device))
+
+
+def make_denoiser(name: str, codec, device: torch.device):
+    """``(backend | None, weights)`` for ``--denoiser`` (a :class:`WanVACEBackend` around ``codec``)."""
+    if name == "none":
+        return None, "none"
+    if name not in DENOISERS:
+        raise MirageError(f"--denoiser: unknown denoiser '{name}' (choose {', '.join(DENOISERS)})")
+    from ..backends.wan_vace import WanVACEBackend
+    from ..models.registry import resolve_dtype
+
+    C, f = codec.channels, codec.spatial_factor
+    if not hasattr(codec, "grey_latent"):
+        raise MirageError(f"--denoiser {name} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec.name}")
+    if name == "tiny":
+        from ..models.tiny import tiny_vace_components
+
+        parts = tiny_vace_components(seed=0, in_channels=C, out_channels=C, vace_in_channels=2 * C + f * f)
+        backend = WanVACEBackend(parts["transformer"], parts["text_encoder"], parts["tokenizer"], codec, device=device,
+                                 dtype=torch.float32, model="tiny", weights="random")
+        return backend, "random"
+    if (C, f) != (16, 8):
+        raise MirageError(f"--denoiser {name} needs the Wan2.1 latent space (16 channels, 8x); --codec {codec.name} "
+                          f"gives {C} channels at {f}x (use --codec wan2.1-vae or tiny)")
+    try:  # real weights when cached (never downloads)
+        from ..backends.wan_vace import load_wan_vace
+
+        backend, _ = load_wan_vace("wan2.1-vace-1.3b", device=str(device), dtype="auto")
+        backend.codec = codec
+        return backend, backend.weights
+    except MirageError:
+        pass
+    return _random_wan21_vace(codec, device, resolve_dtype("auto", device)), "random"
+
+
+def _random_wan21_vace(codec, device: torch.device, dtype: torch.dtype):
+    """A :class:`WanVACEBackend` with the Wan2.1-VACE-1.3B transformer at random weights (seed 0)."""
+    from diffusers import WanVACETransformer3DModel
+
+    from ..backends.wan_vace import WanVACEBackend
+    from ..models.tiny import tiny_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = WanVACETransformer3DModel(**WAN21_VACE_13B_CONFIG)
+    if dtype != torch.float32:  # as from_pretrained does: the listed modules stay in fp32
+        keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+        for mod_name, module in transformer.named_modules():
+            if not any(k in mod_name.split(".") for k in keep):
+                for p in module.parameters(recurse=False):
+                    p.data = p.data.to(dtype)
+    return WanVACEBackend(transformer, _ZeroTextEncoder(WAN21_VACE_13B_CONFIG["text_dim"]), tiny_tokenizer(), codec,
+                          device=device, dtype=dtype, model="wan2.1-vace-1.3b (random weights)", weights="random")
+
+
+def codec_label(name: str, codec) -> str:
+    """How the report and the table name the ``--codec``."""
+    if name == "tiny":
+        return "tiny (Wan2.1-VAE layout, 16 ch, 8x, tiny random weights)"
+    if name == "pixel":
+        return "pixel (3 ch, 1x)"
+    return f"{name} ({codec.channels} ch, {codec.spatial_factor}x)"

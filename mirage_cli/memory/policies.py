@@ -1,0 +1,125 @@
+"""Write policies, shared by every memory: which cells of a written frame add points, which points change.
+
+A memory writes a chunk frame by frame, in order. For frame ``t`` with valid cells ``V`` (depth > 0):
+
+- ``"new"`` (default): the cells of ``V`` that are not covered add points. Covered = the known-mask
+  of the read made before generating (or a read now), plus the cells the points that earlier frames
+  of the same call just added cover. Revisiting a place adds nothing, so the memory is bounded by
+  the scene, not by the video length.
+- ``"replace"``: the z-buffer winners under ``V`` are removed, then every cell of ``V`` adds a point.
+- ``"average"``: each winner under ``V`` gets the mean of its old value and the mean of the new values
+  it covers (an exponential moving average with weight 1/2, blended by the memory in its own storage
+  dtype); cells of ``V`` that no point covers add points as with ``"new"``.
+- ``"append"`` (point cloud only): every cell of ``V`` adds a point, as peers that append each generated
+  frame to their cache do.
+
+This module decides cells and winners; the memory (a :class:`PolicyTarget`) keeps the storage.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+from ..errors import MirageError
+from ..geometry.cameras import Cameras
+
+NEW, REPLACE, AVERAGE, APPEND = "new", "replace", "average", "append"
+LATENT_POLICIES = (NEW, REPLACE, AVERAGE)
+POINTCLOUD_POLICIES = LATENT_POLICIES + (APPEND,)
+
+
+def check_policy(policy: str, allowed: tuple[str, ...]) -> str:
+    """``policy`` if it is one of ``allowed``, else a one-line :class:`MirageError`."""
+    if policy not in allowed:
+        raise MirageError(f"unknown write policy {policy!r} (choose from {', '.join(allowed)})")
+    return policy
+
+
+class PolicyTarget(Protocol):
+    """What a memory offers the write policies (``N`` points, frames of ``h x w`` cells)."""
+
+    def __len__(self) -> int: ...
+
+    def winners(self, cameras: Cameras, start: int = 0) -> torch.Tensor:
+        """``(T, h, w)`` int64 z-buffer winner among the points ``start:`` (index into all points, -1 = none)."""
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the points where ``keep (N,) bool`` is true, in order."""
+
+    def blend(self, index: torch.Tensor, mean: torch.Tensor) -> None:
+        """Average policy: set the points ``index (M,)`` to the mean of their value and ``mean (M, C)`` float64."""
+
+
+def winner_means(winners: torch.Tensor, values: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the new ``values (M, C)`` float64 per winning point (``winners (M,)`` in ``[0, n)``).
+
+    Returns the distinct winners ``(K,)`` (ascending) and their means ``(K, C)`` float64.
+    """
+    sums = torch.zeros(n, values.shape[1], dtype=torch.float64, device=values.device)
+    sums.index_add_(0, winners, values)
+    cnt = torch.bincount(winners, minlength=n)
+    upd = (cnt > 0).nonzero(as_tuple=True)[0]
+    return upd, sums[upd] / cnt[upd, None].to(torch.float64)
+
+
+def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
+                 known: torch.Tensor | None, add: Callable[[int, torch.Tensor], int],
+                 values: Callable[[int, torch.Tensor], torch.Tensor]) -> int:
+    """Write ``T`` frames into ``memory`` with ``policy`` (see the module docstring), in order.
+
+    Args:
+        cameras: the ``T`` cameras of the frames.
+        valid: ``(T, h, w)`` bool, cells with valid depth.
+        known: ``(T, h, w)`` bool known-mask of the read made before generating (policy ``"new"``;
+            ``None`` = read the memory now). The other policies read the memory for every frame.
+        add: ``add(t, cells)`` lifts the cells ``(h, w) bool`` of frame ``t`` as new points (appended)
+            and returns how many it added.
+        values: ``values(t, covered)`` -> ``(M, C)`` float64 new values of frame ``t`` at the ``M``
+            cells of ``covered (h, w) bool`` (row-major), in the memory's storage units.
+    Returns:
+        the number of points added.
+    """
+    if policy == APPEND:
+        return sum(add(t, valid[t]) for t in range(len(cameras)))
+    if policy == NEW:
+        return _write_new(memory, cameras, valid, known, add)
+    return _write_update(memory, policy, cameras, valid, add, values)
+
+
+def _write_new(memory: PolicyTarget, cameras: Cameras, valid: torch.Tensor, known: torch.Tensor | None,
+               add: Callable[[int, torch.Tensor], int]) -> int:
+    T, h, w = valid.shape
+    if known is None:
+        known = memory.winners(cameras) >= 0
+    known = torch.as_tensor(known, device=valid.device).bool()
+    if tuple(known.shape) != (T, h, w):
+        raise MirageError(f"write: known-mask has shape {tuple(known.shape)}, expected ({T}, {h}, {w})")
+    start, added = len(memory), 0
+    for t in range(T):
+        covered = known[t]
+        if len(memory) > start:  # cells covered by the points earlier frames of this call just added
+            covered = covered | (memory.winners(cameras[t], start)[0] >= 0)
+        added += add(t, valid[t] & ~covered)
+    return added
+
+
+def _write_update(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
+                  add: Callable[[int, torch.Tensor], int], values: Callable[[int, torch.Tensor], torch.Tensor]) -> int:
+    added = 0
+    for t in range(len(cameras)):
+        idx = memory.winners(cameras[t])[0]
+        covered = (idx >= 0) & valid[t]
+        winners = idx[covered]
+        if policy == REPLACE:
+            keep = torch.ones(len(memory), dtype=torch.bool, device=valid.device)
+            keep[winners] = False
+            memory.drop(keep)
+            cells = valid[t]
+        else:  # AVERAGE
+            if winners.numel():
+                memory.blend(*winner_means(winners, values(t, covered), len(memory)))
+            cells = valid[t] & ~covered
+        added += add(t, cells)
+    return added

@@ -1,0 +1,161 @@
+"""The options of ``mirage generate`` (frozen, as the user gave them) and the run plan derived from them.
+
+``GenerateConfig`` is what the CLI fills and what ``run.json`` stores under ``config`` (with the
+derived choices -- preview downscale, chunk length, absolute output directory -- filled in, so a
+``--resume`` repeats them). ``RunPlan`` holds everything else decided before the loop starts:
+output directory, frame size, latent grid, cameras in scene units, chunk plan. Neither changes
+while the loop runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..errors import MirageError
+from ..geometry.cameras import Cameras
+from .plan import Chunk
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+BACKENDS = ("preview", "wan-vace")
+CACHE_DUMPS = ("none", "final", "chunks")
+PREVIEW_MAX_CELLS = 131_072  # ~ a 256x512 grid: keeps a preview of a 480p image in seconds
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Every option of ``mirage generate`` (the CLI fills it; run.json stores it for --resume)."""
+
+    image: str | None = None
+    traj: str | None = None
+    out: str | None = None
+    backend: str = "preview"
+    model: str | None = None
+    depth: str | None = None  # FILE | "prior" | "model" | None (sidecar, then model if cached, then prior)
+    depth_scale: float | None = None
+    depth_model: str = "depth-anything-v2-small"
+    frames: int | None = None
+    fps: float | None = None
+    height: int | None = None
+    width: int | None = None
+    fov: float | None = None
+    seed: int = 0
+    steps: int = 30
+    guidance: float = 5.0
+    shift: float = 3.0
+    prompt: str = ""
+    negative_prompt: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    chunk_frames: int | None = None  # None = 9 for a per-frame codec (preview), 49 for Wan
+    downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
+    cache_dump: str = "chunks"
+    write_policy: str = "new"
+    memory: str | None = None
+    references: int = 2
+    cpu_offload: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run is, decided before its first chunk (the same for a new and a resumed run).
+
+    Attributes:
+        config: the options with the derived choices filled in (``out`` absolute, ``downscale``
+            for the preview, ``chunk_frames``); stored in run.json.
+        out: the run directory as given (output paths in run.json are spelled with it).
+        image_path, image_hash: the input image (absolute) and its sha256.
+        size: ``(width, height)`` of the frames in pixels. grid: ``(h, w)`` latent cells.
+        cams: ``(N)`` cameras of the whole trajectory in scene units (relative trajectories scaled).
+        fps: frames per second of the outputs. chunks: the chunk plan (``plan_chunks``).
+        reference_depth: median input depth (unit of relative trajectories).
+        depth_source: where the input depth came from (``sidecar:...``, ``model:...``, ``prior``...).
+        device: where the memory and the loop's tensors live.
+    """
+
+    config: GenerateConfig
+    out: Path
+    image_path: Path
+    image_hash: str
+    size: tuple[int, int]
+    grid: tuple[int, int]
+    cams: Cameras
+    fps: float
+    chunks: tuple[Chunk, ...]
+    reference_depth: float
+    depth_source: str
+    device: torch.device
+
+
+def check_config(cfg: GenerateConfig) -> None:
+    """Reject bad options with one line each, before anything is read or written."""
+    from ..memory.latent import WRITE_POLICIES
+
+    def bad(opt: str, why: str):
+        raise MirageError(f"{opt}: {why}")
+
+    if not cfg.image:
+        bad("generate", "an IMAGE is required")
+    if not cfg.traj:
+        bad("--traj", "is required (a trajectory file or a preset name, see `mirage traj list`)")
+    if cfg.backend not in BACKENDS:
+        bad("--backend", f"unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+    if cfg.cache_dump not in CACHE_DUMPS:
+        bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
+    if cfg.write_policy not in WRITE_POLICIES:
+        bad("--write-policy", f"must be one of {', '.join(WRITE_POLICIES)} (got '{cfg.write_policy}')")
+    if cfg.dtype not in DTYPES:
+        bad("--dtype", f"must be one of {', '.join(DTYPES)} (got '{cfg.dtype}')")
+    for opt, v, low in (("--downscale", cfg.downscale, 1), ("--chunk-frames", cfg.chunk_frames, 2), ("--frames", cfg.frames, 1)):
+        if v is not None and v < low:
+            bad(opt, f"must be >= {low} (got {v})")
+    if cfg.fps is not None and not (math.isfinite(cfg.fps) and 0 < cfg.fps <= 1000):
+        bad("--fps", f"must be a number in (0, 1000] (got {cfg.fps})")
+    for opt, v in (("--height", cfg.height), ("--width", cfg.width)):
+        if v is not None and not 16 <= v <= 8192:
+            bad(opt, f"must be between 16 and 8192 pixels (got {v})")
+    if cfg.fov is not None and not (math.isfinite(cfg.fov) and 1.0 <= cfg.fov <= 179.0):
+        bad("--fov", f"must be between 1 and 179 degrees (got {cfg.fov})")
+    if cfg.steps < 1:
+        bad("--steps", f"must be >= 1 (got {cfg.steps})")
+    if not (math.isfinite(cfg.guidance) and cfg.guidance >= 1.0):
+        bad("--guidance", f"must be >= 1 (1 disables guidance; got {cfg.guidance})")
+    if not (math.isfinite(cfg.shift) and cfg.shift > 0):
+        bad("--shift", f"must be > 0 (got {cfg.shift})")
+    if cfg.references < 0:
+        bad("--references", f"must be >= 0 (got {cfg.references})")
+    if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
+        bad("--depth-scale", f"must be > 0 (got {cfg.depth_scale})")
+
+
+def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
+    """File arguments as absolute paths, so that ``--resume`` works from any directory."""
+    depth = cfg.depth if cfg.depth in (None, "prior", "model") else str(Path(cfg.depth).resolve())
+    return replace(
+        cfg, image=str(Path(cfg.image).resolve()), depth=depth,
+        memory=str(Path(cfg.memory).resolve()) if cfg.memory else cfg.memory,
+        traj=str(Path(cfg.traj).resolve()) if Path(cfg.traj).exists() else cfg.traj,
+    )
+
+
+def preview_downscale(width: int, height: int) -> int:
+    """Auto ``--downscale`` for the preview: the smallest of 1, 2, 4, 8 whose grid has at most
+    ``PREVIEW_MAX_CELLS`` cells (a 480x832 image -> 2; a 208x120 image -> 1, exact pixels)."""
+    for s in (1, 2, 4, 8):
+        if (width // s) * (height // s) <= PREVIEW_MAX_CELLS:
+            return s
+    return 8
+
+
+def default_chunk_frames(temporal_factor: int) -> int:
+    """``--chunk-frames`` when not given: 9 for a per-frame codec (preview), 49 for Wan (4x in time)."""
+    return 9 if temporal_factor == 1 else 49
+
+
+def traj_stem(traj: str) -> str:
+    """``presets/orbit_left.json`` -> ``orbit_left``; ``preset:orbit_left`` -> ``orbit_left``."""
+    return Path(traj.split(":", 1)[-1]).stem

@@ -1,0 +1,132 @@
+"""The ``prepare_*`` steps of ``mirage generate``: image, depth, trajectory, codec and backend.
+
+Each validates its input and raises a one-line MirageError; none writes anything, so every bad
+input is reported before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import Backend
+from ..errors import MirageError
+from ..geometry.cameras import Cameras
+from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
+from ..io import load_image
+from ..models.codecs import Codec, PixelCodec
+from .config import GenerateConfig
+
+
+def prepare_image(path: Path, height: int | None, width: int | None, multiple: int) -> torch.Tensor:
+    """Load the input image and bring it to ``height x width`` (default: its own size; one of the
+    two given: the other follows the aspect ratio), rounded down to a multiple of ``multiple`` (the
+    codec's grid: 16 for Wan, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
+    image = load_image(path)
+    H0, W0 = image.shape[-2:]
+    if height and not width:
+        width = max(1, round(W0 * height / H0))
+    if width and not height:
+        height = max(1, round(H0 * width / W0))
+    H = (height or H0) // multiple * multiple
+    W = (width or W0) // multiple * multiple
+    if H < multiple or W < multiple:
+        raise MirageError(f"{path}: a {width or W0}x{height or H0} frame is smaller than one {multiple}x{multiple} "
+                          "grid cell; use a larger --height/--width or a smaller --downscale")
+    if (H, W) != (H0, W0):
+        image = F.interpolate(image[None], size=(H, W), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+    return image
+
+
+def grid_multiple(backend: str, codec: Codec) -> int:
+    """What the frame size must be a multiple of: 16 for Wan (its transformer's patches), the
+    codec's cell for the preview."""
+    return 16 if backend != "preview" else codec.spatial_factor
+
+
+def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float,
+                  device: torch.device, warn: Callable[[str], None], show_progress: bool = True):
+    """Depth of the input image at its (resized) size.
+
+    Args:
+        image: ``(3, H, W)`` the resized input. orig_size: ``(H0, W0)`` of the file (depth files
+            must match it). fov_y: vertical fov of frame 0 in degrees (for the prior).
+
+    Returns:
+        ``(depth (H, W) float32, description, depth model or None)``; the model, when one was
+        used, also gives depth to the new content of written chunks.
+    """
+    H, W = image.shape[-2:]
+    model = None
+    kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale)
+    if kind.startswith("file:") or kind.startswith("sidecar:"):
+        check_depth_size(depth, orig_size[0], orig_size[1], kind.split(":", 1)[1])
+    elif kind in ("model", "auto"):
+        from ..models.depth_model import load_depth_model
+
+        model = load_depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
+        if model is not None:
+            depth, dkind = model.predict(image)
+            kind = f"model:{cfg.depth_model}:{dkind}"
+        else:
+            kind = "prior"
+            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + far wall)")
+    if kind == "prior":
+        depth = prior_depth(H, W, fov_y)
+    if tuple(depth.shape) != (H, W):
+        depth = F.interpolate(depth[None, None], size=(H, W), mode="nearest-exact")[0, 0]
+    return depth.float(), kind, model
+
+
+def resume_depth_model(cfg: GenerateConfig, depth_source: str, device: torch.device, show_progress: bool = True):
+    """On ``--resume`` the input depth is no longer needed (the dumps hold its lift), but a run whose
+    depth came from a model keeps using that model for the new content of each chunk."""
+    if not depth_source.startswith("model:"):
+        return None
+    from ..models.depth_model import load_depth_model
+
+    return load_depth_model(cfg.depth_model, device=str(device), required=True, progress=show_progress)
+
+
+def prepare_trajectory(cfg: GenerateConfig):
+    """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem."""
+    from ..trajectories import load_trajectory, resample
+
+    traj = load_trajectory(cfg.traj)
+    return resample(traj, cfg.frames) if cfg.frames is not None else traj
+
+
+def trajectory_cameras(traj, fov: float | None, width: int, height: int) -> Cameras:
+    """``(N)`` cameras at the image size, poses relative to frame 0, ``--fov`` applied; translations
+    still in the trajectory's units (``traj.scale == "relative"``: reference depths)."""
+    cams = traj.cameras_for(width, height)
+    return Cameras.from_fov(cams.c2w, fov, width, height) if fov is not None else cams
+
+
+def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tuple[Codec, Backend]:
+    """Build the codec and the backend named by ``--backend`` (``cfg.downscale`` already chosen)."""
+    if cfg.backend == "preview":
+        from ..backends.preview import PreviewBackend
+
+        return PixelCodec(cfg.downscale or 1), PreviewBackend()
+    if cfg.backend == "wan-vace":
+        from ..backends.wan_vace import load_wan_vace
+
+        backend, codec = load_wan_vace(
+            cfg.model or "wan2.1-vace-1.3b", device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload, shift=cfg.shift,
+            progress=show_progress,
+        )
+        return codec, backend
+    raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+
+
+def check_memory_fits(memory, codec: Codec, cfg: GenerateConfig) -> None:
+    """A ``--memory`` file must hold latents of the codec this run uses."""
+    if memory.channels != codec.channels or memory.spatial_factor != codec.spatial_factor or memory.codec != codec.name:
+        raise MirageError(
+            f"{cfg.memory}: memory holds {memory.codec} latents ({memory.channels} channels at 1/{memory.spatial_factor} "
+            f"scale), but the {cfg.backend} backend uses {codec.name} ({codec.channels} at 1/{codec.spatial_factor})"
+        )

@@ -1,0 +1,291 @@
+"""The chunk loop: read -> denoise -> decode -> write -> dump, for a new and a resumed run alike.
+
+A :class:`Run` is built by ``generate.start`` or ``generate.resume``; :func:`run_loop` runs its
+remaining chunks and finishes it. Latent frame ``j`` of a chunk stands for the chunk's video frame
+``temporal_factor * j`` and is read and written with that frame's camera (``plan.py``).
+
+Memory labels: points lifted from the input image carry chunk label 0, points written by chunk
+``k`` carry ``k + 1``.
+
+Resume state: after each chunk its latents and the memory dump (whose metadata carries the run's
+chunk records) are written atomically, the dump last. Chunk latents are rounded to float16 as
+soon as they are made and only the rounded values are used afterwards, so a resumed run is
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..backends import Backend, ChunkRequest
+from ..geometry.cameras import Cameras, backproject, project
+from ..geometry.depth import fill_depth, fit_scale_shift
+from ..io import to_uint8, write_video
+from ..memory.latent import LatentMemory, reduce_depth
+from ..models.codecs import Codec
+from .config import RunPlan
+from .plan import Chunk, latent_frame_indices, written_latent_frames
+from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
+from .rundir import (LATENT_STORE_DTYPE, chunk_dump, chunk_latents, chunk_video, dump_extras, final_dump, kept_dumps,
+                     last_dump, load_latents, run_json, save_latents, video_file, write_run)
+
+
+@dataclass
+class RunState:
+    """What the loop carries from chunk to chunk (and what --resume rebuilds)."""
+
+    memory: LatentMemory
+    history_latents: list[torch.Tensor]  # (C, h, w) per generated latent frame, the input image's first
+    history_frames: list[int]  # trajectory frame of each
+    video: list = field(default_factory=list)  # uint8 (H, W, 3) frames so far
+    records: list[ChunkRecord] = field(default_factory=list)
+    depth_model: object | None = None  # DepthModel: depth of new content when one is available
+
+
+@dataclass
+class Run:
+    """One run, ready for its next chunk: the fixed plan, the models, the state and the record."""
+
+    plan: RunPlan
+    codec: Codec
+    backend: Backend
+    first_latent: torch.Tensor  # (C, h, w) latent of the input image, pinned as frame 0 of chunk 0
+    state: RunState
+    record: RunRecord  # record.chunks is state.records
+    t_start: float  # perf_counter() when the run (or this resumption) began
+
+
+@dataclass
+class ChunkRead:
+    """The memory seen from one chunk's latent-frame cameras."""
+
+    cams: Cameras  # (T) latent-frame cameras
+    latents: torch.Tensor  # (T, C, h, w)
+    known: torch.Tensor  # (T, h, w) bool
+    depth: torch.Tensor  # (T, h, w) z-depth, 0 where unknown
+    references: list[int]  # history indices of the chosen reference latents
+
+
+def round_latents(x: torch.Tensor) -> torch.Tensor:
+    """Round to the stored dtype and back, so resumed and uninterrupted runs see the same values."""
+    return x.to(LATENT_STORE_DTYPE).float()
+
+
+# ------------------------------------------------------------------------------------ the loop
+def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> RunRecord:
+    """Run every chunk the run has not finished, then write the video and final dump.
+
+    run.json is rewritten after every chunk; on any exception (Ctrl-C included) it is marked
+    ``interrupted``/``failed`` with the error, the finished chunks stay, and the exception propagates.
+    """
+    plan, state, record = run.plan, run.state, run.record
+    write_run(plan.out, record)
+    task = progress.add_task("chunks", total=len(plan.chunks), completed=len(state.records)) if progress else None
+    try:
+        for chunk in plan.chunks[len(state.records):]:
+            state.records.append(run_chunk(chunk, run, progress))
+            write_run(plan.out, record)
+            if progress:
+                progress.advance(task)
+    except BaseException as e:
+        record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        record.error = f"{type(e).__name__}: {e}"
+        write_run(plan.out, record)
+        warn(f"run {record.status} after {len(state.records)} of {len(plan.chunks)} chunks; finished chunks are kept. "
+             f"Continue with: mirage generate --resume {plan.out}")
+        raise
+    return finish(run)
+
+
+def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
+    """Read -> denoise -> decode -> write -> dump for one chunk. Returns its record."""
+    state, codec, tf = run.state, run.codec, run.codec.temporal_factor
+    sec = {}
+    t = time.perf_counter()
+    read = read_memory(chunk, run)
+    sec["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    latents = denoise(chunk, run, read, progress)  # (T, C, h, w), already rounded to the stored dtype
+    sec["denoise"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    frames = codec.decode(latents)  # (L, 3, H, W), padding included
+    frames_u8 = to_uint8(frames[:chunk.real])
+    sec["decode"] = time.perf_counter() - t
+
+    # WRITE: lift what the read did not cover. Only latent frames that are real trajectory frames
+    # are written (padding repeats the last camera).
+    t = time.perf_counter()
+    n = written_latent_frames(chunk, tf)
+    wdepth = write_depth(read.depth, read.known, frames, tf, codec.spatial_factor, state.depth_model)
+    added = state.memory.write(latents[:n], wdepth[:n], read.cams[:n], read.known[:n], chunk=chunk.index + 1)
+    sec["write"] = time.perf_counter() - t
+
+    extend_history(state, chunk, latents, frames_u8, tf)
+    rec = ChunkRecord(
+        index=chunk.index, frames=[chunk.start, chunk.stop - 1], latent_frames=len(read.cams),
+        known_fraction=round(float(read.known[:n].float().mean()), 6),
+        references=[state.history_frames[i] for i in read.references], points_added=int(added),
+        memory_points=len(state.memory),  # len/nbytes: cheap, unlike stats() (bounds, per-chunk counts)
+        memory_bytes=state.memory.nbytes(), seconds={k: round(v, 4) for k, v in sec.items()},
+    )
+    dump_chunk(chunk, run, latents, frames_u8, rec)
+    return rec
+
+
+def read_memory(chunk: Chunk, run: Run) -> ChunkRead:
+    """READ: warp the memory into every latent frame's camera (no pixels, no encode), and choose
+    the reference latents by co-visibility."""
+    cams, state = run.plan.cams, run.state
+    idx = latent_frame_indices(chunk, run.codec.temporal_factor)
+    lcams = Cameras(cams.c2w[idx], cams.intrinsics[idx], cams.width, cams.height)
+    latents, known, depth = state.memory.read(lcams)  # (T,C,h,w), (T,h,w), (T,h,w)
+    exclude = {len(state.history_frames) - 1}  # the overlap frame is already passed as `preceding`
+    refs = select_references(depth, known, lcams, state.history_frames, cams, exclude,
+                             run.plan.config.references, run.plan.grid)
+    return ChunkRead(lcams, latents, known, depth, refs)
+
+
+def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Tensor:
+    """DENOISE: the backend makes the chunk's latents ``(T, C, h, w)`` from the read; rounded to the
+    stored dtype at once (see the module docstring)."""
+    cfg, history = run.plan.config, run.state.history_latents
+    req = ChunkRequest(
+        read_latents=read.latents, known=read.known, read_depth=read.depth, first_latent=run.first_latent,
+        preceding=torch.stack(history[-1:]) if chunk.index > 0 else None,
+        reference=torch.stack([history[i] for i in read.references]) if read.references else None,
+        chunk_index=chunk.index, num_frames=chunk.length, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+        seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance,
+    )
+    steps = cfg.steps if run.backend.name != "preview" else 1
+    step_task = progress.add_task(f"chunk {chunk.index} denoise", total=steps) if progress else None
+    cb = (lambda i, n: progress.update(step_task, completed=i, total=n)) if progress else None
+    latents = round_latents(run.backend.denoise(req, progress=cb).float())
+    if progress:
+        progress.remove_task(step_task)
+    return latents
+
+
+def dump_chunk(chunk: Chunk, run: Run, latents: torch.Tensor, frames_u8: np.ndarray, rec: ChunkRecord) -> None:
+    """DUMP: chunk video, latents, memory. The memory dump is the resume checkpoint, so it is
+    written last and carries the records including this one (its dump time still 0)."""
+    plan, state = run.plan, run.state
+    t = time.perf_counter()
+    write_video(chunk_video(plan.out, chunk.index), frames_u8, plan.fps)
+    save_latents(chunk_latents(plan.out, chunk.index), latents, chunk)
+    rec.seconds["dump"] = 0.0
+    extras = dump_extras(state.records + [rec], plan.image_hash, plan.reference_depth, plan.size)
+    state.memory.save(chunk_dump(plan.out, chunk.index, plan.config.cache_dump), extras=extras)
+    rec.seconds["dump"] = round(time.perf_counter() - t, 4)
+
+
+def finish(run: Run) -> RunRecord:
+    """Write the video and the final dump, record the run as done, drop the rolling checkpoint."""
+    plan, state, record = run.plan, run.state, run.record
+    t = time.perf_counter()
+    write_video(video_file(plan.out), np.stack(state.video), plan.fps, comment=video_comment(run.backend))
+    if plan.config.cache_dump in ("final", "chunks"):
+        state.memory.save(final_dump(plan.out), extras=dump_extras(state.records, plan.image_hash, plan.reference_depth, plan.size))
+    stats = state.memory.stats()
+    record.error = None
+    record.status = "done"
+    record.finished_at = now()
+    record.backend = run.backend.describe()  # after the run: steps/guidance actually used
+    earlier = record.totals.wall_seconds if record.totals else 0.0
+    record.totals = Totals(
+        frames=len(state.video),
+        seconds={k: round(sum(r.seconds[k] for r in state.records), 4) for k in STAGES},
+        wall_seconds=round(time.perf_counter() - run.t_start, 3) + earlier,
+        finalize_seconds=round(time.perf_counter() - t, 3),
+        memory_points=stats["points"], memory_bytes=stats["bytes"],
+    )
+    record.outputs = Outputs(video=str(video_file(plan.out)), chunks=[str(chunk_video(plan.out, c.index)) for c in plan.chunks],
+                             cache=kept_dumps(plan.out), run=str(run_json(plan.out)))
+    write_run(plan.out, record)
+    if last_dump(plan.out).exists():  # the rolling checkpoint goes only once the run is recorded done
+        last_dump(plan.out).unlink()
+    return record
+
+
+def video_comment(backend: Backend) -> str:
+    """The MP4 ``comment`` tag: which mirage and backend made it; a preview says so."""
+    d = backend.describe()
+    return f"mirage {__version__} backend={d.get('name')}" + (" PREVIEW (no neural network)" if d.get("name") == "preview" else "")
+
+
+# ------------------------------------------------------------------------------------ history
+def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_u8: np.ndarray, tf: int) -> None:
+    """Append a finished chunk's written latent frames and its video frames. Its frame 0 is already
+    there (the input image for chunk 0, the previous chunk's last frame otherwise), so it is skipped."""
+    lat_frames = latent_frame_indices(chunk, tf)
+    for j in range(1, written_latent_frames(chunk, tf)):
+        state.history_latents.append(latents[j])
+        state.history_frames.append(lat_frames[j])
+    state.video.extend(list(frames_u8[1:] if chunk.index > 0 else frames_u8))
+
+
+def replay_chunks(state: RunState, plan: RunPlan, codec: Codec) -> None:
+    """--resume: rebuild the history and video of the chunks ``state.records`` holds from their
+    stored (already rounded) latents, exactly as the uninterrupted run had them."""
+    for chunk in plan.chunks[: len(state.records)]:
+        latents = load_latents(chunk_latents(plan.out, chunk.index)).to(plan.device)
+        frames_u8 = to_uint8(codec.decode(latents)[:chunk.real])
+        extend_history(state, chunk, latents, frames_u8, codec.temporal_factor)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def select_references(read_depth: torch.Tensor, known: torch.Tensor, cams: Cameras, hist_frames: list[int], all_cams: Cameras,
+                      exclude: set[int], count: int, grid: tuple[int, int]) -> list[int]:
+    """Pick up to ``count`` earlier latent frames most co-visible with this chunk.
+
+    Co-visibility of an earlier camera = fraction of this chunk's known surface points (read
+    depth ``(T, h, w)`` back-projected, subsampled to <= 1024 points) that project inside that
+    camera's image and in front of it. All candidates are scored in one batched projection.
+    Returns history indices, most co-visible first (ties: most recent).
+    """
+    cand = [i for i in range(len(hist_frames)) if i not in exclude]
+    if count <= 0 or not cand or not bool(known.any()):
+        return []
+    h, w = grid
+    pts = []
+    for t in range(len(cams)):
+        if bool(known[t].any()):
+            p = backproject(read_depth[t].double().cpu(), cams.c2w[t], cams.K(w, h)[t])
+            pts.append(p[known[t].cpu()])
+    P = torch.cat(pts)
+    P = P[torch.linspace(0, len(P) - 1, min(len(P), 1024)).long()]
+    sel = torch.tensor([hist_frames[i] for i in cand])
+    uv, z = project(P, all_cams.w2c[sel], all_cams.K(w, h)[sel])
+    inside = (z > 1e-6) & (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h)
+    score = inside.double().mean(-1)
+    order = sorted(range(len(cand)), key=lambda i: (-float(score[i]), -cand[i]))
+    return [cand[i] for i in order[:count] if score[i] > 0]
+
+
+def write_depth(read_depth: torch.Tensor, known: torch.Tensor, frames: torch.Tensor, tf: int, factor: int,
+                depth_model=None) -> torch.Tensor:
+    """Depth for writing a chunk's latent frames ``(T, h, w)``: the read depth where the memory
+    covered the cell; elsewhere the depth model's prediction for the decoded frame, aligned to the
+    read depth by a robust scale + shift fit on the covered cells, or (no model, or too few covered
+    cells to fit) the read depth extended into the holes from the background side."""
+    filled = fill_depth(read_depth, known)
+    if depth_model is None:
+        return filled
+    out = filled.clone()
+    for j in range(read_depth.shape[0]):
+        ok = known[j] & (read_depth[j] > 0)
+        if int(ok.sum()) < 32 or bool(ok.all()):
+            continue
+        pred, _ = depth_model.predict(frames[tf * j].clamp(0, 1))
+        pred = reduce_depth(pred.to(read_depth.device), factor)
+        scale, shift = fit_scale_shift(pred, read_depth[j], ok & (pred > 0))
+        aligned = scale * pred + shift
+        out[j] = torch.where(known[j] | (aligned <= 0), filled[j], aligned)
+    return out

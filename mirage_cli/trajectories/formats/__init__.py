@@ -1,0 +1,138 @@
+"""The one registry of trajectory file formats: detection by content, reading and writing.
+
+=================  ==========================================================================
+``native``         mirage JSON: nerfstudio ``camera_path.json`` plus ``convention``, ``pose``,
+                   ``scale`` and per-camera normalized ``intrinsics``.
+``nerfstudio``     nerfstudio ``camera_path.json``: OpenGL c2w, vertical ``fov`` in degrees.
+``realestate10k``  RealEstate10K / CameraCtrl ``.txt``: 19 numbers per frame, w2c OpenCV.
+``nerf``           NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``transform_matrix``.
+``colmap``         COLMAP text model ``images.txt`` (+ sibling ``cameras.txt``): w2c, quaternions.
+``worldscore``     WorldScore ``camera_data.json``: ``cameras_interp`` c2w in Blender axes.
+=================  ==========================================================================
+
+Files are recognised by their *content*, never by their name: a file starting with ``{`` or ``[``
+is JSON and goes to the JSON formats' detectors, anything else to the text formats'. Each format
+lives in its own module (``detect``, ``read`` and a writer) and is listed here once, in
+:data:`REGISTRY`; ``load_trajectory``, ``save_trajectory``, ``mirage traj convert`` and
+``mirage traj show`` all go through it. Every problem is a one-line MirageError naming the file,
+the frame and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import MirageError
+from ...geometry.cameras import validate_cameras
+from ..trajectory import Trajectory
+from . import colmap, native, nerf, nerfstudio, realestate10k, worldscore
+from .common import Format, floats, read_text
+
+REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore)}
+"""Every format by name; each format's detector accepts only its own files, so order does not matter."""
+
+FORMATS: tuple[str, ...] = tuple(REGISTRY)
+"""Names of the formats read and written."""
+
+
+def get_format(name: str) -> Format:
+    """The registered format ``name``."""
+    if name not in REGISTRY:
+        raise MirageError(f"unknown output format {name!r} (choose from {', '.join(FORMATS)})")
+    return REGISTRY[name]
+
+
+# ===================================================================================== reading
+def _file(path: Path) -> Path:
+    """A file as is; for a folder, the COLMAP ``images.txt`` in it (the only folder format)."""
+    return colmap.model_file(path) if path.is_dir() else path
+
+
+def _parse(path: Path) -> tuple[str, Any]:
+    """``("json", document)`` or ``("text", text)`` of a trajectory file."""
+    text = read_text(path)
+    if text.lstrip()[:1] not in "{[":
+        return "text", text
+    try:
+        return "json", json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MirageError(f"{path}: unreadable: invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def _unknown(path: Path, kind: str, content: Any) -> MirageError:
+    """The error for content no registered format accepts, saying what each format needs."""
+    if kind == "json":
+        return MirageError(f"{path}: unknown trajectory format: JSON without 'camera_path' (native/nerfstudio), "
+                           "'frames' (NeRF transforms.json) or 'cameras_interp' (WorldScore)")
+    if colmap.is_cameras_file(content):
+        return MirageError(f"{path}: this is a COLMAP cameras.txt; pass the images.txt next to it")
+    lines = [ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    numeric = [ln.split() for ln in lines if floats(ln.split()) is not None]
+    what = f"text lines of {len(numeric[0])} numbers" if numeric else "text"
+    return MirageError(f"{path}: unknown trajectory format ({what}; RealEstate10K needs 19 numbers per line, "
+                       "COLMAP images.txt 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME')")
+
+
+def _detect(path: Path) -> tuple[Format, Any]:
+    """The format of a trajectory file and its parsed content."""
+    kind, content = _parse(path)
+    for fmt in REGISTRY.values():
+        if fmt.content == kind and fmt.detect(content):
+            return fmt, content
+    raise _unknown(path, kind, content)
+
+
+def detect_format(path: str | Path) -> str:
+    """Name of the format of a trajectory file (a key of :data:`REGISTRY`), judged by its content."""
+    return _detect(_file(Path(path)))[0].name
+
+
+def read_trajectory(path: str | Path) -> Trajectory:
+    """Read a trajectory file in any registered format (or a COLMAP model folder).
+
+    Returns:
+        The trajectory in project conventions (OpenCV c2w, normalized intrinsics), validated:
+        finite poses, proper rotations, positive focal lengths.
+    Raises:
+        MirageError: one line naming the file, the frame and the field of the first problem.
+    """
+    path = _file(Path(path))
+    fmt, content = _detect(path)
+    traj = fmt.read(content, path)
+    validate_cameras(traj.cameras, str(path))
+    return traj
+
+
+# ===================================================================================== writing
+def _options(fmt: Format, convention: str, pose: str) -> dict[str, str]:
+    """The writer options ``fmt`` takes; the others must keep their defaults."""
+    if not fmt.options and (convention, pose) != ("opencv", "c2w"):
+        raise MirageError(f"--convention/--pose only apply to the native format, not {fmt.name}")
+    return {"convention": convention, "pose": pose} if fmt.options else {}
+
+
+def save_trajectory(traj: Trajectory, path: str | Path, fmt: str = "native", *,
+                    convention: str = "opencv", pose: str = "c2w") -> list[Path]:
+    """Write ``traj`` in format ``fmt``, atomically (temporary file, then rename); returns the files written.
+
+    ``convention``/``pose`` apply to the native format only. Foreign formats hold less than the
+    native one: nerfstudio and WorldScore keep a vertical fov (square pixels, centred principal
+    point; WorldScore also a single focal length); only native keeps ``scale``; COLMAP keeps no fps
+    and writes two files (``images.txt`` and ``cameras.txt``; ``path`` is a folder or the images.txt).
+    """
+    f = get_format(fmt)
+    return f.save(traj, Path(path), **_options(f, convention, pose))
+
+
+def trajectory_text(traj: Trajectory, fmt: str = "native", *, convention: str = "opencv", pose: str = "c2w") -> str:
+    """File content of ``traj`` in a single-file format (every format but COLMAP)."""
+    f = get_format(fmt)
+    if f.text is None:
+        raise MirageError(f"format {fmt!r} cannot be written as one text (COLMAP writes two files)")
+    return f.text(traj, **_options(f, convention, pose))
+
+
+__all__ = ["FORMATS", "REGISTRY", "Format", "detect_format", "get_format", "read_trajectory", "save_trajectory",
+           "trajectory_text"]

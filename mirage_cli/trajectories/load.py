@@ -1,0 +1,45 @@
+"""Entry points that take a user's trajectory argument: a file in any format or a preset name."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from ..errors import MirageError
+from .formats import read_trajectory
+from .presets import PRESETS, make_preset
+from .trajectory import Trajectory, adjust
+
+
+def load_trajectory(path_or_preset: str | Path, **preset_overrides: Any) -> Trajectory:
+    """Read a trajectory file (format detected by content) or make a preset by name.
+
+    Args:
+        path_or_preset: an existing file (or a COLMAP model directory holding ``images.txt``), or
+            a preset name such as ``"orbit_left"`` (optionally written ``"preset:orbit_left"``).
+        **preset_overrides: preset parameters (``frames``, ``fps``, ``fov``, ``angle``, ...);
+            only allowed with a preset name.
+    Returns:
+        The trajectory, validated (finite poses, proper rotations, positive focal lengths).
+    Raises:
+        MirageError: one line naming the file, the frame and the field of the first problem.
+    """
+    text = str(path_or_preset)
+    name = text[len("preset:"):] if text.startswith("preset:") else text
+    path = Path(text)
+    if text.startswith("preset:") or (not path.exists() and name in PRESETS):
+        return make_preset(name, **preset_overrides)
+    if not path.exists():
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f" (did you mean preset '{close[0]}'?)" if close else " (`mirage traj list` shows the presets)"
+        raise MirageError(f"{text}: no such file, and not a preset name{hint}")
+    if preset_overrides:
+        raise MirageError(f"{text}: preset parameters ({', '.join(preset_overrides)}) only apply to preset names")
+    return read_trajectory(path)
+
+
+def convert(source: str | Path, frames: int | None = None, fps: float | None = None,
+            scale: str | None = None, relative: bool = False) -> Trajectory:
+    """Load ``source`` (file or preset name) and apply the ``mirage traj convert`` options (see :func:`adjust`)."""
+    return adjust(load_trajectory(source), frames=frames, fps=fps, scale=scale, relative=relative)
