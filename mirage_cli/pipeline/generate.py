@@ -35,11 +35,11 @@ from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames
                      with_absolute_paths)
 from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
-from .loop import Run, RunState, replay_chunks, round_latents, run_loop
+from .loop import Run, RunState, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
-from .rundir import newest_dump, prepare_out_dir, read_run, trajectory_file
+from .rundir import RunDir, newest_dump, read_run, trajectory_file
 
 Warn = Callable[[str], None]
 
@@ -57,7 +57,8 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
             trajectory comes from its ``trajectory.json`` and the scale from its recorded depth).
         quiet: silence the model libraries' own loading bars too.
     """
-    run = resume(Path(resume_dir), quiet=quiet) if resume_dir is not None else start(cfg, warn=warn, quiet=quiet)
+    run = (resume(Path(resume_dir), warn=warn, quiet=quiet) if resume_dir is not None
+           else start(cfg, warn=warn, quiet=quiet))
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
@@ -87,23 +88,38 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
-    out = prepare_out_dir(Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}",
-                          cfg.overwrite)
-    save_trajectory(traj, trajectory_file(out))
-    cfg = replace(cfg, out=str(out.resolve()))
-    plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
-    first_latent = _first_latent(codec, image, device)
-    memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
-    state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model)
-    record = _new_record(plan, traj, codec, backend)
-    record.chunks = state.records
-    return Run(plan, codec, backend, first_latent, state, record, t_start)
+    out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
+    rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
+    try:
+        save_trajectory(traj, trajectory_file(out))
+        cfg = replace(cfg, out=str(out.resolve()))
+        plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
+        first_latent = _first_latent(codec, image, device)
+        memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
+        state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
+                         video=open_video(plan, backend))
+        record = _new_record(plan, traj, codec, backend)
+        record.chunks = state.records
+    except BaseException:
+        rundir.abort()
+        raise
+    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
 
 
-def resume(run_dir: Path, quiet: bool = False) -> Run:
-    """An interrupted run, continued after its newest memory dump with the options it started with."""
+def resume(run_dir: Path, warn: Warn = print, quiet: bool = False) -> Run:
+    """An interrupted run, continued after its newest memory dump with the options it started with
+    (the run directory stays locked until the run ends)."""
     t_start = time.perf_counter()
     out = Path(run_dir)
+    rundir = RunDir.open_resume(out, warn)
+    try:
+        return _resume(out, rundir, t_start, quiet)
+    except BaseException:
+        rundir.close()
+        raise
+
+
+def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool) -> Run:
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
@@ -122,12 +138,16 @@ def resume(run_dir: Path, quiet: bool = False) -> Run:
     first_latent = _first_latent(codec, image, device)
     dump, records = newest_dump(out)
     state = RunState(memory=LatentMemory.load(dump, device=device), history_latents=[first_latent], history_frames=[0],
-                     records=records, depth_model=depth_model)
-    replay_chunks(state, plan, codec)
+                     records=records, depth_model=depth_model, video=open_video(plan, backend))
+    try:
+        replay_chunks(state, plan, codec)
+    except BaseException:
+        state.video.abort()
+        raise
     record.resumed_at = (record.resumed_at or []) + [now()]
     record.status = "running"
     record.chunks = state.records
-    return Run(plan, codec, backend, first_latent, state, record, t_start)
+    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
 
 
 # ------------------------------------------------------------------------------------ shared steps
