@@ -97,7 +97,7 @@ class RunDir:
             if status == "foreign" or (status is not None and not overwrite):
                 raise MirageError(_earlier_run_message(out, status))
             if status is not None:
-                rd._remove_stale_temporaries(out)
+                rd._clear_temporaries()
                 rd._move(out, rd.trash, "move the earlier run aside")
                 rd.replacing = True
             rd._make_dirs()
@@ -113,8 +113,7 @@ class RunDir:
         rd.lock.acquire(warn)
         try:
             rd._recover()
-            for d in (out, *(out / s for s in RUN_SUBDIRS)):
-                rd._remove_stale_temporaries(d)
+            rd._clear_temporaries()
         except BaseException:
             rd.close()
             raise
@@ -173,15 +172,15 @@ class RunDir:
         except OSError as e:
             raise MirageError(f"{src}: cannot {what} ({e.strerror or e}); nothing was deleted") from e
 
-    def _remove_stale_temporaries(self, directory: Path) -> None:
-        """Delete what killed atomic writes left in ``directory`` and say how much."""
-        temps = stale_temporaries(directory)
+    def _clear_temporaries(self) -> None:
+        """Delete what killed atomic writes left in the run (we hold the lock: none is live) and say how much."""
+        temps = [p for d in (self.out, *(self.out / s for s in RUN_SUBDIRS)) for p in stale_temporaries(d)]
         if not temps:
             return
         size = sum(p.stat().st_size for p in temps)
         for p in temps:
             p.unlink(missing_ok=True)
-        self.warn(f"{directory}: removed {len(temps)} stale temporary file(s) of a killed run ({size:,} bytes)")
+        self.warn(f"{self.out}: removed {len(temps)} stale temporary file(s) of a killed run ({size:,} bytes)")
 
     def close(self) -> None:
         self.lock.release()
