@@ -339,3 +339,68 @@ def test_allocation_failure_is_one_line(small_scene, tmp_path, monkeypatch, caps
     assert main(run_args(small_scene["image"], tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "out of memory" in err[-1] and "--width/--height" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+# ----------------------------------------------------------------------------------- 5. resource bounds
+def test_max_pixels_resizes_large_inputs_and_refuses_large_explicit_sizes(small_scene, tmp_path, capsys):
+    from mirage_cli.pipeline.resources import fit_max_pixels
+
+    W, H = fit_max_pixels(8000, 6000, None, None, 1_048_576)
+    assert W * H <= 1_048_576 and abs(W / H - 8000 / 6000) < 0.01 and W * H > 0.99 * 1_048_576
+    assert fit_max_pixels(832, 480, None, None, 1_048_576) is None
+    warnings = []
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj="static", frames=2, out=str(tmp_path / "a"),
+                                  max_pixels=208 * 120 // 4), warn=warnings.append)
+    assert (rec["image"]["width"], rec["image"]["height"]) == (104, 60)
+    assert any("above --max-pixels" in w and "resized to 104x60" in w for w in warnings), warnings
+    capsys.readouterr()
+    out = tmp_path / "b"
+    assert main(["generate", str(small_scene["image"]), "--traj", "static", "--height", "8192", "--width", "8192",
+                 "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "--max-pixels" in err and "8192x8192" in err and not out.exists()
+
+
+def test_runs_that_cannot_fit_in_ram_are_refused_before_writing(small_scene, tmp_path, monkeypatch, capsys):
+    import mirage_cli.pipeline.generate as g
+
+    monkeypatch.setattr(g, "available_ram", lambda: 1_000_000)  # 1 MB available
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(run_args(small_scene["image"], out)) == 2
+    err = one_line_error(capsys)
+    assert "GB of RAM" in err and "--max-pixels" in err and "--downscale" in err and not out.exists()
+
+
+def test_streamed_video_equals_the_one_written_at_once(tmp_path):
+    import numpy as np
+
+    from mirage_cli.io import VideoWriter, write_video
+
+    frames = np.random.default_rng(0).integers(0, 255, (7, 24, 32, 3), dtype=np.uint8)
+    write_video(tmp_path / "a.mp4", frames, 8, comment="x")
+    w = VideoWriter(tmp_path / "b.mp4", 8, comment="x")
+    for part in (frames[:3], frames[3:4], frames[4:]):
+        w.append(part)
+    assert not (tmp_path / "b.mp4").exists()  # only a temporary until committed
+    w.commit()
+    assert file_sha256(tmp_path / "a.mp4") == file_sha256(tmp_path / "b.mp4")
+    w = VideoWriter(tmp_path / "c.mp4", 8)
+    w.append(frames)
+    w.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]
+
+
+# ----------------------------------------------------------------------------------- 6. options that do nothing
+def test_options_the_backend_ignores_warn(small_scene, tmp_path):
+    warnings = []
+    generate(GenerateConfig(image=str(small_scene["image"]), traj="static", frames=2, out=str(tmp_path / "a"),
+                            steps=10, guidance=7.0, model="wan2.1-vace-14b", depth="prior", depth_scale=2.0),
+             warn=warnings.append)
+    text = "\n".join(warnings)
+    for opt in ("--steps", "--guidance", "--model", "--depth-scale"):
+        assert f"{opt} does nothing with --backend preview" in text, (opt, text)
+    warnings.clear()
+    generate(GenerateConfig(image=str(small_scene["image"]), traj="static", frames=2, out=str(tmp_path / "b")),
+             warn=warnings.append)
+    assert not [w for w in warnings if "does nothing" in w]

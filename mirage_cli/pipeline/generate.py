@@ -32,11 +32,12 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     with_absolute_paths)
+                     unused_options, with_absolute_paths)
 from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
 from .loop import Run, RunState, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
+from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
 from .rundir import RunDir, newest_dump, read_run, trajectory_file
@@ -66,10 +67,17 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     """A new run: validate every input, then create the run directory and the first memory."""
     t_start = time.perf_counter()
     check_config(cfg)
+    for opt in unused_options(cfg):
+        warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
     cfg = with_absolute_paths(cfg)
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
     image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
+    fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)
+    if fit is not None:
+        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {fit[0]}x{fit[1]}")
+        cfg = replace(cfg, width=fit[0], height=fit[1])
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
@@ -80,6 +88,9 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
     H, W = image.shape[-2:]
     traj = prepare_trajectory(cfg)
+    tf = codec.temporal_factor
+    check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
+                             cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
     fov0 = float(trajectory_cameras(traj, cfg.fov, W, H).fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
                                                      warn, show_progress=not quiet)
