@@ -51,7 +51,7 @@ class PeakEstimate:
     image: int  # the decoded input at its file size (float32, loaded twice: hash/size and resize)
     memory: int  # the latent memory's points (input lift + newly revealed content, bounded by the scene)
     read: int  # one chunk's read: latents, known, depth and the splat's working buffers
-    chunk: int  # one chunk's latents and decoded frames (float32 + uint8)
+    chunk: int  # one chunk's latents and decoded frames (float32 with its temporaries, uint8)
     history: int  # every written latent frame, kept for reference selection
 
     @property
@@ -72,7 +72,9 @@ def estimate_peak(image_size: tuple[int, int], size: tuple[int, int], grid: tupl
         image=2 * 3 * W0 * H0 * 4,
         memory=2 * cells * (POINT_BYTES_FIXED + channels * feature_bytes),  # ~ twice the input's view
         read=latent_frames * cells * (channels * 4 + 4 + 1 + 4) * 3,  # outputs + ~2x splat buffers
-        chunk=latent_frames * channels * cells * 4 + chunk_frames * H * W * (3 * 4 + 3),
+        # decoded float32 frames live with up to 3 float copies (the decoder's clamp, to_uint8's
+        # clamp / scale temporaries), plus the uint8 frames
+        chunk=latent_frames * channels * cells * 4 + chunk_frames * H * W * (4 * 3 * 4 + 3),
         history=(frames // temporal_factor + 1) * channels * cells * 4,
     )
 

@@ -4,7 +4,7 @@ Layout of ``OUT/``::
 
     run.json                         RunRecord (rewritten atomically after every chunk)
     trajectory.json                  the run's own copy of the trajectory (what --resume reads)
-    video.mp4                        all frames, written when the run is done
+    video.mp4                        all frames, streamed chunk by chunk into a temporary, renamed when the run is done
     chunks/chunk_NNN.mp4             each chunk's frames
     chunks/chunk_NNN.latents.safetensors   each chunk's latents (float16), for --resume
     cache/chunk_NNN.safetensors      memory after chunk NNN (--cache-dump chunks)
