@@ -11,14 +11,16 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .errors import MirageError
+from .errors import MirageError, write_failure_reason
+
+TMP_MARK = ".mirage-tmp-"  # every temporary of an atomic write: ".<target name>.mirage-tmp-XXXX<suffix>"
 
 
 @contextmanager
@@ -26,14 +28,15 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``, else delete it.
 
     ``suffix`` (default: ``path``'s) is kept on the temporary name for writers that pick a format
-    from the extension (ffmpeg). The temporary is fsynced before the rename and the directory
+    from the extension (ffmpeg). The temporary is named ``.<name>.mirage-tmp-XXXX<suffix>`` so that
+    one a killed process left behind is recognised (:func:`stale_temporaries`). It is fsynced before the rename and the directory
     after it, so even a power cut leaves either the old or the complete new file (resume relies
     on its checkpoints being whole).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
     except OSError as e:
         raise MirageError(f"{path.parent}: cannot write here ({e.strerror or e})") from e
     os.close(fd)
@@ -44,11 +47,22 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
         _fsync_file(tmp_path)  # the data must be on disk before the rename makes it the file
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)  # ... and the rename itself, so a power cut keeps the new version
-    except OSError as e:  # disk full, permissions changed under us, ...: one line, the old file intact
-        raise MirageError(f"{path}: cannot write ({e.strerror or e})") from e
+    except Exception as e:  # disk full, permissions changed under us, ...: one line, the old file intact
+        reason = None if isinstance(e, MirageError) else write_failure_reason(e)
+        if reason is None:
+            raise
+        raise MirageError(f"{path}: cannot write ({reason})") from e
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        try:
+            tmp_path.unlink(missing_ok=True)
+        except OSError:
+            pass  # left for stale_temporaries() to find; the original error matters more
+
+
+def stale_temporaries(directory: Path | str) -> list[Path]:
+    """Temporaries of atomic writes in ``directory`` (not recursive) that a killed process left."""
+    directory = Path(directory)
+    return sorted(p for p in directory.glob(f".*{TMP_MARK}*") if p.is_file()) if directory.is_dir() else []
 
 
 def _fsync_file(path: Path) -> None:
@@ -178,6 +192,77 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+class VideoWriter:
+    """An H.264 MP4 written frame by frame (no frame buffer in RAM), atomically: the frames stream
+    into a temporary beside ``path`` that becomes ``path`` on :meth:`commit`; :meth:`abort` (or a
+    failure) removes it. Write failures are one-line MirageErrors naming ``path``.
+
+    Args:
+        fps: frames per second. comment: stored in the container's ``comment`` tag.
+    """
+
+    def __init__(self, path: Path | str, fps: float, comment: str | None = None):
+        self.path, self.fps, self.comment = Path(path), float(fps), comment
+        self.frames = 0
+        self._writer = None
+        self._stack = ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+
+    def append(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Append ``(T, H, W, 3)`` uint8 or ``(T, 3, H, W)`` float [0, 1] frames (all of one size)."""
+        if isinstance(frames, torch.Tensor):
+            frames = to_uint8(frames)
+        try:
+            if self._writer is None and len(frames):
+                self._writer = self._open(frames.shape[1], frames.shape[2])
+            for f in frames:
+                self._writer.append_data(np.ascontiguousarray(f))
+                self.frames += 1
+        except Exception as e:
+            self._fail(e)
+
+    def commit(self) -> None:
+        """Finish the file and rename it into place."""
+        if self.frames == 0:
+            self.abort()
+            raise MirageError(f"{self.path}: no frames to write")
+        try:
+            self._writer.close()
+        except Exception as e:
+            self._fail(e)
+        self._stack.close()  # atomic_path: fsync + rename (its own errors are MirageErrors)
+
+    def abort(self) -> None:
+        """Drop the temporary (the destination, if any, is left as it was)."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:
+            pass  # already failing: the temporary goes regardless
+        self._writer = None
+        self._stack.__exit__(_Abandoned, _Abandoned(), None)
+
+    def _open(self, height: int, width: int):
+        import imageio.v2 as imageio
+
+        params = ["-metadata", f"comment={self.comment}"] if self.comment else None
+        return imageio.get_writer(
+            self._tmp, fps=self.fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error",
+            pixelformat="yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p", output_params=params,
+        )
+
+    def _fail(self, e: Exception):
+        self.abort()
+        reason = None if isinstance(e, MirageError) else write_failure_reason(e)
+        if reason is None:
+            raise e
+        raise MirageError(f"{self.path}: cannot write ({reason})") from e
+
+
+class _Abandoned(Exception):
+    """Thrown into atomic_path to make it drop its temporary."""
+
+
 def write_video(path: Path | str, frames: np.ndarray | torch.Tensor, fps: float, comment: str | None = None) -> None:
     """Write an H.264 MP4 with exactly ``len(frames)`` frames, atomically.
 
@@ -185,24 +270,11 @@ def write_video(path: Path | str, frames: np.ndarray | torch.Tensor, fps: float,
         frames: ``(T, H, W, 3)`` uint8 or ``(T, 3, H, W)`` float in [0, 1].
         fps: frames per second. comment: stored in the container's ``comment`` tag.
     """
-    import imageio.v2 as imageio
-
-    if isinstance(frames, torch.Tensor):
-        frames = to_uint8(frames)
     if len(frames) == 0:
         raise MirageError(f"{path}: no frames to write")
-    params = ["-metadata", f"comment={comment}"] if comment else None
-    with atomic_path(path) as tmp:
-        writer = imageio.get_writer(
-            tmp, fps=float(fps), codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error",
-            pixelformat="yuv420p" if frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 else "yuv444p",
-            output_params=params,
-        )
-        try:
-            for f in frames:
-                writer.append_data(np.ascontiguousarray(f))
-        finally:
-            writer.close()
+    writer = VideoWriter(path, fps, comment)
+    writer.append(frames)
+    writer.commit()
 
 
 def read_video(path: Path | str) -> np.ndarray:

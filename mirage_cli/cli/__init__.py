@@ -13,8 +13,13 @@ import typer
 from rich.markup import escape
 
 from .. import __version__
-from ..errors import MirageError
+from ..errors import MirageError, allocation_failure, write_failure_reason
 from .console import err_console
+
+try:  # typer >= 0.2x vendors click; older versions use click itself
+    from typer._click import exceptions as _click
+except ImportError:  # pragma: no cover
+    import click.exceptions as _click
 
 app = typer.Typer(
     name="mirage",
@@ -60,22 +65,49 @@ def main(argv: list[str] | None = None) -> int:
     if debug:  # hoist so that the root callback owns it wherever the user typed it
         args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="mirage", standalone_mode=True)
+        # standalone_mode=False: click's usage errors reach us and are printed as one line, not a box
+        code = app(args=args, prog_name="mirage", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if argv is None:
-            sys.exit(code)
-        return code
-    except MirageError as e:
+    except _click.NoArgsIsHelpError as e:  # `mirage generate` alone: its help, as before
+        typer.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        code = 2
+    except _click.UsageError as e:  # --frames abc, --bogus, a missing value: one line
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        if argv is None:
-            sys.exit(e.exit_code)
-        return e.exit_code
+        where = f"{e.ctx.command_path}: " if e.ctx else ""
+        err_console.print(f"[bold red]error:[/] {escape(where + e.format_message())}", highlight=False, soft_wrap=True)
+        code = e.exit_code
+    except _click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except typer.Abort:
+        err_console.print("[yellow]aborted[/]")
+        code = 1
+    except Exception as e:
+        user = _user_error(e)
+        if debug or user is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(str(user))}", highlight=False, soft_wrap=True)
+        code = user.exit_code
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
-        if argv is None:
-            sys.exit(130)
-        return 130
-    return 0
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _user_error(e: Exception) -> MirageError | None:
+    """``e`` as the one line a user gets: a MirageError as it is, an allocation failure or an
+    I/O failure that no writer turned into one; None for a bug (shown as a traceback)."""
+    if isinstance(e, MirageError):
+        return e
+    if allocation_failure(e):
+        return MirageError("out of memory; reduce --width/--height (or --max-pixels), raise --downscale or lower "
+                           f"--chunk-frames ({type(e).__name__})")
+    reason = write_failure_reason(e)
+    if reason is not None and isinstance(e, OSError):
+        return MirageError(f"{e.filename or 'I/O'}: {reason}")
+    return None

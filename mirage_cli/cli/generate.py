@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ..pipeline.resources import MAX_PIXELS
 from .console import console, err_console
 
 
@@ -30,6 +31,7 @@ def generate_cmd(
     fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate \\[default: the trajectory's]."),
     height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) \\[default: the image's]."),
     width: Optional[int] = typer.Option(None, "--width", help="Output width \\[default: the image's]."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Largest frame (width x height); a larger input is resized to fit (a note says so) \\[default: 1 MP = 1048576]."),
     fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="When the trajectory's image aspect differs from the image's: crop (resize to cover + centre-crop, square pixels) | stretch (per axis) | fov (keep the vertical fov)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
@@ -65,7 +67,7 @@ def generate_cmd(
         fov=fov, intrinsics=intrinsics, seed=seed, steps=steps, guidance=guidance, shift=shift, prompt=prompt, negative_prompt=negative_prompt,
         device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
         write_policy=write_policy, memory=str(memory) if memory else None, references=references,
-        cpu_offload=cpu_offload, overwrite=overwrite,
+        cpu_offload=cpu_offload, overwrite=overwrite, max_pixels=max_pixels,
     )
     warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     show = not (quiet or json_out)

@@ -18,6 +18,7 @@ import torch
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from .plan import Chunk
+from .resources import MAX_PIXELS
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace")
@@ -59,6 +60,7 @@ class GenerateConfig:
     references: int = 2
     cpu_offload: bool = False
     overwrite: bool = False
+    max_pixels: int = MAX_PIXELS  # larger inputs are resized to fit (resources.py)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,27 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--references", f"must be >= 0 (got {cfg.references})")
     if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
         bad("--depth-scale", f"must be > 0 (got {cfg.depth_scale})")
+    if cfg.max_pixels < 256:
+        bad("--max-pixels", f"must be >= 256 (got {cfg.max_pixels})")
+
+
+# Options that only one backend reads: given with the other, they do nothing (a warning says so).
+WAN_ONLY = {"model": "--model", "steps": "--steps", "guidance": "--guidance", "shift": "--shift", "prompt": "--prompt",
+            "negative_prompt": "--negative-prompt", "references": "--references", "cpu_offload": "--cpu-offload",
+            "dtype": "--dtype"}
+PREVIEW_ONLY = {"downscale": "--downscale"}
+
+
+def unused_options(cfg: GenerateConfig) -> list[str]:
+    """The options given (different from their default) that do nothing with this configuration."""
+    defaults = GenerateConfig()
+    ignored = WAN_ONLY if cfg.backend == "preview" else PREVIEW_ONLY
+    unused = [opt for name, opt in ignored.items() if getattr(cfg, name) != getattr(defaults, name)]
+    if cfg.depth_scale is not None and cfg.depth in ("prior", "model"):
+        unused.append("--depth-scale")  # scales depth *files* only
+    if cfg.depth_model != defaults.depth_model and cfg.depth not in (None, "model"):
+        unused.append("--depth-model")  # a depth file or the prior was chosen
+    return unused
 
 
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:

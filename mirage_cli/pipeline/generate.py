@@ -32,14 +32,15 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     with_absolute_paths)
+                     unused_options, with_absolute_paths)
 from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
-from .loop import Run, RunState, replay_chunks, round_latents, run_loop
+from .loop import Run, RunState, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
+from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
-from .rundir import newest_dump, prepare_out_dir, read_run, trajectory_file
+from .rundir import RunDir, newest_dump, read_run, trajectory_file
 
 Warn = Callable[[str], None]
 
@@ -57,7 +58,8 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
             trajectory comes from its ``trajectory.json`` and the scale from its recorded depth).
         quiet: silence the model libraries' own loading bars too.
     """
-    run = resume(Path(resume_dir), quiet=quiet) if resume_dir is not None else start(cfg, warn=warn, quiet=quiet)
+    run = (resume(Path(resume_dir), warn=warn, quiet=quiet) if resume_dir is not None
+           else start(cfg, warn=warn, quiet=quiet))
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
@@ -65,10 +67,17 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     """A new run: validate every input, then create the run directory and the first memory."""
     t_start = time.perf_counter()
     check_config(cfg)
+    for opt in unused_options(cfg):
+        warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
     cfg = with_absolute_paths(cfg)
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
     image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
+    fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)
+    if fit is not None:
+        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {fit[0]}x{fit[1]}")
+        cfg = replace(cfg, width=fit[0], height=fit[1])
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
@@ -79,6 +88,9 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
     H, W = image.shape[-2:]
     traj = prepare_trajectory(cfg, (W, H), warn)
+    tf = codec.temporal_factor
+    check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
+                             cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
     fov0 = float(trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics).fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
                                                      warn, show_progress=not quiet)
@@ -87,23 +99,38 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
-    out = prepare_out_dir(Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}",
-                          cfg.overwrite)
-    save_trajectory(traj, trajectory_file(out))
-    cfg = replace(cfg, out=str(out.resolve()))
-    plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
-    first_latent = _first_latent(codec, image, device)
-    memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
-    state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model)
-    record = _new_record(plan, traj, codec, backend)
-    record.chunks = state.records
-    return Run(plan, codec, backend, first_latent, state, record, t_start)
+    out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
+    rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
+    try:
+        save_trajectory(traj, trajectory_file(out))
+        cfg = replace(cfg, out=str(out.resolve()))
+        plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
+        first_latent = _first_latent(codec, image, device)
+        memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
+        state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
+                         video=open_video(plan, backend))
+        record = _new_record(plan, traj, codec, backend)
+        record.chunks = state.records
+    except BaseException:
+        rundir.abort()
+        raise
+    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
 
 
-def resume(run_dir: Path, quiet: bool = False) -> Run:
-    """An interrupted run, continued after its newest memory dump with the options it started with."""
+def resume(run_dir: Path, warn: Warn = print, quiet: bool = False) -> Run:
+    """An interrupted run, continued after its newest memory dump with the options it started with
+    (the run directory stays locked until the run ends)."""
     t_start = time.perf_counter()
     out = Path(run_dir)
+    rundir = RunDir.open_resume(out, warn)
+    try:
+        return _resume(out, rundir, t_start, quiet)
+    except BaseException:
+        rundir.close()
+        raise
+
+
+def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool) -> Run:
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
@@ -122,12 +149,16 @@ def resume(run_dir: Path, quiet: bool = False) -> Run:
     first_latent = _first_latent(codec, image, device)
     dump, records = newest_dump(out)
     state = RunState(memory=LatentMemory.load(dump, device=device), history_latents=[first_latent], history_frames=[0],
-                     records=records, depth_model=depth_model)
-    replay_chunks(state, plan, codec)
+                     records=records, depth_model=depth_model, video=open_video(plan, backend))
+    try:
+        replay_chunks(state, plan, codec)
+    except BaseException:
+        state.video.abort()
+        raise
     record.resumed_at = (record.resumed_at or []) + [now()]
     record.status = "running"
     record.chunks = state.records
-    return Run(plan, codec, backend, first_latent, state, record, t_start)
+    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
 
 
 # ------------------------------------------------------------------------------------ shared steps

@@ -19,6 +19,7 @@ from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
 from ..io import load_image
 from ..models.codecs import Codec, PixelCodec
 from .config import GenerateConfig
+from .resources import output_size
 
 
 def prepare_image(path: Path, height: int | None, width: int | None, multiple: int) -> torch.Tensor:
@@ -27,14 +28,11 @@ def prepare_image(path: Path, height: int | None, width: int | None, multiple: i
     codec's grid: 16 for Wan, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
     image = load_image(path)
     H0, W0 = image.shape[-2:]
-    if height and not width:
-        width = max(1, round(W0 * height / H0))
-    if width and not height:
-        height = max(1, round(H0 * width / W0))
-    H = (height or H0) // multiple * multiple
-    W = (width or W0) // multiple * multiple
+    width, height = output_size(W0, H0, width, height)
+    H = height // multiple * multiple
+    W = width // multiple * multiple
     if H < multiple or W < multiple:
-        raise MirageError(f"{path}: a {width or W0}x{height or H0} frame is smaller than one {multiple}x{multiple} "
+        raise MirageError(f"{path}: a {width}x{height} frame is smaller than one {multiple}x{multiple} "
                           "grid cell; use a larger --height/--width or a smaller --downscale")
     if (H, W) != (H0, W0):
         image = F.interpolate(image[None], size=(H, W), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)

@@ -24,16 +24,17 @@ import torch
 
 from .. import __version__
 from ..backends import Backend, ChunkRequest
+from ..errors import MirageError
 from ..geometry.cameras import Cameras, backproject, project
 from ..geometry.depth import fill_depth, fit_scale_shift
-from ..io import to_uint8, write_video
+from ..io import VideoWriter, to_uint8, write_video
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
 from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
-from .rundir import (LATENT_STORE_DTYPE, chunk_dump, chunk_latents, chunk_video, dump_extras, final_dump, kept_dumps,
+from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, dump_extras, final_dump, kept_dumps,
                      last_dump, load_latents, run_json, save_latents, video_file, write_run)
 
 
@@ -44,7 +45,7 @@ class RunState:
     memory: LatentMemory
     history_latents: list[torch.Tensor]  # (C, h, w) per generated latent frame, the input image's first
     history_frames: list[int]  # trajectory frame of each
-    video: list = field(default_factory=list)  # uint8 (H, W, 3) frames so far
+    video: VideoWriter | None = None  # video.mp4 streamed chunk by chunk (no frame buffer in RAM)
     records: list[ChunkRecord] = field(default_factory=list)
     depth_model: object | None = None  # DepthModel: depth of new content when one is available
 
@@ -60,6 +61,7 @@ class Run:
     state: RunState
     record: RunRecord  # record.chunks is state.records
     t_start: float  # perf_counter() when the run (or this resumption) began
+    dir: RunDir | None = None  # the locked run directory (and an --overwrite awaiting the first dump)
 
 
 @dataclass
@@ -83,16 +85,20 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> Ru
     """Run every chunk the run has not finished, then write the video and final dump.
 
     run.json is rewritten after every chunk; on any exception (Ctrl-C included) it is marked
-    ``interrupted``/``failed`` with the error, the finished chunks stay, and the exception propagates.
+    ``interrupted``/``failed`` with the error, the finished chunks stay, and the exception propagates
+    -- unless the run replaces an earlier one (``--overwrite``) and has no dump yet: then the earlier
+    run is put back. The run directory's lock is released on the way out, whatever happens.
     """
     plan, state, record = run.plan, run.state, run.record
-    write_run(plan.out, record)
-    task = progress.add_task("chunks", total=len(plan.chunks), completed=len(state.records)) if progress else None
     blind_warned = False  # frames that see nothing: one warning per run (run.json has every frame's fraction)
     try:
+        write_run(plan.out, record)
+        task = progress.add_task("chunks", total=len(plan.chunks), completed=len(state.records)) if progress else None
         for chunk in plan.chunks[len(state.records):]:
             rec = run_chunk(chunk, run, progress)
             state.records.append(rec)
+            if run.dir is not None:
+                run.dir.committed()  # the new run has a dump: the run it replaces may go now
             write_run(plan.out, record)
             blind = None if blind_warned else blind_frames_warning(rec.known_frames, rec.known_per_frame, plan.cams)
             if blind:
@@ -100,14 +106,32 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> Ru
                 blind_warned = True
             if progress:
                 progress.advance(task)
+        return finish(run)
     except BaseException as e:
-        record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        record.error = f"{type(e).__name__}: {e}"
-        write_run(plan.out, record)
-        warn(f"run {record.status} after {len(state.records)} of {len(plan.chunks)} chunks; finished chunks are kept. "
-             f"Continue with: mirage generate --resume {plan.out}")
+        _stopped(run, e, warn)
         raise
-    return finish(run)
+    finally:
+        if run.dir is not None:
+            run.dir.close()
+
+
+def _stopped(run: Run, e: BaseException, warn: Callable[[str], None]) -> None:
+    """Record why the run stopped (or undo an --overwrite that never reached a dump)."""
+    plan, state, record = run.plan, run.state, run.record
+    if state.video is not None:
+        state.video.abort()
+    if run.dir is not None and run.dir.replacing:
+        run.dir.abort()
+        warn(f"run stopped before its first chunk was saved; the earlier run in {plan.out} was put back unchanged")
+        return
+    record.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+    record.error = f"{type(e).__name__}: {e}"
+    try:
+        write_run(plan.out, record)
+    except MirageError as err:  # e.g. the disk is full: run.json keeps the last chunk it recorded
+        warn(f"could not record the failure in run.json ({err})")
+    warn(f"run {record.status} after {len(state.records)} of {len(plan.chunks)} chunks; finished chunks are kept. "
+         f"Continue with: mirage generate --resume {plan.out}")
 
 
 def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
@@ -198,7 +222,7 @@ def finish(run: Run) -> RunRecord:
     """Write the video and the final dump, record the run as done, drop the rolling checkpoint."""
     plan, state, record = run.plan, run.state, run.record
     t = time.perf_counter()
-    write_video(video_file(plan.out), np.stack(state.video), plan.fps, comment=video_comment(run.backend))
+    state.video.commit()
     if plan.config.cache_dump in ("final", "chunks"):
         state.memory.save(final_dump(plan.out), extras=dump_extras(state.records, plan.image_hash, plan.reference_depth, plan.size))
     stats = state.memory.stats()
@@ -208,7 +232,7 @@ def finish(run: Run) -> RunRecord:
     record.backend = run.backend.describe()  # after the run: steps/guidance actually used
     earlier = record.totals.wall_seconds if record.totals else 0.0
     record.totals = Totals(
-        frames=len(state.video),
+        frames=state.video.frames,
         seconds={k: round(sum(r.seconds[k] for r in state.records), 4) for k in STAGES},
         wall_seconds=round(time.perf_counter() - run.t_start, 3) + earlier,
         finalize_seconds=round(time.perf_counter() - t, 3),
@@ -220,6 +244,11 @@ def finish(run: Run) -> RunRecord:
     if last_dump(plan.out).exists():  # the rolling checkpoint goes only once the run is recorded done
         last_dump(plan.out).unlink()
     return record
+
+
+def open_video(plan: RunPlan, backend: Backend) -> VideoWriter:
+    """The streamed ``video.mp4`` of a run (a temporary until the run is done)."""
+    return VideoWriter(video_file(plan.out), plan.fps, comment=video_comment(backend))
 
 
 def video_comment(backend: Backend) -> str:
@@ -236,7 +265,8 @@ def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_
     for j in range(1, written_latent_frames(chunk, tf)):
         state.history_latents.append(latents[j])
         state.history_frames.append(lat_frames[j])
-    state.video.extend(list(frames_u8[1:] if chunk.index > 0 else frames_u8))
+    if state.video is not None:
+        state.video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
 
 
 def replay_chunks(state: RunState, plan: RunPlan, codec: Codec) -> None:

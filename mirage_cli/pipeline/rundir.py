@@ -4,7 +4,7 @@ Layout of ``OUT/``::
 
     run.json                         RunRecord (rewritten atomically after every chunk)
     trajectory.json                  the run's own copy of the trajectory (what --resume reads)
-    video.mp4                        all frames, written when the run is done
+    video.mp4                        all frames, streamed chunk by chunk into a temporary, renamed when the run is done
     chunks/chunk_NNN.mp4             each chunk's frames
     chunks/chunk_NNN.latents.safetensors   each chunk's latents (float16), for --resume
     cache/chunk_NNN.safetensors      memory after chunk NNN (--cache-dump chunks)
@@ -18,49 +18,172 @@ complete resume checkpoint on its own.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..errors import MirageError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, stale_temporaries, write_json
 from .plan import Chunk
+from .runlock import RunLock
 from .records import ChunkRecord, RunRecord, chunk_records_from_json, chunk_records_to_json
 
 LATENT_STORE_DTYPE = torch.float16
-RUN_FILES = ("video.mp4", "run.json", "trajectory.json", "chunks", "cache")  # what --overwrite removes
+RUN_SUBDIRS = ("chunks", "cache")  # where a run writes besides its top level
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """Make ``out`` ready for a new run, never clobbering anything that is not an earlier mirage run
-    (and an earlier run only with ``overwrite``)."""
-    if out.exists() and not out.is_dir():
-        raise MirageError(f"{out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not (out / "run.json").exists():
-            raise MirageError(f"{out}: not empty and not a mirage run directory (no run.json); "
-                              "refusing to write there, choose another --out")
-        if not overwrite:
-            # a text probe, not RunRecord.read: a damaged run.json must still get this message
-            done = '"status": "done"' in (out / "run.json").read_text(errors="replace")
-            hint = "" if done else f", --resume {out} to continue it"
-            raise MirageError(f"{out}: holds an earlier run; pass --overwrite to replace it{hint}, or --out for another directory")
-        for name in RUN_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+# ------------------------------------------------------------------------------------ identity
+def run_status(out: Path) -> str | None:
+    """What ``out`` holds: None (missing or empty: free for a new run), ``foreign`` (anything that is
+    not a mirage run: never touched) or the earlier run's recorded status (running, interrupted,
+    failed, done). A run is recognised by a ``run.json`` that validates as mirage's run format,
+    not by the file name."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return "foreign"
+    if not any(p for p in out.iterdir()):
+        return None
     try:
-        (out / "chunks").mkdir(parents=True, exist_ok=True)
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise MirageError(f"{out}: cannot write the output directory ({e.strerror or e})") from e
-    return out
+        return RunRecord.read(run_json(out)).status if run_json(out).is_file() else "foreign"
+    except MirageError:
+        return "foreign"
+
+
+def _earlier_run_message(out: Path, status: str) -> str:
+    """Why a new run refuses ``out``, per status of the earlier run (the lock is ours: nothing runs there)."""
+    if status == "foreign":
+        why = (f"not a mirage run directory ({run_json(out).name} missing or not a mirage run record)"
+               if out.is_dir() else "exists and is not a directory")
+        return f"{out}: {why}; refusing to touch it, choose another --out"
+    what = {"done": "a complete earlier run",
+            "interrupted": "an interrupted earlier run",
+            "failed": "an earlier run that failed",
+            "running": "an earlier run whose process ended without finishing (killed)"}.get(status, "an earlier run")
+    hint = "" if status == "done" else f", --resume {out} to continue it"
+    return f"{out}: holds {what}; pass --overwrite to replace it{hint}, or --out for another directory"
+
+
+# ------------------------------------------------------------------------------------ the directory
+class RunDir:
+    """A run directory held by this process: its lock, and an ``--overwrite`` in progress.
+
+    ``--overwrite`` renames the old run into the sibling ``.<name>.mirage-trash`` in one step and
+    the new run starts in a fresh directory; :meth:`committed` (after the new run's first dump)
+    deletes the old run, :meth:`abort` (anything failing before) puts it back intact. A process
+    killed in between leaves the trash, which the next ``generate`` or ``--resume`` on the
+    directory resolves (:meth:`_recover`). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, out: Path, warn: Callable[[str], None]):
+        self.out, self.warn = out, warn
+        self.trash = out.parent / f".{out.name}.mirage-trash"
+        self.replacing = False  # an old run sits in self.trash until committed()
+        self.lock = RunLock(out)
+
+    # -- opening
+    @classmethod
+    def open_new(cls, out: Path, overwrite: bool, warn: Callable[[str], None]) -> "RunDir":
+        """Lock ``out`` and make it ready for a new run, never touching anything that is not an
+        earlier mirage run (and an earlier run only with ``overwrite``)."""
+        rd = cls(out, warn)
+        rd.lock.acquire(warn)
+        try:
+            rd._recover()
+            status = run_status(out)
+            if status == "foreign" or (status is not None and not overwrite):
+                raise MirageError(_earlier_run_message(out, status))
+            if status is not None:
+                rd._clear_temporaries()
+                rd._move(out, rd.trash, "move the earlier run aside")
+                rd.replacing = True
+            rd._make_dirs()
+        except BaseException:
+            rd.abort()
+            raise
+        return rd
+
+    @classmethod
+    def open_resume(cls, out: Path, warn: Callable[[str], None]) -> "RunDir":
+        """Lock the run in ``out`` for ``--resume`` and clear what a killed process left there."""
+        rd = cls(out, warn)
+        rd.lock.acquire(warn)
+        try:
+            rd._recover()
+            rd._clear_temporaries()
+        except BaseException:
+            rd.close()
+            raise
+        return rd
+
+    def _make_dirs(self) -> None:
+        try:
+            for sub in RUN_SUBDIRS:
+                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise MirageError(f"{self.out}: cannot write the output directory ({e.strerror or e})") from e
+
+    # -- the overwrite transaction
+    def committed(self) -> None:
+        """The new run has its first dump: the old run can go. A failure to delete it only warns
+        (the new run is safe; the leftover is named)."""
+        if not self.replacing:
+            return
+        self.replacing = False
+        try:
+            shutil.rmtree(self.trash)
+        except OSError as e:
+            self.warn(f"{self.trash}: could not delete the replaced run ({e.strerror or e}); delete it by hand")
+
+    def abort(self) -> None:
+        """The new run failed before its first dump: remove it and put the old run back; release the lock."""
+        try:
+            if self.replacing:
+                if self.out.exists():
+                    shutil.rmtree(self.out, ignore_errors=True)
+                self._move(self.trash, self.out, "restore the earlier run")
+                self.replacing = False
+        finally:
+            self.close()
+
+    def _recover(self) -> None:
+        """Finish an ``--overwrite`` that a killed process left half done (we hold the lock): keep
+        the new run if it reached a dump, else put the old one back."""
+        if not self.trash.exists():
+            return
+        new_has_dump = self.out.is_dir() and any((self.out / "cache").glob("*.safetensors"))
+        if new_has_dump:
+            shutil.rmtree(self.trash, ignore_errors=True)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)  # a replacement that never finished a chunk: nothing to keep
+        self._move(self.trash, self.out, "restore the earlier run")
+        self.warn(f"{self.out}: restored the earlier run that an interrupted --overwrite had moved aside")
+
+    def _move(self, src: Path, dst: Path, what: str) -> None:
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            raise MirageError(f"{src}: cannot {what} ({e.strerror or e}); nothing was deleted") from e
+
+    def _clear_temporaries(self) -> None:
+        """Delete what killed atomic writes left in the run (we hold the lock: none is live) and say how much."""
+        temps = [p for d in (self.out, *(self.out / s for s in RUN_SUBDIRS)) for p in stale_temporaries(d)]
+        if not temps:
+            return
+        size = sum(p.stat().st_size for p in temps)
+        for p in temps:
+            p.unlink(missing_ok=True)
+        self.warn(f"{self.out}: removed {len(temps)} stale temporary file(s) of a killed run ({size:,} bytes)")
+
+    def close(self) -> None:
+        self.lock.release()
 
 
 # ------------------------------------------------------------------------------------ paths
