@@ -30,8 +30,12 @@ Semantics:
   Reading the lifting camera gives back exactly one point per cell (the patch is that cell).
 - **Write** (:meth:`LatentMemory.write`): frame by frame with the write policies of
   :mod:`.policies` (shared with the point-cloud baseline): ``"new"`` (default; only cells the read
-  did not cover add points, so revisiting a place adds nothing), ``"replace"`` or ``"average"``
-  (features blended in fp64, stored in ``feature_dtype``).
+  did not cover add points, so revisiting a place adds nothing), ``"replace"``, ``"average"``
+  (features blended in fp64, stored in ``feature_dtype``) or ``"append"`` (every valid cell adds a
+  point, as the paper's reference implementation does).
+- **Splat mode** (``splat``): ``"patch"`` (default, above) or ``"point"``: each point fills only the
+  cell its centre projects to (nearest-cell splat of the reference implementation; cracks appear
+  when the camera moves closer). Same deterministic z-buffer and tie-break in both modes.
 - **File** (:meth:`save` / :meth:`load`): the safetensors cache format of :mod:`.storage`.
 """
 
@@ -48,14 +52,14 @@ from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import float_bits, hash_rows, lift_patches, splat_patches
+from .splat import SPLAT_MODES, check_splat_mode, float_bits, hash_rows, lift_patches, splat_patches
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
 
 # INPUT_CHUNK and reduce_depth are part of this module's API (the generate loop imports them from here).
-__all__ = ["INPUT_CHUNK", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
+__all__ = ["INPUT_CHUNK", "SPLAT_MODES", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
 
 
 def _count(name: str, value) -> int:
@@ -104,11 +108,13 @@ class LatentMemory:
         feature_dtype: storage dtype of the features (fp16 by default, bf16 or fp32 allowed; a
             dtype or its name).
         device: where the tensors live (``"cpu"``, ``"cuda"``...).
-        write_policy: ``"new"`` (default), ``"replace"`` or ``"average"`` (see :mod:`.policies`).
+        write_policy: ``"new"`` (default), ``"replace"``, ``"average"`` or ``"append"`` (see :mod:`.policies`).
         image_hash: hash of the input image (stored in the cache file).
         max_radius: largest splat half-extent in target cells.
         edge_tol: relative depth jump that separates surfaces in :func:`reduce_depth`.
         max_stretch: largest patch elongation (slope clamp) for cells seen at grazing angles.
+        splat: ``"patch"`` (default: each point covers its projected cell, no cracks) or ``"point"``
+            (each point fills only the cell it projects to, as the paper's reference implementation).
 
     Raises:
         MirageError: a setting the user chose is out of range (channels or spatial factor < 1, empty
@@ -129,6 +135,7 @@ class LatentMemory:
         max_radius: float = 4.0,
         edge_tol: float = 0.05,
         max_stretch: float = 8.0,
+        splat: str = "patch",
     ) -> None:
         if not isinstance(codec, str):
             raise TypeError(f"codec must be a codec name (str), got {type(codec).__name__}")
@@ -143,6 +150,7 @@ class LatentMemory:
         self.max_radius = _positive("max_radius", max_radius)
         self.edge_tol = _positive("edge_tol", edge_tol, allow_zero=True)
         self.max_stretch = _positive("max_stretch", max_stretch)
+        self.splat = check_splat_mode(splat)
         self.extras: dict = {}
         dev = _device(device)
         self._points = torch.zeros(0, 3, dtype=torch.float32, device=dev)
@@ -199,7 +207,7 @@ class LatentMemory:
         return dict(channels=self.channels, spatial_factor=self.spatial_factor, codec=self.codec,
                     feature_dtype=self.feature_dtype, device=self.device, write_policy=self.write_policy,
                     image_hash=self.image_hash, max_radius=self.max_radius, edge_tol=self.edge_tol,
-                    max_stretch=self.max_stretch)
+                    max_stretch=self.max_stretch, splat=self.splat)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {"points": self._points, "features": self._features, "footprint": self._footprint,
@@ -267,7 +275,8 @@ class LatentMemory:
         """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``."""
         h, w = self.latent_size(cameras)
         return splat_patches(self._points[start:], self._world_axes()[start:], self._key[start:], cameras.w2c,
-                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start)
+                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start,
+                             mode=self.splat)
 
     @torch.no_grad()
     def read_index(self, cameras: Cameras, batch: int = 8, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,6 +460,7 @@ class LatentMemory:
             "codec": self.codec,
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,
+            "splat": self.splat,
             "bounds": bounds,
             "points_per_chunk": points_per_chunk(self._chunk),
             "footprint": footprint,
@@ -484,7 +494,8 @@ class LatentMemory:
         """
         c = read_latent_cache(path)
         t = c.tensors
-        m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash)
+        m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash,
+                splat=c.splat)
         m.extras = c.extras
         m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
         return m.to(device)
