@@ -217,9 +217,9 @@ def test_block_cull_changes_no_result(monkeypatch):
 
     for mode in ("patch", "point"):
         monkeypatch.setattr(S, "_visible_blocks", spy)
-        fast = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode)
+        fast = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
         monkeypatch.setattr(S, "_visible_blocks", lambda lo, *a: torch.ones(lo.shape[0], dtype=torch.bool))
-        full = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode)
+        full = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
         assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
     assert sum(culled) > 0  # the cull did skip blocks
 
@@ -260,3 +260,27 @@ def test_unknown_splat_mode_is_a_one_line_error():
     cam = Cameras.from_fov(look_at([0.0, 0.0, 0.0], [0.0, 0.0, 1.0]), 60.0, 20, 12)
     with pytest.raises(MirageError, match="unknown splat mode 'disc'"):
         splat_patches(pts, A, key, cam.w2c, cam.K(), 12, 20, mode="disc")
+
+
+@pytest.mark.parametrize("mode", ["patch", "point"])
+def test_compiled_splat_matches_pure_torch_bit_for_bit(mode):
+    from mirage_cli.memory import compiled
+    if compiled.extension() is None:
+        pytest.skip("no C++ compiler: the compiled splat cannot be built here")
+    pts, A, key = _room_patches(n_views=8)
+    h, w = 12, 20
+    poses = [look_at([0.3 * math.cos(a), 0.05, 0.3 * math.sin(a)], [math.sin(a), -0.1, math.cos(a)]) for a in range(5)]
+    for fov, mr in ((70.0, 4.0), (25.0, 4.0), (90.0, 1.5)):  # zoomed in: patches span several cells
+        cams = Cameras.from_fov(torch.stack(poses), fov, w, h)
+        args = (pts, A, key, cams.w2c, cams.K(), h, w, mr, 7)
+        fast = splat_patches(*args, mode=mode, compiled=True)
+        ref = splat_patches(*args, mode=mode, compiled=False)
+        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+        assert (ref[0] >= 7).any()
+    threads = torch.get_num_threads()
+    try:  # frames run in parallel in the compiled path: the thread count changes no bit
+        torch.set_num_threads(1)
+        one = splat_patches(*args, mode=mode)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], fast[0]) and torch.equal(one[1], fast[1])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MirageError
+from . import compiled as _compiled
 
 _MASK32 = 0xFFFFFFFF
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -388,7 +389,7 @@ def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bound
 
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
                   h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0,
-                  mode: str = "patch") -> tuple[torch.Tensor, torch.Tensor]:
+                  mode: str = "patch", compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered splat of patches into ``T`` cameras' ``h x w`` grids.
 
     Args:
@@ -401,6 +402,8 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
         mode: ``"patch"`` (each point covers the cells of its projected parallelogram: no cracks)
             or ``"point"`` (each point fills only the cell its centre projects to, the nearest-cell
             splat of the paper's reference implementation).
+        compiled: use the compiled CPU splat (:mod:`.compiled`) when it can be built; it gives the
+            same bits as the pure-torch path, which runs otherwise (and on CUDA).
     Returns:
         index ``(T, h, w)`` int64 (-1 = none) and depth ``(T, h, w)`` float32 (0 = none).
 
@@ -413,25 +416,34 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     check_splat_mode(mode)
     dev = points.device
     T = w2c.shape[0]
+    N = points.shape[0]
+    m = float(max_radius)
+    Kc = K.to("cpu", torch.float64)  # for the culling bounds
+    frustum = [(float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0]),
+                float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])) for k in Kc]
+    if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
+        ext = _compiled.extension()
+        if ext is not None:
+            f32 = dict(dtype=torch.float32)
+            idx, dep = ext.splat_patches_cpu(
+                points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
+                w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(T, 4),
+                h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
+            return idx, dep
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
-    N = points.shape[0]
     if N == 0:
         return index, depth
-    Kc = K.to("cpu", torch.float64)  # for the culling bounds
     w2c64 = w2c.to(dev, torch.float64)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
     X, Y, Z = points.unbind(dim=1)
     lo, hi = block_bounds(points)
     steps = torch.arange(_CULL_BLOCK, device=dev)
-    m = float(max_radius)
     for t in range(T):
         r = w2c[t]
         # Conservative frustum cull (grid grown by max_radius cells) without dividing.
-        k = Kc[t]
-        bounds = (float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0]),
-                  float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1]))
+        bounds = frustum[t]
         x_lo, x_hi, y_lo, y_hi = bounds
         vis = _visible_blocks(lo, hi, w2c64[t], bounds).nonzero().squeeze(1)
         if vis.numel() == 0:
