@@ -213,6 +213,8 @@ class LatentMemory:
         return {"points": self._points, "features": self._features, "footprint": self._footprint,
                 "axes": self._axes, "chunk": self._chunk}
 
+    _STORED = ("_points", "_features", "_footprint", "_axes", "_chunk", "_key")
+
     def _set(self, points, features, footprint, axes, chunk, key=None) -> None:
         self._points = points.to(torch.float32).contiguous()
         self._features = features.to(self.feature_dtype).contiguous()
@@ -220,15 +222,20 @@ class LatentMemory:
         self._axes = axes.to(torch.float16).contiguous()
         self._chunk = chunk.to(torch.int32).contiguous()
         self._key = self._hash(self._points, self._features) if key is None else key
+        self._grown = None  # the tensors are no longer views of the append buffers
+        self._axes_cache = None
 
     def _world_axes(self) -> torch.Tensor:
-        """``(N, 6)`` float32 world half-axes (``axes * footprint``), cached until the points change."""
+        """``(N, 6)`` float32 world half-axes (``axes * footprint``), kept up to date by appends and
+        recomputed only when the points are replaced (:meth:`_set`, :meth:`to`)."""
         cache = getattr(self, "_axes_cache", None)
-        if cache is None or cache[0] is not self._axes or cache[1].shape[0] != len(self) or cache[1].device != self.device:
-            A = (self._axes.float() * self._footprint[:, None, None]).reshape(-1, 6).contiguous()
-            cache = (self._axes, A)
-            self._axes_cache = cache
-        return cache[1]
+        if cache is None or cache.shape[0] != len(self) or cache.device != self.device:
+            cache = self._axes_cache = self._world_rows(self._axes, self._footprint)
+        return cache
+
+    @staticmethod
+    def _world_rows(axes: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+        return (axes.float() * footprint[:, None, None]).reshape(-1, 6).contiguous()
 
     @staticmethod
     def _hash(points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -237,18 +244,36 @@ class LatentMemory:
         return hash_rows(torch.cat([float_bits(points), float_bits(features)], dim=1))
 
     def _append(self, new: dict[str, torch.Tensor], chunk: int) -> int:
-        n = new["points"].shape[0]
-        if n == 0:
+        """Append rows into buffers with amortised (doubling) growth, so a write costs the new rows,
+        not a copy of all ``N`` points per frame; the stored tensors are views of the buffers."""
+        k = new["points"].shape[0]
+        if k == 0:
             return 0
         pts = new["points"].to(torch.float32)
         feats = new["features"].to(self.feature_dtype)
-        self._points = torch.cat([self._points, pts])
-        self._features = torch.cat([self._features, feats])
-        self._footprint = torch.cat([self._footprint, new["footprint"].to(torch.float32)])
-        self._axes = torch.cat([self._axes, new["axes"].to(torch.float16)])
-        self._chunk = torch.cat([self._chunk, torch.full((n,), int(chunk), dtype=torch.int32, device=self.device)])
-        self._key = torch.cat([self._key, self._hash(pts, feats)])
-        return n
+        foot = new["footprint"].to(torch.float32)
+        axes = new["axes"].to(torch.float16)
+        rows = {"_points": pts, "_features": feats, "_footprint": foot, "_axes": axes,
+                "_chunk": torch.full((k,), int(chunk), dtype=torch.int32, device=self.device),
+                "_key": self._hash(pts, feats), "_world": self._world_rows(axes, foot)}
+        n = len(self)
+        world = self._world_axes()
+        buf = getattr(self, "_grown", None)
+        if buf is None or buf["_points"].shape[0] < n + k:  # grow: copy the n stored rows once
+            cap = max(2 * n, n + k, 1024)
+            old = {name: getattr(self, name) for name in self._STORED}
+            old["_world"] = world
+            buf = {}
+            for name, t in old.items():
+                buf[name] = torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                buf[name][:n] = t
+            self._grown = buf
+        for name, r in rows.items():
+            buf[name][n : n + k] = r
+        for name in self._STORED:
+            setattr(self, name, buf[name][: n + k])
+        self._axes_cache = buf["_world"][: n + k]
+        return k
 
     def select(self, index: torch.Tensor) -> "LatentMemory":
         """A new memory holding the points ``index`` (int indices or a bool mask), in that order."""
@@ -262,8 +287,10 @@ class LatentMemory:
     def to(self, device: str | torch.device) -> "LatentMemory":
         """Move every tensor to ``device`` (in place, like ``nn.Module.to``); returns ``self``."""
         dev = _device(device)
-        for name in ("_points", "_features", "_footprint", "_axes", "_chunk", "_key"):
-            setattr(self, name, getattr(self, name).to(dev))
+        for name in self._STORED:
+            setattr(self, name, getattr(self, name).to(dev).contiguous())
+        self._grown = None
+        self._axes_cache = None
         return self
 
     # ----------------------------------------------------------------------------- geometry
