@@ -266,3 +266,7 @@ def test_memory_only_mode_reports_speed(tmp_path, capsys):
     # policy "new" adds only unknown cells; "all cells new" adds every cell with valid depth
     assert 0 <= rep["write_points_added"] < rep["write_all_new_points_added"] <= 21 * 60 * 104
     assert rep["read_ms_per_frame"] > 0 and rep["write_ms_per_frame"] > 0
+    # bytes touched: per point xyz + world half-axes + key (44 B), per cell winner, depth, fp16 in + fp32 out
+    assert rep["read_bytes_per_frame"] == 20000 * 44 + 60 * 104 * (8 + 4 + 16 * 6)
+    assert rep["copy_bandwidth_gb_s"] > 0 and rep["read_x_bandwidth_limit"] > 0 and rep["threads"] >= 1
+    assert "copy bandwidth" in text

@@ -63,3 +63,15 @@ def test_prior_depth_shape_and_range():
     p = prior_depth(48, 64, 55.0)
     assert p.shape == (48, 64) and float(p.min()) >= 0.1 and float(p.max()) <= 1.0
     assert torch.all(p[-1] < p[0])  # the ground is nearer at the bottom
+
+
+def test_separable_max3_equals_max_pool2d():
+    import torch.nn.functional as F
+
+    from mirage_cli.geometry.depth import _max3
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 1, 1), (3, 5, 7), (1, 60, 104)]:
+        x = torch.rand(*shape, generator=g)
+        x[x < 0.3] = 0.0
+        assert torch.equal(_max3(x), F.max_pool2d(x[:, None], 3, stride=1, padding=1)[:, 0])

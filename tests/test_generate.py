@@ -387,3 +387,26 @@ def test_damaged_dump_records_give_one_line_on_resume(interrupted_run, capsys):
     assert main(["generate", "--resume", str(interrupted_run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(dump) in err and "'run_chunks[0].frames' is missing" in err and "Traceback" not in err, err
+
+
+def test_fill_depth_runs_once_per_chunk_and_splat_point_append(small_scene, tmp_path, monkeypatch):
+    """The preview fill and the write share one fill_depth per chunk; --splat point and
+    --write-policy append reach the memory (and its cache file)."""
+    import mirage_cli.geometry.depth as gd
+    import mirage_cli.pipeline.loop as loop
+
+    calls = []
+    real = gd.fill_depth
+
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(gd, "fill_depth", counted)
+    monkeypatch.setattr(loop, "fill_depth", counted)
+    out = tmp_path / "run"
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5,
+                                  out=str(out), splat="point", write_policy="append"), warn=lambda m: None)
+    assert len(calls) == len(rec["chunks"]) == 2
+    meta = safe_metadata(out / "cache" / "final.safetensors")
+    assert meta["splat"] == "point" and meta["write_policy"] == "append"

@@ -253,7 +253,31 @@ def test_write_policies_replace_and_average(room):
     lat, _, _ = avg.read(room["cam0"])
     assert len(avg) == h * w and torch.allclose(lat[0], 0.5 * (room["lat0"] + 0.25), atol=1e-6)
     with pytest.raises(MirageError, match="unknown write policy"):
-        LatentMemory(3, SF, write_policy="append")
+        LatentMemory(3, SF, write_policy="keep")
+
+
+def test_append_policy_adds_every_valid_cell(room):
+    app = _memory(room, torch.float32, write_policy="append")
+    dl = reduce_depth(room["d0"], SF)[None]
+    dl[0, :5] = 0  # invalid depth: no point
+    new = torch.full((1, 3, h, w), 0.25)
+    assert app.write(new, dl, room["cam0"], torch.ones(1, h, w, dtype=torch.bool), chunk=1) == (h - 5) * w
+    assert len(app) == h * w + (h - 5) * w and app.stats()["points_per_chunk"] == {"0": h * w, "1": (h - 5) * w}
+
+
+def test_point_splat_reads_the_lifting_view_back_and_is_saved(room, tmp_path):
+    pt = _memory(room, torch.float32, splat="point")
+    idx, _ = pt.read_index(room["cam0"])
+    assert torch.equal(idx[0].flatten(), torch.arange(h * w))  # one point per cell, its own
+    closer = Cameras(room["cam0"].c2w @ torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.5], [0, 0, 0, 1.0]],
+                                                    dtype=torch.float64), room["cam0"].intrinsics, W, H)
+    _, k_point, _ = pt.read(closer)
+    _, k_patch, _ = _memory(room, torch.float32).read(closer)
+    assert k_patch.float().mean() > 0.97 and k_point.float().mean() < 0.9  # closer: points leave cracks, patches do not
+    pt.save(tmp_path / "m.safetensors")
+    back = LatentMemory.load(tmp_path / "m.safetensors")
+    assert back.splat == "point" and back.stats()["splat"] == "point"
+    assert torch.equal(back.read(closer)[1], k_point)
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
@@ -262,7 +286,8 @@ def test_write_policies_replace_and_average(room):
     (dict(codec=" "), "codec name must not be empty"),
     (dict(feature_dtype="int8"), "feature_dtype must be one of float16, bfloat16, float32"),
     (dict(feature_dtype=torch.int8), "feature_dtype must be one of"),
-    (dict(write_policy="append"), "unknown write policy 'append'"),
+    (dict(write_policy="keep"), "unknown write policy 'keep'"),
+    (dict(splat="disc"), "unknown splat mode 'disc'"),
     (dict(device="gpu0"), "unknown device 'gpu0'"),
     (dict(max_radius=0), "max_radius must be a finite number > 0"),
     (dict(edge_tol=float("nan")), "edge_tol must be a finite number >= 0"),

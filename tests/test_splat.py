@@ -184,3 +184,103 @@ def test_cuda_matches_cpu_bit_for_bit():
     idx, dep = splat(uv, z, r, h, w)
     idx_c, dep_c = splat(uv.cuda(), z.cuda(), r.cuda(), h, w)
     assert torch.equal(idx, idx_c.cpu()) and torch.equal(dep, dep_c.cpu())
+
+
+def _room_patches(n_views=6, h=12, w=20):
+    """Patches lifted from views around a box of random depth, stored view after view (as a memory grows)."""
+    g = torch.Generator().manual_seed(5)
+    pts, axs = [], []
+    for k in range(n_views):
+        a = 2 * math.pi * k / n_views
+        cam = Cameras.from_fov(look_at([0.0, 0.0, 0.0], [math.sin(a), 0.1, math.cos(a)]), 60.0, w, h)
+        depth = 2 + torch.rand(h, w, generator=g)
+        p, foot, axes, _, _ = lift_patches(depth, cam.K()[0], cam.c2w[0], depth > 0)
+        pts.append(p)
+        axs.append((axes * foot[:, None, None]).reshape(-1, 6))
+    pts = torch.cat(pts)
+    return pts, torch.cat(axs), hash_rows(float_bits(pts))
+
+
+def test_block_cull_changes_no_result(monkeypatch):
+    from mirage_cli.memory import splat as S
+    pts, A, key = _room_patches()
+    h, w = 12, 20
+    cams = Cameras.from_fov(torch.stack([look_at([0.1, 0.0, 0.2], [math.sin(a), -0.1, math.cos(a)])
+                                         for a in (0.3, 1.9, 4.0)]), 70.0, w, h)
+    culled = []
+    real = S._visible_blocks
+
+    def spy(*args):
+        vis = real(*args)
+        culled.append(int((~vis).sum()))
+        return vis
+
+    for mode in ("patch", "point"):
+        monkeypatch.setattr(S, "_visible_blocks", spy)
+        fast = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
+        monkeypatch.setattr(S, "_visible_blocks", lambda lo, *a: torch.ones(lo.shape[0], dtype=torch.bool))
+        full = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
+        assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
+    assert sum(culled) > 0  # the cull did skip blocks
+
+
+def test_point_mode_fills_only_the_cell_each_point_projects_to():
+    pts, A, key = _room_patches(n_views=3)
+    h, w = 12, 20
+    cam = Cameras.from_fov(look_at([0.05, 0.0, -0.3], [0.2, 0.0, 1.0]), 60.0, w, h)
+    idx, dep = splat_patches(pts, A, key, cam.w2c, cam.K(), h, w, mode="point")
+    # Brute force: project in the same fp32 order, nearest (z, key, index) per cell [ceil(v-1), ceil(u-1)].
+    r, K = cam.w2c[0].float(), cam.K()[0].float()
+    X, Y, Z = pts.unbind(1)
+    xc = r[0, 0] * X + r[0, 1] * Y + r[0, 2] * Z + r[0, 3]
+    yc = r[1, 0] * X + r[1, 1] * Y + r[1, 2] * Z + r[1, 3]
+    zc = r[2, 0] * X + r[2, 1] * Y + r[2, 2] * Z + r[2, 3]
+    u = xc / zc * K[0, 0] + K[0, 2]
+    v = yc / zc * K[1, 1] + K[1, 2]
+    best = {}
+    for p in range(len(pts)):
+        if zc[p] <= 0:
+            continue
+        i, j = math.ceil(float(v[p]) - 1.0), math.ceil(float(u[p]) - 1.0)
+        if 0 <= i < h and 0 <= j < w:
+            cand = (float(zc[p]), int(key[p]), p)
+            best[(i, j)] = min(best.get((i, j), cand), cand)
+    ref = torch.full((h, w), -1, dtype=torch.int64)
+    for (i, j), (_, _, p) in best.items():
+        ref[i, j] = p
+    assert best and torch.equal(idx[0], ref)
+    assert torch.equal(dep[0] > 0, ref >= 0)
+    patch, _ = splat_patches(pts, A, key, cam.w2c, cam.K(), h, w)
+    assert int((patch[0] >= 0).sum()) >= int((idx[0] >= 0).sum())  # patches cover at least as much
+
+
+def test_unknown_splat_mode_is_a_one_line_error():
+    from mirage_cli.errors import MirageError
+    pts, A, key = _room_patches(n_views=1)
+    cam = Cameras.from_fov(look_at([0.0, 0.0, 0.0], [0.0, 0.0, 1.0]), 60.0, 20, 12)
+    with pytest.raises(MirageError, match="unknown splat mode 'disc'"):
+        splat_patches(pts, A, key, cam.w2c, cam.K(), 12, 20, mode="disc")
+
+
+@pytest.mark.parametrize("mode", ["patch", "point"])
+def test_compiled_splat_matches_pure_torch_bit_for_bit(mode):
+    from mirage_cli.memory import compiled
+    if compiled.extension() is None:
+        pytest.skip("no C++ compiler: the compiled splat cannot be built here")
+    pts, A, key = _room_patches(n_views=8)
+    h, w = 12, 20
+    poses = [look_at([0.3 * math.cos(a), 0.05, 0.3 * math.sin(a)], [math.sin(a), -0.1, math.cos(a)]) for a in range(5)]
+    for fov, mr in ((70.0, 4.0), (25.0, 4.0), (90.0, 1.5)):  # zoomed in: patches span several cells
+        cams = Cameras.from_fov(torch.stack(poses), fov, w, h)
+        args = (pts, A, key, cams.w2c, cams.K(), h, w, mr, 7)
+        fast = splat_patches(*args, mode=mode, compiled=True)
+        ref = splat_patches(*args, mode=mode, compiled=False)
+        assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+        assert (ref[0] >= 7).any()
+    threads = torch.get_num_threads()
+    try:  # frames run in parallel in the compiled path: the thread count changes no bit
+        torch.set_num_threads(1)
+        one = splat_patches(*args, mode=mode)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], fast[0]) and torch.equal(one[1], fast[1])

@@ -32,6 +32,8 @@ class ChunkRequest:
         chunk_index: index of the chunk in the plan.
         num_frames: number of video frames of the chunk (``1 + temporal_factor * (T - 1)``).
         seed: the run's seed; a backend derives its per-chunk noise from ``(seed, chunk_index)``.
+        filled_depth: ``(T, h, w)`` the read depth extended into the holes
+            (:func:`~mirage_cli.geometry.depth.fill_depth`), when the caller has it already, or None.
     """
 
     read_latents: torch.Tensor
@@ -50,6 +52,7 @@ class ChunkRequest:
     steps: int = 30
     guidance: float = 5.0
     extras: dict = field(default_factory=dict)
+    filled_depth: torch.Tensor | None = None
 
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)

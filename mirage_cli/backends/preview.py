@@ -25,7 +25,8 @@ def _pad_even(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
 
 
-def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tensor | None = None,
+                   filled_depth: torch.Tensor | None = None) -> torch.Tensor:
     """Fill unknown cells from known ones with a depth-aware push-pull pyramid.
 
     Push: known cells are averaged down a pyramid of 2x2 blocks (within a block, children nearer
@@ -38,6 +39,7 @@ def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tenso
     Args:
         values: ``(T, C, h, w)`` float latents. known: ``(T, h, w)`` bool.
         depth: ``(T, h, w)`` z-depth of known cells (optional; enables the background preference).
+        filled_depth: ``fill_depth(depth, known)`` when the caller has it already (it is not recomputed).
     Returns:
         ``(T, C, h, w)``: ``values`` on known cells, the fill elsewhere.
     """
@@ -48,7 +50,8 @@ def push_pull_fill(values: torch.Tensor, known: torch.Tensor, depth: torch.Tenso
     v = values.float()
     w = known[:, None].float()
     d = depth[:, None].float() * w
-    target = fill_depth(depth.float(), known)[:, None]  # expected depth of every cell
+    # expected depth of every cell (the caller's fill_depth of this depth and mask when it has one)
+    target = (fill_depth(depth.float(), known) if filled_depth is None else filled_depth.float())[:, None]
     levels = []  # (value, weight, depth, expected depth) per level, finest first
     while True:
         levels.append((v, w, d, target))
@@ -113,7 +116,7 @@ class PreviewBackend:
     name = "preview"
 
     def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        out = push_pull_fill(req.read_latents, req.known, req.read_depth)
+        out = push_pull_fill(req.read_latents, req.known, req.read_depth, req.filled_depth)
         # Frame 0 is the frame this chunk shares with the one before (or the input image): keep it.
         out[0] = req.preceding[-1].float() if req.preceding is not None else req.first_latent.float()
         if progress is not None:

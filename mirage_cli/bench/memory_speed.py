@@ -46,6 +46,25 @@ def _views(center: torch.Tensor, n: int, radius: float, height: float, phase: fl
     return torch.stack(poses)
 
 
+def copy_bandwidth(device: torch.device, mib: int = 64) -> float:
+    """Measured copy bandwidth in bytes/s (read + write counted): median time to copy ``mib`` MiB."""
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    _, sec = timed_median(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / sec
+
+
+def read_bytes(points: int, cells: int, channels: int) -> int:
+    """Bytes a read must touch per frame: each point's position (12 B), world half-axes (24 B) and key
+    (8 B), and per cell the winner (8 B), its depth (4 B), the fp16 feature gathered and the fp32 one written."""
+    return points * (12 + 24 + 8) + cells * (8 + 4 + channels * (2 + 4))
+
+
+def write_bytes(cells: int, channels: int, added: int, point_bytes: int) -> int:
+    """Bytes a write must touch per frame: the frame's fp32 latents and depth, and the new points."""
+    return cells * (channels * 4 + 4) + added * point_bytes
+
+
 def build_memory(points: int, height: int, width: int, channels: int, device: torch.device,
                  seed: int = 0) -> LatentMemory:
     """A memory of exactly ``points`` points lifted from views of the room (random fp16 features)."""
@@ -100,6 +119,11 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     _, lift_s = timed_median(lambda: LatentMemory(channels, 1, device=dev).lift(latents[0], depth[0], cams[0]))
 
     cells = frames * height * width
+    bw = copy_bandwidth(dev)
+    point_bytes = mem.nbytes() // max(1, len(mem)) + 8 + 24  # stored row + key + cached world axes
+    rb = read_bytes(len(mem), height * width, channels)
+    wb = write_bytes(height * width, channels, added / frames, point_bytes)
+    wab = write_bytes(height * width, channels, added_all / frames, point_bytes)
     res = {
         "machine": _machine(dev),
         "device": str(dev),
@@ -120,6 +144,13 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
         "write_all_new_points_added": int(added_all),
         "write_all_new_cells_per_s": cells / write_all_s,
         "lift_ms": 1e3 * lift_s,
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+        "copy_bandwidth_gb_s": bw / 1e9,
+        "read_bytes_per_frame": rb,
+        "read_x_bandwidth_limit": (read_s / frames) / (rb / bw),
+        "write_bytes_per_frame": wb,
+        "write_x_bandwidth_limit": (write_s / frames) / (wb / bw),
+        "write_all_new_x_bandwidth_limit": (write_all_s / frames) / (wab / bw),
     }
     lines = [
         f"mirage memory speed: latent grid {height}x{width}, {channels} channels float16, "
@@ -132,6 +163,9 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
         f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
         f"   ({added_all} points added)",
         f"lift (one frame)     {res['lift_ms']:7.2f} ms",
+        f"copy bandwidth {res['copy_bandwidth_gb_s']:.1f} GB/s; bytes touched per frame: read {rb / 1e6:.2f} MB "
+        f"({res['read_x_bandwidth_limit']:.1f}x the copy time), write {wb / 1e6:.2f} MB "
+        f"({res['write_x_bandwidth_limit']:.1f}x), write all new {wab / 1e6:.2f} MB ({res['write_all_new_x_bandwidth_limit']:.1f}x)",
     ]
     res["text"] = "\n".join(lines)
     if print_report:
@@ -141,7 +175,7 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mirage_cli.bench.memory_speed", description=__doc__.split("\n")[0])
-    p.add_argument("--points", type=int, default=200_000)
+    p.add_argument("--points", default="200000", help="points in the memory; several: 50000,200000,800000")
     p.add_argument("--height", type=int, default=60)
     p.add_argument("--width", type=int, default=104)
     p.add_argument("--channels", type=int, default=16)
@@ -153,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        memory_speed_report(a.points, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
+        for n in (int(x) for x in str(a.points).split(",")):
+            memory_speed_report(n, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
     except MirageError as e:
         print(f"error: {e}")
         return 2

@@ -32,7 +32,7 @@ def bench_cmd(
     width: int = typer.Option(416, "--width", help="Frame width."),
     denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached)."),
     steps: int = typer.Option(4, "--steps", help="Denoiser steps per chunk."),
-    write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (append: point cloud only; the latent memory keeps 'new')."),
+    write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (both memories)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     fidelity: str = typer.Option("auto", "--fidelity", help="auto | on | off: decode both reads and compare with the true render (auto: synthetic scene and non-random codec)."),
     write_depth: str = typer.Option("auto", "--write-depth", help="Depth of new content: filled (each arm's read depth extended into holes, as generate does), exact (synthetic scene), auto (exact with fidelity)."),

@@ -45,7 +45,8 @@ def generate_cmd(
     chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan \\[default: 9 preview, 49 wan-vace]."),
     downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) \\[default: auto, 2 for 480x832, 1 up to 256x512]."),
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
-    write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average."),
+    write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
+    splat: str = typer.Option("patch", "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference)."),
     memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
     references: int = typer.Option(2, "--references", help="Reference latent frames chosen by co-visibility per chunk (wan-vace)."),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace: keep modules on the CPU until used (small GPUs)."),
@@ -66,7 +67,7 @@ def generate_cmd(
         depth=depth, depth_scale=depth_scale, depth_model=depth_model, frames=frames, fps=fps, height=height, width=width,
         fov=fov, intrinsics=intrinsics, seed=seed, steps=steps, guidance=guidance, shift=shift, prompt=prompt, negative_prompt=negative_prompt,
         device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
-        write_policy=write_policy, memory=str(memory) if memory else None, references=references,
+        write_policy=write_policy, splat=splat, memory=str(memory) if memory else None, references=references,
         cpu_offload=cpu_offload, overwrite=overwrite, max_pixels=max_pixels,
     )
     warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))

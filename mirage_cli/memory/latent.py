@@ -30,8 +30,12 @@ Semantics:
   Reading the lifting camera gives back exactly one point per cell (the patch is that cell).
 - **Write** (:meth:`LatentMemory.write`): frame by frame with the write policies of
   :mod:`.policies` (shared with the point-cloud baseline): ``"new"`` (default; only cells the read
-  did not cover add points, so revisiting a place adds nothing), ``"replace"`` or ``"average"``
-  (features blended in fp64, stored in ``feature_dtype``).
+  did not cover add points, so revisiting a place adds nothing), ``"replace"``, ``"average"``
+  (features blended in fp64, stored in ``feature_dtype``) or ``"append"`` (every valid cell adds a
+  point, as the paper's reference implementation does).
+- **Splat mode** (``splat``): ``"patch"`` (default, above) or ``"point"``: each point fills only the
+  cell its centre projects to (nearest-cell splat of the reference implementation; cracks appear
+  when the camera moves closer). Same deterministic z-buffer and tie-break in both modes.
 - **File** (:meth:`save` / :meth:`load`): the safetensors cache format of :mod:`.storage`.
 """
 
@@ -48,14 +52,14 @@ from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import float_bits, hash_rows, lift_patches, splat_patches
+from .splat import SPLAT_MODES, check_splat_mode, float_bits, hash_rows, lift_patches, splat_patches
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
 
 # INPUT_CHUNK and reduce_depth are part of this module's API (the generate loop imports them from here).
-__all__ = ["INPUT_CHUNK", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
+__all__ = ["INPUT_CHUNK", "SPLAT_MODES", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
 
 
 def _count(name: str, value) -> int:
@@ -104,11 +108,13 @@ class LatentMemory:
         feature_dtype: storage dtype of the features (fp16 by default, bf16 or fp32 allowed; a
             dtype or its name).
         device: where the tensors live (``"cpu"``, ``"cuda"``...).
-        write_policy: ``"new"`` (default), ``"replace"`` or ``"average"`` (see :mod:`.policies`).
+        write_policy: ``"new"`` (default), ``"replace"``, ``"average"`` or ``"append"`` (see :mod:`.policies`).
         image_hash: hash of the input image (stored in the cache file).
         max_radius: largest splat half-extent in target cells.
         edge_tol: relative depth jump that separates surfaces in :func:`reduce_depth`.
         max_stretch: largest patch elongation (slope clamp) for cells seen at grazing angles.
+        splat: ``"patch"`` (default: each point covers its projected cell, no cracks) or ``"point"``
+            (each point fills only the cell it projects to, as the paper's reference implementation).
 
     Raises:
         MirageError: a setting the user chose is out of range (channels or spatial factor < 1, empty
@@ -129,6 +135,7 @@ class LatentMemory:
         max_radius: float = 4.0,
         edge_tol: float = 0.05,
         max_stretch: float = 8.0,
+        splat: str = "patch",
     ) -> None:
         if not isinstance(codec, str):
             raise TypeError(f"codec must be a codec name (str), got {type(codec).__name__}")
@@ -143,6 +150,7 @@ class LatentMemory:
         self.max_radius = _positive("max_radius", max_radius)
         self.edge_tol = _positive("edge_tol", edge_tol, allow_zero=True)
         self.max_stretch = _positive("max_stretch", max_stretch)
+        self.splat = check_splat_mode(splat)
         self.extras: dict = {}
         dev = _device(device)
         self._points = torch.zeros(0, 3, dtype=torch.float32, device=dev)
@@ -199,11 +207,13 @@ class LatentMemory:
         return dict(channels=self.channels, spatial_factor=self.spatial_factor, codec=self.codec,
                     feature_dtype=self.feature_dtype, device=self.device, write_policy=self.write_policy,
                     image_hash=self.image_hash, max_radius=self.max_radius, edge_tol=self.edge_tol,
-                    max_stretch=self.max_stretch)
+                    max_stretch=self.max_stretch, splat=self.splat)
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {"points": self._points, "features": self._features, "footprint": self._footprint,
                 "axes": self._axes, "chunk": self._chunk}
+
+    _STORED = ("_points", "_features", "_footprint", "_axes", "_chunk", "_key")
 
     def _set(self, points, features, footprint, axes, chunk, key=None) -> None:
         self._points = points.to(torch.float32).contiguous()
@@ -212,15 +222,20 @@ class LatentMemory:
         self._axes = axes.to(torch.float16).contiguous()
         self._chunk = chunk.to(torch.int32).contiguous()
         self._key = self._hash(self._points, self._features) if key is None else key
+        self._grown = None  # the tensors are no longer views of the append buffers
+        self._axes_cache = None
 
     def _world_axes(self) -> torch.Tensor:
-        """``(N, 6)`` float32 world half-axes (``axes * footprint``), cached until the points change."""
+        """``(N, 6)`` float32 world half-axes (``axes * footprint``), kept up to date by appends and
+        recomputed only when the points are replaced (:meth:`_set`, :meth:`to`)."""
         cache = getattr(self, "_axes_cache", None)
-        if cache is None or cache[0] is not self._axes or cache[1].shape[0] != len(self) or cache[1].device != self.device:
-            A = (self._axes.float() * self._footprint[:, None, None]).reshape(-1, 6).contiguous()
-            cache = (self._axes, A)
-            self._axes_cache = cache
-        return cache[1]
+        if cache is None or cache.shape[0] != len(self) or cache.device != self.device:
+            cache = self._axes_cache = self._world_rows(self._axes, self._footprint)
+        return cache
+
+    @staticmethod
+    def _world_rows(axes: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+        return (axes.float() * footprint[:, None, None]).reshape(-1, 6).contiguous()
 
     @staticmethod
     def _hash(points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -229,18 +244,36 @@ class LatentMemory:
         return hash_rows(torch.cat([float_bits(points), float_bits(features)], dim=1))
 
     def _append(self, new: dict[str, torch.Tensor], chunk: int) -> int:
-        n = new["points"].shape[0]
-        if n == 0:
+        """Append rows into buffers with amortised (doubling) growth, so a write costs the new rows,
+        not a copy of all ``N`` points per frame; the stored tensors are views of the buffers."""
+        k = new["points"].shape[0]
+        if k == 0:
             return 0
         pts = new["points"].to(torch.float32)
         feats = new["features"].to(self.feature_dtype)
-        self._points = torch.cat([self._points, pts])
-        self._features = torch.cat([self._features, feats])
-        self._footprint = torch.cat([self._footprint, new["footprint"].to(torch.float32)])
-        self._axes = torch.cat([self._axes, new["axes"].to(torch.float16)])
-        self._chunk = torch.cat([self._chunk, torch.full((n,), int(chunk), dtype=torch.int32, device=self.device)])
-        self._key = torch.cat([self._key, self._hash(pts, feats)])
-        return n
+        foot = new["footprint"].to(torch.float32)
+        axes = new["axes"].to(torch.float16)
+        rows = {"_points": pts, "_features": feats, "_footprint": foot, "_axes": axes,
+                "_chunk": torch.full((k,), int(chunk), dtype=torch.int32, device=self.device),
+                "_key": self._hash(pts, feats), "_world": self._world_rows(axes, foot)}
+        n = len(self)
+        world = self._world_axes()
+        buf = getattr(self, "_grown", None)
+        if buf is None or buf["_points"].shape[0] < n + k:  # grow: copy the n stored rows once
+            cap = max(2 * n, n + k, 1024)
+            old = {name: getattr(self, name) for name in self._STORED}
+            old["_world"] = world
+            buf = {}
+            for name, t in old.items():
+                buf[name] = torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                buf[name][:n] = t
+            self._grown = buf
+        for name, r in rows.items():
+            buf[name][n : n + k] = r
+        for name in self._STORED:
+            setattr(self, name, buf[name][: n + k])
+        self._axes_cache = buf["_world"][: n + k]
+        return k
 
     def select(self, index: torch.Tensor) -> "LatentMemory":
         """A new memory holding the points ``index`` (int indices or a bool mask), in that order."""
@@ -254,8 +287,10 @@ class LatentMemory:
     def to(self, device: str | torch.device) -> "LatentMemory":
         """Move every tensor to ``device`` (in place, like ``nn.Module.to``); returns ``self``."""
         dev = _device(device)
-        for name in ("_points", "_features", "_footprint", "_axes", "_chunk", "_key"):
-            setattr(self, name, getattr(self, name).to(dev))
+        for name in self._STORED:
+            setattr(self, name, getattr(self, name).to(dev).contiguous())
+        self._grown = None
+        self._axes_cache = None
         return self
 
     # ----------------------------------------------------------------------------- geometry
@@ -267,7 +302,8 @@ class LatentMemory:
         """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``."""
         h, w = self.latent_size(cameras)
         return splat_patches(self._points[start:], self._world_axes()[start:], self._key[start:], cameras.w2c,
-                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start)
+                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start,
+                             mode=self.splat)
 
     @torch.no_grad()
     def read_index(self, cameras: Cameras, batch: int = 8, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,6 +487,7 @@ class LatentMemory:
             "codec": self.codec,
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,
+            "splat": self.splat,
             "bounds": bounds,
             "points_per_chunk": points_per_chunk(self._chunk),
             "footprint": footprint,
@@ -484,7 +521,8 @@ class LatentMemory:
         """
         c = read_latent_cache(path)
         t = c.tensors
-        m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash)
+        m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash,
+                splat=c.splat)
         m.extras = c.extras
         m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
         return m.to(device)

@@ -10,8 +10,8 @@ A memory writes a chunk frame by frame, in order. For frame ``t`` with valid cel
 - ``"average"``: each winner under ``V`` gets the mean of its old value and the mean of the new values
   it covers (an exponential moving average with weight 1/2, blended by the memory in its own storage
   dtype); cells of ``V`` that no point covers add points as with ``"new"``.
-- ``"append"`` (point cloud only): every cell of ``V`` adds a point, as peers that append each generated
-  frame to their cache do.
+- ``"append"``: every cell of ``V`` adds a point, as the paper's reference implementation and peers
+  that append each generated frame to their cache do (the memory grows with the video length).
 
 This module decides cells and winners; the memory (a :class:`PolicyTarget`) keeps the storage.
 """
@@ -26,8 +26,8 @@ from ..errors import MirageError
 from ..geometry.cameras import Cameras
 
 NEW, REPLACE, AVERAGE, APPEND = "new", "replace", "average", "append"
-LATENT_POLICIES = (NEW, REPLACE, AVERAGE)
-POINTCLOUD_POLICIES = LATENT_POLICIES + (APPEND,)
+LATENT_POLICIES = (NEW, REPLACE, AVERAGE, APPEND)
+POINTCLOUD_POLICIES = LATENT_POLICIES
 
 
 def check_policy(policy: str, allowed: tuple[str, ...]) -> str:

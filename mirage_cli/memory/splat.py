@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import MirageError
+from . import compiled as _compiled
+
 _MASK32 = 0xFFFFFFFF
 _INT64_MAX = torch.iinfo(torch.int64).max
 # Points are grouped by how many cells their footprint spans per axis (a short loop over groups,
@@ -212,8 +215,14 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
         return base, None
     sel = one.nonzero().squeeze(1)
     cells, pairs = [base.index_select(0, sel)], [sel]
+    if J is not None:  # per pair, once: the inverse parallelogram and the cell holding the centre
+        inv = inverse2x2(*J)
+        home_i, home_j = torch.ceil(v - 1.0).long(), torch.ceil(u - 1.0).long()
+    top = int(span.max())
     lo = 1
     for hi in _SPAN_GROUPS[1:]:
+        if lo >= top:  # no pair spans more cells than the groups done so far
+            break
         sel = ((span > lo) & (span <= hi)).nonzero().squeeze(1)
         lo = hi
         if sel.numel() == 0:
@@ -227,7 +236,8 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
         dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
         cell = base.index_select(0, s) + dio * w + djo
         if J is not None:
-            keep = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v, J, margin)
+            keep = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v, inv,
+                                         home_i, home_j, margin)
             s, cell = s.index_select(0, keep), cell.index_select(0, keep)
         cells.append(cell)
         pairs.append(s)
@@ -235,17 +245,19 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
 
 
 def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                          J: tuple[torch.Tensor, ...], margin: float) -> torch.Tensor:
+                          inv: tuple[torch.Tensor, ...], home_i: torch.Tensor, home_j: torch.Tensor,
+                          margin: float) -> torch.Tensor:
     """Indices of the candidate cells ``(ci, cj)`` of pairs ``s`` whose centre lies in the pair's
-    parallelogram (grown by ``margin``) or that hold the pair's centre."""
+    parallelogram (inverse ``inv`` per pair, grown by ``margin``) or that hold the pair's centre
+    (cell ``(home_i, home_j)`` per pair)."""
     us, vs = u.index_select(0, s), v.index_select(0, s)
     dx = (cj.to(torch.float32) + 0.5) - us
     dy = (ci.to(torch.float32) + 0.5) - vs
-    a, b, c, d = inverse2x2(*(x.index_select(0, s) for x in J))
+    a, b, c, d = (x.index_select(0, s) for x in inv)
     alpha = a * dx + b * dy
     beta = c * dx + d * dy
     # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
-    home = (ci == torch.ceil(vs - 1.0).long()) & (cj == torch.ceil(us - 1.0).long())
+    home = (ci == home_i.index_select(0, s)) & (cj == home_j.index_select(0, s))
     return (((alpha.abs() <= 1 + margin) & (beta.abs() <= 1 + margin)) | home).nonzero().squeeze(1)
 
 
@@ -332,51 +344,131 @@ def lift_patches(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, cells:
     return world.to(torch.float32), footprint.to(torch.float32), axes.to(torch.float32), ii, jj
 
 
+SPLAT_MODES = ("patch", "point")
+# Points are culled by blocks of this many consecutive stored points before the per-point test:
+# points lifted together are neighbours in space, so most blocks are wholly in or out of a view.
+_CULL_BLOCK = 128
+
+
+def check_splat_mode(mode: str) -> str:
+    """``mode`` if it is a splat mode (``"patch"`` or ``"point"``), else a one-line :class:`MirageError`."""
+    if mode not in SPLAT_MODES:
+        raise MirageError(f"unknown splat mode {mode!r} (choose from {', '.join(SPLAT_MODES)})")
+    return mode
+
+
+def block_bounds(points: torch.Tensor, block: int = _CULL_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axis-aligned bounds of consecutive blocks of ``block`` points: ``lo, hi (B, 3)`` float64."""
+    N = points.shape[0]
+    nb = -(-N // block)
+    p = points
+    if nb * block != N:  # pad with the last point (it is in the last block anyway)
+        p = torch.cat([p, p[-1:].expand(nb * block - N, 3)])
+    p = p.view(nb, block, 3)
+    return p.amin(dim=1).double(), p.amax(dim=1).double()
+
+
+def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bounds: tuple[float, ...]) -> torch.Tensor:
+    """``(B,)`` bool: block may hold a point passing the per-point frustum test (conservative).
+
+    Each test of the per-point cull (``z > 0``, ``x > x_lo z``, ``x < x_hi z``, ``y > y_lo z``,
+    ``y < y_hi z``, camera coordinates) is a linear function ``a . p + b`` of the world point, whose
+    largest value over a box is ``a . centre + |a| . half_size + b``; a box where one of them is
+    ``<= 0`` holds no point that passes. Computed in float64 with a relative tolerance far above the
+    per-point fp32 rounding, so culling never removes a point the exact test would keep.
+    """
+    x_lo, x_hi, y_lo, y_hi = bounds
+    M = w2c[:3].to(lo.device, torch.float64)  # rows: x, y, z as linear functions of (X, Y, Z, 1)
+    x, y, z = M.unbind(0)
+    planes = torch.stack([z, x - x_lo * z, x_hi * z - x, y - y_lo * z, y_hi * z - y], dim=1)  # (4, 5)
+    centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    top = centre @ planes[:3] + half @ planes[:3].abs() + planes[3]  # (B, 5)
+    scale = (centre.abs() + half) @ planes[:3].abs() + planes[3].abs()
+    return (top > -1e-5 * scale - 1e-30).all(dim=1)
+
+
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
-                  h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0,
+                  mode: str = "patch", compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered splat of patches into ``T`` cameras' ``h x w`` grids.
 
     Args:
         points: ``(N, 3)`` float32 world positions.
         axes: ``(N, 6)`` float32 world half-axes (``axes * footprint`` of :func:`lift_patches`,
-            flattened).
+            flattened); unused in ``"point"`` mode.
         key: ``(N,)`` int64 content hashes in ``[0, 2**31)`` (tie-break).
         w2c: ``(T, 4, 4)`` world-to-camera; K: ``(T, 3, 3)`` intrinsics of the target grids.
         owner_offset: added to the reported indices (when ``points`` is a slice of a memory).
+        mode: ``"patch"`` (each point covers the cells of its projected parallelogram: no cracks)
+            or ``"point"`` (each point fills only the cell its centre projects to, the nearest-cell
+            splat of the paper's reference implementation).
+        compiled: use the compiled CPU splat (:mod:`.compiled`) when it can be built; it gives the
+            same bits as the pure-torch path, which runs otherwise (and on CUDA).
     Returns:
         index ``(T, h, w)`` int64 (-1 = none) and depth ``(T, h, w)`` float32 (0 = none).
 
-    Per frame (a loop over frames, never over points): project every point, cull those whose
-    footprint cannot reach the grid, then compute the survivors' patch Jacobians and rasterise.
-    Elementwise fp32 ops only (no matmul), so CPU and CUDA give bit-identical results.
+    Per frame (a loop over frames, never over points): cull blocks of points whose bounding box is
+    outside the frustum, project the rest, cull those whose footprint cannot reach the grid, then
+    compute the survivors' patch Jacobians and rasterise. The per-point arithmetic is elementwise
+    fp32 only (no matmul), so CPU and CUDA give bit-identical results, and the block cull only
+    skips points the per-point test would drop, so it changes no result.
     """
+    check_splat_mode(mode)
     dev = points.device
     T = w2c.shape[0]
+    N = points.shape[0]
+    m = float(max_radius)
+    Kc = K.to("cpu", torch.float64)  # for the culling bounds
+    frustum = [(float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0]),
+                float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])) for k in Kc]
+    if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
+        ext = _compiled.extension()
+        if ext is not None:
+            f32 = dict(dtype=torch.float32)
+            idx, dep = ext.splat_patches_cpu(
+                points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
+                w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(T, 4),
+                h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
+            return idx, dep
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
-    if points.shape[0] == 0:
+    if N == 0:
         return index, depth
-    Kc = K.to("cpu", torch.float64)  # for the culling bounds
+    w2c64 = w2c.to(dev, torch.float64)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
     X, Y, Z = points.unbind(dim=1)
-    m = float(max_radius)
+    lo, hi = block_bounds(points)
+    steps = torch.arange(_CULL_BLOCK, device=dev)
     for t in range(T):
         r = w2c[t]
-        xc = r[0, 0] * X + r[0, 1] * Y + r[0, 2] * Z + r[0, 3]
-        yc = r[1, 0] * X + r[1, 1] * Y + r[1, 2] * Z + r[1, 3]
-        zc = r[2, 0] * X + r[2, 1] * Y + r[2, 2] * Z + r[2, 3]
         # Conservative frustum cull (grid grown by max_radius cells) without dividing.
-        k = Kc[t]
-        x_lo, x_hi = float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0])
-        y_lo, y_hi = float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])
+        bounds = frustum[t]
+        x_lo, x_hi, y_lo, y_hi = bounds
+        vis = _visible_blocks(lo, hi, w2c64[t], bounds).nonzero().squeeze(1)
+        if vis.numel() == 0:
+            continue
+        cand = None
+        if 2 * vis.numel() * _CULL_BLOCK < N:  # gather only when it skips most of the points
+            cand = (vis[:, None] * _CULL_BLOCK + steps).reshape(-1)
+            cand = cand[cand < N]
+        Xs, Ys, Zs = (X, Y, Z) if cand is None else (a.index_select(0, cand) for a in (X, Y, Z))
+        xc = r[0, 0] * Xs + r[0, 1] * Ys + r[0, 2] * Zs + r[0, 3]
+        yc = r[1, 0] * Xs + r[1, 1] * Ys + r[1, 2] * Zs + r[1, 3]
+        zc = r[2, 0] * Xs + r[2, 1] * Ys + r[2, 2] * Zs + r[2, 3]
         ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
-        sel = ok.nonzero().squeeze(1)
-        xc, yc, z = (a.index_select(0, sel) for a in (xc, yc, zc))
+        keep = ok.nonzero().squeeze(1)
+        xc, yc, z = (a.index_select(0, keep) for a in (xc, yc, zc))
+        sel = keep if cand is None else cand.index_select(0, keep)
         fx, fy, cx, cy = K[t, 0, 0], K[t, 1, 1], K[t, 0, 2], K[t, 1, 2]
         xn, yn = xc / z, yc / z
         u = xn * fx + cx
         v = yn * fy + cy
+        if mode == "point":
+            idx, dep = rasterize(0, sel + owner_offset, u, v, z, key.index_select(0, sel), 1, h, w,
+                                 radius=torch.full_like(z, 0.5), max_radius=m)
+            index[t], depth[t] = idx[0], dep[0]
+            continue
         A = axes.index_select(0, sel)  # (M, 6) world half-axes
         J = []
         for q in (0, 3):

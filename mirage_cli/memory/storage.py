@@ -26,6 +26,7 @@ from .. import __version__
 from ..errors import MirageError
 from ..io import atomic_path
 from .policies import LATENT_POLICIES
+from .splat import SPLAT_MODES
 
 FORMAT = "mirage.latent-memory"
 VERSION = 1
@@ -168,6 +169,7 @@ def latent_metadata(memory, extras: dict | None = None) -> dict[str, str]:
         "image_hash": memory.image_hash,
         "feature_dtype": dtype_name(memory.feature_dtype),
         "write_policy": memory.write_policy,
+        "splat": memory.splat,
         "points": str(len(memory)),
         "extras": json.dumps(ex, sort_keys=True),
     }
@@ -184,6 +186,7 @@ class LatentCache:
     image_hash: str
     extras: dict
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    splat: str = "patch"
 
 
 def _check_header(path, meta: dict) -> None:
@@ -241,9 +244,12 @@ def read_latent_cache(path: str | os.PathLike) -> LatentCache:
     policy = meta.get("write_policy", "new")
     if policy not in LATENT_POLICIES:
         raise MirageError(f"{path}: metadata field 'write_policy' = {policy!r} is not one of {', '.join(LATENT_POLICIES)}")
+    splat = meta.get("splat", "patch")  # caches written before the point mode existed used patches
+    if splat not in SPLAT_MODES:
+        raise MirageError(f"{path}: metadata field 'splat' = {splat!r} is not one of {', '.join(SPLAT_MODES)}")
     extras = parse_json(path, meta, "extras")
     checked = _check_latent_tensors(path, tensors, meta, channels)
-    return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked)
+    return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked, splat)
 
 
 def cache_summary(path: str | os.PathLike, memory) -> dict:
@@ -251,7 +257,7 @@ def cache_summary(path: str | os.PathLike, memory) -> dict:
     ``LatentMemory.load``) stats plus the file's metadata.
 
     Keys: ``file``, ``file_bytes``, ``format``, ``version``, ``created_by``, ``codec``, ``channels``,
-    ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``,
+    ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``, ``splat``,
     ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
     """
     st = memory.stats()
@@ -270,6 +276,7 @@ def cache_summary(path: str | os.PathLike, memory) -> dict:
         "bytes": st["bytes"],
         "bytes_per_point": st["bytes_per_point"],
         "write_policy": st["write_policy"],
+        "splat": st["splat"],
         "image_hash": st["image_hash"],
         "bounds": st["bounds"],
         "footprint": st["footprint"],

@@ -56,6 +56,7 @@ class GenerateConfig:
     downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
     cache_dump: str = "final"  # the newest dump while running (what --resume needs) + final.safetensors
     write_policy: str = "new"
+    splat: str = "patch"  # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference)
     memory: str | None = None
     references: int = 2
     cpu_offload: bool = False
@@ -97,7 +98,7 @@ class RunPlan:
 def check_config(cfg: GenerateConfig) -> None:
     """Reject bad options with one line each, before anything is read or written."""
     from ..geometry.intrinsics import INTRINSICS_MODES
-    from ..memory.latent import WRITE_POLICIES
+    from ..memory.latent import SPLAT_MODES, WRITE_POLICIES
 
     def bad(opt: str, why: str):
         raise MirageError(f"{opt}: {why}")
@@ -112,6 +113,8 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
     if cfg.write_policy not in WRITE_POLICIES:
         bad("--write-policy", f"must be one of {', '.join(WRITE_POLICIES)} (got '{cfg.write_policy}')")
+    if cfg.splat not in SPLAT_MODES:
+        bad("--splat", f"must be one of {', '.join(SPLAT_MODES)} (got '{cfg.splat}')")
     if cfg.dtype not in DTYPES:
         bad("--dtype", f"must be one of {', '.join(DTYPES)} (got '{cfg.dtype}')")
     for opt, v, low in (("--downscale", cfg.downscale, 1), ("--chunk-frames", cfg.chunk_frames, 2), ("--frames", cfg.frames, 1)):

@@ -196,11 +196,12 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
     cam0, cfg = plan.cams[0], plan.config
     if memory is not None:
         memory.write_policy = cfg.write_policy
+        memory.splat = cfg.splat
         _, known0, _ = memory.read(cam0)
         memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK, mask=~known0[0])
         return memory
     memory = LatentMemory(codec.channels, codec.spatial_factor, codec=codec.name, device=plan.device,
-                          write_policy=cfg.write_policy, image_hash=plan.image_hash)
+                          write_policy=cfg.write_policy, image_hash=plan.image_hash, splat=cfg.splat)
     memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK)
     return memory
 

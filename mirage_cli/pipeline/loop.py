@@ -73,6 +73,7 @@ class ChunkRead:
     known: torch.Tensor  # (T, h, w) bool
     depth: torch.Tensor  # (T, h, w) z-depth, 0 where unknown
     references: list[int]  # history indices of the chosen reference latents
+    filled: torch.Tensor | None = None  # (T, h, w) depth extended into the holes (fill_depth), once per chunk
 
 
 def round_latents(x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +156,7 @@ def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
     # are written (padding repeats the last camera).
     t = time.perf_counter()
     n = written_latent_frames(chunk, tf)
-    wdepth = write_depth(read.depth, read.known, frames, tf, codec.spatial_factor, state.depth_model)
+    wdepth = write_depth(read.depth, read.known, frames, tf, codec.spatial_factor, state.depth_model, read.filled)
     added = state.memory.write(latents[:n], wdepth[:n], read.cams[:n], read.known[:n], chunk=chunk.index + 1)
     sec["write"] = time.perf_counter() - t
 
@@ -182,7 +183,8 @@ def read_memory(chunk: Chunk, run: Run) -> ChunkRead:
     exclude = {len(state.history_frames) - 1}  # the overlap frame is already passed as `preceding`
     refs = select_references(depth, known, lcams, state.history_frames, cams, exclude,
                              run.plan.config.references, run.plan.grid)
-    return ChunkRead(lcams, latents, known, depth, refs)
+    # The depth extended into the holes, once per chunk: the preview's fill and the write both use it.
+    return ChunkRead(lcams, latents, known, depth, refs, fill_depth(depth, known))
 
 
 def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Tensor:
@@ -194,7 +196,7 @@ def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Ten
         preceding=torch.stack(history[-1:]) if chunk.index > 0 else None,
         reference=torch.stack([history[i] for i in read.references]) if read.references else None,
         chunk_index=chunk.index, num_frames=chunk.length, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-        seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance,
+        seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, filled_depth=read.filled,
     )
     steps = cfg.steps if run.backend.name != "preview" else 1
     step_task = progress.add_task(f"chunk {chunk.index} denoise", total=steps) if progress else None
@@ -308,12 +310,12 @@ def select_references(read_depth: torch.Tensor, known: torch.Tensor, cams: Camer
 
 
 def write_depth(read_depth: torch.Tensor, known: torch.Tensor, frames: torch.Tensor, tf: int, factor: int,
-                depth_model=None) -> torch.Tensor:
+                depth_model=None, filled: torch.Tensor | None = None) -> torch.Tensor:
     """Depth for writing a chunk's latent frames ``(T, h, w)``: the read depth where the memory
     covered the cell; elsewhere the depth model's prediction for the decoded frame, aligned to the
     read depth by a robust scale + shift fit on the covered cells, or (no model, or too few covered
     cells to fit) the read depth extended into the holes from the background side."""
-    filled = fill_depth(read_depth, known)
+    filled = fill_depth(read_depth, known) if filled is None else filled  # the loop passes the chunk's one fill
     if depth_model is None:
         return filled
     out = filled.clone()

@@ -1,0 +1,125 @@
+// Compiled twin of mirage_cli.memory.splat.splat_patches (CPU, one thread): the same fp32 operations
+// in the same order (no FMA: built with -ffp-contract=off), the same footprint rules and the same
+// deterministic z-buffer (smallest z-bits << 32 | key, then smallest owner), so it returns the same
+// bits as the pure-torch path. One pass over the points per frame, no temporaries per point. Frames
+// are independent z-buffers, so they run in parallel (torch's intra-op threads) without changing a bit.
+#include <torch/extension.h>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+static inline float nan_to_num_clamp(float r, float lo, float hi) {
+  if (std::isnan(r)) r = 0.5f;
+  else if (std::isinf(r)) r = r > 0 ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
+  return std::fmin(std::fmax(r, lo), hi);  // torch.clamp(lo, hi): min(max(x, lo), hi)
+}
+
+static inline int64_t cell_bound(float x, int64_t n) {
+  // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n)
+  float c = std::fmin(std::fmax(std::ceil(x), -1.0f), (float)(n + 1));
+  int64_t l = (int64_t)c;
+  return l < 0 ? 0 : (l > n ? n : l);
+}
+
+std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor axes, torch::Tensor key,
+                                             torch::Tensor w2c, torch::Tensor K, torch::Tensor bounds,
+                                             int64_t h, int64_t w, double max_radius, int64_t owner_offset,
+                                             bool patch, double margin) {
+  const int64_t N = points.size(0), T = w2c.size(0), hw = h * w;
+  auto index = torch::full({T, h, w}, -1, torch::kInt64);
+  auto depth = torch::zeros({T, h, w}, torch::kFloat32);
+  const float* P = points.data_ptr<float>();
+  const float* A = patch ? axes.data_ptr<float>() : nullptr;
+  const int64_t* KEY = key.data_ptr<int64_t>();
+  const float* R = w2c.data_ptr<float>();
+  const float* KK = K.data_ptr<float>();
+  const float* B = bounds.data_ptr<float>();
+  int64_t* IDX = index.data_ptr<int64_t>();
+  float* DEP = depth.data_ptr<float>();
+  const float m = (float)max_radius, lim = (float)(1.0 + margin);
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
+  std::vector<int64_t> best(hw), owner(hw);
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    std::fill(best.begin(), best.end(), kMax);
+    std::fill(owner.begin(), owner.end(), kMax);
+    const float* r = R + 16 * t;
+    const float fx = KK[9 * t + 0], cx = KK[9 * t + 2], fy = KK[9 * t + 4], cy = KK[9 * t + 5];
+    const float x_lo = B[4 * t], x_hi = B[4 * t + 1], y_lo = B[4 * t + 2], y_hi = B[4 * t + 3];
+    auto put = [&](int64_t cell, int64_t val, int64_t own) {
+      if (val < best[cell]) { best[cell] = val; owner[cell] = own; }
+      else if (val == best[cell] && own < owner[cell]) owner[cell] = own;
+    };
+    for (int64_t p = 0; p < N; ++p) {
+      const float X = P[3 * p], Y = P[3 * p + 1], Z = P[3 * p + 2];
+      const float xc = r[0] * X + r[1] * Y + r[2] * Z + r[3];
+      const float yc = r[4] * X + r[5] * Y + r[6] * Z + r[7];
+      const float z = r[8] * X + r[9] * Y + r[10] * Z + r[11];
+      if (!((z > 0) & (xc > x_lo * z) & (xc < x_hi * z) & (yc > y_lo * z) & (yc < y_hi * z))) continue;
+      const float xn = xc / z, yn = yc / z;
+      const float u = xn * fx + cx, v = yn * fy + cy;
+      float a = 0, b = 0, c = 0, d = 0, ru, rv;
+      if (patch) {
+        float J[4];
+        for (int q = 0; q < 2; ++q) {
+          const float ax = A[6 * p + 3 * q], ay = A[6 * p + 3 * q + 1], az = A[6 * p + 3 * q + 2];
+          const float cxk = r[0] * ax + r[1] * ay + r[2] * az;
+          const float cyk = r[4] * ax + r[5] * ay + r[6] * az;
+          const float czk = r[8] * ax + r[9] * ay + r[10] * az;
+          J[2 * q] = fx * (cxk - xn * czk) / z;
+          J[2 * q + 1] = fy * (cyk - yn * czk) / z;
+        }
+        a = J[0]; b = J[2]; c = J[1]; d = J[3];
+        ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b), 0.5f, m);
+        rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d), 0.5f, m);
+      } else {
+        ru = rv = nan_to_num_clamp(0.5f, 0.5f, m);
+      }
+      const int64_t jc0 = cell_bound(u - ru - 0.5f, w), jc1 = cell_bound(u + ru - 0.5f, w);
+      const int64_t ic0 = cell_bound(v - rv - 0.5f, h), ic1 = cell_bound(v + rv - 0.5f, h);
+      const int64_t si = ic1 - ic0, sj = jc1 - jc0;
+      const int64_t span = std::min(si, sj) > 0 ? std::max(si, sj) : 0;
+      if (span == 0 || span > 65) continue;  // the torch path's span groups end at 65
+      int32_t zb;
+      std::memcpy(&zb, &z, 4);
+      const int64_t val = ((int64_t)(uint32_t)zb << 32) | (KEY[p] & 0x7FFFFFFF);
+      const int64_t own = p + owner_offset;
+      if (span == 1) { put(ic0 * w + jc0, val, own); continue; }
+      float ia = 0, ib = 0, ic = 0, id = 0;
+      int64_t hi_ = 0, hj_ = 0;
+      if (patch) {
+        const float det = a * d - b * c;
+        if (std::fabs(det) > 1e-12f) {
+          const float inv = (1.0f / det) * 1.0f;
+          ia = d * inv; ib = -b * inv; ic = -c * inv; id = a * inv;
+        } else {
+          ia = ib = ic = id = 1e12f;
+        }
+        hi_ = (int64_t)std::ceil(v - 1.0f);
+        hj_ = (int64_t)std::ceil(u - 1.0f);
+      }
+      for (int64_t ci = ic0; ci < ic1; ++ci) {
+        for (int64_t cj = jc0; cj < jc1; ++cj) {
+          if (patch) {
+            const float dx = ((float)cj + 0.5f) - u, dy = ((float)ci + 0.5f) - v;
+            const float al = ia * dx + ib * dy, be = ic * dx + id * dy;
+            if (!((std::fabs(al) <= lim && std::fabs(be) <= lim) || (ci == hi_ && cj == hj_))) continue;
+          }
+          put(ci * w + cj, val, own);
+        }
+      }
+    }
+    int64_t* idx = IDX + t * hw;
+    float* dep = DEP + t * hw;
+    for (int64_t k = 0; k < hw; ++k) {
+      if (owner[k] == kMax) continue;
+      idx[k] = owner[k];
+      const int32_t zb = (int32_t)(best[k] >> 32);
+      std::memcpy(dep + k, &zb, 4);
+    }
+  }
+  });
+  return {index, depth};
+}
