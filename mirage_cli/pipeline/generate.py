@@ -33,7 +33,7 @@ from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
                      with_absolute_paths)
-from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
+from .inputs import (Loaders, check_memory_fits, grid_multiple, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
 from .loop import Run, RunState, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
@@ -61,8 +61,10 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
-def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
-    """A new run: validate every input, then create the run directory and the first memory."""
+def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders: Loaders | None = None) -> Run:
+    """A new run: validate every input, then create the run directory and the first memory.
+    ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones)."""
+    loaders = loaders or Loaders()
     t_start = time.perf_counter()
     check_config(cfg)
     cfg = with_absolute_paths(cfg)
@@ -73,7 +75,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
     cfg = _with_downscale(cfg, image_raw)
-    codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
+    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
@@ -81,7 +83,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     traj = prepare_trajectory(cfg)
     fov0 = float(trajectory_cameras(traj, cfg.fov, W, H).fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
-                                                     warn, show_progress=not quiet)
+                                                     warn, show_progress=not quiet, loaders=loaders)
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
@@ -100,8 +102,9 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     return Run(plan, codec, backend, first_latent, state, record, t_start)
 
 
-def resume(run_dir: Path, quiet: bool = False) -> Run:
+def resume(run_dir: Path, quiet: bool = False, loaders: Loaders | None = None) -> Run:
     """An interrupted run, continued after its newest memory dump with the options it started with."""
+    loaders = loaders or Loaders()
     t_start = time.perf_counter()
     out = Path(run_dir)
     record = read_run(out)
@@ -114,10 +117,11 @@ def resume(run_dir: Path, quiet: bool = False) -> Run:
     if record.image.sha256 != image_hash:
         raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
     cfg = _with_downscale(cfg, image_raw)
-    codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
+    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
     # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
-    depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet)
+    depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet,
+                                     loaders=loaders)
     plan = _plan(cfg, out, image_path, image_hash, image, codec, record.depth.reference_depth, record.depth.source, device)
     first_latent = _first_latent(codec, image, device)
     dump, records = newest_dump(out)
