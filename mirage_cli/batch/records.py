@@ -2,7 +2,8 @@
 
 Per job id: ``status`` (pending / running / done / failed / interrupted / skipped), ``attempts``,
 ``worker`` (who ran the last attempt), ``seconds`` (wall time of the last attempt), ``frames`` (of
-the finished video), ``error`` (one line, the last failure) and ``run`` (the run directory).
+the finished video), ``error`` (one line, the last failure), ``run`` (the run directory) and ``model_loads`` (how many models the
+worker had loaded by then: it stays at one per backend/model/dtype/device however many jobs ran).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class JobRecord:
     seconds: float | None = None
     frames: int | None = None
     error: str | None = None
+    model_loads: int | None = None  # models its worker had loaded after the last attempt (1 per backend kind)
 
 
 @dataclass

@@ -128,7 +128,7 @@ def _running(record: BatchRecord) -> bool:
 
 def _apply(rec: JobRecord, result: JobResult, retries: int) -> bool:
     """Record one attempt's result; True when the job should be queued again."""
-    rec.worker, rec.seconds, rec.error = result.worker, result.seconds, result.error
+    rec.worker, rec.seconds, rec.error, rec.model_loads = result.worker, result.seconds, result.error, result.loads
     if result.status == "done":
         rec.status, rec.frames = "done", result.frames
         return False
