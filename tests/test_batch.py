@@ -15,12 +15,12 @@ from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
 from mirage_cli.pipeline.generate import GenerateConfig, generate
 
-TINY = {"height": 64, "width": 96, "frames": 9}
+TINY = {"height": 64, "width": 96, "frames": 5}  # one 5-frame chunk: the suite stays fast
 ROWS = [  # 4 preview jobs at a tiny size; two rows share a trajectory with different seeds
     {"id": "orbit", "image": "room.png", "traj": "orbit_left", **TINY},
     {"id": "pan", "image": "room.png", "traj": "pan_left", "seed": 3, **TINY},
     {"image": "room.png", "traj": "dolly_in", **TINY},  # id derived: room-dolly_in
-    {"id": "spiral", "image": "room.png", "traj": "spiral", "chunk-frames": 5, **TINY},
+    {"id": "spiral", "image": "room.png", "traj": "spiral", **TINY, "frames": 9, "chunk-frames": 5},  # 2 chunks
 ]
 
 
