@@ -5,15 +5,15 @@ from __future__ import annotations
 from .records import BatchRecord
 
 
-def batch_table(record: BatchRecord, workers: int):
+def batch_table(record: BatchRecord):
     """A rich Table summarising ``record``; the ETA assumes the remaining jobs take as long as the
-    finished ones did on average, ``workers`` at a time."""
+    finished ones did on average, as many at a time as are running now."""
     from rich.table import Table
 
     c = record.counts()
     done = [j.seconds for j in record.jobs.values() if j.status == "done" and j.seconds]
     left = c["pending"] + c["running"]
-    eta = f"{sum(done) / len(done) * left / max(1, workers):.0f} s" if done and left else "-"
+    eta = f"{sum(done) / len(done) * left / max(1, c['running']):.0f} s" if done and left else "-"
     t = Table(title=f"mirage batch -> {record.out} ({record.workers})", show_header=True)
     for col in ("jobs", "done", "skipped", "running", "pending", "failed", "interrupted", "ETA"):
         t.add_column(col, justify="right")

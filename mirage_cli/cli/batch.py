@@ -62,7 +62,7 @@ def batch_cmd(
         from rich.live import Live
 
         live = Live(console=err_console, transient=False, auto_refresh=False)
-    update = (lambda rec: live.update(batch_table(rec, workers or 1), refresh=True)) if live else (lambda rec: None)
+    update = (lambda rec: live.update(batch_table(rec), refresh=True)) if live else (lambda rec: None)
     try:
         if live:
             live.start()
