@@ -104,6 +104,8 @@ def _row_job(raw: dict, n: int, base: Path, out: Path | None) -> Job:
     job_id = row.pop("id", None)
     values = {}
     for key, value in row.items():
+        if value is None:  # JSON null: the option's default, like an empty CSV cell
+            continue
         if key in BATCH_OWNED:
             raise _RowError(key, "is set by `mirage batch` (DIR/<id>), not per row")
         if key not in _TYPES:
