@@ -45,6 +45,7 @@ def root(
     """mirage: latent spatial memory for camera-controlled video."""
 
 
+from . import batch as _batch  # noqa: E402
 from . import bench as _bench  # noqa: E402
 from . import cache as _cache  # noqa: E402
 from . import generate as _generate  # noqa: E402
@@ -56,11 +57,13 @@ app.add_typer(_cache.app, name="cache")
 app.add_typer(_models.app, name="models")
 _generate.register(app)
 _bench.register(app)
+_batch.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    args = _batch.ray_flag_args(args)
     debug = "--debug" in args
     if debug:  # hoist so that the root callback owns it wherever the user typed it
         args = ["--debug"] + [a for a in args if a != "--debug"]

@@ -33,7 +33,7 @@ from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
                      unused_options, with_absolute_paths)
-from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
+from .inputs import (Loaders, check_memory_fits, grid_multiple, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
 from .loop import Run, RunState, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
@@ -63,8 +63,10 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
-def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
-    """A new run: validate every input, then create the run directory and the first memory."""
+def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders: Loaders | None = None) -> Run:
+    """A new run: validate every input, then create the run directory and the first memory.
+    ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones)."""
+    loaders = loaders or Loaders()
     t_start = time.perf_counter()
     check_config(cfg)
     for opt in unused_options(cfg):
@@ -82,7 +84,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
     cfg = _with_downscale(cfg, image_raw)
-    codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
+    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
@@ -93,7 +95,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
                              cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
     fov0 = float(trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics).fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
-                                                     warn, show_progress=not quiet)
+                                                     warn, show_progress=not quiet, loaders=loaders)
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
@@ -117,20 +119,21 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
 
 
-def resume(run_dir: Path, warn: Warn = print, quiet: bool = False) -> Run:
+def resume(run_dir: Path, warn: Warn = print, quiet: bool = False, loaders: Loaders | None = None) -> Run:
     """An interrupted run, continued after its newest memory dump with the options it started with
     (the run directory stays locked until the run ends)."""
+    loaders = loaders or Loaders()
     t_start = time.perf_counter()
     out = Path(run_dir)
     rundir = RunDir.open_resume(out, warn)
     try:
-        return _resume(out, rundir, t_start, quiet)
+        return _resume(out, rundir, t_start, quiet, loaders)
     except BaseException:
         rundir.close()
         raise
 
 
-def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool) -> Run:
+def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loaders) -> Run:
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
@@ -141,10 +144,11 @@ def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool) -> Run:
     if record.image.sha256 != image_hash:
         raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
     cfg = _with_downscale(cfg, image_raw)
-    codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
+    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
     # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
-    depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet)
+    depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet,
+                                     loaders=loaders)
     plan = _plan(cfg, out, image_path, image_hash, image, codec, record.depth.reference_depth, record.depth.source, device)
     first_latent = _first_latent(codec, image, device)
     dump, records = newest_dump(out)

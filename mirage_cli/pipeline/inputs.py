@@ -6,6 +6,7 @@ input is reported before the run directory is touched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +47,7 @@ def grid_multiple(backend: str, codec: Codec) -> int:
 
 
 def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float,
-                  device: torch.device, warn: Callable[[str], None], show_progress: bool = True):
+                  device: torch.device, warn: Callable[[str], None], show_progress: bool = True, loaders: Loaders | None = None):
     """Depth of the input image at its (resized) size.
 
     Args:
@@ -66,9 +67,7 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
         for doubt in doubts:
             warn(doubt)
     elif kind in ("model", "auto"):
-        from ..models.depth_model import load_depth_model
-
-        model = load_depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
+        model = (loaders or Loaders()).depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
         if model is not None:
             depth, dkind = model.predict(image)
             kind = f"model:{cfg.depth_model}:{dkind}"
@@ -82,14 +81,13 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
     return depth.float(), kind, model
 
 
-def resume_depth_model(cfg: GenerateConfig, depth_source: str, device: torch.device, show_progress: bool = True):
+def resume_depth_model(cfg: GenerateConfig, depth_source: str, device: torch.device, show_progress: bool = True,
+                       loaders: Loaders | None = None):
     """On ``--resume`` the input depth is no longer needed (the dumps hold its lift), but a run whose
     depth came from a model keeps using that model for the new content of each chunk."""
     if not depth_source.startswith("model:"):
         return None
-    from ..models.depth_model import load_depth_model
-
-    return load_depth_model(cfg.depth_model, device=str(device), required=True, progress=show_progress)
+    return (loaders or Loaders()).depth_model(cfg.depth_model, device=str(device), required=True, progress=show_progress)
 
 
 def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callable[[str], None]):
@@ -132,6 +130,22 @@ def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tu
         )
         return codec, backend
     raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+
+
+def load_depth_model(*args, **kwargs):
+    """``models.depth_model.load_depth_model``, imported when first used (transformers is heavy)."""
+    from ..models.depth_model import load_depth_model as load
+
+    return load(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """How a run gets its models. The defaults load them; ``mirage batch`` workers pass caching
+    loaders (same signatures) so that a worker loads each model once, not once per job."""
+
+    codec_backend: Callable[..., tuple[Codec, Backend]] = prepare_codec_backend  # (cfg, show_progress=)
+    depth_model: Callable = load_depth_model  # (ref, device=, required=, progress=) -> DepthModel | None
 
 
 def check_memory_fits(memory, codec: Codec, cfg: GenerateConfig) -> None:

@@ -1,0 +1,88 @@
+"""`mirage batch`: parse the options, hand them to :func:`mirage_cli.batch.runner.run_batch`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .console import console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `batch` command to the root app."""
+    app.command("batch", no_args_is_help=True)(batch_cmd)
+
+
+def ray_flag_args(args: list[str]) -> list[str]:
+    """Let ``--ray`` take an optional value (Typer options cannot): a bare ``--ray`` (last, or
+    followed by another option) becomes ``--ray local``, a local Ray instance."""
+    if "batch" not in args:
+        return args
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("local")
+    return out
+
+
+def batch_cmd(
+    manifest: Path = typer.Argument(..., help="JSONL or CSV manifest: one run per row (image, traj, optional id and any generate option)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Batch directory: each job's run goes to DIR/<id>/, the record to DIR/batch.json."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker count \\[default: 1 in-process locally; the cluster's capacity with --ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="Run on Ray: alone a local Ray instance, 'auto' the running cluster, or an ADDRESS."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for (0 on CPU clusters)."),
+    retries: int = typer.Option(1, "--retries", help="Retries of a failed job (an error or a dead worker)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop dispatching after the first job that fails for good."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the batch summary (batch.json's content) to this file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table or summary."),
+) -> None:
+    """Run many `mirage generate` jobs from MANIFEST, with workers that keep their models loaded."""
+    from ..batch.display import batch_table
+    from ..batch.runner import BatchOptions, run_batch
+    from ..errors import MirageError
+    from ..io import write_json
+
+    if workers is not None and workers < 1:
+        raise MirageError(f"--workers: must be >= 1 (got {workers})")
+    if retries < 0:
+        raise MirageError(f"--retries: must be >= 0 (got {retries})")
+    if gpus_per_worker < 0:
+        raise MirageError(f"--gpus-per-worker: must be >= 0 (got {gpus_per_worker})")
+    opts = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
+                        fail_fast=fail_fast)
+    live = None
+    if not quiet:
+        from rich.live import Live
+
+        live = Live(console=err_console, transient=False, auto_refresh=False)
+    update = (lambda rec: live.update(batch_table(rec), refresh=True)) if live else (lambda rec: None)
+    try:
+        if live:
+            live.start()
+        record = run_batch(manifest, opts, on_update=update)
+    except KeyboardInterrupt:
+        if live:
+            live.stop()
+        err_console.print(f"[yellow]batch interrupted[/]; finished runs are kept. Continue with: "
+                          f"mirage {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
+        raise
+    finally:
+        if live:
+            live.stop()
+    data = record.to_json()
+    if json_out:
+        write_json(json_out, data)
+    failed = {k: j for k, j in record.jobs.items() if j.status == "failed"}
+    if not quiet:
+        for k, j in failed.items():
+            err_console.print(f"[red]failed[/] {k} (row {j.row}, {j.attempts} attempts): {j.error}", highlight=False)
+        console.print(f"batch {record.status}: {json.dumps(data['counts'])}; record {Path(out) / 'batch.json'}")
+    if failed or record.status != "done":
+        raise typer.Exit(1)

@@ -1,0 +1,188 @@
+"""`mirage batch`: manifests, local workers and Ray, retries, skip / resume, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from mirage_cli.batch.manifest import load_manifest
+from mirage_cli.batch.records import batch_json
+from mirage_cli.batch.runner import BatchOptions, run_batch
+from mirage_cli.batch.workers import InProcessPool
+from mirage_cli.cli import main
+from mirage_cli.errors import MirageError
+from mirage_cli.pipeline.generate import GenerateConfig, generate
+
+TINY = {"height": 64, "width": 96, "frames": 5}  # one 5-frame chunk: the suite stays fast
+ROWS = [  # 4 preview jobs at a tiny size; two rows share a trajectory with different seeds
+    {"id": "orbit", "image": "room.png", "traj": "orbit_left", **TINY},
+    {"id": "pan", "image": "room.png", "traj": "pan_left", "seed": 3, **TINY},
+    {"image": "room.png", "traj": "dolly_in", **TINY},  # id derived: room-dolly_in
+    {"id": "spiral", "image": "room.png", "traj": "spiral", **TINY, "frames": 9, "chunk-frames": 5},  # 2 chunks
+]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def batch_dir(small_scene, tmp_path_factory):
+    """A directory with the scene image (and its depth sidecar) and the 4-row manifest."""
+    d = tmp_path_factory.mktemp("batch")
+    shutil.copy(small_scene["image"], d / "room.png")
+    shutil.copy(small_scene["depth"], d / "room.depth.npy")
+    write_jsonl(d / "jobs.jsonl", ROWS)
+    return d
+
+
+@pytest.fixture(scope="module")
+def singles(batch_dir):
+    """Each row run alone with `generate` (the reference videos): id -> video bytes."""
+    videos = {}
+    for job in load_manifest(batch_dir / "jobs.jsonl"):
+        out = batch_dir / "single" / job.id
+        generate(GenerateConfig(**{**job.config.__dict__, "out": str(out)}), warn=lambda m: None, quiet=True)
+        videos[job.id] = (out / "video.mp4").read_bytes()
+    return videos
+
+
+def videos(out) -> dict[str, bytes]:
+    rec = json.loads(batch_json(out).read_text())
+    return {k: (out / k / "video.mp4").read_bytes() for k, j in rec["jobs"].items() if j["status"] in ("done", "skipped")}
+
+
+# ------------------------------------------------------------------------------------ manifest
+def test_csv_and_jsonl_manifests_give_the_same_jobs(batch_dir, tmp_path):
+    cols = ["id", "image", "traj", "seed", "height", "width", "frames", "chunk-frames"]
+    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in ROWS]
+    (batch_dir / "jobs.csv").write_text("\n".join(lines) + "\n")
+    a = load_manifest(batch_dir / "jobs.jsonl", tmp_path)
+    b = load_manifest(batch_dir / "jobs.csv", tmp_path)
+    assert [j.config for j in a] == [j.config for j in b]
+    assert [j.id for j in a] == ["orbit", "pan", "room-dolly_in", "spiral"]
+    assert a[0].config.image == str(batch_dir / "room.png")  # relative to the manifest
+    assert a[3].config.chunk_frames == 5 and a[1].config.seed == 3
+    assert a[2].config.out == str(tmp_path.resolve() / "room-dolly_in")
+
+
+def test_bad_rows_exit_2_one_line_each_before_anything_runs(batch_dir, tmp_path, capsys):
+    bad = [
+        ROWS[0],
+        {"id": "x", "image": "missing.png", "traj": "orbit_left"},
+        {"id": "y", "image": "room.png", "traj": "orbit_left", "colour": "red"},
+        {"id": "orbit", "image": "room.png", "traj": "pan_left"},
+        {"id": "z", "image": "room.png", "traj": "orbit_left", "frames": "many"},
+        {"id": "w", "image": "room.png", "traj": "no_such_preset"},
+    ]
+    write_jsonl(batch_dir / "bad.jsonl", bad)
+    out = tmp_path / "out"
+    assert main(["batch", str(batch_dir / "bad.jsonl"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if "row" in l]
+    assert len(lines) == 5, err
+    assert "row 2, field 'image': file not found" in lines[0]
+    assert "row 3, field 'colour': unknown option" in lines[1]
+    assert "row 4, field 'id': duplicate id 'orbit' (also row 1)" in lines[2]
+    assert "row 5, field 'frames': must be an integer" in lines[3]
+    assert "row 6, field 'traj'" in lines[4]
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing started
+
+
+# ------------------------------------------------------------------------------------ local
+def test_in_process_batch_retries_reports_failures_and_skips_done_jobs(batch_dir, singles, tmp_path, monkeypatch):
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # passes validation (it exists), fails when read
+    rows = ROWS + [{"id": "broken", "image": str(tmp_path / "broken.png"), "traj": "orbit_left", **TINY}]
+    write_jsonl(batch_dir / "with_broken.jsonl", rows)
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv("MIRAGE_TEST_FAIL_ONCE", f"pan:{marker}")
+    out, pool = tmp_path / "out", InProcessPool()
+    rec = run_batch(batch_dir / "with_broken.jsonl", BatchOptions(out=str(out), retries=1), pool=pool)
+    jobs = rec.jobs
+    assert marker.exists() and jobs["pan"].status == "done" and jobs["pan"].attempts == 2
+    assert jobs["broken"].status == "failed" and jobs["broken"].attempts == 2 and "broken.png" in jobs["broken"].error
+    assert rec.counts()["done"] == 4 and rec.status == "failed"
+    assert pool.worker.models.loads == 1  # one preview backend for all jobs: never reloaded per job
+    assert videos(out) == singles  # identical bytes to single `generate` runs
+    on_disk = json.loads(batch_json(out).read_text())
+    assert on_disk["counts"]["failed"] == 1 and on_disk["jobs"]["pan"]["attempts"] == 2
+
+    again = run_batch(batch_dir / "with_broken.jsonl", BatchOptions(out=str(out), retries=0))
+    assert again.counts()["skipped"] == 4 and again.counts()["failed"] == 1  # the done jobs are not rerun
+    assert again.jobs["broken"].attempts == 1
+
+
+def test_interrupted_job_is_resumed_on_rerun(batch_dir, singles, tmp_path, monkeypatch):
+    import mirage_cli.pipeline.loop as loop
+
+    real = loop.run_chunk
+
+    def dies(chunk, *args, **kw):  # Ctrl-C in the spiral job's second chunk
+        if chunk.index == 1:
+            raise KeyboardInterrupt
+        return real(chunk, *args, **kw)
+
+    write_jsonl(batch_dir / "spiral.jsonl", [ROWS[3]])
+    out = tmp_path / "out"
+    monkeypatch.setattr(loop, "run_chunk", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(batch_dir / "spiral.jsonl", BatchOptions(out=str(out)))
+    rec = json.loads(batch_json(out).read_text())
+    assert rec["status"] == "interrupted" and rec["jobs"]["spiral"]["status"] == "interrupted"
+    assert json.loads((out / "spiral" / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(loop, "run_chunk", real)
+    again = run_batch(batch_dir / "spiral.jsonl", BatchOptions(out=str(out)))
+    assert again.jobs["spiral"].status == "done"
+    assert len(json.loads((out / "spiral" / "run.json").read_text())["resumed_at"]) == 1  # resumed, not restarted
+    assert videos(out)["spiral"] == singles["spiral"]
+
+
+def test_two_worker_processes_keep_models_and_survive_a_dying_worker(batch_dir, singles, tmp_path, monkeypatch):
+    marker = tmp_path / "died-once"
+    monkeypatch.setenv("MIRAGE_TEST_DIE_ONCE", f"orbit:{marker}")
+    out = tmp_path / "out"
+    assert main(["batch", str(batch_dir / "jobs.jsonl"), "--out", str(out), "--workers", "2", "--quiet"]) == 0
+    rec = json.loads(batch_json(out).read_text())
+    assert marker.exists() and rec["jobs"]["orbit"]["attempts"] == 2 and rec["jobs"]["orbit"]["status"] == "done"
+    assert rec["counts"]["done"] == 4 and rec["workers"] == "2 processes"
+    assert all(j["model_loads"] == 1 for j in rec["jobs"].values())  # each worker loaded the backend once
+    assert len({j["worker"] for j in rec["jobs"].values()}) >= 2  # the dead worker was replaced
+    assert videos(out) == singles
+
+
+# ------------------------------------------------------------------------------------ Ray
+def test_ray_batch_matches_single_runs_and_requeues_a_dead_actor(batch_dir, singles, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    marker = tmp_path / "actor-died-once"
+    monkeypatch.setenv("MIRAGE_TEST_DIE_ONCE", f"pan:{marker}")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "out"
+        rec = run_batch(batch_dir / "jobs.jsonl", BatchOptions(out=str(out), ray="local", workers=2))
+    finally:
+        ray.shutdown()
+    assert rec.counts()["done"] == 4 and rec.workers == "ray local x2"
+    assert marker.exists() and rec.jobs["pan"].attempts == 2 and "died" not in (rec.jobs["pan"].error or "")
+    assert all(j.worker.startswith("ray-") and j.model_loads == 1 for j in rec.jobs.values())
+    assert videos(out) == singles
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    import sys
+
+    from mirage_cli.batch.ray_backend import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(MirageError, match=r'pip install "mirage-cli\[ray\]"'):
+        import_ray()
+
+
+def test_bare_ray_flag_means_a_local_instance():
+    from mirage_cli.cli.batch import ray_flag_args
+
+    assert ray_flag_args(["batch", "m.jsonl", "--ray"]) == ["batch", "m.jsonl", "--ray", "local"]
+    assert ray_flag_args(["batch", "m.jsonl", "--ray", "-q"]) == ["batch", "m.jsonl", "--ray", "local", "-q"]
+    assert ray_flag_args(["batch", "m.jsonl", "--ray", "auto"]) == ["batch", "m.jsonl", "--ray", "auto"]
