@@ -1,4 +1,7 @@
-"""``mirage eval recon --plot``: a metric against frame, one line per clip, revisiting frames marked."""
+"""``mirage eval recon --plot``: a metric against frame, one line per clip, revisiting frames marked.
+
+Frame 0 (the input, PSNR at the cap) is left out, as from the means, so it does not set the scale.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +27,12 @@ def make_figure(doc: dict):
             pf = c["per_frame"]
             if f not in pf:
                 continue
-            x = [t for t, v in zip(pf["frame"], pf[f]) if v is not None]
-            y = [v for v in pf[f] if v is not None]
+            pts = [(t, v) for t, v in zip(pf["frame"], pf[f]) if v is not None and t > 0]
+            if not pts:
+                continue
+            x, y = zip(*pts)
             (line,) = ax.plot(x, y, "-", lw=1.8, label=c["name"])
-            rev = [(t, v) for t, v, r in zip(pf["frame"], pf[f], pf["revisit_of"]) if r >= 0 and v is not None]
+            rev = [(t, v) for t, v, r in zip(pf["frame"], pf[f], pf["revisit_of"]) if r >= 0 and v is not None and t > 0]
             if rev:
                 ax.plot(*zip(*rev), "x", color=line.get_color(), ms=7)
         ax.set_xlabel("frame")
