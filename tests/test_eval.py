@@ -50,6 +50,28 @@ def test_perfect_generator_scores_cap_and_one_everywhere(clip):
     assert all(v == PSNR_CAP for v in per["psnr_all"])
 
 
+def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip):
+    """The whole recon path with a perfect generator: the loop runs, then its frames are the truth."""
+    import mirage_cli.pipeline.loop as loop
+    from mirage_cli.eval.recon import eval_recon
+    from mirage_cli.pipeline.config import GenerateConfig
+
+    real_loop = loop.run_loop
+
+    def perfect(run, **kw):
+        rec = real_loop(run, **kw)
+        run.state.video = list(clip.frames)
+        return rec
+
+    monkeypatch.setattr(loop, "run_loop", perfect)
+    doc = eval_recon([clip], GenerateConfig(), tmp_path / "ev", warn=lambda m: None)
+    agg = doc["aggregate"]
+    for region in ("all", "memory", "revisit"):
+        assert agg[f"psnr_{region}"]["mean"] == PSNR_CAP
+        assert agg[f"ssim_{region}"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert 0 < agg["memory_fraction"]["mean"] <= 1
+
+
 def test_fixed_noise_gives_the_hand_computed_psnr(clip):
     truth = clip.frames[1].astype(np.int16)
     noise = np.random.default_rng(3).integers(-6, 7, size=truth.shape)

@@ -49,14 +49,15 @@ def recon_cmd(
     from ..eval.sources import read_sources
     from ..pipeline.config import GenerateConfig, check_config
 
+    depth_kind = depth if depth in ("prior", "model") else None  # a depth source, not a file of the clip
     base = GenerateConfig(
-        image="-", traj="-", backend=backend, model=model, depth_model=depth_model, seed=seed, steps=steps,
+        image="-", traj="-", depth=depth_kind, backend=backend, model=model, depth_model=depth_model, seed=seed, steps=steps,
         guidance=guidance, shift=shift, prompt=prompt, device=device, dtype=dtype, chunk_frames=chunk_frames,
         downscale=downscale, cache_dump="chunks", write_policy=write_policy, references=references,
         cpu_offload=cpu_offload, height=height, width=width,
     )
     check_config(base)  # every option error before any clip is read or rendered
-    clips = read_sources(sources, traj=traj, depth=depth, frames=frames, size=(width, height))
+    clips = read_sources(sources, traj=traj, depth=None if depth_kind else depth, frames=frames, size=(width, height))
     show = not (quiet or json_out or markdown)
     warn = (lambda m: None) if not show else (lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
     progress = (lambda name: err_console.print(f"[dim]clip {name}[/]")) if show else None

@@ -54,18 +54,24 @@ def _fmt(v) -> str:
 
 
 def recon_table(doc: dict):
-    """A rich Table: one row per clip (means over frames 1..) and the aggregate with its interval."""
+    """A rich Table: one row per metric (per region), one column per clip (means over frames 1..),
+    and the aggregate over clips with its 95 % interval (metrics as rows so it fits a terminal)."""
+    from rich.markup import escape
     from rich.table import Table
 
     fields = shown_fields(doc["aggregate"])
-    t = Table(title="mirage eval recon (means over frames 1..N-1; aggregate: mean [95 % interval over clips])")
-    for col in ["clip", "s"] + fields:
-        t.add_column(col, justify="left" if col == "clip" else "right")
+    t = Table(title="mirage eval recon: means over frames 1..N-1, then over clips")
+    t.add_column("metric", no_wrap=True)
     for c in doc["clips"]:
-        t.add_row(c["name"], f"{c['seconds']:.1f}", *[_fmt(c["means"].get(f)) for f in fields])
+        t.add_column(escape(c["name"]), justify="right")
+    t.add_column("mean", justify="right")
+    t.add_column("95 % interval", justify="right", no_wrap=True)
     agg = doc["aggregate"]
-    t.add_row("[bold]all clips[/]", f"{sum(c['seconds'] for c in doc['clips']):.1f}",
-              *[_agg_cell(agg[f]) for f in fields])
+    t.add_row("seconds", *[f"{c['seconds']:.1f}" for c in doc["clips"]], f"{sum(c['seconds'] for c in doc['clips']):.1f}", "")
+    for f in fields:
+        ci = agg[f]["ci95"]
+        t.add_row(f, *[_fmt(c["means"].get(f)) for c in doc["clips"]], _fmt(agg[f]["mean"]),
+                  "-" if ci is None else f"{_fmt(ci[0])} .. {_fmt(ci[1])}")
     return t
 
 
