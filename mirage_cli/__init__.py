@@ -1,3 +1,15 @@
 """mirage: camera-controlled, 3D-consistent video from one image, with a latent spatial memory."""
 
 __version__ = "0.1.0"
+
+__all__ = ["MirageTransformer3DModel", "__version__"]
+
+
+def __getattr__(name: str):
+    # PEP 562 lazy re-export, limited to this one name: the class needs diffusers, and
+    # `import mirage_cli` must stay light (DESIGN.md: heavy libraries are imported where used).
+    if name == "MirageTransformer3DModel":
+        from .models.mirage_transformer import MirageTransformer3DModel
+
+        return MirageTransformer3DModel
+    raise AttributeError(f"module 'mirage_cli' has no attribute {name!r}")

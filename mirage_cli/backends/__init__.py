@@ -26,6 +26,9 @@ class ChunkRequest:
         preceding: ``(P, C, h, w)`` latents of the previous chunk's last latent frames, or None.
             ``preceding[-1]`` is the frame this chunk overlaps (this chunk's frame 0).
         reference: ``(R, C, h, w)`` latents of earlier frames most co-visible with this chunk, or None.
+        preceding_read / preceding_known: ``(len(preceding), C, h, w)`` float32 / ``(len(preceding), h, w)``
+            bool, the memory reads stored when the ``preceding`` frames were generated (not a re-read),
+            aligned with ``preceding``; or None (backends then treat them as unknown). Used by ``mirage``.
         chunk_index: index of the chunk in the plan.
         num_frames: number of video frames of the chunk (``1 + temporal_factor * (T - 1)``).
         seed: the run's seed; a backend derives its per-chunk noise from ``(seed, chunk_index)``.
@@ -37,6 +40,8 @@ class ChunkRequest:
     first_latent: torch.Tensor
     preceding: torch.Tensor | None = None
     reference: torch.Tensor | None = None
+    preceding_read: torch.Tensor | None = None
+    preceding_known: torch.Tensor | None = None
     chunk_index: int = 0
     num_frames: int = 1
     prompt: str = ""

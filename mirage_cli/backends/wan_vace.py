@@ -43,6 +43,7 @@ import html
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -110,28 +111,17 @@ def chunk_generator(seed: int, chunk_index: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(chunk_index)) % (2**63 - 1))
 
 
-class WanVACEBackend:
-    """Backend protocol implementation around ``WanVACETransformer3DModel`` + UMT5 + ``WanVAECodec``.
+class WanBackendBase:
+    """What the Wan backends share: module placement, UMT5 prompt encoding, request checks, describe.
 
-    Args:
-        transformer, text_encoder, tokenizer: loaded diffusers/transformers modules.
-        codec: the chunk codec (its grey latents build the context; the loop decodes with it).
-        device / dtype: compute device and transformer/text-encoder dtype.
-        shift: flow-matching timestep shift (3.0 for 480p, 5.0 is Wan's choice for 720p).
-        cpu_offload: for small GPUs: the text encoder runs on the CPU (once per prompt, cached; as Wan's
-            ``--t5_cpu``), the transformer and VAE live in CPU memory and visit the GPU only while they run.
-        conditioning_scale: VACE hint scale for every VACE layer.
-        preceding_frames: how many of ``req.preceding`` to use: 1 pins the overlap frame only; ``k > 1``
-            also prepends ``preceding[-k:-1]`` as extra pinned frames (temporal context), dropped
-            from the output.
+    Subclasses set ``name`` and call :meth:`_setup` from their ``__init__``.
     """
 
-    name = "wan-vace"
+    name = "wan"
 
-    def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
-                 dtype: torch.dtype, shift: float = 3.0, num_train_timesteps: int = 1000, cpu_offload: bool = False,
-                 model: str = "", weights: str = "real", conditioning_scale: float = 1.0,
-                 preceding_frames: int = 1, max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+    def _setup(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
+               dtype: torch.dtype, shift: float, num_train_timesteps: int, cpu_offload: bool, model: str,
+               weights: str, max_sequence_length: int) -> None:
         self.transformer = transformer.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -143,19 +133,10 @@ class WanVACEBackend:
         self.cpu_offload = bool(cpu_offload) and self.device.type != "cpu"
         self.model = model
         self.weights = weights
-        self.conditioning_scale = float(conditioning_scale)
-        self.preceding_frames = max(1, int(preceding_frames))
         self.max_sequence_length = int(max_sequence_length)
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._last: dict = {}
-        cfg = transformer.config
-        self.patch = tuple(int(p) for p in cfg.patch_size)
-        self.mask_channels = codec.spatial_factor ** 2
-        if cfg.in_channels != codec.channels or cfg.vace_in_channels != 2 * codec.channels + self.mask_channels:
-            raise MirageError(
-                f"{model}: transformer expects {cfg.in_channels} latent / {cfg.vace_in_channels} VACE channels but "
-                f"the VAE gives {codec.channels} / {2 * codec.channels + self.mask_channels} "
-                f"(2 x {codec.channels} + {codec.spatial_factor}^2)")
+        self.patch = tuple(int(p) for p in transformer.config.patch_size)
         # Where the text encoder runs: the compute device, or the CPU when offloading (UMT5-XXL alone is 11.4 GB).
         self.text_device = torch.device("cpu") if self.cpu_offload else self.device
         self.text_encoder.to(self.text_device)
@@ -178,9 +159,9 @@ class WanVACEBackend:
             self._prompt_cache[text] = emb.to(self.device, self.dtype)
         return self._prompt_cache[text]
 
-    # ------------------------------------------------------------------------------ denoise
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+    # ------------------------------------------------------------------------------ checks
+    def _check_request(self, req: ChunkRequest) -> tuple[int, int, int, int, int, float]:
+        """Validate a request against the codec and the transformer; returns ``(T, C, h, w, steps, guidance)``."""
         read, known = req.read_latents, req.known
         if read.ndim != 4 or known.shape != (read.shape[0], *read.shape[2:]):
             raise ValueError(f"read_latents {tuple(read.shape)} / known {tuple(known.shape)}: "
@@ -188,17 +169,76 @@ class WanVACEBackend:
         T, C, h, w = read.shape
         sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
         if C != self.codec.channels:
-            raise MirageError(f"wan-vace: the memory holds {C}-channel latents but {self.codec.name} has "
+            raise MirageError(f"{self.name}: the memory holds {C}-channel latents but {self.codec.name} has "
                               f"{self.codec.channels} (was the cache made with another codec?)")
         ph, pw = self.patch[1], self.patch[2]
         if h % ph or w % pw:
-            raise MirageError(f"wan-vace: frame size {w * sf}x{h * sf} must be divisible by "
+            raise MirageError(f"{self.name}: frame size {w * sf}x{h * sf} must be divisible by "
                               f"{sf * pw}x{sf * ph} (VAE {sf} x transformer patch {ph})")
         if req.num_frames not in (1, 1 + tf * (T - 1)):
             raise ValueError(f"num_frames {req.num_frames} does not match {T} latent frames (1 + {tf}(T-1))")
         steps, guidance = int(req.steps), float(req.guidance)
         if steps < 1:
-            raise MirageError(f"wan-vace: --steps must be >= 1 (got {steps})")
+            raise MirageError(f"{self.name}: --steps must be >= 1 (got {steps})")
+        return T, C, h, w, steps, guidance
+
+    def _describe_common(self) -> dict:
+        cfg = self.transformer.config
+        return {
+            "name": self.name, "model": self.model, "device": str(self.device), "dtype": dtype_name(self.dtype),
+            "weights": self.weights, "steps": self._last.get("steps"), "guidance": self._last.get("guidance"),
+            "shift": self.shift, "num_train_timesteps": self.num_train_timesteps, "cpu_offload": self.cpu_offload,
+            "text_encoder_device": str(self.text_device),
+            "transformer": {"class": type(self.transformer).__name__, "num_layers": cfg.num_layers,
+                            "dim": cfg.num_attention_heads * cfg.attention_head_dim,
+                            "vace_layers": list(cfg.vace_layers), "patch_size": list(self.patch),
+                            "params_m": round(sum(p.numel() for p in self.transformer.parameters()) / 1e6, 3)},
+            "text_encoder": type(self.text_encoder).__name__, "vae": self.codec.name,
+            "prompts_cached": len(self._prompt_cache),
+        }
+
+
+class WanVACEBackend(WanBackendBase):
+    """Backend protocol implementation around ``WanVACETransformer3DModel`` + UMT5 + ``WanVAECodec``.
+
+    Args:
+        transformer, text_encoder, tokenizer: loaded diffusers/transformers modules.
+        codec: the chunk codec (its grey latents build the context; the loop decodes with it).
+        device / dtype: compute device and transformer/text-encoder dtype.
+        shift: flow-matching timestep shift (3.0 for 480p, 5.0 is Wan's choice for 720p).
+        cpu_offload: for small GPUs: the text encoder runs on the CPU (once per prompt, cached; as Wan's
+            ``--t5_cpu``), the transformer and VAE live in CPU memory and visit the GPU only while they run.
+        conditioning_scale: VACE hint scale for every VACE layer.
+        preceding_frames: how many of ``req.preceding`` to use: 1 pins the overlap frame only; ``k > 1``
+            also prepends ``preceding[-k:-1]`` as extra pinned frames (temporal context), dropped
+            from the output.
+    """
+
+    name = "wan-vace"
+
+    def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
+                 dtype: torch.dtype, shift: float = 3.0, num_train_timesteps: int = 1000, cpu_offload: bool = False,
+                 model: str = "", weights: str = "real", conditioning_scale: float = 1.0,
+                 preceding_frames: int = 1, max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+        cfg = transformer.config
+        self.mask_channels = codec.spatial_factor ** 2
+        if cfg.in_channels != codec.channels or cfg.vace_in_channels != 2 * codec.channels + self.mask_channels:
+            raise MirageError(
+                f"{model}: transformer expects {cfg.in_channels} latent / {cfg.vace_in_channels} VACE channels but "
+                f"the VAE gives {codec.channels} / {2 * codec.channels + self.mask_channels} "
+                f"(2 x {codec.channels} + {codec.spatial_factor}^2)")
+        self.conditioning_scale = float(conditioning_scale)
+        self.preceding_frames = max(1, int(preceding_frames))
+        self._setup(transformer, text_encoder, tokenizer, codec, device=device, dtype=dtype, shift=shift,
+                    num_train_timesteps=num_train_timesteps, cpu_offload=cpu_offload, model=model, weights=weights,
+                    max_sequence_length=max_sequence_length)
+
+    # ------------------------------------------------------------------------------ denoise
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+        T, C, h, w, steps, guidance = self._check_request(req)
+        read, known = req.read_latents, req.known
+        sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
         dev = self.device
 
         # Sequence = [extra preceding frames (pinned)] + chunk frames; pins = {index: clean latent}.
@@ -268,21 +308,9 @@ class WanVACEBackend:
 
     # ------------------------------------------------------------------------------ misc
     def describe(self) -> dict:
-        cfg = self.transformer.config
-        return {
-            "name": self.name, "model": self.model, "device": str(self.device), "dtype": dtype_name(self.dtype),
-            "weights": self.weights, "steps": self._last.get("steps"), "guidance": self._last.get("guidance"),
-            "shift": self.shift, "scheduler": "FlowMatchEulerDiscreteScheduler",
-            "num_train_timesteps": self.num_train_timesteps, "cpu_offload": self.cpu_offload,
-            "text_encoder_device": str(self.text_device),
-            "conditioning_scale": self.conditioning_scale, "preceding_frames": self.preceding_frames,
-            "transformer": {"class": type(self.transformer).__name__, "num_layers": cfg.num_layers,
-                            "dim": cfg.num_attention_heads * cfg.attention_head_dim,
-                            "vace_layers": list(cfg.vace_layers), "patch_size": list(self.patch),
-                            "params_m": round(sum(p.numel() for p in self.transformer.parameters()) / 1e6, 3)},
-            "text_encoder": type(self.text_encoder).__name__, "vae": self.codec.name,
-            "context": "memory read (no VAE encode per chunk)", "prompts_cached": len(self._prompt_cache),
-        }
+        return {**self._describe_common(), "scheduler": "FlowMatchEulerDiscreteScheduler",
+                "conditioning_scale": self.conditioning_scale, "preceding_frames": self.preceding_frames,
+                "context": "memory read (no VAE encode per chunk)"}
 
 
 def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False,
@@ -297,13 +325,54 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
     CPU and keeps transformer and VAE weights in CPU memory, moving each to the GPU only while it runs.
     ``progress=False`` silences the libraries' weight-loading bars (for ``--quiet``).
     """
+    def transformer_cls():
+        from diffusers import WanVACETransformer3DModel
+
+        return WanVACETransformer3DModel
+
+    parts = load_wan_folder(model_ref, _read_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
+                            cpu_offload=cpu_offload, download=download, progress=progress)
+    backend = WanVACEBackend(*parts.modules, device=parts.device, dtype=parts.dtype, shift=shift,
+                             num_train_timesteps=parts.num_train_timesteps, cpu_offload=cpu_offload,
+                             model=os.fspath(model_ref), weights=parts.weights,
+                             conditioning_scale=conditioning_scale, preceding_frames=preceding_frames)
+    return backend, parts.modules[3]
+
+
+@dataclass
+class WanFolder:
+    """A loaded diffusers Wan folder: ``modules = (transformer, text_encoder, tokenizer, codec)``."""
+
+    root: Path
+    device: torch.device
+    dtype: torch.dtype
+    modules: tuple
+    num_train_timesteps: int
+    weights: str
+
+
+def load_wan_folder(model_ref, check_index, transformer_cls, device, dtype, vae_dtype, *, tiling: bool = True,
+                    cpu_offload: bool = False, download: bool = False, progress: bool = True) -> WanFolder:
+    """Resolve ``NAME | REPO_ID | DIR`` (no diffusers import yet, so a missing model fails in milliseconds),
+    check its ``model_index.json`` with ``check_index(root)``, then load the components with the class
+    ``transformer_cls()`` returns (a callable, so diffusers is imported only after resolution)."""
     root = resolve_model(model_ref, list(VACE_SUBFOLDERS), download=download)
-    _read_index(root)
+    check_index(root)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     vdt = resolve_dtype(vae_dtype, dev)
+    tokenizer, text_encoder, transformer, codec = load_wan_components(
+        root, transformer_cls(), dev, dt, vdt, tiling=tiling, cpu_offload=cpu_offload, progress=progress)
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    return WanFolder(root, dev, dt, (transformer, text_encoder, tokenizer, codec),
+                     int(sched_cfg.get("num_train_timesteps", 1000)), weights_kind(root))
 
-    from diffusers import WanVACETransformer3DModel
+
+def load_wan_components(root: Path, transformer_cls, device: torch.device, dtype: torch.dtype,
+                        vae_dtype: torch.dtype, *, tiling: bool = True, cpu_offload: bool = False,
+                        progress: bool = True) -> tuple:
+    """Tokenizer, UMT5 text encoder, transformer (``transformer_cls``) and :class:`WanVAECodec` of a resolved
+    diffusers Wan folder; any loading failure is one :class:`MirageError` line naming the component."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     def load(what: str, fn):
@@ -317,36 +386,37 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
     with hf_progress(progress):
         tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(root / "tokenizer"))
         text_encoder = load("text_encoder", lambda: UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", use_safetensors=True, **dtype_kwargs("transformers", dt)))
-        transformer = load("transformer", lambda: WanVACETransformer3DModel.from_pretrained(
-            root, subfolder="transformer", use_safetensors=True, **dtype_kwargs("diffusers", dt)))
-        codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=dev, dtype=vdt, tiling=tiling,
+            root / "text_encoder", use_safetensors=True, **dtype_kwargs("transformers", dtype)))
+        transformer = load("transformer", lambda: transformer_cls.from_pretrained(
+            root, subfolder="transformer", use_safetensors=True, **dtype_kwargs("diffusers", dtype)))
+        codec = WanVAECodec.from_pretrained(root, subfolder="vae", device=device, dtype=vae_dtype, tiling=tiling,
                                             offload=cpu_offload)
     if text_encoder.config.d_model != transformer.config.text_dim:
         raise MirageError(f"{root}: text encoder width {text_encoder.config.d_model} != transformer text_dim "
                           f"{transformer.config.text_dim}")
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    name = os.fspath(model_ref)
-    backend = WanVACEBackend(transformer, text_encoder, tokenizer, codec, device=dev, dtype=dt, shift=shift,
-                             num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000)),
-                             cpu_offload=cpu_offload, model=name, weights=weights_kind(root),
-                             conditioning_scale=conditioning_scale, preceding_frames=preceding_frames)
-    return backend, codec
+    return tokenizer, text_encoder, transformer, codec
 
 
-def _read_index(root: Path) -> dict:
-    """Validate ``model_index.json``: a single-transformer Wan VACE pipeline."""
+def read_model_index(root: Path, transformer_class: str, kind: str, hint: str) -> dict:
+    """Read ``model_index.json`` and check its transformer class; ``kind``/``hint`` word the one-line errors."""
     path = root / "model_index.json"
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise MirageError(f"{root} has no model_index.json (expected a diffusers Wan-VACE folder)") from None
+        raise MirageError(f"{root} has no model_index.json (expected {kind})") from None
     except (OSError, ValueError) as e:
         raise MirageError(f"{path}: unreadable ({_first_line(e)})") from e
     tr = index.get("transformer") or [None, None]
-    if tr[1] != "WanVACETransformer3DModel":
-        raise MirageError(f"{path}: transformer is {tr[1]}, expected WanVACETransformer3DModel "
-                          "(the wan-vace backend needs a Wan-VACE model)")
+    if tr[1] != transformer_class:
+        raise MirageError(f"{path}: transformer is {tr[1]}, expected {transformer_class} ({hint})")
+    return index
+
+
+def _read_index(root: Path) -> dict:
+    """Validate ``model_index.json``: a single-transformer Wan VACE pipeline."""
+    index = read_model_index(root, "WanVACETransformer3DModel", "a diffusers Wan-VACE folder",
+                             "the wan-vace backend needs a Wan-VACE model")
+    path = root / "model_index.json"
     tr2 = index.get("transformer_2") or [None, None]
     if tr2[1] is not None:
         raise MirageError(f"{path}: two-stage models (transformer_2, Wan2.2 A14B) are not supported yet; "

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from .console import console, err_console
 
-app = typer.Typer(help="Known models: list, download, tiny random-weight kit.", no_args_is_help=True)
+app = typer.Typer(help="Known models: list, download, convert the paper's checkpoints, tiny random-weight kit.",
+                  no_args_is_help=True)
 
 
 @app.command("list")
@@ -63,17 +64,54 @@ def download(
     console.print(f"{name}: {path}", highlight=False)
 
 
+@app.command("convert")
+def convert(
+    base: str = typer.Option(..., "--base", help="Wan2.2-TI2V-5B in diffusers layout: DIR, Hub repo id or "
+                             "registry name (wan2.2-ti2v-5b)."),
+    vace: Path = typer.Option(..., "--vace", help="The reference's trained vace.safetensors."),
+    lora: Path = typer.Option(..., "--lora", help="The reference's trained lora.safetensors."),
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the converted model."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", help="W += scale * B @ A (1 = as trained)."),
+    download: bool = typer.Option(False, "--download", help="Fetch a missing base from the Hub."),
+    max_shard_gb: float = typer.Option(5.0, "--max-shard-size", help="Largest transformer shard file in GB "
+                                       "(the conversion streams one tensor at a time whatever the size)."),
+) -> None:
+    """Convert the paper's VACE + LoRA checkpoints and a Wan2.2-TI2V-5B base into one diffusers folder.
+
+    The result loads with `--backend mirage --model OUT`.
+    """
+    from ..errors import MirageError
+    from ..models.convert import convert_mirage
+
+    if not max_shard_gb > 0:
+        raise MirageError(f"--max-shard-size must be > 0 (got {max_shard_gb})")
+    report = convert_mirage(base, vace, lora, out, lora_scale=lora_scale, download=download,
+                            max_shard_bytes=int(max_shard_gb * 1e9),
+                            log=lambda s: err_console.print(s, highlight=False))
+    console.print(f"{report.out}: {report.tensors} tensors ({report.total_bytes / 1e9:.3g} GB) in {report.shards} "
+                  f"shard(s), LoRA fused into {report.lora_modules} weights (scale {lora_scale:g}); "
+                  f"peak held {report.peak_held_bytes / 1e9:.3g} GB, peak RSS {report.peak_rss_bytes / 1e9:.3g} GB, "
+                  f"{report.seconds:.1f} s", highlight=False)
+
+
 @app.command("tiny")
 def tiny(
     directory: Path = typer.Argument(..., help="New (or empty) directory to write the kit into."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    kind: str = typer.Option("wan-vace", "--kind", help="wan-vace (a Wan2.1-VACE folder) or mirage (a Wan2.2 "
+                             "base + VACE + LoRA in the reference's naming, for `mirage models convert`)."),
 ) -> None:
-    """Write tiny random-weight models in Hub layout (Wan2.1-VACE folder + DIR/depth) for tests and smoke runs.
+    """Write tiny random-weight models in Hub layout (model + DIR/depth) for tests and smoke runs.
 
-    Use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is noise).
+    wan-vace: use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is
+    noise). mirage: convert DIR/base + DIR/vace.safetensors + DIR/lora.safetensors with `mirage models convert`.
     """
     from ..models.tiny import make_tiny_kit
 
-    paths = make_tiny_kit(directory, seed=seed)
+    paths = make_tiny_kit(directory, seed=seed, kind=kind)
+    if kind == "mirage":
+        console.print(f"Wan2.2 base (random weights): {paths['base']}\nVACE: {paths['vace_file']}\n"
+                      f"LoRA: {paths['lora_file']}\ndepth model (random weights): {paths['depth']}", highlight=False)
+        return
     console.print(f"wan-vace (random weights): {paths['vace']}\ndepth model (random weights): {paths['depth']}",
                   highlight=False)

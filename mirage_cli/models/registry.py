@@ -48,7 +48,8 @@ class ModelSpec:
     Attributes:
         name: short name used on the command line.
         repo_id: Hugging Face repo.
-        kind: ``"wan-vace"`` (a full diffusers VACE pipeline folder), ``"vae"`` (one VAE subfolder)
+        kind: ``"wan-vace"`` (a full diffusers VACE pipeline folder), ``"wan-base"`` (a diffusers Wan
+            pipeline folder without VACE, the base of ``mirage models convert``), ``"vae"`` (one VAE subfolder)
             or ``"depth"`` (a transformers depth-estimation model).
         subfolders: subfolders of the repo that are needed (``None``: the repo root holds the model).
         size_gb: approximate download size of those files in GB (from the parameter counts of the
@@ -76,6 +77,9 @@ REGISTRY: dict[str, ModelSpec] = {
                   "Wan2.1 VACE 1.3B (fp32 transformer 8.6 GB + UMT5-XXL 11.4 GB + VAE 0.5 GB), 480p"),
         ModelSpec("wan2.1-vace-14b", "Wan-AI/Wan2.1-VACE-14B-diffusers", "wan-vace", VACE_SUBFOLDERS, 81.3,
                   "Wan2.1 VACE 14B (fp32 transformer 69.4 GB + UMT5-XXL 11.4 GB + VAE 0.5 GB), 480p/720p"),
+        ModelSpec("wan2.2-ti2v-5b", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan-base", VACE_SUBFOLDERS, 34.2,
+                  "Wan2.2 TI2V 5B base (fp32 transformer 20.0 GB + UMT5-XXL 11.4 GB + VAE 2.8 GB): the base of "
+                  "the paper's model, input of `mirage models convert`"),
         ModelSpec("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf", "depth", None, 0.1,
                   "Depth Anything V2 small: relative inverse depth (Apache-2.0)"),
         ModelSpec("depth-anything-v2-metric-indoor-small", "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf",

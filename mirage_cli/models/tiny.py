@@ -17,6 +17,21 @@ DIR/                          a Wan2.1-VACE diffusers folder, written by WanVACE
     mirage_random_weights.json
 ```
 
+``make_tiny_kit(DIR, kind="mirage")`` (``mirage models tiny DIR --kind mirage``) writes the paper's model's
+ingredients instead, as a user who trained it with the reference code would have them:
+
+```
+DIR/base/                     a Wan2.2-TI2V-style diffusers folder (WanPipeline, expand_timesteps=True):
+                              WanTransformer3DModel (48 in/out channels), AutoencoderKLWan (Wan2.2 layout:
+                              z_dim 48, is_residual, patch_size 2, 16x), UMT5, tokenizer, UniPC (shift 5)
+DIR/vace.safetensors          a VACE branch in the reference's naming (vace_blocks.N.self_attn.q.weight, ...)
+DIR/lora.safetensors          a LoRA in the reference's export naming (pipe.dit.blocks.N.self_attn.q.lora_A.weight)
+DIR/depth/                    as above
+```
+
+``mirage models convert --base DIR/base --vace DIR/vace.safetensors --lora DIR/lora.safetensors -o OUT``
+turns them into the folder ``--backend mirage`` loads.
+
 Everything is loaded back by the same code as real weights (:func:`mirage_cli.backends.wan_vace.load_wan_vace`,
 :func:`mirage_cli.models.depth_model.load_depth_model`). Building and saving takes well under a second
 once diffusers/transformers are imported. Frame sizes must be multiples of 16 (VAE 8 x patch 2).
@@ -44,6 +59,14 @@ TINY_VAE_CONFIG = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_bloc
 TINY_UMT5_CONFIG = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                         relative_attention_num_buckets=8, relative_attention_max_distance=16,
                         feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+#: Tiny Wan2.2-TI2V-style base transformer (``WanTransformer3DModel``, 48 latent channels, 4 layers).
+TINY_WAN22_TRANSFORMER_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                     in_channels=48, out_channels=48, text_dim=32, freq_dim=256, ffn_dim=32,
+                                     num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                     rope_max_seq_len=1024)
+#: The tiny Mirage VACE branch: every second layer (as the reference: 0, 2, ..., 28 of 30), 96 channels.
+TINY_MIRAGE_VACE = dict(vace_layers=[0, 2], vace_in_channels=96)
+TINY_LORA_RANK = 4
 _WORDS = ("a an the of and with in on at to from by is are photo video scene room indoor outdoor house street "
           "camera moves move left right up down forward backward orbit around view wide light dark window door "
           "table chair wall floor sky tree car people high quality detailed blurry low bad static").split()
@@ -86,6 +109,121 @@ def tiny_vace_components(seed: int = 0, **transformer_overrides) -> dict:
     tokenizer = tiny_tokenizer()
     assert len(tokenizer) <= TINY_UMT5_CONFIG["vocab_size"], "tiny vocabulary larger than the embedding table"
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+
+
+def tiny_wan22_base_components(seed: int = 0) -> dict:
+    """Components of a tiny Wan2.2-TI2V-style ``WanPipeline`` (real classes, random weights, seeded)."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .wan_vae import TINY_WAN22_VAE_CONFIG
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # Non-trivial normalisation statistics so tests see them applied (the real ones come with real weights).
+        mean = (torch.rand(48) - 0.5).tolist()
+        std = (0.5 + torch.rand(48)).tolist()
+        vae = AutoencoderKLWan(**TINY_WAN22_VAE_CONFIG, latents_mean=mean, latents_std=std)
+        transformer = WanTransformer3DModel(**TINY_WAN22_TRANSFORMER_CONFIG)
+        text_encoder = UMT5EncoderModel(UMT5Config(**TINY_UMT5_CONFIG)).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+                                        num_train_timesteps=1000)
+    return dict(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                transformer=transformer)
+
+
+def save_tiny_wan22_base(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny Wan2.2-TI2V-style diffusers folder with ``WanPipeline.save_pretrained``."""
+    from diffusers import WanPipeline
+
+    path = Path(path)
+    pipe = WanPipeline(**tiny_wan22_base_components(seed), expand_timesteps=True)
+    with hf_progress(False):
+        pipe.save_pretrained(path, safe_serialization=True)
+    _marker(path)
+    return path
+
+
+def reference_vace_name(key: str) -> str:
+    """A diffusers VACE parameter name -> the reference's (original Wan) name.
+
+    Written from the reference's module structure (``VaceWanAttentionBlock(DiTBlock)``:
+    ``self_attn``/``cross_attn`` with ``q k v o norm_q norm_k``, affine ``norm3`` before the
+    cross-attention, ``ffn.0``/``ffn.2``, ``modulation``, ``before_proj``/``after_proj``), independently
+    of diffusers' converter, so a round trip through ``mirage models convert`` checks both.
+    """
+    parts = key.split(".")
+    if parts[0] == "vace_patch_embedding":
+        return key
+    if parts[0] != "vace_blocks":
+        raise ValueError(f"not a VACE parameter: {key}")
+    head, rest = ".".join(parts[:2]), ".".join(parts[2:])
+    table = {"attn1.": "self_attn.", "attn2.": "cross_attn.", "norm2.": "norm3.", "ffn.net.0.proj.": "ffn.0.",
+             "ffn.net.2.": "ffn.2.", "proj_in.": "before_proj.", "proj_out.": "after_proj."}
+    for a, b in table.items():
+        if rest.startswith(a):
+            rest = b + rest[len(a):]
+            break
+    if rest == "scale_shift_table":
+        rest = "modulation"
+    for a, b in ((".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o.")):
+        rest = rest.replace(a, b)
+    return f"{head}.{rest}"
+
+
+#: LoRA targets of the reference (per DiT block), original name -> diffusers name.
+LORA_TARGETS = {**{f"self_attn.{o}": f"attn1.{d}" for o, d in zip("qkvo", ("to_q", "to_k", "to_v", "to_out.0"))},
+                **{f"cross_attn.{o}": f"attn2.{d}" for o, d in zip("qkvo", ("to_q", "to_k", "to_v", "to_out.0"))},
+                "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+
+
+def tiny_mirage_weights(base_transformer, seed: int = 0, rank: int = TINY_LORA_RANK) -> tuple[dict, dict]:
+    """Random VACE and LoRA weights for a base ``WanTransformer3DModel``, **in diffusers naming**.
+
+    Returns:
+        ``(vace, lora)``: ``vace`` maps ``vace_blocks.*``/``vace_patch_embedding.*`` to tensors as a
+        ``MirageTransformer3DModel`` (``TINY_MIRAGE_VACE``) holds them; ``lora`` maps
+        ``blocks.N.<diffusers module>`` to ``(A (r, in), B (out, r))``.
+    """
+    from .mirage_transformer import MirageTransformer3DModel
+
+    cfg = {k: v for k, v in base_transformer.config.items() if not k.startswith("_")}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = MirageTransformer3DModel(**{**cfg, **TINY_MIRAGE_VACE})
+        vace = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("vace_")}
+        lora = {}
+        mods = dict(base_transformer.named_modules())
+        for i in range(base_transformer.config.num_layers):
+            for dname in LORA_TARGETS.values():
+                w = mods[f"blocks.{i}.{dname}"].weight
+                # B is not zero (unlike a fresh peft adapter), so fusing visibly changes the weights.
+                lora[f"blocks.{i}.{dname}"] = (torch.randn(rank, w.shape[1]) / w.shape[1] ** 0.5,
+                                               torch.randn(w.shape[0], rank) / rank)
+    return vace, lora
+
+
+def save_tiny_mirage_files(base_transformer, vace_path: str | os.PathLike, lora_path: str | os.PathLike,
+                           seed: int = 0) -> tuple[dict, dict]:
+    """Write :func:`tiny_mirage_weights` in the reference's naming (bf16, as the reference saves them).
+
+    Returns the diffusers-named ``(vace, lora)`` dicts (values rounded to bf16 as written).
+    """
+    from safetensors.torch import save_file
+
+    vace, lora = tiny_mirage_weights(base_transformer, seed)
+    vace = {k: v.to(torch.bfloat16) for k, v in vace.items()}
+    save_file({reference_vace_name(k): v.contiguous() for k, v in vace.items()}, str(vace_path))
+    original = {v: k for k, v in LORA_TARGETS.items()}
+    out, lora_bf16 = {}, {}
+    for key, (a, b) in lora.items():
+        _, i, dname = key.split(".", 2)
+        a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+        lora_bf16[key] = (a, b)
+        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_A.weight"] = a.contiguous()
+        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_B.weight"] = b.contiguous()
+    save_file(out, str(lora_path))
+    return vace, lora_bf16
 
 
 def save_tiny_vace(path: str | os.PathLike, seed: int = 0, max_shard_size: str | None = None,
@@ -133,20 +271,35 @@ def save_tiny_depth(path: str | os.PathLike, kind: str = "relative", seed: int =
     return path
 
 
-def make_tiny_kit(path: str | os.PathLike, seed: int = 0, force: bool = False) -> dict[str, Path]:
+def make_tiny_kit(path: str | os.PathLike, seed: int = 0, force: bool = False,
+                  kind: str = "wan-vace") -> dict[str, Path]:
     """Write the whole kit to ``path`` (see module docstring) and return its paths.
 
     Returns:
-        ``{"root": DIR, "vace": DIR, "vae": DIR / "vae", "depth": DIR / "depth"}``; pass ``"vace"`` as
-        ``--model`` and ``"depth"`` to ``load_depth_model``.
+        ``kind="wan-vace"``: ``{"root": DIR, "vace": DIR, "vae": DIR / "vae", "depth": DIR / "depth"}``;
+        pass ``"vace"`` as ``--model`` and ``"depth"`` to ``load_depth_model``.
+        ``kind="mirage"``: ``{"root", "base", "vace_file", "lora_file", "vae", "depth"}``; pass them to
+        ``mirage models convert``.
 
     Raises:
         MirageError: ``path`` exists and is not empty (unless ``force``).
     """
+    if kind not in ("wan-vace", "mirage"):
+        raise MirageError(f"unknown tiny kit kind '{kind}' (use wan-vace or mirage)")
     root = Path(path).expanduser()
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not force)):
         raise MirageError(f"{root} exists and is not an empty directory (choose a new one)")
     root.mkdir(parents=True, exist_ok=True)
+    if kind == "mirage":
+        base = save_tiny_wan22_base(root / "base", seed=seed)
+        from diffusers import WanTransformer3DModel
+
+        with hf_progress(False):
+            transformer = WanTransformer3DModel.from_pretrained(base / "transformer")
+        save_tiny_mirage_files(transformer, root / "vace.safetensors", root / "lora.safetensors", seed=seed)
+        save_tiny_depth(root / "depth", seed=seed)
+        return {"root": root, "base": base, "vace_file": root / "vace.safetensors",
+                "lora_file": root / "lora.safetensors", "vae": base / "vae", "depth": root / "depth"}
     save_tiny_vace(root, seed=seed)
     save_tiny_depth(root / "depth", seed=seed)
     return {"root": root, "vace": root, "vae": root / "vae", "depth": root / "depth"}

@@ -14,7 +14,7 @@ for frames larger than one tile, so 720p decodes fit on small GPUs; optional CPU
 live on the CPU and visit the compute device for each call).
 
 ``encode_calls`` counts every VAE encoder invocation on video content (``encode`` and the first
-``grey_latent`` of each shape), so tests can prove that reading the memory never encodes pixels.
+``grey_latent`` / ``constant_latent`` of each shape), so tests can prove that reading the memory never encodes pixels.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class WanVAECodec:
         self.source = source
         self.encode_calls = 0
         self.calibration_calls = 0
-        self._grey: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._constant: dict[tuple[float, int, int, int], torch.Tensor] = {}
         self._rgb_map: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------ construction
@@ -191,17 +191,25 @@ class WanVAECodec:
         """Latent ``(T_lat, C, h, w)`` of a neutral grey (0.5) video of ``num_frames`` x ``height`` x ``width``.
 
         This is what the VACE pipeline's encoder sees in masked-out regions (pixel 0 in [-1, 1]).
-        Computed once per shape (one encoder call) and cached on the instance; returns a copy on
-        this codec's device.
+        See :meth:`constant_latent` (one encoder call per shape, cached).
+        """
+        return self.constant_latent(0.5, num_frames, height, width)
+
+    def constant_latent(self, value: float, num_frames: int, height: int, width: int) -> torch.Tensor:
+        """Latent ``(T_lat, C, h, w)`` of a uniform video of level ``value`` in [0, 1] (0.5 grey, 1.0 white).
+
+        The causal VAE gives latent frame 0 a different value from the later frames, so the whole
+        video is encoded. Computed once per ``(value, shape)`` (one encoder call, counted in
+        ``encode_calls``) and cached on the instance; returns a copy on this codec's device.
         """
         t_lat = latent_frames(int(num_frames), self.temporal_factor)
-        key = (t_lat, int(height), int(width))
-        if key not in self._grey:
+        key = (float(value), t_lat, int(height), int(width))
+        if key not in self._constant:
             self._check_size(height, width)
-            frames = torch.full((1 + self.temporal_factor * (t_lat - 1), 3, key[1], key[2]), 0.5)
+            frames = torch.full((1 + self.temporal_factor * (t_lat - 1), 3, key[2], key[3]), float(value))
             self.encode_calls += 1
-            self._grey[key] = self._encode(frames).to(self.device)
-        return self._grey[key].clone()
+            self._constant[key] = self._encode(frames).to(self.device)
+        return self._constant[key].clone()
 
     def latent_to_rgb(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, C)`` normalised latent features -> ``(N, 3)`` approximate RGB in [0, 1] (previews, PLY).

@@ -1,0 +1,198 @@
+"""``mirage`` backend: the paper's own model (Wan2.2-TI2V-5B + trained VACE + LoRA) on mirage's memory.
+
+The model is a folder written by ``mirage models convert`` (transformer = :class:`MirageTransformer3DModel`,
+Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the reference's loop
+(facts in ``shared/MIRAGE_MODEL.md``):
+
+- Sequence ``[R reference | T target | P preceding]`` latent frames, per-frame timesteps
+  ``[0]*R + [0, t, ..., t] + [0]*P``. Target frame 0 is clean and re-pinned after every scheduler step
+  (chunk 0: ``req.first_latent``; later chunks: ``req.preceding[-1]``, the previous chunk's last latent).
+  Only the ``T`` target frames are stepped; references and preceding frames are clean inputs.
+- Preceding frames: the ``P = preceding_frames`` latents *before* the overlap frame
+  (``req.preceding[-1-P:-1]``), appended after the target.
+- VACE context over the ``T + P`` non-reference frames, 96 channels:
+  ``[memory read (48 ch, 0 where unknown) | latent of an all-white video (48 ch)]``; the preceding
+  frames' read channels are the reads stored when they were generated (``req.preceding_read``).
+  No mask channels. The white latent is one VAE encode per chunk shape, cached by the codec.
+- Scheduler: diffusers ``UniPCMultistepScheduler`` (flow prediction, flow sigmas, shift 5) with the
+  explicit sigmas ``linspace(0.999, 0, steps + 1)[:-1]`` (the reference's grid); 20 steps and guidance 1
+  (off) by default; with guidance > 1, ``uncond + g (cond - uncond)`` with the negative prompt.
+- Noise from ``chunk_generator(seed, chunk_index)`` (CPU, device independent), as the wan-vace backend.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MirageError
+from ..models.wan_vae import WanVAECodec, placed_on
+from . import ChunkRequest, ProgressFn
+from .wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, chunk_generator, load_wan_folder, read_model_index
+
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 1.0
+DEFAULT_SHIFT = 5.0
+DEFAULT_PRECEDING_FRAMES = 2
+DEFAULT_REFERENCES = 4
+WHITE = 1.0  # level of the VACE "score" video in [0, 1] (+1 in [-1, 1])
+
+
+def reference_sigmas(steps: int) -> np.ndarray:
+    """The reference's unshifted sigma grid ``linspace(0.999, 0, steps + 1)[:-1]`` (UniPC applies the shift)."""
+    return np.linspace(0.999, 0.0, int(steps) + 1)[:-1]
+
+
+def frame_timesteps(t: torch.Tensor, n_ref: int, n_target: int, n_prec: int) -> torch.Tensor:
+    """Per-latent-frame timesteps ``(1, R + T + P)``: ``[0]*R + [0, t, ..., t] + [0]*P``."""
+    ts = torch.zeros(1, n_ref + n_target + n_prec, dtype=torch.float32, device=t.device)
+    ts[0, n_ref + 1:n_ref + n_target] = t.float()
+    return ts
+
+
+class MirageBackend(WanBackendBase):
+    """Backend protocol implementation around :class:`MirageTransformer3DModel` + UMT5 + the Wan2.2 VAE codec.
+
+    Args:
+        transformer: a ``MirageTransformer3DModel`` (48 latent channels, 96 VACE channels).
+        text_encoder, tokenizer: UMT5 and its tokenizer.
+        codec: the Wan2.2 :class:`WanVAECodec` (its white latents build the context).
+        device / dtype: compute device and transformer/text-encoder dtype.
+        shift: flow shift of the UniPC scheduler (5, as the reference).
+        preceding_frames: ``P``, how many latents before the overlap frame to append (0 allowed).
+        cpu_offload: as the wan-vace backend (text encoder on the CPU, transformer visits the GPU per chunk).
+    """
+
+    name = "mirage"
+
+    def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
+                 dtype: torch.dtype, shift: float = DEFAULT_SHIFT, num_train_timesteps: int = 1000,
+                 preceding_frames: int = DEFAULT_PRECEDING_FRAMES, cpu_offload: bool = False, model: str = "",
+                 weights: str = "real", max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
+        cfg = transformer.config
+        if cfg.in_channels != codec.channels or cfg.vace_in_channels != 2 * codec.channels:
+            raise MirageError(f"{model}: transformer expects {cfg.in_channels} latent / {cfg.vace_in_channels} VACE "
+                              f"channels but the VAE gives {codec.channels} / {2 * codec.channels} "
+                              "(read + white latent); is this a `mirage models convert` folder?")
+        if int(preceding_frames) < 0:
+            raise MirageError(f"mirage: preceding frames must be >= 0 (got {preceding_frames})")
+        self.preceding_frames = int(preceding_frames)
+        self._setup(transformer, text_encoder, tokenizer, codec, device=device, dtype=dtype, shift=shift,
+                    num_train_timesteps=num_train_timesteps, cpu_offload=cpu_offload, model=model, weights=weights,
+                    max_sequence_length=max_sequence_length)
+
+    # ------------------------------------------------------------------------------ context
+    def vace_context(self, scene: torch.Tensor) -> torch.Tensor:
+        """``(1, 2C, F, h, w)`` context from the read latents ``scene`` ``(F, C, h, w)`` (0 where unknown)."""
+        F, C, h, w = scene.shape
+        sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
+        white = self.codec.constant_latent(WHITE, 1 + tf * (F - 1), h * sf, w * sf).to(scene.device, torch.float32)
+        return torch.cat([scene.float(), white], dim=1).permute(1, 0, 2, 3)[None].contiguous()
+
+    def _split(self, req: ChunkRequest, dev: torch.device):
+        """Pinned frame-0 latent ``(C, h, w)``, preceding latents ``(P, C, h, w)`` and their stored reads."""
+        read = req.read_latents
+        C, h, w = read.shape[1:]
+        prec = req.preceding
+        if prec is None or not len(prec):
+            empty = torch.zeros(0, C, h, w, device=dev)
+            return req.first_latent.to(dev, torch.float32), empty, empty
+        if prec.shape[1:] != read.shape[1:]:
+            raise ValueError(f"preceding {tuple(prec.shape)} does not match read_latents {tuple(read.shape)}")
+        n = min(self.preceding_frames, len(prec) - 1)
+        lat = prec[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)
+        if req.preceding_read is None:  # no stored read: nothing known
+            scene = torch.zeros_like(lat)
+        else:
+            if req.preceding_read.shape != prec.shape:
+                raise ValueError(f"preceding_read {tuple(req.preceding_read.shape)} != preceding {tuple(prec.shape)}")
+            scene = req.preceding_read[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)
+            if req.preceding_known is not None:
+                scene = scene * req.preceding_known[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)[:, None]
+        return prec[-1].to(dev, torch.float32), lat, scene
+
+    # ------------------------------------------------------------------------------ denoise
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Denoise one chunk; returns the ``T`` target latents ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
+        T, C, h, w, steps, guidance = self._check_request(req)
+        read, known = req.read_latents, req.known
+        dev = self.device
+
+        pin, prec, prec_scene = self._split(req, dev)
+        n_prec = len(prec)
+        ref = (req.reference.to(dev, torch.float32) if req.reference is not None and len(req.reference)
+               else torch.zeros(0, C, h, w, device=dev))
+        n_ref = len(ref)
+        scene = torch.cat([read.to(dev, torch.float32) * known.to(dev, torch.float32)[:, None], prec_scene], 0)
+        ctx = self.vace_context(scene).to(self.dtype)
+        ref5 = ref.permute(1, 0, 2, 3)[None]  # (1, C, R, h, w)
+        prec5 = prec.permute(1, 0, 2, 3)[None]
+
+        cond = self.encode_prompt(req.prompt)
+        uncond = self.encode_prompt(req.negative_prompt) if guidance > 1.0 else None
+
+        from diffusers import UniPCMultistepScheduler
+
+        sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=self.shift, num_train_timesteps=self.num_train_timesteps)
+        sched.set_timesteps(sigmas=reference_sigmas(steps), device=dev)
+        x = torch.randn((1, C, T, h, w), generator=chunk_generator(req.seed, req.chunk_index),
+                        dtype=torch.float32).to(dev)
+        x[:, :, 0] = pin
+        with placed_on(self.transformer, self.device, self.cpu_offload), torch.no_grad():
+            for i, t in enumerate(sched.timesteps):
+                ts = frame_timesteps(t.to(dev), n_ref, T, n_prec)
+                seq = torch.cat([ref5, x, prec5], dim=2).to(self.dtype)
+                v = self._velocity(seq, ts, cond, ctx, n_ref)
+                if uncond is not None:
+                    vu = self._velocity(seq, ts, uncond, ctx, n_ref)
+                    v = vu + guidance * (v - vu)
+                x = sched.step(v[:, :, n_ref:n_ref + T], t, x, return_dict=False)[0].float()
+                x[:, :, 0] = pin  # target frame 0 stays the clean overlap / input latent
+                if progress is not None:
+                    progress(i + 1, steps)
+        self._last = {"steps": steps, "guidance": guidance, "reference_frames": n_ref, "preceding_frames": n_prec}
+        return x[0].permute(1, 0, 2, 3).contiguous().to(read.device)
+
+    def _velocity(self, seq, ts, emb, ctx, n_ref) -> torch.Tensor:
+        return self.transformer(hidden_states=seq, timestep=ts, encoder_hidden_states=emb,
+                                control_hidden_states=ctx, num_ref_frames=n_ref, return_dict=False)[0].float()
+
+    # ------------------------------------------------------------------------------ misc
+    def describe(self) -> dict:
+        return {**self._describe_common(),
+                "scheduler": "UniPCMultistepScheduler (flow, sigmas linspace(0.999, 0, steps+1)[:-1])",
+                "preceding_frames": self.preceding_frames, "last_chunk": dict(self._last),
+                "context": "[memory read | white-video latent] (no VAE encode per chunk beyond the cached white latent)"}
+
+
+def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False, *,
+                shift: float = DEFAULT_SHIFT, vae_dtype: str | torch.dtype = "fp32", tiling: bool = True,
+                download: bool = False, preceding_frames: int = DEFAULT_PRECEDING_FRAMES,
+                progress: bool = True) -> tuple[MirageBackend, WanVAECodec]:
+    """Load a ``mirage models convert`` folder (``DIR | REPO_ID``) into a :class:`MirageBackend` and its codec.
+
+    Resolution happens first (no diffusers import), so a missing model fails in milliseconds.
+    dtype/device/offload policy as :func:`~mirage_cli.backends.wan_vace.load_wan_vace`.
+    """
+    def transformer_cls():
+        from ..models.mirage_transformer import MirageTransformer3DModel
+
+        return MirageTransformer3DModel
+
+    parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
+                            cpu_offload=cpu_offload, download=download, progress=progress)
+    backend = MirageBackend(*parts.modules, device=parts.device, dtype=parts.dtype, shift=shift,
+                            num_train_timesteps=parts.num_train_timesteps, preceding_frames=preceding_frames,
+                            cpu_offload=cpu_offload, model=os.fspath(model_ref), weights=parts.weights)
+    return backend, parts.modules[3]
+
+
+def _check_index(root: Path) -> None:
+    """The folder must hold a Mirage transformer (written by ``mirage models convert``)."""
+    read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
+                     "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "
+                     "--vace FILE --lora FILE -o OUT`")

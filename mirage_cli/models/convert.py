@@ -1,0 +1,503 @@
+"""``mirage models convert``: base Wan2.2-TI2V-5B + the reference's VACE and LoRA files -> one diffusers folder.
+
+Inputs (facts in ``shared/MIRAGE_MODEL.md``):
+
+- ``base``: a diffusers Wan2.2-TI2V-5B folder (``NAME | REPO_ID | DIR``, resolved as every model:
+  local directory, Hugging Face cache, ``download=True``). Its transformer is a
+  ``WanTransformer3DModel`` with 48 in/out channels; its VAE has ``z_dim = 48``.
+- ``vace``: safetensors in the original Wan naming (``vace_blocks.N.self_attn.q.weight``,
+  ``vace_blocks.0.before_proj.*``, ``vace_patch_embedding.*``). Names are converted with diffusers'
+  own ``convert_wan_transformer_to_diffusers``, one tensor at a time.
+- ``lora``: safetensors ``pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight`` and
+  ``pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight`` (``diffusion_model.`` is accepted as the
+  prefix too), A ``(r, in)``, B ``(out, r)``, no alpha (an ``.alpha`` tensor, if present, scales by
+  ``alpha / r``). Fused into the base weights: ``W += scale * B @ A`` (computed in fp32, stored in
+  the base weight's dtype), so no peft is needed at run time.
+
+Output ``OUT`` (diffusers layout)::
+
+    model_index.json          transformer = ["mirage_cli", "MirageTransformer3DModel"]
+    transformer/              config.json (MirageTransformer3DModel) + safetensors shards (+ index)
+    vae/ text_encoder/ tokenizer/     hard links to the base's files (copies across file systems)
+    scheduler/                UniPCMultistepScheduler, flow_prediction, flow sigmas, shift 5
+    mirage.json               sources with sha256, LoRA scale, VACE layers, mirage version, peak memory
+    mirage_random_weights.json        only when a source came from the tiny kit
+
+Streaming: every input is read one tensor at a time through ``safe_open`` (memory-mapped) and each
+output shard is written as its header (the layout is known after validation) followed by the tensors
+as they are produced, so the process holds one tensor at a time (plus the LoRA factors being fused),
+never a copy of the model. Measured on a 0.65 GB test model: peak RSS 0.53 GB, of which 0.44 GB is
+the imported libraries; for the full 7.6 B model the largest tensor (an FFN weight, 14336 x 3072
+fp32 = 176 MB) and its fused fp32 temporaries bound it at roughly 1-1.5 GB (estimate). Everything is
+validated (keys, shapes, base architecture) before the first byte is written, the folder is built
+in a temporary directory beside ``OUT`` and renamed into place at the end: a failure leaves no
+``OUT``. Bad input raises :class:`MirageError` naming the file and the first offending key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import MirageError
+from .registry import RANDOM_WEIGHTS_MARKER, VACE_SUBFOLDERS, resolve_model, weights_kind
+
+#: Latent channels of the Wan2.2 VAE / TI2V-5B transformer, and the VACE context (read 48 | white 48).
+WAN22_CHANNELS = 48
+MIRAGE_VACE_CHANNELS = 96
+DEFAULT_SHARD_BYTES = 5 * 10**9
+FORMAT = "mirage.model"
+FORMAT_VERSION = 1
+
+_LORA_KEY = re.compile(r"^(?:pipe\.dit\.|diffusion_model\.)blocks\.(\d+)\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])"
+                       r"\.(lora_A\.weight|lora_B\.weight|alpha)$")
+_VACE_KEY = re.compile(r"^(vace_blocks\.\d+\.|vace_patch_embedding\.)")
+_COPIED = ("vae", "text_encoder", "tokenizer")
+
+
+@dataclass
+class ConvertReport:
+    """What :func:`convert_mirage` wrote and what it cost."""
+
+    out: Path
+    tensors: int = 0
+    total_bytes: int = 0
+    shards: int = 0
+    lora_modules: int = 0
+    peak_held_bytes: int = 0  # largest output tensor held at once (the writer holds one at a time)
+    peak_rss_bytes: int = 0  # the process's peak resident set size (ru_maxrss) after the conversion
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------- helpers
+def sha256_file(path: Path, block: int = 1 << 24) -> str:
+    """sha256 of a file, read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open(path: Path, what: str):
+    """``safe_open`` with a one-line error for missing / non-safetensors files."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise MirageError(f"{path}: {what} file not found")
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        raise MirageError(f"{path}: {what} must be a .safetensors file (mirage never loads pickles)")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # header errors from the Rust side
+        raise MirageError(f"{path}: not a readable safetensors file ({str(e).strip().splitlines()[0]})") from e
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MirageError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise MirageError(f"{path}: unreadable JSON ({e})") from e
+
+
+def diffusers_name(original: str) -> str:
+    """Original Wan parameter name -> diffusers name, through diffusers' own converter."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    (name,) = convert_wan_transformer_to_diffusers({original: None}).keys()
+    return name
+
+
+def _shape(sf, key: str) -> tuple[int, ...]:
+    return tuple(sf.get_slice(key).get_shape())
+
+
+def _entry(sf, path: Path, key: str, name: str) -> _Entry:
+    sl = sf.get_slice(key)
+    dtype = sl.get_dtype()
+    if dtype not in _ITEMSIZE:
+        raise MirageError(f"{path}: key '{key}' has dtype {dtype}, which mirage does not convert")
+    return _Entry(name, dtype, tuple(sl.get_shape()), path, key)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a diffusers model folder (shards in index order, or the single file)."""
+    idx = sorted(folder.glob("*.safetensors.index.json"))
+    if idx:
+        wmap = _read_json(idx[0]).get("weight_map")
+        if not isinstance(wmap, dict):
+            raise MirageError(f"{idx[0]}: no weight_map")
+        return [folder / n for n in dict.fromkeys(wmap.values())]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise MirageError(f"{folder}: no .safetensors weights")
+    return files
+
+
+# --------------------------------------------------------------------------------------- validation
+def _check_base(root: Path) -> dict:
+    """Validate a Wan2.2-TI2V base folder; returns the transformer config."""
+    cfg_path = root / "transformer" / "config.json"
+    cfg = _read_json(cfg_path)
+    if cfg.get("_class_name") != "WanTransformer3DModel":
+        raise MirageError(f"{cfg_path}: _class_name is {cfg.get('_class_name')!r}, expected 'WanTransformer3DModel' "
+                          "(the base must be Wan2.2-TI2V-5B in diffusers layout)")
+    for key in ("in_channels", "out_channels"):
+        if cfg.get(key) != WAN22_CHANNELS:
+            raise MirageError(f"{cfg_path}: {key} is {cfg.get(key)}, expected {WAN22_CHANNELS} "
+                              "(the base must be Wan2.2-TI2V-5B, whose VAE has 48 latent channels)")
+    vae_path = root / "vae" / "config.json"
+    vae = _read_json(vae_path)
+    if vae.get("z_dim") != WAN22_CHANNELS:
+        raise MirageError(f"{vae_path}: z_dim is {vae.get('z_dim')}, expected {WAN22_CHANNELS} (the Wan2.2 VAE)")
+    return cfg
+
+
+def _expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
+    """A ``MirageTransformer3DModel`` on the meta device (config + expected parameter shapes, no memory)."""
+    import inspect
+
+    from accelerate import init_empty_weights
+    from diffusers import WanVACETransformer3DModel
+
+    from .mirage_transformer import MirageTransformer3DModel
+
+    allowed = set(inspect.signature(WanVACETransformer3DModel.__init__).parameters) - {"self"}
+    cfg = {k: v for k, v in base_cfg.items() if k in allowed}
+    cfg.update(vace_layers=list(vace_layers), vace_in_channels=int(vace_in_channels))
+    try:
+        with init_empty_weights():
+            return MirageTransformer3DModel(**cfg)
+    except (TypeError, ValueError) as e:
+        raise MirageError(f"cannot build the Mirage transformer from the base config: {e}") from e
+
+
+def _plan_vace(path: Path, num_layers: int, vace_layers: list[int] | None) -> tuple[dict[str, str], list[int], int]:
+    """Keys of the VACE file -> diffusers names; the VACE layers and input channels it implies."""
+    with _open(path, "VACE") as sf:
+        keys = sorted(sf.keys())
+        if not keys:
+            raise MirageError(f"{path}: no tensors")
+        for k in keys:
+            if not _VACE_KEY.match(k):
+                raise MirageError(f"{path}: key '{k}' is not a VACE weight (expected vace_blocks.N.* or "
+                                  "vace_patch_embedding.* in the reference's naming, no prefix)")
+        if "vace_patch_embedding.weight" not in keys:
+            raise MirageError(f"{path}: key 'vace_patch_embedding.weight' is missing")
+        in_ch = _shape(sf, "vace_patch_embedding.weight")[1]
+    if in_ch != MIRAGE_VACE_CHANNELS:
+        raise MirageError(f"{path}: key 'vace_patch_embedding.weight' takes {in_ch} channels, expected "
+                          f"{MIRAGE_VACE_CHANNELS} (48 memory-read + 48 white-video latent channels)")
+    n = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("vace_blocks."))
+    if vace_layers is None:
+        # The reference puts its VACE blocks on every (num_layers / n)-th layer (0, 2, ..., 28 of 30).
+        if num_layers % n:
+            raise MirageError(f"{path}: {n} VACE blocks do not divide the base's {num_layers} layers evenly; "
+                              "pass the VACE layers explicitly")
+        vace_layers = list(range(0, num_layers, num_layers // n))
+    if len(vace_layers) != n:
+        raise MirageError(f"{path}: holds {n} VACE blocks but {len(vace_layers)} VACE layers were given")
+    return {k: diffusers_name(k) for k in keys}, list(vace_layers), in_ch
+
+
+def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]]) -> dict[str, dict]:
+    """LoRA file -> ``{diffusers weight name: {"A": key, "B": key, "alpha": key | None, "rank": r}}``."""
+    mods: dict[str, dict] = {}
+    with _open(path, "LoRA") as sf:
+        keys = sorted(sf.keys())
+        if not keys:
+            raise MirageError(f"{path}: no tensors")
+        for k in keys:
+            m = _LORA_KEY.match(k)
+            if not m:
+                raise MirageError(f"{path}: key '{k}' is not a LoRA weight of the base DiT (expected "
+                                  "pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight or "
+                                  "pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight)")
+            block, mod, part = m.groups()
+            name = diffusers_name(f"blocks.{block}.{mod}.weight")
+            if name not in targets:
+                raise MirageError(f"{path}: key '{k}' targets {name}, which the base transformer does not have")
+            mods.setdefault(name, {"A": None, "B": None, "alpha": None})[
+                {"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[part]] = k
+        for name, mod in mods.items():
+            first = next(v for v in (mod["A"], mod["B"], mod["alpha"]) if v)
+            if mod["A"] is None or mod["B"] is None:
+                raise MirageError(f"{path}: key '{first}' has no matching lora_{'A' if mod['A'] is None else 'B'}")
+            out_f, in_f = targets[name]
+            a, b = _shape(sf, mod["A"]), _shape(sf, mod["B"])
+            if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+                bad = mod["A"] if len(a) != 2 or a[1] != in_f else mod["B"]
+                raise MirageError(f"{path}: key '{bad}' has shape {a if bad == mod['A'] else b}; the base weight "
+                                  f"{name} is {(out_f, in_f)}, so A must be (r, {in_f}) and B ({out_f}, r)")
+            if mod["alpha"] is not None and _shape(sf, mod["alpha"]) not in ((), (1,)):
+                raise MirageError(f"{path}: key '{mod['alpha']}' must be a scalar")
+            mod["rank"] = a[0]
+    return mods
+
+
+# --------------------------------------------------------------------------------------- writing
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@dataclass
+class _Entry:
+    """One output tensor: its name, safetensors dtype and shape, and where it comes from."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    source: Path
+    key: str
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
+
+
+class _StreamingShards:
+    """Writes safetensors shards one tensor at a time from a layout known in advance.
+
+    The safetensors format is an 8-byte little-endian header length, a JSON header giving every
+    tensor's dtype, shape and byte range, then the raw bytes. Because every output tensor's dtype and
+    shape are known after validation (a fused LoRA weight keeps the base weight's), each shard's
+    header is written first and the tensors are appended as they are produced: only one tensor is
+    ever held in memory (``safetensors.torch.save_file`` would need the whole shard, serialized twice).
+    """
+
+    def __init__(self, folder: Path, entries: list[_Entry], max_bytes: int,
+                 prefix: str = "diffusion_pytorch_model") -> None:
+        self.folder, self.prefix = folder, prefix
+        self.shards: list[list[_Entry]] = [[]]
+        size = 0
+        for e in entries:
+            if self.shards[-1] and size + e.nbytes > max_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append(e)
+            size += e.nbytes
+        n = len(self.shards)
+        self.names = ([f"{prefix}.safetensors"] if n == 1 else
+                      [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
+        self.total = sum(e.nbytes for e in entries)
+        self.count = len(entries)
+        self.peak_held = 0
+        self._file = None
+        self._shard = -1
+        self._pos = 0
+
+    def write(self, produce) -> None:
+        """Write every shard; ``produce(entry)`` returns the tensor for an entry (dtype and shape as planned)."""
+        import torch
+
+        for i, shard in enumerate(self.shards):
+            header, off = {}, 0
+            for e in shard:
+                header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [off, off + e.nbytes]}
+                off += e.nbytes
+            header["__metadata__"] = {"format": "pt"}
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
+            with open(self.folder / self.names[i], "wb") as f:
+                f.write(len(raw).to_bytes(8, "little"))
+                f.write(raw)
+                for e in shard:
+                    t = produce(e)
+                    if tuple(t.shape) != e.shape or t.element_size() != _ITEMSIZE[e.dtype]:
+                        raise RuntimeError(f"{e.name}: produced {tuple(t.shape)} {t.dtype}, planned {e.shape} {e.dtype}")
+                    self.peak_held = max(self.peak_held, e.nbytes)
+                    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        if len(self.shards) > 1:
+            wmap = {e.name: self.names[i] for i, shard in enumerate(self.shards) for e in shard}
+            index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(wmap.items()))}
+            (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of ``src`` into ``dst`` (symlinks resolved, as in the HF cache); copy if linking fails."""
+    for p in sorted(src.rglob("*")):
+        if p.is_dir():
+            continue
+        target = dst / p.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        real = p.resolve()
+        try:
+            os.link(real, target)
+        except OSError:
+            shutil.copy2(real, target)
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        import resource
+        import sys
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(r if sys.platform == "darwin" else r * 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------- main
+def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str | os.PathLike, out: str | os.PathLike,
+                   *, lora_scale: float = 1.0, download: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+                   vace_layers: list[int] | None = None, log=None) -> ConvertReport:
+    """Convert the reference's checkpoints into a diffusers folder (see the module docstring).
+
+    Args:
+        base: Wan2.2-TI2V-5B as ``NAME | REPO_ID | DIR`` (``wan2.2-ti2v-5b``).
+        vace, lora: the reference's ``vace.safetensors`` and ``lora.safetensors``.
+        out: new directory (must not exist, or be empty).
+        lora_scale: ``W += lora_scale * B @ A`` (1 for the reference's training: alpha = rank).
+        download: fetch a missing base from the Hub (otherwise a missing base is an error).
+        max_shard_bytes: largest output shard file (memory use does not depend on it).
+        vace_layers: DiT layers of the VACE blocks (default: evenly spaced from 0, as the reference).
+        log: optional ``callable(str)`` for progress lines.
+
+    Raises:
+        MirageError: bad input (one line naming the file and the first offending key); ``out`` is untouched.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MirageError(f"{out} exists and is not an empty directory (choose a new one)")
+    if not (lora_scale == lora_scale and abs(lora_scale) < float("inf")):
+        raise MirageError(f"--lora-scale must be a finite number (got {lora_scale})")
+    vace_path, lora_path = Path(vace).expanduser(), Path(lora).expanduser()
+    root = resolve_model(base, list(VACE_SUBFOLDERS), download=download)
+    base_cfg = _check_base(root)
+
+    # 1. Plan and validate everything before writing anything.
+    base_files = _weight_files(root / "transformer")
+    base_keys: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    entries: list[_Entry] = []
+    for f in base_files:
+        with _open(f, "base transformer") as sf:
+            for k in sf.keys():
+                entries.append(_entry(sf, f, k, k))
+                base_keys[k] = (f, entries[-1].shape)
+    vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers)
+    model = _expected_model(base_cfg, layers, in_ch)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k, (f, shape) in base_keys.items():
+        if k not in expected or k.startswith("vace_"):
+            raise MirageError(f"{f}: key '{k}' is not a parameter of a Wan2.2-TI2V transformer")
+        if shape != expected[k]:
+            raise MirageError(f"{f}: key '{k}' has shape {shape}, the config says {expected[k]}")
+    with _open(vace_path, "VACE") as sf:
+        for orig, name in vace_map.items():
+            if name not in expected or not name.startswith("vace_"):
+                raise MirageError(f"{vace_path}: key '{orig}' (diffusers: {name}) is not a parameter of the "
+                                  f"VACE branch for layers {layers}")
+            entries.append(_entry(sf, vace_path, orig, name))
+            if entries[-1].shape != expected[name]:
+                raise MirageError(f"{vace_path}: key '{orig}' has shape {entries[-1].shape}, the base model "
+                                  f"needs {expected[name]}")
+    have = set(base_keys) | set(vace_map.values())
+    missing = [k for k in expected if k not in have]
+    if missing:
+        first = missing[0]
+        where = vace_path if first.startswith("vace_") else root / "transformer"
+        raise MirageError(f"{where}: key '{first}' is missing ({len(missing)} parameter(s) missing in all)")
+    lora_plan = _plan_lora(lora_path, {k: s for k, (_, s) in base_keys.items() if len(s) == 2})
+    say(f"validated: base {len(base_keys)} tensors, VACE {len(vace_map)} tensors (layers {layers}), "
+        f"LoRA {len(lora_plan)} modules")
+
+    # 2. Write into a temporary folder beside OUT, rename at the end.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    report = ConvertReport(out=out)
+    try:
+        report = _write(tmp, out, root, base, base_files, entries, vace_path, lora_path, lora_plan, model,
+                        float(lora_scale), int(max_shard_bytes), say)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report.seconds = time.perf_counter() - t0
+    report.peak_rss_bytes = _peak_rss_bytes()
+    return report
+
+
+def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], entries: list[_Entry],
+           vace_path: Path, lora_path: Path, lora_plan: dict[str, dict], model, lora_scale: float,
+           max_shard_bytes: int, say) -> ConvertReport:
+    from diffusers import UniPCMultistepScheduler
+
+    from .. import __version__
+
+    (tmp / "transformer").mkdir(parents=True)
+    shards = _StreamingShards(tmp / "transformer", entries, max_shard_bytes)
+    fused = 0
+    with _open(lora_path, "LoRA") as lsf:
+        def produce(e: _Entry):
+            """Read one source tensor (memory-mapped) and fuse its LoRA: ``W += s * B @ A`` in fp32."""
+            nonlocal fused
+            with _open(e.source, "weights") as sf:
+                t = sf.get_tensor(e.key)
+            mod = lora_plan.get(e.name) if e.source != vace_path else None
+            if mod is not None:
+                a, b = lsf.get_tensor(mod["A"]).float(), lsf.get_tensor(mod["B"]).float()
+                s = lora_scale
+                if mod["alpha"] is not None:
+                    s *= float(lsf.get_tensor(mod["alpha"]).float().reshape(())) / mod["rank"]
+                t = (t.float() + s * (b @ a)).to(t.dtype)
+                fused += 1
+            return t
+
+        shards.write(produce)
+    n_shards = len(shards.names)
+    say(f"transformer written ({n_shards} shard(s)), LoRA fused into {fused} weights")
+    model.save_config(tmp / "transformer")
+
+    for sub in _COPIED:
+        _link_tree(root / sub, tmp / sub)
+    sched_cfg = _read_json(root / "scheduler" / "scheduler_config.json")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
+                            num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000))
+                            ).save_config(tmp / "scheduler")
+    index = _read_json(root / "model_index.json")
+    new_index = {"_class_name": "MiragePipeline", "_diffusers_version": index.get("_diffusers_version"),
+                 "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+                 "text_encoder": index.get("text_encoder", ["transformers", "UMT5EncoderModel"]),
+                 "tokenizer": index.get("tokenizer", ["transformers", "AutoTokenizer"]),
+                 "transformer": ["mirage_cli", "MirageTransformer3DModel"],
+                 "vae": index.get("vae", ["diffusers", "AutoencoderKLWan"])}
+    (tmp / "model_index.json").write_text(json.dumps(new_index, indent=2) + "\n")
+
+    random_sources = [str(p) for p in (root, vace_path.parent, lora_path.parent) if weights_kind(p) == "random"]
+    if random_sources:
+        (tmp / RANDOM_WEIGHTS_MARKER).write_text(json.dumps(
+            {"random_weights": True, "created_by": "mirage models convert", "sources": random_sources},
+            indent=2) + "\n")
+    ranks = sorted({m["rank"] for m in lora_plan.values()})
+    info = {
+        "format": FORMAT, "version": FORMAT_VERSION, "created_by": f"mirage {__version__}",
+        "base": {"ref": os.fspath(base_ref), "path": str(root),
+                 "transformer_sha256": {f.name: sha256_file(f) for f in base_files}},
+        "vace": {"path": str(vace_path.resolve()), "sha256": sha256_file(vace_path), "tensors": sum(e.source == vace_path for e in entries),
+                 "vace_layers": list(model.config.vace_layers), "vace_in_channels": model.config.vace_in_channels},
+        "lora": {"path": str(lora_path.resolve()), "sha256": sha256_file(lora_path), "modules": len(lora_plan),
+                 "rank": ranks[0] if len(ranks) == 1 else ranks, "scale": lora_scale, "fused": True},
+        "transformer": {"class": "MirageTransformer3DModel", "tensors": shards.count,
+                        "bytes": shards.total, "shards": n_shards},
+        "conversion": {"max_shard_bytes": max_shard_bytes, "peak_held_bytes": shards.peak_held,
+                       "dtypes": "as in the sources (LoRA fused in fp32, stored in the base weight's dtype)"},
+    }
+    (tmp / "mirage.json").write_text(json.dumps(info, indent=2) + "\n")
+    return ConvertReport(out=out, tensors=shards.count, total_bytes=shards.total, shards=n_shards,
+                         lora_modules=fused, peak_held_bytes=shards.peak_held, info=info)
