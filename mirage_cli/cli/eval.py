@@ -1,0 +1,93 @@
+"""`mirage eval recon` and `mirage eval compare`: parse, call :mod:`mirage_cli.eval`, print with rich."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .console import console, err_console
+
+app = typer.Typer(help="Measured quality: reconstruction against true frames, memory consistency.", no_args_is_help=True)
+
+
+@app.command("recon", no_args_is_help=True)
+def recon_cmd(
+    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, or synthetic[:SCENE[:TRAJ]]."),
+    out: Path = typer.Option(..., "--out", "-o", help="Evaluation directory (DIR/<clip>/run, DIR/eval.json, DIR/eval.csv)."),
+    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Cameras of a single frames-folder / MP4 SOURCE (any trajectory format)."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Frame 0's depth for a single frames SOURCE (.npy/.npz/16-bit .png) or 'prior'/'model'."),
+    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Synthetic clips: frames per clip \\[default: 25]; file clips: keep the first N."),
+    height: int = typer.Option(120, "--height", help="Synthetic clips: frame height."),
+    width: int = typer.Option(208, "--width", help="Synthetic clips: frame width."),
+    backend: str = typer.Option("preview", "--backend", "-b", help="preview or wan-vace (as `mirage generate`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="wan-vace model (as `mirage generate`)."),
+    depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model when a clip has no depth."),
+    seed: int = typer.Option(0, "--seed"),
+    steps: int = typer.Option(30, "--steps", help="Denoising steps (wan-vace)."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance (wan-vace)."),
+    shift: float = typer.Option(3.0, "--shift", help="Flow-matching shift (wan-vace)."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace)."),
+    device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype"),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames"),
+    downscale: Optional[int] = typer.Option(None, "--downscale"),
+    write_policy: str = typer.Option("new", "--write-policy"),
+    references: int = typer.Option(2, "--references"),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier clip runs in --out."),
+    plot: bool = typer.Option(False, "--plot", help="Also write DIR/eval.png (metric against frame)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the aggregate as a Markdown table (the README's)."),
+    json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Generate each clip from its frame 0 along its cameras and compare every frame with the truth."""
+    from ..eval.recon import eval_recon
+    from ..eval.report import markdown_table, recon_table
+    from ..eval.sources import read_sources
+    from ..pipeline.config import GenerateConfig, check_config
+
+    depth_kind = depth if depth in ("prior", "model") else None  # a depth source, not a file of the clip
+    base = GenerateConfig(
+        image="-", traj="-", depth=depth_kind, backend=backend, model=model, depth_model=depth_model, seed=seed, steps=steps,
+        guidance=guidance, shift=shift, prompt=prompt, device=device, dtype=dtype, chunk_frames=chunk_frames,
+        downscale=downscale, cache_dump="chunks", write_policy=write_policy, references=references,
+        cpu_offload=cpu_offload, height=height, width=width,
+    )
+    check_config(base)  # every option error before any clip is read or rendered
+    clips = read_sources(sources, traj=traj, depth=None if depth_kind else depth, frames=frames, size=(width, height))
+    show = not (quiet or json_out or markdown)
+    warn = (lambda m: None) if not show else (lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    progress = (lambda name: err_console.print(f"[dim]clip {name}[/]")) if show else None
+    doc = eval_recon(clips, base, out, overwrite=overwrite, warn=warn, progress=progress)
+    if plot:
+        from ..eval.plot import draw_plot
+
+        draw_plot(doc, out / "eval.png")
+    if json_out:
+        console.print_json(json.dumps(doc))
+    elif markdown:
+        print(markdown_table(doc))
+    elif not quiet:
+        console.print(recon_table(doc))
+        for note in doc["notes"]:
+            console.print(f"[dim]note: {note}[/]")
+        console.print(f"eval.json / eval.csv in {out}" + (", plot eval.png" if plot else ""))
+
+
+@app.command("compare", no_args_is_help=True)
+def compare_cmd(
+    files: List[Path] = typer.Argument(..., help="eval.json files (or their directories); differences are from the first."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """One table of the aggregates of several eval runs, with differences and whether they exceed the spread."""
+    from ..eval.report import compare, compare_table, read_eval
+
+    paths = [f / "eval.json" if f.is_dir() else f for f in files]
+    result = compare([read_eval(p) for p in paths], [str(f) for f in files])
+    if json_out:
+        console.print_json(json.dumps(result))
+    else:
+        console.print(compare_table(result))

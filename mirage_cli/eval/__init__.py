@@ -1,0 +1,7 @@
+"""``mirage eval``: measured reconstruction quality and memory consistency.
+
+``sources`` (clips: geometry.npz, frames + trajectory, the synthetic scenes), ``recon`` (each clip
+through the generate pipeline, then scored), ``metrics`` (torchmetrics PSNR/SSIM, optional LPIPS,
+regions, revisits, camera following, intervals over clips), ``report`` (eval.json, eval.csv,
+tables, ``eval compare``), ``plot`` (metric against frame).
+"""

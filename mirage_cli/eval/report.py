@@ -1,0 +1,170 @@
+"""Outputs of ``mirage eval``: ``eval.json``, ``eval.csv``, the rich tables, and ``eval compare``.
+
+``eval.csv`` has one row per clip and frame with every per-frame field (empty where a region is
+empty). ``eval compare`` lines up the aggregates of several ``eval.json`` files against the first;
+a difference "exceeds the spread" when its 95 % interval excludes 0: paired over the clips both
+runs share (same clip names), else when the two runs' 95 % intervals do not overlap.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..errors import MirageError
+from ..io import atomic_path, write_json
+from .metrics import interval
+
+TABLE_FIELDS = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory", "psnr_revisit", "ssim_revisit", "lpips_all",
+                "lpips_memory", "lpips_revisit", "read_psnr_known", "known_fraction", "memory_fraction", "follow_psnr",
+                "follow_psnr_truth")
+"""Fields shown in tables (those present), in this order."""
+
+
+def write_outputs(doc: dict, out: Path) -> None:
+    """``eval.json`` and ``eval.csv`` in ``out`` (atomically)."""
+    write_json(out / "eval.json", doc)
+    with atomic_path(out / "eval.csv") as tmp:
+        tmp.write_text(csv_text(doc))
+
+
+def csv_text(doc: dict) -> str:
+    """One row per (clip, frame) with every per-frame field."""
+    fields: list[str] = []
+    for c in doc["clips"]:
+        fields += [k for k in c["per_frame"] if k not in fields]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["clip"] + fields)
+    for c in doc["clips"]:
+        pf = c["per_frame"]
+        for t in range(c["frames"]):
+            w.writerow([c["name"]] + ["" if k not in pf or pf[k][t] is None else pf[k][t] for k in fields])
+    return buf.getvalue()
+
+
+def shown_fields(keys) -> list[str]:
+    return [f for f in TABLE_FIELDS if f in keys]
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
+
+
+def recon_table(doc: dict):
+    """A rich Table: one row per metric (per region), one column per clip (means over frames 1..),
+    and the aggregate over clips with its 95 % interval (metrics as rows so it fits a terminal)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    fields = shown_fields(doc["aggregate"])
+    t = Table(title="mirage eval recon: means over frames 1..N-1, then over clips")
+    t.add_column("metric", no_wrap=True)
+    for c in doc["clips"]:
+        t.add_column(escape(c["name"]), justify="right")
+    t.add_column("mean", justify="right")
+    t.add_column("95 % interval", justify="right", no_wrap=True)
+    agg = doc["aggregate"]
+    t.add_row("seconds", *[f"{c['seconds']:.1f}" for c in doc["clips"]], f"{sum(c['seconds'] for c in doc['clips']):.1f}", "")
+    for f in fields:
+        ci = agg[f]["ci95"]
+        t.add_row(f, *[_fmt(c["means"].get(f)) for c in doc["clips"]], _fmt(agg[f]["mean"]),
+                  "-" if ci is None else f"{_fmt(ci[0])} .. {_fmt(ci[1])}")
+    return t
+
+
+def _agg_cell(a: dict) -> str:
+    if a["ci95"] is None:
+        return _fmt(a["mean"])
+    return f"{_fmt(a['mean'])} [{_fmt(a['ci95'][0])}, {_fmt(a['ci95'][1])}]"
+
+
+def markdown_table(doc: dict, fields: tuple[str, ...] = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory",
+                                                         "psnr_revisit", "read_psnr_known", "follow_psnr")) -> str:
+    """The README's table: one row per clip plus the aggregate (seconds and metrics)."""
+    fields = tuple(f for f in fields if f in doc["aggregate"])
+    lines = ["| clip | frames | seconds | " + " | ".join(fields) + " |", "|---" * (3 + len(fields)) + "|"]
+    for c in doc["clips"]:
+        lines.append(f"| {c['name']} | {c['frames']} | {c['seconds']:.1f} | "
+                     + " | ".join(_fmt(c["means"].get(f)) for f in fields) + " |")
+    agg = doc["aggregate"]
+    lines.append(f"| **mean [95 % CI]** | | {sum(c['seconds'] for c in doc['clips']):.1f} | "
+                 + " | ".join(_agg_cell(agg[f]) for f in fields) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ compare
+def read_eval(path: Path) -> dict:
+    """An ``eval.json`` (one line on anything else)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MirageError(f"{path}: not a readable eval.json ({e.__class__.__name__})") from e
+    if not isinstance(doc, dict) or doc.get("format") != "mirage.eval":
+        raise MirageError(f"{path}: not a mirage eval.json (format is not 'mirage.eval')")
+    return doc
+
+
+def compare(docs: list[dict], labels: list[str]) -> dict:
+    """Differences of each run's aggregates from the first run's.
+
+    Returns ``{"labels", "fields", "rows": [{field, values: [mean per run], diffs: [None, d1, ...],
+    exceeds: [None, bool, ...], paired: [None, n clips or 0]}]}``.
+    """
+    if len(docs) < 2:
+        raise MirageError("eval compare: give at least two eval.json files")
+    keys = set(docs[0]["aggregate"])
+    for d in docs[1:]:
+        keys &= set(d["aggregate"])
+    rows = []
+    for f in shown_fields(keys):
+        base = docs[0]["aggregate"][f]
+        row = {"field": f, "values": [d["aggregate"][f]["mean"] for d in docs], "diffs": [None], "exceeds": [None],
+               "paired": [None]}
+        for d in docs[1:]:
+            other = d["aggregate"][f]
+            diff = other["mean"] - base["mean"]
+            pairs = _paired(docs[0], d, f)
+            if len(pairs) >= 2:
+                ci = interval([b - a for a, b in pairs])["ci95"]
+                exceeds = ci[0] > 0 or ci[1] < 0
+            elif base["ci95"] and other["ci95"]:
+                exceeds = other["ci95"][0] > base["ci95"][1] or other["ci95"][1] < base["ci95"][0]
+            else:
+                exceeds = None  # one clip: no spread to compare with
+            row["diffs"].append(round(diff, 6))
+            row["exceeds"].append(exceeds)
+            row["paired"].append(len(pairs))
+        rows.append(row)
+    return {"labels": labels, "fields": [r["field"] for r in rows], "rows": rows}
+
+
+def _paired(a: dict, b: dict, field: str) -> list[tuple[float, float]]:
+    """Per-clip means of ``field`` for the clips both runs scored (by name)."""
+    bm = {c["name"]: c["means"].get(field) for c in b["clips"]}
+    return [(c["means"][field], bm[c["name"]]) for c in a["clips"]
+            if c["means"].get(field) is not None and bm.get(c["name"]) is not None]
+
+
+def compare_table(result: dict):
+    """A rich Table of :func:`compare`: value per run, and per later run its difference (bold when
+    it exceeds the clip-to-clip spread)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    labels = result["labels"]
+    t = Table(title=f"mirage eval compare (differences from {escape(labels[0])}; * = exceeds the clip-to-clip spread)")
+    t.add_column("metric")
+    for i, lab in enumerate(labels):
+        t.add_column(escape(lab), justify="right")
+        if i:
+            t.add_column("diff", justify="right")
+    for r in result["rows"]:
+        cells = [r["field"], _fmt(r["values"][0])]
+        for i in range(1, len(labels)):
+            mark = " *" if r["exceeds"][i] else ""
+            cells += [_fmt(r["values"][i]), f"{r['diffs'][i]:+.4f}{mark}"]
+        t.add_row(*cells)
+    return t

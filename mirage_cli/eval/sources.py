@@ -1,0 +1,288 @@
+"""Evaluation clips: true frames along known cameras, from a file, a folder or the synthetic scenes.
+
+A :class:`Clip` is what ``mirage eval recon`` generates from (frame 0, its depth, the cameras) and
+compares with (every true frame). SOURCE spellings (:func:`read_sources`):
+
+- ``geometry.npz``: the reference pipeline's file (``poses_c2w (N,4,4)`` OpenCV c2w, ``intrinsics
+  (N,3,3)`` in pixels at the frames' size, ``depths (N,H,W)`` z-depth, ``frames (N,H,W,3) uint8``,
+  else ``clip.mp4`` beside the file). Read with ``allow_pickle=False``.
+- a folder of frames or an MP4, with ``--traj FILE`` (any supported trajectory format, e.g. a
+  RealEstate10K/CameraCtrl ``.txt``) and optional ``--depth FILE`` for frame 0; or a folder holding
+  ``frames/`` (or ``*.mp4``), one trajectory file (``*.txt``/``*.json``) and optionally
+  ``depth.npy`` (frame 0's depth).
+- ``synthetic[:SCENE[:TRAJ]]``: :mod:`mirage_cli.data.scenes` ray-cast exactly along presets (and
+  ``out_and_back``, a path that leaves and returns), with exact depth for every frame.
+
+Frames are uint8 like any real clip (a synthetic render is rounded once, as a PNG would be), so a
+generator that reproduces them exactly scores the PSNR cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MirageError
+from ..geometry.cameras import Cameras, validate_cameras
+
+SYNTHETIC_SUITE = ("orbit_left", "dolly_in", "out_and_back")
+"""The trajectories of ``synthetic`` (and of ``synthetic:SCENE``); ``out_and_back`` revisits."""
+SYNTHETIC_SIZE = (208, 120)
+"""``(width, height)`` of synthetic clips by default: small enough for the preview suite in well
+under a minute on two cores, and 1:1 with the preview's pixel grid (``--downscale`` 1)."""
+SYNTHETIC_FRAMES = 25
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TRAJ_SUFFIXES = (".txt", ".json")
+
+
+@dataclass
+class Clip:
+    """One evaluation clip.
+
+    Attributes:
+        name: a folder-safe name (``DIR/<name>/``).
+        frames: ``(N, H, W, 3)`` uint8 true frames; frame 0 is the generator's input.
+        cameras: ``(N)`` cameras at ``W x H`` (c2w OpenCV, absolute units of ``depth0``).
+        depth0: ``(H, W)`` float32 z-depth of frame 0, or None (then the usual depth sources).
+        depths: ``(N, H, W)`` float32 true z-depth of every frame, or None (only for the
+            camera-following check).
+        fps: frames per second. source: how the clip was named. synthetic: an exact render.
+    """
+
+    name: str
+    frames: np.ndarray
+    cameras: Cameras
+    depth0: torch.Tensor | None
+    depths: torch.Tensor | None
+    fps: float
+    source: str
+    synthetic: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+
+# ------------------------------------------------------------------------------------ dispatch
+def read_sources(sources: list[str], traj: str | None = None, depth: str | None = None, frames: int | None = None,
+                 size: tuple[int, int] | None = None) -> list[Clip]:
+    """Every SOURCE as clips (``synthetic`` gives several). ``frames`` keeps the first N frames of a
+    file clip and sets the length of synthetic ones; ``size`` = ``(W, H)`` of synthetic clips.
+    ``traj``/``depth`` belong to a single frames-folder or MP4 source."""
+    if (traj or depth) and len(sources) != 1:
+        raise MirageError("--traj/--depth: give them with exactly one frames-folder or MP4 SOURCE")
+    clips: list[Clip] = []
+    for s in sources:
+        if s == "synthetic" or s.startswith("synthetic:"):
+            clips += synthetic_clips(s, frames or SYNTHETIC_FRAMES, size or SYNTHETIC_SIZE)
+            continue
+        path = Path(s)
+        if not path.exists():
+            raise MirageError(f"{s}: no such clip (a geometry.npz, a frames folder or MP4, or synthetic[:SCENE[:TRAJ]])")
+        if path.suffix == ".npz":
+            clip = read_npz_clip(path)
+        elif path.is_dir() and traj is None:
+            clip = read_folder_clip(path)
+        else:
+            if traj is None:
+                raise MirageError(f"{s}: a frames folder or MP4 needs its cameras: --traj FILE")
+            clip = read_frames_clip(path, Path(traj), Path(depth) if depth else None)
+        clips.append(_first(clip, frames) if frames else clip)
+    names = [c.name for c in clips]
+    for i, c in enumerate(clips):  # two clips called geometry.npz in different folders: keep both
+        if names.count(c.name) > 1:
+            c.name = f"{c.name}-{i}"
+    return clips
+
+
+def _first(clip: Clip, n: int) -> Clip:
+    """The first ``n`` frames of a clip (``--frames``)."""
+    if n < 2:
+        raise MirageError(f"--frames: must be >= 2 (got {n})")
+    cams = clip.cameras[:n]
+    return Clip(clip.name, clip.frames[:n], cams, clip.depth0, None if clip.depths is None else clip.depths[:n],
+                clip.fps, clip.source, clip.synthetic)
+
+
+def check_clip(name: str, frames: np.ndarray, cameras: Cameras, depth0: torch.Tensor | None) -> None:
+    """One line for every malformed clip: frame count vs camera count, frame layout, depth size."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise MirageError(f"{name}: frames must be (N, H, W, 3) uint8 (got {tuple(frames.shape)} {frames.dtype})")
+    if len(frames) < 2:
+        raise MirageError(f"{name}: needs at least 2 frames (frame 0 is the input), got {len(frames)}")
+    if len(frames) != len(cameras):
+        raise MirageError(f"{name}: {len(frames)} frames but {len(cameras)} cameras; they must match one to one")
+    validate_cameras(cameras, name)
+    if depth0 is not None and tuple(depth0.shape) != tuple(frames.shape[1:3]):
+        raise MirageError(f"{name}: frame 0's depth is {tuple(depth0.shape)} but the frames are {tuple(frames.shape[1:3])}")
+
+
+# ------------------------------------------------------------------------------------ geometry.npz
+def read_npz_clip(path: Path) -> Clip:
+    """A reference-pipeline ``geometry.npz`` (keys in the module docstring); pixel intrinsics are
+    normalised by the frames' width and height."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise MirageError(f"{path}: not a readable .npz ({e.__class__.__name__}: {e})") from e
+    for key in ("poses_c2w", "intrinsics", "depths"):
+        if key not in data:
+            raise MirageError(f"{path}: missing '{key}' (a geometry.npz has poses_c2w, intrinsics, depths, frames)")
+    if "frames" in data:
+        frames = data["frames"]
+    elif (path.parent / "clip.mp4").exists():
+        from ..io import read_video
+
+        frames = read_video(path.parent / "clip.mp4")
+    else:
+        raise MirageError(f"{path}: no true frames to compare with (no 'frames' key and no clip.mp4 beside it)")
+    poses, K, depths = data["poses_c2w"], data["intrinsics"], data["depths"]
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4) or K.ndim != 3 or K.shape[1:] != (3, 3) or len(K) != len(poses):
+        raise MirageError(f"{path}: poses_c2w {poses.shape} / intrinsics {K.shape} must be (N,4,4) / (N,3,3)")
+    if depths.ndim != 3 or len(depths) != len(poses):
+        raise MirageError(f"{path}: depths {depths.shape} must be (N, H, W) with N = {len(poses)} poses")
+    frames = np.asarray(frames)
+    if frames.ndim == 4 and tuple(frames.shape[1:3]) != tuple(depths.shape[1:]):
+        raise MirageError(f"{path}: frames are {frames.shape[1:3]} but depths {depths.shape[1:]}: intrinsics refer to one size")
+    H, W = depths.shape[1:]
+    Kt = torch.as_tensor(K, dtype=torch.float64)
+    intr = torch.stack([Kt[:, 0, 0] / W, Kt[:, 1, 1] / H, Kt[:, 0, 2] / W, Kt[:, 1, 2] / H], dim=1)
+    cams = Cameras(torch.as_tensor(poses, dtype=torch.float64), intr, W, H)
+    dep = torch.as_tensor(np.asarray(depths, dtype=np.float32))
+    check_clip(str(path), frames, cams, dep[0])
+    fps = float(data["fps"]) if "fps" in data and np.asarray(data["fps"]).size == 1 else 16.0
+    return Clip(_clip_name(path), frames, cams, dep[0], dep, fps, str(path))
+
+
+# ------------------------------------------------------------------------------------ frames + trajectory
+def read_frames_clip(frames_path: Path, traj_path: Path, depth_path: Path | None = None) -> Clip:
+    """A folder of frames (sorted by name) or an MP4, with the cameras of a trajectory file."""
+    from ..trajectories import load_trajectory
+
+    frames = _read_frames(frames_path)
+    if not traj_path.exists():
+        raise MirageError(f"{traj_path}: trajectory file not found")
+    traj = load_trajectory(traj_path)
+    H, W = frames.shape[1:3]
+    cams = Cameras(traj.cameras.c2w, traj.cameras.intrinsics, W, H)
+    if traj.fov_only:
+        cams = Cameras.from_fov(traj.cameras.c2w, traj.cameras.fov_y_deg, W, H)
+    depth0 = None
+    if depth_path is not None:
+        from ..geometry.depth import load_depth_file
+
+        depth0 = load_depth_file(depth_path)
+    check_clip(str(frames_path), frames, cams, depth0)
+    return Clip(_clip_name(frames_path), frames, cams, depth0, None, float(traj.fps), str(frames_path))
+
+
+def read_folder_clip(folder: Path) -> Clip:
+    """A clip folder: ``frames/`` (or one ``*.mp4``), exactly one trajectory file, optional ``depth.npy``."""
+    frames = folder / "frames"
+    if not frames.is_dir():
+        videos = sorted(folder.glob("*.mp4"))
+        if len(videos) != 1:
+            raise MirageError(f"{folder}: a clip folder holds frames/ or exactly one .mp4 (with --traj, a folder of frames)")
+        frames = videos[0]
+    trajs = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in TRAJ_SUFFIXES)
+    if len(trajs) != 1:
+        raise MirageError(f"{folder}: a clip folder holds exactly one trajectory file (.txt/.json), found {len(trajs)}")
+    depth = folder / "depth.npy"
+    clip = read_frames_clip(frames, trajs[0], depth if depth.exists() else None)
+    clip.name, clip.source = _clip_name(folder), str(folder)
+    return clip
+
+
+def _read_frames(path: Path) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 from a folder of images or a video file."""
+    if not path.exists():
+        raise MirageError(f"{path}: frames not found")
+    if path.is_dir():
+        from PIL import Image, UnidentifiedImageError
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+        if not files:
+            raise MirageError(f"{path}: no frames ({', '.join(FRAME_SUFFIXES)}) in the folder")
+        arrs = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    arrs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as e:
+                raise MirageError(f"{f}: not a readable image ({e.__class__.__name__})") from e
+        if len({a.shape for a in arrs}) != 1:
+            raise MirageError(f"{path}: the frames differ in size")
+        return np.stack(arrs)
+    from ..io import read_video
+
+    try:
+        return np.asarray(read_video(path))
+    except (OSError, RuntimeError, ValueError) as e:
+        raise MirageError(f"{path}: not a readable video ({e.__class__.__name__})") from e
+
+
+def _clip_name(path: Path) -> str:
+    """``data/scene1/geometry.npz`` -> ``scene1``; ``clips/a.mp4`` -> ``a``."""
+    stem = path.stem if path.is_file() else path.name
+    if stem in ("geometry", "frames", "clip") and path.parent.name:
+        stem = path.parent.name
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem) or "clip"
+
+
+# ------------------------------------------------------------------------------------ synthetic
+def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]:
+    """``synthetic[:SCENE[:TRAJ]]`` -> one clip per trajectory (``SYNTHETIC_SUITE`` when TRAJ is absent)."""
+    from ..data.scenes import SCENE_NAMES
+
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise MirageError(f"{spec}: expected synthetic[:SCENE[:TRAJ]]")
+    scenes = [parts[1]] if len(parts) > 1 and parts[1] else list(SCENE_NAMES)
+    trajs = [parts[2]] if len(parts) > 2 and parts[2] else list(SYNTHETIC_SUITE)
+    if frames < 3:
+        raise MirageError(f"--frames: synthetic clips need >= 3 frames (got {frames})")
+    return [synthetic_clip(s, t, frames, size) for s in scenes for t in trajs]
+
+
+def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int, int]) -> Clip:
+    """Render ``scene_name`` exactly along preset ``traj_name`` (or ``out_and_back``) at ``size``.
+
+    As in ``mirage bench``: the room's default camera is frame 0, a relative preset is scaled by
+    frame 0's median depth, an orbit turns around the room's centre, every camera stays inside.
+    ``out_and_back``: ``orbit_left`` for the first half, then the same poses in reverse, so the
+    second half revisits the first exactly (the last frame is frame 0's camera).
+    """
+    from ..bench.scene import _check_inside_room
+    from ..data.scenes import default_camera, make_scene
+    from ..pipeline.plan import reference_depth, scale_cameras
+    from ..trajectories import PRESETS, load_trajectory, resample
+
+    W, H = size
+    scene = make_scene(scene_name)
+    cam0 = default_camera(W, H)
+    _, d0 = scene.render(cam0)
+    ref = reference_depth(d0[0])
+    base = "orbit_left" if traj_name == "out_and_back" else traj_name
+    if base not in PRESETS:
+        raise MirageError(f"synthetic:{scene_name}:{traj_name}: unknown trajectory (a preset name or out_and_back)")
+    overrides = {}
+    if "look_at_depth" in PRESETS[base].params:
+        overrides["look_at_depth"] = float(scene.center[2]) / ref
+    n_out = frames // 2 + 1 if traj_name == "out_and_back" else frames
+    traj = resample(load_trajectory(base, **overrides), n_out)
+    cams = scale_cameras(traj.cameras_for(W, H), traj.scale, ref)
+    if traj_name == "out_and_back":
+        idx = list(range(n_out)) + list(range(n_out - 2, n_out - 2 - (frames - n_out), -1))
+        cams = Cameras(cams.c2w[idx], cams.intrinsics[idx], W, H)
+    cams = Cameras(cam0.c2w[0] @ cams.c2w, cams.intrinsics, W, H)  # frame 0 = the room's default camera
+    _check_inside_room(f"synthetic:{scene_name}:{traj_name}", cams, scene)
+    rgb, depth = scene.render(cams)
+    from ..io import to_uint8
+
+    return Clip(f"{scene_name}-{traj_name}", to_uint8(rgb), cams, depth[0], depth, float(traj.fps),
+                f"synthetic:{scene_name}:{traj_name}", synthetic=True)
