@@ -8,12 +8,14 @@ traceback instead.
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError
+from ..threads import ENV_VAR, apply_threads, parse_threads
 from .console import err_console
 
 app = typer.Typer(
@@ -36,8 +38,14 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (may be given anywhere on the line)."),
+    threads: Optional[str] = typer.Option(
+        None, "--threads", envvar=ENV_VAR, metavar="N", show_default=False,
+        help=f"CPU threads for torch (also ${ENV_VAR}; may be given anywhere on the line) "
+             "\\[default: physical cores within the CPU affinity; use 1 on a busy machine]."),
 ) -> None:
     """mirage: latent spatial memory for camera-controlled video."""
+    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py).
+    apply_threads(parse_threads(threads))
 
 
 from . import bench as _bench  # noqa: E402
@@ -53,14 +61,48 @@ _generate.register(app)
 _bench.register(app)
 
 
+def plain_switches(command) -> None:
+    """Boolean flags show no ``<bool>`` type in ``--help`` (typer labels every option with its type;
+    a switch takes no value, so the label only misleads). Walks the whole command tree."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):  # typer's own option class (not click's) in typer >= 0.20
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        plain_switches(sub)
+
+
+def hoist_threads(args: list[str]) -> list[str]:
+    """Move ``--threads N`` / ``--threads=N`` to the front, so the root callback applies it wherever
+    the user typed it (``mirage generate ... --threads 1``). Stops at ``--``."""
+    out, front, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a == "--threads" and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--threads="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:  # hoist so that the root callback owns it wherever the user typed it
         args = ["--debug"] + [a for a in args if a != "--debug"]
+    args = hoist_threads(args)
     try:
-        app(args=args, prog_name="mirage", standalone_mode=True)
+        command = typer.main.get_command(app)
+        plain_switches(command)
+        command(args=args, prog_name="mirage", standalone_mode=True)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if argv is None:

@@ -27,18 +27,25 @@ def prepare_image(path: Path, height: int | None, width: int | None, multiple: i
     codec's grid: 16 for Wan, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
     image = load_image(path)
     H0, W0 = image.shape[-2:]
-    if height and not width:
-        width = max(1, round(W0 * height / H0))
-    if width and not height:
-        height = max(1, round(H0 * width / W0))
-    H = (height or H0) // multiple * multiple
-    W = (width or W0) // multiple * multiple
+    width, height = requested_size(W0, H0, width, height)
+    H = height // multiple * multiple
+    W = width // multiple * multiple
     if H < multiple or W < multiple:
-        raise MirageError(f"{path}: a {width or W0}x{height or H0} frame is smaller than one {multiple}x{multiple} "
+        raise MirageError(f"{path}: a {width}x{height} frame is smaller than one {multiple}x{multiple} "
                           "grid cell; use a larger --height/--width or a smaller --downscale")
     if (H, W) != (H0, W0):
         image = F.interpolate(image[None], size=(H, W), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
     return image
+
+
+def requested_size(W0: int, H0: int, width: int | None, height: int | None) -> tuple[int, int]:
+    """``(width, height)`` of the output before rounding to the grid: ``--width``/``--height``, the
+    image's own size, or -- one of the two given -- the other following the image's aspect ratio."""
+    if height and not width:
+        width = max(1, round(W0 * height / H0))
+    if width and not height:
+        height = max(1, round(H0 * width / W0))
+    return int(width or W0), int(height or H0)
 
 
 def grid_multiple(backend: str, codec: Codec) -> int:
@@ -73,7 +80,8 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
             kind = f"model:{cfg.depth_model}:{dkind}"
         else:
             kind = "prior"
-            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + far wall)")
+            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + "
+                 f"far wall); for real depth run `mirage models download {cfg.depth_model}` or pass --depth FILE")
     if kind == "prior":
         depth = prior_depth(H, W, fov_y)
     if tuple(depth.shape) != (H, W):
