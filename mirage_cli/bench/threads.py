@@ -1,6 +1,7 @@
 """How torch's thread count changes mirage's speed, idle and under background load.
 
-``python -m mirage_cli.bench.threads [--repeats 1] [--json OUT.json]`` measures, in fresh processes
+``python -m mirage_cli.bench.threads [--frames 49] [--points 200000] [--repeats 1] [--json OUT.json]``
+measures, in fresh processes
 (the thread count is a per-process setting), the README's preview example
 (``mirage generate examples/room.png --traj presets/orbit_left.json``) and
 ``mirage bench --memory-only`` at 1 thread, 2 threads and the default (no ``--threads``), first
@@ -61,26 +62,27 @@ def _mirage(threads: int | None, args: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def measure_once(threads: int | None, work: Path) -> dict:
-    """One generate and one memory-only bench at ``threads`` (None: the default)."""
+def measure_once(threads: int | None, work: Path, frames: int = 49, points: int = 200_000) -> dict:
+    """One generate (the example, ``frames`` frames) and one memory-only bench (``points``) at
+    ``threads`` (None: the default)."""
     tag = threads or "default"
     row = {"threads": tag, "loadavg": loadavg()}
     out = work / f"gen-{tag}-{time.monotonic_ns()}"
     row["generate_wall_s"] = round(_mirage(threads, ["generate", "examples/room.png", "--traj", "presets/orbit_left.json",
-                                                     "--out", str(out), "--quiet"]), 2)
+                                                     "--frames", str(frames), "--out", str(out), "--quiet"]), 2)
     rec = json.loads((out / "run.json").read_text())
     row["generate_run_s"] = rec["totals"]["wall_seconds"]
     row["generate_threads_recorded"] = rec.get("threads")
     report = work / f"mem-{tag}.json"
     row["loadavg_bench"] = loadavg()
-    _mirage(threads, ["bench", "--memory-only", "--json", str(report)])
+    _mirage(threads, ["bench", "--memory-only", "--points", str(points), "--json", str(report)])
     mem = json.loads(report.read_text())
     row["read_ms_per_frame"] = round(mem["read_ms_per_frame"], 2)
     row["write_ms_per_frame"] = round(mem["write_ms_per_frame"], 2)
     return row
 
 
-def run(repeats: int = 1, burn_limit: float = 900.0) -> dict:
+def run(repeats: int = 1, burn_limit: float = 900.0, frames: int = 49, points: int = 200_000) -> dict:
     """Every setting idle, then under the burner; ``repeats`` runs of each (the median is reported)."""
     settings = [1, 2, None]
     rows = []
@@ -89,12 +91,13 @@ def run(repeats: int = 1, burn_limit: float = 900.0) -> dict:
             ctx = burner(usable_cpus(), burn_limit) if load == "burner" else _nothing()
             with ctx:
                 for t in settings:
-                    runs = [measure_once(t, Path(tmp)) for _ in range(repeats)]
+                    runs = [measure_once(t, Path(tmp), frames, points) for _ in range(repeats)]
                     runs.sort(key=lambda r: r["generate_wall_s"])
                     row = runs[len(runs) // 2] | {"load": load}
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-    return {"cpus": usable_cpus(), "default_threads": default_threads(), "burner_procs": usable_cpus(), "rows": rows}
+    return {"cpus": usable_cpus(), "default_threads": default_threads(), "burner_procs": usable_cpus(), "rows": rows,
+            "frames": frames, "points": points}
 
 
 @contextmanager
@@ -105,7 +108,7 @@ def _nothing() -> Iterator[None]:
 def table(result: dict) -> str:
     """The Markdown table of :func:`run`'s result."""
     lines = [
-        "| load | threads | `generate` example (wall s) | run.json wall s | `bench --memory-only` read / write ms per frame | /proc/loadavg before (generate; bench) |",
+        "| load | threads | `generate` (wall s) | run.json wall s | `bench --memory-only` read / write ms per frame | /proc/loadavg before (generate; bench) |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -119,13 +122,16 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mirage_cli.bench.threads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=1, help="runs per setting (median reported)")
+    ap.add_argument("--frames", type=int, default=49, help="frames of the generate example (49 = the README's)")
+    ap.add_argument("--points", type=int, default=200_000, help="points of bench --memory-only")
     ap.add_argument("--burn-limit", type=float, default=900.0, help="seconds after which each burner process exits by itself")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw rows here")
     a = ap.parse_args(argv)
-    result = run(a.repeats, a.burn_limit)
+    result = run(a.repeats, a.burn_limit, a.frames, a.points)
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
-    print(f"{result['cpus']} usable CPUs, default {result['default_threads']} threads, burner {result['burner_procs']} processes")
+    print(f"{result['cpus']} usable CPUs, default cap {result['default_threads']} threads, burner {result['burner_procs']} "
+          f"processes; generate {result['frames']} frames, bench --memory-only {result['points']:,} points")
     print(table(result))
     return 0
 

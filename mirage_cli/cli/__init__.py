@@ -67,6 +67,15 @@ def plain_switches(command) -> None:
     for param in command.params:
         if getattr(param, "is_flag", False):  # typer's own option class (not click's) in typer >= 0.20
             param.metavar = ""
+    make_help = command.get_help_option  # --help is made per call, outside ``params``
+
+    def help_option(ctx):
+        opt = make_help(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    command.get_help_option = help_option
     for sub in getattr(command, "commands", {}).values():
         plain_switches(sub)
 
