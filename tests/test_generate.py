@@ -101,7 +101,8 @@ def test_preview_matches_ground_truth_where_input_saw(small_scene, tmp_path):
     traj = tmp_path / "orbit.json"
     write_native(traj, c2w, float(cam0.fov_y_deg[0]))
     out = tmp_path / "run"
-    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out)), warn=lambda m: None)
+    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out), keep_latents=True),
+             warn=lambda m: None)
     frames = run_frames(out)
     cams = Cameras.from_fov(c2w, float(cam0.fov_y_deg[0]), 208, 120)
     gt, _ = scene.render(cams)
@@ -162,7 +163,7 @@ def test_cli_run_outputs_and_records(small_scene, tmp_path, capsys):
 
 
 def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, monkeypatch):
-    base = dict(image=str(small_scene["image"]), traj="orbit_right", frames=21, chunk_frames=5, seed=7)
+    base = dict(image=str(small_scene["image"]), traj="orbit_right", frames=21, chunk_frames=5, seed=7, keep_latents=True)
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     generate(GenerateConfig(out=str(a), **base), warn=lambda m: None)
     generate(GenerateConfig(out=str(b), **base), warn=lambda m: None)
@@ -190,7 +191,8 @@ def test_out_and_back_returns_to_the_first_frame(small_scene, tmp_path):
     traj = tmp_path / "out_back.json"
     write_native(traj, c2w, float(small_scene["camera"].fov_y_deg[0]))
     out = tmp_path / "run"
-    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out), chunk_frames=4), warn=lambda m: None)
+    generate(GenerateConfig(image=str(small_scene["image"]), traj=str(traj), out=str(out), chunk_frames=4, keep_latents=True),
+             warn=lambda m: None)
     frames = run_frames(out)
     assert len(frames) == len(angles)
     assert psnr(frames[-1], frames[0]) > 40.0
@@ -268,7 +270,7 @@ def test_existing_run_is_never_clobbered(small_scene, tmp_path, capsys):
 def test_wan_vace_tiny_end_to_end_is_deterministic(small_scene, tiny_kit, tmp_path):
     """The real Wan2.1-VACE classes (tiny random weights, Hub layout) through the same loop."""
     base = dict(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5, height=64, width=96,
-                backend="wan-vace", model=str(tiny_kit["vace"]), steps=2, seed=3, device="cpu")
+                keep_latents=True, backend="wan-vace", model=str(tiny_kit["vace"]), steps=2, seed=3, device="cpu")
     a, b = tmp_path / "a", tmp_path / "b"
     rec = generate(GenerateConfig(out=str(a), **base), warn=lambda m: None, quiet=True)
     generate(GenerateConfig(out=str(b), **base), warn=lambda m: None, quiet=True)

@@ -25,7 +25,8 @@ from ..errors import MirageError
 from ..memory.latent import LatentMemory
 from ..data.scenes import make_scene
 from .arms import clone_latent
-from .measure import cpu_name, timed, timed_median, timed_update
+from ..units import fmt_bytes
+from .measure import cpu_name, loadavg, timed, timed_median, timed_update
 
 
 def _machine(device: torch.device) -> str:
@@ -127,6 +128,8 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     res = {
         "machine": _machine(dev),
         "device": str(dev),
+        "threads": torch.get_num_threads(),  # --threads / MIRAGE_THREADS
+        "loadavg": loadavg(),
         "points": len(mem),
         "grid": [height, width],
         "channels": channels,
@@ -154,7 +157,7 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     }
     lines = [
         f"mirage memory speed: latent grid {height}x{width}, {channels} channels float16, "
-        f"{len(mem):,} points ({mem.nbytes() / 2**20:.1f} MiB), {frames} frames per chunk",
+        f"{len(mem):,} points ({fmt_bytes(mem.nbytes())}), {frames} frames per chunk",
         f"machine: {res['machine']}",
         f"read                 {res['read_ms_per_frame']:7.2f} ms/frame  {res['read_points_per_s'] / 1e6:7.1f} M points/s"
         f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from itertools import accumulate
 
 from .. import __version__
+from ..units import fmt_bytes
 from .arms import ArmRecord
 from .config import BENCH_FORMAT
 from .factories import codec_label
@@ -154,13 +155,6 @@ def build_report(run: BenchRun) -> dict:
 
 
 # --------------------------------------------------------------------------------------- the table
-def fmt_bytes(n: float) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
-
-
 def fmt_s(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 

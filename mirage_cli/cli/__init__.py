@@ -8,12 +8,14 @@ traceback instead.
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError, allocation_failure, write_failure_reason
+from ..threads import ENV_VAR, apply_threads, parse_threads
 from .console import err_console
 
 try:  # typer >= 0.2x vendors click; older versions use click itself
@@ -41,8 +43,14 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (may be given anywhere on the line)."),
+    threads: Optional[str] = typer.Option(
+        None, "--threads", envvar=ENV_VAR, metavar="N", show_default=False,
+        help=f"CPU threads for torch (also ${ENV_VAR}; may be given anywhere on the line) "
+             "\\[default: physical cores within the CPU affinity; use 1 on a busy machine]."),
 ) -> None:
     """mirage: latent spatial memory for camera-controlled video."""
+    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py).
+    apply_threads(parse_threads(threads))
 
 
 from . import batch as _batch  # noqa: E402
@@ -62,6 +70,46 @@ _bench.register(app)
 _batch.register(app)
 
 
+def plain_switches(command) -> None:
+    """Boolean flags show no ``<bool>`` type in ``--help`` (typer labels every option with its type;
+    a switch takes no value, so the label only misleads). Walks the whole command tree."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):  # typer's own option class (not click's) in typer >= 0.20
+            param.metavar = ""
+    make_help = command.get_help_option  # --help is made per call, outside ``params``
+
+    def help_option(ctx):
+        opt = make_help(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        plain_switches(sub)
+
+
+def hoist_threads(args: list[str]) -> list[str]:
+    """Move ``--threads N`` / ``--threads=N`` to the front, so the root callback applies it wherever
+    the user typed it (``mirage generate ... --threads 1``). Stops at ``--``."""
+    out, front, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a == "--threads" and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--threads="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -69,9 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # hoist so that the root callback owns it wherever the user typed it
         args = ["--debug"] + [a for a in args if a != "--debug"]
+    args = hoist_threads(args)
     try:
         # standalone_mode=False: click's usage errors reach us and are printed as one line, not a box
-        code = app(args=args, prog_name="mirage", standalone_mode=False)
+        command = typer.main.get_command(app)
+        plain_switches(command)
+        code = command(args=args, prog_name="mirage", standalone_mode=False)
         code = code if isinstance(code, int) else 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

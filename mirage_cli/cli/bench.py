@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def bench_cmd(
+    ctx: typer.Context,
     compare: Optional[str] = typer.Option(None, "--compare", help="Baseline to compare the latent memory with: pointcloud."),
     memory_only: bool = typer.Option(False, "--memory-only", help="Only time the latent memory's read/write/lift on a 60x104 latent grid."),
     points: int = typer.Option(200_000, "--points", help="--memory-only: points in the memory."),
@@ -52,7 +53,9 @@ def bench_cmd(
     if memory_only:
         from ..bench.memory_speed import memory_speed_report
         from ..models.registry import resolve_device
+        from ..threads import apply_light_default, given_threads
 
+        apply_light_default(given_threads(ctx))
         report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=True)
         if json_out:
             write_json(json_out, report)

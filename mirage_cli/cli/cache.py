@@ -9,20 +9,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..units import fmt_bytes
 from .console import console, err_console
 
 app = typer.Typer(
     help="Latent-memory cache files: inspect, export a point cloud, render a memory-only flythrough.",
     no_args_is_help=True,
 )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _device(name: str) -> str:
@@ -70,8 +63,8 @@ def inspect_cmd(
     t.add_row("format", f"{info['format']} v{info['version']}  ({info['created_by'] or 'unknown writer'})")
     t.add_row("codec", f"{info['codec']}: {info['channels']} channels, 1/{info['spatial_factor']} spatial")
     t.add_row("points", f"{n:,}")
-    t.add_row("memory", f"{_human(info['bytes'])} ({info['bytes_per_point']:.0f} B/point, features {info['dtype']}); "
-                        f"file {_human(info['file_bytes'])}")
+    t.add_row("memory", f"{fmt_bytes(info['bytes'])} ({info['bytes_per_point']:.0f} B/point, features {info['dtype']}); "
+                        f"file {fmt_bytes(info['file_bytes'])}")
     t.add_row("write policy", info["write_policy"])
     if info["bounds"]:
         lo, hi = info["bounds"]

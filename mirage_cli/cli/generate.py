@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..pipeline.resources import MAX_PIXELS
+from ..units import fmt_bytes
 from .console import console, err_console
 
 
@@ -19,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate_cmd(
+    ctx: typer.Context,
     image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory). Not needed with --resume."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
@@ -51,6 +53,9 @@ def generate_cmd(
     references: int = typer.Option(2, "--references", help="Reference latent frames chosen by co-visibility per chunk (wan-vace)."),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace: keep modules on the CPU until used (small GPUs)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
+    look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Presets by name (orbits, dolly_zoom, spiral): look-at depth in reference depths \\[default: placed from the input depth so the camera stays in the scene]."),
+    keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="No backend: write the plan, the depth and coverage.mp4 (what the memory alone sees, holes magenta) to check a path."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
@@ -58,9 +63,14 @@ def generate_cmd(
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
     from ..errors import MirageError
     from ..pipeline.generate import GenerateConfig, generate
+    from ..threads import apply_light_default, given_threads
 
     if resume is not None and (image is not None or traj is not None or out is not None):
         raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")
+    if resume is not None:
+        refuse_with_resume(ctx)
+    elif backend == "preview":
+        apply_light_default(given_threads(ctx))
 
     cfg = GenerateConfig(
         image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
@@ -68,18 +78,52 @@ def generate_cmd(
         fov=fov, intrinsics=intrinsics, seed=seed, steps=steps, guidance=guidance, shift=shift, prompt=prompt, negative_prompt=negative_prompt,
         device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
         write_policy=write_policy, splat=splat, memory=str(memory) if memory else None, references=references,
-        cpu_offload=cpu_offload, overwrite=overwrite, max_pixels=max_pixels,
+        cpu_offload=cpu_offload, overwrite=overwrite, max_pixels=max_pixels, keep_latents=keep_latents,
+        look_at_depth=look_at_depth,
     )
     warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
     show = not (quiet or json_out)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not show, transient=True)
     with progress:
-        record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out)
+        record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out,
+                          resume_device=device if resume is not None and _given(ctx, "device") else None, dry_run=dry_run)
     if json_out:
         console.print_json(json.dumps(record))
     elif not quiet:
-        print_summary(record)
+        (print_dry_run if dry_run else print_summary)(record)
+
+
+RESUME_ALLOWED = ("resume", "quiet", "json_out", "device")  # change nothing in the output (--device: checked in resume)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)  # typer >= 0.20 has its own copy of click's enum: compare names
+    return source is not None and source.name != "DEFAULT"
+
+
+def refuse_with_resume(ctx: typer.Context) -> None:
+    """A resume repeats the options in DIR/run.json: any other option given would be ignored, so it is refused."""
+    from ..errors import MirageError
+
+    for param in ctx.command.params:
+        if param.param_type_name == "option" and param.name not in RESUME_ALLOWED and _given(ctx, param.name):
+            opt = max(param.opts, key=len)
+            raise MirageError(f"--resume: {opt} would be ignored (a resume repeats the options in DIR/run.json); "
+                              "remove it (allowed with --resume: --quiet, --json, --threads, --device naming the run's device)")
+
+
+def print_dry_run(record: dict) -> None:
+    """What a dry run checked and where its files are."""
+    cov = record["coverage"]
+    out = Path(record["outputs"]["run"]).parent
+    console.print(f"[bold yellow]DRY RUN[/]: no backend ran. {record['trajectory']['frames']} frames in "
+                  f"{plural(len(record['chunk_plan']), 'chunk')}; depth: {record['depth']['source']}")
+    console.print(grid_line(record), highlight=False)
+    worst = min(range(len(cov)), key=cov.__getitem__)
+    console.print(f"memory coverage: mean {100 * sum(cov) / len(cov):.1f} %, lowest {100 * cov[worst]:.1f} % (frame {worst})")
+    console.print(f"coverage {record['outputs']['video']} (holes magenta)\ndepth    {out / 'depth.png'} ({out / 'depth.npy'})\n"
+                  f"record   {record['outputs']['run']}")
 
 
 def print_summary(record: dict) -> None:
@@ -90,8 +134,9 @@ def print_summary(record: dict) -> None:
     b = record["backend"]
     if b.get("name") == "preview":
         console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
-    console.print(f"{record['trajectory']['frames']} frames in {len(record['chunks'])} chunks, backend {b.get('name')}, "
-                  f"grid {record['latent_grid'][1]}x{record['latent_grid'][0]}, {record['device']}")
+    console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}, "
+                  f"{record['device']}, {record.get('threads')} threads")
+    console.print(grid_line(record), highlight=False)
     t = Table(show_header=True)
     for col in ("stage", "seconds"):
         t.add_column(col)
@@ -99,7 +144,26 @@ def print_summary(record: dict) -> None:
         t.add_row(k, f"{v:.2f}")
     t.add_row("total (wall)", f"{tot['wall_seconds']:.2f}")
     console.print(t)
-    console.print(f"memory: {tot['memory_points']:,} points, {tot['memory_bytes'] / 1e6:.2f} MB")
+    console.print(f"memory: {tot['memory_points']:,} points, {fmt_bytes(tot['memory_bytes'])}")
     o = record["outputs"]
-    console.print(f"video  {o['video']}\nchunks {Path(o['chunks'][0]).parent}/ ({len(o['chunks'])} mp4)\n"
-                  f"cache  {Path(o['run']).parent / 'cache'}/ ({len(o['cache'])} dumps)\nrecord {o['run']}")
+    console.print(f"video  {o['video']}\nchunks {Path(o['chunks'][0]).parent}/ ({plural(len(o['chunks']), 'mp4', 'mp4')})")
+    if o["cache"]:
+        console.print(f"cache  {Path(o['run']).parent / 'cache'}/ ({plural(len(o['cache']), 'dump')})")
+    console.print(f"record {o['run']}")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 chunk``, ``3 chunks``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def grid_line(record: dict) -> str:
+    """The latent grid and, for the preview, how to change it."""
+    h, w = record["latent_grid"]
+    img = record["image"]
+    factor = record["codec"]["spatial_factor"]
+    line = f"grid {w}x{h} (1/{factor} of {img['width']}x{img['height']})"
+    if record["backend"].get("name") == "preview":
+        finer = "" if factor == 1 else f"; --downscale {max(1, factor // 2)} for a sharper, slower preview"
+        line += f"{finer}; --downscale {factor * 2} for a faster, softer one"
+    return line

@@ -87,13 +87,18 @@ def convert_cmd(
     fps: Optional[float] = typer.Option(None, "--fps", help="Set the frame rate."),
     scale: Optional[str] = typer.Option(None, "--scale", help="Declare the translations absolute | relative (units of the reference depth)."),
     relative: bool = typer.Option(False, "--relative", help="Re-express the poses relative to frame 0 (frame 0 = identity)."),
+    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Resolve a relative trajectory into scene units: translations x D (the scene's reference depth), then absolute."),
+    absolute: bool = typer.Option(False, "--absolute", help="Declare the numbers absolute units as they are (same as --scale absolute)."),
     convention: str = typer.Option("opencv", "--convention", help="native only: opencv | opengl (opengl = what nerfstudio renders)."),
     pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
 ) -> None:
     """Convert SOURCE (format detected from its content) to a native (or other) trajectory file."""
     from ..trajectories import convert  # deferred: torch
 
-    traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
+    if absolute and scale not in (None, "absolute"):
+        raise MirageError("--absolute and --scale relative contradict each other")
+    traj = convert(source, frames=frames, fps=fps, scale="absolute" if absolute else scale, relative=relative,
+                   depth_scale=depth_scale)
     for note in traj.notes:  # e.g. frames reordered: the output keeps the new order
         err_console.print(f"note: {note}", highlight=False)
     _emit(traj, output, to, convention, pose)

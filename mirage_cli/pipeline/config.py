@@ -23,7 +23,11 @@ from .resources import MAX_PIXELS
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace")
 CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
-PREVIEW_MAX_CELLS = 131_072  # ~ a 256x512 grid: keeps a preview of a 480p image in seconds
+# Largest automatic preview grid. Measured (README "Threads"/"Preview resolution"): the 832x480
+# example at 1/1 (399,360 cells) takes about twice the seconds of 1/2 and misses the ~10 s goal on an
+# idle 2-core machine; 1024x768 at 1/2 (196,608 cells) stays close to it, where the former cap
+# (131,072) sent it to a visibly blurry 1/4.
+PREVIEW_MAX_CELLS = 204_800
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class GenerateConfig:
     cpu_offload: bool = False
     overwrite: bool = False
     max_pixels: int = MAX_PIXELS  # larger inputs are resized to fit (resources.py)
+    keep_latents: bool = False  # keep chunks/*.latents.safetensors of a finished run
+    look_at_depth: float | None = None  # presets by name: look-at depth in reference depths (None: from the input depth)
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,8 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--shift", f"must be > 0 (got {cfg.shift})")
     if cfg.references < 0:
         bad("--references", f"must be >= 0 (got {cfg.references})")
+    if cfg.look_at_depth is not None and not (math.isfinite(cfg.look_at_depth) and cfg.look_at_depth > 0):
+        bad("--look-at-depth", f"must be > 0 (got {cfg.look_at_depth})")
     if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
         bad("--depth-scale", f"must be > 0 (got {cfg.depth_scale})")
     if cfg.max_pixels < 256:
@@ -173,8 +181,9 @@ def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
 
 
 def preview_downscale(width: int, height: int) -> int:
-    """Auto ``--downscale`` for the preview: the smallest of 1, 2, 4, 8 whose grid has at most
-    ``PREVIEW_MAX_CELLS`` cells (a 480x832 image -> 2; a 208x120 image -> 1, exact pixels)."""
+    """Auto ``--downscale`` for the preview, from the output size ``width x height`` actually used:
+    the smallest of 1, 2, 4, 8 whose grid has at most ``PREVIEW_MAX_CELLS`` cells (832x480 -> 2,
+    1024x768 -> 2, 416x240 -> 1: exact pixels)."""
     for s in (1, 2, 4, 8):
         if (width // s) * (height // s) <= PREVIEW_MAX_CELLS:
             return s

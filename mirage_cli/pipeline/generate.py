@@ -31,22 +31,25 @@ from ..io import file_sha256, load_image
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
+from ..threads import current_threads
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
                      unused_options, with_absolute_paths)
+from .dryrun import DryRunBackend, dry_run_codec, run_dry
 from .inputs import (Loaders, check_memory_fits, grid_multiple, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras)
-from .loop import Run, RunState, open_video, replay_chunks, round_latents, run_loop
+from .loop import Run, RunState, exact_first_frame, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
-from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels
+from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
-from .rundir import RunDir, newest_dump, read_run, trajectory_file
+from .placement import place_preset, warn_behind
+from .rundir import RunDir, newest_dump, read_run, save_depth, trajectory_file
 
 Warn = Callable[[str], None]
 
 
 def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resume_dir: Path | None = None,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, resume_device: str | None = None, dry_run: bool = False) -> dict:
     """Run (or resume) one generation. Returns the run record (as written to ``run.json``).
 
     Everything that can fail on bad input is checked before the output directory is touched.
@@ -57,14 +60,21 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         resume_dir: continue the run in this directory (its run.json supplies the options; the
             trajectory comes from its ``trajectory.json`` and the scale from its recorded depth).
         quiet: silence the model libraries' own loading bars too.
+        resume_device: ``--device`` given with ``resume_dir``: allowed only where it names the run's
+            own device (another one would not reproduce the run bit for bit).
+        dry_run: prepare the run, then write coverage.mp4 instead of running a backend (``dryrun.py``).
     """
-    run = (resume(Path(resume_dir), warn=warn, quiet=quiet) if resume_dir is not None
+    if dry_run:
+        return run_dry(start(cfg, warn=warn, quiet=quiet, dry_run=True)).to_json()
+    run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
            else start(cfg, warn=warn, quiet=quiet))
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
-def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders: Loaders | None = None) -> Run:
+def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run: bool = False,
+          loaders: Loaders | None = None) -> Run:
     """A new run: validate every input, then create the run directory and the first memory.
+    ``dry_run``: with a stand-in codec on the same grid and no backend (see ``dryrun.py``);
     ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
@@ -84,7 +94,10 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders:
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
     cfg = _with_downscale(cfg, image_raw)
-    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
+    if dry_run:
+        codec, backend = dry_run_codec(cfg), DryRunBackend(cfg.backend)
+    else:
+        codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
@@ -93,9 +106,11 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders:
     tf = codec.temporal_factor
     check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
                              cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
-    fov0 = float(trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics).fov_y_deg[0])  # the prior depth needs frame 0's fov
+    cams = trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics)
+    fov0 = float(cams.fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
                                                      warn, show_progress=not quiet, loaders=loaders)
+    traj, look_at = place_preset(traj, cfg.traj, cfg.look_at_depth, cfg.frames, depth, cams[:1], reference_depth(depth))
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
@@ -105,39 +120,46 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, loaders:
     rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
     try:
         save_trajectory(traj, trajectory_file(out))
+        save_depth(out, depth)
         cfg = replace(cfg, out=str(out.resolve()))
         plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
+        warn_behind(plan.cams, depth, warn)
         first_latent = _first_latent(codec, image, device)
         memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
-                         video=open_video(plan, backend))
+                         video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
+        record.trajectory.look_at_depth = look_at
         record.chunks = state.records
     except BaseException:
         rundir.abort()
         raise
-    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
+    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir, image=image)
 
 
-def resume(run_dir: Path, warn: Warn = print, quiet: bool = False, loaders: Loaders | None = None) -> Run:
+def resume(run_dir: Path, warn: Warn = print, quiet: bool = False, device: str | None = None,
+           loaders: Loaders | None = None) -> Run:
     """An interrupted run, continued after its newest memory dump with the options it started with
-    (the run directory stays locked until the run ends)."""
+    (the run directory stays locked until the run ends; ``device``: see :func:`generate`)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
     out = Path(run_dir)
     rundir = RunDir.open_resume(out, warn)
     try:
-        return _resume(out, rundir, t_start, quiet, loaders)
+        return _resume(out, rundir, t_start, quiet, loaders, device)
     except BaseException:
         rundir.close()
         raise
 
 
-def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loaders) -> Run:
+def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loaders, device: str | None) -> Run:
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
     cfg = with_absolute_paths(cfg)
+    if device is not None and str(resolve_device(device)) != record.device:
+        raise MirageError(f"--device: the run in {out} ran on {record.device}; a resume on {resolve_device(device)} "
+                          "would not reproduce it bit for bit (leave --device out)")
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
     image_raw, image_hash = load_image(image_path), file_sha256(image_path)
@@ -154,23 +176,27 @@ def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loa
     dump, records = newest_dump(out)
     state = RunState(memory=LatentMemory.load(dump, device=device), history_latents=[first_latent], history_frames=[0],
                      records=records, depth_model=depth_model, video=open_video(plan, backend))
+    run = Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir, image=image)
     try:
-        replay_chunks(state, plan, codec)
+        replay_chunks(state, plan, codec, exact_first_frame(run))
     except BaseException:
         state.video.abort()
         raise
     record.resumed_at = (record.resumed_at or []) + [now()]
     record.status = "running"
+    record.threads = current_threads()
     record.chunks = state.records
-    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir)
+    return run
 
 
 # ------------------------------------------------------------------------------------ shared steps
 def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
-    """The preview's grid: ``--downscale``, else automatic for the output size (see preview_downscale)."""
+    """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
+    --width/--height alone: the other follows the aspect ratio; see preview_downscale)."""
     if cfg.backend != "preview" or cfg.downscale is not None:
         return cfg
-    return replace(cfg, downscale=preview_downscale(cfg.width or image_raw.shape[-1], cfg.height or image_raw.shape[-2]))
+    W, H = output_size(image_raw.shape[-1], image_raw.shape[-2], cfg.width, cfg.height)
+    return replace(cfg, downscale=preview_downscale(W, H))
 
 
 def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, image: torch.Tensor, codec: Codec,
@@ -223,6 +249,6 @@ def _new_record(plan: RunPlan, traj, codec: Codec, backend: Backend) -> RunRecor
         depth=DepthInfo(plan.depth_source, plan.reference_depth),
         trajectory=TrajectoryInfo(source=str(cfg.traj), format=traj.format, frames=len(plan.cams), fps=plan.fps,
                                   scale=traj.scale, saved=str(trajectory_file(plan.out))),
-        latent_grid=list(plan.grid),
+        latent_grid=list(plan.grid), threads=current_threads(),
         chunk_plan=[PlannedChunk(c.index, [c.start, c.stop - 1], c.length) for c in plan.chunks],
     )

@@ -73,7 +73,8 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
             kind = f"model:{cfg.depth_model}:{dkind}"
         else:
             kind = "prior"
-            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + far wall)")
+            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + "
+                 f"far wall); for real depth run `mirage models download {cfg.depth_model}` or pass --depth FILE")
     if kind == "prior":
         depth = prior_depth(H, W, fov_y)
     if tuple(depth.shape) != (H, W):

@@ -34,7 +34,8 @@ from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
-from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, dump_extras, final_dump, kept_dumps,
+from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, drop_chunk_latents,
+                     drop_empty_cache, dump_extras, final_dump, kept_dumps,
                      last_dump, load_latents, run_json, save_latents, video_file, write_run)
 
 
@@ -62,6 +63,7 @@ class Run:
     record: RunRecord  # record.chunks is state.records
     t_start: float  # perf_counter() when the run (or this resumption) began
     dir: RunDir | None = None  # the locked run directory (and an --overwrite awaiting the first dump)
+    image: torch.Tensor | None = None  # (3, H, W) the input at the output size, in [0, 1]
 
 
 @dataclass
@@ -148,9 +150,11 @@ def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
     sec["denoise"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    frames = codec.decode(latents)  # (L, 3, H, W), padding included
+    frames = decode_chunk(chunk, codec, latents, exact_first_frame(run))  # (L, 3, H, W), padding included
     frames_u8 = to_uint8(frames[:chunk.real])
     sec["decode"] = time.perf_counter() - t
+    if chunk.index == 0 and run.image is not None:
+        run.record.frame0_psnr_db = frame0_psnr(frames_u8[0], run.image)
 
     # WRITE: lift what the read did not cover. Only latent frames that are real trajectory frames
     # are written (padding repeats the last camera).
@@ -245,6 +249,9 @@ def finish(run: Run) -> RunRecord:
     write_run(plan.out, record)
     if last_dump(plan.out).exists():  # the rolling checkpoint goes only once the run is recorded done
         last_dump(plan.out).unlink()
+    drop_empty_cache(plan.out)
+    if not plan.config.keep_latents:  # they exist for --resume, which a done run no longer allows
+        drop_chunk_latents(plan.out)
     return record
 
 
@@ -271,13 +278,39 @@ def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_
         state.video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
 
 
-def replay_chunks(state: RunState, plan: RunPlan, codec: Codec) -> None:
+def replay_chunks(state: RunState, plan: RunPlan, codec: Codec, first_frame: torch.Tensor | None = None) -> None:
     """--resume: rebuild the history and video of the chunks ``state.records`` holds from their
-    stored (already rounded) latents, exactly as the uninterrupted run had them."""
+    stored (already rounded) latents, exactly as the uninterrupted run had them (``first_frame``:
+    see :func:`exact_first_frame`)."""
     for chunk in plan.chunks[: len(state.records)]:
         latents = load_latents(chunk_latents(plan.out, chunk.index)).to(plan.device)
-        frames_u8 = to_uint8(codec.decode(latents)[:chunk.real])
+        frames_u8 = to_uint8(decode_chunk(chunk, codec, latents, first_frame)[:chunk.real])
         extend_history(state, chunk, latents, frames_u8, codec.temporal_factor)
+
+
+# ------------------------------------------------------------------------------------ frame 0
+def exact_first_frame(run: Run) -> torch.Tensor | None:
+    """The frame that replaces the decode of the run's first frame: the input image itself for the
+    preview (whose decode of a downscaled grid is only an upsampling of cell means), None for neural
+    backends (their frame 0 stays the decode of the pinned input latent: pasting the photo in would
+    break the temporal continuity with frame 1; run.json reports its PSNR against the input instead)."""
+    return run.image if run.backend.name == "preview" else None
+
+
+def decode_chunk(chunk: Chunk, codec: Codec, latents: torch.Tensor, first_frame: torch.Tensor | None) -> torch.Tensor:
+    """``(T, C, h, w)`` latents -> ``(L, 3, H, W)`` frames; chunk 0's frame 0 is ``first_frame`` when given."""
+    frames = codec.decode(latents)
+    if chunk.index == 0 and first_frame is not None:
+        frames[0] = first_frame.to(frames)
+    return frames
+
+
+def frame0_psnr(frame_u8: np.ndarray, image: torch.Tensor) -> float:
+    """PSNR in dB of the video's frame 0 ``(H, W, 3)`` uint8 against the input ``(3, H, W)`` in [0, 1]
+    (capped at 99 dB for an exact match)."""
+    a = torch.from_numpy(frame_u8).float().permute(2, 0, 1) / 255.0
+    mse = float(((a - image.float().cpu().clamp(0, 1)) ** 2).mean())
+    return round(min(99.0, 10 * float(np.log10(1.0 / max(mse, 1e-12)))), 2)
 
 
 # ------------------------------------------------------------------------------------ helpers

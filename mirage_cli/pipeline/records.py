@@ -73,6 +73,7 @@ class TrajectoryInfo:
     fps: float
     scale: str
     saved: str  # the run's own copy (trajectory.json), which --resume reads
+    look_at_depth: float | None = None  # a preset by name: its look-at depth (reference depths) as placed
 
 
 @dataclass
@@ -123,6 +124,9 @@ class RunRecord:
     latent_grid: list[int]
     chunk_plan: list[PlannedChunk]
     chunks: list[ChunkRecord] = field(default_factory=list)
+    threads: int | None = None  # torch intra-op threads of the (last) process that ran it (--threads)
+    coverage: list[float] | None = None  # --dry-run: known fraction of each frame's memory read
+    frame0_psnr_db: float | None = None  # frame 0 of the video against the input image (neural backends)
     resumed_at: list[str] | None = None
     error: str | None = None
     finished_at: str | None = None

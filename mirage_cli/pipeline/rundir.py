@@ -5,6 +5,8 @@ Layout of ``OUT/``::
     run.json                         RunRecord (rewritten atomically after every chunk)
     trajectory.json                  the run's own copy of the trajectory (what --resume reads)
     video.mp4                        all frames, streamed chunk by chunk into a temporary, renamed when the run is done
+    depth.npy, depth.png             the input depth used (float32 z-depth (H, W) at the output size; colour-mapped)
+    coverage.mp4                     --dry-run: what the memory alone sees from each camera, holes magenta
     chunks/chunk_NNN.mp4             each chunk's frames
     chunks/chunk_NNN.latents.safetensors   each chunk's latents (float16), for --resume
     cache/chunk_NNN.safetensors      memory after chunk NNN (--cache-dump chunks)
@@ -121,8 +123,7 @@ class RunDir:
 
     def _make_dirs(self) -> None:
         try:
-            for sub in RUN_SUBDIRS:
-                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            (self.out / "chunks").mkdir(parents=True, exist_ok=True)  # cache/ only once a dump is written
             probe = self.out / ".write-test"
             probe.write_bytes(b"")
             probe.unlink()
@@ -199,6 +200,33 @@ def video_file(out: Path) -> Path:
     return out / "video.mp4"
 
 
+def depth_file(out: Path) -> Path:
+    return out / "depth.npy"
+
+
+def coverage_video(out: Path) -> Path:
+    return out / "coverage.mp4"
+
+
+def save_depth(out: Path, depth: torch.Tensor) -> None:
+    """``OUT/depth.npy`` (float32 z-depth ``(H, W)``, scene units) and ``OUT/depth.png`` (turbo colour
+    map of inverse depth between its 2nd and 98th percentile: near = red, far = blue), atomically."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    from ..io import save_image
+
+    d = depth.detach().float().cpu()
+    with atomic_path(depth_file(out)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, d.numpy().astype(np.float32))
+    inv = torch.where(d > 0, 1.0 / d.clamp(min=1e-6), torch.zeros_like(d))
+    lo, hi = torch.quantile(inv.flatten(), torch.tensor([0.02, 0.98], dtype=inv.dtype))
+    t = ((inv - lo) / (hi - lo).clamp(min=1e-9)).clamp(0, 1).numpy()
+    rgb = torch.from_numpy(colormaps["turbo"](t)[..., :3]).float().permute(2, 0, 1)
+    save_image(out / "depth.png", rgb)
+
+
 def chunk_video(out: Path, index: int) -> Path:
     return out / "chunks" / f"chunk_{index:03d}.mp4"
 
@@ -209,7 +237,9 @@ def chunk_latents(out: Path, index: int) -> Path:
 
 def chunk_dump(out: Path, index: int, cache_dump: str) -> Path:
     """The memory dump after chunk ``index``: kept per chunk with ``--cache-dump chunks``, else the
-    one rolling checkpoint ``last.safetensors``."""
+    one rolling checkpoint ``last.safetensors``. ``cache/`` is made on the first dump, so a run that
+    keeps none leaves no empty folder (see :func:`drop_empty_cache`)."""
+    (out / "cache").mkdir(exist_ok=True)
     return out / "cache" / (f"chunk_{index:03d}.safetensors" if cache_dump == "chunks" else "last.safetensors")
 
 
@@ -219,6 +249,20 @@ def final_dump(out: Path) -> Path:
 
 def last_dump(out: Path) -> Path:
     return out / "cache" / "last.safetensors"
+
+
+def drop_empty_cache(out: Path) -> None:
+    """``--cache-dump none``: once the rolling checkpoint is gone, ``cache/`` goes too."""
+    cache = out / "cache"
+    if cache.is_dir() and not any(cache.iterdir()):
+        cache.rmdir()
+
+
+def drop_chunk_latents(out: Path) -> None:
+    """A finished run no longer needs the chunk latents (they exist for --resume): removed unless
+    ``--keep-latents``."""
+    for p in (out / "chunks").glob("chunk_*.latents.safetensors"):
+        p.unlink()
 
 
 def kept_dumps(out: Path) -> list[str]:

@@ -40,6 +40,6 @@ def load_trajectory(path_or_preset: str | Path, **preset_overrides: Any) -> Traj
 
 
 def convert(source: str | Path, frames: int | None = None, fps: float | None = None,
-            scale: str | None = None, relative: bool = False) -> Trajectory:
+            scale: str | None = None, relative: bool = False, depth_scale: float | None = None) -> Trajectory:
     """Load ``source`` (file or preset name) and apply the ``mirage traj convert`` options (see :func:`adjust`)."""
-    return adjust(load_trajectory(source), frames=frames, fps=fps, scale=scale, relative=relative)
+    return adjust(load_trajectory(source), frames=frames, fps=fps, scale=scale, relative=relative, depth_scale=depth_scale)

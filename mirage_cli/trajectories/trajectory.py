@@ -125,7 +125,7 @@ def resample(traj: Trajectory, n: int, fps: float | None = None) -> Trajectory:
 
 
 def adjust(traj: Trajectory, frames: int | None = None, fps: float | None = None,
-           scale: str | None = None, relative: bool = False) -> Trajectory:
+           scale: str | None = None, relative: bool = False, depth_scale: float | None = None) -> Trajectory:
     """``traj`` with the ``mirage traj convert`` options applied (each None/False = unchanged).
 
     Args:
@@ -133,7 +133,16 @@ def adjust(traj: Trajectory, frames: int | None = None, fps: float | None = None
         fps: new frame rate.
         scale: declare the translations ``"absolute"`` or ``"relative"``.
         relative: re-express the poses relative to frame 0.
+        depth_scale: resolve a relative trajectory into scene units: translations times this
+            reference depth, then ``scale = "absolute"``.
     """
+    if depth_scale is not None:
+        if not (math.isfinite(depth_scale) and depth_scale > 0):
+            raise MirageError(f"--depth-scale must be positive (got {depth_scale:g})")
+        if traj.scale != "relative":
+            raise MirageError(f"--depth-scale: {traj.source or 'the trajectory'} is already in absolute units "
+                              "(it only resolves a relative one)")
+        traj = dataclasses.replace(traj, cameras=traj.cameras.scaled(depth_scale), scale="absolute")
     if frames is not None:
         traj = resample(traj, frames)
     if fps is not None:

@@ -116,22 +116,34 @@ def _options(fmt: Format, convention: str, pose: str) -> dict[str, str]:
     return {"convention": convention, "pose": pose} if fmt.options else {}
 
 
+def check_scale_kept(traj: Trajectory, fmt: Format) -> None:
+    """A relative trajectory (translations in reference depths) written to a format that cannot say
+    so would be read back as absolute units, i.e. drive another camera path: refused."""
+    if traj.scale == "relative" and not fmt.keeps_scale:
+        raise MirageError(f"{fmt.name}: cannot record 'scale: relative' (translations in units of the scene's reference "
+                          "depth), so the file would drive a different camera path; resolve it into units with "
+                          "--depth-scale D (D = the scene's reference depth) or keep the numbers as units with --absolute")
+
+
 def save_trajectory(traj: Trajectory, path: str | Path, fmt: str = "native", *,
                     convention: str = "opencv", pose: str = "c2w") -> list[Path]:
     """Write ``traj`` in format ``fmt``, atomically (temporary file, then rename); returns the files written.
 
     ``convention``/``pose`` apply to the native format only. Foreign formats hold less than the
     native one: nerfstudio and WorldScore keep a vertical fov (square pixels, centred principal
-    point; WorldScore also a single focal length); only native keeps ``scale``; COLMAP keeps no fps
+    point; WorldScore also a single focal length); only native and nerfstudio keep ``scale``, so a
+    relative trajectory is refused by the others (:func:`check_scale_kept`); COLMAP keeps no fps
     and writes two files (``images.txt`` and ``cameras.txt``; ``path`` is a folder or the images.txt).
     """
     f = get_format(fmt)
+    check_scale_kept(traj, f)
     return f.save(traj, Path(path), **_options(f, convention, pose))
 
 
 def trajectory_text(traj: Trajectory, fmt: str = "native", *, convention: str = "opencv", pose: str = "c2w") -> str:
     """File content of ``traj`` in a single-file format (every format but COLMAP)."""
     f = get_format(fmt)
+    check_scale_kept(traj, f)
     if f.text is None:
         raise MirageError(f"format {fmt!r} cannot be written as one text (COLMAP writes two files)")
     return f.text(traj, **_options(f, convention, pose))

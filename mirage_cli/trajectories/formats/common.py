@@ -42,6 +42,8 @@ class Format:
         text: single-file writer ``(traj, **options) -> file content``; None for multi-file formats.
         write: multi-file writer ``(traj, path) -> files written``; None for single-file formats.
         options: writer options this format accepts (native: ``convention``, ``pose``).
+        keeps_scale: the file can say ``scale: relative`` (translations in reference depths), so a
+            relative trajectory written to it drives the same path when read back.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Format:
     text: Callable[..., str] | None = None
     write: Callable[[Trajectory, Path], list[Path]] | None = None
     options: tuple[str, ...] = ()
+    keeps_scale: bool = False
 
     def save(self, traj: Trajectory, path: Path, **options: str) -> list[Path]:
         """Write ``traj`` to ``path`` atomically; returns the files written."""

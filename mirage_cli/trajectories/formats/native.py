@@ -132,4 +132,4 @@ def text(traj: Trajectory, convention: str = "opencv", pose: str = "c2w") -> str
     return json_text(native_dict(traj, convention, pose), "camera_path")
 
 
-FORMAT = Format(NAME, "json", detect, read, text=text, options=("convention", "pose"))
+FORMAT = Format(NAME, "json", detect, read, text=text, options=("convention", "pose"), keeps_scale=True)

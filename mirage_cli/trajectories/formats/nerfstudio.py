@@ -36,4 +36,4 @@ def text(traj: Trajectory) -> str:
     return json_text(doc, "camera_path")
 
 
-FORMAT = Format(NAME, "json", detect, read, text=text)
+FORMAT = Format(NAME, "json", detect, read, text=text, keeps_scale=True)
