@@ -27,14 +27,14 @@ import torch
 from .. import __version__
 from ..backends import Backend
 from ..errors import MirageError
-from ..io import file_sha256, load_image
+from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     with_absolute_paths)
-from .inputs import (check_memory_fits, grid_multiple, prepare_codec_backend, prepare_depth, prepare_image,
-                     prepare_trajectory, resume_depth_model, trajectory_cameras)
+                     with_absolute_paths, with_backend_defaults)
+from .inputs import (check_memory_fits, grid_multiple, load_input_image, prepare_codec_backend, prepare_depth,
+                     prepare_image, prepare_trajectory, resume_depth_model, trajectory_cameras, with_geometry_image)
 from .loop import Run, RunState, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
@@ -64,11 +64,12 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
 def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     """A new run: validate every input, then create the run directory and the first memory."""
     t_start = time.perf_counter()
+    cfg = with_geometry_image(cfg)
     check_config(cfg)
-    cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(with_backend_defaults(cfg))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
-    image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
@@ -76,7 +77,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
     H, W = image.shape[-2:]
     traj = prepare_trajectory(cfg)
     fov0 = float(trajectory_cameras(traj, cfg.fov, W, H).fov_y_deg[0])  # the prior depth needs frame 0's fov
@@ -96,6 +97,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
     memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
     state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model)
     record = _new_record(plan, traj, codec, backend)
+    record.reference_selection = _reference_selection(plan, backend, warn)
     record.chunks = state.records
     return Run(plan, codec, backend, first_latent, state, record, t_start)
 
@@ -107,15 +109,15 @@ def resume(run_dir: Path, quiet: bool = False) -> Run:
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
-    cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(with_backend_defaults(cfg))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
-    image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     if record.image.sha256 != image_hash:
         raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
     cfg = _with_downscale(cfg, image_raw)
     codec, backend = prepare_codec_backend(cfg, show_progress=not quiet)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
     # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
     depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet)
     plan = _plan(cfg, out, image_path, image_hash, image, codec, record.depth.reference_depth, record.depth.source, device)
@@ -146,7 +148,7 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
     H, W = image.shape[-2:]
     saved = load_trajectory(trajectory_file(out))
     cams = scale_cameras(trajectory_cameras(saved, cfg.fov, W, H), saved.scale, ref_depth)
-    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor))
+    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor, cfg.backend))
     chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
@@ -172,6 +174,20 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
                           write_policy=cfg.write_policy, image_hash=plan.image_hash)
     memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK)
     return memory
+
+
+def _reference_selection(plan: RunPlan, backend: Backend, warn: Warn) -> dict | None:
+    """How the mirage backend picks its references (voxel IoU), for run.json; warns when the voxel
+    had to be scaled because the depth is relative."""
+    if backend.name != "mirage" or not plan.config.references:
+        return None
+    from .covisibility import IOU_THRESHOLD, depth_is_metric, voxel_size
+
+    voxel, how = voxel_size(plan.depth_source, plan.reference_depth)
+    if not depth_is_metric(plan.depth_source):
+        warn(f"references: the depth ({plan.depth_source}) is not metric, so the reference's 0.1 voxel is scaled by "
+             f"the reference depth: {how}")
+    return {"method": "voxel-iou", "voxel": voxel, "voxel_rule": how, "threshold": IOU_THRESHOLD}
 
 
 def _new_record(plan: RunPlan, traj, codec: Codec, backend: Backend) -> RunRecord:
