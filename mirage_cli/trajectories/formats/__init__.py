@@ -43,9 +43,10 @@ FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text 
 
 def get_format(name: str) -> Format:
     """The registered format ``name``."""
-    if name not in FORMATS:
+    f = REGISTRY.get(name)
+    if f is None or not (f.text or f.write):  # geometry.npz is read only
         raise MirageError(f"unknown output format {name!r} (choose from {', '.join(FORMATS)})")
-    return REGISTRY[name]
+    return f
 
 
 # ===================================================================================== reading
