@@ -13,21 +13,11 @@ from safetensors.torch import load_file
 from mirage_cli.cli import main
 from mirage_cli.geometry.cameras import Cameras
 from mirage_cli.io import read_video
-from mirage_cli.models.convert import convert_mirage
-from mirage_cli.models.tiny import make_tiny_kit
 from mirage_cli.pipeline.covisibility import depth_is_metric, voxel_iou_references, voxel_size
 from mirage_cli.pipeline.generate import GenerateConfig, generate, start
 from mirage_cli.pipeline.loop import run_loop
 
 ROOM = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    kit = make_tiny_kit(tmp_path_factory.mktemp("kit") / "kit", kind="mirage")
-    out = tmp_path_factory.mktemp("model") / "model"
-    convert_mirage(kit["base"], kit["vace_file"], kit["lora_file"], out)
-    return out
 
 
 def _cfg(model_dir, out, **kw) -> GenerateConfig:
