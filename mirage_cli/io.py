@@ -94,7 +94,12 @@ def file_sha256(path: Path | str) -> str:
 
 
 def load_image(path: Path | str) -> torch.Tensor:
-    """Read an image file as ``(3, H, W)`` float32 RGB in [0, 1] (alpha is dropped)."""
+    """Read an image file as ``(3, H, W)`` float32 RGB in [0, 1].
+
+    The EXIF orientation is honoured (phone photos). Every Pillow mode is scaled by its own range
+    (see :func:`image_to_rgb`): 8-bit / 255, 16-bit / 65535, float as is; transparent images
+    are composited on white.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -105,11 +110,59 @@ def load_image(path: Path | str) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = ImageOps.exif_transpose(im).convert("RGB")  # phone photos: honour the EXIF orientation
+            arr = image_to_rgb(ImageOps.exif_transpose(im))
+    except MirageError as e:
+        raise MirageError(f"{path}: {e}") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise MirageError(f"{path}: not a readable image ({e.__class__.__name__})") from e
-    arr = np.asarray(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+INT32_FULL_SCALE = 2**31 - 1
+"""Full scale of a 32-bit integer image (Pillow mode ``I``) whose values exceed 16 bits."""
+
+
+def image_to_rgb(im) -> np.ndarray:
+    """A Pillow image as ``(H, W, 3)`` float32 RGB in [0, 1], whatever its mode.
+
+    ==========================  ==================================================================
+    ``1``, ``L``, ``RGB``       8 bits: value / 255 (grey replicated to RGB)
+    ``I;16`` (+ ``B``/``L``)    16-bit grey (PNG/TIFF): value / 65535
+    ``I``                       32-bit integer grey: value / 65535 when every value fits 16 bits
+                                (Pillow opens some 16-bit files as ``I``), else / (2**31 - 1);
+                                negatives become 0
+    ``F``                       32-bit float grey: taken as [0, 1]; an image whose maximum is above
+                                1 (HDR, or 0-255 floats) is divided by its maximum; NaN becomes 0
+    ``RGBA``, ``LA``, ``PA``,   composited on **white** with its alpha (transparent background
+    ``P`` with transparency     becomes white, not the hidden colour under alpha 0)
+    ``P``, ``CMYK``, ``YCbCr``  converted to RGB by Pillow (palette look-up; naive CMYK inversion)
+    ==========================  ==================================================================
+
+    Raises:
+        MirageError: a mode Pillow cannot convert to RGB (e.g. ``LAB``).
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+            peak = a.max(initial=0.0)
+            a = a / peak if peak > 1.0 else a
+        elif mode == "I":
+            a = a / (65535.0 if a.max(initial=0) <= 65535 else INT32_FULL_SCALE)
+        else:
+            a = a / 65535.0
+        a = np.clip(a, 0.0, 1.0).astype(np.float32)
+        return np.repeat(a[..., None], 3, axis=-1)
+    if mode in ("RGBA", "LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + (1.0 - alpha)  # over a white background
+    try:
+        rgb = im.convert("RGB")
+    except ValueError as e:
+        raise MirageError(f"image mode {mode} cannot be converted to RGB; save the image as an RGB PNG or JPEG") from e
+    return np.asarray(rgb, dtype=np.float32) / 255.0
 
 
 def save_image(path: Path | str, image: torch.Tensor) -> None:

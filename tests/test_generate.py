@@ -122,6 +122,7 @@ def test_cli_run_outputs_and_records(small_scene, tmp_path, capsys):
     out = tmp_path / "run"
     code = main([
         "generate", str(small_scene["image"]), "--traj", "orbit_left", "--frames", "13", "--out", str(out), "--quiet",
+        "--cache-dump", "chunks",
     ])
     assert code == 0
     video = read_video(out / "video.mp4")
@@ -170,7 +171,7 @@ def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, mo
     with interrupted_at_chunk(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
     assert json.loads((c / "run.json").read_text())["status"] == "interrupted"
-    assert (c / "cache" / "chunk_001.safetensors").exists() and not (c / "video.mp4").exists()
+    assert (c / "cache" / "last.safetensors").exists() and not (c / "video.mp4").exists()  # default: newest dump only
     assert main(["generate", "--resume", str(c), "--quiet"]) == 0
     assert torch.equal(run_frames(a), run_frames(c))
     assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
@@ -379,7 +380,7 @@ def test_run_record_round_trips(interrupted_run):
 def test_damaged_dump_records_give_one_line_on_resume(interrupted_run, capsys):
     from mirage_cli.memory.latent import LatentMemory
 
-    dump = interrupted_run / "cache" / "chunk_000.safetensors"
+    dump = interrupted_run / "cache" / "last.safetensors"  # the default keeps only the newest dump
     mem = LatentMemory.load(dump)
     mem.save(dump, extras={"chunks_done": 1, "run_chunks": [{"index": 0}]})
     capsys.readouterr()

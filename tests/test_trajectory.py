@@ -116,7 +116,9 @@ def test_cameras_for_is_relative_to_frame0_and_adapts_fov_only(tmp_path):
     wide = load_trajectory(DATA / "native_opengl_w2c.json").cameras_for(832, 480)
     K = wide.K()[0]
     assert math.isclose(K[0, 0], K[1, 1]) and math.isclose(wide.fov_y_deg[0], 2 * math.degrees(math.atan(240 / 500)))
-    assert torch.allclose(native.cameras_for(832, 480).intrinsics, native.cameras.intrinsics)  # kept normalized
+    assert torch.allclose(native.cameras_for(832, 480, "stretch").intrinsics, native.cameras.intrinsics)
+    K = native.cameras_for(832, 480).K()[0]  # crop (default): 640x480 resized to cover 832x480 (x1.3), square pixels
+    assert math.isclose(K[0, 0], 650) and math.isclose(K[1, 1], 650) and math.isclose(K[0, 2], 416)
 
 
 def test_worldscore_and_nerf_without_image_size_assume_square(tmp_path):

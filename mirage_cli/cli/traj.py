@@ -94,6 +94,8 @@ def convert_cmd(
     from ..trajectories import convert  # deferred: torch
 
     traj = convert(source, frames=frames, fps=fps, scale=scale, relative=relative)
+    for note in traj.notes:  # e.g. frames reordered: the output keeps the new order
+        err_console.print(f"note: {note}", highlight=False)
     _emit(traj, output, to, convention, pose)
 
 
@@ -112,6 +114,14 @@ def _table(s: dict) -> Table:
         ("largest rotation", f"{s['largest_rotation_deg']:.2f} deg from frame 0 (at frame {s['largest_rotation_frame']})"),
         ("largest step", f"{s['largest_step_rotation_deg']:.3f} deg between consecutive frames"),
     ]
+    if "effective" in s:
+        e = s["effective"]
+        varies = any(abs(a - b) > 5e-3 for a, b in zip(e["min_px"], e["max_px"]))
+        rows.append((f"pixels on {e['size'][0]}x{e['size'][1]}",
+                     f"fx {e['fx_px']:.1f}  fy {e['fy_px']:.1f}  cx {e['cx_px']:.1f}  cy {e['cy_px']:.1f} px "
+                     f"(frame 0{', varies over frames' if varies else ''}; --intrinsics {e['mode']})"))
+    for note in s["notes"]:
+        rows.append(("note", note))
     if "preset" in s:
         params = " ".join(f"{k}={v:g}" for k, v in s["preset"].get("params", {}).items())
         rows.append(("preset", f"{s['preset'].get('name')} ({params})"))
@@ -128,16 +138,22 @@ def show_cmd(
     source: str = typer.Argument(..., help="Trajectory file in any supported format (or a preset name)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a PNG: top and side views of the camera centres."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
+    width: Optional[int] = typer.Option(None, "--width", help="With --height: print the pixel focal lengths the cameras get on an image of this size."),
+    height: Optional[int] = typer.Option(None, "--height", help="Image height for --width."),
+    intrinsics: str = typer.Option("crop", "--intrinsics", help="How the file's intrinsics meet that image: crop | stretch | fov (as `mirage generate --intrinsics`)."),
 ) -> None:
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
     from ..trajectories import load_trajectory, summarize  # deferred: torch
 
     traj = load_trajectory(source)
-    s = summarize(traj)
+    s = summarize(traj, width, height, intrinsics)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     else:
         console.print(_table(s))
+    warning = s.get("effective", {}).get("warning")
+    if warning and not json_out:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if plot is not None:
         from ..trajectories.plot import plot_trajectory  # deferred: Pillow's drawing, only with --plot
 

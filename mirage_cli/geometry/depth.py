@@ -4,8 +4,9 @@ All depth here is **z-depth** (distance along the optical axis) as ``(H, W)`` fl
 
 Sources for the input image, in order of preference (see :func:`input_depth`):
 
-1. ``--depth FILE``: ``.npy``, ``.npz`` (key ``depth``), or a 16-bit PNG times ``--depth-scale``.
-2. A sidecar next to the image: ``room.png`` -> ``room.depth.npy`` / ``room.depth.npz`` / ``room.depth.png``.
+1. ``--depth FILE``: ``.npy``, ``.npz`` (key ``depth``), ``.exr`` (OpenEXR, float), ``.pfm``, or a
+   PNG times ``--depth-scale`` (see :func:`load_depth_file`).
+2. A sidecar next to the image: ``room.png`` -> ``room.depth.npy`` / ``.npz`` / ``.exr`` / ``.pfm`` / ``.png``.
 3. A depth model (``--depth model``, or automatically when its weights are cached).
 4. ``--depth prior``: the geometric prior of :func:`prior_depth` (used with a warning when nothing else exists).
 
@@ -17,6 +18,7 @@ to the rendered depth with :func:`fit_scale_shift`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,7 +28,14 @@ from PIL import Image
 from ..errors import MirageError
 from .cameras import focal_from_fov
 
-SIDECAR_SUFFIXES = (".depth.npy", ".depth.npz", ".depth.png")
+SIDECAR_SUFFIXES = (".depth.npy", ".depth.npz", ".depth.exr", ".depth.pfm", ".depth.png")
+DEPTH_FORMATS = ".npy, .npz (key 'depth'), .exr, .pfm or .png (16-bit, with --depth-scale)"
+EXR_DEPTH_CHANNELS = ("Z", "Y", "R", "V", "depth")
+"""EXR channels tried in order when a file has several (Blender's ``Z``/``Depth.V``, MoGe's ``Y``/``R``);
+a channel whose last dotted part matches counts (``ViewLayer.Depth.Z``)."""
+MIN_DEPTH_RATIO = 1.05
+"""A depth map whose max/min ratio is under this is almost flat: suspicious (a constant, or a
+normalized disparity with an offset); it gets a warning."""
 BACKGROUND_PASSES = 4  # holes up to ~8 cells wide take their far side's depth
 LOCAL_PASSES = 2  # dilation passes per pyramid level before deferring to the coarser level
 
@@ -40,12 +49,18 @@ def sidecar_for(image: Path) -> Path | None:
     return None
 
 
-def load_depth_file(path: Path, depth_scale: float | None = None) -> torch.Tensor:
-    """Read a depth map file.
+def load_depth_file(path: Path, depth_scale: float | None = None,
+                    warn: Callable[[str], None] | None = None) -> torch.Tensor:
+    """Read a depth map file (z-depth in scene units, e.g. metres).
 
     Args:
-        path: ``.npy`` (2-D array), ``.npz`` (key ``depth``) or 16-bit ``.png``.
-        depth_scale: multiplier for PNG values (e.g. 0.001 for millimetres); required for PNG.
+        path: ``.npy`` (2-D array), ``.npz`` (key ``depth``), ``.exr`` (OpenEXR float depth, see
+            :func:`read_exr_depth`), ``.pfm`` (see :func:`read_pfm`), or a single-channel ``.png``:
+            16-bit (TUM, ScanNet: millimetres with ``--depth-scale 0.001``) or, with a warning,
+            8-bit (usually a disparity picture, not depth).
+        depth_scale: multiplier for the values (required for PNG, optional for the others).
+        warn: called with one line when the map looks like inverse depth or disparity (an
+            8-bit PNG, or values that vary by less than 5 %); silence if None.
     Returns:
         ``(H, W)`` float32 z-depth, 0 where invalid.
     """
@@ -61,19 +76,17 @@ def load_depth_file(path: Path, depth_scale: float | None = None) -> torch.Tenso
                 if "depth" not in z.files:
                     raise MirageError(f"{path}: .npz has no array named 'depth' (found: {', '.join(z.files) or 'none'})")
                 arr = z["depth"]
+        elif suffix == ".exr":
+            arr = read_exr_depth(path)
+        elif suffix == ".pfm":
+            arr = read_pfm(path)
         elif suffix == ".png":
-            with Image.open(path) as im:
-                if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                    raise MirageError(f"{path}: depth PNG must be 16-bit single-channel (got mode {im.mode})")
-                arr = np.asarray(im, dtype=np.float64)
-            if depth_scale is None:
-                raise MirageError(f"{path}: a 16-bit depth PNG needs --depth-scale (metres per unit, e.g. 0.001)")
-            arr = arr * depth_scale
+            arr = _read_depth_png(path, depth_scale, warn)
         else:
-            raise MirageError(f"{path}: unknown depth format '{suffix}' (use .npy, .npz with key 'depth', or 16-bit .png)")
+            raise MirageError(f"{path}: unknown depth format '{suffix}' (use {DEPTH_FORMATS})")
     except MirageError:
         raise
-    except Exception as e:  # numpy/PIL raise many types for corrupt files
+    except Exception as e:  # numpy/PIL/OpenEXR raise many types for corrupt files
         raise MirageError(f"{path}: cannot read depth ({type(e).__name__}: {e})") from e
     arr = np.squeeze(np.asarray(arr))
     if arr.ndim != 2 or arr.dtype.kind not in "fiu":
@@ -84,7 +97,87 @@ def load_depth_file(path: Path, depth_scale: float | None = None) -> torch.Tenso
     bad = ~torch.isfinite(depth) | (depth <= 0)
     if bad.float().mean() > 0.5:
         raise MirageError(f"{path}: more than half of the depth values are zero, negative or not finite")
-    return torch.where(bad, torch.zeros_like(depth), depth)
+    depth = torch.where(bad, torch.zeros_like(depth), depth)
+    valid = depth[depth > 0]
+    ratio = float(valid.max() / valid.min())
+    if warn is not None and ratio < MIN_DEPTH_RATIO:
+        warn(f"{path}: depth varies by only {100 * (ratio - 1):.1f} % (max/min {ratio:.3f}); an almost flat map is "
+             "often a constant or a normalized disparity/inverse depth, not z-depth")
+    return depth
+
+
+def _read_depth_png(path: Path, depth_scale: float | None, warn: Callable[[str], None] | None) -> np.ndarray:
+    """Values of a single-channel depth PNG times ``depth_scale`` (16-bit; 8-bit with a warning)."""
+    with Image.open(path) as im:
+        if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L"):
+            raise MirageError(f"{path}: depth PNG must be single-channel 16-bit (got mode {im.mode}); "
+                              "a colour PNG is a depth picture, not depth values")
+        eight_bit = im.mode == "L"
+        arr = np.asarray(im, dtype=np.float64)
+    if depth_scale is None:
+        raise MirageError(f"{path}: a depth PNG needs --depth-scale (metres per unit, e.g. 0.001 for millimetres)")
+    if eight_bit and warn is not None:
+        warn(f"{path}: an 8-bit depth PNG has only 256 levels and is usually a disparity or inverse-depth "
+             "picture (near = bright), not z-depth; prefer a 16-bit PNG, .npy, .exr or .pfm")
+    return arr * depth_scale
+
+
+def read_exr_depth(path: Path) -> np.ndarray:
+    """``(H, W)`` float32 depth from an OpenEXR file (MoGe, Blender, ...), via the ``OpenEXR`` package.
+
+    A single-channel file gives that channel; with several channels the first present of
+    :data:`EXR_DEPTH_CHANNELS` is taken (``Z``, ``Y``, ``R``, ``V``, ``depth``, also as the last
+    part of a layered name such as ``ViewLayer.Depth.Z``). Half floats are widened to float32.
+    Values are taken as z-depth in the file's units.
+    """
+    import OpenEXR  # deferred: only EXR files need it
+
+    with OpenEXR.File(str(path), separate_channels=True) as f:
+        channels = {name: ch.pixels for name, ch in f.channels().items()}
+    if len(channels) == 1:
+        return np.asarray(next(iter(channels.values())), dtype=np.float32)
+    for want in EXR_DEPTH_CHANNELS:
+        for name, pixels in sorted(channels.items()):
+            if name == want or name.rsplit(".", 1)[-1] == want:
+                return np.asarray(pixels, dtype=np.float32)
+    raise MirageError(f"{path}: no depth channel in this EXR (has {', '.join(sorted(channels))}; "
+                      f"looked for {', '.join(EXR_DEPTH_CHANNELS)})")
+
+
+def read_pfm(path: Path) -> np.ndarray:
+    """``(H, W)`` float32 from a Portable Float Map (``.pfm``; first channel of a colour one).
+
+    The format: an ASCII header of three whitespace-separated tokens, ``Pf`` (1 channel) or ``PF``
+    (3 channels), then ``W H``, then a scale whose **sign gives the byte order** (negative =
+    little-endian, positive = big-endian; its magnitude is not used here), each followed by one
+    whitespace character; then ``W x H x channels`` float32 values with rows stored
+    **bottom to top**, so the array is flipped vertically to put row 0 at the top.
+    """
+    data = path.read_bytes()
+    tokens, pos = [], 0
+    while len(tokens) < 4:  # magic, width, height, scale
+        while pos < len(data) and data[pos:pos + 1].isspace():
+            pos += 1
+        start = pos
+        while pos < len(data) and not data[pos:pos + 1].isspace():
+            pos += 1
+        if start == pos:
+            raise MirageError(f"{path}: not a PFM file (header ends early)")
+        tokens.append(data[start:pos].decode("ascii", "replace"))
+    pos += 1  # the single whitespace character after the scale
+    magic, w, h, scale = tokens
+    if magic not in ("Pf", "PF"):
+        raise MirageError(f"{path}: not a PFM file (starts with {magic[:8]!r}, expected 'Pf' or 'PF')")
+    try:
+        W, H, s = int(w), int(h), float(scale)
+    except ValueError as e:
+        raise MirageError(f"{path}: PFM header '{magic} {w} {h} {scale}' is not 'Pf|PF WIDTH HEIGHT SCALE'") from e
+    ch = 1 if magic == "Pf" else 3
+    count = W * H * ch
+    if W <= 0 or H <= 0 or s == 0 or len(data) - pos < 4 * count:
+        raise MirageError(f"{path}: PFM header says {W}x{H}x{ch} floats but the file is too short or the scale is 0")
+    arr = np.frombuffer(data, dtype="<f4" if s < 0 else ">f4", count=count, offset=pos).reshape(H, W, ch)
+    return np.ascontiguousarray(arr[::-1, :, 0]).astype(np.float32)
 
 
 def check_depth_size(depth: torch.Tensor, height: int, width: int, source: str) -> None:
@@ -201,11 +294,13 @@ def _fill_max(d: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.where(k, d, up)
 
 
-def input_depth_source(option: str | None, image: Path, depth_scale: float | None) -> tuple[str, torch.Tensor | None]:
+def input_depth_source(option: str | None, image: Path, depth_scale: float | None,
+                       warn: Callable[[str], None] | None = None) -> tuple[str, torch.Tensor | None]:
     """Decide where the input image's depth comes from (see the module docstring for the order).
 
     Args:
         option: ``--depth`` value: a file path, ``"prior"``, ``"model"``, or None (automatic).
+        warn: receives :func:`load_depth_file`'s warnings about suspicious depth files.
     Returns:
         ``(kind, depth)``: kind is ``"file:PATH"`` / ``"sidecar:PATH"`` with the loaded ``(H, W)``
         depth, or ``"model"`` (required), ``"auto"`` (model if cached, else prior) or ``"prior"``
@@ -216,8 +311,8 @@ def input_depth_source(option: str | None, image: Path, depth_scale: float | Non
     if option == "model":
         return "model", None
     if option:
-        return f"file:{option}", load_depth_file(Path(option), depth_scale)
+        return f"file:{option}", load_depth_file(Path(option), depth_scale, warn)
     side = sidecar_for(Path(image))
     if side is not None:
-        return f"sidecar:{side}", load_depth_file(side, depth_scale)
+        return f"sidecar:{side}", load_depth_file(side, depth_scale, warn)
     return "auto", None

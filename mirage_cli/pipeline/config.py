@@ -21,7 +21,7 @@ from .plan import Chunk
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace", "mirage")
-CACHE_DUMPS = ("none", "final", "chunks")
+CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
 PREVIEW_MAX_CELLS = 131_072  # ~ a 256x512 grid: keeps a preview of a 480p image in seconds
 
 
@@ -42,6 +42,7 @@ class GenerateConfig:
     height: int | None = None
     width: int | None = None
     fov: float | None = None
+    intrinsics: str = "crop"  # how a file's intrinsics meet an image of another aspect (geometry/intrinsics.py)
     seed: int = 0
     steps: int | None = None  # None = the backend's default (BACKEND_DEFAULTS); run.json stores the effective value
     guidance: float | None = None
@@ -52,7 +53,7 @@ class GenerateConfig:
     dtype: str = "auto"
     chunk_frames: int | None = None  # None = 9 for a per-frame codec (preview), 49 for Wan2.1, 33 for mirage
     downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
-    cache_dump: str = "chunks"
+    cache_dump: str = "final"  # the newest dump while running (what --resume needs) + final.safetensors
     write_policy: str = "new"
     memory: str | None = None
     references: int | None = None  # None = the backend's default
@@ -95,6 +96,7 @@ class RunPlan:
 
 def check_config(cfg: GenerateConfig) -> None:
     """Reject bad options with one line each, before anything is read or written."""
+    from ..geometry.intrinsics import INTRINSICS_MODES
     from ..memory.latent import WRITE_POLICIES
 
     def bad(opt: str, why: str):
@@ -120,6 +122,8 @@ def check_config(cfg: GenerateConfig) -> None:
     for opt, v in (("--height", cfg.height), ("--width", cfg.width)):
         if v is not None and not 16 <= v <= 8192:
             bad(opt, f"must be between 16 and 8192 pixels (got {v})")
+    if cfg.intrinsics not in INTRINSICS_MODES:
+        bad("--intrinsics", f"must be {', '.join(INTRINSICS_MODES)} (got '{cfg.intrinsics}')")
     if cfg.fov is not None and not (math.isfinite(cfg.fov) and 1.0 <= cfg.fov <= 179.0):
         bad("--fov", f"must be between 1 and 179 degrees (got {cfg.fov})")
     if cfg.steps is not None and cfg.steps < 1:

@@ -79,8 +79,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False) -> Run:
         check_memory_fits(memory, codec, cfg)
     image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
     H, W = image.shape[-2:]
-    traj = prepare_trajectory(cfg)
-    fov0 = float(trajectory_cameras(traj, cfg.fov, W, H).fov_y_deg[0])  # the prior depth needs frame 0's fov
+    traj = prepare_trajectory(cfg, (W, H), warn)
+    fov0 = float(trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics).fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
                                                      warn, show_progress=not quiet)
 
@@ -147,7 +147,7 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
 
     H, W = image.shape[-2:]
     saved = load_trajectory(trajectory_file(out))
-    cams = scale_cameras(trajectory_cameras(saved, cfg.fov, W, H), saved.scale, ref_depth)
+    cams = scale_cameras(trajectory_cameras(saved, cfg.fov, W, H, cfg.intrinsics), saved.scale, ref_depth)
     cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor, cfg.backend))
     chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),

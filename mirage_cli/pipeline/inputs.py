@@ -94,9 +94,12 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
         if not bool((depth > 0).any()):
             raise MirageError(f"{image_path}: depths[{cfg.start_frame}]: no valid depth (all <= 0 or masked)")
         return F.interpolate(depth[None, None], size=(H, W), mode="nearest-exact")[0, 0].float(), f"geometry:{image_path}", None
-    kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale)
+    doubts: list[str] = []  # a depth file that looks like disparity: said only once it is known to fit
+    kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale, doubts.append)
     if kind.startswith("file:") or kind.startswith("sidecar:"):
         check_depth_size(depth, orig_size[0], orig_size[1], kind.split(":", 1)[1])
+        for doubt in doubts:
+            warn(doubt)
     elif kind in ("model", "auto"):
         from ..models.depth_model import load_depth_model
 
@@ -124,8 +127,12 @@ def resume_depth_model(cfg: GenerateConfig, depth_source: str, device: torch.dev
     return load_depth_model(cfg.depth_model, device=str(device), required=True, progress=show_progress)
 
 
-def prepare_trajectory(cfg: GenerateConfig):
-    """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem."""
+def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callable[[str], None]):
+    """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem.
+
+    Warns with the reader's notes (frames reordered, fps derived) and when the file's image aspect
+    differs from the ``(W, H)`` frames (how its intrinsics are fitted then matters: ``--intrinsics``).
+    """
     from ..trajectories import load_trajectory, resample
 
     traj = load_trajectory(cfg.traj)
@@ -134,13 +141,19 @@ def prepare_trajectory(cfg: GenerateConfig):
             raise MirageError(f"--start-frame {cfg.start_frame}: the trajectory has {len(traj)} frames; "
                               "at least two must remain")
         traj = replace(traj, cameras=traj.cameras[cfg.start_frame:])
+    for note in traj.notes:
+        warn(note)
+    aspect = traj.aspect_warning(*size, cfg.intrinsics)
+    if aspect and cfg.fov is None:  # --fov replaces the file's intrinsics altogether
+        warn(aspect)
     return resample(traj, cfg.frames) if cfg.frames is not None else traj
 
 
-def trajectory_cameras(traj, fov: float | None, width: int, height: int) -> Cameras:
-    """``(N)`` cameras at the image size, poses relative to frame 0, ``--fov`` applied; translations
-    still in the trajectory's units (``traj.scale == "relative"``: reference depths)."""
-    cams = traj.cameras_for(width, height)
+def trajectory_cameras(traj, fov: float | None, width: int, height: int, intrinsics: str = "crop") -> Cameras:
+    """``(N)`` cameras at the image size, poses relative to frame 0, the file's intrinsics fitted to
+    the image (``--intrinsics``), ``--fov`` applied; translations still in the trajectory's units
+    (``traj.scale == "relative"``: reference depths)."""
+    cams = traj.cameras_for(width, height, intrinsics)
     return Cameras.from_fov(cams.c2w, fov, width, height) if fov is not None else cams
 
 

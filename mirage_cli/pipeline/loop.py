@@ -30,6 +30,7 @@ from ..io import to_uint8, write_video
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
 from .config import RunPlan
+from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
 from .rundir import (LATENT_STORE_DTYPE, chunk_dump, chunk_latents, chunk_video, dump_extras, final_dump, kept_dumps,
@@ -92,10 +93,16 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> Ru
     plan, state, record = run.plan, run.state, run.record
     write_run(plan.out, record)
     task = progress.add_task("chunks", total=len(plan.chunks), completed=len(state.records)) if progress else None
+    blind_warned = False  # frames that see nothing: one warning per run (run.json has every frame's fraction)
     try:
         for chunk in plan.chunks[len(state.records):]:
-            state.records.append(run_chunk(chunk, run, progress))
+            rec = run_chunk(chunk, run, progress)
+            state.records.append(rec)
             write_run(plan.out, record)
+            blind = None if blind_warned else blind_frames_warning(rec.known_frames, rec.known_per_frame, plan.cams)
+            if blind:
+                warn(blind)
+                blind_warned = True
             if progress:
                 progress.advance(task)
     except BaseException as e:
@@ -137,6 +144,7 @@ def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
     rec = ChunkRecord(
         index=chunk.index, frames=[chunk.start, chunk.stop - 1], latent_frames=len(read.cams),
         known_fraction=round(float(read.known[:n].float().mean()), 6),
+        known_frames=latent_frame_indices(chunk, tf)[:n], known_per_frame=known_per_frame(read.known[:n]),
         references=[state.history_frames[i] for i in read.references], points_added=int(added),
         memory_points=len(state.memory),  # len/nbytes: cheap, unlike stats() (bounds, per-chunk counts)
         memory_bytes=state.memory.nbytes(), seconds={k: round(v, 4) for k, v in sec.items()},

@@ -26,7 +26,9 @@ STAGES = ("read", "denoise", "decode", "write", "dump")  # the timed stages of a
 @dataclass
 class ChunkRecord:
     """One finished chunk: what it read, wrote and cost. ``frames``: first and last trajectory frame
-    (inclusive); ``references``: trajectory frames of the reference latents; ``seconds``: per stage."""
+    (inclusive); ``references``: trajectory frames of the reference latents; ``seconds``: per stage;
+    ``known_frames``/``known_per_frame``: the trajectory frame of each written latent frame and the
+    fraction of its cells the memory read covered (absent in records of older runs)."""
 
     index: int
     frames: list[int]
@@ -37,6 +39,8 @@ class ChunkRecord:
     memory_points: int
     memory_bytes: int
     seconds: dict[str, float]
+    known_frames: list[int] = field(default_factory=list)
+    known_per_frame: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
+from ..geometry.intrinsics import aspect_differs, fit_cameras
 from ..geometry.rotations import quaternion_to_rotation, rotation_angle_deg, rotation_to_quaternion, slerp
 
 DEFAULT_FPS = 16.0
@@ -43,6 +44,8 @@ class Trajectory:
         fov_only: True when the intrinsics came only from a vertical field of view, so that they
             adapt to any aspect ratio (square pixels, centred principal point).
         meta: free-form extras (e.g. ``{"preset": {"name": ..., "params": {...}}}``).
+        notes: one-line remarks from reading the file that the user should see (frames
+            reordered, fps derived differently from the file's own ``fps``, ...).
     """
 
     cameras: Cameras
@@ -52,16 +55,19 @@ class Trajectory:
     source: str = ""
     fov_only: bool = False
     meta: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.cameras)
 
-    def cameras_for(self, width: int, height: int) -> Cameras:
+    def cameras_for(self, width: int, height: int, intrinsics: str = "crop") -> Cameras:
         """The cameras a ``width x height`` video is rendered with.
 
         Poses are re-expressed relative to frame 0 (frame 0 becomes the identity, the input
         image's camera). With ``fov_only`` the vertical field of view is kept (square pixels,
-        centred principal point); otherwise the normalized intrinsics are kept as they are.
+        centred principal point) whatever ``intrinsics`` says; otherwise the file's intrinsics are
+        fitted to the image with :func:`mirage_cli.geometry.intrinsics.fit_intrinsics` in mode
+        ``intrinsics`` (``crop``: resize to cover + centre-crop; ``stretch``: per axis; ``fov``).
 
         Returns:
             ``Cameras`` with ``c2w (N, 4, 4)`` and ``intrinsics (N, 4)`` for that image size.
@@ -69,7 +75,21 @@ class Trajectory:
         rel = self.cameras.relative_to_first()
         if self.fov_only:
             return Cameras.from_fov(rel.c2w, self.cameras.fov_y_deg, width, height)
-        return Cameras(rel.c2w, rel.intrinsics, width, height)
+        return fit_cameras(rel, width, height, intrinsics)
+
+    def aspect_warning(self, width: int, height: int, intrinsics: str = "crop") -> str | None:
+        """A one-line warning when the file's image aspect differs from ``width x height`` by over 1 %.
+
+        None for ``fov_only`` trajectories (a vertical fov fits any aspect by definition).
+        """
+        size = (self.cameras.width, self.cameras.height)
+        if self.fov_only or not aspect_differs(size, (width, height)):
+            return None
+        how = {"crop": "resized to cover and centre-cropped (square pixels kept)",
+               "stretch": "stretched per axis (pixels are no longer square)",
+               "fov": "given the file's vertical field of view, square pixels and a centred principal point"}[intrinsics]
+        return (f"{self.source}: the trajectory's cameras are {size[0]}x{size[1]} ({size[0] / size[1]:.3f}:1) but the "
+                f"image is {width}x{height} ({width / height:.3f}:1); intrinsics {how} (--intrinsics {intrinsics})")
 
 
 def resample(traj: Trajectory, n: int, fps: float | None = None) -> Trajectory:
@@ -129,8 +149,14 @@ def adjust(traj: Trajectory, frames: int | None = None, fps: float | None = None
     return traj
 
 
-def summarize(traj: Trajectory) -> dict[str, Any]:
-    """Numbers ``mirage traj show`` prints: counts, fov range, path length, largest rotations."""
+def summarize(traj: Trajectory, width: int | None = None, height: int | None = None,
+              intrinsics: str = "crop") -> dict[str, Any]:
+    """Numbers ``mirage traj show`` prints: counts, fov range, path length, largest rotations.
+
+    With ``width`` and ``height`` it also gives the effective pixel intrinsics of frame 0 (and their
+    range over the frames) for an image of that size, fitted in mode ``intrinsics``, and the
+    aspect-ratio warning that ``mirage generate`` would print.
+    """
     rel = traj.cameras.relative_to_first()
     centers = rel.centers
     steps = (centers[1:] - centers[:-1]).norm(dim=-1)
@@ -139,7 +165,7 @@ def summarize(traj: Trajectory) -> dict[str, Any]:
     step_rot = rotation_angle_deg(R[:-1].transpose(-1, -2) @ R[1:]) if len(traj) > 1 else torch.zeros(1)
     fov = traj.cameras.fov_y_deg
     k = int(from_first.argmax())
-    return {
+    out = {
         "source": traj.source, "format": traj.format, "frames": len(traj), "fps": traj.fps,
         "seconds": len(traj) / traj.fps, "scale": traj.scale, "fov_only": traj.fov_only,
         "render_size": [traj.cameras.width, traj.cameras.height],
@@ -148,5 +174,24 @@ def summarize(traj: Trajectory) -> dict[str, Any]:
         "max_distance_from_start": float(centers.norm(dim=-1).max()),
         "largest_rotation_deg": float(from_first[k]), "largest_rotation_frame": k,
         "largest_step_rotation_deg": float(step_rot.max()),
+        "notes": list(traj.notes),
         **({"preset": traj.meta["preset"]} if "preset" in traj.meta else {}),
+    }
+    if width is not None or height is not None:
+        out["effective"] = effective_intrinsics(traj, width, height, intrinsics)
+    return out
+
+
+def effective_intrinsics(traj: Trajectory, width: int | None, height: int | None, intrinsics: str = "crop") -> dict:
+    """Pixel intrinsics the cameras get on a ``width x height`` image (frame 0, and min/max over frames)."""
+    if not (width and height and width > 0 and height > 0):
+        raise MirageError(f"--width and --height must both be positive (got {width} x {height})")
+    cams = traj.cameras_for(width, height, intrinsics)
+    K = cams.K()
+    px = torch.stack([K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]], dim=-1)  # (N, 4) pixels
+    return {
+        "size": [width, height], "mode": intrinsics,
+        "fx_px": float(px[0, 0]), "fy_px": float(px[0, 1]), "cx_px": float(px[0, 2]), "cy_px": float(px[0, 3]),
+        "min_px": [float(v) for v in px.min(0).values], "max_px": [float(v) for v in px.max(0).values],
+        "warning": traj.aspect_warning(width, height, intrinsics),
     }

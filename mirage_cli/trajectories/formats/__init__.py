@@ -31,7 +31,7 @@ from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
 from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, worldscore
-from .common import Format, floats, read_text
+from .common import Format, check_plausible, floats, read_text
 
 REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
                                                                 geometry_npz)}
@@ -101,7 +101,8 @@ def read_trajectory(path: str | Path) -> Trajectory:
 
     Returns:
         The trajectory in project conventions (OpenCV c2w, normalized intrinsics), validated:
-        finite poses, proper rotations, positive focal lengths.
+        finite poses, proper rotations, positive focal lengths, intrinsics that can be normalized
+        (not pixels).
     Raises:
         MirageError: one line naming the file, the frame and the field of the first problem.
     """
@@ -109,6 +110,8 @@ def read_trajectory(path: str | Path) -> Trajectory:
     fmt, content = _detect(path)
     traj = fmt.read(content, path)
     validate_cameras(traj.cameras, str(path))
+    for i, k in enumerate(traj.cameras.intrinsics.tolist()):  # every format, after its unit conversion
+        check_plausible(k, str(path), i, "normalized fx fy cx cy")
     return traj
 
 

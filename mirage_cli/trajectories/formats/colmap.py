@@ -18,7 +18,7 @@ from ...errors import MirageError
 from ...geometry.cameras import Cameras
 from ...geometry.rotations import quaternion_to_rotation, rotation_to_quaternion
 from ..trajectory import DEFAULT_FPS, Trajectory
-from .common import Format, atomic_write_text, err, floats, read_text, rnd, to_opencv_c2w
+from .common import Format, atomic_write_text, err, floats, natural_key, read_text, rnd, to_opencv_c2w
 
 NAME = "colmap"
 
@@ -70,16 +70,12 @@ def is_cameras_file(text: str) -> bool:
 
 
 # ===================================================================================== reading
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def read(text: str, path: Path) -> Trajectory:
     """COLMAP ``images.txt`` (w2c, Hamilton ``QW QX QY QZ``) + sibling ``cameras.txt``; sorted by NAME."""
     src = str(path)
     records = _images(text, src)
     cameras = _cameras(path.parent / "cameras.txt", src)
-    records.sort(key=lambda r: _natural_key(r[3]))
+    records.sort(key=lambda r: natural_key(r[3]))
     c2ws, intr, sizes = [], [], []
     for i, (lineno, q, t, name, cam_id) in enumerate(records):
         where = f" (image '{name}', line {lineno})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,7 @@ import torch
 
 from ...errors import MirageError
 from ...geometry.cameras import OPENGL_TO_OPENCV, rigid_inverse
+from ...geometry.intrinsics import implausible_intrinsics
 from ...geometry.rotations import check_rotation, orthonormalize
 from ...io import atomic_path
 from ..trajectory import DEFAULT_FPS, Trajectory
@@ -117,6 +119,19 @@ def check_focal(fx: float, fy: float, src: str, frame: int | None, fld: str, ext
         raise err(src, f"focal length must be positive (got fx={fx:g}, fy={fy:g})", frame, fld, extra)
 
 
+def check_plausible(k: list[float], src: str, frame: int | None, fld: str, extra: str = "") -> None:
+    """Refuse normalized intrinsics ``[fx, fy, cx, cy]`` that can only be pixels (see
+    :func:`mirage_cli.geometry.intrinsics.implausible_intrinsics`)."""
+    problem = implausible_intrinsics(k)
+    if problem:
+        raise err(src, problem, frame, fld, extra)
+
+
+def natural_key(name: str) -> list:
+    """Sort key for natural order: ``img_2`` before ``img_10`` (digit runs compare as numbers)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def check_fov(fov: float, src: str, frame: int | None, fld: str = "fov") -> None:
     if not 0 < fov < 180:
         raise err(src, f"must be between 0 and 180 degrees, exclusive (got {fov:g}); a non-positive fov "
@@ -161,16 +176,25 @@ def from_opencv_c2w(c2w: torch.Tensor, convention: str, pose: str) -> torch.Tens
 
 
 # ===================================================================================== JSON fields
-def fps_from(data: dict, n: int, src: str) -> float:
-    """``fps`` if given, else frames / ``seconds``, else :data:`DEFAULT_FPS`; checks they agree."""
+def fps_from(data: dict, n: int, src: str, lenient: bool = False) -> tuple[float, str | None]:
+    """``(fps, note)``: ``fps`` if given, else frames / ``seconds``, else :data:`DEFAULT_FPS`.
+
+    When ``fps x seconds`` disagrees with the number of cameras ``n`` (by more than one frame),
+    a strict reader refuses; a ``lenient`` one (nerfstudio ``camera_path.json``, whose renderer
+    plays the cameras over ``seconds`` and ignores ``fps``) uses ``n / seconds`` and returns a
+    one-line note saying so (otherwise the note is None).
+    """
     fps = number(data["fps"], src, None, "fps", positive=True) if "fps" in data else None
     secs = number(data["seconds"], src, None, "seconds", positive=True) if "seconds" in data else None
     if fps is not None and secs is not None and abs(fps * secs - n) > 1 + 1e-6:
-        raise MirageError(f"{src}: inconsistent counts: fps x seconds = {fps * secs:g} frames but "
-                          f"camera_path has {n}")
+        if not lenient:
+            raise MirageError(f"{src}: inconsistent counts: fps x seconds = {fps * secs:g} frames but "
+                              f"camera_path has {n}")
+        return n / secs, (f"{src}: fps x seconds = {fps:g} x {secs:g} = {fps * secs:g} frames but the file has {n} "
+                          f"cameras; using fps = cameras / seconds = {n / secs:g}, as nerfstudio's renderer does")
     if fps is not None:
-        return fps
-    return n / secs if secs is not None else DEFAULT_FPS
+        return fps, None
+    return (n / secs if secs is not None else DEFAULT_FPS), None
 
 
 def size_from(data: dict, src: str, wkey: str, hkey: str) -> tuple[int, int] | None:

@@ -74,8 +74,10 @@ def read(data: dict, path: Path) -> Trajectory:
         fov_only = fov_only and from_fov
     fmt = NAME if native else "nerfstudio"
     meta = {"preset": data["preset"]} if isinstance(data.get("preset"), dict) else {}
+    # nerfstudio's renderer plays the cameras over `seconds` whatever `fps` says; native files stay strict
+    fps, note = fps_from(data, len(cams), src, lenient=not native)
     return Trajectory(Cameras(torch.stack(c2ws), torch.tensor(intr, dtype=torch.float64), *size),
-                      fps_from(data, len(cams), src), fmt, _scale_from(data, src, native), src, fov_only, meta)
+                      fps, fmt, _scale_from(data, src, native), src, fov_only, meta, notes=(note,) if note else ())
 
 
 def _camera_path_intrinsics(cam: dict, size: tuple[int, int], src: str, i: int) -> tuple[list[float], bool]:

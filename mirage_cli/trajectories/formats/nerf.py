@@ -14,7 +14,7 @@ import torch
 from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal
 from ..trajectory import Trajectory
 from .common import (ASSUMED_SQUARE, Format, check_focal, check_fov, err, flat, fps_from, from_opencv_c2w,
-                     json_text, list_field, matrix, number, numbers, rnd, size_from, to_opencv_c2w)
+                     json_text, list_field, matrix, natural_key, number, numbers, rnd, size_from, to_opencv_c2w)
 
 NAME = "nerf"
 
@@ -25,7 +25,11 @@ def detect(data: Any) -> bool:
 
 
 def read(data: dict, path: Path) -> Trajectory:
-    """NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``frames[].transform_matrix``."""
+    """NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``frames[].transform_matrix``.
+
+    Frames are put in natural ``file_path`` order (see :func:`frame_order`); problems name the
+    frame as listed in the file.
+    """
     src = str(path)
     frames = list_field(data, "frames", src)
     c2ws, intr, sizes, fov_only = [], [], [], True
@@ -38,9 +42,29 @@ def read(data: dict, path: Path) -> Trajectory:
         intr.append(k)
         sizes.append(size)
         fov_only = fov_only and from_fov
-    size = sizes[0]
-    return Trajectory(Cameras(torch.stack(c2ws), torch.tensor(intr, dtype=torch.float64), *size),
-                      fps_from(data, len(frames), src), NAME, "absolute", src, fov_only)
+    order = frame_order(frames)
+    notes: tuple[str, ...] = ()
+    if order != list(range(len(frames))):
+        moved = sum(1 for i, j in enumerate(order) if i != j)
+        notes = (f"{src}: frames reordered by file_path (natural order, as nerfstudio loads them): "
+                 f"{moved} of {len(frames)} were listed out of order",)
+    fps, _ = fps_from(data, len(frames), src)
+    return Trajectory(Cameras(torch.stack([c2ws[j] for j in order]),
+                              torch.tensor([intr[j] for j in order], dtype=torch.float64), *sizes[order[0]]),
+                      fps, NAME, "absolute", src, fov_only, notes=notes)
+
+
+def frame_order(frames: list) -> list[int]:
+    """Indices of ``frames`` sorted by ``file_path`` in natural order (``img_2`` before ``img_10``).
+
+    Frames converted from COLMAP are often listed in another order than their images; sorting by
+    file name (as nerfstudio's loader does) restores the capture order. When a frame has no
+    ``file_path`` the listed order is kept (nothing to sort by). The sort is stable.
+    """
+    names = [fr.get("file_path") for fr in frames]
+    if not all(isinstance(n, str) for n in names):
+        return list(range(len(frames)))
+    return sorted(range(len(frames)), key=lambda i: natural_key(names[i]))
 
 
 def _intrinsics(d: dict, src: str, i: int) -> tuple[list[float], tuple[int, int], bool]:

@@ -15,7 +15,7 @@ from ...errors import MirageError
 from ...geometry.cameras import Cameras
 from ..trajectory import DEFAULT_FPS, Trajectory
 from . import colmap
-from .common import Format, check_focal, err, flat, floats, matrix, rnd, to_opencv_c2w
+from .common import Format, check_focal, check_plausible, err, flat, floats, matrix, rnd, to_opencv_c2w
 
 NAME = "realestate10k"
 NUMBERS_PER_LINE = 19
@@ -64,6 +64,7 @@ def read(text: str, path: Path) -> Trajectory:
         if not all(math.isfinite(x) for x in v):
             raise err(src, "contains NaN or inf", i, extra=where)
         check_focal(v[1], v[2], src, i, "fx fy", where)
+        check_plausible(v[1:5], src, i, "fx fy cx cy", where)  # hand-written pixels would give black frames
         c2ws.append(to_opencv_c2w(matrix(v[7:19]), "opencv", "w2c", src, i, "w2c", where))
         intr.append(v[1:5])
     k = torch.tensor(intr, dtype=torch.float64)

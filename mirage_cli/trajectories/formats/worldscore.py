@@ -43,7 +43,7 @@ def read(data: dict, path: Path) -> Trajectory:
         check_focal(f, f, src, i, "focal_length")
         intr.append([f / W, f / H, 0.5, 0.5])
     return Trajectory(Cameras(torch.stack(c2ws), torch.tensor(intr, dtype=torch.float64), W, H),
-                      fps_from(data, len(cams), src), NAME, "absolute", src, size is None)
+                      fps_from(data, len(cams), src)[0], NAME, "absolute", src, size is None)
 
 
 def text(traj: Trajectory) -> str:

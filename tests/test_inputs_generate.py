@@ -1,0 +1,97 @@
+"""Real-world inputs through `mirage generate` (issue 10): --intrinsics, the aspect warning, frames
+the memory cannot see, the default cache-dump policy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from mirage_cli.cli import main
+from mirage_cli.pipeline.generate import GenerateConfig, generate, start
+
+
+def _colmap(tmp_path, W=640, H=480, f=400.0):
+    (tmp_path / "cameras.txt").write_text(f"1 PINHOLE {W} {H} {f} {f} {W / 2} {H / 2}\n")
+    (tmp_path / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n\n2 1 0 0 0 0.01 0 0 1 b.png\n\n")
+    return str(tmp_path / "images.txt")
+
+
+def test_intrinsics_option_reaches_the_cameras(small_scene, tmp_path):
+    """A 4:3 file (f = 400 px at 640x480) on the 208x120 image: crop scales by 208/640 on both axes."""
+    traj = _colmap(tmp_path)
+    warnings: list[str] = []
+    run = start(GenerateConfig(image=str(small_scene["image"]), traj=traj, out=str(tmp_path / "crop")), warn=warnings.append)
+    K = run.plan.cams.K()[0]
+    assert math.isclose(K[0, 0], 130.0) and math.isclose(K[1, 1], 130.0)  # 400 * 208 / 640, square pixels
+    assert any("640x480" in w and "208x120" in w and "--intrinsics crop" in w for w in warnings), warnings
+    assert json.loads((tmp_path / "crop" / "trajectory.json").read_text())["render_width"] == 640  # kept for --resume
+    run = start(GenerateConfig(image=str(small_scene["image"]), traj=traj, out=str(tmp_path / "stretch"),
+                               intrinsics="stretch"), warn=lambda m: None)
+    K = run.plan.cams.K()[0]
+    assert math.isclose(K[0, 0], 130.0) and math.isclose(K[1, 1], 100.0)  # per axis: 400 * 120 / 480
+
+
+def test_trajectory_notes_are_warnings(small_scene, tmp_path):
+    eye = torch.eye(4).tolist()
+    doc = {"camera_angle_x": 1.0, "w": 208, "h": 120,
+           "frames": [{"file_path": f"img_{i}.png", "transform_matrix": eye} for i in (2, 10, 1)]}
+    (tmp_path / "transforms.json").write_text(json.dumps(doc))
+    warnings: list[str] = []
+    start(GenerateConfig(image=str(small_scene["image"]), traj=str(tmp_path / "transforms.json"), out=str(tmp_path / "r")),
+          warn=warnings.append)
+    assert any("frames reordered by file_path" in w for w in warnings), warnings
+    assert not any("--intrinsics" in w for w in warnings)  # same aspect as the image: no aspect warning
+
+
+def test_bad_intrinsics_option_is_one_line(small_scene, tmp_path, capsys):
+    code = main(["generate", str(small_scene["image"]), "--traj", "orbit_left", "--intrinsics", "square",
+                 "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--intrinsics: must be crop, stretch, fov (got 'square')" in err and "Traceback" not in err
+
+
+def _native(path, c2ws, fov=60.0):
+    path.write_text(json.dumps({"convention": "opencv", "scale": "absolute", "fps": 8,
+                                "camera_path": [{"camera_to_world": T.flatten().tolist(), "fov": fov} for T in c2ws]}))
+    return str(path)
+
+
+def test_frames_that_see_nothing_warn_once_and_are_recorded(small_scene, tmp_path):
+    """Translations in the wrong scale: 50 units forward flies through the room (the memory is behind)."""
+    c2ws = torch.eye(4, dtype=torch.float64).repeat(9, 1, 1)
+    c2ws[1:, 2, 3] = torch.linspace(50, 80, 8, dtype=torch.float64)
+    warnings: list[str] = []
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj=_native(tmp_path / "far.json", c2ws),
+                                  out=str(tmp_path / "run"), chunk_frames=5), warn=warnings.append)
+    blind = [w for w in warnings if "the memory covers under 2%" in w]
+    assert len(blind) == 1 and blind[0].startswith("frames 1-4:") and "scale" in blind[0], warnings  # once per run
+    frames = [f for c in rec["chunks"] for f in c["known_frames"]]
+    known = [k for c in rec["chunks"] for k in c["known_per_frame"]]
+    assert frames == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8]  # chunks share their first frame
+    assert known[0] > 0.99 and max(known[1:5]) < 0.02
+    on_disk = json.loads((tmp_path / "run" / "run.json").read_text())["chunks"][0]
+    assert on_disk["known_per_frame"] == rec["chunks"][0]["known_per_frame"]
+
+
+def test_turning_away_is_not_reported(small_scene, tmp_path):
+    """A 180-degree pan legitimately ends looking at nothing the input saw: no warning."""
+    c2ws = []
+    for a in torch.linspace(0, 180, 9, dtype=torch.float64):
+        c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+        T = torch.eye(4, dtype=torch.float64)
+        T[:3, :3] = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float64)
+        c2ws.append(T)
+    warnings: list[str] = []
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj=_native(tmp_path / "pan.json", c2ws),
+                                  out=str(tmp_path / "run"), chunk_frames=5), warn=warnings.append)
+    assert rec["chunks"][-1]["known_per_frame"][-1] < 0.02  # the last frame does see nothing ...
+    assert not [w for w in warnings if "the memory covers" in w], warnings  # ... but faces away from the input
+
+
+def test_default_cache_keeps_only_the_final_dump(small_scene, tmp_path):
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5,
+                                  out=str(tmp_path / "run")), warn=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == ["final.safetensors"]
+    assert rec["outputs"]["cache"] == [str(tmp_path / "run" / "cache" / "final.safetensors")]
