@@ -34,6 +34,18 @@ def tiny_kit(tmp_path_factory):
     return make_tiny_kit(tmp_path_factory.mktemp("tiny-kit"))
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The tiny mirage kit converted by ``models convert``: a ``--backend mirage --model`` folder (built once)."""
+    from mirage_cli.models.convert import convert_mirage
+    from mirage_cli.models.tiny import make_tiny_kit
+
+    kit = make_tiny_kit(tmp_path_factory.mktemp("mirage-kit") / "kit", kind="mirage")
+    out = tmp_path_factory.mktemp("mirage-model") / "model"
+    convert_mirage(kit["base"], kit["vace_file"], kit["lora_file"], out)
+    return out
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB of two images in [0, 1] (channels first), optionally on a pixel mask."""
     err = (a.float() - b.float()) ** 2

@@ -9,18 +9,8 @@ import torch
 from mirage_cli.backends import Backend, ChunkRequest
 from mirage_cli.backends.mirage import frame_timesteps, load_mirage, reference_sigmas
 from mirage_cli.errors import MirageError
-from mirage_cli.models.convert import convert_mirage
-from mirage_cli.models.tiny import make_tiny_kit
 
 C, h, w, T = 48, 4, 6, 3  # 64 x 96 pixels, 9 video frames
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    kit = make_tiny_kit(tmp_path_factory.mktemp("mk") / "kit", kind="mirage")
-    out = tmp_path_factory.mktemp("mo") / "model"
-    convert_mirage(kit["base"], kit["vace_file"], kit["lora_file"], out)
-    return out
 
 
 @pytest.fixture(scope="module")

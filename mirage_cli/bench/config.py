@@ -13,7 +13,7 @@ from ..errors import MirageError
 
 BENCH_FORMAT = "mirage.bench"
 CODECS = ("tiny", "pixel", "wan2.1-vae", "wan2.2-vae")
-DENOISERS = ("none", "tiny", "wan2.1-1.3b")
+DENOISERS = ("none", "tiny", "wan2.1-1.3b", "mirage", "mirage-tiny")
 COMPARES = ("pointcloud",)
 POLICIES = ("new", "replace", "average", "append")
 FIDELITY = ("auto", "on", "off")

@@ -15,6 +15,12 @@ WAN21_VACE_13B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, atten
                              cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
                              vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
 
+#: The paper's transformer: Wan2.2-TI2V-5B + VACE on every other layer (shared/MIRAGE_MODEL.md).
+MIRAGE_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
+                     out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
+                     qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+                     vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
+
 
 def make_codec(name: str, device: torch.device):
     """``(codec, weights)`` for ``--codec``; Wan VAEs use cached real weights, else random weights."""
@@ -64,6 +70,13 @@ def make_denoiser(name: str, codec, device: torch.device):
     C, f = codec.channels, codec.spatial_factor
     if not hasattr(codec, "grey_latent"):
         raise MirageError(f"--denoiser {name} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec.name}")
+    if name.startswith("mirage"):
+        if (C, f) != (48, 16):
+            raise MirageError(f"--denoiser {name} needs the Wan2.2 latent space (48 channels, 16x); --codec {codec.name} "
+                              f"gives {C} channels at {f}x (use --codec wan2.2-vae)")
+        tiny = name == "mirage-tiny"
+        dtype = torch.float32 if tiny else resolve_dtype("auto", device)
+        return _random_mirage(codec, device, dtype, tiny), "random"
     if name == "tiny":
         from ..models.tiny import tiny_vace_components
 
@@ -95,14 +108,38 @@ def _random_wan21_vace(codec, device: torch.device, dtype: torch.dtype):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         transformer = WanVACETransformer3DModel(**WAN21_VACE_13B_CONFIG)
-    if dtype != torch.float32:  # as from_pretrained does: the listed modules stay in fp32
-        keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
-        for mod_name, module in transformer.named_modules():
-            if not any(k in mod_name.split(".") for k in keep):
-                for p in module.parameters(recurse=False):
-                    p.data = p.data.to(dtype)
+    _cast(transformer, dtype)  # as from_pretrained does: the listed modules stay in fp32
     return WanVACEBackend(transformer, _ZeroTextEncoder(WAN21_VACE_13B_CONFIG["text_dim"]), tiny_tokenizer(), codec,
                           device=device, dtype=dtype, model="wan2.1-vace-1.3b (random weights)", weights="random")
+
+
+def _random_mirage(codec, device: torch.device, dtype: torch.dtype, tiny: bool):
+    """A :class:`MirageBackend` around ``codec`` with the paper's transformer (or the tiny kit's) at
+    random weights (seed 0): no trained weights are published, and timing does not depend on them."""
+    from ..backends.mirage import MirageBackend
+    from ..models.mirage_transformer import MirageTransformer3DModel
+    from ..models.tiny import TINY_MIRAGE_VACE, TINY_WAN22_TRANSFORMER_CONFIG, tiny_tokenizer
+
+    config = {**TINY_WAN22_TRANSFORMER_CONFIG, **TINY_MIRAGE_VACE} if tiny else MIRAGE_CONFIG
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = MirageTransformer3DModel(**config)
+    _cast(transformer, dtype)
+    label = "mirage-tiny (random weights)" if tiny else "mirage Wan2.2-TI2V-5B + VACE (random weights)"
+    return MirageBackend(transformer, _ZeroTextEncoder(config["text_dim"]), tiny_tokenizer(), codec, device=device,
+                         dtype=dtype, model=label, weights="random")
+
+
+def _cast(transformer, dtype: torch.dtype) -> None:
+    """As ``from_pretrained(torch_dtype=...)`` does: every parameter to ``dtype`` except the modules the
+    class keeps in fp32."""
+    if dtype == torch.float32:
+        return
+    keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    for mod_name, module in transformer.named_modules():
+        if not any(k in mod_name.split(".") for k in keep):
+            for p in module.parameters(recurse=False):
+                p.data = p.data.to(dtype)
 
 
 def codec_label(name: str, codec) -> str:

@@ -31,7 +31,7 @@ def bench_cmd(
     codec: str = typer.Option("tiny", "--codec", help="tiny | pixel | wan2.1-vae | wan2.2-vae (real weights when cached, else random weights of the real architecture)."),
     height: int = typer.Option(240, "--height", help="Frame height."),
     width: int = typer.Option(416, "--width", help="Frame width."),
-    denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached)."),
+    denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached) | mirage (the paper's transformer, random weights; needs --codec wan2.2-vae) | mirage-tiny."),
     steps: int = typer.Option(4, "--steps", help="Denoiser steps per chunk."),
     write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (both memories)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),

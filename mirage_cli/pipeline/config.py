@@ -21,7 +21,7 @@ from .plan import Chunk
 from .resources import MAX_PIXELS
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("preview", "wan-vace")
+BACKENDS = ("preview", "wan-vace", "mirage")
 CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
 # Largest automatic preview grid. Measured (README "Threads"/"Preview resolution"): the 832x480
 # example at 1/1 (399,360 cells) takes about twice the seconds of 1/2 and misses the ~10 s goal on an
@@ -49,20 +49,22 @@ class GenerateConfig:
     fov: float | None = None
     intrinsics: str = "crop"  # how a file's intrinsics meet an image of another aspect (geometry/intrinsics.py)
     seed: int = 0
-    steps: int = 30
-    guidance: float = 5.0
-    shift: float = 3.0
+    steps: int | None = None  # None = the backend's default (BACKEND_DEFAULTS); run.json stores the effective value
+    guidance: float | None = None
+    shift: float | None = None
     prompt: str = ""
     negative_prompt: str = ""
     device: str = "auto"
     dtype: str = "auto"
-    chunk_frames: int | None = None  # None = 9 for a per-frame codec (preview), 49 for Wan
+    chunk_frames: int | None = None  # None = 9 for a per-frame codec (preview), 49 for Wan2.1, 33 for mirage
     downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
     cache_dump: str = "final"  # the newest dump while running (what --resume needs) + final.safetensors
     write_policy: str = "new"
     splat: str = "patch"  # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference)
     memory: str | None = None
-    references: int = 2
+    references: int | None = None  # None = the backend's default
+    preceding_frames: int = 2  # mirage: latents before the overlap frame appended to each chunk (0 allowed)
+    start_frame: int = 0  # first trajectory frame used (the input image is this frame); geometry.npz: also depths[K]
     cpu_offload: bool = False
     overwrite: bool = False
     max_pixels: int = MAX_PIXELS  # larger inputs are resized to fit (resources.py)
@@ -114,7 +116,7 @@ def check_config(cfg: GenerateConfig) -> None:
     if not cfg.traj:
         bad("--traj", "is required (a trajectory file or a preset name, see `mirage traj list`)")
     if cfg.backend not in BACKENDS:
-        bad("--backend", f"unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+        bad("--backend", f"unknown backend '{cfg.backend}' (choose {', '.join(BACKENDS)})")
     if cfg.cache_dump not in CACHE_DUMPS:
         bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
     if cfg.write_policy not in WRITE_POLICIES:
@@ -135,14 +137,19 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--intrinsics", f"must be {', '.join(INTRINSICS_MODES)} (got '{cfg.intrinsics}')")
     if cfg.fov is not None and not (math.isfinite(cfg.fov) and 1.0 <= cfg.fov <= 179.0):
         bad("--fov", f"must be between 1 and 179 degrees (got {cfg.fov})")
-    if cfg.steps < 1:
+    if cfg.steps is not None and cfg.steps < 1:
         bad("--steps", f"must be >= 1 (got {cfg.steps})")
-    if not (math.isfinite(cfg.guidance) and cfg.guidance >= 1.0):
+    if cfg.guidance is not None and not (math.isfinite(cfg.guidance) and cfg.guidance >= 1.0):
         bad("--guidance", f"must be >= 1 (1 disables guidance; got {cfg.guidance})")
-    if not (math.isfinite(cfg.shift) and cfg.shift > 0):
+    if cfg.shift is not None and not (math.isfinite(cfg.shift) and cfg.shift > 0):
         bad("--shift", f"must be > 0 (got {cfg.shift})")
-    if cfg.references < 0:
-        bad("--references", f"must be >= 0 (got {cfg.references})")
+    for opt, v in (("--references", cfg.references), ("--preceding-frames", cfg.preceding_frames),
+                   ("--start-frame", cfg.start_frame)):
+        if v is not None and v < 0:
+            bad(opt, f"must be >= 0 (got {v})")
+    if cfg.backend == "mirage" and not cfg.model:
+        bad("--model", "the mirage backend needs a converted model (no weights are published): a folder written by "
+                       "`mirage models convert`, a Hub repo id or a registry name")
     if cfg.look_at_depth is not None and not (math.isfinite(cfg.look_at_depth) and cfg.look_at_depth > 0):
         bad("--look-at-depth", f"must be > 0 (got {cfg.look_at_depth})")
     if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
@@ -170,6 +177,23 @@ def unused_options(cfg: GenerateConfig) -> list[str]:
     return unused
 
 
+# Sampling defaults per backend, used for every option the user did not give (None in the config).
+# mirage: the reference's loop (UniPC, 20 steps, no guidance, shift 5, 4 references);
+# wan-vace: Wan2.1-VACE at 480p. The preview ignores them.
+BACKEND_DEFAULTS = {
+    "preview": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2},
+    "wan-vace": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2},
+    "mirage": {"steps": 20, "guidance": 1.0, "shift": 5.0, "references": 4},
+}
+
+
+def with_backend_defaults(cfg: GenerateConfig) -> GenerateConfig:
+    """Fill the options the user left out (None) with the backend's defaults, so run.json records
+    the effective values and a ``--resume`` repeats them."""
+    d = BACKEND_DEFAULTS[cfg.backend]
+    return replace(cfg, **{k: v for k, v in d.items() if getattr(cfg, k) is None})
+
+
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """File arguments as absolute paths, so that ``--resume`` works from any directory."""
     depth = cfg.depth if cfg.depth in (None, "prior", "model") else str(Path(cfg.depth).resolve())
@@ -190,9 +214,12 @@ def preview_downscale(width: int, height: int) -> int:
     return 8
 
 
-def default_chunk_frames(temporal_factor: int) -> int:
-    """``--chunk-frames`` when not given: 9 for a per-frame codec (preview), 49 for Wan (4x in time)."""
-    return 9 if temporal_factor == 1 else 49
+def default_chunk_frames(temporal_factor: int, backend: str = "wan-vace") -> int:
+    """``--chunk-frames`` when not given: 9 for a per-frame codec (preview), 49 for Wan2.1-VACE
+    (4x in time), 33 (9 latent frames) for the paper's model, as it was trained."""
+    if temporal_factor == 1:
+        return 9
+    return 33 if backend == "mirage" else 49
 
 
 def traj_stem(traj: str) -> str:

@@ -27,16 +27,16 @@ import torch
 from .. import __version__
 from ..backends import Backend
 from ..errors import MirageError
-from ..io import file_sha256, load_image
+from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
 from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     unused_options, with_absolute_paths)
+                     unused_options, with_absolute_paths, with_backend_defaults)
 from .dryrun import DryRunBackend, dry_run_codec, run_dry
-from .inputs import (Loaders, check_memory_fits, grid_multiple, prepare_depth, prepare_image,
-                     prepare_trajectory, resume_depth_model, trajectory_cameras)
+from .inputs import (Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
+                     prepare_trajectory, resume_depth_model, trajectory_cameras, with_geometry_image)
 from .loop import Run, RunState, exact_first_frame, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
 from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
@@ -78,13 +78,14 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
+    cfg = with_geometry_image(cfg)
     check_config(cfg)
     for opt in unused_options(cfg):
         warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
-    cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(with_backend_defaults(cfg))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
-    image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
     fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)
     if fit is not None:
@@ -100,7 +101,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
     H, W = image.shape[-2:]
     traj = prepare_trajectory(cfg, (W, H), warn)
     tf = codec.temporal_factor
@@ -130,6 +131,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
                          video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
         record.trajectory.look_at_depth = look_at
+        record.reference_selection = _reference_selection(plan, backend, warn)
         record.chunks = state.records
     except BaseException:
         rundir.abort()
@@ -156,18 +158,18 @@ def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loa
     record = read_run(out)
     cfg = replace(record.config, out=str(out))
     check_config(cfg)
-    cfg = with_absolute_paths(cfg)
+    cfg = with_absolute_paths(with_backend_defaults(cfg))
     if device is not None and str(resolve_device(device)) != record.device:
         raise MirageError(f"--device: the run in {out} ran on {record.device}; a resume on {resolve_device(device)} "
                           "would not reproduce it bit for bit (leave --device out)")
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
-    image_raw, image_hash = load_image(image_path), file_sha256(image_path)
+    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     if record.image.sha256 != image_hash:
         raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
     cfg = _with_downscale(cfg, image_raw)
     codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec))
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
     # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
     depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet,
                                      loaders=loaders)
@@ -207,7 +209,7 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
     H, W = image.shape[-2:]
     saved = load_trajectory(trajectory_file(out))
     cams = scale_cameras(trajectory_cameras(saved, cfg.fov, W, H, cfg.intrinsics), saved.scale, ref_depth)
-    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor))
+    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor, cfg.backend))
     chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
@@ -234,6 +236,20 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
                           write_policy=cfg.write_policy, image_hash=plan.image_hash, splat=cfg.splat)
     memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK)
     return memory
+
+
+def _reference_selection(plan: RunPlan, backend: Backend, warn: Warn) -> dict | None:
+    """How the mirage backend picks its references (voxel IoU), for run.json; warns when the voxel
+    had to be scaled because the depth is relative."""
+    if backend.name != "mirage" or not plan.config.references:
+        return None
+    from .covisibility import IOU_THRESHOLD, depth_is_metric, voxel_size
+
+    voxel, how = voxel_size(plan.depth_source, plan.reference_depth)
+    if not depth_is_metric(plan.depth_source):
+        warn(f"references: the depth ({plan.depth_source}) is not metric, so the reference's 0.1 voxel is scaled by "
+             f"the reference depth: {how}")
+    return {"method": "voxel-iou", "voxel": voxel, "voxel_rule": how, "threshold": IOU_THRESHOLD}
 
 
 def _new_record(plan: RunPlan, traj, codec: Codec, backend: Backend) -> RunRecord:

@@ -6,7 +6,7 @@ input is reported before the run directory is touched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +23,32 @@ from .config import GenerateConfig
 from .resources import output_size
 
 
-def prepare_image(path: Path, height: int | None, width: int | None, multiple: int) -> torch.Tensor:
+def is_geometry(path: str | Path | None) -> bool:
+    """Whether ``path`` is a geometry.npz (judged by content, as every trajectory format)."""
+    from ..trajectories.formats.geometry_npz import is_npz
+
+    return path is not None and Path(path).is_file() and is_npz(Path(path))
+
+
+def with_geometry_image(cfg: GenerateConfig) -> GenerateConfig:
+    """IMAGE omitted and ``--traj`` a geometry.npz: the npz supplies the input frame (and its depth)."""
+    return replace(cfg, image=cfg.traj) if not cfg.image and is_geometry(cfg.traj) else cfg
+
+
+def load_input_image(path: Path, start_frame: int = 0) -> torch.Tensor:
+    """The input image ``(3, H, W)`` in [0, 1]: an image file, or frame ``start_frame`` of a geometry.npz."""
+    if is_geometry(path):
+        from ..trajectories.formats.geometry_npz import geometry_frame
+
+        return geometry_frame(path, start_frame)[0]
+    return load_image(path)
+
+
+def prepare_image(path: Path, height: int | None, width: int | None, multiple: int, start_frame: int = 0) -> torch.Tensor:
     """Load the input image and bring it to ``height x width`` (default: its own size; one of the
     two given: the other follows the aspect ratio), rounded down to a multiple of ``multiple`` (the
-    codec's grid: 16 for Wan, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
-    image = load_image(path)
+    codec's grid: 16 for Wan2.1, 32 for Wan2.2, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
+    image = load_input_image(path, start_frame)
     H0, W0 = image.shape[-2:]
     width, height = output_size(W0, H0, width, height)
     H = height // multiple * multiple
@@ -41,9 +62,10 @@ def prepare_image(path: Path, height: int | None, width: int | None, multiple: i
 
 
 def grid_multiple(backend: str, codec: Codec) -> int:
-    """What the frame size must be a multiple of: 16 for Wan (its transformer's patches), the
-    codec's cell for the preview."""
-    return 16 if backend != "preview" else codec.spatial_factor
+    """What the frame size must be a multiple of: for Wan the VAE cell times the transformer's 2x2
+    patch (16 for Wan2.1's 8x VAE, 32 for the Wan2.2 VAE of the mirage backend), the codec's cell
+    for the preview."""
+    return 2 * codec.spatial_factor if backend != "preview" else codec.spatial_factor
 
 
 def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float,
@@ -60,6 +82,16 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
     """
     H, W = image.shape[-2:]
     model = None
+    if cfg.depth is None and is_geometry(image_path):
+        # the reference's data pipeline: depths[K] (metric), invalid where masks[K] is False
+        from ..trajectories.formats.geometry_npz import geometry_frame
+
+        _, depth, mask = geometry_frame(image_path, cfg.start_frame)
+        if mask is not None:
+            depth = torch.where(mask, depth, torch.zeros_like(depth))
+        if not bool((depth > 0).any()):
+            raise MirageError(f"{image_path}: depths[{cfg.start_frame}]: no valid depth (all <= 0 or masked)")
+        return F.interpolate(depth[None, None], size=(H, W), mode="nearest-exact")[0, 0].float(), f"geometry:{image_path}", None
     doubts: list[str] = []  # a depth file that looks like disparity: said only once it is known to fit
     kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale, doubts.append)
     if kind.startswith("file:") or kind.startswith("sidecar:"):
@@ -100,6 +132,11 @@ def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callabl
     from ..trajectories import load_trajectory, resample
 
     traj = load_trajectory(cfg.traj)
+    if cfg.start_frame:  # the input image is frame K; poses are re-expressed relative to it later
+        if cfg.start_frame >= len(traj) - 1:
+            raise MirageError(f"--start-frame {cfg.start_frame}: the trajectory has {len(traj)} frames; "
+                              "at least two must remain")
+        traj = replace(traj, cameras=traj.cameras[cfg.start_frame:])
     for note in traj.notes:
         warn(note)
     aspect = traj.aspect_warning(*size, cfg.intrinsics)
@@ -130,7 +167,13 @@ def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tu
             progress=show_progress,
         )
         return codec, backend
-    raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview or wan-vace)")
+    if cfg.backend == "mirage":
+        from ..backends.mirage import load_mirage
+
+        backend, codec = load_mirage(cfg.model, device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload,
+                                     shift=cfg.shift, preceding_frames=cfg.preceding_frames, progress=show_progress)
+        return codec, backend
+    raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview, wan-vace or mirage)")
 
 
 def load_depth_model(*args, **kwargs):

@@ -34,9 +34,10 @@ from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
+from .covisibility import voxel_iou_references, voxel_size
 from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, drop_chunk_latents,
                      drop_empty_cache, dump_extras, final_dump, kept_dumps,
-                     last_dump, load_latents, run_json, save_latents, video_file, write_run)
+                     last_dump, load_latents, load_reads, run_json, save_latents, video_file, write_run)
 
 
 @dataclass
@@ -49,6 +50,10 @@ class RunState:
     video: VideoWriter | None = None  # video.mp4 streamed chunk by chunk (no frame buffer in RAM)
     records: list[ChunkRecord] = field(default_factory=list)
     depth_model: object | None = None  # DepthModel: depth of new content when one is available
+    # history index -> (read latents (C, h, w) rounded, 0 where unknown; known (h, w) bool): the memory
+    # read each generated latent frame was made from; the input frame has none (= nothing known).
+    # Kept (and stored beside the chunk latents) for backends that take preceding frames (mirage).
+    history_reads: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,7 +169,7 @@ def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
     added = state.memory.write(latents[:n], wdepth[:n], read.cams[:n], read.known[:n], chunk=chunk.index + 1)
     sec["write"] = time.perf_counter() - t
 
-    extend_history(state, chunk, latents, frames_u8, tf)
+    extend_history(state, chunk, latents, frames_u8, tf, reads=chunk_reads(read, run.backend))
     rec = ChunkRecord(
         index=chunk.index, frames=[chunk.start, chunk.stop - 1], latent_frames=len(read.cams),
         known_fraction=round(float(read.known[:n].float().mean()), 6),
@@ -173,7 +178,7 @@ def run_chunk(chunk: Chunk, run: Run, progress=None) -> ChunkRecord:
         memory_points=len(state.memory),  # len/nbytes: cheap, unlike stats() (bounds, per-chunk counts)
         memory_bytes=state.memory.nbytes(), seconds={k: round(v, 4) for k, v in sec.items()},
     )
-    dump_chunk(chunk, run, latents, frames_u8, rec)
+    dump_chunk(chunk, run, latents, frames_u8, rec, chunk_reads(read, run.backend))
     return rec
 
 
@@ -184,20 +189,56 @@ def read_memory(chunk: Chunk, run: Run) -> ChunkRead:
     idx = latent_frame_indices(chunk, run.codec.temporal_factor)
     lcams = Cameras(cams.c2w[idx], cams.intrinsics[idx], cams.width, cams.height)
     latents, known, depth = state.memory.read(lcams)  # (T,C,h,w), (T,h,w), (T,h,w)
-    exclude = {len(state.history_frames) - 1}  # the overlap frame is already passed as `preceding`
-    refs = select_references(depth, known, lcams, state.history_frames, cams, exclude,
-                             run.plan.config.references, run.plan.grid)
+    n = len(state.history_frames)
+    # the overlap frame (and the preceding frames a backend takes) are in the sequence already
+    exclude = set(range(n - 1 - preceding_frames(run.backend), n))
+    if run.backend.name == "mirage":  # the reference's selection, the one this model was trained with
+        refs = voxel_iou_references(
+            state.memory.points, state.memory.chunk, lcams, cams[state.history_frames],
+            [history_label(f, run.plan.chunks) for f in state.history_frames],
+            [i for i in range(n) if i not in exclude], run.plan.config.references, run.plan.grid,
+            voxel_size(run.plan.depth_source, run.plan.reference_depth)[0])
+    else:
+        refs = select_references(depth, known, lcams, state.history_frames, cams, exclude,
+                                 run.plan.config.references, run.plan.grid)
     # The depth extended into the holes, once per chunk: the preview's fill and the write both use it.
     return ChunkRead(lcams, latents, known, depth, refs, fill_depth(depth, known))
+
+
+def preceding_frames(backend: Backend) -> int:
+    """How many latents before the overlap frame the backend takes (``mirage``: ``--preceding-frames``)."""
+    return int(getattr(backend, "preceding_frames", 0))
+
+
+def history_label(frame: int, chunks: tuple[Chunk, ...]) -> int:
+    """Memory label of the chunk that generated trajectory frame ``frame`` (0 = the input image)."""
+    return next((c.index + 1 for c in chunks if c.start < frame < c.stop), 0)
+
+
+def chunk_reads(read: ChunkRead, backend: Backend) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The read a chunk was made from, ``(T, C, h, w)`` rounded (0 where unknown) and ``(T, h, w)``
+    known, when the backend will take it back as preceding context; else None (nothing stored)."""
+    if preceding_frames(backend) <= 0:
+        return None
+    return round_latents(read.latents * read.known[:, None].to(read.latents.dtype)), read.known.bool()
 
 
 def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Tensor:
     """DENOISE: the backend makes the chunk's latents ``(T, C, h, w)`` from the read; rounded to the
     stored dtype at once (see the module docstring)."""
     cfg, history = run.plan.config, run.state.history_latents
+    lo = max(0, len(history) - 1 - preceding_frames(run.backend))  # P preceding + the overlap frame
+    prec_read = prec_known = None
+    if chunk.index > 0 and preceding_frames(run.backend) > 0:
+        C, (h, w) = run.first_latent.shape[0], run.plan.grid
+        stored = [run.state.history_reads.get(i) for i in range(lo, len(history))]
+        prec_read = torch.stack([r[0] if r else run.first_latent.new_zeros(C, h, w) for r in stored])
+        prec_known = torch.stack([r[1] if r else torch.zeros(h, w, dtype=torch.bool, device=run.first_latent.device)
+                                  for r in stored])
     req = ChunkRequest(
         read_latents=read.latents, known=read.known, read_depth=read.depth, first_latent=run.first_latent,
-        preceding=torch.stack(history[-1:]) if chunk.index > 0 else None,
+        preceding=torch.stack(history[lo:]) if chunk.index > 0 else None,
+        preceding_read=prec_read, preceding_known=prec_known,
         reference=torch.stack([history[i] for i in read.references]) if read.references else None,
         chunk_index=chunk.index, num_frames=chunk.length, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, filled_depth=read.filled,
@@ -211,13 +252,14 @@ def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Ten
     return latents
 
 
-def dump_chunk(chunk: Chunk, run: Run, latents: torch.Tensor, frames_u8: np.ndarray, rec: ChunkRecord) -> None:
+def dump_chunk(chunk: Chunk, run: Run, latents: torch.Tensor, frames_u8: np.ndarray, rec: ChunkRecord,
+               reads: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """DUMP: chunk video, latents, memory. The memory dump is the resume checkpoint, so it is
     written last and carries the records including this one (its dump time still 0)."""
     plan, state = run.plan, run.state
     t = time.perf_counter()
     write_video(chunk_video(plan.out, chunk.index), frames_u8, plan.fps)
-    save_latents(chunk_latents(plan.out, chunk.index), latents, chunk)
+    save_latents(chunk_latents(plan.out, chunk.index), latents, chunk, reads=reads)
     rec.seconds["dump"] = 0.0
     extras = dump_extras(state.records + [rec], plan.image_hash, plan.reference_depth, plan.size)
     state.memory.save(chunk_dump(plan.out, chunk.index, plan.config.cache_dump), extras=extras)
@@ -267,11 +309,15 @@ def video_comment(backend: Backend) -> str:
 
 
 # ------------------------------------------------------------------------------------ history
-def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_u8: np.ndarray, tf: int) -> None:
+def extend_history(state: RunState, chunk: Chunk, latents: torch.Tensor, frames_u8: np.ndarray, tf: int,
+                   reads: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Append a finished chunk's written latent frames and its video frames. Its frame 0 is already
-    there (the input image for chunk 0, the previous chunk's last frame otherwise), so it is skipped."""
+    there (the input image for chunk 0, the previous chunk's last frame otherwise), so it is skipped.
+    ``reads``: the chunk's stored read (see :func:`chunk_reads`), kept per history frame."""
     lat_frames = latent_frame_indices(chunk, tf)
     for j in range(1, written_latent_frames(chunk, tf)):
+        if reads is not None:
+            state.history_reads[len(state.history_latents)] = (reads[0][j], reads[1][j])
         state.history_latents.append(latents[j])
         state.history_frames.append(lat_frames[j])
     if state.video is not None:
@@ -284,8 +330,9 @@ def replay_chunks(state: RunState, plan: RunPlan, codec: Codec, first_frame: tor
     see :func:`exact_first_frame`)."""
     for chunk in plan.chunks[: len(state.records)]:
         latents = load_latents(chunk_latents(plan.out, chunk.index)).to(plan.device)
+        reads = load_reads(chunk_latents(plan.out, chunk.index), plan.device)
         frames_u8 = to_uint8(decode_chunk(chunk, codec, latents, first_frame)[:chunk.real])
-        extend_history(state, chunk, latents, frames_u8, codec.temporal_factor)
+        extend_history(state, chunk, latents, frames_u8, codec.temporal_factor, reads=reads)
 
 
 # ------------------------------------------------------------------------------------ frame 0

@@ -132,6 +132,7 @@ class RunRecord:
     finished_at: str | None = None
     totals: Totals | None = None
     outputs: Outputs | None = None
+    reference_selection: dict | None = None  # mirage backend: voxel-IoU parameters actually used
 
     def to_json(self) -> dict:
         """The dict written to run.json; optional fields that are unset are left out."""

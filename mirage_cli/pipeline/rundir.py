@@ -287,12 +287,19 @@ def read_run(out: Path) -> RunRecord:
 
 
 # ------------------------------------------------------------------------------------ latents
-def save_latents(path: Path, latents: torch.Tensor, chunk: Chunk) -> None:
-    """Store a chunk's latents ``(T, C, h, w)`` as float16 (atomically)."""
+def save_latents(path: Path, latents: torch.Tensor, chunk: Chunk,
+                 reads: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Store a chunk's latents ``(T, C, h, w)`` as float16 (atomically); with ``reads``, also the
+    memory read they were made from (``read (T, C, h, w)`` float16, ``known (T, h, w)`` bool), which
+    the mirage backend takes back as preceding context -- so --resume needs it."""
     from safetensors.torch import save_file
 
+    tensors = {"latents": latents.to(LATENT_STORE_DTYPE).cpu().contiguous()}
+    if reads is not None:
+        tensors["read"] = reads[0].to(LATENT_STORE_DTYPE).cpu().contiguous()
+        tensors["known"] = reads[1].bool().cpu().contiguous()
     with atomic_path(path) as tmp:
-        save_file({"latents": latents.to(LATENT_STORE_DTYPE).cpu().contiguous()}, str(tmp),
+        save_file(tensors, str(tmp),
                   metadata={"format": "mirage.chunk-latents", "chunk": str(chunk.index), "frames": json.dumps([chunk.start, chunk.stop - 1])})
 
 
@@ -305,6 +312,19 @@ def load_latents(path: Path) -> torch.Tensor:
         return load_file(str(path))["latents"].float()
     except (SafetensorError, OSError, KeyError) as e:
         raise MirageError(f"{path}: cannot read chunk latents ({e}); cannot resume") from e
+
+
+def load_reads(path: Path, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A chunk's stored read ``(read (T, C, h, w) float32, known (T, h, w) bool)``, or None if not stored."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "read" not in f.keys():
+                return None
+            return f.get_tensor("read").float().to(device), f.get_tensor("known").bool().to(device)
+    except (SafetensorError, OSError) as e:
+        raise MirageError(f"{path}: cannot read the chunk's stored memory read ({e}); cannot resume") from e
 
 
 # ------------------------------------------------------------------------------------ dumps

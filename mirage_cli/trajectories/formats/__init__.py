@@ -8,9 +8,12 @@
 ``nerf``           NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``transform_matrix``.
 ``colmap``         COLMAP text model ``images.txt`` (+ sibling ``cameras.txt``): w2c, quaternions.
 ``worldscore``     WorldScore ``camera_data.json``: ``cameras_interp`` c2w in Blender axes.
+``geometry-npz``   the paper's reference pipeline's ``geometry.npz``: ``poses_c2w`` OpenCV,
+                   ``intrinsics`` 3x3 pixels, ``depths``; read only (binary, ``allow_pickle=False``).
 =================  ==========================================================================
 
-Files are recognised by their *content*, never by their name: a file starting with ``{`` or ``[``
+Files are recognised by their *content*, never by their name: a zip archive holding
+``poses_c2w`` and ``intrinsics`` arrays is a geometry.npz; a file starting with ``{`` or ``[``
 is JSON and goes to the JSON formats' detectors, anything else to the text formats'. Each format
 lives in its own module (``detect``, ``read`` and a writer) and is listed here once, in
 :data:`REGISTRY`; ``load_trajectory``, ``save_trajectory``, ``mirage traj convert`` and
@@ -27,21 +30,23 @@ from typing import Any
 from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
-from . import colmap, native, nerf, nerfstudio, realestate10k, worldscore
+from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, worldscore
 from .common import Format, check_plausible, floats, read_text
 
-REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore)}
+REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
+                                                                geometry_npz)}
 """Every format by name; each format's detector accepts only its own files, so order does not matter."""
 
-FORMATS: tuple[str, ...] = tuple(REGISTRY)
-"""Names of the formats read and written."""
+FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text or f.write)
+"""Names of the formats read and written (every format but the read-only geometry.npz)."""
 
 
 def get_format(name: str) -> Format:
     """The registered format ``name``."""
-    if name not in REGISTRY:
+    f = REGISTRY.get(name)
+    if f is None or not (f.text or f.write):  # geometry.npz is read only
         raise MirageError(f"unknown output format {name!r} (choose from {', '.join(FORMATS)})")
-    return REGISTRY[name]
+    return f
 
 
 # ===================================================================================== reading
@@ -51,7 +56,9 @@ def _file(path: Path) -> Path:
 
 
 def _parse(path: Path) -> tuple[str, Any]:
-    """``("json", document)`` or ``("text", text)`` of a trajectory file."""
+    """``("npz", path)``, ``("json", document)`` or ``("text", text)`` of a trajectory file."""
+    if geometry_npz.is_npz(path):
+        return "npz", path
     text = read_text(path)
     if text.lstrip()[:1] not in "{[":
         return "text", text
