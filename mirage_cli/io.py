@@ -204,6 +204,7 @@ class VideoWriter:
     def __init__(self, path: Path | str, fps: float, comment: str | None = None):
         self.path, self.fps, self.comment = Path(path), float(fps), comment
         self.frames = 0
+        self.kept: list[np.ndarray] | None = None  # set to [] to also keep every frame (mirage eval scores them)
         self._writer = None
         self._stack = ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(self.path))
@@ -218,6 +219,8 @@ class VideoWriter:
             for f in frames:
                 self._writer.append_data(np.ascontiguousarray(f))
                 self.frames += 1
+                if self.kept is not None:
+                    self.kept.append(np.array(f))
         except Exception as e:
             self._fail(e)
 

@@ -60,7 +60,7 @@ def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip)
 
     def perfect(run, **kw):
         rec = real_loop(run, **kw)
-        run.state.video = list(clip.frames)
+        run.state.video.kept = list(clip.frames)
         return rec
 
     monkeypatch.setattr(loop, "run_loop", perfect)

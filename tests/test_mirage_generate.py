@@ -22,7 +22,7 @@ ROOM = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
 
 def _cfg(model_dir, out, **kw) -> GenerateConfig:
     base = dict(image=ROOM, traj="orbit_left", backend="mirage", model=str(model_dir), steps=2, height=64, width=96,
-                out=str(out), device="cpu")
+                out=str(out), device="cpu", keep_latents=True)  # the tests read the stored chunk latents
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -43,6 +43,7 @@ def test_tiny_kit_run_frames_defaults_and_encodes(full_run):
     cfg = rec["config"]
     # the backend's defaults fill what was not given; the given --steps wins
     assert (cfg["steps"], cfg["guidance"], cfg["shift"], cfg["references"], cfg["chunk_frames"]) == (2, 1.0, 5.0, 4, 33)
+    assert cfg["splat"] == "point"  # the reference's nearest-cell read, which the model was trained on
     assert rec["codec"] == {"name": "wan2.2-vae", "channels": 48, "spatial_factor": 16, "temporal_factor": 4}
     assert rec["reference_selection"]["method"] == "voxel-iou" and rec["reference_selection"]["threshold"] == 0.04
     assert [c["padded_length"] for c in rec["chunk_plan"]] == [33, 17]  # frames 0-32, 32-48

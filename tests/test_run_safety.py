@@ -270,7 +270,7 @@ def test_disk_full_during_a_dump_is_one_line_and_resumable(small_scene, tmp_path
     from safetensors import SafetensorError
 
     base = tmp_path / "base"
-    assert main(run_args(small_scene["image"], base)) == 0
+    assert main(run_args(small_scene["image"], base, "--cache-dump", "chunks")) == 0
     out = tmp_path / "run"
     real = st.save_file
 
@@ -284,7 +284,7 @@ def test_disk_full_during_a_dump_is_one_line_and_resumable(small_scene, tmp_path
 
     monkeypatch.setattr(st, "save_file", full)
     capsys.readouterr()
-    assert main(run_args(small_scene["image"], out)) == 2
+    assert main(run_args(small_scene["image"], out, "--cache-dump", "chunks")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "".join(err)
     assert err[-1].startswith("error:") and "No space left on device" in err[-1] and "chunk_001.safetensors" in err[-1]

@@ -48,7 +48,7 @@ def generate_cmd(
     downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) \\[default: auto, 2 for 480x832, 1 up to 256x512]."),
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
-    splat: str = typer.Option("patch", "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference)."),
+    splat: Optional[str] = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
     memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
     references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk, 0 allowed: co-visibility (wan-vace, default 2) or voxel IoU as the paper (mirage, default 4)."),
     preceding_frames: int = typer.Option(2, "--preceding-frames", help="mirage: latent frames before the overlap frame given as context, with the reads they were made from (0 allowed)."),

@@ -100,8 +100,9 @@ def run_clip(clip: Clip, base: GenerateConfig, clip_dir: Path, overwrite: bool, 
     cams = run.plan.cams  # frame 0 = identity: the trajectory as the run uses it
     f = run.codec.spatial_factor
     _, known0, _ = run.state.memory.read(cams)  # only frame 0's lift so far
+    run.state.video.kept = []  # score the frames themselves, before H.264
     run_loop(run, warn=warn)
-    generated = np.stack(run.state.video)
+    generated = np.stack(run.state.video.kept)
     _, known, read_lat = _final_read(run, cams)
     memory_mask = _to_pixels(known0, f)
     known_px = _to_pixels(known, f)

@@ -60,7 +60,7 @@ class GenerateConfig:
     downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
     cache_dump: str = "final"  # the newest dump while running (what --resume needs) + final.safetensors
     write_policy: str = "new"
-    splat: str = "patch"  # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference)
+    splat: str | None = None  # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference); None = backend default
     memory: str | None = None
     references: int | None = None  # None = the backend's default
     preceding_frames: int = 2  # mirage: latents before the overlap frame appended to each chunk (0 allowed)
@@ -121,7 +121,7 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
     if cfg.write_policy not in WRITE_POLICIES:
         bad("--write-policy", f"must be one of {', '.join(WRITE_POLICIES)} (got '{cfg.write_policy}')")
-    if cfg.splat not in SPLAT_MODES:
+    if cfg.splat is not None and cfg.splat not in SPLAT_MODES:
         bad("--splat", f"must be one of {', '.join(SPLAT_MODES)} (got '{cfg.splat}')")
     if cfg.dtype not in DTYPES:
         bad("--dtype", f"must be one of {', '.join(DTYPES)} (got '{cfg.dtype}')")
@@ -181,9 +181,10 @@ def unused_options(cfg: GenerateConfig) -> list[str]:
 # mirage: the reference's loop (UniPC, 20 steps, no guidance, shift 5, 4 references);
 # wan-vace: Wan2.1-VACE at 480p. The preview ignores them.
 BACKEND_DEFAULTS = {
-    "preview": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2},
-    "wan-vace": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2},
-    "mirage": {"steps": 20, "guidance": 1.0, "shift": 5.0, "references": 4},
+    "preview": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2, "splat": "patch"},
+    "wan-vace": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2, "splat": "patch"},
+    # the paper's model was trained on the reference's nearest-cell splat: read the memory the same way
+    "mirage": {"steps": 20, "guidance": 1.0, "shift": 5.0, "references": 4, "splat": "point"},
 }
 
 
