@@ -412,3 +412,24 @@ def test_fill_depth_runs_once_per_chunk_and_splat_point_append(small_scene, tmp_
     assert len(calls) == len(rec["chunks"]) == 2
     meta = safe_metadata(out / "cache" / "final.safetensors")
     assert meta["splat"] == "point" and meta["write_policy"] == "append"
+
+
+def test_second_lap_of_orbit_360_adds_no_point(small_scene, tmp_path):
+    """Bounded growth (issue 12, item 4): lap 2 of orbit_360 (49 frames per lap, the same cameras
+    again) reads every cell lap 1 wrote, so the memory ends lap 2 with exactly lap 1's points."""
+    one = tmp_path / "lap1"
+    generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_360", frames=49, out=str(one)),
+             warn=lambda m: None)
+    traj = json.loads((one / "trajectory.json").read_text())
+    traj.pop("preset", None)
+    traj.pop("seconds", None)
+    traj["camera_path"] = traj["camera_path"] + traj["camera_path"][1:]  # lap 2 shares lap 1's last frame
+    path = tmp_path / "two_laps.json"
+    path.write_text(json.dumps(traj))
+    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj=str(path), out=str(tmp_path / "laps")),
+                   warn=lambda m: None)
+    chunks = rec["chunks"]
+    lap1 = next(c for c in chunks if c["frames"][1] >= 48)
+    assert lap1["frames"][1] == 48 and chunks[-1]["frames"][1] == 96
+    assert lap1["memory_points"] > 0 and chunks[-1]["memory_points"] == lap1["memory_points"]
+    assert all(c["points_added"] == 0 for c in chunks[chunks.index(lap1) + 1:])

@@ -221,6 +221,13 @@ def test_block_cull_changes_no_result(monkeypatch):
         monkeypatch.setattr(S, "_visible_blocks", lambda lo, *a: torch.ones(lo.shape[0], dtype=torch.bool))
         full = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
         assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
+        # the compiled path takes the same block lists: culled or not, the same bits
+        monkeypatch.setattr(S, "_visible_blocks", spy)
+        n_culled = sum(culled)
+        comp = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode)
+        assert torch.equal(comp[0], full[0]) and torch.equal(comp[1], full[1])
+        from mirage_cli.memory import compiled
+        assert compiled.extension() is None or sum(culled) > n_culled  # it skipped blocks too
     assert sum(culled) > 0  # the cull did skip blocks
 
 

@@ -407,8 +407,8 @@ class LatentMemory:
             cams = cameras[s : s + step]
             idx, dep = self._splat(cams)
             k = idx >= 0
-            feats = self._features[idx.clamp(min=0)].float()  # (b, h, w, C)
-            lat[s : s + len(cams)] = torch.where(k[..., None], feats, torch.zeros_like(feats)).permute(0, 3, 1, 2)
+            # gather only the winners' features (the rest of lat stays 0): temporaries ~ known cells
+            lat[s : s + len(cams)].permute(0, 2, 3, 1)[k] = self._features.index_select(0, idx[k]).float()
             known[s : s + len(cams)] = k
             depth[s : s + len(cams)] = dep
         return lat, known, depth

@@ -387,6 +387,30 @@ def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bound
     return (top > -1e-5 * scale - 1e-30).all(dim=1)
 
 
+def _visible_block_lists(points: torch.Tensor, w2c: torch.Tensor,
+                         frustum: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks of :data:`_CULL_BLOCK` points each frame may see (:func:`_visible_blocks`),
+    concatenated over the ``T`` frames ``(V,)`` int64, and where each frame's list starts ``(T + 1,)``."""
+    lo, hi = block_bounds(points)
+    w2c64 = w2c.to(points.device, torch.float64)
+    lists = [_visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1) for t in range(len(frustum))]
+    start = torch.tensor([0] + [len(v) for v in lists], dtype=torch.int64).cumsum(0)
+    return torch.cat(lists).to(torch.int64).contiguous(), start
+
+
+def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor,
+                    K: torch.Tensor, frustum: list[tuple[float, ...]], h: int, w: int, m: float, owner_offset: int,
+                    mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`splat_patches` through the compiled CPU kernel: the same block cull, then one pass over
+    the points of the visible blocks per frame (same bits as the pure-torch path)."""
+    f32 = dict(dtype=torch.float32)
+    blocks, start = _visible_block_lists(points, w2c, frustum)
+    return ext.splat_patches_cpu(
+        points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
+        w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
+        blocks, start, _CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
+
+
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
                   h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0,
                   mode: str = "patch", compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -424,12 +448,7 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
         ext = _compiled.extension()
         if ext is not None:
-            f32 = dict(dtype=torch.float32)
-            idx, dep = ext.splat_patches_cpu(
-                points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
-                w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(T, 4),
-                h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
-            return idx, dep
+            return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode)
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:

@@ -25,8 +25,13 @@ static inline int64_t cell_bound(float x, int64_t n) {
 
 std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor axes, torch::Tensor key,
                                              torch::Tensor w2c, torch::Tensor K, torch::Tensor bounds,
+                                             torch::Tensor blocks, torch::Tensor block_start, int64_t block,
                                              int64_t h, int64_t w, double max_radius, int64_t owner_offset,
                                              bool patch, double margin) {
+  // blocks: the visible blocks of every frame, concatenated (frame t's are
+  // blocks[block_start[t] : block_start[t + 1]]); block b holds the points [b * block, (b + 1) * block).
+  // The cull is conservative (it only skips points the per-point test below would drop), so it
+  // changes no bit; the order of the points does not matter to the z-buffer either.
   const int64_t N = points.size(0), T = w2c.size(0), hw = h * w;
   auto index = torch::full({T, h, w}, -1, torch::kInt64);
   auto depth = torch::zeros({T, h, w}, torch::kFloat32);
@@ -36,6 +41,8 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
   const float* R = w2c.data_ptr<float>();
   const float* KK = K.data_ptr<float>();
   const float* B = bounds.data_ptr<float>();
+  const int64_t* BL = blocks.data_ptr<int64_t>();
+  const int64_t* BS = block_start.data_ptr<int64_t>();
   int64_t* IDX = index.data_ptr<int64_t>();
   float* DEP = depth.data_ptr<float>();
   const float m = (float)max_radius, lim = (float)(1.0 + margin);
@@ -52,7 +59,9 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
       if (val < best[cell]) { best[cell] = val; owner[cell] = own; }
       else if (val == best[cell] && own < owner[cell]) owner[cell] = own;
     };
-    for (int64_t p = 0; p < N; ++p) {
+    for (int64_t q = BS[t]; q < BS[t + 1]; ++q) {
+    const int64_t p_end = std::min(N, (BL[q] + 1) * block);
+    for (int64_t p = BL[q] * block; p < p_end; ++p) {
       const float X = P[3 * p], Y = P[3 * p + 1], Z = P[3 * p + 2];
       const float xc = r[0] * X + r[1] * Y + r[2] * Z + r[3];
       const float yc = r[4] * X + r[5] * Y + r[6] * Z + r[7];
@@ -110,6 +119,7 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
           put(ci * w + cj, val, own);
         }
       }
+    }
     }
     int64_t* idx = IDX + t * hw;
     float* dep = DEP + t * hw;
