@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -217,8 +219,9 @@ class VideoWriter:
             if self._writer is None and len(frames):
                 self._writer = self._open(frames.shape[1], frames.shape[2])
             for f in frames:
-                self._writer.append_data(np.ascontiguousarray(f))
-                self.frames += 1
+                with whole_writes():  # a Ctrl-C waits for the frame's end: ffmpeg never sees half a frame
+                    self._writer.append_data(np.ascontiguousarray(f))
+                    self.frames += 1
                 if self.kept is not None:
                     self.kept.append(np.array(f))
         except Exception as e:
@@ -260,6 +263,29 @@ class VideoWriter:
         if reason is None:
             raise e
         raise MirageError(f"{self.path}: cannot write ({reason})") from e
+
+
+@contextmanager
+def whole_writes() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was set.
+
+    Why: a frame is piped to ffmpeg in several ``write`` calls; a KeyboardInterrupt between them
+    leaves ffmpeg a partial frame, and on the EOF that follows it prints "Invalid buffer size,
+    packet size ... < expected frame_size ..." to the terminal. Writing each frame whole keeps an
+    interrupted run quiet (the temporary is then dropped by :meth:`VideoWriter.abort`). A no-op
+    outside the main thread, where Python delivers no signals anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # the original handler decides (KeyboardInterrupt by default)
 
 
 class _Abandoned(Exception):
