@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -129,6 +130,12 @@ def load_image(path: Path | str) -> torch.Tensor:
             arr = image_to_rgb(ImageOps.exif_transpose(im))
     except MirageError as e:
         raise MirageError(f"{path}: {e}") from e
+    except Image.DecompressionBombError as e:  # Pillow refuses to decode it at all: --max-pixels cannot help
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(size.group(1)):,} pixels" if size else "its size"
+        raise MirageError(f"{path}: {pixels} is above what the image decoder opens ({2 * Image.MAX_IMAGE_PIXELS:,}, "
+                          "Pillow's decompression-bomb guard); shrink the file first (mirage resizes larger inputs to "
+                          "--max-pixels, default 1 MP, after decoding)") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise MirageError(f"{path}: not a readable image ({e.__class__.__name__})") from e
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
