@@ -182,51 +182,32 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, capsys, extra):
     assert extra[0] in err and len(err.strip().splitlines()) == 1
 
 
-def test_resume_refuses_another_device(tmp_path, capsys, monkeypatch):
-    import mirage_cli.pipeline.loop as loop
+def interrupted_preview_run(out: Path, monkeypatch) -> None:
+    """A preview run in ``out`` stopped by Ctrl-C at its second chunk (resumable)."""
     from mirage_cli.pipeline.config import GenerateConfig
     from mirage_cli.pipeline.generate import generate
+    from test_generate import interrupted_at_chunk
 
-    out = tmp_path / "run"
-    real = loop.run_chunk
-
-    def dies(chunk, *a, **k):
-        if chunk.index == 1:
-            raise KeyboardInterrupt
-        return real(chunk, *a, **k)
-
-    monkeypatch.setattr(loop, "run_chunk", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(image=EXAMPLE, traj="static", frames=9, chunk_frames=5, width=104, out=str(out)),
                  warn=lambda m: None)
-    monkeypatch.setattr(loop, "run_chunk", real)
+
+
+def test_resume_refuses_another_device(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_preview_run(out, monkeypatch)
     assert main(["generate", "--resume", str(out), "--device", "cuda", "--quiet"]) == 2
     assert "--device" in capsys.readouterr().err
     assert main(["generate", "--resume", str(out), "--device", "cpu", "--quiet", "--threads", "1"]) == 0
     assert run_json(out)["status"] == "done"
 
 
-
 def test_resume_of_a_preview_run_uses_the_preview_thread_default(tmp_path, monkeypatch):
     """No --threads / MIRAGE_THREADS with --resume: the run's backend default (1 for the preview), not the general cap."""
-    import mirage_cli.pipeline.loop as loop
     import mirage_cli.threads as threads
-    from mirage_cli.pipeline.config import GenerateConfig
-    from mirage_cli.pipeline.generate import generate
 
     out = tmp_path / "run"
-    real = loop.run_chunk
-
-    def dies(chunk, *a, **k):
-        if chunk.index == 1:
-            raise KeyboardInterrupt
-        return real(chunk, *a, **k)
-
-    monkeypatch.setattr(loop, "run_chunk", dies)
-    with pytest.raises(KeyboardInterrupt):
-        generate(GenerateConfig(image=EXAMPLE, traj="static", frames=9, chunk_frames=5, width=104, out=str(out)),
-                 warn=lambda m: None)
-    monkeypatch.setattr(loop, "run_chunk", real)
+    interrupted_preview_run(out, monkeypatch)
     monkeypatch.delenv("MIRAGE_THREADS", raising=False)
     monkeypatch.setattr(threads, "default_threads", lambda: 2)  # the general cap on a 2-core machine
     try:
