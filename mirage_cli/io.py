@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import signal
 import tempfile
+import threading
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -127,6 +130,12 @@ def load_image(path: Path | str) -> torch.Tensor:
             arr = image_to_rgb(ImageOps.exif_transpose(im))
     except MirageError as e:
         raise MirageError(f"{path}: {e}") from e
+    except Image.DecompressionBombError as e:  # Pillow refuses to decode it at all: --max-pixels cannot help
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(size.group(1)):,} pixels" if size else "its size"
+        raise MirageError(f"{path}: {pixels} is above what the image decoder opens ({2 * Image.MAX_IMAGE_PIXELS:,}, "
+                          "Pillow's decompression-bomb guard); shrink the file first (mirage resizes larger inputs to "
+                          "--max-pixels, default 1 MP, after decoding)") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise MirageError(f"{path}: not a readable image ({e.__class__.__name__})") from e
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
@@ -217,8 +226,9 @@ class VideoWriter:
             if self._writer is None and len(frames):
                 self._writer = self._open(frames.shape[1], frames.shape[2])
             for f in frames:
-                self._writer.append_data(np.ascontiguousarray(f))
-                self.frames += 1
+                with whole_writes():  # a Ctrl-C waits for the frame's end: ffmpeg never sees half a frame
+                    self._writer.append_data(np.ascontiguousarray(f))
+                    self.frames += 1
                 if self.kept is not None:
                     self.kept.append(np.array(f))
         except Exception as e:
@@ -260,6 +270,29 @@ class VideoWriter:
         if reason is None:
             raise e
         raise MirageError(f"{self.path}: cannot write ({reason})") from e
+
+
+@contextmanager
+def whole_writes() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was set.
+
+    Why: a frame is piped to ffmpeg in several ``write`` calls; a KeyboardInterrupt between them
+    leaves ffmpeg a partial frame, and on the EOF that follows it prints "Invalid buffer size,
+    packet size ... < expected frame_size ..." to the terminal. Writing each frame whole keeps an
+    interrupted run quiet (the temporary is then dropped by :meth:`VideoWriter.abort`). A no-op
+    outside the main thread, where Python delivers no signals anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # the original handler decides (KeyboardInterrupt by default)
 
 
 class _Abandoned(Exception):

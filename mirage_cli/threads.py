@@ -65,6 +65,16 @@ def apply_light_default(given: int | None) -> int:
     return apply_threads(LIGHT_WORK_THREADS) if given is None else current_threads()
 
 
+def worker_threads(workers: int, given: int | None = None, cpus: int | None = None) -> int:
+    """Threads for each of ``workers`` processes sharing this machine: the user's ``--threads``
+    (``given``) as is, else an equal share of the usable cores (``cpus``, default
+    :func:`usable_cpus`), at least 1. Why: N processes each starting one thread per core
+    oversubscribe the cores N times (measured: 2 workers on 2 cores ran slower than 1)."""
+    if given is not None:
+        return given
+    return max(1, (usable_cpus() if cpus is None else int(cpus)) // max(1, workers))
+
+
 def given_threads(ctx) -> int | None:
     """The ``--threads`` / ``MIRAGE_THREADS`` value the root command parsed (None: not given)."""
     root = ctx.find_root()

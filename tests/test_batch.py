@@ -152,6 +152,23 @@ def test_two_worker_processes_keep_models_and_survive_a_dying_worker(batch_dir, 
     assert all(j["model_loads"] == 1 for j in rec["jobs"].values())  # each worker loaded the backend once
     assert len({j["worker"] for j in rec["jobs"].values()}) >= 2  # the dead worker was replaced
     assert videos(out) == singles
+    from mirage_cli.threads import worker_threads
+
+    share = worker_threads(2)  # each worker process: an equal share of the cores, not every core
+    assert all(json.loads((out / k / "run.json").read_text())["threads"] == share for k in rec["jobs"])
+
+
+def test_worker_threads_share_the_cores_unless_threads_is_given(batch_dir, tmp_path):
+    from mirage_cli.batch.workers import ProcessPool
+    from mirage_cli.threads import worker_threads
+
+    assert worker_threads(2, cpus=2) == 1 and worker_threads(3, cpus=8) == 2 and worker_threads(4, cpus=2) == 1
+    assert worker_threads(2, given=3, cpus=2) == 3  # --threads / MIRAGE_THREADS wins
+    write_jsonl(batch_dir / "one.jsonl", ROWS[:1])
+    out = tmp_path / "out"
+    rec = run_batch(batch_dir / "one.jsonl", BatchOptions(out=str(out)), pool=ProcessPool(1, threads=3))
+    assert rec.counts()["done"] == 1
+    assert json.loads((out / "orbit" / "run.json").read_text())["threads"] == 3  # applied in the worker process
 
 
 # ------------------------------------------------------------------------------------ Ray
@@ -172,6 +189,8 @@ def test_ray_batch_matches_single_runs_and_requeues_a_dead_actor(batch_dir, sing
     assert marker.exists() and rec.jobs["pan"].attempts == 2 and "died" not in (rec.jobs["pan"].error or "")
     assert all(j.worker.startswith("ray-") and j.model_loads == 1 for j in rec.jobs.values())
     assert videos(out) == singles
+    # 2 CPUs, 2 actors: one thread (and one Ray CPU) each
+    assert all(json.loads((out / k / "run.json").read_text())["threads"] == 1 for k in rec.jobs)
 
 
 def test_ray_missing_says_how_to_install(monkeypatch):

@@ -182,29 +182,39 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, capsys, extra):
     assert extra[0] in err and len(err.strip().splitlines()) == 1
 
 
-def test_resume_refuses_another_device(tmp_path, capsys, monkeypatch):
-    import mirage_cli.pipeline.loop as loop
+def interrupted_preview_run(out: Path, monkeypatch) -> None:
+    """A preview run in ``out`` stopped by Ctrl-C at its second chunk (resumable)."""
     from mirage_cli.pipeline.config import GenerateConfig
     from mirage_cli.pipeline.generate import generate
+    from test_generate import interrupted_at_chunk
 
-    out = tmp_path / "run"
-    real = loop.run_chunk
-
-    def dies(chunk, *a, **k):
-        if chunk.index == 1:
-            raise KeyboardInterrupt
-        return real(chunk, *a, **k)
-
-    monkeypatch.setattr(loop, "run_chunk", dies)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(image=EXAMPLE, traj="static", frames=9, chunk_frames=5, width=104, out=str(out)),
                  warn=lambda m: None)
-    monkeypatch.setattr(loop, "run_chunk", real)
+
+
+def test_resume_refuses_another_device(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    interrupted_preview_run(out, monkeypatch)
     assert main(["generate", "--resume", str(out), "--device", "cuda", "--quiet"]) == 2
     assert "--device" in capsys.readouterr().err
     assert main(["generate", "--resume", str(out), "--device", "cpu", "--quiet", "--threads", "1"]) == 0
     assert run_json(out)["status"] == "done"
 
+
+def test_resume_of_a_preview_run_uses_the_preview_thread_default(tmp_path, monkeypatch):
+    """No --threads / MIRAGE_THREADS with --resume: the run's backend default (1 for the preview), not the general cap."""
+    import mirage_cli.threads as threads
+
+    out = tmp_path / "run"
+    interrupted_preview_run(out, monkeypatch)
+    monkeypatch.delenv("MIRAGE_THREADS", raising=False)
+    monkeypatch.setattr(threads, "default_threads", lambda: 2)  # the general cap on a 2-core machine
+    try:
+        assert main(["generate", "--resume", str(out), "--quiet"]) == 0
+        assert run_json(out)["status"] == "done" and run_json(out)["threads"] == 1
+    finally:
+        torch.set_num_threads(1)
 
 # ------------------------------------------------------------------------------ 7 depth, dry run
 def test_depth_is_saved_and_the_prior_warning_says_how_to_get_real_depth(tmp_path, monkeypatch):
@@ -262,3 +272,27 @@ def test_switches_show_no_bool_metavar_and_one_chunk_is_singular(tmp_path, capsy
     assert main(["generate", EXAMPLE, "--traj", "static", "--frames", "3", "--width", "104", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "in 1 chunk," in out and "MiB" not in out and "--downscale" in out
+
+
+def test_ctrl_c_during_generate_prints_no_ffmpeg_noise(tmp_path):
+    """SIGINT to a running `mirage generate` (as Ctrl-C sends it): exit 130, the interrupt line and
+    the resume hint, and no ffmpeg lines ("[rawvideo @ 0x...] Invalid buffer size ...")."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "mirage_cli", "generate", EXAMPLE, "--traj", "orbit_left",
+                             "--frames", "161", "--width", "416", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "cache" / "last.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # interrupt inside the chunk loop (after the first dump), while the video streams to ffmpeg
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    assert "Invalid buffer size" not in err and "@ 0x" not in err and "ffmpeg" not in err.lower(), err

@@ -45,3 +45,51 @@ def _is_dir_fd(fd: int) -> bool:
     import stat
 
     return stat.S_ISDIR(os.fstat(fd).st_mode)
+
+
+def test_whole_writes_holds_ctrl_c_until_the_frame_is_written():
+    """A SIGINT arriving while a frame is piped to ffmpeg is delivered after the write, never in it
+    (a partial frame makes ffmpeg print "Invalid buffer size" on the terminal)."""
+    import signal
+
+    import pytest
+
+    from mirage_cli.io import whole_writes
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with whole_writes():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("rest of the frame")  # runs: the interrupt waits for the block's end
+    assert done == ["rest of the frame"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_videowriter_interrupted_mid_frame_writes_the_frame_whole(tmp_path, monkeypatch):
+    """VideoWriter.append: Ctrl-C during a frame's write surfaces only after the frame is complete."""
+    import signal
+
+    import numpy as np
+    import pytest
+
+    from mirage_cli.io import VideoWriter
+
+    class HalfwayInterrupted:
+        def __init__(self):
+            self.complete = 0
+
+        def append_data(self, frame):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C halfway through the pipe write
+            self.complete += 1
+
+        def close(self):
+            pass
+
+    fake = HalfwayInterrupted()
+    monkeypatch.setattr(VideoWriter, "_open", lambda self, h, w: fake)
+    writer = VideoWriter(tmp_path / "v.mp4", 10)
+    with pytest.raises(KeyboardInterrupt):
+        writer.append(np.zeros((3, 4, 4, 3), np.uint8))
+    assert fake.complete == 1 and writer.frames == 1  # the first frame finished, nothing after it started
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

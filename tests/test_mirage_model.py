@@ -376,7 +376,7 @@ def test_convert_never_leaves_a_half_written_folder(kit, tmp_path, monkeypatch):
         produce(self.shards[0][0])
         raise OSError("disk full")
 
-    monkeypatch.setattr(conv._StreamingShards, "write", boom)
+    monkeypatch.setattr(conv.StreamingShards, "write", boom)
     with pytest.raises(OSError):
         convert_mirage(kit["base"], kit["vace_file"], kit["lora_file"], tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []

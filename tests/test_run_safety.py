@@ -75,6 +75,8 @@ def test_earlier_run_message_names_its_status(done_run, small_scene, capsys):
     assert main(run_args(small_scene["image"], out)) == 2
     assert "complete earlier run" in one_line_error(capsys)
     data = json.loads((out / "run.json").read_text())
+    # a run stopped after a chunk still has its newest dump (a finished run renamed it to final)
+    shutil.copy(out / "cache" / "final.safetensors", out / "cache" / "last.safetensors")
     for status, words in (("interrupted", "interrupted"), ("failed", "failed"), ("running", "killed")):
         data["status"] = status
         (out / "run.json").write_text(json.dumps(data))
@@ -360,6 +362,33 @@ def test_max_pixels_resizes_large_inputs_and_refuses_large_explicit_sizes(small_
     err = one_line_error(capsys)
     assert "--max-pixels" in err and "8192x8192" in err and not out.exists()
 
+
+
+def test_decompression_bomb_is_one_line_naming_the_file_and_max_pixels(small_scene, tmp_path, monkeypatch, capsys):
+    """Pillow refuses images above 2 x MAX_IMAGE_PIXELS (~179 MP): one line, exit 2, no traceback.
+    (The limit is lowered here so the scene image trips it, instead of writing a 180 MP file.)"""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(run_args(small_scene["image"], out)) == 2
+    err = one_line_error(capsys)
+    assert str(small_scene["image"]) in err and "24,960 pixels" in err and "--max-pixels" in err and not out.exists()
+
+
+def test_a_run_stopped_before_its_first_dump_is_not_offered_resume(small_scene, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    warnings = []
+    with interrupted_at_chunk(monkeypatch, 0), pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5, out=str(out)),
+                 warn=warnings.append)
+    assert "--resume" not in warnings[-1] and "Start it over" in warnings[-1] and "--overwrite" in warnings[-1]
+    capsys.readouterr()
+    assert main(run_args(small_scene["image"], out)) == 2  # the earlier-run message: start over, not --resume
+    err = one_line_error(capsys)
+    assert "--resume" not in err and "start it over" in err and "--overwrite" in err
+    assert main(run_args(small_scene["image"], out, "--overwrite")) == 0
 
 def test_runs_that_cannot_fit_in_ram_are_refused_before_writing(small_scene, tmp_path, monkeypatch, capsys):
     import mirage_cli.pipeline.generate as g

@@ -310,3 +310,19 @@ def test_clean_prompt_matches_diffusers_wan_prompt_clean():
         pytest.skip("this diffusers has no prompt_clean")
     for text in ["  a  cosy\n\troom ", "fish &amp;amp; chips", "caf\u00c3\u00a9 at dusk", "", "one\u00a0two   three"]:
         assert clean_prompt(text) == wan.prompt_clean(text), text
+
+
+def test_quiet_silences_the_libraries_loading_bars(kit, tmp_path, capfd):
+    """`generate --backend wan-vace --quiet` prints nothing on stderr; without --quiet the
+    transformers/diffusers weight-loading bars show (so the check can see them)."""
+    from pathlib import Path
+
+    from mirage_cli.cli import main
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    args = ["generate", example, "--traj", "orbit_left", "--frames", "5", "--width", "64", "--backend", "wan-vace",
+            "--model", str(kit["vace"]), "--steps", "1", "--depth", "model", "--depth-model", str(kit["depth"])]
+    assert main(args + ["--out", str(tmp_path / "loud")]) == 0
+    assert "Loading weights" in capfd.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert capfd.readouterr().err == ""

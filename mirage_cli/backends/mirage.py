@@ -22,7 +22,6 @@ Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +184,7 @@ def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_o
 
     parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
                             cpu_offload=cpu_offload, download=download, progress=progress)
-    backend = MirageBackend(*parts.modules, device=parts.device, dtype=parts.dtype, shift=shift,
-                            num_train_timesteps=parts.num_train_timesteps, preceding_frames=preceding_frames,
-                            cpu_offload=cpu_offload, model=os.fspath(model_ref), weights=parts.weights)
-    return backend, parts.modules[3]
+    return parts.backend(MirageBackend, shift=shift, preceding_frames=preceding_frames)
 
 
 def _check_index(root: Path) -> None:

@@ -332,11 +332,8 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
 
     parts = load_wan_folder(model_ref, _read_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
                             cpu_offload=cpu_offload, download=download, progress=progress)
-    backend = WanVACEBackend(*parts.modules, device=parts.device, dtype=parts.dtype, shift=shift,
-                             num_train_timesteps=parts.num_train_timesteps, cpu_offload=cpu_offload,
-                             model=os.fspath(model_ref), weights=parts.weights,
-                             conditioning_scale=conditioning_scale, preceding_frames=preceding_frames)
-    return backend, parts.modules[3]
+    return parts.backend(WanVACEBackend, shift=shift, conditioning_scale=conditioning_scale,
+                         preceding_frames=preceding_frames)
 
 
 @dataclass
@@ -349,6 +346,16 @@ class WanFolder:
     modules: tuple
     num_train_timesteps: int
     weights: str
+    model: str  # the reference it was loaded from (NAME | REPO_ID | DIR), for describe()
+    cpu_offload: bool
+
+    def backend(self, backend_cls, **options) -> tuple:
+        """``(backend_cls(...) around these modules, the codec)``; ``options``: the backend's own
+        (shift, preceding frames, ...)."""
+        backend = backend_cls(*self.modules, device=self.device, dtype=self.dtype,
+                              num_train_timesteps=self.num_train_timesteps, cpu_offload=self.cpu_offload,
+                              model=self.model, weights=self.weights, **options)
+        return backend, self.modules[3]
 
 
 def load_wan_folder(model_ref, check_index, transformer_cls, device, dtype, vae_dtype, *, tiling: bool = True,
@@ -365,7 +372,7 @@ def load_wan_folder(model_ref, check_index, transformer_cls, device, dtype, vae_
         root, transformer_cls(), dev, dt, vdt, tiling=tiling, cpu_offload=cpu_offload, progress=progress)
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     return WanFolder(root, dev, dt, (transformer, text_encoder, tokenizer, codec),
-                     int(sched_cfg.get("num_train_timesteps", 1000)), weights_kind(root))
+                     int(sched_cfg.get("num_train_timesteps", 1000)), weights_kind(root), os.fspath(model_ref), cpu_offload)
 
 
 def load_wan_components(root: Path, transformer_cls, device: torch.device, dtype: torch.dtype,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from ..errors import MirageError
+from ..threads import worker_threads
 from .manifest import Job
 from .records import JobResult
 from .workers import Worker, test_hook_env
@@ -27,10 +28,13 @@ class _ActorWorker:
     """The body of a Ray actor: a Worker, plus the test-only hook variables of the batch's process
     (a Ray worker process may not inherit them)."""
 
-    def __init__(self, name: str, env: dict[str, str]):
+    def __init__(self, name: str, env: dict[str, str], threads: int):
         import os
 
+        from ..threads import apply_threads
+
         os.environ.update(env)
+        apply_threads(threads)  # before any torch work in this actor
         self.worker = Worker(name)
 
     def run(self, job: Job) -> JobResult:
@@ -43,9 +47,17 @@ class _ActorWorker:
 
 class RayPool:
     """``n`` actors on the Ray cluster at ``address`` (None: a local instance; ``auto``: the
-    running cluster), each asking for ``gpus`` GPUs (0 on CPU clusters)."""
+    running cluster), each asking for ``gpus`` GPUs (0 on CPU clusters).
 
-    def __init__(self, n: int | None, address: str | None, gpus: float, num_cpus: int | None = None):
+    Threads: each actor runs torch with ``threads`` (``--threads``) or, on a local instance, an equal
+    share of its CPUs (``threads.worker_threads``), and asks Ray for that many CPUs where all ``n``
+    actors fit (more would leave actors pending and their jobs waiting forever). On a cluster the
+    driver cannot see the nodes' cores: without ``--threads`` each actor gets 1 thread, Ray's own
+    per-actor CPU.
+    """
+
+    def __init__(self, n: int | None, address: str | None, gpus: float, num_cpus: int | None = None,
+                 threads: int | None = None):
         ray = self.ray = import_ray()
         self._owns = not ray.is_initialized()
         if self._owns:
@@ -61,7 +73,10 @@ class RayPool:
         if gpus and res.get("GPU", 0) < gpus:
             raise MirageError(f"--gpus-per-worker: {gpus} GPUs per worker, but the Ray cluster has {res.get('GPU', 0)}")
         self.size = n
-        self._cls = ray.remote(num_gpus=gpus)(_ActorWorker)
+        cpus = int(res.get("CPU", 1))
+        self.threads = worker_threads(n, threads, cpus) if address is None else (threads or 1)
+        fits = {"num_cpus": self.threads} if n * self.threads <= cpus else {}
+        self._cls = ray.remote(num_gpus=gpus, **fits)(_ActorWorker)
         self._env = test_hook_env()
         self._started = 0
         self._actors: dict[int, dict] = {}
@@ -71,7 +86,7 @@ class RayPool:
     def _start(self, slot: int) -> None:
         name = f"ray-{self._started}"
         self._started += 1
-        self._actors[slot] = {"actor": self._cls.remote(name, self._env), "ref": None, "job": None, "name": name, "t0": 0.0}
+        self._actors[slot] = {"actor": self._cls.remote(name, self._env, self.threads), "ref": None, "job": None, "name": name, "t0": 0.0}
 
     def idle(self) -> int:
         return sum(a["job"] is None for a in self._actors.values())

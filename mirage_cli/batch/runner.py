@@ -22,6 +22,7 @@ from typing import Callable
 
 from .manifest import Job, load_manifest
 from .records import BatchRecord, JobRecord, JobResult, batch_json, now
+from ..threads import worker_threads
 from .workers import InProcessPool, ProcessPool, run_state
 
 
@@ -35,6 +36,7 @@ class BatchOptions:
     gpus_per_worker: float = 0.0
     retries: int = 1
     fail_fast: bool = False
+    threads: int | None = None  # --threads / MIRAGE_THREADS (None: each worker gets cores // workers)
 
 
 def make_pool(opts: BatchOptions):
@@ -42,9 +44,10 @@ def make_pool(opts: BatchOptions):
     if opts.ray is not None:
         from .ray_backend import RayPool
 
-        return RayPool(opts.workers, None if opts.ray == "local" else opts.ray, opts.gpus_per_worker)
+        return RayPool(opts.workers, None if opts.ray == "local" else opts.ray, opts.gpus_per_worker,
+                       threads=opts.threads)
     n = opts.workers or 1
-    return InProcessPool() if n == 1 else ProcessPool(n)
+    return InProcessPool() if n == 1 else ProcessPool(n, threads=worker_threads(n, opts.threads))
 
 
 def describe_pool(opts: BatchOptions, pool) -> str:

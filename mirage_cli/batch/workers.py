@@ -182,9 +182,12 @@ class InProcessPool:
         return self.interrupted
 
 
-def _process_main(conn, name: str, env: dict[str, str]) -> None:
-    """A worker process: run the jobs the batch sends until it sends None."""
+def _process_main(conn, name: str, env: dict[str, str], threads: int) -> None:
+    """A worker process: run the jobs the batch sends until it sends None, with ``threads`` torch threads."""
+    from ..threads import apply_threads
+
     os.environ.update(env)  # before anything touches CUDA: the GPU this worker owns
+    apply_threads(threads)  # before any torch work: this worker's share of the cores
     worker = Worker(name)
     try:
         while True:
@@ -205,12 +208,16 @@ def _process_main(conn, name: str, env: dict[str, str]) -> None:
 class ProcessPool:
     """``--workers N``: N long-lived worker processes (spawned, so CUDA is never forked), each
     pinned to one GPU with ``CUDA_VISIBLE_DEVICES`` when GPUs exist. Jobs go to whichever worker
-    is idle (dynamic); a worker that dies has its job reported failed and is replaced."""
+    is idle (dynamic); a worker that dies has its job reported failed and is replaced. Each runs
+    torch with ``threads`` threads (default: an equal share of the cores, ``threads.worker_threads``)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, threads: int | None = None):
         import torch
 
+        from ..threads import worker_threads
+
         self.size = n
+        self.threads = worker_threads(n) if threads is None else threads
         self._ctx = mp.get_context("spawn")
         self._gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         self._workers: dict[int, dict] = {}
@@ -223,7 +230,7 @@ class ProcessPool:
         parent, child = self._ctx.Pipe()
         name = f"proc-{self._started}"
         self._started += 1
-        proc = self._ctx.Process(target=_process_main, args=(child, name, env), name=f"mirage-batch-{name}", daemon=True)
+        proc = self._ctx.Process(target=_process_main, args=(child, name, env, self.threads), name=f"mirage-batch-{name}", daemon=True)
         proc.start()
         child.close()
         self._workers[slot] = {"proc": proc, "conn": parent, "job": None, "name": name, "t0": 0.0}

@@ -32,6 +32,7 @@ def ray_flag_args(args: list[str]) -> list[str]:
 
 
 def batch_cmd(
+    ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="JSONL or CSV manifest: one run per row (image, traj, optional id and any generate option)."),
     out: Path = typer.Option(..., "--out", "-o", help="Batch directory: each job's run goes to DIR/<id>/, the record to DIR/batch.json."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker count \\[default: 1 in-process locally; the cluster's capacity with --ray]."),
@@ -48,6 +49,7 @@ def batch_cmd(
     from ..batch.runner import BatchOptions, run_batch
     from ..errors import MirageError
     from ..io import write_json
+    from ..threads import given_threads
 
     if workers is not None and workers < 1:
         raise MirageError(f"--workers: must be >= 1 (got {workers})")
@@ -56,7 +58,7 @@ def batch_cmd(
     if gpus_per_worker < 0:
         raise MirageError(f"--gpus-per-worker: must be >= 0 (got {gpus_per_worker})")
     opts = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
-                        fail_fast=fail_fast)
+                        fail_fast=fail_fast, threads=given_threads(ctx))
     live = None
     if not quiet:
         from rich.live import Live

@@ -71,8 +71,8 @@ def generate_cmd(
         raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")
     if resume is not None:
         refuse_with_resume(ctx)
-    elif backend == "preview":
-        apply_light_default(given_threads(ctx))
+    if (run_backend(resume) if resume is not None else backend) == "preview":
+        apply_light_default(given_threads(ctx))  # the preview's thread default, for a resumed preview run too
 
     cfg = GenerateConfig(
         image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
@@ -102,6 +102,18 @@ RESUME_ALLOWED = ("resume", "quiet", "json_out", "device")  # change nothing in 
 def _given(ctx: typer.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)  # typer >= 0.20 has its own copy of click's enum: compare names
     return source is not None and source.name != "DEFAULT"
+
+
+def run_backend(run_dir: Path) -> str | None:
+    """The backend of the run in ``run_dir`` (None where its run.json is missing or damaged: the
+    resume itself then says why, in one line)."""
+    from ..errors import MirageError
+    from ..pipeline.rundir import read_run
+
+    try:
+        return read_run(run_dir).config.backend
+    except MirageError:
+        return None
 
 
 def refuse_with_resume(ctx: typer.Context) -> None:

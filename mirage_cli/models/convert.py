@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ from pathlib import Path
 
 from ..errors import MirageError
 from .registry import RANDOM_WEIGHTS_MARKER, VACE_SUBFOLDERS, resolve_model, weights_kind
+from .shards import ITEMSIZE, ShardEntry, StreamingShards
 
 #: Latent channels of the Wan2.2 VAE / TI2V-5B transformer, and the VACE context (read 48 | white 48).
 WAN22_CHANNELS = 48
@@ -122,12 +122,12 @@ def _shape(sf, key: str) -> tuple[int, ...]:
     return tuple(sf.get_slice(key).get_shape())
 
 
-def _entry(sf, path: Path, key: str, name: str) -> _Entry:
+def _entry(sf, path: Path, key: str, name: str) -> ShardEntry:
     sl = sf.get_slice(key)
     dtype = sl.get_dtype()
-    if dtype not in _ITEMSIZE:
+    if dtype not in ITEMSIZE:
         raise MirageError(f"{path}: key '{key}' has dtype {dtype}, which mirage does not convert")
-    return _Entry(name, dtype, tuple(sl.get_shape()), path, key)
+    return ShardEntry(name, dtype, tuple(sl.get_shape()), path, key)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -246,82 +246,6 @@ def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]]) -> dict[str, dic
 
 
 # --------------------------------------------------------------------------------------- writing
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-@dataclass
-class _Entry:
-    """One output tensor: its name, safetensors dtype and shape, and where it comes from."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    source: Path
-    key: str
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
-
-
-class _StreamingShards:
-    """Writes safetensors shards one tensor at a time from a layout known in advance.
-
-    The safetensors format is an 8-byte little-endian header length, a JSON header giving every
-    tensor's dtype, shape and byte range, then the raw bytes. Because every output tensor's dtype and
-    shape are known after validation (a fused LoRA weight keeps the base weight's), each shard's
-    header is written first and the tensors are appended as they are produced: only one tensor is
-    ever held in memory (``safetensors.torch.save_file`` would need the whole shard, serialized twice).
-    """
-
-    def __init__(self, folder: Path, entries: list[_Entry], max_bytes: int,
-                 prefix: str = "diffusion_pytorch_model") -> None:
-        self.folder, self.prefix = folder, prefix
-        self.shards: list[list[_Entry]] = [[]]
-        size = 0
-        for e in entries:
-            if self.shards[-1] and size + e.nbytes > max_bytes:
-                self.shards.append([])
-                size = 0
-            self.shards[-1].append(e)
-            size += e.nbytes
-        n = len(self.shards)
-        self.names = ([f"{prefix}.safetensors"] if n == 1 else
-                      [f"{prefix}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
-        self.total = sum(e.nbytes for e in entries)
-        self.count = len(entries)
-        self.peak_held = 0
-        self._file = None
-        self._shard = -1
-        self._pos = 0
-
-    def write(self, produce) -> None:
-        """Write every shard; ``produce(entry)`` returns the tensor for an entry (dtype and shape as planned)."""
-        import torch
-
-        for i, shard in enumerate(self.shards):
-            header, off = {}, 0
-            for e in shard:
-                header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [off, off + e.nbytes]}
-                off += e.nbytes
-            header["__metadata__"] = {"format": "pt"}
-            raw = json.dumps(header, separators=(",", ":")).encode()
-            raw += b" " * (-len(raw) % 8)  # the format aligns the data section to 8 bytes
-            with open(self.folder / self.names[i], "wb") as f:
-                f.write(len(raw).to_bytes(8, "little"))
-                f.write(raw)
-                for e in shard:
-                    t = produce(e)
-                    if tuple(t.shape) != e.shape or t.element_size() != _ITEMSIZE[e.dtype]:
-                        raise RuntimeError(f"{e.name}: produced {tuple(t.shape)} {t.dtype}, planned {e.shape} {e.dtype}")
-                    self.peak_held = max(self.peak_held, e.nbytes)
-                    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-        if len(self.shards) > 1:
-            wmap = {e.name: self.names[i] for i, shard in enumerate(self.shards) for e in shard}
-            index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(wmap.items()))}
-            (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
 def _link_tree(src: Path, dst: Path) -> None:
     """Hard-link every file of ``src`` into ``dst`` (symlinks resolved, as in the HF cache); copy if linking fails."""
     for p in sorted(src.rglob("*")):
@@ -378,40 +302,9 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
     base_cfg = _check_base(root)
 
     # 1. Plan and validate everything before writing anything.
-    base_files = _weight_files(root / "transformer")
-    base_keys: dict[str, tuple[Path, tuple[int, ...]]] = {}
-    entries: list[_Entry] = []
-    for f in base_files:
-        with _open(f, "base transformer") as sf:
-            for k in sf.keys():
-                entries.append(_entry(sf, f, k, k))
-                base_keys[k] = (f, entries[-1].shape)
-    vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers)
-    model = _expected_model(base_cfg, layers, in_ch)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for k, (f, shape) in base_keys.items():
-        if k not in expected or k.startswith("vace_"):
-            raise MirageError(f"{f}: key '{k}' is not a parameter of a Wan2.2-TI2V transformer")
-        if shape != expected[k]:
-            raise MirageError(f"{f}: key '{k}' has shape {shape}, the config says {expected[k]}")
-    with _open(vace_path, "VACE") as sf:
-        for orig, name in vace_map.items():
-            if name not in expected or not name.startswith("vace_"):
-                raise MirageError(f"{vace_path}: key '{orig}' (diffusers: {name}) is not a parameter of the "
-                                  f"VACE branch for layers {layers}")
-            entries.append(_entry(sf, vace_path, orig, name))
-            if entries[-1].shape != expected[name]:
-                raise MirageError(f"{vace_path}: key '{orig}' has shape {entries[-1].shape}, the base model "
-                                  f"needs {expected[name]}")
-    have = set(base_keys) | set(vace_map.values())
-    missing = [k for k in expected if k not in have]
-    if missing:
-        first = missing[0]
-        where = vace_path if first.startswith("vace_") else root / "transformer"
-        raise MirageError(f"{where}: key '{first}' is missing ({len(missing)} parameter(s) missing in all)")
-    lora_plan = _plan_lora(lora_path, {k: s for k, (_, s) in base_keys.items() if len(s) == 2})
-    say(f"validated: base {len(base_keys)} tensors, VACE {len(vace_map)} tensors (layers {layers}), "
-        f"LoRA {len(lora_plan)} modules")
+    plan = _plan(root, base_cfg, vace_path, lora_path, vace_layers)
+    say(f"validated: base {plan.base_tensors} tensors, VACE {plan.vace_tensors} tensors "
+        f"(layers {list(plan.model.config.vace_layers)}), LoRA {len(plan.lora)} modules")
 
     # 2. Write into a temporary folder beside OUT, rename at the end.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -420,8 +313,8 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
         shutil.rmtree(tmp)
     report = ConvertReport(out=out)
     try:
-        report = _write(tmp, out, root, base, base_files, entries, vace_path, lora_path, lora_plan, model,
-                        float(lora_scale), int(max_shard_bytes), say)
+        report = _write(tmp, out, root, base, plan.base_files, plan.entries, vace_path, lora_path, plan.lora,
+                        plan.model, float(lora_scale), int(max_shard_bytes), say)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -433,7 +326,62 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
     return report
 
 
-def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], entries: list[_Entry],
+@dataclass
+class _Plan:
+    """What :func:`convert_mirage` validated before writing: the output tensors in order (base, then
+    VACE), the meta-device model they fill, and the LoRA modules to fuse."""
+
+    base_files: list[Path]
+    base_tensors: int
+    vace_tensors: int
+    entries: list[ShardEntry]
+    model: object  # MirageTransformer3DModel on the meta device
+    lora: dict[str, dict]
+
+
+def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path, vace_layers: list[int] | None) -> _Plan:
+    """Every key and shape of the three sources checked against the model they make (one line naming
+    the file and the first offending key otherwise)."""
+    base_files = _weight_files(root / "transformer")
+    entries: list[ShardEntry] = []
+    for f in base_files:
+        with _open(f, "base transformer") as sf:
+            entries += [_entry(sf, f, k, k) for k in sf.keys()]
+    vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers)
+    model = _expected_model(base_cfg, layers, in_ch)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for e in entries:
+        if e.name not in expected or e.name.startswith("vace_"):
+            raise MirageError(f"{e.source}: key '{e.name}' is not a parameter of a Wan2.2-TI2V transformer")
+        if e.shape != expected[e.name]:
+            raise MirageError(f"{e.source}: key '{e.name}' has shape {e.shape}, the config says {expected[e.name]}")
+    base = {e.name: e.shape for e in entries}
+    entries += _vace_entries(vace_path, vace_map, layers, expected)
+    have = set(base) | set(vace_map.values())
+    missing = [k for k in expected if k not in have]
+    if missing:
+        where = vace_path if missing[0].startswith("vace_") else root / "transformer"
+        raise MirageError(f"{where}: key '{missing[0]}' is missing ({len(missing)} parameter(s) missing in all)")
+    lora = _plan_lora(lora_path, {k: s for k, s in base.items() if len(s) == 2})
+    return _Plan(base_files, len(base), len(vace_map), entries, model, lora)
+
+
+def _vace_entries(path: Path, vace_map: dict[str, str], layers: list[int], expected: dict) -> list[ShardEntry]:
+    """The VACE file's tensors under their diffusers names, each checked against the model's shape."""
+    entries = []
+    with _open(path, "VACE") as sf:
+        for orig, name in vace_map.items():
+            if name not in expected or not name.startswith("vace_"):
+                raise MirageError(f"{path}: key '{orig}' (diffusers: {name}) is not a parameter of the "
+                                  f"VACE branch for layers {layers}")
+            entries.append(_entry(sf, path, orig, name))
+            if entries[-1].shape != expected[name]:
+                raise MirageError(f"{path}: key '{orig}' has shape {entries[-1].shape}, the base model "
+                                  f"needs {expected[name]}")
+    return entries
+
+
+def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], entries: list[ShardEntry],
            vace_path: Path, lora_path: Path, lora_plan: dict[str, dict], model, lora_scale: float,
            max_shard_bytes: int, say) -> ConvertReport:
     from diffusers import UniPCMultistepScheduler
@@ -441,10 +389,10 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], e
     from .. import __version__
 
     (tmp / "transformer").mkdir(parents=True)
-    shards = _StreamingShards(tmp / "transformer", entries, max_shard_bytes)
+    shards = StreamingShards(tmp / "transformer", entries, max_shard_bytes)
     fused = 0
     with _open(lora_path, "LoRA") as lsf:
-        def produce(e: _Entry):
+        def produce(e: ShardEntry):
             """Read one source tensor (memory-mapped) and fuse its LoRA: ``W += s * B @ A`` in fp32."""
             nonlocal fused
             with _open(e.source, "weights") as sf:

@@ -74,42 +74,20 @@ class MirageTransformer3DModel(WanVACETransformer3DModel):
             raise ValueError(f"num_ref_frames={R} must be in [0, {F}] and divisible by the temporal patch {p_t}")
         f, h, w = F // p_t, H // p_h, W // p_w
         hw = h * w
-        n_tok, n_ref = f * hw, (R // p_t) * hw
-
-        layers = list(self.config.vace_layers)
-        if control_hidden_states_scale is None:
-            control_hidden_states_scale = control_hidden_states.new_ones(len(layers))
-        scales = torch.unbind(control_hidden_states_scale)
-        if len(scales) != len(layers):
-            raise ValueError(f"control_hidden_states_scale has {len(scales)} entries, expected {len(layers)}")
+        n_ref = (R // p_t) * hw  # reference tokens, first in the sequence
+        scales = self._hint_scales(control_hidden_states, control_hidden_states_scale)
 
         # 1. Rotary embedding: diffusers' tables for the non-reference frames, shifted positions for the rest.
         rope = self._rotary(hidden_states, R // p_t, f - R // p_t, h, w)
 
         # 2. Patch embeddings (the VACE context is zero-padded to the non-reference token count).
-        x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, n_tok, D)
-        c = self.vace_patch_embedding(control_hidden_states).flatten(2).transpose(1, 2)
-        if c.shape[1] > n_tok - n_ref:
-            raise ValueError(f"control_hidden_states cover {c.shape[1] // hw} frames, more than the "
-                             f"{(n_tok - n_ref) // hw} non-reference frames")
-        c = torch.cat([c, c.new_zeros(B, n_tok - n_ref - c.shape[1], c.shape[2])], dim=1)
+        x, c = self._patch_embed(hidden_states, control_hidden_states, n_ref, hw)
 
         # 3. Timestep embedding: (B, 6, D) for a scalar per sample, else (B, n_tok, 6, D) per token.
         temb, tproj, enc = self._embed(timestep, encoder_hidden_states, B, f, hw)
-        per_token = tproj.ndim == 4
 
         # 4. VACE hints from the non-reference tokens only.
-        x_v = x[:, n_ref:]
-        t_v = tproj[:, n_ref:] if per_token else tproj
-        rope_v = tuple(r[:, n_ref:] for r in rope)
-        hints = {}
-        for j, vb in enumerate(self.vace_blocks):
-            if vb.proj_in is not None:
-                c = vb.proj_in(c) + x_v
-            # The VACE block's own forward only handles a 3-D temb; its attributes are those of
-            # WanTransformerBlock, so the Wan2.2 per-token block forward applies to it unchanged.
-            c = self._ckpt(WanTransformerBlock.forward, vb, c, enc, t_v, rope_v)
-            hints[layers[j]] = (vb.proj_out(c), scales[j])
+        hints = self._vace_hints(x[:, n_ref:], c, enc, tproj, rope, n_ref, scales)
 
         # 5. DiT blocks; hints are added to the non-reference tokens after their layer.
         for i, block in enumerate(self.blocks):
@@ -119,7 +97,54 @@ class MirageTransformer3DModel(WanVACETransformer3DModel):
                 add = hint.to(x.device) * scale
                 x = x + add if n_ref == 0 else torch.cat([x[:, :n_ref], x[:, n_ref:] + add], dim=1)
 
-        # 6. Output head (per-token modulation as WanTransformer3DModel for Wan2.2 TI2V).
+        # 6. Output head.
+        out = self._head(x, temb, (B, f, h, w))
+        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+    # ------------------------------------------------------------------------------ forward's steps
+    def _hint_scales(self, control_hidden_states: torch.Tensor, scale: torch.Tensor | None) -> tuple:
+        """One scale per VACE layer (``control_hidden_states_scale``, default 1 each)."""
+        n = len(self.config.vace_layers)
+        if scale is None:
+            scale = control_hidden_states.new_ones(n)
+        scales = torch.unbind(scale)
+        if len(scales) != n:
+            raise ValueError(f"control_hidden_states_scale has {len(scales)} entries, expected {n}")
+        return scales
+
+    def _patch_embed(self, hidden_states: torch.Tensor, control_hidden_states: torch.Tensor, n_ref: int, hw: int):
+        """Tokens ``x`` ``(B, n_tok, D)`` of every frame and ``c`` ``(B, n_tok - n_ref, D)`` of the VACE
+        context, zero-padded at the end to the non-reference token count (as diffusers and the reference)."""
+        x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()  # (B, n_tok, D)
+        c = self.vace_patch_embedding(control_hidden_states).flatten(2).transpose(1, 2)
+        n_main = x.shape[1] - n_ref
+        if c.shape[1] > n_main:
+            raise ValueError(f"control_hidden_states cover {c.shape[1] // hw} frames, more than the "
+                             f"{n_main // hw} non-reference frames")
+        return x, torch.cat([c, c.new_zeros(c.shape[0], n_main - c.shape[1], c.shape[2])], dim=1)
+
+    def _vace_hints(self, x_v: torch.Tensor, c: torch.Tensor, enc: torch.Tensor, tproj: torch.Tensor, rope: tuple,
+                    n_ref: int, scales: tuple) -> dict:
+        """``{DiT layer: (hint (B, n_tok - n_ref, D), scale)}`` from the VACE blocks, which see the
+        non-reference tokens ``x_v`` only (their timestep projection and RoPE cut alike)."""
+        t_v = tproj[:, n_ref:] if tproj.ndim == 4 else tproj  # per token, or one per sample
+        rope_v = tuple(r[:, n_ref:] for r in rope)
+        layers = list(self.config.vace_layers)
+        hints = {}
+        for j, vb in enumerate(self.vace_blocks):
+            if vb.proj_in is not None:
+                c = vb.proj_in(c) + x_v
+            # The VACE block's own forward only handles a 3-D temb; its attributes are those of
+            # WanTransformerBlock, so the Wan2.2 per-token block forward applies to it unchanged.
+            c = self._ckpt(WanTransformerBlock.forward, vb, c, enc, t_v, rope_v)
+            hints[layers[j]] = (vb.proj_out(c), scales[j])
+        return hints
+
+    def _head(self, x: torch.Tensor, temb: torch.Tensor, bfhw: tuple[int, int, int, int]) -> torch.Tensor:
+        """Output head (per-token modulation as WanTransformer3DModel for Wan2.2 TI2V) and unpatchify:
+        ``(B, n_tok, D)`` -> ``(B, out_channels, F, H, W)``."""
+        B, f, h, w = bfhw
+        p_t, p_h, p_w = self.config.patch_size
         if temb.ndim == 3:
             shift, scale = (self.scale_shift_table.unsqueeze(0).to(temb.device) + temb.unsqueeze(2)).chunk(2, dim=2)
             shift, scale = shift.squeeze(2), scale.squeeze(2)
@@ -128,8 +153,7 @@ class MirageTransformer3DModel(WanVACETransformer3DModel):
         x = (self.norm_out(x.float()) * (1 + scale.to(x.device)) + shift.to(x.device)).type_as(x)
         x = self.proj_out(x)
         x = x.reshape(B, f, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     # ------------------------------------------------------------------------------ helpers
     def _ckpt(self, fn, *args):

@@ -101,7 +101,10 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame,
+                          loaded=image_raw)
+    raw_hw = tuple(image_raw.shape[-2:])
+    del image_raw  # the file-size float32 copy: the largest tensor of a huge input, not needed past here
     H, W = image.shape[-2:]
     traj = prepare_trajectory(cfg, (W, H), warn)
     tf = codec.temporal_factor
@@ -109,7 +112,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
                              cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
     cams = trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics)
     fov0 = float(cams.fov_y_deg[0])  # the prior depth needs frame 0's fov
-    depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, tuple(image_raw.shape[-2:]), fov0, device,
+    depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, raw_hw, fov0, device,
                                                      warn, show_progress=not quiet, loaders=loaders)
     traj, look_at = place_preset(traj, cfg.traj, cfg.look_at_depth, cfg.frames, depth, cams[:1], reference_depth(depth))
 
@@ -169,7 +172,9 @@ def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loa
         raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
     cfg = _with_downscale(cfg, image_raw)
     codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame,
+                          loaded=image_raw)
+    del image_raw
     # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
     depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet,
                                      loaders=loaders)

@@ -44,11 +44,15 @@ def load_input_image(path: Path, start_frame: int = 0) -> torch.Tensor:
     return load_image(path)
 
 
-def prepare_image(path: Path, height: int | None, width: int | None, multiple: int, start_frame: int = 0) -> torch.Tensor:
+def prepare_image(path: Path, height: int | None, width: int | None, multiple: int, start_frame: int = 0,
+                  loaded: torch.Tensor | None = None) -> torch.Tensor:
     """Load the input image and bring it to ``height x width`` (default: its own size; one of the
     two given: the other follows the aspect ratio), rounded down to a multiple of ``multiple`` (the
-    codec's grid: 16 for Wan2.1, 32 for Wan2.2, the preview's downscale). Returns ``(3, H, W)`` in [0, 1]."""
-    image = load_input_image(path, start_frame)
+    codec's grid: 16 for Wan2.1, 32 for Wan2.2, the preview's downscale). Returns ``(3, H, W)`` in [0, 1].
+
+    ``loaded``: the image already read from ``path`` (:func:`load_input_image`), so that a huge
+    input is decoded to float32 once, not twice (an 8000x6000 photo is 576 MB as float32)."""
+    image = load_input_image(path, start_frame) if loaded is None else loaded
     H0, W0 = image.shape[-2:]
     width, height = output_size(W0, H0, width, height)
     H = height // multiple * multiple

@@ -37,7 +37,7 @@ from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
 from .covisibility import voxel_iou_references, voxel_size
 from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, drop_chunk_latents,
                      drop_empty_cache, dump_extras, final_dump, kept_dumps,
-                     last_dump, load_latents, load_reads, run_json, save_latents, video_file, write_run)
+                     last_dump, load_latents, load_reads, resumable, run_json, save_latents, video_file, write_run)
 
 
 @dataclass
@@ -138,6 +138,10 @@ def _stopped(run: Run, e: BaseException, warn: Callable[[str], None]) -> None:
         write_run(plan.out, record)
     except MirageError as err:  # e.g. the disk is full: run.json keeps the last chunk it recorded
         warn(f"could not record the failure in run.json ({err})")
+    if not resumable(plan.out):  # stopped before its first dump: --resume would only refuse
+        warn(f"run {record.status} before its first chunk was saved; nothing to resume. Start it over: the same "
+             f"command with --overwrite")
+        return
     warn(f"run {record.status} after {len(state.records)} of {len(plan.chunks)} chunks; finished chunks are kept. "
          f"Continue with: mirage generate --resume {plan.out}")
 

@@ -48,7 +48,7 @@ def fit_max_pixels(W0: int, H0: int, width: int | None, height: int | None, max_
 class PeakEstimate:
     """Estimated peak bytes of a run's host memory, by term."""
 
-    image: int  # the decoded input at its file size (float32, loaded twice: hash/size and resize)
+    image: int  # the decoded input at its file size (float32, decoded once; two copies while made channels-first)
     memory: int  # the latent memory's points (input lift + newly revealed content, bounded by the scene)
     read: int  # one chunk's read: latents, known, depth and the splat's working buffers
     chunk: int  # one chunk's latents and decoded frames (float32 with its temporaries, uint8)

@@ -65,7 +65,12 @@ def _earlier_run_message(out: Path, status: str) -> str:
             "interrupted": "an interrupted earlier run",
             "failed": "an earlier run that failed",
             "running": "an earlier run whose process ended without finishing (killed)"}.get(status, "an earlier run")
-    hint = "" if status == "done" else f", --resume {out} to continue it"
+    if status == "done":
+        hint = ""
+    elif resumable(out):
+        hint = f", --resume {out} to continue it"
+    else:  # stopped before its first dump: --resume would only refuse
+        hint = " (it saved no chunk, so there is nothing to resume: start it over)"
     return f"{out}: holds {what}; pass --overwrite to replace it{hint}, or --out for another directory"
 
 
@@ -345,6 +350,15 @@ def read_dump_extras(path: Path) -> dict:
             return json.loads((f.metadata() or {}).get("extras", "{}"))
     except Exception as e:  # a truncated dump from a killed run is skipped, not fatal
         return {"unreadable": str(e)}
+
+
+def resumable(out: Path) -> bool:
+    """Whether ``out`` holds a resume checkpoint: a readable dump with at least one finished chunk."""
+    try:
+        newest_dump(out)
+    except MirageError:
+        return False
+    return True
 
 
 def newest_dump(out: Path) -> tuple[Path, list[ChunkRecord]]:
