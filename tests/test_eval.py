@@ -51,20 +51,20 @@ def test_perfect_generator_scores_cap_and_one_everywhere(clip):
 
 
 def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip):
-    """The whole recon path with a perfect generator: the loop runs, then its frames are the truth."""
-    import mirage_cli.pipeline.loop as loop
+    """The whole recon path with a perfect generator: the run is made, then its frames read back are the truth."""
+    import mirage_cli.pipeline.generate as generate
     from mirage_cli.eval.recon import eval_recon
     from mirage_cli.pipeline.config import GenerateConfig
 
-    real_loop = loop.run_loop
+    real_reopen = generate.reopen
 
-    def perfect(run, **kw):
-        rec = real_loop(run, **kw)
+    def perfect(out, *a, **kw):
+        run = real_reopen(out, *a, **kw)
         run.state.video.kept = list(clip.frames)
-        return rec
+        return run
 
-    monkeypatch.setattr(loop, "run_loop", perfect)
-    doc = eval_recon([clip], GenerateConfig(), tmp_path / "ev", warn=lambda m: None)
+    monkeypatch.setattr(generate, "reopen", perfect)
+    doc = eval_recon(["synthetic:room:out_and_back"], GenerateConfig(), tmp_path / "ev", frames=9, size=(64, 48))
     agg = doc["aggregate"]
     for region in ("all", "memory", "revisit"):
         assert agg[f"psnr_{region}"]["mean"] == PSNR_CAP

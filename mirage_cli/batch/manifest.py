@@ -16,8 +16,9 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig, check_config, traj_stem
@@ -30,18 +31,35 @@ _TYPES = {f.name: f.type for f in fields(GenerateConfig)}
 
 
 @dataclass(frozen=True)
+class Step:
+    """Work a worker does once a job's run is done, in the same worker (its models still loaded).
+
+    ``call`` names a function ``"package.module:function"`` taking ``(job, loaders)`` (``mirage
+    eval`` scores the run with it); ``output`` is the file the step writes last: the job counts as
+    finished (skipped on a rerun) only when its run is done and this file exists. ``args``: plain
+    data for the step (it crosses processes)."""
+
+    call: str
+    output: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Job:
     """One manifest row, validated: its id (the run directory's name), row number (1-based, data
-    rows), and the generate options (paths absolute, ``out`` = ``DIR/<id>`` filled in by the batch)."""
+    rows), and the generate options (paths absolute, ``out`` = ``DIR/<id>`` filled in by the batch);
+    ``then``: a step to run after the run (None for ``mirage batch``)."""
 
     id: str
     row: int
     config: GenerateConfig
+    then: Step | None = None
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list[dict]:
     """The manifest's rows as dicts of raw values. JSONL when the first non-blank character is
-    ``{``, else CSV with a header row. Blank lines (JSONL) and empty cells (CSV) are skipped."""
+    ``{``, else CSV with a header row (which must name ``required[0]``). Blank lines (JSONL) and
+    empty cells (CSV) are skipped."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -60,8 +78,8 @@ def read_rows(path: Path) -> list[dict]:
             rows.append(row)
         return rows
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "image" not in [f.strip() for f in reader.fieldnames]:
-        raise MirageError(f"{path}: a CSV manifest needs a header row with at least image,traj")
+    if not reader.fieldnames or required[0] not in [f.strip() for f in reader.fieldnames]:
+        raise MirageError(f"{path}: a CSV manifest needs a header row with at least {','.join(required)}")
     return [{k.strip(): v.strip() for k, v in r.items() if k and v is not None and v.strip() != ""} for r in reader]
 
 
@@ -73,11 +91,17 @@ def load_manifest(path: Path | str, out: Path | None = None) -> list[Job]:
     """
     path = Path(path)
     base = path.resolve().parent
+    return validate_rows(path, read_rows(path), lambda raw, n: _row_job(raw, n, base, out))
+
+
+def validate_rows(path: Path, rows: list[dict], build: Callable[[dict, int], Job]) -> list[Job]:
+    """``build(row, n)`` for every row (``n`` 1-based); one MirageError with a line per bad row
+    (a :class:`RowError`, or an id used twice) once every row was tried."""
     jobs, problems, seen = [], [], {}
-    for n, raw in enumerate(read_rows(path), start=1):
+    for n, raw in enumerate(rows, start=1):
         try:
-            job = _row_job(raw, n, base, out)
-        except _RowError as e:
+            job = build(raw, n)
+        except RowError as e:
             problems.append(f"{path}: row {n}, field '{e.field}': {e.problem}")
             continue
         if job.id in seen:
@@ -92,54 +116,77 @@ def load_manifest(path: Path | str, out: Path | None = None) -> list[Job]:
     return jobs
 
 
-class _RowError(Exception):
+class RowError(Exception):
+    """One bad field of one manifest row (collected by :func:`validate_rows`)."""
+
     def __init__(self, field: str, problem: str):
         super().__init__(problem)
         self.field, self.problem = field, problem
 
 
-def _row_job(raw: dict, n: int, base: Path, out: Path | None) -> Job:
-    """One row -> Job, or _RowError naming the first bad field."""
+def row_options(raw: dict, owned: tuple[str, ...] = BATCH_OWNED, extra: tuple[str, ...] = ()) -> tuple[str | None, dict]:
+    """A raw row -> ``(id or None, values)``: keys normalised (``negative-prompt`` ->
+    ``negative_prompt``), JSON nulls dropped, every generate option converted to its type; keys in
+    ``extra`` (not generate options) are kept as they are. RowError for an ``owned`` or unknown key."""
     row = {str(k).strip().replace("-", "_"): v for k, v in raw.items()}
     job_id = row.pop("id", None)
     values = {}
     for key, value in row.items():
         if value is None:  # JSON null: the option's default, like an empty CSV cell
             continue
-        if key in BATCH_OWNED:
-            raise _RowError(key, "is set by `mirage batch` (DIR/<id>), not per row")
+        if key in owned:
+            raise RowError(key, "is set by the command for every row, not per row")
+        if key in extra:
+            values[key] = value
+            continue
         if key not in _TYPES:
-            raise _RowError(key, "unknown option (use a `mirage generate` option's long name)")
+            raise RowError(key, "unknown option (use a `mirage generate` option's long name)")
         values[key] = _convert(key, value)
-    for key in ("image", "traj"):
-        if not values.get(key):
-            raise _RowError(key, "is required")
-    values["image"] = _existing(base, "image", values["image"])
-    rel = base / values["traj"]
-    values["traj"] = str(rel) if rel.is_file() else values["traj"]
-    if values.get("depth") not in (None, "prior", "model"):
-        values["depth"] = _existing(base, "depth", values["depth"])
-    if values.get("memory"):
-        values["memory"] = _existing(base, "memory", values["memory"])
-    job_id = str(job_id) if job_id not in (None, "") else f"{Path(values['image']).stem}-{traj_stem(values['traj'])}"
+    return (str(job_id) if job_id not in (None, "") else None), values
+
+
+def check_id(job_id: str) -> str:
     if not ID_PATTERN.match(job_id):
-        raise _RowError("id", f"'{job_id}' is not a usable directory name (letters, digits, . _ -; at most 128)")
-    cfg = GenerateConfig(**values)
-    if out is not None:
-        cfg = replace(cfg, out=str(Path(out).resolve() / job_id))
+        raise RowError("id", f"'{job_id}' is not a usable directory name (letters, digits, . _ -; at most 128)")
+    return job_id
+
+
+def check_row_config(cfg: GenerateConfig) -> None:
+    """``check_config`` and the trajectory, as a RowError naming the option."""
     try:
         check_config(cfg)
         _check_traj(cfg.traj)
     except MirageError as e:
         field, _, problem = str(e).partition(": ")
-        raise _RowError(field.lstrip("-").replace("-", "_") if field.startswith("--") else "traj", problem or str(e)) from e
+        raise RowError(field.lstrip("-").replace("-", "_") if field.startswith("--") else "traj", problem or str(e)) from e
+
+
+def _row_job(raw: dict, n: int, base: Path, out: Path | None) -> Job:
+    """One row -> Job, or RowError naming the first bad field."""
+    job_id, values = row_options(raw)
+    for key in ("image", "traj"):
+        if not values.get(key):
+            raise RowError(key, "is required")
+    values["image"] = existing(base, "image", values["image"])
+    rel = base / values["traj"]
+    values["traj"] = str(rel) if rel.is_file() else values["traj"]
+    if values.get("depth") not in (None, "prior", "model"):
+        values["depth"] = existing(base, "depth", values["depth"])
+    if values.get("memory"):
+        values["memory"] = existing(base, "memory", values["memory"])
+    job_id = check_id(job_id or f"{Path(values['image']).stem}-{traj_stem(values['traj'])}")
+    cfg = GenerateConfig(**values)
+    if out is not None:
+        cfg = replace(cfg, out=str(Path(out).resolve() / job_id))
+    check_row_config(cfg)
     return Job(job_id, n, cfg)
 
 
-def _existing(base: Path, field: str, value: str) -> str:
+def existing(base: Path, field: str, value: str, folder: bool = False) -> str:
+    """``base / value`` as text when that file (or, with ``folder``, folder) exists; else a RowError."""
     p = base / value
-    if not p.is_file():
-        raise _RowError(field, f"file not found ({p})")
+    if not (p.is_file() or (folder and p.is_dir())):
+        raise RowError(field, f"{'file' if not folder else 'file or folder'} not found ({p})")
     return str(p)
 
 
@@ -155,14 +202,14 @@ def _convert(key: str, value):
     kind = _TYPES[key].replace(" | None", "")
     if kind == "str":
         if isinstance(value, (dict, list, bool)) or value is None:
-            raise _RowError(key, f"must be text (got {json.dumps(value)})")
+            raise RowError(key, f"must be text (got {json.dumps(value)})")
         return str(value)
     if kind == "bool":
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise _RowError(key, f"must be true or false (got {value!r})")
+        raise RowError(key, f"must be true or false (got {value!r})")
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -172,4 +219,4 @@ def _convert(key: str, value):
             return int(value) if not isinstance(value, str) else int(value, 10)
         return float(value)
     except (TypeError, ValueError):
-        raise _RowError(key, f"must be {'an integer' if kind == 'int' else 'a number'} (got {value!r})") from None
+        raise RowError(key, f"must be {'an integer' if kind == 'int' else 'a number'} (got {value!r})") from None

@@ -23,7 +23,7 @@ from typing import Callable
 from .manifest import Job, load_manifest
 from .records import BatchRecord, JobRecord, JobResult, batch_json, now
 from ..threads import worker_threads
-from .workers import InProcessPool, ProcessPool, run_state
+from .workers import InProcessPool, ProcessPool, finished, run_state
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,23 @@ def run_batch(manifest: Path | str, opts: BatchOptions, on_update: Callable[[Bat
         on_update: called with the record whenever a job changes state (the live table).
         pool: a ready pool (tests); default: :func:`make_pool`.
     """
+    jobs = load_manifest(manifest, Path(opts.out))  # every row checked before anything runs or is written
+    return run_jobs(jobs, opts, str(Path(manifest).resolve()), on_update, pool)
+
+
+def run_jobs(jobs: list[Job], opts: BatchOptions, manifest: str, on_update: Callable[[BatchRecord], None] = lambda r: None,
+             pool=None) -> BatchRecord:
+    """Run validated ``jobs`` (each with its own ``config.out``); the record goes to
+    ``opts.out/batch.json`` (``manifest``: where the jobs came from, for the record). A job whose
+    run and step are done is skipped (:func:`~.workers.finished`)."""
     out = Path(opts.out)
-    jobs = load_manifest(manifest, out)  # every row checked before anything runs or is written
     out.mkdir(parents=True, exist_ok=True)
-    record = BatchRecord(manifest=str(Path(manifest).resolve()), out=str(out.resolve()), workers="",
+    record = BatchRecord(manifest=manifest, out=str(out.resolve()), workers="",
                          command=" ".join(["mirage"] + sys.argv[1:]))
     queue: deque[Job] = deque()
     for job in jobs:
         rec = record.jobs[job.id] = JobRecord(run=job.config.out, row=job.row)
-        if run_state(Path(job.config.out)) == "done":
+        if finished(job):
             rec.status = "skipped"
         else:
             queue.append(job)

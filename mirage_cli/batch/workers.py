@@ -82,6 +82,21 @@ def run_state(out: Path) -> str | None:
     return "done" if '"status": "done"' in path.read_text(errors="replace") else "partial"
 
 
+def finished(job: Job) -> bool:
+    """A job a (re)run skips: its run is done, and so is its step (its output file exists)."""
+    if job.config.overwrite or run_state(Path(job.config.out)) != "done":
+        return False
+    return job.then is None or Path(job.then.output).exists()
+
+
+def run_step(job: Job, loaders: Loaders) -> None:
+    """Call the job's step, ``"module:function"``, with ``(job, loaders)``."""
+    from importlib import import_module
+
+    module, _, name = job.then.call.partition(":")
+    getattr(import_module(module), name)(job, loaders)
+
+
 class Worker:
     """Runs jobs one after another, keeping its models loaded (see the module docstring)."""
 
@@ -112,22 +127,31 @@ class Worker:
 
         from ..pipeline.generate import resume, start
         from ..pipeline.loop import run_loop
+        from ..pipeline.records import RunRecord
+        from ..pipeline.rundir import run_json
 
         out = Path(job.config.out)
         quiet_warn = lambda msg: None  # noqa: E731 -- the batch table is the user's view; run.json keeps the rest
         loaders = self.models.loaders()
-        run = None
-        if run_state(out) == "partial":
-            try:
-                run = resume(out, quiet=True, loaders=loaders)
-            except MirageError as e:
-                if "no finished chunk" not in str(e):
-                    raise
-                # interrupted before its first checkpoint: nothing to keep, start it again
-        if run is None:
-            run = start(replace(job.config, overwrite=run_state(out) == "partial"), warn=quiet_warn, quiet=True,
-                        loaders=loaders)
-        return run_loop(run, warn=quiet_warn)
+        state = run_state(out)
+        if state == "done" and not job.config.overwrite:  # dispatched only for its step (see finished)
+            record = RunRecord.read(run_json(out))
+        else:
+            run = None
+            if state == "partial" and not job.config.overwrite:
+                try:
+                    run = resume(out, quiet=True, loaders=loaders)
+                except MirageError as e:
+                    if "no finished chunk" not in str(e):
+                        raise
+                    # interrupted before its first checkpoint: nothing to keep, start it again
+            if run is None:
+                run = start(replace(job.config, overwrite=job.config.overwrite or state is not None), warn=quiet_warn,
+                            quiet=True, loaders=loaders)
+            record = run_loop(run, warn=quiet_warn)
+        if job.then is not None:
+            run_step(job, loaders)
+        return record
 
     def _test_hooks(self, job_id: str) -> None:
         """The test-only failure injection (see the module docstring)."""

@@ -15,7 +15,7 @@ app = typer.Typer(help="Measured quality: reconstruction against true frames, me
 
 @app.command("recon", no_args_is_help=True)
 def recon_cmd(
-    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, or synthetic[:SCENE[:TRAJ]]."),
+    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, synthetic[:SCENE[:TRAJ]], or a manifest of clips (.jsonl/.csv, one per row)."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation directory (DIR/<clip>/run, DIR/eval.json, DIR/eval.csv)."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Cameras of a single frames-folder / MP4 SOURCE (any trajectory format)."),
     depth: Optional[str] = typer.Option(None, "--depth", help="Frame 0's depth for a single frames SOURCE (.npy/.npz/16-bit .png) or 'prior'/'model'."),
@@ -37,16 +37,21 @@ def recon_cmd(
     write_policy: str = typer.Option("new", "--write-policy"),
     references: int = typer.Option(2, "--references"),
     cpu_offload: bool = typer.Option(False, "--cpu-offload"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier clip runs in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every clip (default: a finished clip is skipped, an interrupted one resumed)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Clips at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the clips on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
+    retries: int = typer.Option(1, "--retries", help="Retries of a clip whose generation or scoring failed."),
     plot: bool = typer.Option(False, "--plot", help="Also write DIR/eval.png (metric against frame)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the aggregate as a Markdown table (the README's)."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Generate each clip from its frame 0 along its cameras and compare every frame with the truth."""
+    from ..batch.runner import BatchOptions
+    from ..errors import MirageError
     from ..eval.recon import eval_recon
     from ..eval.report import markdown_table, recon_table
-    from ..eval.sources import read_sources
     from ..pipeline.config import GenerateConfig, check_config
 
     depth_kind = depth if depth in ("prior", "model") else None  # a depth source, not a file of the clip
@@ -54,14 +59,17 @@ def recon_cmd(
         image="-", traj="-", depth=depth_kind, backend=backend, model=model, depth_model=depth_model, seed=seed, steps=steps,
         guidance=guidance, shift=shift, prompt=prompt, device=device, dtype=dtype, chunk_frames=chunk_frames,
         downscale=downscale, cache_dump="chunks", write_policy=write_policy, references=references,
-        cpu_offload=cpu_offload, height=height, width=width,
+        cpu_offload=cpu_offload, height=height, width=width, overwrite=overwrite,
     )
     check_config(base)  # every option error before any clip is read or rendered
-    clips = read_sources(sources, traj=traj, depth=None if depth_kind else depth, frames=frames, size=(width, height))
+    if workers is not None and workers < 1:
+        raise MirageError(f"--workers: must be >= 1 (got {workers})")
+    if retries < 0:
+        raise MirageError(f"--retries: must be >= 0 (got {retries})")
+    batch = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries)
     show = not (quiet or json_out or markdown)
-    warn = (lambda m: None) if not show else (lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
-    progress = (lambda name: err_console.print(f"[dim]clip {name}[/]")) if show else None
-    doc = eval_recon(clips, base, out, overwrite=overwrite, warn=warn, progress=progress)
+    doc = eval_recon(sources, base, out, batch, traj=traj, depth=None if depth_kind else depth, frames=frames,
+                     size=(width, height), on_update=_progress() if show else None)
     if plot:
         from ..eval.plot import draw_plot
 
@@ -75,6 +83,24 @@ def recon_cmd(
         for note in doc["notes"]:
             console.print(f"[dim]note: {note}[/]")
         console.print(f"eval.json / eval.csv in {out}" + (", plot eval.png" if plot else ""))
+    for f in doc["failed"]:
+        err_console.print(f"[red]{f['status']}[/] {f['name']}: {f['error']}", highlight=False)
+    if doc["failed"]:
+        raise typer.Exit(1)
+
+
+def _progress():
+    """A batch-record callback printing one line per clip as it is skipped, done or failed."""
+    shown: dict[str, str] = {}
+
+    def update(record) -> None:
+        for name, job in record.jobs.items():
+            if job.status in ("done", "skipped", "failed") and shown.get(name) != job.status:
+                shown[name] = job.status
+                what = "skipped (done and scored earlier)" if job.status == "skipped" else job.status
+                err_console.print(f"[dim]clip {name}: {what}" + (f" in {job.seconds:.1f} s" if job.seconds and
+                                                                  job.status == "done" else "") + "[/]", highlight=False)
+    return update
 
 
 @app.command("compare", no_args_is_help=True)

@@ -76,6 +76,20 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
 
 
 # ------------------------------------------------------------------------------------ LPIPS
+def lpips_missing() -> str | None:
+    """Why LPIPS cannot run offline here (None: it can; see :func:`load_lpips`), without loading it."""
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        return "LPIPS not computed: the lpips package is not installed (pip install lpips, then its weights)"
+    lin = Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
+    if not lin.exists():
+        return f"LPIPS not computed: {lin} is missing"
+    backbone = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    if not backbone.exists():
+        return f"LPIPS not computed: torchvision's AlexNet weights are not cached ({backbone})"
+    return None
+
+
 def load_lpips():
     """``(model, None)`` when LPIPS can run offline, else ``(None, why)``.
 
@@ -83,15 +97,9 @@ def load_lpips():
     SSIM. It needs the package's own ``weights/v0.1/alex.pth`` and torchvision's AlexNet weights in
     the torch hub cache; without them this returns the reason rather than downloading.
     """
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or spec.origin is None:
-        return None, "LPIPS not computed: the lpips package is not installed (pip install lpips, then its weights)"
-    lin = Path(spec.origin).parent / "weights" / "v0.1" / "alex.pth"
-    if not lin.exists():
-        return None, f"LPIPS not computed: {lin} is missing"
-    backbone = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    if not backbone.exists():
-        return None, f"LPIPS not computed: torchvision's AlexNet weights are not cached ({backbone})"
+    why = lpips_missing()
+    if why is not None:
+        return None, why
     import lpips
 
     model = lpips.LPIPS(net="alex", spatial=True, verbose=False).eval()

@@ -1,107 +1,244 @@
 """``mirage eval recon``: generate every clip from its frame 0 along its cameras, score every frame.
 
-Each clip runs through the same code as ``mirage generate`` (:func:`mirage_cli.pipeline.generate.start`
-with a frozen :class:`~mirage_cli.pipeline.config.GenerateConfig`, then the chunk loop). Its inputs
-are written to ``DIR/<clip>/inputs/`` (frame 0 as PNG, the cameras as a native trajectory with
-absolute units, frame 0's depth as .npy when the clip has it) and its run directory is
-``DIR/<clip>/run/``. The scored frames are the loop's uint8 frames (those ``video.mp4`` encodes;
-the MP4's lossy compression is not part of the score).
+Every clip is one job of the batch machinery (:mod:`mirage_cli.batch`): its generation runs
+through the same worker as ``mirage batch`` (``pipeline.generate.start`` / ``resume``, models
+kept loaded, in-process, ``--workers N`` processes or ``--ray`` actors), with the same skip,
+resume and retry semantics; then the same worker scores it (the job's step, :func:`score_job`)
+and writes ``DIR/<clip>/score.json``. A clip whose run is done and scored is skipped on a rerun;
+one whose run was interrupted is resumed, then scored. ``DIR/eval.json`` gathers the scores.
 
-Memory masks come from the memory read: before the loop, the memory holds only frame 0's lift,
-and its known mask along every camera is the ``memory`` region; after the loop, the final memory's
-read gives the known fraction and, decoded, the read fidelity on known cells.
+Per clip: inputs in ``DIR/<clip>/inputs/`` (frame 0 as PNG, the cameras as a native trajectory
+with absolute units, frame 0's depth as .npy when the clip has it), the run in ``DIR/<clip>/run/``
+(with its chunk latents and final memory kept: the score is computed from the run directory).
+
+Scoring reads the finished run back (:func:`mirage_cli.pipeline.generate.reopen`): the frames are
+the loop's uint8 frames (decoded again from the stored latents, exactly as the loop made them;
+the MP4's lossy compression is not part of the score); the ``memory`` region is the known mask of
+the memory holding only frame 0's lift, read along every camera; the final memory's read gives the
+known fraction and, decoded, the read fidelity on known cells.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..batch.manifest import Job, RowError, Step, check_id, check_row_config, existing, read_rows, row_options, validate_rows
+from ..batch.runner import BatchOptions, run_jobs
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
-from .metrics import clip_means, follow_masks, load_lpips, revisits, score_frames, to_float
-from .sources import Clip
+from .metrics import clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
+from .sources import Clip, clip_specs, read_clip
 
 STRIP_FRAMES = 4
 """Comparison strips per clip: evenly spaced frames, plus the first revisit."""
+MANIFEST_SUFFIXES = (".jsonl", ".csv")
+"""A SOURCE with one of these suffixes is a manifest of clips (one per row)."""
+EVAL_OWNED = ("out", "overwrite", "image", "width", "height", "fov", "keep_latents", "cache_dump", "start_frame", "memory")
+"""Generate options a manifest row may not set: eval decides them per clip (size = the clip's)."""
+SCORE_FILE = "score.json"
 
 
-def eval_recon(clips: list[Clip], base: GenerateConfig, out: Path, overwrite: bool = False,
-               warn: Callable[[str], None] = print, progress: Callable[[str], None] | None = None) -> dict:
+def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: BatchOptions | None = None,
+               traj: str | None = None, depth: str | None = None, frames: int | None = None,
+               size: tuple[int, int] | None = None, on_update: Callable | None = None) -> dict:
     """Run and score every clip; returns the ``eval.json`` document (also written, with eval.csv).
 
     Args:
-        clips: from :func:`~mirage_cli.eval.sources.read_sources`.
-        base: generate options shared by every clip (image, traj, depth, out, size are set per clip).
-        out: the evaluation directory. overwrite: replace earlier runs in it.
+        sources: SOURCE arguments (clips, ``synthetic[...]``, manifests; see :func:`clip_jobs`).
+        base: generate options shared by every clip (image, traj, depth, out, size are set per
+            clip; ``base.overwrite`` regenerates every clip).
+        out: the evaluation directory. batch: workers / Ray / retries (``out`` is replaced by ``out``).
+        traj, depth, frames, size: as :func:`~mirage_cli.eval.sources.clip_specs`.
+        on_update: called with the batch record whenever a clip's job changes state.
     """
+    from .metrics import aggregate
     from .report import write_outputs
 
-    out.mkdir(parents=True, exist_ok=True)
-    lpips_model, lpips_note = load_lpips()
-    results = []
-    for clip in clips:
-        if progress:
-            progress(clip.name)
-        results.append(run_clip(clip, base, out / clip.name, overwrite, warn, lpips_model))
+    pairs = clip_jobs(sources, base, out, traj, depth, frames, size)  # every clip checked before anything is written
+    check_earlier_runs(pairs)
+    for job, head in pairs:
+        write_inputs(job, head)
+    jobs = [job for job, _ in pairs]
+    opts = replace(batch or BatchOptions(out=str(out)), out=str(out))
+    record = run_jobs(jobs, opts, " ".join(sources), on_update or (lambda r: None))
+    results, failed = [], []
+    for job in jobs:
+        rec = record.jobs[job.id]
+        if rec.status in ("done", "skipped"):
+            results.append(json.loads(Path(job.then.output).read_text()))
+        else:
+            failed.append({"name": job.id, "status": rec.status, "error": rec.error})
+    why = lpips_missing()
     doc = {
         "format": "mirage.eval",
         "version": 1,
-        "config": {k: v for k, v in asdict(base).items() if k not in ("image", "traj", "depth", "out")},
-        "protocol": {"frames": "1..N-1 (frame 0 is the input)", "psnr_ssim": "torchmetrics", "lpips": "lpips (alex)"
-                     if lpips_model is not None else None, "psnr_cap_db": 100.0},
-        "notes": [lpips_note] if lpips_note else [],
+        "config": {k: v for k, v in asdict(base).items() if k not in ("image", "traj", "depth", "out", "overwrite")},
+        "protocol": {"frames": "1..N-1 (frame 0 is the input)", "psnr_ssim": "torchmetrics",
+                     "lpips": "lpips (alex)" if why is None else None, "psnr_cap_db": 100.0},
+        "notes": [why] if why else [],
+        "jobs": {"workers": record.workers, **{k: v for k, v in record.counts().items() if v}},
         "clips": results,
+        "failed": failed,
     }
-    from .metrics import aggregate
-
-    doc["aggregate"] = aggregate([r["means"] for r in results])
+    doc["aggregate"] = aggregate([r["means"] for r in results]) if results else {}
     write_outputs(doc, out)
     return doc
 
 
-def clip_config(clip: Clip, base: GenerateConfig, clip_dir: Path, overwrite: bool) -> GenerateConfig:
-    """Write the clip's inputs and return the generate options that run it (frame size = the clip's)."""
-    from ..io import save_image
+# ------------------------------------------------------------------------------------ jobs
+def clip_jobs(sources: list[str], base: GenerateConfig, out: Path, traj: str | None = None, depth: str | None = None,
+              frames: int | None = None, size: tuple[int, int] | None = None) -> list[tuple[Job, Clip]]:
+    """One batch job per clip, with the clip's head (frame 0, cameras, depth: what
+    :func:`write_inputs` writes; the full frames are not kept, a worker reads the clip again to
+    score it). Every clip is read and checked first; nothing is written here.
+
+    A SOURCE ending in ``.jsonl``/``.csv`` is a manifest (:func:`manifest_jobs`); the others are
+    clips or ``synthetic[...]`` (:func:`~mirage_cli.eval.sources.clip_specs`; a bad one is one
+    line). Job ids (= clip folder names) must be unique over all sources."""
+    out = Path(out).resolve()
+    manifests = [s for s in sources if Path(s).suffix in MANIFEST_SUFFIXES]
+    others = [s for s in sources if s not in manifests]
+    jobs = [clip_job(spec, read_clip(spec), base, out, i + 1)
+            for i, spec in enumerate(clip_specs(others, traj, depth, frames, size) if others else [])]
+    if manifests and (traj or depth):
+        raise MirageError("--traj/--depth: a manifest gives them per row (traj, depth)")
+    for m in manifests:
+        jobs += manifest_jobs(Path(m), base, out, frames)
+    seen = {}
+    for job, _ in jobs:
+        if job.id in seen:
+            raise MirageError(f"{job.id}: two clips of this name ({seen[job.id]} and {job.then.args['source']}); "
+                              "give manifest rows an id")
+        seen[job.id] = job.then.args["source"]
+    return jobs
+
+
+def manifest_jobs(path: Path, base: GenerateConfig, out: Path, frames: int | None = None) -> list[tuple[Job, Clip]]:
+    """A manifest of clips: one clip per row, JSONL or CSV like ``mirage batch``'s (same reader and
+    validation: every row checked, one line per bad row, one error). Row fields: ``clip`` (a
+    geometry.npz, a frames folder or MP4, a clip folder; relative to the manifest), ``traj`` (the
+    cameras of a frames folder / MP4), ``depth`` (frame 0's depth file, or prior/model), ``frames``
+    (keep the first N), ``id`` (default: the clip's name), and any other generate option (over the
+    command's)."""
+    from .sources import _clip_name
+
+    base_dir = path.resolve().parent
+    heads: dict[str, Clip] = {}
+
+    def build(raw: dict, n: int) -> Job:
+        job_id, values = row_options(raw, owned=EVAL_OWNED, extra=("clip",))
+        if not values.get("clip"):
+            raise RowError("clip", "is required")
+        clip_path = existing(base_dir, "clip", str(values.pop("clip")), folder=True)
+        spec = {"source": clip_path, "traj": None, "depth": None, "frames": values.pop("frames", frames), "size": None}
+        if values.get("traj"):
+            spec["traj"] = existing(base_dir, "traj", values.pop("traj"))
+        if values.get("depth") not in (None, "prior", "model"):
+            spec["depth"] = existing(base_dir, "depth", values.pop("depth"))
+        spec["name"] = check_id(job_id or _clip_name(Path(clip_path)))
+        try:
+            clip = read_clip(spec)
+        except MirageError as e:
+            raise RowError("clip", str(e)) from e
+        job, heads[spec["name"]] = clip_job(spec, clip, replace(base, **values), out, n)
+        return job
+
+    return [(job, heads[job.id]) for job in validate_rows(path, read_rows(path, required=("clip",)), build)]
+
+
+def clip_job(spec: dict, clip: Clip, base: GenerateConfig, out: Path, row: int) -> tuple[Job, Clip]:
+    """The batch job of one clip (generate options with the clip's inputs and size, and the scoring
+    step) and the clip's head. RowError when an option is bad."""
+    clip_dir = out / spec["name"]
+    inputs = clip_dir / "inputs"
+    W, H = clip.size
+    cfg = replace(base, image=str(inputs / "frame0.png"), traj=str(inputs / "trajectory.json"),
+                  depth=str(inputs / "depth0.npy") if clip.depth0 is not None else base.depth,
+                  out=str(clip_dir / "run"), width=W, height=H, frames=None, fov=None, keep_latents=True,
+                  cache_dump=base.cache_dump if base.cache_dump != "none" else "final")
+    check_row_config(replace(cfg, traj="static"))  # the trajectory is written later; the clip's cameras were checked
+    head = Clip(clip.name, clip.frames[:1], clip.cameras, clip.depth0, None, clip.fps, clip.source, clip.synthetic)
+    args = {**spec, "options": {k: v for k, v in asdict(base).items() if v != getattr(GenerateConfig(), k)}}
+    job = Job(spec["name"], row, cfg, then=Step("mirage_cli.eval.recon:score_job", str(clip_dir / SCORE_FILE), args))
+    return job, head
+
+
+def write_inputs(job: Job, clip: Clip) -> None:
+    """The clip's inputs: frame 0 as PNG, its cameras as a native trajectory (absolute units), frame
+    0's depth as .npy (when the clip has it), all atomically (a resumed run checks the image hash)."""
+    from ..io import atomic_path, save_image
     from ..trajectories import Trajectory, save_trajectory
 
-    inputs = clip_dir / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    image = inputs / "frame0.png"
-    save_image(image, to_float(clip.frames[:1])[0].float())
-    traj = inputs / "trajectory.json"
-    save_trajectory(Trajectory(clip.cameras, clip.fps, "native", scale="absolute", source=clip.source), traj)
-    depth = None
+    Path(job.config.image).parent.mkdir(parents=True, exist_ok=True)
+    save_image(job.config.image, to_float(clip.frames[:1])[0].float())
+    save_trajectory(Trajectory(clip.cameras, clip.fps, "native", scale="absolute", source=clip.source), job.config.traj)
     if clip.depth0 is not None:
-        depth = inputs / "depth0.npy"
-        np.save(depth, clip.depth0.numpy().astype(np.float32), allow_pickle=False)
-    W, H = clip.size
-    return replace(base, image=str(image), traj=str(traj), depth=str(depth) if depth else base.depth,
-                   out=str(clip_dir / "run"), width=W, height=H, frames=None, fov=None, overwrite=overwrite)
+        with atomic_path(job.config.depth) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, clip.depth0.numpy().astype(np.float32), allow_pickle=False)
 
 
-def run_clip(clip: Clip, base: GenerateConfig, clip_dir: Path, overwrite: bool, warn, lpips_model=None) -> dict:
-    """Generate one clip with the pipeline and score it. Returns its ``eval.json`` entry."""
-    from ..pipeline.generate import start
-    from ..pipeline.loop import run_loop
+def check_earlier_runs(jobs: list[tuple[Job, Clip]]) -> None:
+    """A clip's earlier run (kept to be skipped or resumed) must have been made with the same
+    options and clip size and length: else one line saying to use --overwrite or another --out."""
+    from ..pipeline.records import RunRecord
+    from ..pipeline.rundir import run_json
+
+    for job, head in jobs:
+        path = run_json(Path(job.config.out))
+        if job.config.overwrite or not path.is_file():
+            continue
+        rec = RunRecord.read(path)
+        diff = [(k, getattr(rec.config, k), v) for k, v in asdict(job.config).items()
+                if v is not None and k not in ("out", "overwrite") and getattr(rec.config, k) != v]
+        if rec.trajectory.frames != len(head.cameras):
+            diff.append(("frames", rec.trajectory.frames, len(head.cameras)))
+        if diff:
+            k, was, now = diff[0]
+            raise MirageError(f"{job.config.out}: an earlier run made with other options ({k}: {was!r} there, {now!r} "
+                              "now); use --overwrite, or another --out")
+
+
+# ------------------------------------------------------------------------------------ scoring
+@lru_cache(maxsize=1)
+def _lpips():
+    """The LPIPS model of this worker process, loaded once (or None)."""
+    return load_lpips()[0]
+
+
+def score_job(job: Job, loaders) -> None:
+    """The step of a clip's job (run by the worker, its models loaded): read the clip again, score
+    the finished run, write ``score.json`` (atomically, last: its presence marks the clip done)."""
+    from ..io import write_json
+
+    spec = job.then.args
+    entry = score_run(read_clip(spec), Path(job.config.out), loaders, _lpips())
+    entry["options"] = spec.get("options", {})
+    write_json(Path(job.then.output), entry)
+
+
+def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict:
+    """Score the finished run in ``run_dir`` against ``clip``. Returns its ``eval.json`` entry."""
+    from ..pipeline.generate import input_memory, reopen
+    from ..pipeline.plan import reference_depth
 
     t0 = time.perf_counter()
-    cfg = clip_config(clip, base, clip_dir, overwrite)
-    run = start(cfg, warn=warn, quiet=True)
+    run = reopen(run_dir, loaders)
     W, H = run.plan.size
     if (W, H) != clip.size:
         raise MirageError(f"{clip.name}: {clip.size[0]}x{clip.size[1]} frames are not a multiple of the backend's grid "
-                          f"(the run would be {W}x{H}); crop the clip or choose --downscale")
+                          f"(the run is {W}x{H}); crop the clip or choose --downscale")
     cams = run.plan.cams  # frame 0 = identity: the trajectory as the run uses it
     f = run.codec.spatial_factor
-    _, known0, _ = run.state.memory.read(cams)  # only frame 0's lift so far
-    run.state.video.kept = []  # score the frames themselves, before H.264
-    run_loop(run, warn=warn)
+    _, known0, _ = input_memory(run).read(cams)  # only frame 0's lift
     generated = np.stack(run.state.video.kept)
     _, known, read_lat = _final_read(run, cams)
     memory_mask = _to_pixels(known0, f)
@@ -109,16 +246,17 @@ def run_clip(clip: Clip, base: GenerateConfig, clip_dir: Path, overwrite: bool, 
     follow = None
     if clip.depths is not None:
         follow = follow_masks(cams, clip.depths, to_float(clip.frames[:1])[0])
-    from ..pipeline.plan import reference_depth
-
     unit = run.plan.reference_depth if clip.depth0 is None else reference_depth(clip.depth0)
     per_frame = score_frames(generated, clip.frames, memory_mask, known_px, read_lat, revisits(cams, unit), follow,
                              lpips_model)
-    write_strips(clip_dir / "strips", generated, clip.frames, per_frame["revisit_of"])
+    write_strips(run_dir.parent / "strips", generated, clip.frames, per_frame["revisit_of"])
+    score_s = time.perf_counter() - t0
+    gen_s = run.record.totals.wall_seconds if run.record.totals else 0.0
     return {
         "name": clip.name, "source": clip.source, "synthetic": clip.synthetic, "frames": len(clip.frames),
         "size": [W, H], "run_dir": str(run.plan.out), "depth_source": run.plan.depth_source,
-        "seconds": round(time.perf_counter() - t0, 3), "per_frame": per_frame, "means": clip_means(per_frame),
+        "seconds": round(gen_s + score_s, 3), "generate_seconds": gen_s, "score_seconds": round(score_s, 3),
+        "per_frame": per_frame, "means": clip_means(per_frame),
     }
 
 

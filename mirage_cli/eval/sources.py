@@ -68,35 +68,61 @@ class Clip:
 
 
 # ------------------------------------------------------------------------------------ dispatch
-def read_sources(sources: list[str], traj: str | None = None, depth: str | None = None, frames: int | None = None,
-                 size: tuple[int, int] | None = None) -> list[Clip]:
-    """Every SOURCE as clips (``synthetic`` gives several). ``frames`` keeps the first N frames of a
-    file clip and sets the length of synthetic ones; ``size`` = ``(W, H)`` of synthetic clips.
-    ``traj``/``depth`` belong to a single frames-folder or MP4 source."""
+def clip_specs(sources: list[str], traj: str | None = None, depth: str | None = None, frames: int | None = None,
+               size: tuple[int, int] | None = None) -> list[dict]:
+    """Every SOURCE as clip specs: plain data naming one clip each (``name``, ``source``, ``traj``,
+    ``depth``, ``frames``, ``size``), so a batch worker can read the clip again (:func:`read_clip`).
+    ``synthetic`` gives several; ``frames`` keeps the first N frames of a file clip and sets the
+    length of synthetic ones; ``size`` = ``(W, H)`` of synthetic clips. ``traj``/``depth`` belong
+    to a single frames-folder or MP4 source. Two clips of one name get ``-<index>`` suffixes."""
     if (traj or depth) and len(sources) != 1:
         raise MirageError("--traj/--depth: give them with exactly one frames-folder or MP4 SOURCE")
-    clips: list[Clip] = []
+    specs: list[dict] = []
     for s in sources:
         if s == "synthetic" or s.startswith("synthetic:"):
-            clips += synthetic_clips(s, frames or SYNTHETIC_FRAMES, size or SYNTHETIC_SIZE)
+            specs += [{"name": f"{scene}-{t}", "source": f"synthetic:{scene}:{t}", "traj": None, "depth": None,
+                       "frames": frames or SYNTHETIC_FRAMES, "size": list(size or SYNTHETIC_SIZE)}
+                      for scene, t in synthetic_names(s, frames or SYNTHETIC_FRAMES)]
             continue
         path = Path(s)
         if not path.exists():
-            raise MirageError(f"{s}: no such clip (a geometry.npz, a frames folder or MP4, or synthetic[:SCENE[:TRAJ]])")
+            raise MirageError(f"{s}: no such clip (a geometry.npz, a frames folder or MP4, a manifest, or "
+                              "synthetic[:SCENE[:TRAJ]])")
+        if path.suffix != ".npz" and not (path.is_dir() and traj is None) and traj is None:
+            raise MirageError(f"{s}: a frames folder or MP4 needs its cameras: --traj FILE")
+        specs.append({"name": _clip_name(path), "source": s, "traj": traj, "depth": depth, "frames": frames, "size": None})
+    names = [c["name"] for c in specs]
+    for i, c in enumerate(specs):  # two clips called geometry.npz in different folders: keep both
+        if names.count(c["name"]) > 1:
+            c["name"] = f"{c['name']}-{i}"
+    return specs
+
+
+def read_clip(spec: dict) -> Clip:
+    """The clip a spec of :func:`clip_specs` (or a manifest row) names."""
+    frames = spec.get("frames")
+    if spec["source"].startswith("synthetic:"):
+        _, scene, t = spec["source"].split(":")
+        clip = synthetic_clip(scene, t, frames, tuple(spec["size"]))
+    else:
+        path = Path(spec["source"])
         if path.suffix == ".npz":
             clip = read_npz_clip(path)
-        elif path.is_dir() and traj is None:
+        elif path.is_dir() and spec.get("traj") is None:
             clip = read_folder_clip(path)
         else:
-            if traj is None:
-                raise MirageError(f"{s}: a frames folder or MP4 needs its cameras: --traj FILE")
-            clip = read_frames_clip(path, Path(traj), Path(depth) if depth else None)
-        clips.append(_first(clip, frames) if frames else clip)
-    names = [c.name for c in clips]
-    for i, c in enumerate(clips):  # two clips called geometry.npz in different folders: keep both
-        if names.count(c.name) > 1:
-            c.name = f"{c.name}-{i}"
-    return clips
+            if spec.get("traj") is None:
+                raise MirageError(f"{path}: a frames folder or MP4 needs its cameras (traj)")
+            clip = read_frames_clip(path, Path(spec["traj"]), Path(spec["depth"]) if spec.get("depth") else None)
+        clip = _first(clip, frames) if frames else clip
+    clip.name = spec["name"]
+    return clip
+
+
+def read_sources(sources: list[str], traj: str | None = None, depth: str | None = None, frames: int | None = None,
+                 size: tuple[int, int] | None = None) -> list[Clip]:
+    """Every SOURCE read as clips (see :func:`clip_specs`)."""
+    return [read_clip(s) for s in clip_specs(sources, traj, depth, frames, size)]
 
 
 def _first(clip: Clip, n: int) -> Clip:
@@ -235,9 +261,11 @@ def _clip_name(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ synthetic
-def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]:
-    """``synthetic[:SCENE[:TRAJ]]`` -> one clip per trajectory (``SYNTHETIC_SUITE`` when TRAJ is absent)."""
+def synthetic_names(spec: str, frames: int) -> list[tuple[str, str]]:
+    """``synthetic[:SCENE[:TRAJ]]`` -> its ``(scene, trajectory)`` pairs (``SYNTHETIC_SUITE`` when
+    TRAJ is absent); names checked here, before anything is rendered."""
     from ..data.scenes import SCENE_NAMES
+    from ..trajectories import PRESETS
 
     parts = spec.split(":")
     if len(parts) > 3:
@@ -246,7 +274,18 @@ def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]
     trajs = [parts[2]] if len(parts) > 2 and parts[2] else list(SYNTHETIC_SUITE)
     if frames < 3:
         raise MirageError(f"--frames: synthetic clips need >= 3 frames (got {frames})")
-    return [synthetic_clip(s, t, frames, size) for s in scenes for t in trajs]
+    for s in scenes:
+        if s not in SCENE_NAMES:
+            raise MirageError(f"{spec}: unknown scene '{s}' (choose from {', '.join(SCENE_NAMES)})")
+    for t in trajs:
+        if t != "out_and_back" and t not in PRESETS:
+            raise MirageError(f"synthetic:{scenes[0]}:{t}: unknown trajectory (a preset name or out_and_back)")
+    return [(s, t) for s in scenes for t in trajs]
+
+
+def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]:
+    """``synthetic[:SCENE[:TRAJ]]`` -> one clip per trajectory (``SYNTHETIC_SUITE`` when TRAJ is absent)."""
+    return [synthetic_clip(s, t, frames, size) for s, t in synthetic_names(spec, frames)]
 
 
 def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int, int]) -> Clip:

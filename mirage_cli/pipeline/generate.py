@@ -196,6 +196,58 @@ def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loa
     return run
 
 
+class FrameList:
+    """Stands in for a run's VideoWriter when a finished run is rebuilt (:func:`reopen`): keeps the
+    frames in ``kept`` (``(H, W, 3)`` uint8 each) instead of encoding them."""
+
+    def __init__(self):
+        self.kept: list = []
+
+    def append(self, frames) -> None:
+        self.kept.extend(frames)
+
+
+def reopen(out: Path, loaders: Loaders | None = None, quiet: bool = True) -> Run:
+    """A finished run rebuilt for reading, writing nothing (``mirage eval`` scores a run from its
+    directory, so a resumed or earlier run scores exactly like a fresh one): the plan, the models,
+    the final memory, the history, and in ``state.video.kept`` every frame exactly as the loop made
+    it (decoded again from the kept chunk latents). Needs a run made with ``keep_latents`` and
+    ``cache_dump`` final or chunks."""
+    from .rundir import chunk_latents, final_dump, run_json
+
+    loaders = loaders or Loaders()
+    record = RunRecord.read(run_json(out))
+    if record.status != "done":
+        raise MirageError(f"{out}: the run is not finished ({record.status}); nothing to read")
+    cfg = record.config
+    needed = [final_dump(out)] + [chunk_latents(out, c.index) for c in record.chunk_plan]
+    missing = next((p for p in needed if not p.exists()), None)
+    if missing is not None:
+        raise MirageError(f"{missing}: missing (a run to read needs --keep-latents and --cache-dump final or chunks)")
+    device = resolve_device(cfg.device)
+    image_path = Path(cfg.image)
+    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
+    plan = _plan(cfg, out, image_path, record.image.sha256, image, codec, record.depth.reference_depth,
+                 record.depth.source, device)
+    first_latent = _first_latent(codec, image, device)
+    state = RunState(memory=LatentMemory.load(final_dump(out), device=device), history_latents=[first_latent],
+                     history_frames=[0], records=list(record.chunks), video=FrameList())
+    run = Run(plan, codec, backend, first_latent, state, record, time.perf_counter(), image=image)
+    replay_chunks(state, plan, codec, exact_first_frame(run))
+    return run
+
+
+def input_memory(run: Run) -> LatentMemory:
+    """The memory ``run`` started from: its input lifted with its saved depth (``depth.npy``)."""
+    import numpy as np
+
+    from .rundir import depth_file
+
+    depth = torch.from_numpy(np.load(depth_file(run.plan.out), allow_pickle=False)).to(run.plan.device)
+    return _first_memory(None, run.plan, run.codec, run.first_latent, depth)
+
+
 # ------------------------------------------------------------------------------------ shared steps
 def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
     """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
