@@ -23,7 +23,7 @@ from typing import Callable
 from .manifest import Job, load_manifest
 from .records import BatchRecord, JobRecord, JobResult, batch_json, now
 from ..threads import worker_threads
-from .workers import InProcessPool, ProcessPool, finished, run_state
+from .workers import InProcessPool, ProcessPool, finished
 
 
 @dataclass(frozen=True)
