@@ -74,6 +74,34 @@ def test_reduce_depth_takes_the_foreground_cluster():
     assert torch.equal(reduce_depth(d[:, :4], 1), d[:, :4])
 
 
+def _reduce_depth_sorting_every_cell(depth, factor, edge_tol=0.05):
+    """The foreground-cluster rule written plainly: sort every cell, search every cell for the jump."""
+    *lead, H, W = depth.shape
+    h, w = H // factor, W // factor
+    d = depth[..., : h * factor, : w * factor].float()
+    d = torch.where(torch.isfinite(d) & (d > 0), d, torch.tensor(float("inf")))
+    s, _ = d.reshape(*lead, h, factor, w, factor).transpose(-3, -2).reshape(*lead, h, w, -1).sort(dim=-1)
+    jump = s[..., 1:] > s[..., :-1] * (1 + edge_tol)
+    incl = torch.cat([torch.ones_like(s[..., :1], dtype=torch.bool), jump.cumsum(dim=-1) == 0], dim=-1) & torch.isfinite(s)
+    inv = torch.where(incl, 1.0 / s, torch.zeros_like(s)).sum(dim=-1)
+    cnt = incl.sum(dim=-1).float()
+    return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
+
+
+@pytest.mark.parametrize("factor,edge_tol", [(8, 0.05), (4, 0.0), (2, 0.3)])
+def test_reduce_depth_skips_the_jump_search_without_changing_a_bit(room, factor, edge_tol):
+    # smooth cells take the shortcut, edges and invalid pixels the full search: same bits as the plain rule
+    g = torch.Generator().manual_seed(factor)
+    d = torch.stack([room["d0"], room["d0"] * (1 + 0.2 * torch.rand(room["d0"].shape, generator=g))])
+    d[0, :5] = float("nan")
+    d[1, :, :9] = 0.0  # whole cells without a valid pixel -> 0
+    d[1, 20:30, 20:25] = float("inf")
+    out = reduce_depth(d, factor, edge_tol)
+    ref = _reduce_depth_sorting_every_cell(d, factor, edge_tol)
+    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
+    assert (out == 0).any() and (out > 0).float().mean() > 0.5
+
+
 def test_lift_puts_every_point_on_a_real_surface(room):
     mem = _memory(room)
     assert len(mem) == h * w  # closed room: every cell has depth

@@ -86,6 +86,103 @@ def build_memory(points: int, height: int, width: int, channels: int, device: to
     return mem.select(torch.arange(min(points, len(mem)), device=device))
 
 
+def _bench_inputs(height: int, width: int, channels: int, frames: int, dev: torch.device, seed: int):
+    """The chunk a write stores: ``frames`` cameras on a ring in the room, their rendered latent-grid
+    depth ``(T, h, w)`` and random fp32 latents ``(T, C, h, w)`` on ``dev``."""
+    scene = make_scene("room", seed)
+    center = torch.tensor(scene.center, dtype=torch.float64)
+    c2w = _views(center, frames, 2.2, -0.1, 0.15, False)
+    cams = Cameras.from_fov(c2w, 55.0, width, height)
+    _, depth = scene.render(cams)
+    g = torch.Generator().manual_seed(seed + 1)
+    latents = torch.randn(frames, channels, height, width, generator=g).to(dev)
+    return cams, depth.to(dev), latents
+
+
+def _time_memory(mem: LatentMemory, cams: Cameras, depth: torch.Tensor, latents: torch.Tensor,
+                 repeats: int) -> dict:
+    """Median seconds of a read, of a write (policy new, with the read's known mask, and with every
+    cell new) and of one lift, with the points each write adds."""
+    (_, known, _), read_s = timed_median(lambda: mem.read(cams))
+
+    def median_write(known_mask):
+        """Median seconds of one write on fresh copies (writes must not accumulate), points it adds."""
+        m, sec = timed_update(mem, clone_latent, lambda m: m.write(latents, depth, cams, known_mask, chunk=99),
+                              max_samples=repeats)
+        return sec, len(m) - len(mem)
+
+    write_s, added = median_write(known)
+    write_all_s, added_all = median_write(torch.zeros_like(known))
+    _, lift_s = timed_median(lambda: LatentMemory(mem.channels, 1, device=mem.device).lift(latents[0], depth[0], cams[0]))
+    return dict(known=known, read_s=read_s, write_s=write_s, added=added, write_all_s=write_all_s,
+                added_all=added_all, lift_s=lift_s)
+
+
+def _results(mem: LatentMemory, dev: torch.device, height: int, width: int, frames: int, build_s: float,
+             t: dict) -> dict:
+    """The report's measurements (ms per frame, points or cells per second, x the copy-bandwidth
+    limit) from the timings ``t`` of :func:`_time_memory`."""
+    channels = mem.channels
+    read_s, write_s, write_all_s, added, added_all = (t[k] for k in ("read_s", "write_s", "write_all_s", "added", "added_all"))
+    cells = frames * height * width
+    bw = copy_bandwidth(dev)
+    point_bytes = mem.nbytes() // max(1, len(mem)) + 8 + 24  # stored row + key + cached world axes
+    rb = read_bytes(len(mem), height * width, channels)
+    wb = write_bytes(height * width, channels, added / frames, point_bytes)
+    wab = write_bytes(height * width, channels, added_all / frames, point_bytes)
+    return {
+        "machine": _machine(dev),
+        "device": str(dev),
+        "threads": torch.get_num_threads() if dev.type == "cpu" else None,  # --threads / MIRAGE_THREADS
+        "loadavg": loadavg(),
+        "points": len(mem),
+        "grid": [height, width],
+        "channels": channels,
+        "dtype": "float16",
+        "frames": frames,
+        "memory_bytes": mem.nbytes(),
+        "build_s": build_s,
+        "read_ms_per_frame": 1e3 * read_s / frames,
+        "read_points_per_s": len(mem) * frames / read_s,
+        "read_known_fraction": float(t["known"].float().mean()),
+        "write_ms_per_frame": 1e3 * write_s / frames,
+        "write_points_added": int(added),
+        "write_cells_per_s": cells / write_s,
+        "write_all_new_ms_per_frame": 1e3 * write_all_s / frames,
+        "write_all_new_points_added": int(added_all),
+        "write_all_new_cells_per_s": cells / write_all_s,
+        "lift_ms": 1e3 * t["lift_s"],
+        "copy_bandwidth_gb_s": bw / 1e9,
+        "read_bytes_per_frame": rb,
+        "read_x_bandwidth_limit": (read_s / frames) / (rb / bw),
+        "write_bytes_per_frame": wb,
+        "write_x_bandwidth_limit": (write_s / frames) / (wb / bw),
+        "write_all_new_bytes_per_frame": wab,
+        "write_all_new_x_bandwidth_limit": (write_all_s / frames) / (wab / bw),
+    }
+
+
+def _report_text(res: dict) -> str:
+    """The printed report of :func:`memory_speed_report`'s measurements."""
+    height, width = res["grid"]
+    rb, wb, wab = res["read_bytes_per_frame"], res["write_bytes_per_frame"], res["write_all_new_bytes_per_frame"]
+    return "\n".join([
+        f"mirage memory speed: latent grid {height}x{width}, {res['channels']} channels float16, "
+        f"{res['points']:,} points ({fmt_bytes(res['memory_bytes'])}), {res['frames']} frames per chunk",
+        f"machine: {res['machine']}",
+        f"read                 {res['read_ms_per_frame']:7.2f} ms/frame  {res['read_points_per_s'] / 1e6:7.1f} M points/s"
+        f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",
+        f"write (policy new)   {res['write_ms_per_frame']:7.2f} ms/frame  {res['write_cells_per_s'] / 1e6:7.2f} M cells/s"
+        f"   ({res['write_points_added']} points added)",
+        f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
+        f"   ({res['write_all_new_points_added']} points added)",
+        f"lift (one frame)     {res['lift_ms']:7.2f} ms",
+        f"copy bandwidth {res['copy_bandwidth_gb_s']:.1f} GB/s; bytes touched per frame: read {rb / 1e6:.2f} MB "
+        f"({res['read_x_bandwidth_limit']:.1f}x the copy time), write {wb / 1e6:.2f} MB "
+        f"({res['write_x_bandwidth_limit']:.1f}x), write all new {wab / 1e6:.2f} MB ({res['write_all_new_x_bandwidth_limit']:.1f}x)",
+    ])
+
+
 def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 104, channels: int = 16,
                         frames: int = 21, device: str = "cpu", repeats: int = 3, seed: int = 0,
                         print_report: bool = True) -> dict:
@@ -98,79 +195,9 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MirageError("memory bench: --device cuda asked for, but this torch has no CUDA device")
     mem, build_s = timed(lambda: build_memory(points, height, width, channels, dev, seed))
-    scene = make_scene("room", seed)
-    center = torch.tensor(scene.center, dtype=torch.float64)
-    c2w = _views(center, frames, 2.2, -0.1, 0.15, False)
-    cams = Cameras.from_fov(c2w, 55.0, width, height)
-    _, depth = scene.render(cams)
-    depth = depth.to(dev)
-    g = torch.Generator().manual_seed(seed + 1)
-    latents = torch.randn(frames, channels, height, width, generator=g).to(dev)
-
-    (_, known, _), read_s = timed_median(lambda: mem.read(cams))
-
-    def median_write(known_mask):
-        """Median seconds of one write on fresh copies (writes must not accumulate), points it adds."""
-        m, sec = timed_update(mem, clone_latent, lambda m: m.write(latents, depth, cams, known_mask, chunk=99),
-                              max_samples=repeats)
-        return sec, len(m) - len(mem)
-
-    write_s, added = median_write(known)
-    write_all_s, added_all = median_write(torch.zeros_like(known))
-    _, lift_s = timed_median(lambda: LatentMemory(channels, 1, device=dev).lift(latents[0], depth[0], cams[0]))
-
-    cells = frames * height * width
-    bw = copy_bandwidth(dev)
-    point_bytes = mem.nbytes() // max(1, len(mem)) + 8 + 24  # stored row + key + cached world axes
-    rb = read_bytes(len(mem), height * width, channels)
-    wb = write_bytes(height * width, channels, added / frames, point_bytes)
-    wab = write_bytes(height * width, channels, added_all / frames, point_bytes)
-    res = {
-        "machine": _machine(dev),
-        "device": str(dev),
-        "threads": torch.get_num_threads(),  # --threads / MIRAGE_THREADS
-        "loadavg": loadavg(),
-        "points": len(mem),
-        "grid": [height, width],
-        "channels": channels,
-        "dtype": "float16",
-        "frames": frames,
-        "memory_bytes": mem.nbytes(),
-        "build_s": build_s,
-        "read_ms_per_frame": 1e3 * read_s / frames,
-        "read_points_per_s": len(mem) * frames / read_s,
-        "read_known_fraction": float(known.float().mean()),
-        "write_ms_per_frame": 1e3 * write_s / frames,
-        "write_points_added": int(added),
-        "write_cells_per_s": cells / write_s,
-        "write_all_new_ms_per_frame": 1e3 * write_all_s / frames,
-        "write_all_new_points_added": int(added_all),
-        "write_all_new_cells_per_s": cells / write_all_s,
-        "lift_ms": 1e3 * lift_s,
-        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-        "copy_bandwidth_gb_s": bw / 1e9,
-        "read_bytes_per_frame": rb,
-        "read_x_bandwidth_limit": (read_s / frames) / (rb / bw),
-        "write_bytes_per_frame": wb,
-        "write_x_bandwidth_limit": (write_s / frames) / (wb / bw),
-        "write_all_new_x_bandwidth_limit": (write_all_s / frames) / (wab / bw),
-    }
-    lines = [
-        f"mirage memory speed: latent grid {height}x{width}, {channels} channels float16, "
-        f"{len(mem):,} points ({fmt_bytes(mem.nbytes())}), {frames} frames per chunk",
-        f"machine: {res['machine']}",
-        f"read                 {res['read_ms_per_frame']:7.2f} ms/frame  {res['read_points_per_s'] / 1e6:7.1f} M points/s"
-        f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",
-        f"write (policy new)   {res['write_ms_per_frame']:7.2f} ms/frame  {res['write_cells_per_s'] / 1e6:7.2f} M cells/s"
-        f"   ({added} points added)",
-        f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
-        f"   ({added_all} points added)",
-        f"lift (one frame)     {res['lift_ms']:7.2f} ms",
-        f"copy bandwidth {res['copy_bandwidth_gb_s']:.1f} GB/s; bytes touched per frame: read {rb / 1e6:.2f} MB "
-        f"({res['read_x_bandwidth_limit']:.1f}x the copy time), write {wb / 1e6:.2f} MB "
-        f"({res['write_x_bandwidth_limit']:.1f}x), write all new {wab / 1e6:.2f} MB ({res['write_all_new_x_bandwidth_limit']:.1f}x)",
-    ]
-    res["text"] = "\n".join(lines)
+    cams, depth, latents = _bench_inputs(height, width, channels, frames, dev, seed)
+    res = _results(mem, dev, height, width, frames, build_s, _time_memory(mem, cams, depth, latents, repeats))
+    res["text"] = _report_text(res)
     if print_report:
         print(res["text"])
     return res

@@ -1,6 +1,7 @@
 """Spatial memories: the latent memory (lift / read / write / save / load) and the shared splat.
 
-Modules: :mod:`.latent` (``LatentMemory``), :mod:`.lifting` (depth reduction, latent intrinsics),
+Modules: :mod:`.latent` (``LatentMemory``), :mod:`.reading` (its read: splat + gather of the winners),
+:mod:`.lifting` (depth reduction, latent intrinsics),
 :mod:`.splat` (the one deterministic z-buffer), :mod:`.policies` (write policies shared by every
 memory), :mod:`.storage` (safetensors cache files), :mod:`.export` (PLY, memory-only renders),
 :mod:`.pointcloud` (the RGB point-cloud baseline of ``mirage bench``).

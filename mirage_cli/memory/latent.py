@@ -51,8 +51,9 @@ import torch
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
+from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import SPLAT_MODES, check_splat_mode, float_bits, hash_rows, lift_patches, splat_patches
+from .splat import SPLAT_MODES, check_splat_mode, float_bits, hash_rows, lift_patches
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
@@ -298,32 +299,14 @@ class LatentMemory:
         """``(h, w)`` of the latent grid for these cameras: ``(H // f, W // f)``."""
         return latent_size(cameras, self.spatial_factor)
 
-    def _splat(self, cameras: Cameras, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Winner index ``(T, h, w)`` (-1 = none; into all points) and depth, for points ``start:``."""
-        h, w = self.latent_size(cameras)
-        return splat_patches(self._points[start:], self._world_axes()[start:], self._key[start:], cameras.w2c,
-                             latent_K(cameras, self.spatial_factor), h, w, self.max_radius, owner_offset=start,
-                             mode=self.splat)
-
-    @torch.no_grad()
     def read_index(self, cameras: Cameras, batch: int = 8, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The z-buffer of :meth:`read` as indices: winner point per cell ``(T, h, w)`` int64
         (-1 = unknown) and its depth ``(T, h, w)`` float32 (e.g. to colour points for a preview).
 
         Only the points ``start:`` take part (the indices still count from point 0); frames are
-        splatted ``batch`` at a time, which changes nothing in the result (each frame is its own z-buffer).
+        splatted ``batch`` at a time (:func:`.reading.read_index`).
         """
-        h, w = self.latent_size(cameras)
-        step = max(1, int(batch))
-        idx, dep = [], []
-        for s in range(0, len(cameras), step):
-            i, d = self._splat(cameras[s : s + step], start)
-            idx.append(i)
-            dep.append(d)
-        if not idx:
-            return (torch.zeros(0, h, w, dtype=torch.int64, device=self.device),
-                    torch.zeros(0, h, w, dtype=torch.float32, device=self.device))
-        return torch.cat(idx), torch.cat(dep)
+        return reading.read_index(self, cameras, batch, start)
 
     def winners(self, cameras: Cameras, start: int = 0) -> torch.Tensor:
         """``(T, h, w)`` int64 z-buffer winners among the points ``start:`` (-1 = none); see :mod:`.policies`."""
@@ -383,7 +366,6 @@ class LatentMemory:
         K = latent_K(camera, self.spatial_factor)[0]
         return self._append(self._make_points(latents.float(), d, camera.c2w[0], K, cells), chunk)
 
-    @torch.no_grad()
     def read(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Warp the memory into every camera's latent grid (``h, w = H // f, W // f``).
 
@@ -395,23 +377,7 @@ class LatentMemory:
             known: ``(T, h, w)`` bool, a point landed there.
             depth: ``(T, h, w)`` float32 z-depth of the winner in that camera (0 where unknown).
         """
-        h, w = self.latent_size(cameras)
-        T = len(cameras)
-        lat = torch.zeros(T, self.channels, h, w, dtype=torch.float32, device=self.device)
-        known = torch.zeros(T, h, w, dtype=torch.bool, device=self.device)
-        depth = torch.zeros(T, h, w, dtype=torch.float32, device=self.device)
-        if len(self) == 0:
-            return lat, known, depth
-        step = max(1, int(batch))
-        for s in range(0, T, step):
-            cams = cameras[s : s + step]
-            idx, dep = self._splat(cams)
-            k = idx >= 0
-            # gather only the winners' features (the rest of lat stays 0): temporaries ~ known cells
-            lat[s : s + len(cams)].permute(0, 2, 3, 1)[k] = self._features.index_select(0, idx[k]).float()
-            known[s : s + len(cams)] = k
-            depth[s : s + len(cams)] = dep
-        return lat, known, depth
+        return reading.read_latents(self, cameras, batch)
 
     @torch.no_grad()
     def write(self, latents: torch.Tensor, depth: torch.Tensor, cameras: Cameras, known: torch.Tensor | None,

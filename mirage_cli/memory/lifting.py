@@ -22,23 +22,35 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     the whole block is used; a cell straddling a depth edge takes the nearer surface only, never a
     value between the two. Invalid pixels (``<= 0`` or non-finite) are ignored; a cell without a
     valid pixel gets depth 0 (no point). Rows/columns beyond ``factor * (H // factor)`` are dropped.
+
+    Speed without changing a bit: a cell whose largest value is within ``edge_tol`` of its smallest
+    has no jump and no invalid pixel, so its cluster is the whole block and only the cells that fail
+    this test (depth edges, invalid pixels) go through the jump search. Every cell is still sorted,
+    because the fp32 sum of ``1 / d`` is accumulated in sorted order (a different order changes the
+    last bit of some cells, and with them the example video).
     """
     factor = int(factor)
     *lead, H, W = depth.shape
     h, w = H // factor, W // factor
     d = depth[..., : h * factor, : w * factor].float()
-    inf = torch.tensor(float("inf"), device=d.device)
-    d = torch.where(torch.isfinite(d) & (d > 0), d, inf)
     if factor == 1:
-        return torch.where(torch.isfinite(d), d, torch.zeros_like(d))
-    blocks = d.reshape(*lead, h, factor, w, factor).transpose(-3, -2).reshape(*lead, h, w, factor * factor)
-    s, _ = blocks.sort(dim=-1)
-    jump = s[..., 1:] > s[..., :-1] * (1 + edge_tol)
-    first = torch.ones_like(s[..., :1], dtype=torch.bool)
-    incl = torch.cat([first, jump.cumsum(dim=-1) == 0], dim=-1) & torch.isfinite(s)
-    inv = torch.where(incl, 1.0 / s, torch.zeros_like(s)).sum(dim=-1)
-    cnt = incl.sum(dim=-1).float()
-    return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
+        return torch.where(torch.isfinite(d) & (d > 0), d, torch.zeros_like(d))
+    d = d.masked_fill(~(d > 0), float("inf"))  # NaN, <= 0 and -inf -> +inf (sorted last, excluded)
+    blocks = d.reshape(*lead, h, factor, w, factor).transpose(-3, -2).reshape(-1, factor * factor)
+    s, _ = blocks.sort(dim=1)
+    smooth = (s[:, -1] <= s[:, 0] * (1 + edge_tol)) & torch.isfinite(s[:, -1])
+    hard = (~smooth).nonzero().squeeze(1)
+    sh = s.index_select(0, hard)
+    inv = s.reciprocal_().sum(dim=1)  # the smooth cells: every value, in sorted order
+    cnt = torch.full_like(inv, float(factor * factor))
+    if hard.numel():
+        jump = sh[:, 1:] > sh[:, :-1] * (1 + edge_tol)
+        first = torch.ones_like(sh[:, :1], dtype=torch.bool)
+        incl = torch.cat([first, jump.cumsum(dim=1) == 0], dim=1) & torch.isfinite(sh)
+        inv[hard] = torch.where(incl, 1.0 / sh, torch.zeros_like(sh)).sum(dim=1)
+        cnt[hard] = incl.sum(dim=1).float()
+    out = torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
+    return out.reshape(*lead, h, w)
 
 
 def latent_K(cameras: Cameras, factor: int) -> torch.Tensor:

@@ -442,9 +442,7 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     T = w2c.shape[0]
     N = points.shape[0]
     m = float(max_radius)
-    Kc = K.to("cpu", torch.float64)  # for the culling bounds
-    frustum = [(float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0]),
-                float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])) for k in Kc]
+    frustum = _frustum_bounds(K, h, w, m)
     if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
         ext = _compiled.extension()
         if ext is not None:
@@ -456,48 +454,65 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     w2c64 = w2c.to(dev, torch.float64)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
-    X, Y, Z = points.unbind(dim=1)
     lo, hi = block_bounds(points)
-    steps = torch.arange(_CULL_BLOCK, device=dev)
     for t in range(T):
-        r = w2c[t]
-        # Conservative frustum cull (grid grown by max_radius cells) without dividing.
-        bounds = frustum[t]
-        x_lo, x_hi, y_lo, y_hi = bounds
-        vis = _visible_blocks(lo, hi, w2c64[t], bounds).nonzero().squeeze(1)
+        vis = _visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1)
         if vis.numel() == 0:
             continue
-        cand = None
-        if 2 * vis.numel() * _CULL_BLOCK < N:  # gather only when it skips most of the points
-            cand = (vis[:, None] * _CULL_BLOCK + steps).reshape(-1)
-            cand = cand[cand < N]
-        Xs, Ys, Zs = (X, Y, Z) if cand is None else (a.index_select(0, cand) for a in (X, Y, Z))
-        xc = r[0, 0] * Xs + r[0, 1] * Ys + r[0, 2] * Zs + r[0, 3]
-        yc = r[1, 0] * Xs + r[1, 1] * Ys + r[1, 2] * Zs + r[1, 3]
-        zc = r[2, 0] * Xs + r[2, 1] * Ys + r[2, 2] * Zs + r[2, 3]
-        ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
-        keep = ok.nonzero().squeeze(1)
-        xc, yc, z = (a.index_select(0, keep) for a in (xc, yc, zc))
-        sel = keep if cand is None else cand.index_select(0, keep)
-        fx, fy, cx, cy = K[t, 0, 0], K[t, 1, 1], K[t, 0, 2], K[t, 1, 2]
-        xn, yn = xc / z, yc / z
-        u = xn * fx + cx
-        v = yn * fy + cy
+        sel, u, v, xn, yn, z = _project_frame(points, vis, w2c[t], K[t], frustum[t])
+        tie = key.index_select(0, sel)
         if mode == "point":
-            idx, dep = rasterize(0, sel + owner_offset, u, v, z, key.index_select(0, sel), 1, h, w,
+            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w,
                                  radius=torch.full_like(z, 0.5), max_radius=m)
-            index[t], depth[t] = idx[0], dep[0]
-            continue
-        A = axes.index_select(0, sel)  # (M, 6) world half-axes
-        J = []
-        for q in (0, 3):
-            ax, ay, az = A[:, q], A[:, q + 1], A[:, q + 2]
-            cxk = r[0, 0] * ax + r[0, 1] * ay + r[0, 2] * az
-            cyk = r[1, 0] * ax + r[1, 1] * ay + r[1, 2] * az
-            czk = r[2, 0] * ax + r[2, 1] * ay + r[2, 2] * az
-            J += [fx * (cxk - xn * czk) / z, fy * (cyk - yn * czk) / z]
-        # [[du_0, du_1], [dv_0, dv_1]]: the columns are the patch's half-axes in target cells
-        idx, dep = rasterize(0, sel + owner_offset, u, v, z, key.index_select(0, sel), 1, h, w,
-                             J=(J[0], J[2], J[1], J[3]), max_radius=m)
+        else:
+            J = _patch_jacobian(axes.index_select(0, sel), w2c[t], K[t], xn, yn, z)
+            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w, J=J, max_radius=m)
         index[t], depth[t] = idx[0], dep[0]
     return index, depth
+
+
+def _frustum_bounds(K: torch.Tensor, h: int, w: int, m: float) -> list[tuple[float, ...]]:
+    """Per frame ``(x_lo, x_hi, y_lo, y_hi)``: the grid grown by ``m`` cells as slopes ``x / z``,
+    ``y / z`` in camera coordinates (float64 from ``K (T, 3, 3)``), for the cull without dividing."""
+    Kc = K.to("cpu", torch.float64)
+    return [(float((-m - k[0, 2]) / k[0, 0]), float((w + m - k[0, 2]) / k[0, 0]),
+             float((-m - k[1, 2]) / k[1, 1]), float((h + m - k[1, 2]) / k[1, 1])) for k in Kc]
+
+
+def _project_frame(points: torch.Tensor, vis: torch.Tensor, r: torch.Tensor, K: torch.Tensor,
+                   bounds: tuple[float, ...]) -> tuple[torch.Tensor, ...]:
+    """Project the points of the visible blocks ``vis`` with ``r (4, 4)`` fp32 world-to-camera and
+    ``K (3, 3)`` fp32, keep those inside the grown frustum ``bounds``. Returns ``sel (M,)`` int64
+    (indices into ``points``), cell coordinates ``u, v``, normalised ``xn, yn`` and depth ``z`` (fp32)."""
+    N = points.shape[0]
+    x_lo, x_hi, y_lo, y_hi = bounds
+    X, Y, Z = points.unbind(dim=1)
+    cand = None
+    if 2 * vis.numel() * _CULL_BLOCK < N:  # gather only when it skips most of the points
+        cand = (vis[:, None] * _CULL_BLOCK + torch.arange(_CULL_BLOCK, device=points.device)).reshape(-1)
+        cand = cand[cand < N]
+    Xs, Ys, Zs = (X, Y, Z) if cand is None else (a.index_select(0, cand) for a in (X, Y, Z))
+    xc = r[0, 0] * Xs + r[0, 1] * Ys + r[0, 2] * Zs + r[0, 3]
+    yc = r[1, 0] * Xs + r[1, 1] * Ys + r[1, 2] * Zs + r[1, 3]
+    zc = r[2, 0] * Xs + r[2, 1] * Ys + r[2, 2] * Zs + r[2, 3]
+    ok = (zc > 0) & (xc > x_lo * zc) & (xc < x_hi * zc) & (yc > y_lo * zc) & (yc < y_hi * zc)
+    keep = ok.nonzero().squeeze(1)
+    xc, yc, z = (a.index_select(0, keep) for a in (xc, yc, zc))
+    sel = keep if cand is None else cand.index_select(0, keep)
+    xn, yn = xc / z, yc / z
+    return sel, xn * K[0, 0] + K[0, 2], yn * K[1, 1] + K[1, 2], xn, yn, z
+
+
+def _patch_jacobian(A: torch.Tensor, r: torch.Tensor, K: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor,
+                    z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The projected patch ``[[du_0, du_1], [dv_0, dv_1]]`` (flattened row-major) of the world
+    half-axes ``A (M, 6)``: its columns are the patch's half-axes in target cells."""
+    fx, fy = K[0, 0], K[1, 1]
+    J = []
+    for q in (0, 3):
+        ax, ay, az = A[:, q], A[:, q + 1], A[:, q + 2]
+        cxk = r[0, 0] * ax + r[0, 1] * ay + r[0, 2] * az
+        cyk = r[1, 0] * ax + r[1, 1] * ay + r[1, 2] * az
+        czk = r[2, 0] * ax + r[2, 1] * ay + r[2, 2] * az
+        J += [fx * (cxk - xn * czk) / z, fy * (cyk - yn * czk) / z]
+    return J[0], J[2], J[1], J[3]
