@@ -10,7 +10,7 @@ import torch
 
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
-from mirage_cli.eval.metrics import PSNR_CAP, clip_means, follow_masks, psnr, revisits, score_frames, ssim
+from mirage_cli.eval.metrics import PSNR_CAP, aggregate, clip_means, interval, follow_masks, psnr, revisits, score_frames, ssim
 from mirage_cli.eval.sources import read_frames_clip, read_npz_clip, read_sources
 
 
@@ -45,9 +45,26 @@ def test_perfect_generator_scores_cap_and_one_everywhere(clip):
     means = clip_means(per)
     assert per["revisit_of"].count(-1) < len(truth)  # the out-and-back path does revisit
     for region in ("all", "memory", "revisit"):
-        assert means[f"psnr_{region}"] == PSNR_CAP
+        assert means[f"psnr_{region}"] is None  # every frame capped: nothing finite to average
         assert means[f"ssim_{region}"] == pytest.approx(1.0, abs=1e-6)
     assert all(v == PSNR_CAP for v in per["psnr_all"])
+    assert means["capped_frames"] == len(truth) - 1
+
+
+def test_capped_frames_stay_out_of_the_psnr_means():
+    per = {"frame": [0, 1, 2, 3], "revisit_of": [-1, -1, -1, 0], "psnr_all": [PSNR_CAP, 20.0, 24.0, PSNR_CAP],
+           "ssim_all": [1.0, 0.5, 0.7, 1.0]}
+    means = clip_means(per)
+    assert means["psnr_all"] == 22.0 and means["capped_frames"] == 1
+    assert means["psnr_revisit"] is None  # the one revisit is identical to the truth
+    assert means["ssim_all"] == pytest.approx(0.7333333, abs=1e-6)  # SSIM is finite: kept
+
+
+def test_fraction_intervals_stay_inside_zero_one():
+    agg = aggregate([{"memory_fraction": 1.0}, {"memory_fraction": 0.96}, {"memory_fraction": 1.0}])
+    lo, hi = agg["memory_fraction"]["ci95"]
+    assert hi == 1.0 and 0 < lo < 0.96
+    assert interval([1.0, 0.96, 1.0])["ci95"][1] > 1.0  # unclipped, the t interval passes the bound
 
 
 def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip):
@@ -67,8 +84,9 @@ def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip)
     doc = eval_recon(["synthetic:room:out_and_back"], GenerateConfig(), tmp_path / "ev", frames=9, size=(64, 48))
     agg = doc["aggregate"]
     for region in ("all", "memory", "revisit"):
-        assert agg[f"psnr_{region}"]["mean"] == PSNR_CAP
+        assert f"psnr_{region}" not in agg  # every frame identical: no finite PSNR to average
         assert agg[f"ssim_{region}"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert agg["capped_frames"]["mean"] == 8 and any("8 frames identical" in n for n in doc["notes"])
     assert 0 < agg["memory_fraction"]["mean"] <= 1
 
 
@@ -185,3 +203,26 @@ def test_eval_recon_synthetic_is_deterministic_and_compares(tmp_path, capsys):
     cmp = json.loads(capsys.readouterr().out)
     row = cmp["rows"][cmp["fields"].index("psnr_all")]
     assert row["diffs"][1] == 0.0 and row["exceeds"][1] is None  # one clip: no spread
+
+
+def _doc(clips: dict[str, float]) -> dict:
+    """A minimal eval.json with one psnr_all mean per clip."""
+    return {"format": "mirage.eval", "clips": [{"name": n, "means": {"psnr_all": v}} for n, v in clips.items()],
+            "aggregate": aggregate([{"psnr_all": v} for v in clips.values()])}
+
+
+def test_compare_pairs_over_the_shared_clips_and_says_so(tmp_path, capsys):
+    from mirage_cli.eval.report import compare
+
+    three, one = _doc({"a": 30.0, "b": 22.8, "c": 25.5}), _doc({"b": 22.8})
+    res = compare([three, one], ["ev1", "ev2"])
+    row = res["rows"][0]
+    assert row["diffs"][1] == 0.0 and row["paired"][1] == 1 and row["exceeds"][1] is None  # the shared clip is equal
+    assert any("1 shared clip" in n for n in res["notes"]) and any("no difference is marked" in n for n in res["notes"])
+    res = compare([three, _doc({"a": 31.0, "b": 23.8, "c": 26.4})], ["x", "y"])
+    assert res["rows"][0]["diffs"][1] == pytest.approx(0.966667) and res["rows"][0]["exceeds"][1] is True
+    assert res["notes"] == []
+    for name, doc in (("ev1", three), ("ev2", one)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    assert main(["eval", "compare", str(tmp_path / "ev1.json"), str(tmp_path / "ev2.json")]) == 0
+    assert "1 shared clip" in capsys.readouterr().out

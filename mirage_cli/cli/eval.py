@@ -117,3 +117,5 @@ def compare_cmd(
         console.print_json(json.dumps(result))
     else:
         console.print(compare_table(result))
+        for note in result["notes"]:
+            console.print(f"[dim]note: {note}[/]", highlight=False)

@@ -34,7 +34,7 @@ from ..batch.manifest import Job, RowError, Step, check_id, check_row_config, ex
 from ..batch.runner import BatchOptions, run_jobs
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
-from .metrics import clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
+from .metrics import PSNR_CAP, clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
 from .sources import Clip, clip_specs, read_clip
 
 STRIP_FRAMES = 4
@@ -83,7 +83,7 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
         "config": {k: v for k, v in asdict(base).items() if k not in ("image", "traj", "depth", "out", "overwrite")},
         "protocol": {"frames": "1..N-1 (frame 0 is the input)", "psnr_ssim": "torchmetrics",
                      "lpips": "lpips (alex)" if why is None else None, "psnr_cap_db": 100.0},
-        "notes": [why] if why else [],
+        "notes": ([why] if why else []) + capped_note(results),
         "jobs": {"workers": record.workers, **{k: v for k, v in record.counts().items() if v}},
         "clips": results,
         "failed": failed,
@@ -91,6 +91,15 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
     doc["aggregate"] = aggregate([r["means"] for r in results]) if results else {}
     write_outputs(doc, out)
     return doc
+
+
+def capped_note(results: list[dict]) -> list[str]:
+    """The note that frames identical to the truth (PSNR at the cap) are not in the PSNR means."""
+    n = int(sum(r["means"].get("capped_frames") or 0 for r in results))
+    if not n:
+        return []
+    return [f"{n} frame{'s' if n > 1 else ''} identical to the true frame (PSNR capped at {PSNR_CAP:.0f} dB) "
+            "left out of the PSNR means; counted in capped_frames"]
 
 
 # ------------------------------------------------------------------------------------ jobs
