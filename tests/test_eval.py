@@ -226,3 +226,13 @@ def test_compare_pairs_over_the_shared_clips_and_says_so(tmp_path, capsys):
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     assert main(["eval", "compare", str(tmp_path / "ev1.json"), str(tmp_path / "ev2.json")]) == 0
     assert "1 shared clip" in capsys.readouterr().out
+
+
+def test_eval_warns_once_only_for_options_given(tmp_path, capsys):
+    """The command's own defaults are not 'given' options: no warning unless one was passed, and then once."""
+    args = ["eval", "recon", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "ev")]
+    assert main(args) == 2
+    assert "does nothing" not in capsys.readouterr().err
+    assert main(args + ["--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--steps does nothing with --backend preview") == 1 and "--guidance" not in err
