@@ -236,3 +236,20 @@ def test_eval_warns_once_only_for_options_given(tmp_path, capsys):
     assert main(args + ["--steps", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("--steps does nothing with --backend preview") == 1 and "--guidance" not in err
+
+
+def test_an_earlier_eval_with_other_options_is_refused_before_any_clip_is_rendered(tmp_path, capsys, monkeypatch):
+    import mirage_cli.eval.recon as recon
+
+    args = ["eval", "recon", "synthetic:room:dolly_in", "--width", "64", "--height", "48", "--out", str(tmp_path / "ev"), "-q"]
+    assert main(args + ["--frames", "5"]) == 0
+
+    def no_render(spec):
+        raise AssertionError("a clip was read before the earlier run was checked")
+
+    monkeypatch.setattr(recon, "read_clip", no_render)
+    for extra, words in ((["--frames", "9"], "frames: 5 there, 9 now"),
+                         (["--frames", "5", "--write-policy", "replace"], "write_policy: 'new' there, 'replace' now")):
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and "--overwrite" in err and "Traceback" not in err

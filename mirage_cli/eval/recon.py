@@ -115,8 +115,13 @@ def clip_jobs(sources: list[str], base: GenerateConfig, out: Path, traj: str | N
     out = Path(out).resolve()
     manifests = [s for s in sources if Path(s).suffix in MANIFEST_SUFFIXES]
     others = [s for s in sources if s not in manifests]
-    jobs = [clip_job(spec, read_clip(spec), base, out, i + 1)
-            for i, spec in enumerate(clip_specs(others, traj, depth, frames, size) if others else [])]
+    specs = clip_specs(others, traj, depth, frames, size) if others else []
+    for spec in specs:  # the cheap part of check_earlier_runs first: no clip is read or rendered yet
+        known = {"width": spec["size"][0], "height": spec["size"][1]} if spec["size"] else {}
+        if not base.overwrite:
+            shared = {k: v for k, v in asdict(base).items() if k not in PER_CLIP}
+            _check_earlier_run(out / spec["name"] / "run", {**shared, **known}, spec["frames"] if spec["size"] else None)
+    jobs = [clip_job(spec, read_clip(spec), base, out, i + 1) for i, spec in enumerate(specs)]
     if manifests and (traj or depth):
         raise MirageError("--traj/--depth: a manifest gives them per row (traj, depth)")
     for m in manifests:
@@ -198,22 +203,34 @@ def write_inputs(job: Job, clip: Clip) -> None:
 def check_earlier_runs(jobs: list[tuple[Job, Clip]]) -> None:
     """A clip's earlier run (kept to be skipped or resumed) must have been made with the same
     options and clip size and length: else one line saying to use --overwrite or another --out."""
+    for job, head in jobs:
+        if not job.config.overwrite:
+            _check_earlier_run(Path(job.config.out), asdict(job.config), len(head.cameras))
+
+
+PER_CLIP = ("image", "traj", "depth", "out", "overwrite", "width", "height", "frames", "fov", "keep_latents", "cache_dump")
+"""Options a clip's job sets itself: compared only once the clip is known (``cfg`` is the job's)."""
+
+
+def _check_earlier_run(run_dir: Path, options: dict, frames: int | None) -> None:
+    """One line when ``run_dir`` holds a run made with other ``options`` (GenerateConfig fields;
+    None values and ``out``/``overwrite`` are not compared) or another number of ``frames`` (None:
+    not known yet)."""
     from ..pipeline.records import RunRecord
     from ..pipeline.rundir import run_json
 
-    for job, head in jobs:
-        path = run_json(Path(job.config.out))
-        if job.config.overwrite or not path.is_file():
-            continue
-        rec = RunRecord.read(path)
-        diff = [(k, getattr(rec.config, k), v) for k, v in asdict(job.config).items()
-                if v is not None and k not in ("out", "overwrite") and getattr(rec.config, k) != v]
-        if rec.trajectory.frames != len(head.cameras):
-            diff.append(("frames", rec.trajectory.frames, len(head.cameras)))
-        if diff:
-            k, was, now = diff[0]
-            raise MirageError(f"{job.config.out}: an earlier run made with other options ({k}: {was!r} there, {now!r} "
-                              "now); use --overwrite, or another --out")
+    path = run_json(run_dir)
+    if not path.is_file():
+        return
+    rec = RunRecord.read(path)
+    diff = [(k, getattr(rec.config, k), v) for k, v in options.items()
+            if v is not None and k not in ("out", "overwrite") and getattr(rec.config, k) != v]
+    if frames is not None and rec.trajectory.frames != frames:
+        diff.append(("frames", rec.trajectory.frames, frames))
+    if diff:
+        k, was, now = diff[0]
+        raise MirageError(f"{run_dir}: an earlier run made with other options ({k}: {was!r} there, {now!r} "
+                          "now); use --overwrite, or another --out")
 
 
 # ------------------------------------------------------------------------------------ scoring
