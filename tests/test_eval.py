@@ -253,3 +253,20 @@ def test_an_earlier_eval_with_other_options_is_refused_before_any_clip_is_render
         assert main(args + extra) == 2
         err = capsys.readouterr().err
         assert words in err and "--overwrite" in err and "Traceback" not in err
+
+
+def test_recon_table_keeps_clip_names_apart_at_80_columns():
+    from rich.console import Console
+
+    from mirage_cli.eval.report import recon_table
+
+    names = ("room-orbit_left", "room-dolly_in", "room-out_and_back")
+    means = [{"psnr_all": 23.0 + i, "memory_fraction": 0.9, "capped_frames": float(i)} for i in range(3)]
+    doc = {"clips": [{"name": n, "seconds": 1.0, "means": m} for n, m in zip(names, means)], "aggregate": aggregate(means)}
+    con = Console(width=80, record=True)
+    con.print(recon_table(doc))
+    text = con.export_text()
+    assert "…" not in text and all(p in text for p in ("orbit_l", "dolly_in", "out_and"))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    counts = [c.strip() for c in text.split("capped_frames")[1].split("\n")[0].split("│")[1:4]]
+    assert counts == ["0", "1", "2"]  # counts are shown as counts, not 0.0000

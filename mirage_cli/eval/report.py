@@ -50,8 +50,13 @@ def shown_fields(keys) -> list[str]:
     return [f for f in TABLE_FIELDS if f in keys]
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
+def _fmt(v, field: str = "") -> str:
+    """A table cell: None as "-", counts (``*_frames``) without trailing zeros, fractions to 4 places, dB to 2."""
+    if v is None:
+        return "-"
+    if field.endswith("_frames"):
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
 
 
 def recon_table(doc: dict):
@@ -64,15 +69,17 @@ def recon_table(doc: dict):
     t = Table(title="mirage eval recon: means over frames 1..N-1, then over clips")
     t.add_column("metric", no_wrap=True)
     for c in doc["clips"]:
-        t.add_column(escape(c["name"]), justify="right")
+        # a narrow terminal folds a clip's name over lines (split at '-' first) rather than cutting
+        # it to "room-o…": clips named alike must stay apart
+        t.add_column(escape(c["name"]).replace("-", "-\n"), justify="right", overflow="fold")
     t.add_column("mean", justify="right")
     t.add_column("95 % interval", justify="right", no_wrap=True)
     agg = doc["aggregate"]
     t.add_row("seconds", *[f"{c['seconds']:.1f}" for c in doc["clips"]], f"{sum(c['seconds'] for c in doc['clips']):.1f}", "")
     for f in fields:
         ci = agg[f]["ci95"]
-        t.add_row(f, *[_fmt(c["means"].get(f)) for c in doc["clips"]], _fmt(agg[f]["mean"]),
-                  "-" if ci is None else f"{_fmt(ci[0])} .. {_fmt(ci[1])}")
+        t.add_row(f, *[_fmt(c["means"].get(f), f) for c in doc["clips"]], _fmt(agg[f]["mean"], f),
+                  "-" if ci is None else f"{_fmt(ci[0], f)} .. {_fmt(ci[1], f)}")
     return t
 
 
