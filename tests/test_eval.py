@@ -270,3 +270,14 @@ def test_recon_table_keeps_clip_names_apart_at_80_columns():
     assert max(len(line) for line in text.splitlines()) <= 80
     counts = [c.strip() for c in text.split("capped_frames")[1].split("\n")[0].split("│")[1:4]]
     assert counts == ["0", "1", "2"]  # counts are shown as counts, not 0.0000
+
+
+def test_plot_leaves_out_a_flat_panel_and_names_it():
+    from mirage_cli.eval.plot import make_figure
+
+    pf = {"frame": [0, 1, 2], "revisit_of": [-1, -1, -1], "psnr_all": [PSNR_CAP, 21.0, 22.0],
+          "psnr_memory": [PSNR_CAP, 22.0, 23.0], "ssim_all": [1.0, 0.5, 0.6], "known_fraction": [1.0, 1.0, 1.0]}
+    fig = make_figure({"config": {"backend": "preview"}, "clips": [{"name": "a", "per_frame": pf}]})
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_visible()]
+    assert labels == ["psnr_all", "psnr_memory", "ssim_all"]
+    assert "known_fraction = 1 on every frame (not drawn)" in fig._suptitle.get_text()
