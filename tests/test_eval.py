@@ -10,7 +10,7 @@ import torch
 
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
-from mirage_cli.eval.metrics import PSNR_CAP, clip_means, follow_masks, psnr, revisits, score_frames, ssim
+from mirage_cli.eval.metrics import PSNR_CAP, aggregate, clip_means, interval, follow_masks, psnr, revisits, score_frames, ssim
 from mirage_cli.eval.sources import read_frames_clip, read_npz_clip, read_sources
 
 
@@ -45,9 +45,26 @@ def test_perfect_generator_scores_cap_and_one_everywhere(clip):
     means = clip_means(per)
     assert per["revisit_of"].count(-1) < len(truth)  # the out-and-back path does revisit
     for region in ("all", "memory", "revisit"):
-        assert means[f"psnr_{region}"] == PSNR_CAP
+        assert means[f"psnr_{region}"] is None  # every frame capped: nothing finite to average
         assert means[f"ssim_{region}"] == pytest.approx(1.0, abs=1e-6)
     assert all(v == PSNR_CAP for v in per["psnr_all"])
+    assert means["capped_frames"] == len(truth) - 1
+
+
+def test_capped_frames_stay_out_of_the_psnr_means():
+    per = {"frame": [0, 1, 2, 3], "revisit_of": [-1, -1, -1, 0], "psnr_all": [PSNR_CAP, 20.0, 24.0, PSNR_CAP],
+           "ssim_all": [1.0, 0.5, 0.7, 1.0]}
+    means = clip_means(per)
+    assert means["psnr_all"] == 22.0 and means["capped_frames"] == 1
+    assert means["psnr_revisit"] is None  # the one revisit is identical to the truth
+    assert means["ssim_all"] == pytest.approx(0.7333333, abs=1e-6)  # SSIM is finite: kept
+
+
+def test_fraction_intervals_stay_inside_zero_one():
+    agg = aggregate([{"memory_fraction": 1.0}, {"memory_fraction": 0.96}, {"memory_fraction": 1.0}])
+    lo, hi = agg["memory_fraction"]["ci95"]
+    assert hi == 1.0 and 0 < lo < 0.96
+    assert interval([1.0, 0.96, 1.0])["ci95"][1] > 1.0  # unclipped, the t interval passes the bound
 
 
 def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip):
@@ -67,8 +84,9 @@ def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip)
     doc = eval_recon(["synthetic:room:out_and_back"], GenerateConfig(), tmp_path / "ev", frames=9, size=(64, 48))
     agg = doc["aggregate"]
     for region in ("all", "memory", "revisit"):
-        assert agg[f"psnr_{region}"]["mean"] == PSNR_CAP
+        assert f"psnr_{region}" not in agg  # every frame identical: no finite PSNR to average
         assert agg[f"ssim_{region}"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert agg["capped_frames"]["mean"] == 8 and any("8 frames identical" in n for n in doc["notes"])
     assert 0 < agg["memory_fraction"]["mean"] <= 1
 
 
@@ -185,3 +203,81 @@ def test_eval_recon_synthetic_is_deterministic_and_compares(tmp_path, capsys):
     cmp = json.loads(capsys.readouterr().out)
     row = cmp["rows"][cmp["fields"].index("psnr_all")]
     assert row["diffs"][1] == 0.0 and row["exceeds"][1] is None  # one clip: no spread
+
+
+def _doc(clips: dict[str, float]) -> dict:
+    """A minimal eval.json with one psnr_all mean per clip."""
+    return {"format": "mirage.eval", "clips": [{"name": n, "means": {"psnr_all": v}} for n, v in clips.items()],
+            "aggregate": aggregate([{"psnr_all": v} for v in clips.values()])}
+
+
+def test_compare_pairs_over_the_shared_clips_and_says_so(tmp_path, capsys):
+    from mirage_cli.eval.report import compare
+
+    three, one = _doc({"a": 30.0, "b": 22.8, "c": 25.5}), _doc({"b": 22.8})
+    res = compare([three, one], ["ev1", "ev2"])
+    row = res["rows"][0]
+    assert row["diffs"][1] == 0.0 and row["paired"][1] == 1 and row["exceeds"][1] is None  # the shared clip is equal
+    assert any("1 shared clip" in n for n in res["notes"]) and any("no difference is marked" in n for n in res["notes"])
+    res = compare([three, _doc({"a": 31.0, "b": 23.8, "c": 26.4})], ["x", "y"])
+    assert res["rows"][0]["diffs"][1] == pytest.approx(0.966667) and res["rows"][0]["exceeds"][1] is True
+    assert res["notes"] == []
+    for name, doc in (("ev1", three), ("ev2", one)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    assert main(["eval", "compare", str(tmp_path / "ev1.json"), str(tmp_path / "ev2.json")]) == 0
+    assert "1 shared clip" in capsys.readouterr().out
+
+
+def test_eval_warns_once_only_for_options_given(tmp_path, capsys):
+    """The command's own defaults are not 'given' options: no warning unless one was passed, and then once."""
+    args = ["eval", "recon", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "ev")]
+    assert main(args) == 2
+    assert "does nothing" not in capsys.readouterr().err
+    assert main(args + ["--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--steps does nothing with --backend preview") == 1 and "--guidance" not in err
+
+
+def test_an_earlier_eval_with_other_options_is_refused_before_any_clip_is_rendered(tmp_path, capsys, monkeypatch):
+    import mirage_cli.eval.recon as recon
+
+    args = ["eval", "recon", "synthetic:room:dolly_in", "--width", "64", "--height", "48", "--out", str(tmp_path / "ev"), "-q"]
+    assert main(args + ["--frames", "5"]) == 0
+
+    def no_render(spec):
+        raise AssertionError("a clip was read before the earlier run was checked")
+
+    monkeypatch.setattr(recon, "read_clip", no_render)
+    for extra, words in ((["--frames", "9"], "frames: 5 there, 9 now"),
+                         (["--frames", "5", "--write-policy", "replace"], "write_policy: 'new' there, 'replace' now")):
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and "--overwrite" in err and "Traceback" not in err
+
+
+def test_recon_table_keeps_clip_names_apart_at_80_columns():
+    from rich.console import Console
+
+    from mirage_cli.eval.report import recon_table
+
+    names = ("room-orbit_left", "room-dolly_in", "room-out_and_back")
+    means = [{"psnr_all": 23.0 + i, "memory_fraction": 0.9, "capped_frames": float(i)} for i in range(3)]
+    doc = {"clips": [{"name": n, "seconds": 1.0, "means": m} for n, m in zip(names, means)], "aggregate": aggregate(means)}
+    con = Console(width=80, record=True)
+    con.print(recon_table(doc))
+    text = con.export_text()
+    assert "…" not in text and all(p in text for p in ("orbit_l", "dolly_in", "out_and"))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    counts = [c.strip() for c in text.split("capped_frames")[1].split("\n")[0].split("│")[1:4]]
+    assert counts == ["0", "1", "2"]  # counts are shown as counts, not 0.0000
+
+
+def test_plot_leaves_out_a_flat_panel_and_names_it():
+    from mirage_cli.eval.plot import make_figure
+
+    pf = {"frame": [0, 1, 2], "revisit_of": [-1, -1, -1], "psnr_all": [PSNR_CAP, 21.0, 22.0],
+          "psnr_memory": [PSNR_CAP, 22.0, 23.0], "ssim_all": [1.0, 0.5, 0.6], "known_fraction": [1.0, 1.0, 1.0]}
+    fig = make_figure({"config": {"backend": "preview"}, "clips": [{"name": "a", "per_frame": pf}]})
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_visible()]
+    assert labels == ["psnr_all", "psnr_memory", "ssim_all"]
+    assert "known_fraction = 1 on every frame (not drawn)" in fig._suptitle.get_text()

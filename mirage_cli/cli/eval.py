@@ -10,7 +10,7 @@ import typer
 
 from .console import console, err_console
 
-app = typer.Typer(help="Measured quality: reconstruction against true frames, memory consistency.", no_args_is_help=True)
+app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits); `compare` lines up several such runs.", no_args_is_help=True)
 
 
 @app.command("recon", no_args_is_help=True)
@@ -22,21 +22,21 @@ def recon_cmd(
     frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Synthetic clips: frames per clip \\[default: 25]; file clips: keep the first N."),
     height: int = typer.Option(120, "--height", help="Synthetic clips: frame height."),
     width: int = typer.Option(208, "--width", help="Synthetic clips: frame width."),
-    backend: str = typer.Option("preview", "--backend", "-b", help="preview or wan-vace (as `mirage generate`)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="wan-vace model (as `mirage generate`)."),
+    backend: str = typer.Option("preview", "--backend", "-b", help="preview | wan-vace | mirage (as `mirage generate`; the neural ones need their weights)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the neural backend (as `mirage generate`)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model when a clip has no depth."),
-    seed: int = typer.Option(0, "--seed"),
-    steps: int = typer.Option(30, "--steps", help="Denoising steps (wan-vace)."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance (wan-vace)."),
-    shift: float = typer.Option(3.0, "--shift", help="Flow-matching shift (wan-vace)."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace)."),
-    device: str = typer.Option("auto", "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames"),
-    downscale: Optional[int] = typer.Option(None, "--downscale"),
-    write_policy: str = typer.Option("new", "--write-policy"),
-    references: int = typer.Option(2, "--references"),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload"),
+    seed: int = typer.Option(0, "--seed", help="Random seed of every clip's run (same seed = same scores on the same device)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace, 5 mirage]."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU; neural backends)."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, 1+4k for Wan \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto, 1 at the synthetic 208x120]."),
+    write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new | replace | average | append (as `mirage generate`)."),
+    references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk (wan-vace default 2, mirage 4)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace / mirage: keep modules on the CPU until used (small GPUs)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every clip (default: a finished clip is skipped, an interrupted one resumed)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Clips at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the clips on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
@@ -45,14 +45,14 @@ def recon_cmd(
     plot: bool = typer.Option(False, "--plot", help="Also write DIR/eval.png (metric against frame)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print the aggregate as a Markdown table (the README's)."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, table or warnings (failures are still listed)."),
 ) -> None:
     """Generate each clip from its frame 0 along its cameras and compare every frame with the truth."""
     from ..batch.runner import BatchOptions
     from ..errors import MirageError
     from ..eval.recon import eval_recon
     from ..eval.report import markdown_table, recon_table
-    from ..pipeline.config import GenerateConfig, check_config
+    from ..pipeline.config import GenerateConfig, check_config, unused_options
 
     depth_kind = depth if depth in ("prior", "model") else None  # a depth source, not a file of the clip
     base = GenerateConfig(
@@ -62,6 +62,9 @@ def recon_cmd(
         cpu_offload=cpu_offload, height=height, width=width, overwrite=overwrite,
     )
     check_config(base)  # every option error before any clip is read or rendered
+    if not (quiet or json_out):  # once for the command: the clips' runs are quiet (batch workers)
+        for opt in unused_options(base):
+            err_console.print(f"[yellow]warning:[/] {opt} does nothing with --backend {backend}", highlight=False)
     if workers is not None and workers < 1:
         raise MirageError(f"--workers: must be >= 1 (got {workers})")
     if retries < 0:
@@ -117,3 +120,5 @@ def compare_cmd(
         console.print_json(json.dumps(result))
     else:
         console.print(compare_table(result))
+        for note in result["notes"]:
+            console.print(f"[dim]note: {note}[/]", highlight=False)

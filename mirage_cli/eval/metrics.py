@@ -5,7 +5,8 @@ Library per metric (none is hand-written):
 - PSNR and SSIM: ``torchmetrics.functional.image`` (``data_range`` 1, frames as float in [0, 1]).
   A region's PSNR is torchmetrics' PSNR of the region's pixel values; its SSIM is the mean of
   torchmetrics' full SSIM map (11x11 Gaussian window, computed on the whole frame) over the region.
-  PSNR of identical pixels is infinite; it is reported as :data:`PSNR_CAP`.
+  PSNR of identical pixels is infinite; it is reported as :data:`PSNR_CAP` per frame and left out
+  of every mean (a capped value would dominate it): ``capped_frames`` counts those frames instead.
 - LPIPS: the ``lpips`` package (AlexNet), only when the package, its linear-layer weights and the
   torchvision AlexNet weights are all on this machine; nothing is downloaded. Otherwise the LPIPS
   fields are absent and :func:`load_lpips` says why.
@@ -217,26 +218,48 @@ def score_frames(generated: np.ndarray, truth: np.ndarray, memory_mask: torch.Te
 
 def clip_means(per_frame: dict[str, list]) -> dict[str, float | None]:
     """Mean of every per-frame field over frames 1.. (frame 0 is the input), None values skipped;
-    plus ``*_revisit``: the all-pixel metrics over revisiting frames only (None without revisits)."""
+    plus ``*_revisit``: the all-pixel metrics over revisiting frames only (None without revisits).
+
+    A PSNR at :data:`PSNR_CAP` (identical pixels: infinite) is left out of its mean -- one such
+    frame would lift a clip's ~23 dB to ~30 -- so a PSNR mean is over the frames that differ (None
+    when none does); ``capped_frames`` counts the frames 1.. whose ``psnr_all`` is capped."""
     rev = per_frame["revisit_of"]
     out: dict[str, float | None] = {}
     for key, vals in per_frame.items():
         if key in ("frame", "revisit_of"):
             continue
-        out[key] = _mean(vals[1:])
+        out[key] = _mean(vals[1:], key)
         if key.endswith("_all"):
-            out[key.replace("_all", "_revisit")] = _mean([v for v, r in zip(vals, rev) if r >= 0])
+            out[key.replace("_all", "_revisit")] = _mean([v for v, r in zip(vals, rev) if r >= 0], key)
     out["revisit_frames"] = float(sum(r >= 0 for r in rev))
+    if "psnr_all" in per_frame:
+        out["capped_frames"] = float(sum(v is not None and v >= PSNR_CAP for v in per_frame["psnr_all"][1:]))
     return out
 
 
-def _mean(vals: list) -> float | None:
-    vals = [v for v in vals if v is not None]
+def _mean(vals: list, key: str = "") -> float | None:
+    """Mean of the non-None values (PSNR fields: of those below the cap)."""
+    vals = [v for v in vals if v is not None and not ("psnr" in key and v >= PSNR_CAP)]
     return round(float(np.mean(vals)), 6) if vals else None
 
 
+def bounds(key: str) -> tuple[float, float]:
+    """The range a field's values can take (its 95 % interval is clipped to it): fractions and
+    SSIM are bounded, a PSNR mean is below the cap, counts and LPIPS are not negative."""
+    if key.endswith("_fraction"):
+        return 0.0, 1.0
+    if key.startswith("ssim"):
+        return -1.0, 1.0
+    if "psnr" in key:
+        return -math.inf, PSNR_CAP
+    if key.startswith("lpips") or key.endswith("_frames"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
 def aggregate(per_clip: list[dict[str, float | None]]) -> dict[str, dict]:
-    """Over clips: ``{field: {mean, ci95: [lo, hi] or None (fewer than 2 clips), sd, n}}``."""
+    """Over clips: ``{field: {mean, ci95: [lo, hi] or None (fewer than 2 clips), sd, n}}``; the
+    interval is clipped to the field's :func:`bounds` (a fraction's never leaves [0, 1])."""
     keys = []
     for c in per_clip:
         keys += [k for k in c if k not in keys]
@@ -245,16 +268,18 @@ def aggregate(per_clip: list[dict[str, float | None]]) -> dict[str, dict]:
         vals = [c[k] for c in per_clip if c.get(k) is not None]
         if not vals:
             continue
-        out[k] = interval(vals)
+        out[k] = interval(vals, bounds(k))
     return out
 
 
-def interval(vals: list[float]) -> dict:
-    """Mean, sample standard deviation and the Student-t 95 % interval of the mean."""
+def interval(vals: list[float], limits: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """Mean, sample standard deviation and the Student-t 95 % interval of the mean, clipped to
+    ``limits`` (the t interval is symmetric and can pass a bound the values cannot)."""
     n = len(vals)
     mean = float(np.mean(vals))
     if n < 2:
         return {"mean": round(mean, 6), "sd": None, "ci95": None, "n": n}
     sd = float(np.std(vals, ddof=1))
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
-    return {"mean": round(mean, 6), "sd": round(sd, 6), "ci95": [round(mean - half, 6), round(mean + half, 6)], "n": n}
+    lo, hi = max(mean - half, limits[0]), min(mean + half, limits[1])
+    return {"mean": round(mean, 6), "sd": round(sd, 6), "ci95": [round(lo, 6), round(hi, 6)], "n": n}

@@ -1,6 +1,9 @@
 """``mirage eval recon --plot``: a metric against frame, one line per clip, revisiting frames marked.
 
 Frame 0 (the input, PSNR at the cap) is left out, as from the means, so it does not set the scale.
+A field that has one value on every frame of every clip (the preview's ``known_fraction`` is 1.0
+throughout: its memory reads something everywhere) is not drawn -- a flat line says nothing -- and
+the title names it with its value instead.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ def make_figure(doc: dict):
     """The matplotlib ``Figure``: one panel per field of :data:`PLOT_FIELDS` the clips have."""
     from matplotlib.figure import Figure
 
-    fields = [f for f in PLOT_FIELDS if any(f in c["per_frame"] for c in doc["clips"])]
+    present = [f for f in PLOT_FIELDS if any(f in c["per_frame"] for c in doc["clips"])]
+    flat = {f: v for f in present if (v := _constant(doc, f)) is not None}
+    fields = [f for f in present if f not in flat]
     fig = Figure(figsize=(SIZE_PX[0] / DPI, SIZE_PX[1] / DPI), dpi=DPI, layout="constrained")
     cfg = doc["config"]
     fig.suptitle(f"mirage eval recon - backend {cfg.get('backend')}, {len(doc['clips'])} clips "
-                 "(x: revisiting frame)", fontsize=10)
+                 "(x: revisiting frame)" + "".join(f"; {f} = {v:g} on every frame (not drawn)" for f, v in flat.items()),
+                 fontsize=10)
     axes = fig.subplots(2, 2).ravel()
     for ax, f in zip(axes, fields):
         for c in doc["clips"]:
@@ -42,6 +48,13 @@ def make_figure(doc: dict):
     for ax in axes[len(fields):]:
         ax.set_visible(False)
     return fig
+
+
+def _constant(doc: dict, field: str) -> float | None:
+    """The one value ``field`` takes on frames 1.. of every clip, or None when it varies."""
+    values = {v for c in doc["clips"] for t, v in zip(c["per_frame"]["frame"], c["per_frame"].get(field, []))
+              if t > 0 and v is not None}
+    return values.pop() if len(values) == 1 else None
 
 
 def draw_plot(doc: dict, path: str | os.PathLike) -> None:

@@ -34,7 +34,7 @@ from ..batch.manifest import Job, RowError, Step, check_id, check_row_config, ex
 from ..batch.runner import BatchOptions, run_jobs
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
-from .metrics import clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
+from .metrics import PSNR_CAP, clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
 from .sources import Clip, clip_specs, read_clip
 
 STRIP_FRAMES = 4
@@ -83,7 +83,7 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
         "config": {k: v for k, v in asdict(base).items() if k not in ("image", "traj", "depth", "out", "overwrite")},
         "protocol": {"frames": "1..N-1 (frame 0 is the input)", "psnr_ssim": "torchmetrics",
                      "lpips": "lpips (alex)" if why is None else None, "psnr_cap_db": 100.0},
-        "notes": [why] if why else [],
+        "notes": ([why] if why else []) + capped_note(results),
         "jobs": {"workers": record.workers, **{k: v for k, v in record.counts().items() if v}},
         "clips": results,
         "failed": failed,
@@ -91,6 +91,15 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
     doc["aggregate"] = aggregate([r["means"] for r in results]) if results else {}
     write_outputs(doc, out)
     return doc
+
+
+def capped_note(results: list[dict]) -> list[str]:
+    """The note that frames identical to the truth (PSNR at the cap) are not in the PSNR means."""
+    n = int(sum(r["means"].get("capped_frames") or 0 for r in results))
+    if not n:
+        return []
+    return [f"{n} frame{'s' if n > 1 else ''} identical to the true frame (PSNR capped at {PSNR_CAP:.0f} dB) "
+            "left out of the PSNR means; counted in capped_frames"]
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -106,8 +115,13 @@ def clip_jobs(sources: list[str], base: GenerateConfig, out: Path, traj: str | N
     out = Path(out).resolve()
     manifests = [s for s in sources if Path(s).suffix in MANIFEST_SUFFIXES]
     others = [s for s in sources if s not in manifests]
-    jobs = [clip_job(spec, read_clip(spec), base, out, i + 1)
-            for i, spec in enumerate(clip_specs(others, traj, depth, frames, size) if others else [])]
+    specs = clip_specs(others, traj, depth, frames, size) if others else []
+    for spec in specs:  # the cheap part of check_earlier_runs first: no clip is read or rendered yet
+        known = {"width": spec["size"][0], "height": spec["size"][1]} if spec["size"] else {}
+        if not base.overwrite:
+            shared = {k: v for k, v in asdict(base).items() if k not in PER_CLIP}
+            _check_earlier_run(out / spec["name"] / "run", {**shared, **known}, spec["frames"] if spec["size"] else None)
+    jobs = [clip_job(spec, read_clip(spec), base, out, i + 1) for i, spec in enumerate(specs)]
     if manifests and (traj or depth):
         raise MirageError("--traj/--depth: a manifest gives them per row (traj, depth)")
     for m in manifests:
@@ -189,22 +203,34 @@ def write_inputs(job: Job, clip: Clip) -> None:
 def check_earlier_runs(jobs: list[tuple[Job, Clip]]) -> None:
     """A clip's earlier run (kept to be skipped or resumed) must have been made with the same
     options and clip size and length: else one line saying to use --overwrite or another --out."""
+    for job, head in jobs:
+        if not job.config.overwrite:
+            _check_earlier_run(Path(job.config.out), asdict(job.config), len(head.cameras))
+
+
+PER_CLIP = ("image", "traj", "depth", "out", "overwrite", "width", "height", "frames", "fov", "keep_latents", "cache_dump")
+"""Options a clip's job sets itself: compared only once the clip is known (``cfg`` is the job's)."""
+
+
+def _check_earlier_run(run_dir: Path, options: dict, frames: int | None) -> None:
+    """One line when ``run_dir`` holds a run made with other ``options`` (GenerateConfig fields;
+    None values and ``out``/``overwrite`` are not compared) or another number of ``frames`` (None:
+    not known yet)."""
     from ..pipeline.records import RunRecord
     from ..pipeline.rundir import run_json
 
-    for job, head in jobs:
-        path = run_json(Path(job.config.out))
-        if job.config.overwrite or not path.is_file():
-            continue
-        rec = RunRecord.read(path)
-        diff = [(k, getattr(rec.config, k), v) for k, v in asdict(job.config).items()
-                if v is not None and k not in ("out", "overwrite") and getattr(rec.config, k) != v]
-        if rec.trajectory.frames != len(head.cameras):
-            diff.append(("frames", rec.trajectory.frames, len(head.cameras)))
-        if diff:
-            k, was, now = diff[0]
-            raise MirageError(f"{job.config.out}: an earlier run made with other options ({k}: {was!r} there, {now!r} "
-                              "now); use --overwrite, or another --out")
+    path = run_json(run_dir)
+    if not path.is_file():
+        return
+    rec = RunRecord.read(path)
+    diff = [(k, getattr(rec.config, k), v) for k, v in options.items()
+            if v is not None and k not in ("out", "overwrite") and getattr(rec.config, k) != v]
+    if frames is not None and rec.trajectory.frames != frames:
+        diff.append(("frames", rec.trajectory.frames, frames))
+    if diff:
+        k, was, now = diff[0]
+        raise MirageError(f"{run_dir}: an earlier run made with other options ({k}: {was!r} there, {now!r} "
+                          "now); use --overwrite, or another --out")
 
 
 # ------------------------------------------------------------------------------------ scoring

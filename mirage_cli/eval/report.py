@@ -2,8 +2,9 @@
 
 ``eval.csv`` has one row per clip and frame with every per-frame field (empty where a region is
 empty). ``eval compare`` lines up the aggregates of several ``eval.json`` files against the first;
-a difference "exceeds the spread" when its 95 % interval excludes 0: paired over the clips both
-runs share (same clip names), else when the two runs' 95 % intervals do not overlap.
+a difference is paired over the clips both runs share (same clip names; a note says when the clip
+sets differ) and "exceeds the spread" when its 95 % interval excludes 0; with no clip in common
+it is the difference of the means, exceeding when the two runs' 95 % intervals do not overlap.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .metrics import interval
 
 TABLE_FIELDS = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory", "psnr_revisit", "ssim_revisit", "lpips_all",
                 "lpips_memory", "lpips_revisit", "read_psnr_known", "known_fraction", "memory_fraction", "follow_psnr",
-                "follow_psnr_truth")
+                "follow_psnr_truth", "capped_frames")
 """Fields shown in tables (those present), in this order."""
 
 
@@ -49,8 +50,13 @@ def shown_fields(keys) -> list[str]:
     return [f for f in TABLE_FIELDS if f in keys]
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
+def _fmt(v, field: str = "") -> str:
+    """A table cell: None as "-", counts (``*_frames``) without trailing zeros, fractions to 4 places, dB to 2."""
+    if v is None:
+        return "-"
+    if field.endswith("_frames"):
+        return f"{v:.2f}".rstrip("0").rstrip(".")
+    return f"{v:.4f}" if abs(v) < 1.5 else f"{v:.2f}"
 
 
 def recon_table(doc: dict):
@@ -63,15 +69,17 @@ def recon_table(doc: dict):
     t = Table(title="mirage eval recon: means over frames 1..N-1, then over clips")
     t.add_column("metric", no_wrap=True)
     for c in doc["clips"]:
-        t.add_column(escape(c["name"]), justify="right")
+        # a narrow terminal folds a clip's name over lines (split at '-' first) rather than cutting
+        # it to "room-o…": clips named alike must stay apart
+        t.add_column(escape(c["name"]).replace("-", "-\n"), justify="right", overflow="fold")
     t.add_column("mean", justify="right")
     t.add_column("95 % interval", justify="right", no_wrap=True)
     agg = doc["aggregate"]
     t.add_row("seconds", *[f"{c['seconds']:.1f}" for c in doc["clips"]], f"{sum(c['seconds'] for c in doc['clips']):.1f}", "")
     for f in fields:
         ci = agg[f]["ci95"]
-        t.add_row(f, *[_fmt(c["means"].get(f)) for c in doc["clips"]], _fmt(agg[f]["mean"]),
-                  "-" if ci is None else f"{_fmt(ci[0])} .. {_fmt(ci[1])}")
+        t.add_row(f, *[_fmt(c["means"].get(f), f) for c in doc["clips"]], _fmt(agg[f]["mean"], f),
+                  "-" if ci is None else f"{_fmt(ci[0], f)} .. {_fmt(ci[1], f)}")
     return t
 
 
@@ -108,10 +116,16 @@ def read_eval(path: Path) -> dict:
 
 
 def compare(docs: list[dict], labels: list[str]) -> dict:
-    """Differences of each run's aggregates from the first run's.
+    """Differences of each run's aggregates from the first run's, paired over shared clips.
+
+    A difference is the mean over the clips both runs scored (same name) of the per-clip
+    difference, so runs over different clip sets are compared on what they share; only with no
+    clip in common is it the difference of the two aggregates. It exceeds the spread when its 95 %
+    interval excludes 0 (two or more shared clips), or with no clip in common when the two runs'
+    intervals do not overlap; else ``exceeds`` is None (no spread to judge by).
 
     Returns ``{"labels", "fields", "rows": [{field, values: [mean per run], diffs: [None, d1, ...],
-    exceeds: [None, bool, ...], paired: [None, n clips or 0]}]}``.
+    exceeds: [None, bool or None, ...], paired: [None, shared clips]}], "notes": [line, ...]}``.
     """
     if len(docs) < 2:
         raise MirageError("eval compare: give at least two eval.json files")
@@ -125,20 +139,39 @@ def compare(docs: list[dict], labels: list[str]) -> dict:
                "paired": [None]}
         for d in docs[1:]:
             other = d["aggregate"][f]
-            diff = other["mean"] - base["mean"]
             pairs = _paired(docs[0], d, f)
-            if len(pairs) >= 2:
-                ci = interval([b - a for a, b in pairs])["ci95"]
-                exceeds = ci[0] > 0 or ci[1] < 0
-            elif base["ci95"] and other["ci95"]:
-                exceeds = other["ci95"][0] > base["ci95"][1] or other["ci95"][1] < base["ci95"][0]
+            if pairs:
+                diffs = [b - a for a, b in pairs]
+                diff = sum(diffs) / len(diffs)
+                ci = interval(diffs)["ci95"]
+                exceeds = None if ci is None else (ci[0] > 0 or ci[1] < 0)
             else:
-                exceeds = None  # one clip: no spread to compare with
+                diff = other["mean"] - base["mean"]
+                exceeds = (other["ci95"][0] > base["ci95"][1] or other["ci95"][1] < base["ci95"][0]
+                           if base["ci95"] and other["ci95"] else None)
             row["diffs"].append(round(diff, 6))
             row["exceeds"].append(exceeds)
             row["paired"].append(len(pairs))
         rows.append(row)
-    return {"labels": labels, "fields": [r["field"] for r in rows], "rows": rows}
+    return {"labels": labels, "fields": [r["field"] for r in rows], "rows": rows, "notes": _compare_notes(docs, labels, rows)}
+
+
+def _compare_notes(docs: list[dict], labels: list[str], rows: list[dict]) -> list[str]:
+    """One line per later run whose clips differ from the first run's, and one where no difference
+    could be judged against a spread (so no ``*`` can appear in its column)."""
+    first = {c["name"] for c in docs[0]["clips"]}
+    notes = []
+    for i, (d, label) in enumerate(zip(docs[1:], labels[1:]), start=1):
+        names = {c["name"] for c in d["clips"]}
+        shared = len(first & names)
+        if names != first:
+            what = (f"differences are over the {shared} shared clip{'s' if shared != 1 else ''}" if shared
+                    else "no clip in common: differences are of the two means over different clips")
+            notes.append(f"{label} has {len(names)} clips, {labels[0]} {len(first)}; {what} "
+                         "(the value columns are each run's mean over its own clips)")
+        if rows and all(r["exceeds"][i] is None for r in rows):
+            notes.append(f"{label}: too few clips for a spread (2 needed), so no difference is marked *")
+    return notes
 
 
 def _paired(a: dict, b: dict, field: str) -> list[tuple[float, float]]:
