@@ -202,3 +202,12 @@ def test_debug_shows_the_traceback(tmp_path):
     path.write_text(_native([]))
     with pytest.raises(MirageError, match="empty camera path"):
         main(["traj", "show", str(path), "--debug"])
+
+
+@pytest.mark.parametrize("args", [("traj", "convert", "orbit_left", "-o"), ("traj", "preset", "pan_left", "-o"),
+                                  ("traj", "show", "orbit_left", "--plot")])
+def test_output_into_a_missing_folder_is_refused(tmp_path, capsys, args):
+    target = tmp_path / "missing" / "x.json"
+    code, _, err = _run(capsys, *args, str(target))
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from .checks import check_output_parent
 from .console import console, err_console
 
 
@@ -57,6 +58,7 @@ def batch_cmd(
         raise MirageError(f"--retries: must be >= 0 (got {retries})")
     if gpus_per_worker < 0:
         raise MirageError(f"--gpus-per-worker: must be >= 0 (got {gpus_per_worker})")
+    check_output_parent(json_out, "--json")
     opts = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
                         fail_fast=fail_fast, threads=given_threads(ctx))
     live = None

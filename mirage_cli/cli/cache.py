@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .checks import check_output_parent
 from ..units import fmt_bytes
 from .console import console, err_console
 
@@ -96,6 +97,7 @@ def export_cmd(
     from ..memory.export import export_ply
     from ..memory.latent import LatentMemory
 
+    check_output_parent(ply, "--ply")
     mem = LatentMemory.load(file)
     n = export_ply(mem, ply, convention=convention)
     err_console.print(f"wrote {ply} ({n:,} points, {convention} axes)", highlight=False)
@@ -120,6 +122,7 @@ def render_cmd(
     from ..trajectories import load_trajectory
 
     hole = parse_color(holes)
+    check_output_parent(output, "-o")
     mem = LatentMemory.load(file, device=_device(device))
     tr = load_trajectory(traj)
     out = render_flythrough(mem, tr, output, source=traj, width=width, height=height, fps=fps, scale=scale, holes=hole,

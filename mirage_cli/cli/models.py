@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from .checks import check_output_parent
 from .console import console, err_console
 
 app = typer.Typer(help="Known models: list, download, convert the paper's checkpoints, tiny random-weight kit.",
@@ -85,6 +86,7 @@ def convert(
 
     if not max_shard_gb > 0:
         raise MirageError(f"--max-shard-size must be > 0 (got {max_shard_gb})")
+    check_output_parent(out, "--out")
     report = convert_mirage(base, vace, lora, out, lora_scale=lora_scale, download=download,
                             max_shard_bytes=int(max_shard_gb * 1e9),
                             log=lambda s: err_console.print(s, highlight=False))

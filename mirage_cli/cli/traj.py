@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import MirageError
+from .checks import check_output_parent
 from .console import console, err_console
 
 app = typer.Typer(
@@ -73,6 +74,7 @@ def preset_cmd(
         return
     if not name or not output:
         raise MirageError("give a preset NAME and -o FILE (or --all DIR)")
+    check_output_parent(output, "-o")
     traj = make_preset(name, frames=frames, fps=fps, fov=fov, angle=angle, distance=distance,
                        look_at_depth=look_at_depth, zoom=zoom, width=width, height=height)
     _emit(traj, output, to, convention, pose)
@@ -97,6 +99,7 @@ def convert_cmd(
 
     if absolute and scale not in (None, "absolute"):
         raise MirageError("--absolute and --scale relative contradict each other")
+    check_output_parent(output, "-o")
     traj = convert(source, frames=frames, fps=fps, scale="absolute" if absolute else scale, relative=relative,
                    depth_scale=depth_scale)
     for note in traj.notes:  # e.g. frames reordered: the output keeps the new order
@@ -150,6 +153,7 @@ def show_cmd(
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
     from ..trajectories import load_trajectory, summarize  # deferred: torch
 
+    check_output_parent(plot, "--plot")
     traj = load_trajectory(source)
     s = summarize(traj, width, height, intrinsics)
     if json_out:
