@@ -211,3 +211,15 @@ def test_output_into_a_missing_folder_is_refused(tmp_path, capsys, args):
     code, _, err = _run(capsys, *args, str(target))
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("drop", ["intrinsics", "poses_c2w"])
+def test_geometry_npz_missing_a_key_names_it(tmp_path, capsys, drop):
+    import numpy as np
+
+    arrays = {"depths": np.ones((2, 4, 4), np.float32), "poses_c2w": np.tile(np.eye(4), (2, 1, 1)),
+              "intrinsics": np.tile(np.eye(3), (2, 1, 1))}
+    del arrays[drop]
+    np.savez(tmp_path / "geom.npz", **arrays)
+    code, _, err = _run(capsys, "traj", "show", str(tmp_path / "geom.npz"))
+    assert code == 2 and f"{drop}: missing" in err and len(err.strip().splitlines()) == 1
