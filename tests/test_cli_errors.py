@@ -1,0 +1,14 @@
+"""The command line's error format: one line on stderr, exit 2, whatever the command."""
+
+from mirage_cli.cli import main
+
+
+def _err(capsys, *args):
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_error_inside_a_progress_bar_is_one_line(tmp_path, capsys):
+    # generate fails inside its progress bar; rich used to print a blank line before the error
+    code, err = _err(capsys, "generate", str(tmp_path / "missing.png"), "--traj", "orbit_left", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
