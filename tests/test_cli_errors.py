@@ -12,3 +12,10 @@ def test_error_inside_a_progress_bar_is_one_line(tmp_path, capsys):
     # generate fails inside its progress bar; rich used to print a blank line before the error
     code, err = _err(capsys, "generate", str(tmp_path / "missing.png"), "--traj", "orbit_left", "--out", str(tmp_path / "o"))
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
+
+
+def test_unknown_option_suggests_only_close_names(capsys):
+    code, err = _err(capsys, "generate", "x.png", "--bogus", "1")
+    assert code == 2 and err.strip() == "error: mirage generate: No such option: --bogus"
+    code, err = _err(capsys, "generate", "x.png", "--frmes", "1")
+    assert code == 2 and "did you mean --frames?" in err and len(err.splitlines()) == 1
