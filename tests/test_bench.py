@@ -295,3 +295,15 @@ def test_input_errors_come_before_the_codec_is_built(monkeypatch, capsys):
     monkeypatch.setattr(scene, "make_codec", no_codec)
     assert main(["bench", "--compare", "pointcloud", "--codec", "tiny", "--traj", "notraj.json"]) == 2
     assert "notraj.json" in capsys.readouterr().err
+
+
+def test_title_says_one_chunk_in_the_singular():
+    from rich.console import Console
+
+    from mirage_cli.bench.report import summary_table
+
+    r = bench(frames=5, chunk_frames=5)
+    console = Console(width=400, record=True)
+    console.print(summary_table(r))
+    text = console.export_text()
+    assert r["config"]["chunks"] == 1 and "in 1 chunk of 5" in text
