@@ -104,6 +104,14 @@ def test_a_non_json_row_does_not_hide_the_other_bad_rows(batch_dir, tmp_path, ca
     assert "row 4: not a JSON object" in lines[2]
 
 
+def test_console_summary_is_a_readable_line_after_the_table(batch_dir, tmp_path, capsys):
+    write_jsonl(batch_dir / "one_cli.jsonl", ROWS[:1])
+    assert main(["batch", str(batch_dir / "one_cli.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert err.endswith("\n")  # the table's last line is finished before the summary
+    assert out.startswith("batch done: 1 done; record ") and "{" not in out
+
+
 # ------------------------------------------------------------------------------------ local
 def test_in_process_batch_retries_reports_failures_and_skips_done_jobs(batch_dir, singles, tmp_path, monkeypatch):
     (tmp_path / "broken.png").write_bytes(b"not a png")  # passes validation (it exists), fails when read
