@@ -149,3 +149,14 @@ def test_render_width_alone_keeps_the_aspect_ratio(cache_file):
     mem = LatentMemory.load(cache_file[0])  # its extras say the generated size, W x H
     assert flythrough_size(mem, 2 * W, None) == (2 * W, 2 * H)
     assert flythrough_size(mem, None, H // 2) == (W // 2, H // 2)
+
+
+def test_inspect_table_keeps_a_long_image_hash_whole(tmp_path, capsys):
+    digest = "sha256:" + "0123456789abcdef" * 4
+    mem = LatentMemory(3, SF, codec="pixel", image_hash=digest)
+    mem.lift(torch.rand(3, 4, 4), torch.ones(8, 8), default_camera(8, 8))
+    mem.save(tmp_path / "m.safetensors")
+    assert main(["cache", "inspect", str(tmp_path / "m.safetensors")]) == 0
+    out = capsys.readouterr().out
+    folded = "".join(line.strip("│ ").split("│")[-1].strip() for line in out.splitlines() if "│" in line)
+    assert digest in folded  # folded over lines at 80 columns, never cut off

@@ -78,6 +78,7 @@ def test_show_table_json_and_plot(tmp_path, capsys):
     assert code == 0
     for field in ("format", "native", "frames", "fps", "fov (vertical)", "51.28 deg", "path length", "largest rotation", "90.00 deg"):
         assert field in out, field
+    assert all(line == line.rstrip() for line in out.splitlines())  # no padding to the table's width
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (1200, 640)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 10  # something was drawn

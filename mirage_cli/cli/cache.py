@@ -58,8 +58,8 @@ def inspect_cmd(
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
     t = Table(title=f"latent memory  {file}", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")  # a long value (the image hash) folds instead of losing its end
     n = info["points"]
     t.add_row("format", f"{info['format']} v{info['version']}  ({info['created_by'] or 'unknown writer'})")
     t.add_row("codec", f"{info['codec']}: {info['channels']} channels, 1/{info['spatial_factor']} spatial")

@@ -23,3 +23,14 @@ class Progress(_RichProgress):
             self.live.stop()  # the error's line follows directly
         else:
             self.stop()
+
+
+def print_trimmed(renderable, target: Console = console) -> None:
+    """Print ``renderable`` (a borderless table) without the spaces rich pads every line with to
+    the table's width: copied or piped output then has no trailing blanks."""
+    from rich.text import Text
+
+    for line in target.render_lines(renderable, pad=False, new_lines=False):
+        text = Text.assemble(*((seg.text, seg.style) for seg in line if not seg.control))
+        text.rstrip()
+        target.print(text, soft_wrap=True, highlight=False)

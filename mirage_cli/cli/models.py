@@ -32,12 +32,15 @@ def list_models(
     if as_json:
         typer.echo(json.dumps({"cache_dir": str(hub_cache_dir()), "models": rows}, indent=2))
         return
+    # a name is what the user types: never broken (the column is as wide as the longest); its Hub
+    # repo goes dim on the line below and folds where 80 columns cannot hold it
     table = Table(title=f"models (cache: {hub_cache_dir()})", title_justify="left")
-    for col in ("name", "repo", "kind", "size", "cached"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name / Hub repo", overflow="fold", min_width=max(len(r["name"]) for r in rows))
+    for col in ("kind", "size", "cached"):
+        table.add_column(col, no_wrap=True)
     colour = {"cached": "green", "partial": "yellow", "absent": "dim"}
     for r in rows:
-        table.add_row(r["name"], r["repo"], r["kind"], f"≈{r['size_gb']:g} GB",
+        table.add_row(f"{r['name']}\n[dim]{r['repo']}[/]", r["kind"], f"≈{r['size_gb']:g} GB",
                       f"[{colour[r['cached']]}]{r['cached']}[/]")
     console.print(table)
     console.print("fetch one with [bold]mirage models download NAME[/]; any diffusers-layout folder also works "

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import MirageError
 from .checks import check_output_parent
-from .console import console, err_console
+from .console import err_console, print_trimmed
 
 app = typer.Typer(
     help="Camera trajectories: presets, format conversion, inspection.",
@@ -159,7 +159,7 @@ def show_cmd(
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     else:
-        console.print(_table(s))
+        print_trimmed(_table(s))
     warning = s.get("effective", {}).get("warning")
     if warning and not json_out:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
