@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from ..units import fmt_bytes
 from .checks import check_output_parent
 from .console import console, err_console
 
@@ -93,10 +95,11 @@ def convert(
     report = convert_mirage(base, vace, lora, out, lora_scale=lora_scale, download=download,
                             max_shard_bytes=int(max_shard_gb * 1e9),
                             log=lambda s: err_console.print(s, highlight=False))
-    console.print(f"{report.out}: {report.tensors} tensors ({report.total_bytes / 1e9:.3g} GB) in {report.shards} "
-                  f"shard(s), LoRA fused into {report.lora_modules} weights (scale {lora_scale:g}); "
-                  f"peak held {report.peak_held_bytes / 1e9:.3g} GB, peak RSS {report.peak_rss_bytes / 1e9:.3g} GB, "
-                  f"{report.seconds:.1f} s", highlight=False)
+    sys.stderr.flush()  # the progress lines above come first, also when both streams go to one pipe
+    shards = f"{report.shards} shard{'s' if report.shards != 1 else ''}"
+    console.print(f"{report.out}: {report.tensors} tensors ({fmt_bytes(report.total_bytes)}) in {shards}, LoRA fused "
+                  f"into {report.lora_modules} weights (scale {lora_scale:g}); peak held {fmt_bytes(report.peak_held_bytes)}, "
+                  f"peak RSS {fmt_bytes(report.peak_rss_bytes)}, {report.seconds:.1f} s", highlight=False, soft_wrap=True)
 
 
 @app.command("tiny")
