@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError, allocation_failure, write_failure_reason
-from ..threads import ENV_VAR, apply_threads, parse_threads
+from ..threads import ENV_VAR, apply_threads_on_import, parse_threads
 from .console import err_console
 
 try:  # typer >= 0.2x vendors click; older versions use click itself
@@ -49,8 +49,9 @@ def root(
              "\\[default: physical cores within the CPU affinity; use 1 on a busy machine]."),
 ) -> None:
     """mirage: latent spatial memory for camera-controlled video."""
-    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py).
-    apply_threads(parse_threads(threads))
+    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py);
+    # applied when torch is imported, so that an argument error does not wait for torch's import.
+    apply_threads_on_import(parse_threads(threads))
 
 
 from . import batch as _batch  # noqa: E402

@@ -102,6 +102,9 @@ def convert(
                   f"peak RSS {fmt_bytes(report.peak_rss_bytes)}, {report.seconds:.1f} s", highlight=False, soft_wrap=True)
 
 
+TINY_KINDS = ("wan-vace", "mirage")  # what models/tiny.py's make_tiny_kit writes
+
+
 @app.command("tiny")
 def tiny(
     directory: Path = typer.Argument(..., help="New (or empty) directory to write the kit into."),
@@ -114,6 +117,10 @@ def tiny(
     wan-vace: use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is
     noise). mirage: convert DIR/base + DIR/vace.safetensors + DIR/lora.safetensors with `mirage models convert`.
     """
+    if kind not in TINY_KINDS:  # before the import below (torch, seconds)
+        from ..errors import MirageError
+
+        raise MirageError(f"unknown tiny kit kind '{kind}' (use {' or '.join(TINY_KINDS)})")
     from ..models.tiny import make_tiny_kit
 
     paths = make_tiny_kit(directory, seed=seed, kind=kind)
