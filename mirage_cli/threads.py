@@ -5,7 +5,7 @@ torch starts with one intra-op thread per logical core. On a machine where anyth
 region and a run gets several times slower -- measured on a shared 2-core machine: the preview
 example took 40 s with 2 threads and 17 s with 1 under load 4, with byte-identical output (see the
 README's thread table, produced by ``python -m mirage_cli.bench.threads``). The default is
-therefore a cap (:func:`default_threads`), applied once by the CLI's root callback before any
+therefore a cap (:func:`default_threads`), applied by the CLI's root callback as torch is imported, before any
 torch work, and recorded in ``run.json`` and bench reports.
 
 The thread count never changes the output of mirage: every reduction the memory and the preview
@@ -112,6 +112,50 @@ def apply_threads(n: int | None) -> int:
     except RuntimeError:  # already started (a second call in one process, e.g. the tests): keep it
         pass
     return torch.get_num_threads()
+
+
+class _AfterTorchImport:
+    """A meta path finder that runs ``apply_threads(n)`` the moment torch finishes importing
+    (then removes itself), so that the CLI applies ``--threads`` before any torch work without
+    paying torch's import (seconds) for commands that never need it, or that stop at a bad option."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        import importlib.util
+
+        _remove_hooks()  # the search below must not find this finder again
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.loader is None:
+            return spec
+        load, n = spec.loader.exec_module, self.n
+
+        def exec_module(module):
+            load(module)
+            apply_threads(n)  # torch is whole now; nothing has run on it yet
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _remove_hooks() -> None:
+    import sys
+
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterTorchImport)]
+
+
+def apply_threads_on_import(n: int | None) -> None:
+    """:func:`apply_threads` now if torch is imported already, else as soon as it is."""
+    import sys
+
+    _remove_hooks()  # a later call (tests run main() many times in one process) replaces an earlier one
+    if "torch" in sys.modules:
+        apply_threads(n)
+    else:
+        sys.meta_path.insert(0, _AfterTorchImport(n))
 
 
 def current_threads() -> int:

@@ -93,6 +93,25 @@ def test_bad_rows_exit_2_one_line_each_before_anything_runs(batch_dir, tmp_path,
     assert not out.exists()  # nothing started
 
 
+def test_a_non_json_row_does_not_hide_the_other_bad_rows(batch_dir, tmp_path, capsys):
+    good = json.dumps(ROWS[0])
+    bad = json.dumps({"id": "x", "image": "missing.png", "traj": "orbit_left"})
+    (batch_dir / "mixed.jsonl").write_text("\n".join([good, "this is not json", bad, "[1, 2]"]) + "\n")
+    assert main(["batch", str(batch_dir / "mixed.jsonl"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if "row" in l]
+    assert len(lines) == 3
+    assert "row 2: not a JSON object" in lines[0] and "row 3, field 'image'" in lines[1]
+    assert "row 4: not a JSON object" in lines[2]
+
+
+def test_console_summary_is_a_readable_line_after_the_table(batch_dir, tmp_path, capsys):
+    write_jsonl(batch_dir / "one_cli.jsonl", ROWS[:1])
+    assert main(["batch", str(batch_dir / "one_cli.jsonl"), "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert err.endswith("\n")  # the table's last line is finished before the summary
+    assert out.startswith("batch done: 1 done; record ") and "{" not in out
+
+
 # ------------------------------------------------------------------------------------ local
 def test_in_process_batch_retries_reports_failures_and_skips_done_jobs(batch_dir, singles, tmp_path, monkeypatch):
     (tmp_path / "broken.png").write_bytes(b"not a png")  # passes validation (it exists), fails when read

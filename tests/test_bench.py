@@ -208,6 +208,9 @@ def test_cli_json_plot_and_table(tmp_path, capsys):
     (["--write-policy", "often"], "--write-policy"),
     (["--codec", "tiny", "--height", "60"], "multiples of 8"),
     (["--scene", "missing.png"], "missing.png"),
+    (["--codec", "tiny", "--denoiser", "mirage"], "--codec tiny gives 16 channels at 8x"),
+    (["--points", "1000"], "--points applies to --memory-only only"),
+    (["--json", "/nonexistent/dir/r.json"], "does not exist"),
 ])
 def test_cli_errors_are_one_line(args, message, capsys):
     argv = ["bench", "--compare", "pointcloud", "--height", "48", "--width", "80", "--codec", "pixel"]
@@ -270,3 +273,37 @@ def test_memory_only_mode_reports_speed(tmp_path, capsys):
     assert rep["read_bytes_per_frame"] == 20000 * 44 + 60 * 104 * (8 + 4 + 16 * 6)
     assert rep["copy_bandwidth_gb_s"] > 0 and rep["read_x_bandwidth_limit"] > 0 and rep["threads"] >= 1
     assert "copy bandwidth" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "choose --compare pointcloud"),
+    (["--memory-only", "--compare", "pointcloud"], "--compare does not apply"),
+    (["--memory-only", "--points", "0"], "--points: must be >= 1"),
+])
+def test_bench_mode_errors_are_one_line(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_input_errors_come_before_the_codec_is_built(monkeypatch, capsys):
+    import mirage_cli.bench.scene as scene
+
+    def no_codec(*a, **k):
+        raise AssertionError("codec built before the inputs were checked")
+
+    monkeypatch.setattr(scene, "make_codec", no_codec)
+    assert main(["bench", "--compare", "pointcloud", "--codec", "tiny", "--traj", "notraj.json"]) == 2
+    assert "notraj.json" in capsys.readouterr().err
+
+
+def test_title_says_one_chunk_in_the_singular():
+    from rich.console import Console
+
+    from mirage_cli.bench.report import summary_table
+
+    r = bench(frames=5, chunk_frames=5)
+    console = Console(width=400, record=True)
+    console.print(summary_table(r))
+    text = console.export_text()
+    assert r["config"]["chunks"] == 1 and "in 1 chunk of 5" in text

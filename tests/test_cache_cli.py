@@ -121,3 +121,42 @@ def test_bad_cache_exits_2_with_one_line(tmp_path, capsys):
     assert main(["cache", "inspect", str(tmp_path / "missing.safetensors")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x.ply").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "3"], "at least 16 px"),
+    (["--scale", "-1"], "--scale: must be a positive number"),
+    (["--fps", "0"], "--fps: must be > 0"),
+])
+def test_render_option_ranges_exit_2(cache_file, tmp_path, capsys, args, message):
+    path, _ = cache_file
+    assert main(["cache", "render", str(path), "--traj", "static", "-o", str(tmp_path / "f.mp4"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "f.mp4").exists()
+
+
+def test_render_refuses_other_video_formats(cache_file, tmp_path, capsys):
+    path, _ = cache_file
+    assert main(["cache", "render", str(path), "--traj", "static", "-o", str(tmp_path / "f.gif")]) == 2
+    assert "MP4" in capsys.readouterr().err and not (tmp_path / "f.gif").exists()
+
+
+def test_render_width_alone_keeps_the_aspect_ratio(cache_file):
+    from mirage_cli.memory.export import flythrough_size
+
+    from mirage_cli.memory.latent import LatentMemory
+
+    mem = LatentMemory.load(cache_file[0])  # its extras say the generated size, W x H
+    assert flythrough_size(mem, 2 * W, None) == (2 * W, 2 * H)
+    assert flythrough_size(mem, None, H // 2) == (W // 2, H // 2)
+
+
+def test_inspect_table_keeps_a_long_image_hash_whole(tmp_path, capsys):
+    digest = "sha256:" + "0123456789abcdef" * 4
+    mem = LatentMemory(3, SF, codec="pixel", image_hash=digest)
+    mem.lift(torch.rand(3, 4, 4), torch.ones(8, 8), default_camera(8, 8))
+    mem.save(tmp_path / "m.safetensors")
+    assert main(["cache", "inspect", str(tmp_path / "m.safetensors")]) == 0
+    out = capsys.readouterr().out
+    folded = "".join(line.strip("│ ").split("│")[-1].strip() for line in out.splitlines() if "│" in line)
+    assert digest in folded  # folded over lines at 80 columns, never cut off

@@ -406,6 +406,9 @@ def test_cli_tiny_and_convert(tmp_path, capsys):
     k = tmp_path / "kit"
     assert main(["models", "convert", "--base", str(k / "base"), "--vace", str(k / "vace.safetensors"),
                  "--lora", str(k / "lora.safetensors"), "-o", str(tmp_path / "out")]) == 0
+    io = capsys.readouterr()
+    assert "kB)" in io.out and "e-0" not in io.out and " GB" not in io.out.split("peak RSS")[0]  # units, no 2.4e-05 GB
+    assert (io.out + io.err).count("LoRA fused into") == 1
     assert json.loads((tmp_path / "out" / "mirage.json").read_text())["format"] == "mirage.model"
     code = main(["models", "convert", "--base", str(k / "base"), "--vace", str(k / "lora.safetensors"),
                  "--lora", str(k / "lora.safetensors"), "-o", str(tmp_path / "bad")])

@@ -146,7 +146,9 @@ def test_cli_models_list_and_download_offline(empty_hub, capsys):
     status = {m["name"]: m["cached"] for m in out["models"]}
     assert status["wan2.1-vace-1.3b"] == "cached" and status["wan2.1-vace-14b"] == "absent"
     assert main(["models", "list"]) == 0
-    assert "wan2.1-vace-14b" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "wan2.1-vace-14b" in table
+    assert "depth-anything-v2-metric-outdoor-small" in table  # a name is never broken, even at 80 columns
     assert main(["models", "download", "wan2.1-vace-14b"]) == 2
     err = capsys.readouterr().err
     assert "HF_HUB_OFFLINE" in err and "Wan-AI/Wan2.1-VACE-14B-diffusers" in err and "Traceback" not in err

@@ -78,6 +78,7 @@ def test_show_table_json_and_plot(tmp_path, capsys):
     assert code == 0
     for field in ("format", "native", "frames", "fps", "fov (vertical)", "51.28 deg", "path length", "largest rotation", "90.00 deg"):
         assert field in out, field
+    assert all(line == line.rstrip() for line in out.splitlines())  # no padding to the table's width
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (1200, 640)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 10  # something was drawn
@@ -202,3 +203,24 @@ def test_debug_shows_the_traceback(tmp_path):
     path.write_text(_native([]))
     with pytest.raises(MirageError, match="empty camera path"):
         main(["traj", "show", str(path), "--debug"])
+
+
+@pytest.mark.parametrize("args", [("traj", "convert", "orbit_left", "-o"), ("traj", "preset", "pan_left", "-o"),
+                                  ("traj", "show", "orbit_left", "--plot")])
+def test_output_into_a_missing_folder_is_refused(tmp_path, capsys, args):
+    target = tmp_path / "missing" / "x.json"
+    code, _, err = _run(capsys, *args, str(target))
+    assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("drop", ["intrinsics", "poses_c2w"])
+def test_geometry_npz_missing_a_key_names_it(tmp_path, capsys, drop):
+    import numpy as np
+
+    arrays = {"depths": np.ones((2, 4, 4), np.float32), "poses_c2w": np.tile(np.eye(4), (2, 1, 1)),
+              "intrinsics": np.tile(np.eye(3), (2, 1, 1))}
+    del arrays[drop]
+    np.savez(tmp_path / "geom.npz", **arrays)
+    code, _, err = _run(capsys, "traj", "show", str(tmp_path / "geom.npz"))
+    assert code == 2 and f"{drop}: missing" in err and len(err.strip().splitlines()) == 1

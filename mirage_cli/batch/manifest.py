@@ -56,10 +56,11 @@ class Job:
     then: Step | None = None
 
 
-def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list[dict]:
+def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list[dict | RowError]:
     """The manifest's rows as dicts of raw values. JSONL when the first non-blank character is
     ``{``, else CSV with a header row (which must name ``required[0]``). Blank lines (JSONL) and
-    empty cells (CSV) are skipped."""
+    empty cells (CSV) are skipped. A JSONL line that is not a JSON object stays in the list as a
+    :class:`RowError`, so that :func:`validate_rows` reports it with every other bad row."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -72,9 +73,9 @@ def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise MirageError(f"{path}: row {n + 1}: not a JSON object ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise MirageError(f"{path}: row {n + 1}: not a JSON object")
+                row = RowError("", f"not a JSON object ({e.msg})")
+            if not isinstance(row, (dict, RowError)):
+                row = RowError("", "not a JSON object")
             rows.append(row)
         return rows
     reader = csv.DictReader(io.StringIO(text))
@@ -99,6 +100,9 @@ def validate_rows(path: Path, rows: list[dict], build: Callable[[dict, int], Job
     (a :class:`RowError`, or an id used twice) once every row was tried."""
     jobs, problems, seen = [], [], {}
     for n, raw in enumerate(rows, start=1):
+        if isinstance(raw, RowError):  # a line read_rows could not parse
+            problems.append(f"{path}: row {n}: {raw.problem}")
+            continue
         try:
             job = build(raw, n)
         except RowError as e:

@@ -6,6 +6,8 @@ and is replaced. Ray is an optional extra (``pip install "mirage-cli[ray]"``).
 
 from __future__ import annotations
 
+import logging
+
 import time
 
 from ..errors import MirageError
@@ -61,6 +63,9 @@ class RayPool:
         ray = self.ray = import_ray()
         self._owns = not ray.is_initialized()
         if self._owns:
+            # Ray's own notices (token authentication, ...) went to stderr through Python's last-resort
+            # handler, between mirage's lines; its errors still show, and ours say what failed
+            logging.getLogger("ray").setLevel(logging.ERROR)
             try:
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)

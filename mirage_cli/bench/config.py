@@ -18,6 +18,26 @@ COMPARES = ("pointcloud",)
 POLICIES = ("new", "replace", "average", "append")
 FIDELITY = ("auto", "on", "off")
 WRITE_DEPTH = ("auto", "exact", "filled")
+LATENT_SPACE = {"tiny": (16, 8), "pixel": (3, 1), "wan2.1-vae": (16, 8), "wan2.2-vae": (48, 16)}
+"""``(channels, spatial factor)`` of each ``--codec``, known before any codec is built (checked against
+the built codecs in the tests), so that option errors come before the seconds a Wan VAE takes to make."""
+
+
+def denoiser_problem(denoiser: str, codec: str, space: tuple[int, int] | None) -> str | None:
+    """Why ``--denoiser`` cannot run on ``--codec`` (``space`` = its ``(channels, factor)``; None for a
+    codec without Wan latents), or None when it can. ``codec`` is the name the user gave."""
+    if denoiser == "none":
+        return None
+    if space is None:
+        return f"--denoiser {denoiser} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec}"
+    C, f = space
+    if denoiser.startswith("mirage") and space != (48, 16):
+        return (f"--denoiser {denoiser} needs the Wan2.2 latent space (48 channels, 16x); --codec {codec} "
+                f"gives {C} channels at {f}x (use --codec wan2.2-vae)")
+    if denoiser == "wan2.1-1.3b" and space != (16, 8):
+        return (f"--denoiser {denoiser} needs the Wan2.1 latent space (16 channels, 8x); --codec {codec} "
+                f"gives {C} channels at {f}x (use --codec wan2.1-vae or tiny)")
+    return None
 
 
 def _choose(option: str, value: str, choices: tuple[str, ...], what: str) -> None:
@@ -67,9 +87,28 @@ class BenchConfig:
             raise MirageError(f"--frames must be >= 2 (got {self.frames})")
         if self.laps < 1:
             raise MirageError(f"--laps must be >= 1 (got {self.laps})")
+        problem = denoiser_problem(self.denoiser, self.codec, None if self.codec == "pixel" else LATENT_SPACE[self.codec])
+        if problem:
+            raise MirageError(problem)
+        multiple = self.size_multiple
+        if self.height < multiple or self.width < multiple or self.height % multiple or self.width % multiple:
+            raise MirageError(f"--height/--width {self.height}x{self.width}: must be positive multiples of {multiple} "
+                              f"for --codec {self.codec}" + (f" with --denoiser {self.denoiser}" if self.denoiser != "none" else ""))
+        synthetic = self.scene == "synthetic"
+        if synthetic and self.depth:
+            raise MirageError("--depth only applies to an image --scene (the synthetic scene has exact depth)")
+        if self.fidelity == "on" and not synthetic:
+            raise MirageError("--fidelity on needs the synthetic scene (ground-truth renders)")
+        if self.write_depth == "exact" and not synthetic:
+            raise MirageError("--write-depth exact needs the synthetic scene (an image scene has no true depth for new views)")
         if (self.frames - 1) % self.laps:
             raise MirageError(f"--frames {self.frames}: frames - 1 must be divisible by --laps {self.laps} "
                               f"(each lap has the same frames, sharing its first frame with the previous lap's last)")
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame sizes must be multiples of this: the codec's spatial factor (x2 for the transformer's patches)."""
+        return LATENT_SPACE[self.codec][1] * (2 if self.denoiser != "none" else 1)
 
     @property
     def frames_per_lap(self) -> int:

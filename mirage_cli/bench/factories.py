@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MirageError
-from .config import CODECS, DENOISERS
+from .config import CODECS, DENOISERS, denoiser_problem
 
 #: Wan2.1-VACE-1.3B transformer (Hub config of Wan-AI/Wan2.1-VACE-1.3B-diffusers).
 WAN21_VACE_13B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
@@ -68,12 +68,10 @@ def make_denoiser(name: str, codec, device: torch.device):
     from ..models.registry import resolve_dtype
 
     C, f = codec.channels, codec.spatial_factor
-    if not hasattr(codec, "grey_latent"):
-        raise MirageError(f"--denoiser {name} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec.name}")
+    problem = denoiser_problem(name, codec.name, (C, f) if hasattr(codec, "grey_latent") else None)
+    if problem:  # BenchConfig checked the user's options; this guards direct callers
+        raise MirageError(problem)
     if name.startswith("mirage"):
-        if (C, f) != (48, 16):
-            raise MirageError(f"--denoiser {name} needs the Wan2.2 latent space (48 channels, 16x); --codec {codec.name} "
-                              f"gives {C} channels at {f}x (use --codec wan2.2-vae)")
         tiny = name == "mirage-tiny"
         dtype = torch.float32 if tiny else resolve_dtype("auto", device)
         return _random_mirage(codec, device, dtype, tiny), "random"
@@ -84,9 +82,6 @@ def make_denoiser(name: str, codec, device: torch.device):
         backend = WanVACEBackend(parts["transformer"], parts["text_encoder"], parts["tokenizer"], codec, device=device,
                                  dtype=torch.float32, model="tiny", weights="random")
         return backend, "random"
-    if (C, f) != (16, 8):
-        raise MirageError(f"--denoiser {name} needs the Wan2.1 latent space (16 channels, 8x); --codec {codec.name} "
-                          f"gives {C} channels at {f}x (use --codec wan2.1-vae or tiny)")
     try:  # real weights when cached (never downloads)
         from ..backends.wan_vace import load_wan_vace
 

@@ -61,19 +61,16 @@ class BenchSetup:
 
 
 def prepare(cfg: BenchConfig, device: torch.device) -> BenchSetup:
-    """Load the codec and denoiser, the scene and the trajectory; plan the chunks; decide the options."""
+    """Read the scene and the trajectory (every input error comes here, in well under a second), then
+    load the codec and denoiser (seconds); plan the chunks; decide the options."""
     from ..memory.latent import WRITE_POLICIES as LATENT_POLICIES
 
-    codec, codec_weights = make_codec(cfg.codec, device)
-    data = prepare_scene(cfg, codec.spatial_factor * (2 if cfg.denoiser != "none" else 1))
+    data = prepare_scene(cfg)
     cams, traj_info = prepare_cameras(cfg, data)
+    codec, codec_weights = make_codec(cfg.codec, device)
     backend, denoiser_weights = make_denoiser(cfg.denoiser, codec, device)
-    synthetic = data.scene is not None
+    synthetic = data.scene is not None  # BenchConfig refused --fidelity on / --write-depth exact without it
     fidelity = cfg.fidelity == "on" or (cfg.fidelity == "auto" and synthetic and codec_weights != "random")
-    if fidelity and not synthetic:
-        raise MirageError("--fidelity on needs the synthetic scene (ground-truth renders)")
-    if cfg.write_depth == "exact" and not synthetic:
-        raise MirageError("--write-depth exact needs the synthetic scene (an image scene has no true depth for new views)")
     if backend is not None and denoiser_weights == "real":
         content = "denoiser"
     else:
@@ -88,17 +85,12 @@ def prepare(cfg: BenchConfig, device: torch.device) -> BenchSetup:
         latent_policy=cfg.write_policy if cfg.write_policy in LATENT_POLICIES and cfg.write_policy != "append" else "new")
 
 
-def prepare_scene(cfg: BenchConfig, multiple: int) -> SceneData:
-    """The input image and its depth at ``height x width`` (each a multiple of ``multiple``)."""
+def prepare_scene(cfg: BenchConfig) -> SceneData:
+    """The input image and its depth at ``height x width`` (BenchConfig checked the size)."""
     H, W = cfg.height, cfg.width
-    if H < multiple or W < multiple or H % multiple or W % multiple:
-        raise MirageError(f"--height/--width {H}x{W}: must be positive multiples of {multiple} for --codec {cfg.codec}"
-                          + (f" with --denoiser {cfg.denoiser}" if cfg.denoiser != "none" else ""))
     if cfg.scene == "synthetic":
         from ..data.scenes import default_camera, make_scene
 
-        if cfg.depth:
-            raise MirageError("--depth only applies to an image --scene (the synthetic scene has exact depth)")
         scene = make_scene("room", seed=cfg.seed)
         rgb, depth = scene.render(default_camera(W, H))
         return SceneData(rgb[0], depth[0], reference_depth(depth[0]), scene, "synthetic room (exact depth)")

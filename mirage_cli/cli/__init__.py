@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError, allocation_failure, write_failure_reason
-from ..threads import ENV_VAR, apply_threads, parse_threads
+from ..threads import ENV_VAR, apply_threads_on_import, parse_threads
 from .console import err_console
 
 try:  # typer >= 0.2x vendors click; older versions use click itself
@@ -49,8 +49,9 @@ def root(
              "\\[default: physical cores within the CPU affinity; use 1 on a busy machine]."),
 ) -> None:
     """mirage: latent spatial memory for camera-controlled video."""
-    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py).
-    apply_threads(parse_threads(threads))
+    # Before any command touches torch: more intra-op threads than free cores thrash (see threads.py);
+    # applied when torch is imported, so that an argument error does not wait for torch's import.
+    apply_threads_on_import(parse_threads(threads))
 
 
 from . import batch as _batch  # noqa: E402
@@ -110,6 +111,22 @@ def hoist_threads(args: list[str]) -> list[str]:
     return front + out
 
 
+def no_such_option_message(e) -> str:
+    """``No such option: --frmes (did you mean --frames?)``, naming only options close to the typo.
+
+    click suggests whatever difflib finds at ratio 0.6 over the whole string, and the shared ``--``
+    lifts unrelated names past it (``--bogus`` -> ``--out``). Here the names are compared without
+    their dashes, at a stricter cutoff, and a prefix counts (``--out-dir`` -> ``--out``)."""
+    import difflib
+
+    typed = e.option_name.lstrip("-").split("=")[0]
+    close = [p for p in (e.possibilities or [])
+             if difflib.SequenceMatcher(None, typed, p.lstrip("-")).ratio() >= 0.75
+             or (len(typed) >= 3 and (p.lstrip("-").startswith(typed) or typed.startswith(p.lstrip("-"))))]
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return f"No such option: {e.option_name}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         where = f"{e.ctx.command_path}: " if e.ctx else ""
-        err_console.print(f"[bold red]error:[/] {escape(where + e.format_message())}", highlight=False, soft_wrap=True)
+        message = no_such_option_message(e) if isinstance(e, _click.NoSuchOption) else e.format_message()
+        err_console.print(f"[bold red]error:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
         code = e.exit_code
     except _click.ClickException as e:
         e.show()

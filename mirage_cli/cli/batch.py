@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from .checks import check_output_parent
 from .console import console, err_console
 
 
@@ -29,6 +29,11 @@ def ray_flag_args(args: list[str]) -> list[str]:
         if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
             out.append("local")
     return out
+
+
+def counts_text(counts: dict) -> str:
+    """``{"done": 3, "failed": 1, "pending": 0}`` -> ``"3 done, 1 failed"`` (zero counts left out)."""
+    return ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no jobs"
 
 
 def batch_cmd(
@@ -57,6 +62,7 @@ def batch_cmd(
         raise MirageError(f"--retries: must be >= 0 (got {retries})")
     if gpus_per_worker < 0:
         raise MirageError(f"--gpus-per-worker: must be >= 0 (got {gpus_per_worker})")
+    check_output_parent(json_out, "--json")
     opts = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
                         fail_fast=fail_fast, threads=given_threads(ctx))
     live = None
@@ -78,6 +84,8 @@ def batch_cmd(
     finally:
         if live:
             live.stop()
+            if not err_console.is_terminal:  # rich leaves a piped table without its last newline
+                err_console.line()
     data = record.to_json()
     if json_out:
         write_json(json_out, data)
@@ -85,6 +93,7 @@ def batch_cmd(
     if not quiet:
         for k, j in failed.items():
             err_console.print(f"[red]failed[/] {k} (row {j.row}, {j.attempts} attempts): {j.error}", highlight=False)
-        console.print(f"batch {record.status}: {json.dumps(data['counts'])}; record {Path(out) / 'batch.json'}")
+        console.print(f"batch {record.status}: {counts_text(data['counts'])}; record {Path(out) / 'batch.json'}",
+                      highlight=False)
     if failed or record.status != "done":
         raise typer.Exit(1)

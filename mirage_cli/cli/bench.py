@@ -7,14 +7,31 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .console import console, err_console
+from .console import Progress, console, err_console
 
 
 def register(app: typer.Typer) -> None:
     """Add the `bench` command to the root app."""
-    app.command("bench", no_args_is_help=True)(bench_cmd)
+    # no help screen for a bare `mirage bench`: one line says which of the two modes to choose
+    app.command("bench")(bench_cmd)
+
+
+MEMORY_ONLY_OPTIONS = ("memory_only", "points", "device", "json_out", "quiet")
+"""The options that apply to ``--memory-only``; any other given with it is refused, not dropped."""
+
+
+def given_options(ctx: typer.Context, names=None) -> list[str]:
+    """The longest spelling of each option the user gave on the command line (not defaults), of
+    ``names`` only when given."""
+    out = []
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)  # typer vendors click's enum: compare by name
+        if param.param_type_name == "option" and source is not None and source.name != "DEFAULT" \
+                and (names is None or param.name in names):
+            out.append(max(param.opts, key=len))
+    return out
 
 
 def bench_cmd(
@@ -49,8 +66,17 @@ def bench_cmd(
     from ..bench.report import notes, summary_table
     from ..errors import MirageError
     from ..io import write_json
+    from .checks import check_output_parent
 
+    check_output_parent(json_out, "--json")
+    check_output_parent(plot, "--plot")
     if memory_only:
+        extra = [o for o in given_options(ctx) if o not in given_options(ctx, MEMORY_ONLY_OPTIONS)]
+        if extra:
+            raise MirageError(f"--memory-only times the latent memory alone; {', '.join(extra)} "
+                              f"{'does' if len(extra) == 1 else 'do'} not apply (use --points, --device, --json)")
+        if points < 1:
+            raise MirageError(f"--points: must be >= 1 (got {points})")
         from ..bench.memory_speed import memory_speed_report
         from ..models.registry import resolve_device
         from ..threads import apply_light_default, given_threads
@@ -63,6 +89,8 @@ def bench_cmd(
         return
     if compare is None:
         raise MirageError("bench: choose --compare pointcloud (latent vs explicit memory) or --memory-only")
+    if given_options(ctx, ("points",)):
+        raise MirageError("--points applies to --memory-only only (--compare sizes the memory from the scene)")
 
     cfg = BenchConfig(compare=compare, scene=scene, depth=str(depth) if depth else None, traj=traj, frames=frames,
                       laps=laps, chunk_frames=chunk_frames, codec=codec, height=height, width=width, denoiser=denoiser,

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from .checks import check_output_parent
 from ..units import fmt_bytes
 from .console import console, err_console
 
@@ -57,8 +58,8 @@ def inspect_cmd(
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
     t = Table(title=f"latent memory  {file}", show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")  # a long value (the image hash) folds instead of losing its end
     n = info["points"]
     t.add_row("format", f"{info['format']} v{info['version']}  ({info['created_by'] or 'unknown writer'})")
     t.add_row("codec", f"{info['codec']}: {info['channels']} channels, 1/{info['spatial_factor']} spatial")
@@ -96,6 +97,7 @@ def export_cmd(
     from ..memory.export import export_ply
     from ..memory.latent import LatentMemory
 
+    check_output_parent(ply, "--ply")
     mem = LatentMemory.load(file)
     n = export_ply(mem, ply, convention=convention)
     err_console.print(f"wrote {ply} ({n:,} points, {convention} axes)", highlight=False)
@@ -106,10 +108,10 @@ def render_cmd(
     file: Path = typer.Argument(..., help="Cache file (.safetensors)."),
     traj: str = typer.Option(..., "--traj", "-t", help="Trajectory file or preset name (frame 0 = the input image's camera)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Video width [default: the cache's 'width' extra, else 832]."),
-    height: Optional[int] = typer.Option(None, "--height", help="Video height [default: the cache's 'height' extra, else 480]."),
+    width: Optional[int] = typer.Option(None, "--width", help="Video width [default: the cache's 'width' extra, else 832; alone: the height follows the aspect ratio]."),
+    height: Optional[int] = typer.Option(None, "--height", help="Video height [default: the cache's 'height' extra, else 480; alone: the width follows the aspect ratio]."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second [default: the trajectory's]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this [default: the reference depth for 'relative' trajectories, 1 otherwise]."),
+    scale: Optional[float] = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this, > 0 [default: the reference depth for 'relative' trajectories, 1 otherwise]."),
     holes: str = typer.Option("#ff00ff", "--holes", help="Colour of cells the memory does not cover (#rrggbb or a CSS colour name: black, white, magenta, grey...)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
@@ -119,7 +121,14 @@ def render_cmd(
     from ..memory.latent import LatentMemory
     from ..trajectories import load_trajectory
 
+    from ..errors import MirageError
+
     hole = parse_color(holes)
+    if output.suffix.lower() != ".mp4":
+        raise MirageError(f"-o {output}: cache render writes an MP4 video; name the file .mp4")
+    if fps is not None and not fps > 0:
+        raise MirageError(f"--fps: must be > 0 (got {fps:g})")
+    check_output_parent(output, "-o")
     mem = LatentMemory.load(file, device=_device(device))
     tr = load_trajectory(traj)
     out = render_flythrough(mem, tr, output, source=traj, width=width, height=height, fps=fps, scale=scale, holes=hole,

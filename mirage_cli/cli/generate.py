@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..pipeline.resources import MAX_PIXELS
 from ..units import fmt_bytes
-from .console import console, err_console
+from .console import Progress, console, err_console
 
 
 def register(app: typer.Typer) -> None:

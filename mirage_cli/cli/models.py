@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from ..units import fmt_bytes
+from .checks import check_output_parent
 from .console import console, err_console
 
 app = typer.Typer(help="Known models: list, download, convert the paper's checkpoints, tiny random-weight kit.",
@@ -31,12 +34,15 @@ def list_models(
     if as_json:
         typer.echo(json.dumps({"cache_dir": str(hub_cache_dir()), "models": rows}, indent=2))
         return
+    # a name is what the user types: never broken (the column is as wide as the longest); its Hub
+    # repo goes dim on the line below and folds where 80 columns cannot hold it
     table = Table(title=f"models (cache: {hub_cache_dir()})", title_justify="left")
-    for col in ("name", "repo", "kind", "size", "cached"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name / Hub repo", overflow="fold", min_width=max(len(r["name"]) for r in rows))
+    for col in ("kind", "size", "cached"):
+        table.add_column(col, no_wrap=True)
     colour = {"cached": "green", "partial": "yellow", "absent": "dim"}
     for r in rows:
-        table.add_row(r["name"], r["repo"], r["kind"], f"≈{r['size_gb']:g} GB",
+        table.add_row(f"{r['name']}\n[dim]{r['repo']}[/]", r["kind"], f"≈{r['size_gb']:g} GB",
                       f"[{colour[r['cached']]}]{r['cached']}[/]")
     console.print(table)
     console.print("fetch one with [bold]mirage models download NAME[/]; any diffusers-layout folder also works "
@@ -85,13 +91,18 @@ def convert(
 
     if not max_shard_gb > 0:
         raise MirageError(f"--max-shard-size must be > 0 (got {max_shard_gb})")
+    check_output_parent(out, "--out")
     report = convert_mirage(base, vace, lora, out, lora_scale=lora_scale, download=download,
                             max_shard_bytes=int(max_shard_gb * 1e9),
                             log=lambda s: err_console.print(s, highlight=False))
-    console.print(f"{report.out}: {report.tensors} tensors ({report.total_bytes / 1e9:.3g} GB) in {report.shards} "
-                  f"shard(s), LoRA fused into {report.lora_modules} weights (scale {lora_scale:g}); "
-                  f"peak held {report.peak_held_bytes / 1e9:.3g} GB, peak RSS {report.peak_rss_bytes / 1e9:.3g} GB, "
-                  f"{report.seconds:.1f} s", highlight=False)
+    sys.stderr.flush()  # the progress lines above come first, also when both streams go to one pipe
+    shards = f"{report.shards} shard{'s' if report.shards != 1 else ''}"
+    console.print(f"{report.out}: {report.tensors} tensors ({fmt_bytes(report.total_bytes)}) in {shards}, LoRA fused "
+                  f"into {report.lora_modules} weights (scale {lora_scale:g}); peak held {fmt_bytes(report.peak_held_bytes)}, "
+                  f"peak RSS {fmt_bytes(report.peak_rss_bytes)}, {report.seconds:.1f} s", highlight=False, soft_wrap=True)
+
+
+TINY_KINDS = ("wan-vace", "mirage")  # what models/tiny.py's make_tiny_kit writes
 
 
 @app.command("tiny")
@@ -106,6 +117,10 @@ def tiny(
     wan-vace: use it as `mirage generate IMAGE --backend wan-vace --model DIR` (runs on CPU in seconds, output is
     noise). mirage: convert DIR/base + DIR/vace.safetensors + DIR/lora.safetensors with `mirage models convert`.
     """
+    if kind not in TINY_KINDS:  # before the import below (torch, seconds)
+        from ..errors import MirageError
+
+        raise MirageError(f"unknown tiny kit kind '{kind}' (use {' or '.join(TINY_KINDS)})")
     from ..models.tiny import make_tiny_kit
 
     paths = make_tiny_kit(directory, seed=seed, kind=kind)

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import MirageError
-from .console import console, err_console
+from .checks import check_output_parent
+from .console import err_console, print_trimmed
 
 app = typer.Typer(
     help="Camera trajectories: presets, format conversion, inspection.",
@@ -73,6 +74,7 @@ def preset_cmd(
         return
     if not name or not output:
         raise MirageError("give a preset NAME and -o FILE (or --all DIR)")
+    check_output_parent(output, "-o")
     traj = make_preset(name, frames=frames, fps=fps, fov=fov, angle=angle, distance=distance,
                        look_at_depth=look_at_depth, zoom=zoom, width=width, height=height)
     _emit(traj, output, to, convention, pose)
@@ -97,6 +99,7 @@ def convert_cmd(
 
     if absolute and scale not in (None, "absolute"):
         raise MirageError("--absolute and --scale relative contradict each other")
+    check_output_parent(output, "-o")
     traj = convert(source, frames=frames, fps=fps, scale="absolute" if absolute else scale, relative=relative,
                    depth_scale=depth_scale)
     for note in traj.notes:  # e.g. frames reordered: the output keeps the new order
@@ -150,12 +153,13 @@ def show_cmd(
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
     from ..trajectories import load_trajectory, summarize  # deferred: torch
 
+    check_output_parent(plot, "--plot")
     traj = load_trajectory(source)
     s = summarize(traj, width, height, intrinsics)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     else:
-        console.print(_table(s))
+        print_trimmed(_table(s))
     warning = s.get("effective", {}).get("warning")
     if warning and not json_out:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)

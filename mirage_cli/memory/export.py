@@ -7,6 +7,8 @@ features otherwise (:func:`mirage_cli.models.codecs.features_to_rgb`, no decoder
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 
@@ -128,14 +130,33 @@ class Flythrough:
     known: float
 
 
+MIN_RENDER_SIZE = 16  # px: below this a flythrough shows nothing (and players refuse such videos)
+
+
+def flythrough_size(memory: LatentMemory, width: int | None, height: int | None) -> tuple[int, int]:
+    """``(W, H)`` of a flythrough: ``--width/--height``, one alone with the other following the
+    aspect ratio of the cache's ``width``/``height`` extras (else 832x480), as ``mirage generate``
+    does. Each side must be at least 16 px and one latent cell."""
+    W0 = int(memory.extras.get("width") or DEFAULT_SIZE[0])
+    H0 = int(memory.extras.get("height") or DEFAULT_SIZE[1])
+    if width and not height:
+        height = max(1, round(H0 * width / W0))
+    elif height and not width:
+        width = max(1, round(W0 * height / H0))
+    W, H = width or W0, height or H0
+    least = max(MIN_RENDER_SIZE, memory.spatial_factor)
+    if W < least or H < least:
+        raise MirageError(f"--width/--height {W}x{H}: each side must be at least {least} px")
+    return W, H
+
+
 def _flythrough_cameras(memory: LatentMemory, trajectory, source: str, width: int | None, height: int | None,
                         scale: float | None) -> tuple[Cameras, float, str]:
     """The trajectory's cameras at the render size, translations scaled (``--scale``, else the reference
     depth for ``"relative"`` trajectories, else 1)."""
-    W = width or int(memory.extras.get("width") or DEFAULT_SIZE[0])
-    H = height or int(memory.extras.get("height") or DEFAULT_SIZE[1])
-    if W < memory.spatial_factor or H < memory.spatial_factor:
-        raise MirageError(f"--width/--height {W}x{H} is smaller than one latent cell ({memory.spatial_factor} px)")
+    W, H = flythrough_size(memory, width, height)
+    if scale is not None and not (math.isfinite(scale) and scale > 0):
+        raise MirageError(f"--scale: must be a positive number (got {scale:g}); a negative scale mirrors the path")
     cams = trajectory.cameras_for(W, H)
     validate_cameras(cams, source)
     if scale is not None:

@@ -409,7 +409,7 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], e
 
         shards.write(produce)
     n_shards = len(shards.names)
-    say(f"transformer written ({n_shards} shard(s)), LoRA fused into {fused} weights")
+    say(f"transformer written: {n_shards} shard{'s' if n_shards != 1 else ''}")  # the LoRA count: in the report
     model.save_config(tmp / "transformer")
 
     for sub in _COPIED:

@@ -37,7 +37,9 @@ REQUIRED = ("depths", "poses_c2w", "intrinsics")
 
 
 def is_npz(path: Path) -> bool:
-    """A zip archive (``np.savez`` output) with the two trajectory arrays."""
+    """A zip archive (``np.savez`` output) holding any of the geometry arrays. One that lacks some
+    is still taken as a geometry.npz, so that :func:`read_geometry` names the missing key instead
+    of the file falling through to the text formats ("not a UTF-8 text file")."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"PK":
@@ -45,7 +47,7 @@ def is_npz(path: Path) -> bool:
         names = set(zipfile.ZipFile(path).namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-    return {"poses_c2w.npy", "intrinsics.npy"} <= names
+    return any(f"{key}.npy" in names for key in REQUIRED)
 
 
 def read_geometry(path: str | Path) -> dict[str, np.ndarray]:
