@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ..interrupts import raise_if_interrupted, record_interrupts, sticky_interrupts
 from ..pipeline.resources import MAX_PIXELS
 from ..units import fmt_bytes
 from .console import console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `generate` command to the root app."""
+    """Add the `generate` command to the root app (and from now on record Ctrl-C, see stops_on_ctrl_c)."""
+    record_interrupts()
     app.command("generate", no_args_is_help=True)(generate_cmd)
 
 
+def stops_on_ctrl_c(command: Callable) -> Callable:
+    """Run ``command`` under :func:`~mirage_cli.interrupts.sticky_interrupts` (installed before the
+    heavy imports, so no Ctrl-C of the startup is lost) and turn a KeyboardInterrupt into the
+    "interrupted" line and exit 130 (said here: typer turns it into a silent exit 130 before the root
+    handler could)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            with sticky_interrupts():
+                raise_if_interrupted()  # a Ctrl-C swallowed before the command began (torch's import)
+                return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@stops_on_ctrl_c
 def generate_cmd(
     ctx: typer.Context,
     image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory), or a geometry.npz. Not needed with --resume, nor when --traj is a geometry.npz."),

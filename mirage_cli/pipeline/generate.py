@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..backends import Backend
 from ..errors import MirageError
+from ..interrupts import raise_if_interrupted
 from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
@@ -120,6 +121,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
+    raise_if_interrupted()  # a Ctrl-C swallowed while loading: stop before touching the run directory
     out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
     rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
     try:
