@@ -95,3 +95,43 @@ def test_default_cache_keeps_only_the_final_dump(small_scene, tmp_path):
                                   out=str(tmp_path / "run")), warn=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == ["final.safetensors"]
     assert rec["outputs"]["cache"] == [str(tmp_path / "run" / "cache" / "final.safetensors")]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_downscale_that_does_not_divide_the_frame_is_refused(tmp_path, capsys):
+    """Review 4: --downscale 3 on 832x480 silently gave an 831x480 video."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    assert main(["generate", example, "--traj", "orbit_left", "--downscale", "3", "-n", "5", "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert "--downscale 3" in err and "831x480" in err and not (tmp_path / "r").exists()
+
+
+def test_tiny_image_is_refused_like_a_tiny_width(tmp_path, capsys):
+    """Review 6: a 4x4 image made a 4x4 video although --width 5 is refused."""
+    from mirage_cli.io import save_image
+
+    img = tmp_path / "tiny.png"
+    save_image(img, torch.rand(3, 4, 4))
+    assert main(["generate", str(img), "--traj", "static", "-n", "5", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "between 16 and 8192" in _one_line_error(capsys) and not (tmp_path / "r").exists()
+
+
+def test_oversize_note_names_the_final_size(tmp_path, capsys):
+    """Review 24: the note said 1182x886 for a run made at 1180x884 (grid rounding)."""
+    from mirage_cli.io import save_image
+
+    img = tmp_path / "huge.png"
+    save_image(img, torch.rand(3, 150, 200))
+    out = tmp_path / "r"
+    assert main(["generate", str(img), "--traj", "static", "-n", "2", "--max-pixels", "10000", "--downscale", "4",
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / "run.json").read_text())
+    assert f"resized to {rec['image']['width']}x{rec['image']['height']}" in capsys.readouterr().err.replace("\n", " ")

@@ -90,8 +90,10 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
     fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)
     if fit is not None:
-        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {fit[0]}x{fit[1]}")
-        cfg = replace(cfg, width=fit[0], height=fit[1])
+        cfg = replace(cfg, width=fit[0], height=fit[1])  # said below, with the size after grid rounding
+    # a size we chose to fit --max-pixels is rounded to the grid instead (its note says the result)
+    check_frame_size(output_size(W0, H0, cfg.width, cfg.height), image_path,
+                     cfg.downscale if cfg.backend == "preview" and fit is None else None)
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
@@ -107,6 +109,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     raw_hw = tuple(image_raw.shape[-2:])
     del image_raw  # the file-size float32 copy: the largest tensor of a huge input, not needed past here
     H, W = image.shape[-2:]
+    if fit is not None:
+        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {W}x{H}")
     traj = prepare_trajectory(cfg, (W, H), warn)
     tf = codec.temporal_factor
     check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
@@ -251,6 +255,21 @@ def input_memory(run: Run) -> LatentMemory:
 
 
 # ------------------------------------------------------------------------------------ shared steps
+def check_frame_size(size: tuple[int, int], image_path: Path, downscale: int | None) -> None:
+    """Refuse an output ``(W, H)`` outside 16..8192 pixels a side (the --width/--height bounds, for
+    an image's own size too) and a user's preview ``--downscale`` that does not divide it (the frame
+    would silently be cropped, e.g. 832 -> 831 pixels, an odd width)."""
+    W, H = size
+    if not (16 <= W <= 8192 and 16 <= H <= 8192):
+        raise MirageError(f"{image_path}: a {W}x{H} frame; frames must be between 16 and 8192 pixels a side "
+                          "(resize the image or give --width/--height)")
+    if downscale and (W % downscale or H % downscale):
+        divisors = [d for d in range(1, 17) if W % d == 0 and H % d == 0]
+        raise MirageError(f"--downscale {downscale}: does not divide the {W}x{H} frame (it would be cropped to "
+                          f"{W // downscale * downscale}x{H // downscale * downscale}); choose one of "
+                          f"{', '.join(map(str, divisors))}")
+
+
 def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
     """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
     --width/--height alone: the other follows the aspect ratio; see preview_downscale)."""
