@@ -135,3 +135,17 @@ def test_oversize_note_names_the_final_size(tmp_path, capsys):
                  "--out", str(out)]) == 0
     rec = json.loads((out / "run.json").read_text())
     assert f"resized to {rec['image']['width']}x{rec['image']['height']}" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_aspect_change_is_warned_even_with_quiet(tmp_path, capsys):
+    """Review 7 and 38: --width 208 --height 400 stretched silently; -q hid every warning."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "208", "--height", "400",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "warning:" in err and "stretched to 208x400" in err and "narrower" in err
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "208",
+                 "--out", str(tmp_path / "r2"), "--quiet"]) == 0
+    assert "stretched" not in capsys.readouterr().err  # the aspect kept: nothing to say

@@ -82,7 +82,7 @@ def generate_cmd(
     keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="No backend: write the plan, the depth and coverage.mp4 (what the memory alone sees, holes magenta) to check a path."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
@@ -106,7 +106,8 @@ def generate_cmd(
         preceding_frames=preceding_frames, start_frame=start_frame, cpu_offload=cpu_offload, overwrite=overwrite,
         max_pixels=max_pixels, keep_latents=keep_latents, look_at_depth=look_at_depth,
     )
-    warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
+    # warnings go to stderr even with --quiet / --json (they hide progress and the summary only)
+    warn = lambda msg: err_console.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
     show = not (quiet or json_out)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not show, transient=True)

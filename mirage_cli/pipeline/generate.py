@@ -111,6 +111,11 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     H, W = image.shape[-2:]
     if fit is not None:
         warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {W}x{H}")
+    distortion = (W / H) / (W0 / H0) - 1
+    if abs(distortion) > 0.01:  # a resize is a per-axis stretch, never a crop: say so when it shows
+        warn(f"{image_path}: {W0}x{H0} stretched to {W}x{H} frames: {100 * abs(distortion):.0f} % "
+             f"{'wider' if distortion > 0 else 'narrower'} than the image (give one of --width/--height, or both "
+             "in the image's aspect, to keep it)")
     traj = prepare_trajectory(cfg, (W, H), warn)
     tf = codec.temporal_factor
     check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
