@@ -149,3 +149,14 @@ def test_aspect_change_is_warned_even_with_quiet(tmp_path, capsys):
     assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "208",
                  "--out", str(tmp_path / "r2"), "--quiet"]) == 0
     assert "stretched" not in capsys.readouterr().err  # the aspect kept: nothing to say
+
+
+def test_preview_run_json_records_null_for_diffusion_options(tmp_path):
+    """Review 36: a preview run.json recorded wan-vace's steps 30, guidance 5, shift 3, references 2."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    out = tmp_path / "r"
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "104", "--out", str(out), "--quiet"]) == 0
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert [cfg[k] for k in ("steps", "guidance", "shift", "references")] == [None] * 4 and cfg["splat"] == "patch"

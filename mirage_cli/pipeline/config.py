@@ -195,6 +195,15 @@ def with_backend_defaults(cfg: GenerateConfig) -> GenerateConfig:
     return replace(cfg, **{k: v for k, v in d.items() if getattr(cfg, k) is None})
 
 
+def recorded_config(cfg: GenerateConfig) -> GenerateConfig:
+    """The config as run.json stores it: sampling options the backend ignores (the preview's) are
+    null, not the diffusion defaults it never used; :func:`with_backend_defaults` fills them again
+    on ``--resume``, so the run repeats exactly."""
+    if cfg.backend != "preview":
+        return cfg
+    return replace(cfg, steps=None, guidance=None, shift=None, references=None)
+
+
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """File arguments as absolute paths, so that ``--resume`` works from any directory."""
     depth = cfg.depth if cfg.depth in (None, "prior", "model") else str(Path(cfg.depth).resolve())

@@ -33,8 +33,8 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
-from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     unused_options, with_absolute_paths, with_backend_defaults)
+from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
+                     traj_stem, unused_options, with_absolute_paths, with_backend_defaults)
 from .dryrun import DryRunBackend, dry_run_codec, run_dry
 from .inputs import (Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras, with_geometry_image)
@@ -230,7 +230,7 @@ def reopen(out: Path, loaders: Loaders | None = None, quiet: bool = True) -> Run
     record = RunRecord.read(run_json(out))
     if record.status != "done":
         raise MirageError(f"{out}: the run is not finished ({record.status}); nothing to read")
-    cfg = record.config
+    cfg = with_backend_defaults(record.config)  # the preview's run.json leaves its unused options null
     needed = [final_dump(out)] + [chunk_latents(out, c.index) for c in record.chunk_plan]
     missing = next((p for p in needed if not p.exists()), None)
     if missing is not None:
@@ -341,7 +341,7 @@ def _new_record(plan: RunPlan, traj, codec: Codec, backend: Backend) -> RunRecor
     W, H = plan.size
     return RunRecord(
         format=RUN_FORMAT, mirage_version=__version__, versions=versions(), status="running", started_at=now(),
-        command=" ".join(["mirage"] + sys.argv[1:]), config=cfg, backend=backend.describe(),
+        command=" ".join(["mirage"] + sys.argv[1:]), config=recorded_config(cfg), backend=backend.describe(),
         codec=CodecInfo(codec.name, codec.channels, codec.spatial_factor, codec.temporal_factor),
         model=cfg.model, seed=cfg.seed, device=str(plan.device), dtype=cfg.dtype,
         image=ImageInfo(str(plan.image_path), plan.image_hash, W, H),
