@@ -160,3 +160,21 @@ def test_preview_run_json_records_null_for_diffusion_options(tmp_path):
     assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "104", "--out", str(out), "--quiet"]) == 0
     cfg = json.loads((out / "run.json").read_text())["config"]
     assert [cfg[k] for k in ("steps", "guidance", "shift", "references")] == [None] * 4 and cfg["splat"] == "patch"
+
+
+def test_start_frame_may_leave_one_frame_as_frames_1_does(tmp_path, capsys):
+    """Review 40: -n 1 made a 1-frame video but --start-frame insisted on two remaining frames."""
+    from pathlib import Path
+
+    from mirage_cli.trajectories import load_trajectory, save_trajectory
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    traj = tmp_path / "t.json"
+    save_trajectory(load_trajectory("orbit_left"), traj)
+    n = len(load_trajectory(str(traj)))
+    out = tmp_path / "r"
+    assert main(["generate", example, "--traj", str(traj), "--start-frame", str(n - 1), "--width", "104",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["trajectory"]["frames"] == 1
+    assert main(["generate", example, "--traj", str(traj), "--start-frame", str(n), "--out", str(tmp_path / "x")]) == 2
+    assert f"the trajectory has {n} frames" in capsys.readouterr().err
