@@ -178,3 +178,15 @@ def test_start_frame_may_leave_one_frame_as_frames_1_does(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["trajectory"]["frames"] == 1
     assert main(["generate", example, "--traj", str(traj), "--start-frame", str(n), "--out", str(tmp_path / "x")]) == 2
     assert f"the trajectory has {n} frames" in capsys.readouterr().err
+
+
+def test_dry_run_leaves_no_lock_file(tmp_path):
+    """Review 14: `generate --dry-run -o dr` left .dr.mirage.lock beside the run; normal runs remove theirs."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    out = tmp_path / "dr"
+    for extra in ([], ["--overwrite"]):
+        assert main(["generate", example, "--traj", "orbit_left", "-n", "5", "--width", "104", "--dry-run",
+                     "--out", str(out), "--quiet"] + extra) == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dr"]  # no lock, no moved-aside run

@@ -66,7 +66,15 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         dry_run: prepare the run, then write coverage.mp4 instead of running a backend (``dryrun.py``).
     """
     if dry_run:
-        return run_dry(start(cfg, warn=warn, quiet=quiet, dry_run=True)).to_json()
+        run = start(cfg, warn=warn, quiet=quiet, dry_run=True)
+        try:
+            record = run_dry(run)
+        except BaseException:
+            run.dir.abort()  # an --overwrite's earlier run is put back; the lock goes
+            raise
+        run.dir.committed()  # the dry run replaced the earlier run
+        run.dir.close()  # and its lock file goes, as a real run's does
+        return record.to_json()
     run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
            else start(cfg, warn=warn, quiet=quiet))
     return run_loop(run, progress=progress, warn=warn).to_json()
