@@ -172,8 +172,9 @@ def print_summary(record: dict) -> None:
     b = record["backend"]
     if b.get("name") == "preview":
         console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
-    console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}, "
-                  f"{record['device']}, {record.get('threads')} threads")
+    weights = " (random weights: a timing/test kit, the video is noise)" if b.get("weights") == "random" else ""
+    console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}"
+                  f"{weights}, {record['device']}, {plural(record.get('threads'), 'thread')}")
     console.print(grid_line(record), highlight=False)
     t = Table(show_header=True)
     for col in ("stage", "seconds"):
