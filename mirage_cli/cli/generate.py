@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -17,8 +18,11 @@ from .console import console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `generate` command to the root app (and from now on record Ctrl-C, see stops_on_ctrl_c)."""
-    record_interrupts()
+    """Add the `generate` command to the root app (and, in a `mirage` process, record Ctrl-C from now
+    on, see stops_on_ctrl_c; not where the CLI is imported by another program, e.g. pytest)."""
+    script = Path(sys.argv[0])
+    if script.name == "mirage" or script.resolve() == Path(__file__).resolve().parents[1] / "__main__.py":
+        record_interrupts()
     app.command("generate", no_args_is_help=True)(generate_cmd)
 
 

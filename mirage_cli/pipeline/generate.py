@@ -91,6 +91,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     check_config(cfg)
     for opt in unused_options(cfg):
         warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
+    given = cfg
     cfg = with_absolute_paths(with_backend_defaults(cfg))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
@@ -152,6 +153,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
                          video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
+        record.config = recorded_config(record.config, given)
         record.trajectory.look_at_depth = look_at
         record.reference_selection = _reference_selection(plan, backend, warn)
         record.chunks = state.records
@@ -349,7 +351,7 @@ def _new_record(plan: RunPlan, traj, codec: Codec, backend: Backend) -> RunRecor
     W, H = plan.size
     return RunRecord(
         format=RUN_FORMAT, mirage_version=__version__, versions=versions(), status="running", started_at=now(),
-        command=" ".join(["mirage"] + sys.argv[1:]), config=recorded_config(cfg), backend=backend.describe(),
+        command=" ".join(["mirage"] + sys.argv[1:]), config=cfg, backend=backend.describe(),
         codec=CodecInfo(codec.name, codec.channels, codec.spatial_factor, codec.temporal_factor),
         model=cfg.model, seed=cfg.seed, device=str(plan.device), dtype=cfg.dtype,
         image=ImageInfo(str(plan.image_path), plan.image_hash, W, H),
