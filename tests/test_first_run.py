@@ -272,6 +272,7 @@ def test_switches_show_no_bool_metavar_and_one_chunk_is_singular(tmp_path, capsy
     assert main(["generate", EXAMPLE, "--traj", "static", "--frames", "3", "--width", "104", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "in 1 chunk," in out and "MiB" not in out and "--downscale" in out
+    assert "1 thread" in out and "1 threads" not in out and "random weights" not in out  # review 34
 
 
 def test_ctrl_c_during_generate_prints_no_ffmpeg_noise(tmp_path):

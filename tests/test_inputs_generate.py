@@ -95,3 +95,98 @@ def test_default_cache_keeps_only_the_final_dump(small_scene, tmp_path):
                                   out=str(tmp_path / "run")), warn=lambda m: None)
     assert sorted(p.name for p in (tmp_path / "run" / "cache").iterdir()) == ["final.safetensors"]
     assert rec["outputs"]["cache"] == [str(tmp_path / "run" / "cache" / "final.safetensors")]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_downscale_that_does_not_divide_the_frame_is_refused(tmp_path, capsys):
+    """Review 4: --downscale 3 on 832x480 silently gave an 831x480 video."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    assert main(["generate", example, "--traj", "orbit_left", "--downscale", "3", "-n", "5", "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert "--downscale 3" in err and "831x480" in err and not (tmp_path / "r").exists()
+
+
+def test_tiny_image_is_refused_like_a_tiny_width(tmp_path, capsys):
+    """Review 6: a 4x4 image made a 4x4 video although --width 5 is refused."""
+    from mirage_cli.io import save_image
+
+    img = tmp_path / "tiny.png"
+    save_image(img, torch.rand(3, 4, 4))
+    assert main(["generate", str(img), "--traj", "static", "-n", "5", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "between 16 and 8192" in _one_line_error(capsys) and not (tmp_path / "r").exists()
+
+
+def test_oversize_note_names_the_final_size(tmp_path, capsys):
+    """Review 24: the note said 1182x886 for a run made at 1180x884 (grid rounding)."""
+    from mirage_cli.io import save_image
+
+    img = tmp_path / "huge.png"
+    save_image(img, torch.rand(3, 150, 200))
+    out = tmp_path / "r"
+    assert main(["generate", str(img), "--traj", "static", "-n", "2", "--max-pixels", "10000", "--downscale", "4",
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / "run.json").read_text())
+    assert f"resized to {rec['image']['width']}x{rec['image']['height']}" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_aspect_change_is_warned_even_with_quiet(tmp_path, capsys):
+    """Review 7 and 38: --width 208 --height 400 stretched silently; -q hid every warning."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "208", "--height", "400",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "warning:" in err and "stretched to 208x400" in err and "narrower" in err
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "208",
+                 "--out", str(tmp_path / "r2"), "--quiet"]) == 0
+    assert "stretched" not in capsys.readouterr().err  # the aspect kept: nothing to say
+
+
+def test_preview_run_json_records_null_for_diffusion_options(tmp_path):
+    """Review 36: a preview run.json recorded wan-vace's steps 30, guidance 5, shift 3, references 2."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    out = tmp_path / "r"
+    assert main(["generate", example, "--traj", "static", "-n", "2", "--width", "104", "--out", str(out), "--quiet"]) == 0
+    cfg = json.loads((out / "run.json").read_text())["config"]
+    assert [cfg[k] for k in ("steps", "guidance", "shift", "references")] == [None] * 4 and cfg["splat"] == "patch"
+
+
+def test_start_frame_may_leave_one_frame_as_frames_1_does(tmp_path, capsys):
+    """Review 40: -n 1 made a 1-frame video but --start-frame insisted on two remaining frames."""
+    from pathlib import Path
+
+    from mirage_cli.trajectories import load_trajectory, save_trajectory
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    traj = tmp_path / "t.json"
+    save_trajectory(load_trajectory("orbit_left"), traj)
+    n = len(load_trajectory(str(traj)))
+    out = tmp_path / "r"
+    assert main(["generate", example, "--traj", str(traj), "--start-frame", str(n - 1), "--width", "104",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["trajectory"]["frames"] == 1
+    assert main(["generate", example, "--traj", str(traj), "--start-frame", str(n), "--out", str(tmp_path / "x")]) == 2
+    assert f"the trajectory has {n} frames" in capsys.readouterr().err
+
+
+def test_dry_run_leaves_no_lock_file(tmp_path):
+    """Review 14: `generate --dry-run -o dr` left .dr.mirage.lock beside the run; normal runs remove theirs."""
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    out = tmp_path / "dr"
+    for extra in ([], ["--overwrite"]):
+        assert main(["generate", example, "--traj", "orbit_left", "-n", "5", "--width", "104", "--dry-run",
+                     "--out", str(out), "--quiet"] + extra) == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dr"]  # no lock, no moved-aside run

@@ -433,3 +433,34 @@ def test_options_the_backend_ignores_warn(small_scene, tmp_path):
     generate(GenerateConfig(image=str(small_scene["image"]), traj="static", frames=2, out=str(tmp_path / "b")),
              warn=warnings.append)
     assert not [w for w in warnings if "does nothing" in w]
+
+
+def test_ctrl_c_swallowed_during_startup_still_stops_and_puts_the_old_run_back(tmp_path, capsys, monkeypatch):
+    """A SIGINT that a library swallows while the run starts (review 8: the run once finished with
+    exit 0 and replaced the old run) still stops it: exit 130, the "interrupted" line, old run kept."""
+    import signal
+
+    import mirage_cli.pipeline.generate as g
+    from mirage_cli.cli import main
+
+    from pathlib import Path
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+    out = tmp_path / "run"
+    args = ["generate", example, "--traj", "static", "--frames", "2", "--width", "104", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = (out / "run.json").read_text()
+    real = g.prepare_depth
+
+    def swallows_ctrl_c(*a, **kw):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # as a bare `except:` in a loaded library would
+        return real(*a, **kw)
+
+    monkeypatch.setattr(g, "prepare_depth", swallows_ctrl_c)
+    capsys.readouterr()
+    assert main(args + ["--overwrite"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (out / "run.json").read_text() == before

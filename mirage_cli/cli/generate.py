@@ -2,23 +2,50 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ..interrupts import raise_if_interrupted, record_interrupts, sticky_interrupts
 from ..pipeline.resources import MAX_PIXELS
 from ..units import fmt_bytes
 from .console import Progress, console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `generate` command to the root app."""
+    """Add the `generate` command to the root app (and, in a `mirage` process, record Ctrl-C from now
+    on, see stops_on_ctrl_c; not where the CLI is imported by another program, e.g. pytest)."""
+    script = Path(sys.argv[0])
+    if script.name == "mirage" or script.resolve() == Path(__file__).resolve().parents[1] / "__main__.py":
+        record_interrupts()
     app.command("generate", no_args_is_help=True)(generate_cmd)
 
 
+def stops_on_ctrl_c(command: Callable) -> Callable:
+    """Run ``command`` under :func:`~mirage_cli.interrupts.sticky_interrupts` (installed before the
+    heavy imports, so no Ctrl-C of the startup is lost) and turn a KeyboardInterrupt into the
+    "interrupted" line and exit 130 (said here: typer turns it into a silent exit 130 before the root
+    handler could)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            with sticky_interrupts():
+                raise_if_interrupted()  # a Ctrl-C swallowed before the command began (torch's import)
+                return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@stops_on_ctrl_c
 def generate_cmd(
     ctx: typer.Context,
     image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory), or a geometry.npz. Not needed with --resume, nor when --traj is a geometry.npz."),
@@ -26,26 +53,26 @@ def generate_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
     backend: str = typer.Option("preview", "--backend", "-b", help="preview (no network, seconds), wan-vace (Wan2.1-VACE diffusion) or mirage (the paper's model, see `mirage models convert`)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: registry name, Hub repo id or local directory \\[wan-vace default: wan2.1-vace-1.3b; mirage: required, a `mirage models convert` OUT]."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/16-bit .png), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
-    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for 16-bit PNG, e.g. 0.001 for mm)."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/.exr/.pfm/.png, a .png with --depth-scale), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
+    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for a PNG, e.g. 0.001 for mm)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for --depth model / automatic depth."),
     frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample the trajectory to N frames."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate \\[default: the trajectory's]."),
     height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) \\[default: the image's]."),
     width: Optional[int] = typer.Option(None, "--width", help="Output width \\[default: the image's]."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Largest frame (width x height); a larger input is resized to fit (a note says so) \\[default: 1 MP = 1048576]."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", show_default="1 MP = 1048576", help="Largest frame (width x height); a larger input is resized to fit (a note says so)."),
     fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="When the trajectory's image aspect differs from the image's: crop (resize to cover + centre-crop, square pixels) | stretch (per axis) | fov (keep the vertical fov)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
     shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace (480p), 5 mirage]."),
-    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, with --guidance > 1)."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage; with --guidance > 1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
     chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer) \\[default: auto, 2 for 480x832, 1 up to 256x512]."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer); must divide the frame size \\[default: auto: the smallest of 1, 2, 4, 8 giving at most 204,800 cells, e.g. 2 for 832x480, 1 for 416x240]."),
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
     splat: Optional[str] = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
@@ -59,7 +86,7 @@ def generate_cmd(
     keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="No backend: write the plan, the depth and coverage.mp4 (what the memory alone sees, holes magenta) to check a path."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
@@ -83,7 +110,8 @@ def generate_cmd(
         preceding_frames=preceding_frames, start_frame=start_frame, cpu_offload=cpu_offload, overwrite=overwrite,
         max_pixels=max_pixels, keep_latents=keep_latents, look_at_depth=look_at_depth,
     )
-    warn = (lambda msg: None) if quiet or json_out else (lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"))
+    # warnings go to stderr even with --quiet / --json (they hide progress and the summary only)
+    warn = lambda msg: err_console.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
     show = not (quiet or json_out)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not show, transient=True)
@@ -148,8 +176,9 @@ def print_summary(record: dict) -> None:
     b = record["backend"]
     if b.get("name") == "preview":
         console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
-    console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}, "
-                  f"{record['device']}, {record.get('threads')} threads")
+    weights = " (random weights: a timing/test kit, the video is noise)" if b.get("weights") == "random" else ""
+    console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}"
+                  f"{weights}, {record['device']}, {plural(record.get('threads'), 'thread')}")
     console.print(grid_line(record), highlight=False)
     t = Table(show_header=True)
     for col in ("stage", "seconds"):

@@ -195,6 +195,16 @@ def with_backend_defaults(cfg: GenerateConfig) -> GenerateConfig:
     return replace(cfg, **{k: v for k, v in d.items() if getattr(cfg, k) is None})
 
 
+def recorded_config(cfg: GenerateConfig, given: GenerateConfig) -> GenerateConfig:
+    """``cfg`` as run.json stores it: the sampling options the preview ignores and the user did not
+    give (None in ``given``) stay null, not the diffusion defaults it never used (given ones are kept
+    as given, so a caller can compare them); :func:`with_backend_defaults` fills them again on
+    ``--resume``, so the run repeats exactly."""
+    if cfg.backend != "preview":
+        return cfg
+    return replace(cfg, **{k: None for k in ("steps", "guidance", "shift", "references") if getattr(given, k) is None})
+
+
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """File arguments as absolute paths, so that ``--resume`` works from any directory."""
     depth = cfg.depth if cfg.depth in (None, "prior", "model") else str(Path(cfg.depth).resolve())

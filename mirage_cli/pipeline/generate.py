@@ -27,13 +27,14 @@ import torch
 from .. import __version__
 from ..backends import Backend
 from ..errors import MirageError
+from ..interrupts import raise_if_interrupted
 from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
-from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, traj_stem,
-                     unused_options, with_absolute_paths, with_backend_defaults)
+from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
+                     traj_stem, unused_options, with_absolute_paths, with_backend_defaults)
 from .dryrun import DryRunBackend, dry_run_codec, run_dry
 from .inputs import (Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
                      prepare_trajectory, resume_depth_model, trajectory_cameras, with_geometry_image)
@@ -65,7 +66,15 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         dry_run: prepare the run, then write coverage.mp4 instead of running a backend (``dryrun.py``).
     """
     if dry_run:
-        return run_dry(start(cfg, warn=warn, quiet=quiet, dry_run=True)).to_json()
+        run = start(cfg, warn=warn, quiet=quiet, dry_run=True)
+        try:
+            record = run_dry(run)
+        except BaseException:
+            run.dir.abort()  # an --overwrite's earlier run is put back; the lock goes
+            raise
+        run.dir.committed()  # the dry run replaced the earlier run
+        run.dir.close()  # and its lock file goes, as a real run's does
+        return record.to_json()
     run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
            else start(cfg, warn=warn, quiet=quiet))
     return run_loop(run, progress=progress, warn=warn).to_json()
@@ -82,6 +91,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     check_config(cfg)
     for opt in unused_options(cfg):
         warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
+    given = cfg
     cfg = with_absolute_paths(with_backend_defaults(cfg))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
@@ -89,8 +99,10 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
     fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)
     if fit is not None:
-        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {fit[0]}x{fit[1]}")
-        cfg = replace(cfg, width=fit[0], height=fit[1])
+        cfg = replace(cfg, width=fit[0], height=fit[1])  # said below, with the size after grid rounding
+    # a size we chose to fit --max-pixels is rounded to the grid instead (its note says the result)
+    check_frame_size(output_size(W0, H0, cfg.width, cfg.height), image_path,
+                     cfg.downscale if cfg.backend == "preview" and fit is None else None)
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
     if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
@@ -106,6 +118,13 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     raw_hw = tuple(image_raw.shape[-2:])
     del image_raw  # the file-size float32 copy: the largest tensor of a huge input, not needed past here
     H, W = image.shape[-2:]
+    if fit is not None:
+        warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {W}x{H}")
+    distortion = (W / H) / (W0 / H0) - 1
+    if abs(distortion) > 0.01:  # a resize is a per-axis stretch, never a crop: say so when it shows
+        warn(f"{image_path}: {W0}x{H0} stretched to {W}x{H} frames: {100 * abs(distortion):.0f} % "
+             f"{'wider' if distortion > 0 else 'narrower'} than the image (give one of --width/--height, or both "
+             "in the image's aspect, to keep it)")
     traj = prepare_trajectory(cfg, (W, H), warn)
     tf = codec.temporal_factor
     check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
@@ -120,6 +139,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
+    raise_if_interrupted()  # a Ctrl-C swallowed while loading: stop before touching the run directory
     out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
     rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
     try:
@@ -133,6 +153,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
                          video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
+        record.config = recorded_config(record.config, given)
         record.trajectory.look_at_depth = look_at
         record.reference_selection = _reference_selection(plan, backend, warn)
         record.chunks = state.records
@@ -219,7 +240,7 @@ def reopen(out: Path, loaders: Loaders | None = None, quiet: bool = True) -> Run
     record = RunRecord.read(run_json(out))
     if record.status != "done":
         raise MirageError(f"{out}: the run is not finished ({record.status}); nothing to read")
-    cfg = record.config
+    cfg = with_backend_defaults(record.config)  # the preview's run.json leaves its unused options null
     needed = [final_dump(out)] + [chunk_latents(out, c.index) for c in record.chunk_plan]
     missing = next((p for p in needed if not p.exists()), None)
     if missing is not None:
@@ -249,6 +270,21 @@ def input_memory(run: Run) -> LatentMemory:
 
 
 # ------------------------------------------------------------------------------------ shared steps
+def check_frame_size(size: tuple[int, int], image_path: Path, downscale: int | None) -> None:
+    """Refuse an output ``(W, H)`` outside 16..8192 pixels a side (the --width/--height bounds, for
+    an image's own size too) and a user's preview ``--downscale`` that does not divide it (the frame
+    would silently be cropped, e.g. 832 -> 831 pixels, an odd width)."""
+    W, H = size
+    if not (16 <= W <= 8192 and 16 <= H <= 8192):
+        raise MirageError(f"{image_path}: a {W}x{H} frame; frames must be between 16 and 8192 pixels a side "
+                          "(resize the image or give --width/--height)")
+    if downscale and (W % downscale or H % downscale):
+        divisors = [d for d in range(1, 17) if W % d == 0 and H % d == 0]
+        raise MirageError(f"--downscale {downscale}: does not divide the {W}x{H} frame (it would be cropped to "
+                          f"{W // downscale * downscale}x{H // downscale * downscale}); choose one of "
+                          f"{', '.join(map(str, divisors))}")
+
+
 def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
     """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
     --width/--height alone: the other follows the aspect ratio; see preview_downscale)."""

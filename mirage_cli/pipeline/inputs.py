@@ -137,9 +137,9 @@ def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callabl
 
     traj = load_trajectory(cfg.traj)
     if cfg.start_frame:  # the input image is frame K; poses are re-expressed relative to it later
-        if cfg.start_frame >= len(traj) - 1:
-            raise MirageError(f"--start-frame {cfg.start_frame}: the trajectory has {len(traj)} frames; "
-                              "at least two must remain")
+        if cfg.start_frame >= len(traj):  # one frame may remain, as --frames 1 allows a 1-frame video
+            raise MirageError(f"--start-frame {cfg.start_frame}: the trajectory has {len(traj)} frames "
+                              f"(0 to {len(traj) - 1})")
         traj = replace(traj, cameras=traj.cameras[cfg.start_frame:])
     for note in traj.notes:
         warn(note)

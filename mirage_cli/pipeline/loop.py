@@ -27,6 +27,7 @@ from ..backends import Backend, ChunkRequest
 from ..errors import MirageError
 from ..geometry.cameras import Cameras, backproject, project
 from ..geometry.depth import fill_depth, fit_scale_shift
+from ..interrupts import raise_if_interrupted
 from ..io import VideoWriter, to_uint8, write_video
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
@@ -103,6 +104,7 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> Ru
         write_run(plan.out, record)
         task = progress.add_task("chunks", total=len(plan.chunks), completed=len(state.records)) if progress else None
         for chunk in plan.chunks[len(state.records):]:
+            raise_if_interrupted()  # a Ctrl-C that something swallowed (startup included) still stops the run
             rec = run_chunk(chunk, run, progress)
             state.records.append(rec)
             if run.dir is not None:
@@ -114,6 +116,7 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print) -> Ru
                 blind_warned = True
             if progress:
                 progress.advance(task)
+        raise_if_interrupted()
         return finish(run)
     except BaseException as e:
         _stopped(run, e, warn)
