@@ -156,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except _click.ClickException as e:
         e.show()
         code = e.exit_code
-    except typer.Abort:
-        err_console.print("[yellow]aborted[/]")
-        code = 1
+    except typer.Abort as e:  # click turns a Ctrl-C it sees (e.g. while torch is imported) into Abort
+        if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+            code = 130
+        else:
+            err_console.print("[yellow]aborted[/]")
+            code = 1
     except Exception as e:
         user = _user_error(e)
         if debug or user is None:
