@@ -188,7 +188,7 @@ def test_tensor_peak_counts_live_tensors():
 def test_cli_json_plot_and_table(tmp_path, capsys):
     out, png = tmp_path / "out.json", tmp_path / "plot.png"
     code = main(["bench", "--compare", "pointcloud", "--codec", "tiny", "--height", "64", "--width", "112",
-                 "--frames", "9", "--chunk-frames", "5", "--json", str(out), "--plot", str(png), "--quiet"])
+                 "--frames", "9", "--chunk-frames", "5", "--json", str(out), "--plot", str(png)])
     assert code == 0
     r = json.loads(out.read_text())
     assert set(r["ratios"]) >= {"cache_bytes", "read_s", "memory_overhead_s", "end_to_end_s"}
@@ -199,6 +199,14 @@ def test_cli_json_plot_and_table(tmp_path, capsys):
     assert im.size == (1200, 520)
     cols = {im.getpixel((x, y)) for x in range(0, 1200, 2) for y in range(0, 520, 2)}
     assert (31, 119, 180) in cols and (214, 39, 40) in cols  # both arms drawn
+
+
+def test_quiet_prints_no_summary(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    code = main(["bench", "--compare", "pointcloud", "--codec", "tiny", "--height", "64", "--width", "112",
+                 "--frames", "5", "--chunk-frames", "5", "--json", str(out), "--quiet"])
+    assert code == 0 and json.loads(out.read_text())["ratios"]
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("args, message", [

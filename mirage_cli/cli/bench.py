@@ -57,7 +57,7 @@ def bench_cmd(
     seed: int = typer.Option(0, "--seed", help="Scene texture seed and denoiser noise seed."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (config, totals, ratios, per-chunk arrays) to this file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of cache size and cumulative seconds against frames."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
     from ..bench.config import BenchConfig
@@ -103,6 +103,8 @@ def bench_cmd(
         write_json(json_out, report)
     if plot:
         draw_plot(report, plot)
+    if quiet:
+        return
     console.print(summary_table(report))
     for line in notes(report):
         console.print(line, highlight=False)

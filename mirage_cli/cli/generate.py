@@ -188,11 +188,21 @@ def print_summary(record: dict) -> None:
     t.add_row("total (wall)", f"{tot['wall_seconds']:.2f}")
     console.print(t)
     console.print(f"memory: {tot['memory_points']:,} points, {fmt_bytes(tot['memory_bytes'])}")
-    o = record["outputs"]
+    o = {k: _shown(v) for k, v in record["outputs"].items()}
     console.print(f"video  {o['video']}\nchunks {Path(o['chunks'][0]).parent}/ ({plural(len(o['chunks']), 'mp4', 'mp4')})")
     if o["cache"]:
         console.print(f"cache  {Path(o['run']).parent / 'cache'}/ ({plural(len(o['cache']), 'dump')})")
     console.print(f"record {o['run']}")
+
+
+def _shown(path):
+    """run.json stores absolute paths; the summary shows them relative to the working directory when inside it."""
+    if isinstance(path, list):
+        return [_shown(p) for p in path]
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

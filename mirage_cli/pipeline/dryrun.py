@@ -66,7 +66,8 @@ def run_dry(run: Run) -> RunRecord:
     record.status = "dry-run"
     record.coverage = coverage
     record.finished_at = now()
-    record.outputs = Outputs(video=str(coverage_video(plan.out)), chunks=[], cache=[], run=str(run_json(plan.out)))
+    out = plan.out.resolve()  # absolute, as every path in run.json
+    record.outputs = Outputs(video=str(coverage_video(out)), chunks=[], cache=[], run=str(run_json(out)))
     record.totals = None
     write_run(plan.out, record)
     return record

@@ -293,8 +293,9 @@ def finish(run: Run) -> RunRecord:
         finalize_seconds=round(time.perf_counter() - t, 3),
         memory_points=stats["points"], memory_bytes=stats["bytes"],
     )
-    record.outputs = Outputs(video=str(video_file(plan.out)), chunks=[str(chunk_video(plan.out, c.index)) for c in plan.chunks],
-                             cache=kept_dumps(plan.out), run=str(run_json(plan.out)))
+    out = plan.out.resolve()  # run.json stores absolute paths (inputs and outputs alike)
+    record.outputs = Outputs(video=str(video_file(out)), chunks=[str(chunk_video(out, c.index)) for c in plan.chunks],
+                             cache=kept_dumps(out), run=str(run_json(out)))
     write_run(plan.out, record)
     if last_dump(plan.out).exists():  # the rolling checkpoint goes only once the run is recorded done
         last_dump(plan.out).unlink()
