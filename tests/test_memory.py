@@ -480,3 +480,25 @@ def test_cuda_read_and_write_match_cpu_bit_for_bit(room):
     cpu.write(lat, depth, cams, None, chunk=1)
     gpu.write(lat.cuda(), depth.cuda(), cams, None, chunk=1)
     assert torch.equal(cpu.points, gpu.points.cpu()) and torch.equal(cpu.features, gpu.features.cpu())
+
+
+def test_cached_block_bounds_follow_appends_and_replacements(room):
+    """The cull-block bounds a memory keeps between reads equal fresh ones after every append (the
+    tail is recomputed) and after the points are replaced; reads with them give the same bits."""
+    from mirage_cli.memory.splat import block_bounds
+
+    mem = _memory(room)
+    for k in range(3):  # appends (the lifted grid is not a multiple of the block size)
+        if k:
+            mem.lift(room["lat0"], room["d0"] * (1 + 0.1 * k), room["cam0"], chunk=k)
+        lo, hi = mem._block_bounds()
+        flo, fhi = block_bounds(mem.points)
+        assert torch.equal(lo, flo) and torch.equal(hi, fhi)
+        assert mem._block_bounds()[0] is lo  # reused while the points are unchanged
+    cams = room["cam0"]
+    cached = mem.read(cams)
+    mem._bounds_cache = None
+    fresh = mem.read(cams)
+    assert all(torch.equal(a, b) for a, b in zip(cached, fresh))
+    sub = mem.select(torch.arange(len(mem) - 5))
+    assert torch.equal(sub._block_bounds()[1], block_bounds(sub.points)[1])

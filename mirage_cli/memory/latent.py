@@ -53,7 +53,7 @@ from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import SPLAT_MODES, check_splat_mode, float_bits, hash_rows, lift_patches
+from .splat import CULL_BLOCK, SPLAT_MODES, block_bounds, check_splat_mode, float_bits, hash_rows, lift_patches
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
@@ -233,6 +233,26 @@ class LatentMemory:
         if cache is None or cache.shape[0] != len(self) or cache.device != self.device:
             cache = self._axes_cache = self._world_rows(self._axes, self._footprint)
         return cache
+
+    def _block_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cull-block bounds of the points (:func:`~mirage_cli.memory.splat.block_bounds`), kept
+        between reads: reused while the points tensor is the same object; after an append (the new
+        points tensor is a longer view of the same buffer) only the last, partial block and the new
+        ones are recomputed, since an append leaves the stored rows as they were."""
+        pts = self._points
+        cache = getattr(self, "_bounds_cache", None)
+        if cache is not None and cache[0] is pts:
+            return cache[1], cache[2]
+        n = pts.shape[0]
+        if (cache is not None and 0 < cache[3] <= n and cache[1].device == pts.device
+                and cache[0].data_ptr() == pts.data_ptr()):
+            keep = cache[3] // CULL_BLOCK  # full blocks stored before the append: unchanged
+            lo, hi = block_bounds(pts[keep * CULL_BLOCK :])
+            lo, hi = torch.cat([cache[1][:keep], lo]), torch.cat([cache[2][:keep], hi])
+        else:
+            lo, hi = block_bounds(pts)
+        self._bounds_cache = (pts, lo, hi, n)
+        return lo, hi
 
     @staticmethod
     def _world_rows(axes: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:

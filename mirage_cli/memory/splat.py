@@ -347,7 +347,7 @@ def lift_patches(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, cells:
 SPLAT_MODES = ("patch", "point")
 # Points are culled by blocks of this many consecutive stored points before the per-point test:
 # points lifted together are neighbours in space, so most blocks are wholly in or out of a view.
-_CULL_BLOCK = 128
+CULL_BLOCK = 128
 
 
 def check_splat_mode(mode: str) -> str:
@@ -357,7 +357,7 @@ def check_splat_mode(mode: str) -> str:
     return mode
 
 
-def block_bounds(points: torch.Tensor, block: int = _CULL_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+def block_bounds(points: torch.Tensor, block: int = CULL_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """Axis-aligned bounds of consecutive blocks of ``block`` points: ``lo, hi (B, 3)`` float64."""
     N = points.shape[0]
     nb = -(-N // block)
@@ -387,12 +387,11 @@ def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bound
     return (top > -1e-5 * scale - 1e-30).all(dim=1)
 
 
-def _visible_block_lists(points: torch.Tensor, w2c: torch.Tensor,
+def _visible_block_lists(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor,
                          frustum: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The blocks of :data:`_CULL_BLOCK` points each frame may see (:func:`_visible_blocks`),
+    """The blocks of :data:`CULL_BLOCK` points each frame may see (:func:`_visible_blocks`),
     concatenated over the ``T`` frames ``(V,)`` int64, and where each frame's list starts ``(T + 1,)``."""
-    lo, hi = block_bounds(points)
-    w2c64 = w2c.to(points.device, torch.float64)
+    w2c64 = w2c.to(lo.device, torch.float64)
     lists = [_visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1) for t in range(len(frustum))]
     start = torch.tensor([0] + [len(v) for v in lists], dtype=torch.int64).cumsum(0)
     return torch.cat(lists).to(torch.int64).contiguous(), start
@@ -400,20 +399,21 @@ def _visible_block_lists(points: torch.Tensor, w2c: torch.Tensor,
 
 def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor,
                     K: torch.Tensor, frustum: list[tuple[float, ...]], h: int, w: int, m: float, owner_offset: int,
-                    mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    mode: str, bounds: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`splat_patches` through the compiled CPU kernel: the same block cull, then one pass over
     the points of the visible blocks per frame (same bits as the pure-torch path)."""
     f32 = dict(dtype=torch.float32)
-    blocks, start = _visible_block_lists(points, w2c, frustum)
+    blocks, start = _visible_block_lists(*bounds, w2c, frustum)
     return ext.splat_patches_cpu(
         points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
         w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
-        blocks, start, _CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
+        blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
 
 
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
                   h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0,
-                  mode: str = "patch", compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  mode: str = "patch", compiled: bool = True,
+                  bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered splat of patches into ``T`` cameras' ``h x w`` grids.
 
     Args:
@@ -428,6 +428,8 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
             splat of the paper's reference implementation).
         compiled: use the compiled CPU splat (:mod:`.compiled`) when it can be built; it gives the
             same bits as the pure-torch path, which runs otherwise (and on CUDA).
+        bounds: optional :func:`block_bounds` of ``points`` (a memory keeps them between reads);
+            computed here when ``None``.
     Returns:
         index ``(T, h, w)`` int64 (-1 = none) and depth ``(T, h, w)`` float32 (0 = none).
 
@@ -443,10 +445,12 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     N = points.shape[0]
     m = float(max_radius)
     frustum = _frustum_bounds(K, h, w, m)
+    if N and bounds is None:
+        bounds = block_bounds(points)
     if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
         ext = _compiled.extension()
         if ext is not None:
-            return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode)
+            return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds)
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:
@@ -454,7 +458,7 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     w2c64 = w2c.to(dev, torch.float64)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
-    lo, hi = block_bounds(points)
+    lo, hi = bounds
     for t in range(T):
         vis = _visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1)
         if vis.numel() == 0:
@@ -488,8 +492,8 @@ def _project_frame(points: torch.Tensor, vis: torch.Tensor, r: torch.Tensor, K: 
     x_lo, x_hi, y_lo, y_hi = bounds
     X, Y, Z = points.unbind(dim=1)
     cand = None
-    if 2 * vis.numel() * _CULL_BLOCK < N:  # gather only when it skips most of the points
-        cand = (vis[:, None] * _CULL_BLOCK + torch.arange(_CULL_BLOCK, device=points.device)).reshape(-1)
+    if 2 * vis.numel() * CULL_BLOCK < N:  # gather only when it skips most of the points
+        cand = (vis[:, None] * CULL_BLOCK + torch.arange(CULL_BLOCK, device=points.device)).reshape(-1)
         cand = cand[cand < N]
     Xs, Ys, Zs = (X, Y, Z) if cand is None else (a.index_select(0, cand) for a in (X, Y, Z))
     xc = r[0, 0] * Xs + r[0, 1] * Ys + r[0, 2] * Zs + r[0, 3]

@@ -11,15 +11,23 @@
 #include <vector>
 
 static inline float nan_to_num_clamp(float r, float lo, float hi) {
+  // torch: r.nan_to_num(0.5).clamp(lo, hi) with lo > 0. Plain comparisons, not std::fmin / fmax,
+  // which are library calls here (their NaN rules keep the compiler from inlining them); r is not
+  // NaN after the first test, so both give the same value.
   if (std::isnan(r)) r = 0.5f;
   else if (std::isinf(r)) r = r > 0 ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
-  return std::fmin(std::fmax(r, lo), hi);  // torch.clamp(lo, hi): min(max(x, lo), hi)
+  if (r < lo) r = lo;
+  return r > hi ? hi : r;
 }
 
 static inline int64_t cell_bound(float x, int64_t n) {
-  // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n)
-  float c = std::fmin(std::fmax(std::ceil(x), -1.0f), (float)(n + 1));
-  int64_t l = (int64_t)c;
+  // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n). A NaN ends at 0 either way (torch casts
+  // NaN to an out-of-range integer that the last clamp takes to 0; here it is taken to -1 first).
+  float c = std::ceil(x);
+  if (!(c > -1.0f)) c = -1.0f;
+  const float top = (float)(n + 1);
+  if (c > top) c = top;
+  const int64_t l = (int64_t)c;
   return l < 0 ? 0 : (l > n ? n : l);
 }
 
