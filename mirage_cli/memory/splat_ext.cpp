@@ -20,10 +20,20 @@ static inline float nan_to_num_clamp(float r, float lo, float hi) {
   return r > hi ? hi : r;
 }
 
+static inline float ceil_f(float x) {
+  // Exact std::ceil for every float, inlined: without SSE4.1 std::ceil is a libm call per use, the
+  // largest single cost of the loop. |x| >= 2**23 (or inf, NaN) is already integral and returned
+  // as is; otherwise truncate and step up. The sign of a zero result may differ from std::ceil,
+  // which no caller sees (every result is converted to an integer or compared).
+  if (!(std::fabs(x) < 8388608.0f)) return x;
+  const float t = (float)(int32_t)x;
+  return t < x ? t + 1.0f : t;
+}
+
 static inline int64_t cell_bound(float x, int64_t n) {
   // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n). A NaN ends at 0 either way (torch casts
   // NaN to an out-of-range integer that the last clamp takes to 0; here it is taken to -1 first).
-  float c = std::ceil(x);
+  float c = ceil_f(x);
   if (!(c > -1.0f)) c = -1.0f;
   const float top = (float)(n + 1);
   if (c > top) c = top;
@@ -114,8 +124,8 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
         } else {
           ia = ib = ic = id = 1e12f;
         }
-        hi_ = (int64_t)std::ceil(v - 1.0f);
-        hj_ = (int64_t)std::ceil(u - 1.0f);
+        hi_ = (int64_t)ceil_f(v - 1.0f);
+        hj_ = (int64_t)ceil_f(u - 1.0f);
       }
       for (int64_t ci = ic0; ci < ic1; ++ci) {
         for (int64_t cj = jc0; cj < jc1; ++cj) {
