@@ -1,6 +1,9 @@
-"""One spelling of sizes for every command: decimal SI units (B, kB, MB, GB), as the README tables."""
+"""One spelling of sizes for every command (decimal SI units: B, kB, MB, GB, as the README tables), and
+the one PSNR-from-MSE formula the bench and the generate record share."""
 
 from __future__ import annotations
+
+import math
 
 
 def fmt_bytes(n: float) -> str:
@@ -9,3 +12,9 @@ def fmt_bytes(n: float) -> str:
         if n >= div:
             return f"{n / div:.2f} {unit}"
     return f"{int(n)} B"
+
+
+def psnr_db(mse: float) -> float:
+    """PSNR in dB of a mean squared error ``mse`` for signals in [0, 1] (peak 1.0): ``10 log10(1 / mse)``,
+    with ``mse`` floored at 1e-12 so an exact match gives 120 dB instead of infinity."""
+    return 10 * math.log10(1.0 / max(mse, 1e-12))

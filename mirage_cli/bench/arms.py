@@ -19,7 +19,6 @@ Per-chunk numbers go to a :class:`ChunkNumbers`; the arm's totals to its :class:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -29,6 +28,7 @@ from ..geometry.depth import fill_depth
 from ..memory.latent import LatentMemory
 from ..memory.pointcloud import PointCloudMemory
 from ..pipeline.plan import Chunk, latent_frame_indices, written_latent_frames
+from ..units import psnr_db
 from .measure import held_bytes, measure_peak, timed, timed_median, timed_update
 
 
@@ -121,7 +121,7 @@ class ArmRecord:
         """PSNR (dB, signal 1.0) over every known pixel of every chunk's read."""
         if self.mse_count == 0:
             return None
-        return float(10 * math.log10(1.0 / max(self.mse_sum / self.mse_count, 1e-12)))
+        return psnr_db(self.mse_sum / self.mse_count)
 
 
 @dataclass
@@ -220,7 +220,7 @@ class Arm:
         s, n = float(err.sum()), int(err.numel())
         self.record.mse_sum += s
         self.record.mse_count += n
-        read.numbers.psnr = float(10 * math.log10(1.0 / max(s / n, 1e-12)))
+        read.numbers.psnr = psnr_db(s / n)
 
     def finish(self, read: ArmRead) -> None:
         """Record the chunk's numbers with the memory's size after the write."""

@@ -49,12 +49,13 @@ import os
 import torch
 
 from ..errors import MirageError
+from ..dtypes import dtype_name
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
 from .splat import CULL_BLOCK, SPLAT_MODES, block_bounds, check_splat_mode, float_bits, hash_rows, lift_patches
-from .storage import (FEATURE_DTYPES, INPUT_CHUNK, dtype_name, latent_metadata, points_per_chunk, read_latent_cache,
+from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
@@ -201,7 +202,7 @@ class LatentMemory:
 
     def __repr__(self) -> str:
         return (f"LatentMemory(points={len(self)}, channels={self.channels}, spatial_factor={self.spatial_factor}, "
-                f"codec={self.codec!r}, dtype={dtype_name(self.feature_dtype)}, device={self.device})")
+                f"codec={self.codec!r}, dtype={dtype_name(self.feature_dtype, 'torch')}, device={self.device})")
 
     # ----------------------------------------------------------------------------- building
     def _config(self) -> dict:
@@ -469,7 +470,7 @@ class LatentMemory:
             "bytes": b,
             "bytes_per_point": (b / n) if n else 0.0,
             "channels": self.channels,
-            "dtype": dtype_name(self.feature_dtype),
+            "dtype": dtype_name(self.feature_dtype, "torch"),
             "codec": self.codec,
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..dtypes import dtype_name as _dtype_name
+from ..dtypes import dtype_name
 
 from .. import __version__
 from ..errors import MirageError
@@ -34,11 +34,6 @@ FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32
 LATENT_TENSORS = ("points", "features", "footprint", "axes", "chunk")
 CREATED_BY = f"mirage-cli {__version__}"
 INPUT_CHUNK = 0  # the ``chunk`` label of the input image's points; generated chunk i writes i + 1
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float16`` -> ``"float16"``: cache files store torch's own spelling (see ``mirage_cli.dtypes``)."""
-    return _dtype_name(dtype, style="torch")
 
 
 def points_per_chunk(chunk: torch.Tensor) -> dict[str, int]:
@@ -119,8 +114,8 @@ def check_tensor(path, name: str, tensors: dict, shape: tuple, dtypes: tuple[tor
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise MirageError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {want}")
     if t.dtype not in dtypes:
-        names = "/".join(dtype_name(d) for d in dtypes)
-        raise MirageError(f"{path}: tensor {name!r} has dtype {dtype_name(t.dtype)}, expected {names}")
+        names = "/".join(dtype_name(d, "torch") for d in dtypes)
+        raise MirageError(f"{path}: tensor {name!r} has dtype {dtype_name(t.dtype, 'torch')}, expected {names}")
     return t
 
 
@@ -167,7 +162,7 @@ def latent_metadata(memory, extras: dict | None = None) -> dict[str, str]:
         "convention": "opencv",
         "created_by": CREATED_BY,
         "image_hash": memory.image_hash,
-        "feature_dtype": dtype_name(memory.feature_dtype),
+        "feature_dtype": dtype_name(memory.feature_dtype, "torch"),  # cache files store torch's spelling
         "write_policy": memory.write_policy,
         "splat": memory.splat,
         "points": str(len(memory)),

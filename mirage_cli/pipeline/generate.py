@@ -27,6 +27,7 @@ import torch
 from .. import __version__
 from ..backends import Backend
 from ..errors import MirageError
+from ..geometry.intrinsics import aspect_differs
 from ..interrupts import raise_if_interrupted
 from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
@@ -121,7 +122,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     if fit is not None:
         warn(f"{image_path}: {W0}x{H0} is above --max-pixels {cfg.max_pixels:,}; resized to {W}x{H}")
     distortion = (W / H) / (W0 / H0) - 1
-    if abs(distortion) > 0.01:  # a resize is a per-axis stretch, never a crop: say so when it shows
+    if aspect_differs((W0, H0), (W, H)):  # a resize is a per-axis stretch, never a crop: say so when it shows
         warn(f"{image_path}: {W0}x{H0} stretched to {W}x{H} frames: {100 * abs(distortion):.0f} % "
              f"{'wider' if distortion > 0 else 'narrower'} than the image (give one of --width/--height, or both "
              "in the image's aspect, to keep it)")

@@ -31,6 +31,7 @@ from ..interrupts import raise_if_interrupted
 from ..io import VideoWriter, to_uint8, write_video
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
+from ..units import psnr_db
 from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
@@ -365,7 +366,7 @@ def frame0_psnr(frame_u8: np.ndarray, image: torch.Tensor) -> float:
     (capped at 99 dB for an exact match)."""
     a = torch.from_numpy(frame_u8).float().permute(2, 0, 1) / 255.0
     mse = float(((a - image.float().cpu().clamp(0, 1)) ** 2).mean())
-    return round(min(99.0, 10 * float(np.log10(1.0 / max(mse, 1e-12)))), 2)
+    return round(min(99.0, psnr_db(mse)), 2)
 
 
 # ------------------------------------------------------------------------------------ helpers
