@@ -22,6 +22,7 @@ from .resources import MAX_PIXELS
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace", "mirage")
+FRAME_SIDES = (16, 8192)  # px: the allowed frame width/height (--width/--height and an image's own size)
 CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
 # Largest automatic preview grid. Measured (README "Threads"/"Preview resolution"): the 832x480
 # example at 1/1 (399,360 cells) takes about twice the seconds of 1/2 and misses the ~10 s goal on an
@@ -131,8 +132,8 @@ def check_config(cfg: GenerateConfig) -> None:
     if cfg.fps is not None and not (math.isfinite(cfg.fps) and 0 < cfg.fps <= 1000):
         bad("--fps", f"must be a number in (0, 1000] (got {cfg.fps})")
     for opt, v in (("--height", cfg.height), ("--width", cfg.width)):
-        if v is not None and not 16 <= v <= 8192:
-            bad(opt, f"must be between 16 and 8192 pixels (got {v})")
+        if v is not None and not FRAME_SIDES[0] <= v <= FRAME_SIDES[1]:
+            bad(opt, f"must be between {FRAME_SIDES[0]} and {FRAME_SIDES[1]} pixels (got {v})")
     if cfg.intrinsics not in INTRINSICS_MODES:
         bad("--intrinsics", f"must be {', '.join(INTRINSICS_MODES)} (got '{cfg.intrinsics}')")
     if cfg.fov is not None and not (math.isfinite(cfg.fov) and 1.0 <= cfg.fov <= 179.0):

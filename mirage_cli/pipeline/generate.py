@@ -34,7 +34,7 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
-from .config import (GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
+from .config import (FRAME_SIDES, GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
                      traj_stem, unused_options, with_absolute_paths, with_backend_defaults)
 from .dryrun import DryRunBackend, dry_run_codec, run_dry
 from .inputs import (Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
@@ -276,8 +276,9 @@ def check_frame_size(size: tuple[int, int], image_path: Path, downscale: int | N
     an image's own size too) and a user's preview ``--downscale`` that does not divide it (the frame
     would silently be cropped, e.g. 832 -> 831 pixels, an odd width)."""
     W, H = size
-    if not (16 <= W <= 8192 and 16 <= H <= 8192):
-        raise MirageError(f"{image_path}: a {W}x{H} frame; frames must be between 16 and 8192 pixels a side "
+    lo, hi = FRAME_SIDES
+    if not (lo <= W <= hi and lo <= H <= hi):
+        raise MirageError(f"{image_path}: a {W}x{H} frame; frames must be between {lo} and {hi} pixels a side "
                           "(resize the image or give --width/--height)")
     if downscale and (W % downscale or H % downscale):
         divisors = [d for d in range(1, 17) if W % d == 0 and H % d == 0]
