@@ -269,9 +269,12 @@ def test_unknown_splat_mode_is_a_one_line_error():
         splat_patches(pts, A, key, cam.w2c, cam.K(), 12, 20, mode="disc")
 
 
+@pytest.mark.parametrize("kind", ["native", "portable"])
 @pytest.mark.parametrize("mode", ["patch", "point"])
-def test_compiled_splat_matches_pure_torch_bit_for_bit(mode):
+def test_compiled_splat_matches_pure_torch_bit_for_bit(mode, kind, monkeypatch):
     from mirage_cli.memory import compiled
+    # the build for this CPU (vectorised) and the portable one both give the pure-torch bits
+    monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "1" if kind == "native" else "portable")
     if compiled.extension() is None:
         pytest.skip("no C++ compiler: the compiled splat cannot be built here")
     pts, A, key = _room_patches(n_views=8)
@@ -291,3 +294,18 @@ def test_compiled_splat_matches_pure_torch_bit_for_bit(mode):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one[0], fast[0]) and torch.equal(one[1], fast[1])
+
+
+def test_compiled_build_names_hold_the_cpu_for_native_builds_only(monkeypatch):
+    # torch caches builds by name: a native build must never be shared with another CPU
+    from mirage_cli.memory import compiled
+    names = {}
+    for cpu in ("cpu-a", "cpu-b"):
+        monkeypatch.setattr(compiled, "cpu_signature", lambda cpu=cpu: cpu)
+        names[cpu] = {k: compiled.build_name(k, "src") for k in (compiled.NATIVE, compiled.PORTABLE)}
+    assert names["cpu-a"]["native"][0] != names["cpu-b"]["native"][0]
+    assert names["cpu-a"]["portable"] == names["cpu-b"]["portable"]
+    assert "-march=native" in names["cpu-a"]["native"][1] and "-march=native" not in names["cpu-a"]["portable"][1]
+    assert "-ffp-contract=off" in names["cpu-a"]["portable"][1]  # no FMA: the same roundings as torch
+    assert compiled.build_name("native", "src") != compiled.build_name("native", "src2")
+    assert compiled.cpu_signature()  # something identifies this machine

@@ -4,18 +4,28 @@ It is the CPU twin of :func:`mirage_cli.memory.splat.splat_patches`: the same fp
 same order (built with ``-ffp-contract=off``, so no fused multiply-add changes a rounding), the same
 footprints and the same deterministic z-buffer, so it returns the same bits (tests compare both).
 It needs a C++ compiler at run time; without one, or with ``MIRAGE_COMPILED_SPLAT=0``, or on CUDA,
-the pure-torch path runs. The build is cached by torch (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) under a name that includes the source's hash, so an edit rebuilds.
+the pure-torch path runs.
+
+Builds. The first choice is a build for this CPU (``-march=native``: the projection pass runs in the
+widest vectors the CPU has); where the compiler refuses that flag, or with
+``MIRAGE_COMPILED_SPLAT=portable``, a portable build. Both give the same bits (every lane does the
+same IEEE operations; a test builds both). torch caches a build (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) by its name only, so the name holds a hash of the source, the flags
+and, for a native build, this CPU's model and feature flags: a home directory shared by machines with
+different CPUs never loads a build made for another CPU (which could stop on an illegal instruction).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("splat_ext.cpp")
+_BASE_FLAGS = ("-O3", "-ffp-contract=off")
+NATIVE, PORTABLE = "native", "portable"
 _state: dict = {}
 
 
@@ -24,21 +34,52 @@ def enabled() -> bool:
     return os.environ.get("MIRAGE_COMPILED_SPLAT", "1") != "0"
 
 
-def extension():
-    """The built extension module, or ``None`` when it cannot be built here (tried once per process)."""
-    if "module" in _state:
-        return _state["module"]
-    module = None
+def cpu_signature() -> str:
+    """This CPU's model and feature flags (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
-        from torch.utils.cpp_extension import load_inline
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    keep = ("model name", "flags", "Features", "CPU implementer", "CPU part")  # x86 / arm names
+    seen = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in lines if ":" in ln
+            and ln.split(":", 1)[0].strip() in keep}
+    return "|".join([platform.machine(), platform.processor(), *(f"{k}={seen[k]}" for k in sorted(seen))])
 
-        src = _SOURCE.read_text()
-        digest = hashlib.sha256(src.encode()).hexdigest()[:12]
-        module = load_inline(name=f"mirage_splat_{digest}", cpp_sources=[src], functions=["splat_patches_cpu"],
-                             extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
-    except Exception as e:  # no compiler, no headers, a build error: the torch path gives the same bits
-        warnings.warn(f"compiled splat unavailable, using the pure-torch splat ({' '.join(str(e).split())[:200]})",
+
+def build_name(kind: str, source: str) -> tuple[str, list[str]]:
+    """The extension's name and compiler flags for a build ``kind`` (``"native"`` or ``"portable"``):
+    the name hashes the source and flags, and for a native build this CPU's signature."""
+    flags = [*_BASE_FLAGS, *(["-march=native"] if kind == NATIVE else [])]
+    ident = "\n".join([source, " ".join(flags), cpu_signature() if kind == NATIVE else ""])
+    return f"mirage_splat_{kind}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}", flags
+
+
+def _build(kind: str):
+    from torch.utils.cpp_extension import load_inline
+
+    name, flags = build_name(kind, _SOURCE.read_text())
+    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu"],
+                       extra_cflags=flags, verbose=False)
+
+
+def extension(kind: str | None = None):
+    """The built extension module, or ``None`` when it cannot be built here (tried once per process
+    and kind). ``kind=None``: the native build, else the portable one (``MIRAGE_COMPILED_SPLAT=portable``
+    asks for the portable one directly)."""
+    if kind is None:
+        kind = PORTABLE if os.environ.get("MIRAGE_COMPILED_SPLAT") == PORTABLE else NATIVE
+    if kind in _state:
+        return _state[kind]
+    module, errors = None, []
+    for k in ((NATIVE, PORTABLE) if kind == NATIVE else (PORTABLE,)):
+        try:
+            module = _state[k] if k in _state else _build(k)
+            _state[k] = module
+            break
+        except Exception as e:  # no compiler, no headers, a flag it refuses, a build error
+            errors.append(f"{k}: {' '.join(str(e).split())[:200]}")
+    if module is None:  # the torch path gives the same bits
+        warnings.warn(f"compiled splat unavailable, using the pure-torch splat ({'; '.join(errors)})",
                       RuntimeWarning, stacklevel=2)
-        module = None
-    _state["module"] = module
+    _state[kind] = module
     return module

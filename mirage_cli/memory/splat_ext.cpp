@@ -1,45 +1,190 @@
-// Compiled twin of mirage_cli.memory.splat.splat_patches (CPU, one thread): the same fp32 operations
-// in the same order (no FMA: built with -ffp-contract=off), the same footprint rules and the same
-// deterministic z-buffer (smallest z-bits << 32 | key, then smallest owner), so it returns the same
-// bits as the pure-torch path. One pass over the points per frame, no temporaries per point. Frames
-// are independent z-buffers, so they run in parallel (torch's intra-op threads) without changing a bit.
+// Compiled twin of mirage_cli.memory.splat.splat_patches (CPU): the same fp32 operations in the same
+// order (no FMA: built with -ffp-contract=off), the same footprint rules and the same deterministic
+// z-buffer (smallest z-bits << 32 | key, then smallest owner), so it returns the same bits as the
+// pure-torch path. Frames are independent z-buffers, so they run in parallel (torch's intra-op
+// threads) without changing a bit.
+//
+// Per frame, the points of each visible cull block go through two passes:
+//   1. project: branch-free, one fixed sequence of fp32 operations per point over the whole block,
+//      so the compiler vectorises it (the divisions and the cell bounds are most of the work);
+//   2. rasterise: the points that pass go into the z-buffer, one 128-bit min per covered cell
+//      (depth-key in the high word, owner in the low word: the same order as the two-step rule).
+// Vector or scalar, each lane does the same IEEE operations, so a build with -march=native gives the
+// same bits as a portable one.
 #include <torch/extension.h>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
-static inline float nan_to_num_clamp(float r, float lo, float hi) {
-  // torch: r.nan_to_num(0.5).clamp(lo, hi) with lo > 0. Plain comparisons, not std::fmin / fmax,
-  // which are library calls here (their NaN rules keep the compiler from inlining them); r is not
-  // NaN after the first test, so both give the same value.
-  if (std::isnan(r)) r = 0.5f;
-  else if (std::isinf(r)) r = r > 0 ? std::numeric_limits<float>::max() : -std::numeric_limits<float>::max();
-  if (r < lo) r = lo;
+namespace {
+
+constexpr int kLanes = 128;  // at most one cull block (CULL_BLOCK) per pass
+using u128 = unsigned __int128;
+
+inline float nan_to_num_clamp(float r, float lo, float hi) {
+  // torch: r.nan_to_num(0.5).clamp(lo, hi) with lo > 0, as selects (vectorisable). +-inf clamps
+  // like the largest finite value would.
+  r = (r != r) ? 0.5f : r;  // isnan, written so the loop stays branch-free
+  r = r < lo ? lo : r;
   return r > hi ? hi : r;
 }
 
-static inline float ceil_f(float x) {
-  // Exact std::ceil for every float, inlined: without SSE4.1 std::ceil is a libm call per use, the
-  // largest single cost of the loop. |x| >= 2**23 (or inf, NaN) is already integral and returned
-  // as is; otherwise truncate and step up. The sign of a zero result may differ from std::ceil,
-  // which no caller sees (every result is converted to an integer or compared).
+inline int32_t cell_bound(float x, int32_t n) {
+  // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n), NaN -> 0. Clamping x to [-1, n] first gives
+  // the same result for every x (ceil is monotone and maps -1 and n to themselves; NaN fails the
+  // first test and becomes -1), keeps the conversion in range, and needs no library ceil.
+  x = x > -1.0f ? x : -1.0f;
+  x = x < (float)n ? x : (float)n;
+  const float t = (float)(int32_t)x;  // truncation toward zero, exact for |x| < 2**31
+  const int32_t c = (int32_t)t + (int32_t)(t < x);
+  return c < 0 ? 0 : c;
+}
+
+inline float ceil_scalar(float x) {
+  // Exact ceil for every float (|x| >= 2**23, inf and NaN are already integral and returned as is).
   if (!(std::fabs(x) < 8388608.0f)) return x;
   const float t = (float)(int32_t)x;
   return t < x ? t + 1.0f : t;
 }
 
-static inline int64_t cell_bound(float x, int64_t n) {
-  // torch: ceil(x).clamp(-1, n + 1).long().clamp(0, n). A NaN ends at 0 either way (torch casts
-  // NaN to an out-of-range integer that the last clamp takes to 0; here it is taken to -1 first).
-  float c = ceil_f(x);
-  if (!(c > -1.0f)) c = -1.0f;
-  const float top = (float)(n + 1);
-  if (c > top) c = top;
-  const int64_t l = (int64_t)c;
-  return l < 0 ? 0 : (l > n ? n : l);
+struct Frame {
+  float r[12];  // world-to-camera rows x, y, z
+  float fx, cx, fy, cy, x_lo, x_hi, y_lo, y_hi;
+};
+
+// One block's projection (pass 1), structure of arrays.
+struct Lanes {
+  alignas(64) float u[kLanes], v[kLanes], z[kLanes], a[kLanes], b[kLanes], c[kLanes], d[kLanes];
+  alignas(64) int32_t j0[kLanes], j1[kLanes], i0[kLanes], i1[kLanes], ok[kLanes];
+};
+
+template <bool PATCH>
+void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t h, int32_t w, float m, Lanes& L) {
+  const float* r = f.r;
+  const float fx = f.fx, cx = f.cx, fy = f.fy, cy = f.cy;
+  const float x_lo = f.x_lo, x_hi = f.x_hi, y_lo = f.y_lo, y_hi = f.y_hi;
+  const float r_point = nan_to_num_clamp(0.5f, 0.5f, m);
+  // Deinterleave the block first: with (x, y, z) and the six axis values as separate arrays the
+  // compute loop below is plain unit-stride, which the vectoriser takes.
+  alignas(64) float SX[kLanes], SY[kLanes], SZ[kLanes], SA[6][kLanes];
+  for (int64_t k = 0; k < n; ++k) { SX[k] = P[3 * k]; SY[k] = P[3 * k + 1]; SZ[k] = P[3 * k + 2]; }
+  if (PATCH)
+    for (int64_t k = 0; k < n; ++k)
+      for (int q = 0; q < 6; ++q) SA[q][k] = A[6 * k + q];
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    const float X = SX[k], Y = SY[k], Z = SZ[k];
+    const float xc = r[0] * X + r[1] * Y + r[2] * Z + r[3];
+    const float yc = r[4] * X + r[5] * Y + r[6] * Z + r[7];
+    const float z = r[8] * X + r[9] * Y + r[10] * Z + r[11];
+    const int32_t in = (z > 0) & (xc > x_lo * z) & (xc < x_hi * z) & (yc > y_lo * z) & (yc < y_hi * z);
+    const float xn = xc / z, yn = yc / z;
+    const float u = xn * fx + cx, v = yn * fy + cy;
+    float ru = r_point, rv = r_point;
+    if (PATCH) {
+      const float a6[6] = {SA[0][k], SA[1][k], SA[2][k], SA[3][k], SA[4][k], SA[5][k]};
+      const float c0x = r[0] * a6[0] + r[1] * a6[1] + r[2] * a6[2];
+      const float c0y = r[4] * a6[0] + r[5] * a6[1] + r[6] * a6[2];
+      const float c0z = r[8] * a6[0] + r[9] * a6[1] + r[10] * a6[2];
+      const float c1x = r[0] * a6[3] + r[1] * a6[4] + r[2] * a6[5];
+      const float c1y = r[4] * a6[3] + r[5] * a6[4] + r[6] * a6[5];
+      const float c1z = r[8] * a6[3] + r[9] * a6[4] + r[10] * a6[5];
+      const float a = fx * (c0x - xn * c0z) / z, c = fy * (c0y - yn * c0z) / z;
+      const float b = fx * (c1x - xn * c1z) / z, d = fy * (c1y - yn * c1z) / z;
+      L.a[k] = a; L.b[k] = b; L.c[k] = c; L.d[k] = d;
+      ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b), 0.5f, m);
+      rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d), 0.5f, m);
+    }
+    L.u[k] = u; L.v[k] = v; L.z[k] = z; L.ok[k] = in;
+    L.j0[k] = cell_bound(u - ru - 0.5f, w);
+    L.j1[k] = cell_bound(u + ru - 0.5f, w);
+    L.i0[k] = cell_bound(v - rv - 0.5f, h);
+    L.i1[k] = cell_bound(v + rv - 0.5f, h);
+  }
 }
+
+inline void put(u128* best, int64_t cell, u128 val) {
+  // branch-free: which of two stacked points is nearer is data, not a predictable branch
+  const u128 b = best[cell];
+  best[cell] = val < b ? val : b;
+}
+
+template <bool PATCH>
+void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int32_t w, float lim, u128* best) {
+  for (int64_t k = 0; k < n; ++k) {
+    if (!L.ok[k]) continue;
+    const int32_t jc0 = L.j0[k], jc1 = L.j1[k], ic0 = L.i0[k], ic1 = L.i1[k];
+    const int32_t si = ic1 - ic0, sj = jc1 - jc0;
+    const int32_t span = std::min(si, sj) > 0 ? std::max(si, sj) : 0;
+    if (span == 0 || span > 65) continue;  // the torch path's span groups end at 65
+    int32_t zb;
+    std::memcpy(&zb, &L.z[k], 4);
+    const uint64_t val = ((uint64_t)(uint32_t)zb << 32) | (uint64_t)(KEY[k] & 0x7FFFFFFF);
+    const u128 key = ((u128)val << 64) | (u128)(uint64_t)(own0 + k);
+    if (span == 1) { put(best, (int64_t)ic0 * w + jc0, key); continue; }
+    float ia = 0, ib = 0, ic = 0, id = 0;
+    int64_t hi_ = 0, hj_ = 0;
+    const float u = L.u[k], v = L.v[k];
+    if (PATCH) {
+      const float a = L.a[k], b = L.b[k], c = L.c[k], d = L.d[k];
+      const float det = a * d - b * c;
+      if (std::fabs(det) > 1e-12f) {
+        const float inv = (1.0f / det) * 1.0f;
+        ia = d * inv; ib = -b * inv; ic = -c * inv; id = a * inv;
+      } else {
+        ia = ib = ic = id = 1e12f;
+      }
+      hi_ = (int64_t)ceil_scalar(v - 1.0f);
+      hj_ = (int64_t)ceil_scalar(u - 1.0f);
+    }
+    for (int32_t ci = ic0; ci < ic1; ++ci) {
+      for (int32_t cj = jc0; cj < jc1; ++cj) {
+        if (PATCH) {
+          const float dx = ((float)cj + 0.5f) - u, dy = ((float)ci + 0.5f) - v;
+          const float al = ia * dx + ib * dy, be = ic * dx + id * dy;
+          if (!((std::fabs(al) <= lim && std::fabs(be) <= lim) || (ci == hi_ && cj == hj_))) continue;
+        }
+        put(best, (int64_t)ci * w + cj, key);
+      }
+    }
+  }
+}
+
+template <bool PATCH>
+void splat_frames(const float* P, const float* A, const int64_t* KEY, const std::vector<Frame>& frames,
+                  const int64_t* BL, const int64_t* BS, int64_t N, int64_t block, int32_t h, int32_t w, float m,
+                  int64_t owner_offset, float lim, int64_t* IDX, float* DEP) {
+  const int64_t T = (int64_t)frames.size(), hw = (int64_t)h * w;
+  const u128 empty = ~(u128)0;
+  at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
+    std::vector<u128> best(hw);
+    std::unique_ptr<Lanes> lanes(new Lanes);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      std::fill(best.begin(), best.end(), empty);
+      for (int64_t q = BS[t]; q < BS[t + 1]; ++q) {
+        const int64_t p0 = BL[q] * block, p_end = std::min(N, p0 + block);
+        for (int64_t s = p0; s < p_end; s += kLanes) {
+          const int64_t n = std::min<int64_t>(kLanes, p_end - s);
+          project<PATCH>(frames[t], P + 3 * s, PATCH ? A + 6 * s : nullptr, n, h, w, m, *lanes);
+          rasterise<PATCH>(*lanes, KEY + s, n, s + owner_offset, w, lim, best.data());
+        }
+      }
+      int64_t* idx = IDX + t * hw;
+      float* dep = DEP + t * hw;
+      for (int64_t k = 0; k < hw; ++k) {
+        if (best[k] == empty) continue;
+        idx[k] = (int64_t)(uint64_t)best[k];
+        const int32_t zb = (int32_t)(uint32_t)((uint64_t)(best[k] >> 64) >> 32);
+        std::memcpy(dep + k, &zb, 4);
+      }
+    }
+  });
+}
+
+}  // namespace
 
 std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor axes, torch::Tensor key,
                                              torch::Tensor w2c, torch::Tensor K, torch::Tensor bounds,
@@ -48,106 +193,31 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
                                              bool patch, double margin) {
   // blocks: the visible blocks of every frame, concatenated (frame t's are
   // blocks[block_start[t] : block_start[t + 1]]); block b holds the points [b * block, (b + 1) * block).
-  // The cull is conservative (it only skips points the per-point test below would drop), so it
-  // changes no bit; the order of the points does not matter to the z-buffer either.
-  const int64_t N = points.size(0), T = w2c.size(0), hw = h * w;
+  // The cull is conservative (it only skips points the per-point test drops), so it changes no bit;
+  // the order of the points does not matter to the z-buffer either.
+  const int64_t N = points.size(0), T = w2c.size(0);
   auto index = torch::full({T, h, w}, -1, torch::kInt64);
   auto depth = torch::zeros({T, h, w}, torch::kFloat32);
-  const float* P = points.data_ptr<float>();
-  const float* A = patch ? axes.data_ptr<float>() : nullptr;
-  const int64_t* KEY = key.data_ptr<int64_t>();
   const float* R = w2c.data_ptr<float>();
   const float* KK = K.data_ptr<float>();
   const float* B = bounds.data_ptr<float>();
+  std::vector<Frame> frames(T);
+  for (int64_t t = 0; t < T; ++t) {
+    Frame& f = frames[t];
+    for (int i = 0; i < 12; ++i) f.r[i] = R[16 * t + i];
+    f.fx = KK[9 * t + 0]; f.cx = KK[9 * t + 2]; f.fy = KK[9 * t + 4]; f.cy = KK[9 * t + 5];
+    f.x_lo = B[4 * t]; f.x_hi = B[4 * t + 1]; f.y_lo = B[4 * t + 2]; f.y_hi = B[4 * t + 3];
+  }
+  const float* P = points.data_ptr<float>();
+  const int64_t* KEY = key.data_ptr<int64_t>();
   const int64_t* BL = blocks.data_ptr<int64_t>();
   const int64_t* BS = block_start.data_ptr<int64_t>();
-  int64_t* IDX = index.data_ptr<int64_t>();
-  float* DEP = depth.data_ptr<float>();
   const float m = (float)max_radius, lim = (float)(1.0 + margin);
-  const int64_t kMax = std::numeric_limits<int64_t>::max();
-  at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
-  std::vector<int64_t> best(hw), owner(hw);
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    std::fill(best.begin(), best.end(), kMax);
-    std::fill(owner.begin(), owner.end(), kMax);
-    const float* r = R + 16 * t;
-    const float fx = KK[9 * t + 0], cx = KK[9 * t + 2], fy = KK[9 * t + 4], cy = KK[9 * t + 5];
-    const float x_lo = B[4 * t], x_hi = B[4 * t + 1], y_lo = B[4 * t + 2], y_hi = B[4 * t + 3];
-    auto put = [&](int64_t cell, int64_t val, int64_t own) {
-      if (val < best[cell]) { best[cell] = val; owner[cell] = own; }
-      else if (val == best[cell] && own < owner[cell]) owner[cell] = own;
-    };
-    for (int64_t q = BS[t]; q < BS[t + 1]; ++q) {
-    const int64_t p_end = std::min(N, (BL[q] + 1) * block);
-    for (int64_t p = BL[q] * block; p < p_end; ++p) {
-      const float X = P[3 * p], Y = P[3 * p + 1], Z = P[3 * p + 2];
-      const float xc = r[0] * X + r[1] * Y + r[2] * Z + r[3];
-      const float yc = r[4] * X + r[5] * Y + r[6] * Z + r[7];
-      const float z = r[8] * X + r[9] * Y + r[10] * Z + r[11];
-      if (!((z > 0) & (xc > x_lo * z) & (xc < x_hi * z) & (yc > y_lo * z) & (yc < y_hi * z))) continue;
-      const float xn = xc / z, yn = yc / z;
-      const float u = xn * fx + cx, v = yn * fy + cy;
-      float a = 0, b = 0, c = 0, d = 0, ru, rv;
-      if (patch) {
-        float J[4];
-        for (int q = 0; q < 2; ++q) {
-          const float ax = A[6 * p + 3 * q], ay = A[6 * p + 3 * q + 1], az = A[6 * p + 3 * q + 2];
-          const float cxk = r[0] * ax + r[1] * ay + r[2] * az;
-          const float cyk = r[4] * ax + r[5] * ay + r[6] * az;
-          const float czk = r[8] * ax + r[9] * ay + r[10] * az;
-          J[2 * q] = fx * (cxk - xn * czk) / z;
-          J[2 * q + 1] = fy * (cyk - yn * czk) / z;
-        }
-        a = J[0]; b = J[2]; c = J[1]; d = J[3];
-        ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b), 0.5f, m);
-        rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d), 0.5f, m);
-      } else {
-        ru = rv = nan_to_num_clamp(0.5f, 0.5f, m);
-      }
-      const int64_t jc0 = cell_bound(u - ru - 0.5f, w), jc1 = cell_bound(u + ru - 0.5f, w);
-      const int64_t ic0 = cell_bound(v - rv - 0.5f, h), ic1 = cell_bound(v + rv - 0.5f, h);
-      const int64_t si = ic1 - ic0, sj = jc1 - jc0;
-      const int64_t span = std::min(si, sj) > 0 ? std::max(si, sj) : 0;
-      if (span == 0 || span > 65) continue;  // the torch path's span groups end at 65
-      int32_t zb;
-      std::memcpy(&zb, &z, 4);
-      const int64_t val = ((int64_t)(uint32_t)zb << 32) | (KEY[p] & 0x7FFFFFFF);
-      const int64_t own = p + owner_offset;
-      if (span == 1) { put(ic0 * w + jc0, val, own); continue; }
-      float ia = 0, ib = 0, ic = 0, id = 0;
-      int64_t hi_ = 0, hj_ = 0;
-      if (patch) {
-        const float det = a * d - b * c;
-        if (std::fabs(det) > 1e-12f) {
-          const float inv = (1.0f / det) * 1.0f;
-          ia = d * inv; ib = -b * inv; ic = -c * inv; id = a * inv;
-        } else {
-          ia = ib = ic = id = 1e12f;
-        }
-        hi_ = (int64_t)ceil_f(v - 1.0f);
-        hj_ = (int64_t)ceil_f(u - 1.0f);
-      }
-      for (int64_t ci = ic0; ci < ic1; ++ci) {
-        for (int64_t cj = jc0; cj < jc1; ++cj) {
-          if (patch) {
-            const float dx = ((float)cj + 0.5f) - u, dy = ((float)ci + 0.5f) - v;
-            const float al = ia * dx + ib * dy, be = ic * dx + id * dy;
-            if (!((std::fabs(al) <= lim && std::fabs(be) <= lim) || (ci == hi_ && cj == hj_))) continue;
-          }
-          put(ci * w + cj, val, own);
-        }
-      }
-    }
-    }
-    int64_t* idx = IDX + t * hw;
-    float* dep = DEP + t * hw;
-    for (int64_t k = 0; k < hw; ++k) {
-      if (owner[k] == kMax) continue;
-      idx[k] = owner[k];
-      const int32_t zb = (int32_t)(best[k] >> 32);
-      std::memcpy(dep + k, &zb, 4);
-    }
-  }
-  });
+  if (patch)
+    splat_frames<true>(P, axes.data_ptr<float>(), KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m,
+                       owner_offset, lim, index.data_ptr<int64_t>(), depth.data_ptr<float>());
+  else
+    splat_frames<false>(P, nullptr, KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m, owner_offset, lim,
+                        index.data_ptr<int64_t>(), depth.data_ptr<float>());
   return {index, depth};
 }
