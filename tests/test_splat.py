@@ -218,7 +218,8 @@ def test_block_cull_changes_no_result(monkeypatch):
     for mode in ("patch", "point"):
         monkeypatch.setattr(S, "_visible_blocks", spy)
         fast = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
-        monkeypatch.setattr(S, "_visible_blocks", lambda lo, *a: torch.ones(lo.shape[0], dtype=torch.bool))
+        monkeypatch.setattr(S, "_visible_blocks",
+                            lambda lo, hi, w2c, *a: torch.ones(w2c.shape[0], lo.shape[0], dtype=torch.bool))
         full = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, mode=mode, compiled=False)
         assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
         # the compiled path takes the same block lists: culled or not, the same bits
@@ -309,3 +310,7 @@ def test_compiled_build_names_hold_the_cpu_for_native_builds_only(monkeypatch):
     assert "-ffp-contract=off" in names["cpu-a"]["portable"][1]  # no FMA: the same roundings as torch
     assert compiled.build_name("native", "src") != compiled.build_name("native", "src2")
     assert compiled.cpu_signature()  # something identifies this machine
+    monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "0")
+    assert compiled.describe() == "pure torch" and compiled.describe("cuda") == "pure torch"
+    monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "1")
+    assert compiled.describe() in ("pure torch", "compiled C++ (native build)", "compiled C++ (portable build)")

@@ -83,3 +83,15 @@ def extension(kind: str | None = None):
                       RuntimeWarning, stacklevel=2)
     _state[kind] = module
     return module
+
+
+def describe(device: str = "cpu") -> str:
+    """Which splat a read on ``device`` runs, for reports: ``"compiled C++ (native build)"``,
+    ``"compiled C++ (portable build)"`` or ``"pure torch"``."""
+    if device != "cpu" or not enabled():
+        return "pure torch"
+    module = extension()
+    if module is None:
+        return "pure torch"
+    kind = NATIVE if _state.get(NATIVE) is module else PORTABLE
+    return f"compiled C++ ({kind} build)"

@@ -368,33 +368,45 @@ def block_bounds(points: torch.Tensor, block: int = CULL_BLOCK) -> tuple[torch.T
     return p.amin(dim=1).double(), p.amax(dim=1).double()
 
 
-def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bounds: tuple[float, ...]) -> torch.Tensor:
-    """``(B,)`` bool: block may hold a point passing the per-point frustum test (conservative).
+def _frustum_planes(w2c: torch.Tensor, bounds: list[tuple[float, ...]]) -> torch.Tensor:
+    """``(4, 5 T)`` float64: per frame, the five tests of the per-point cull (``z > 0``, ``x > x_lo z``,
+    ``x < x_hi z``, ``y > y_lo z``, ``y < y_hi z``, camera coordinates) as linear functions
+    ``a . p + b`` of the world point (rows: ``a`` then ``b``), from ``w2c (T, 4, 4)``."""
+    M = w2c[:, :3].to(torch.float64)  # (T, 3, 4) rows x, y, z as functions of (X, Y, Z, 1)
+    x, y, z = M.unbind(1)
+    lim = torch.tensor(bounds, dtype=torch.float64, device=M.device).reshape(-1, 4, 1)
+    x_lo, x_hi, y_lo, y_hi = lim.unbind(1)
+    planes = torch.stack([z, x - x_lo * z, x_hi * z - x, y - y_lo * z, y_hi * z - y], dim=1)  # (T, 5, 4)
+    return planes.permute(2, 0, 1).reshape(4, -1)
 
-    Each test of the per-point cull (``z > 0``, ``x > x_lo z``, ``x < x_hi z``, ``y > y_lo z``,
-    ``y < y_hi z``, camera coordinates) is a linear function ``a . p + b`` of the world point, whose
-    largest value over a box is ``a . centre + |a| . half_size + b``; a box where one of them is
-    ``<= 0`` holds no point that passes. Computed in float64 with a relative tolerance far above the
-    per-point fp32 rounding, so culling never removes a point the exact test would keep.
+
+def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bounds: list[tuple[float, ...]]) -> torch.Tensor:
+    """``(T, B)`` bool: block may hold a point passing the per-point frustum test of frame ``t``
+    (conservative), for blocks with bounds ``lo, hi (B, 3)`` and cameras ``w2c (T, 4, 4)``.
+
+    Each test of the per-point cull is a linear function ``a . p + b`` of the world point
+    (:func:`_frustum_planes`), whose largest value over a box is ``a . centre + |a| . half_size + b``;
+    a box where one of them is ``<= 0`` holds no point that passes. Computed in float64 with a
+    relative tolerance far above the per-point fp32 rounding, so culling never removes a point the
+    exact test would keep (all frames in one matrix product).
     """
-    x_lo, x_hi, y_lo, y_hi = bounds
-    M = w2c[:3].to(lo.device, torch.float64)  # rows: x, y, z as linear functions of (X, Y, Z, 1)
-    x, y, z = M.unbind(0)
-    planes = torch.stack([z, x - x_lo * z, x_hi * z - x, y - y_lo * z, y_hi * z - y], dim=1)  # (4, 5)
+    planes = _frustum_planes(w2c.to(lo.device), bounds)
     centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
-    top = centre @ planes[:3] + half @ planes[:3].abs() + planes[3]  # (B, 5)
+    top = centre @ planes[:3] + half @ planes[:3].abs() + planes[3]  # (B, 5 T)
     scale = (centre.abs() + half) @ planes[:3].abs() + planes[3].abs()
-    return (top > -1e-5 * scale - 1e-30).all(dim=1)
+    ok = (top > -1e-5 * scale - 1e-30).view(lo.shape[0], -1, 5).all(dim=2)  # (B, T)
+    return ok.T
 
 
 def _visible_block_lists(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor,
                          frustum: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks of :data:`CULL_BLOCK` points each frame may see (:func:`_visible_blocks`),
     concatenated over the ``T`` frames ``(V,)`` int64, and where each frame's list starts ``(T + 1,)``."""
-    w2c64 = w2c.to(lo.device, torch.float64)
-    lists = [_visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1) for t in range(len(frustum))]
-    start = torch.tensor([0] + [len(v) for v in lists], dtype=torch.int64).cumsum(0)
-    return torch.cat(lists).to(torch.int64).contiguous(), start
+    vis = _visible_blocks(lo, hi, w2c, frustum)  # (T, B)
+    t, b = vis.nonzero(as_tuple=True)  # row-major: frame by frame, blocks ascending
+    start = torch.zeros(len(frustum) + 1, dtype=torch.int64)
+    start[1:] = vis.sum(dim=1).cumsum(0).cpu()
+    return b.to(torch.int64).contiguous(), start
 
 
 def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor,
@@ -455,12 +467,11 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:
         return index, depth
-    w2c64 = w2c.to(dev, torch.float64)
+    visible = _visible_blocks(*bounds, w2c, frustum)  # (T, B)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
-    lo, hi = bounds
     for t in range(T):
-        vis = _visible_blocks(lo, hi, w2c64[t], frustum[t]).nonzero().squeeze(1)
+        vis = visible[t].nonzero().squeeze(1)
         if vis.numel() == 0:
             continue
         sel, u, v, xn, yn, z = _project_frame(points, vis, w2c[t], K[t], frustum[t])
