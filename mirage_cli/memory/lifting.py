@@ -44,9 +44,15 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     def per_cell(x: torch.Tensor, op) -> torch.Tensor:  # (cells,): down the columns, then across
         return _pairwise(_pairwise(x, 1, op).reshape(-1, w, factor), 2, op).reshape(-1)
 
-    lo, hi = per_cell(rows, torch.minimum), per_cell(rows, torch.maximum)  # NaN propagates: hard
+    # by slabs of about _SLAB_PIXELS pixels: the temporaries stay small enough to be reused from
+    # the heap and cache (a whole chunk's 1 / d is > 32 MB: a fresh, page-faulting mapping per call)
+    lo, hi, inv = (torch.empty(rows.shape[0] * w, device=d.device) for _ in range(3))
+    step = max(1, _SLAB_PIXELS // (factor * factor * w))
+    for a in range(0, rows.shape[0], step):
+        x, cells = rows[a : a + step], slice(a * w, (a + step) * w)
+        lo[cells], hi[cells] = per_cell(x, torch.minimum), per_cell(x, torch.maximum)  # NaN propagates: hard
+        inv[cells] = per_cell(x.reciprocal(), torch.add)
     smooth = (lo > 0) & (hi <= lo * (1 + edge_tol)) & torch.isfinite(hi)
-    inv = per_cell(rows.reciprocal(), torch.add)
     cnt = torch.full_like(inv, float(factor * factor))
     hard = (~smooth).nonzero().squeeze(1)
     if hard.numel():
@@ -61,6 +67,9 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
         cnt[hard] = incl.sum(dim=1).float()
     out = torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
     return out.reshape(*lead, h, w)
+
+
+_SLAB_PIXELS = 1 << 20
 
 
 def _pairwise(x: torch.Tensor, dim: int, op) -> torch.Tensor:
