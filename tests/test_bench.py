@@ -315,3 +315,43 @@ def test_title_says_one_chunk_in_the_singular():
     console.print(summary_table(r))
     text = console.export_text()
     assert r["config"]["chunks"] == 1 and "in 1 chunk of 5" in text
+
+
+def test_memory_speed_report_compares_the_write_with_a_reference_style_write():
+    from mirage_cli.bench.memory_speed import WRITE_GOAL_X_REFERENCE, memory_speed_report
+
+    rep = memory_speed_report(points=2000, height=12, width=20, frames=3, repeats=1, print_report=False)
+    writes = ("write", "write_append", "write_pixel_depth", "write_append_pixel_depth")
+    for key in writes:
+        assert rep[f"{key}_ms_per_frame"] > 0
+        ref = rep["reference_write_pixel_depth_ms_per_frame" if "pixel" in key else "reference_write_ms_per_frame"]
+        assert rep[f"{key}_x_reference"] == pytest.approx(rep[f"{key}_ms_per_frame"] / ref)
+    assert rep["reference_write_ms_per_frame"] > 0 and rep["reference_write_pixel_depth_ms_per_frame"] > 0
+    # append (mirage and reference-style) adds every valid cell: the rendered room has depth everywhere
+    assert rep["write_append_points_added"] == rep["reference_write_points_added"] == 3 * 12 * 20
+    assert rep["write_append_pixel_depth_points_added"] == rep["reference_write_pixel_depth_points_added"] == 3 * 12 * 20
+    assert 0 <= rep["write_points_added"] <= rep["write_append_points_added"]
+    met = all(rep[f"{k}_x_reference"] <= WRITE_GOAL_X_REFERENCE["pixel" if "pixel" in k else "latent"] for k in writes)
+    assert rep["write_goal_met"] is met
+    assert "reference-style" in rep["text"] and ("goal" in rep["text"]) and ("NOT met" in rep["text"]) is not met
+
+
+def test_reference_style_write_unprojects_valid_cell_centres():
+    from mirage_cli.bench.memory_speed import reference_style_write
+    from mirage_cli.geometry.cameras import Cameras, backproject
+
+    cams = Cameras.from_fov(torch.eye(4, dtype=torch.float64)[None].repeat(2, 1, 1), 55.0, 16, 8)
+    depth = torch.full((2, 8, 16), 2.0)
+    depth[1, 4:, :] = 3.0
+    depth[0, 2, 6], depth[1, 6, 10] = 0.0, float("nan")  # two sampled pixels invalid: no point
+    depth[0, 3, 3] = 0.0  # not a sampled pixel: its cell still gets a point
+    lat = torch.randn(2, 4, 2, 4)
+    pts, feats = reference_style_write(torch.zeros(5, 3), torch.zeros(5, 4, dtype=torch.float16), lat, depth, cams, 4)
+    # pixel depth sampled at the pixel nearest each cell centre (rows 2, 6; cols 2, 6, 10, 14)
+    d_lat = depth[:, 2::4, 2::4]
+    assert pts.shape == (5 + 14, 3) and feats.dtype == torch.float16 and feats.shape == (19, 4)
+    K = cams.K(4, 2)
+    want = torch.cat([backproject(d_lat[t].double(), cams.c2w[t], K[t]).reshape(-1, 3)[d_lat[t].reshape(-1) > 0]
+                      for t in range(2)])
+    assert torch.allclose(pts[5:].double(), want, atol=1e-5)
+    assert torch.equal(feats[5:], lat.permute(0, 2, 3, 1)[d_lat > 0].half())

@@ -88,18 +88,79 @@ def _reduce_depth_sorting_every_cell(depth, factor, edge_tol=0.05):
     return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
 
 
-@pytest.mark.parametrize("factor,edge_tol", [(8, 0.05), (4, 0.0), (2, 0.3)])
-def test_reduce_depth_skips_the_jump_search_without_changing_a_bit(room, factor, edge_tol):
-    # smooth cells take the shortcut, edges and invalid pixels the full search: same bits as the plain rule
+def _reduce_depth_inputs(room, factor):
+    """Two frames of the room's pixel depth (one roughened by 20 % noise) with NaN rows, whole cells of 0
+    and a patch of inf: smooth cells, depth edges and invalid pixels."""
     g = torch.Generator().manual_seed(factor)
     d = torch.stack([room["d0"], room["d0"] * (1 + 0.2 * torch.rand(room["d0"].shape, generator=g))])
     d[0, :5] = float("nan")
     d[1, :, :9] = 0.0  # whole cells without a valid pixel -> 0
     d[1, 20:30, 20:25] = float("inf")
+    d[1, 40:44, 40:43] = -1.0
+    return d
+
+
+def _cells(d, factor):
+    """``(cells, factor, factor)`` pixel blocks of ``d (T, H, W)``, cells in row-major order."""
+    T, H, W = d.shape
+    h, w = H // factor, W // factor
+    return d[:, : h * factor, : w * factor].reshape(T, h, factor, w, factor).permute(0, 1, 3, 2, 4).reshape(-1, factor, factor)
+
+
+def _pairwise_in_order(terms):
+    """Sum a list of equal-shape tensors pairwise in list order (2i + 2i+1, an odd last carried up)."""
+    while len(terms) > 1:
+        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        terms = nxt + terms[-1:] if len(terms) % 2 else nxt
+    return terms[0]
+
+
+@pytest.mark.parametrize("factor,edge_tol", [(8, 0.05), (4, 0.0), (3, 0.05), (2, 0.3)])
+def test_reduce_depth_smooth_cells_are_the_harmonic_mean_in_natural_order(room, factor, edge_tol):
+    d = _reduce_depth_inputs(room, factor)
+    out = reduce_depth(d, factor, edge_tol).reshape(-1)
+    b = _cells(d, factor).float()
+    lo, hi = b.amin(dim=(1, 2)), b.amax(dim=(1, 2))
+    smooth = (lo > 0) & (hi <= lo * (1 + edge_tol)) & torch.isfinite(hi)
+    assert 0.05 < smooth.float().mean() < 0.99  # (edge_tol 0: only the constant cells are smooth)
+    bs = b[smooth]
+    # within a few fp32 roundings of the exact (float64) harmonic mean of every pixel
+    exact = factor * factor / (1.0 / bs.double()).sum(dim=(1, 2))
+    assert ((out[smooth].double() - exact).abs() / exact).max() < 4 * 2e-7
+    # and exactly the fp32 formula: 1/d summed pairwise down each pixel column, then across the columns
+    r = bs.reciprocal()
+    cols = [_pairwise_in_order([r[:, i, j] for i in range(factor)]) for j in range(factor)]
+    total = _pairwise_in_order(cols)
+    assert torch.equal(out[smooth], torch.full_like(total, factor * factor) / total)  # (a / t, not t.reciprocal() * a)
+
+
+@pytest.mark.parametrize("factor,edge_tol", [(8, 0.05), (4, 0.0), (3, 0.05), (2, 0.3)])
+def test_reduce_depth_edge_and_invalid_cells_keep_the_sorted_cluster_rule(room, factor, edge_tol):
+    d = _reduce_depth_inputs(room, factor)
     out = reduce_depth(d, factor, edge_tol)
     ref = _reduce_depth_sorting_every_cell(d, factor, edge_tol)
-    assert torch.equal(out.view(torch.int32), ref.view(torch.int32))
-    assert (out == 0).any() and (out > 0).float().mean() > 0.5
+    b = _cells(d, factor).float()
+    lo, hi = b.amin(dim=(1, 2)), b.amax(dim=(1, 2))
+    hard = ~((lo > 0) & (hi <= lo * (1 + edge_tol)) & torch.isfinite(hi))
+    assert hard.sum() > 100 and not hard.all()
+    assert torch.equal(out.reshape(-1)[hard].view(torch.int32), ref.reshape(-1)[hard].view(torch.int32))
+    bad = ~(torch.isfinite(b) & (b > 0))
+    assert ((out.reshape(-1) == 0) == bad.all(dim=2).all(dim=1)).all()  # 0 exactly where no pixel is valid
+    assert torch.isfinite(out).all() and (out >= 0).all()
+
+
+def test_reduce_depth_is_deterministic_on_any_thread_count(room):
+    d = _reduce_depth_inputs(room, 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = reduce_depth(d, 8)
+        torch.set_num_threads(max(2, threads))
+        many = reduce_depth(d, 8)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one.view(torch.int32), many.view(torch.int32))
+    assert torch.equal(one.view(torch.int32), reduce_depth(d.clone(), 8).view(torch.int32))
 
 
 def test_lift_puts_every_point_on_a_real_surface(room):

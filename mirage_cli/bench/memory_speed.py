@@ -9,6 +9,12 @@ grid size (random ``channels``-channel fp16 features, exact depth) until the mem
 ``points`` points, the way an append-everything memory would grow. Then one chunk of ``frames``
 latent frames on an orbit is read, and written back with the default ``"new"`` policy (the known
 mask of that read), and written again as if every cell were new (the worst case).
+
+The write is also timed with pixel-resolution depth (the chunk rendered at ``PIXEL_FACTOR`` x the
+latent grid, reduced by the memory's :func:`~mirage_cli.memory.lifting.reduce_depth`), with the
+``"append"`` policy, and against a *reference-style write*: our minimal re-implementation of the
+write policy of the paper's reference implementation (microsoft/LatentSpatialMemory), not its code:
+append every valid cell of every frame (:func:`reference_style_write`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 from ..geometry.cameras import Cameras, look_at
 from ..errors import MirageError
 from ..memory.latent import LatentMemory
+from ..memory.lifting import latent_K
 from ..data.scenes import make_scene
 from .arms import clone_latent
 from ..units import fmt_bytes
@@ -86,36 +93,93 @@ def build_memory(points: int, height: int, width: int, channels: int, device: to
     return mem.select(torch.arange(min(points, len(mem)), device=device))
 
 
-def _bench_inputs(height: int, width: int, channels: int, frames: int, dev: torch.device, seed: int):
-    """The chunk a write stores: ``frames`` cameras on a ring in the room, their rendered latent-grid
-    depth ``(T, h, w)`` and random fp32 latents ``(T, C, h, w)`` on ``dev``."""
+#: Pixels per latent cell of the pixel-resolution depth (Wan2.1's spatial factor: 60x104 -> 480x832).
+PIXEL_FACTOR = 8
+
+
+def _bench_inputs(height: int, width: int, channels: int, frames: int, dev: torch.device, seed: int,
+                  factor: int = 1):
+    """The chunk a write stores: ``frames`` cameras on a ring in the room (images of ``factor`` x the
+    ``height x width`` latent grid), their rendered depth ``(T, factor * height, factor * width)`` and
+    random fp32 latents ``(T, C, height, width)`` on ``dev``."""
     scene = make_scene("room", seed)
     center = torch.tensor(scene.center, dtype=torch.float64)
     c2w = _views(center, frames, 2.2, -0.1, 0.15, False)
-    cams = Cameras.from_fov(c2w, 55.0, width, height)
+    cams = Cameras.from_fov(c2w, 55.0, factor * width, factor * height)
     _, depth = scene.render(cams)
     g = torch.Generator().manual_seed(seed + 1)
     latents = torch.randn(frames, channels, height, width, generator=g).to(dev)
     return cams, depth.to(dev), latents
 
 
-def _time_memory(mem: LatentMemory, cams: Cameras, depth: torch.Tensor, latents: torch.Tensor,
-                 repeats: int) -> dict:
-    """Median seconds of a read, of a write (policy new, with the read's known mask, and with every
-    cell new) and of one lift, with the points each write adds."""
-    (_, known, _), read_s = timed_median(lambda: mem.read(cams))
+def reference_style_write(points: torch.Tensor, features: torch.Tensor, latents: torch.Tensor,
+                          depth: torch.Tensor, cameras: Cameras, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference-style write: our re-implementation of the *policy* of the paper's reference
+    implementation (microsoft/LatentSpatialMemory), not its code, as the yardstick for our write.
 
-    def median_write(known_mask):
+    Every valid cell of every frame is appended: the depth is brought to the latent grid by a plain
+    downsample (the pixel nearest each cell centre, ``depth[f // 2 :: f, f // 2 :: f]``; latent-grid
+    depth is used as is), valid cells (finite, ``> 0``) are unprojected at their centres with the
+    cameras, and positions and fp16 features are concatenated onto the stored tensors, once per
+    chunk. No footprint or patch axes, no content key, no coverage test.
+
+    Args:
+        points: ``(N, 3)`` float32 stored positions; features: ``(N, C)`` fp16 stored features.
+        latents: ``(T, C, h, w)`` latents of the chunk's frames.
+        depth: ``(T, h, w)`` latent-grid or ``(T, h * f, w * f)`` pixel z-depth.
+        cameras: the ``T`` cameras (image size ``h * f x w * f``); factor: pixels per latent cell ``f``.
+    Returns:
+        the new ``(N + M, 3)`` positions and ``(N + M, C)`` features.
+    """
+    T, C, h, w = latents.shape
+    if depth.shape[-2:] != (h, w):
+        depth = depth[..., factor // 2 :: factor, factor // 2 :: factor][..., :h, :w]
+    valid = torch.isfinite(depth) & (depth > 0)
+    t, i, j = valid.nonzero(as_tuple=True)
+    z = depth[t, i, j].float()
+    K = latent_K(cameras, factor).to(depth.device, torch.float32)[t]
+    c2w = cameras.c2w.to(depth.device, torch.float32)[t]
+    cam = torch.stack([(j + 0.5 - K[:, 0, 2]) / K[:, 0, 0] * z, (i + 0.5 - K[:, 1, 2]) / K[:, 1, 1] * z, z], dim=1)
+    world = (c2w[:, :3, :3] @ cam[:, :, None])[:, :, 0] + c2w[:, :3, 3]
+    feats = latents.permute(0, 2, 3, 1)[t, i, j].half()
+    return torch.cat([points, world]), torch.cat([features, feats])
+
+
+def _copy_as(mem: LatentMemory, policy: str, factor: int) -> LatentMemory:
+    """An independent copy of ``mem`` that writes with ``policy`` and takes ``factor``-pixel cells."""
+    m = clone_latent(mem)
+    m.write_policy, m.spatial_factor = policy, factor
+    return m
+
+
+def _time_memory(mem: LatentMemory, cams: Cameras, depth: torch.Tensor, latents: torch.Tensor,
+                 repeats: int, pixel: tuple[Cameras, torch.Tensor]) -> dict:
+    """Median seconds of a read, of writes (policy new with the read's known mask, every cell new,
+    policy append; latent-grid depth and the ``pixel = (cameras, depth)`` pixel-resolution depth), of
+    the reference-style write and of one lift, with the points each write adds."""
+    (_, known, _), read_s = timed_median(lambda: mem.read(cams))
+    pcams, pdepth = pixel
+
+    def median_write(known_mask, policy="new", factor=1, c=cams, d=depth):
         """Median seconds of one write on fresh copies (writes must not accumulate), points it adds."""
-        m, sec = timed_update(mem, clone_latent, lambda m: m.write(latents, depth, cams, known_mask, chunk=99),
-                              max_samples=repeats)
+        m, sec = timed_update(mem, lambda m: _copy_as(m, policy, factor),
+                              lambda m: m.write(latents, d, c, known_mask, chunk=99), max_samples=repeats)
         return sec, len(m) - len(mem)
 
-    write_s, added = median_write(known)
-    write_all_s, added_all = median_write(torch.zeros_like(known))
-    _, lift_s = timed_median(lambda: LatentMemory(mem.channels, 1, device=mem.device).lift(latents[0], depth[0], cams[0]))
-    return dict(known=known, read_s=read_s, write_s=write_s, added=added, write_all_s=write_all_s,
-                added_all=added_all, lift_s=lift_s)
+    def reference(c, d, factor):
+        (pts, _), sec = timed_median(lambda: reference_style_write(mem.points, mem.features, latents, d, c, factor))
+        return sec, pts.shape[0] - len(mem)
+
+    t = dict(known=known, read_s=read_s)
+    t["write_s"], t["added"] = median_write(known)
+    t["write_all_s"], t["added_all"] = median_write(torch.zeros_like(known))
+    t["write_append_s"], t["added_append"] = median_write(None, "append")
+    t["write_pixel_s"], t["added_pixel"] = median_write(known, "new", PIXEL_FACTOR, pcams, pdepth)
+    t["write_append_pixel_s"], t["added_append_pixel"] = median_write(None, "append", PIXEL_FACTOR, pcams, pdepth)
+    t["reference_s"], t["added_reference"] = reference(cams, depth, 1)
+    t["reference_pixel_s"], t["added_reference_pixel"] = reference(pcams, pdepth, PIXEL_FACTOR)
+    _, t["lift_s"] = timed_median(lambda: LatentMemory(mem.channels, 1, device=mem.device).lift(latents[0], depth[0], cams[0]))
+    return t
 
 
 def _results(mem: LatentMemory, dev: torch.device, height: int, width: int, frames: int, build_s: float,
@@ -151,6 +215,7 @@ def _results(mem: LatentMemory, dev: torch.device, height: int, width: int, fram
         "write_all_new_ms_per_frame": 1e3 * write_all_s / frames,
         "write_all_new_points_added": int(added_all),
         "write_all_new_cells_per_s": cells / write_all_s,
+        **_write_comparison(t, frames),
         "lift_ms": 1e3 * t["lift_s"],
         "copy_bandwidth_gb_s": bw / 1e9,
         "read_bytes_per_frame": rb,
@@ -160,6 +225,48 @@ def _results(mem: LatentMemory, dev: torch.device, height: int, width: int, fram
         "write_all_new_bytes_per_frame": wab,
         "write_all_new_x_bandwidth_limit": (write_all_s / frames) / (wab / bw),
     }
+
+
+#: Issue 12's goal for the write: at most this many times the reference-style write's time, with
+#: latent-grid depth and with pixel depth.
+WRITE_GOAL_X_REFERENCE = {"latent": 2.0, "pixel": 3.0}
+#: The writes compared with the reference-style write: (report key, timing key, reference timing key).
+_WRITES = (("write", "write", "reference"), ("write_append", "write_append", "reference"),
+           ("write_pixel_depth", "write_pixel", "reference_pixel"),
+           ("write_append_pixel_depth", "write_append_pixel", "reference_pixel"))
+
+
+def _write_comparison(t: dict, frames: int) -> dict:
+    """The writes against the reference-style write (keys of :func:`memory_speed_report`)."""
+    res = {"reference_write_ms_per_frame": 1e3 * t["reference_s"] / frames,
+           "reference_write_points_added": int(t["added_reference"]),
+           "reference_write_pixel_depth_ms_per_frame": 1e3 * t["reference_pixel_s"] / frames,
+           "reference_write_pixel_depth_points_added": int(t["added_reference_pixel"])}
+    met = True
+    for key, tk, ref in _WRITES:
+        if key != "write":  # policy new with latent-grid depth: the existing write_* keys
+            res[f"{key}_ms_per_frame"] = 1e3 * t[f"{tk}_s"] / frames
+            res[f"{key}_points_added"] = int(t["added" + tk[len("write"):]])
+        ratio = res[f"{key}_x_reference"] = t[f"{tk}_s"] / t[f"{ref}_s"]
+        met &= ratio <= WRITE_GOAL_X_REFERENCE["pixel" if "pixel" in key else "latent"]
+    res["write_goal_met"] = bool(met)
+    return res
+
+
+def _comparison_lines(res: dict) -> list[str]:
+    """The report's lines for the writes against the reference-style write."""
+    f, goal = PIXEL_FACTOR, WRITE_GOAL_X_REFERENCE
+    lines = [f"write vs a reference-style write (our re-implementation of the reference's append-every-cell "
+             f"policy, not its code), ms/frame:",
+             f"  reference-style      latent depth {res['reference_write_ms_per_frame']:7.2f}   "
+             f"pixel depth ({f}x) {res['reference_write_pixel_depth_ms_per_frame']:7.2f}"]
+    for policy, key in (("new", "write"), ("append", "write_append")):
+        lines.append(f"  mirage policy {policy:<6} latent depth {res[f'{key}_ms_per_frame']:7.2f} "
+                     f"({res[f'{key}_x_reference']:.1f}x)  pixel depth ({f}x) "
+                     f"{res[f'{key}_pixel_depth_ms_per_frame']:7.2f} ({res[f'{key}_pixel_depth_x_reference']:.1f}x)")
+    lines.append(f"  goal (<= {goal['latent']:g}x latent, <= {goal['pixel']:g}x pixel depth): "
+                 f"{'met' if res['write_goal_met'] else 'NOT met'}")
+    return lines
 
 
 def _report_text(res: dict) -> str:
@@ -176,6 +283,7 @@ def _report_text(res: dict) -> str:
         f"   ({res['write_points_added']} points added)",
         f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
         f"   ({res['write_all_new_points_added']} points added)",
+        *_comparison_lines(res),
         f"lift (one frame)     {res['lift_ms']:7.2f} ms",
         f"copy bandwidth {res['copy_bandwidth_gb_s']:.1f} GB/s; bytes touched per frame: read {rb / 1e6:.2f} MB "
         f"({res['read_x_bandwidth_limit']:.1f}x the copy time), write {wb / 1e6:.2f} MB "
@@ -189,14 +297,26 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     """Time read / write / lift of an ``height x width`` latent grid against a ``points``-point memory.
 
     Returns a dict of the measurements (milliseconds per frame, points or cells per second) with
-    the report text under ``"text"``; prints the text unless ``print_report`` is False.
+    the report text under ``"text"``; prints the text unless ``print_report`` is False. The writes
+    against the reference-style write (:func:`reference_style_write`), all medians per latent frame:
+
+    - ``reference_write_ms_per_frame`` / ``reference_write_pixel_depth_ms_per_frame`` (and
+      ``..._points_added``): the reference-style write with latent-grid depth / with pixel depth
+      (``PIXEL_FACTOR`` x the grid, downsampled by taking the pixel nearest each cell centre).
+    - ``write_ms_per_frame`` (policy ``"new"``, latent-grid depth), ``write_append_ms_per_frame``,
+      ``write_pixel_depth_ms_per_frame``, ``write_append_pixel_depth_ms_per_frame`` (pixel depth
+      reduced by ``reduce_depth``), each with ``..._points_added`` and ``..._x_reference``: its time
+      divided by the reference-style write's with the same depth resolution.
+    - ``write_goal_met``: every ``..._x_reference`` within :data:`WRITE_GOAL_X_REFERENCE`.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise MirageError("memory bench: --device cuda asked for, but this torch has no CUDA device")
     mem, build_s = timed(lambda: build_memory(points, height, width, channels, dev, seed))
     cams, depth, latents = _bench_inputs(height, width, channels, frames, dev, seed)
-    res = _results(mem, dev, height, width, frames, build_s, _time_memory(mem, cams, depth, latents, repeats))
+    pcams, pdepth, _ = _bench_inputs(height, width, channels, frames, dev, seed, PIXEL_FACTOR)
+    t = _time_memory(mem, cams, depth, latents, repeats, (pcams, pdepth))
+    res = _results(mem, dev, height, width, frames, build_s, t)
     res["text"] = _report_text(res)
     if print_report:
         print(res["text"])
