@@ -563,3 +563,30 @@ def test_cached_block_bounds_follow_appends_and_replacements(room):
     assert all(torch.equal(a, b) for a, b in zip(cached, fresh))
     sub = mem.select(torch.arange(len(mem) - 5))
     assert torch.equal(sub._block_bounds()[1], block_bounds(sub.points)[1])
+
+
+def test_append_write_lifts_all_frames_at_once_with_the_same_bits(monkeypatch):
+    # policy "append" lifts every frame in one batched call; it must store exactly the rows the
+    # frame-by-frame path stores (same order, same float64 lift, same keys)
+    from mirage_cli.bench.memory_speed import _bench_inputs, build_memory
+    from mirage_cli.memory import latent as latent_mod
+    from mirage_cli.memory.splat import lift_patches, lift_patches_frames
+    cams, depth, lat = _bench_inputs(12, 20, 4, 5, torch.device("cpu"), 0)
+    depth[1, 3:6, 4:9] = 0  # holes: not every frame lifts every cell
+    base = build_memory(600, 12, 20, 4, torch.device("cpu"))
+    base.write_policy = "append"
+    batched = base.select(torch.arange(len(base)))
+    added = batched.write(lat, depth, cams, None, chunk=4)
+    real = latent_mod.write_frames
+    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:7]))  # no add_frames: per frame
+    framewise = base.select(torch.arange(len(base)))
+    assert framewise.write(lat, depth, cams, None, chunk=4) == added == int((depth > 0).sum())
+    for name in ("points", "features", "footprint", "axes", "chunk", "key"):
+        assert torch.equal(getattr(batched, name), getattr(framewise, name)), name
+    K = cams.K()
+    pts, foot, axes, tt, ii, jj = lift_patches_frames(depth, K, cams.c2w, depth > 0)
+    for t in range(len(cams)):
+        one = lift_patches(depth[t], K[t], cams.c2w[t], depth[t] > 0)
+        sel = tt == t
+        assert torch.equal(pts[sel], one[0]) and torch.equal(axes[sel], one[2])
+        assert torch.equal(ii[sel], one[3]) and torch.equal(jj[sel], one[4])

@@ -54,7 +54,8 @@ from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import CULL_BLOCK, SPLAT_MODES, block_bounds, check_splat_mode, float_bits, hash_rows, lift_patches
+from .splat import (_HASH_SLAB, CULL_BLOCK, SPLAT_MODES, block_bounds, check_splat_mode, float_bits, hash_rows, lift_patches,
+                    lift_patches_frames)
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
@@ -263,7 +264,10 @@ class LatentMemory:
     def _hash(points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
             return torch.zeros(0, dtype=torch.int64, device=points.device)
-        return hash_rows(torch.cat([float_bits(points), float_bits(features)], dim=1))
+        # by slabs of rows: the (rows, 3 + C) int64 bit rows stay in cache (rows are hashed independently)
+        return torch.cat([hash_rows(torch.cat([float_bits(points[a : a + _HASH_SLAB]),
+                                               float_bits(features[a : a + _HASH_SLAB])], dim=1))
+                          for a in range(0, points.shape[0], _HASH_SLAB)])
 
     def _append(self, new: dict[str, torch.Tensor], chunk: int) -> int:
         """Append rows into buffers with amortised (doubling) growth, so a write costs the new rows,
@@ -339,6 +343,14 @@ class LatentMemory:
         pts, foot, axes, ii, jj = lift_patches(depth, K, c2w, cells, self.max_stretch)
         return {"points": pts, "features": latents[:, ii, jj].T.to(self.feature_dtype), "footprint": foot,
                 "axes": axes.to(torch.float16)}
+
+    def _make_points_frames(self, latents: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
+                            cells: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`_make_points` of ``T`` frames at once (``latents (T, C, h, w)``, ``depth, cells (T, h, w)``,
+        ``c2w (T, 4, 4)``, ``K (T, 3, 3)``): the rows of frame 0, then frame 1, ..., bit for bit."""
+        pts, foot, axes, tt, ii, jj = lift_patches_frames(depth, K, c2w, cells, self.max_stretch)
+        return {"points": pts, "features": latents.permute(0, 2, 3, 1)[tt, ii, jj].to(self.feature_dtype),
+                "footprint": foot, "axes": axes.to(torch.float16)}
 
     def _check_latents(self, latents: torch.Tensor, h: int, w: int, what: str) -> torch.Tensor:
         latents = torch.as_tensor(latents).to(self.device)
@@ -437,7 +449,10 @@ class LatentMemory:
         def values(t: int, covered: torch.Tensor) -> torch.Tensor:
             return latents[t][:, covered].T.to(torch.float64)
 
-        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values)
+        def add_frames(cells: torch.Tensor) -> int:  # every frame's cells in one lift and one append
+            return self._append(self._make_points_frames(latents, d, cameras.c2w, K, cells), chunk)
+
+        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, add_frames)
 
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""

@@ -66,7 +66,8 @@ def winner_means(winners: torch.Tensor, values: torch.Tensor, n: int) -> tuple[t
 
 def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
                  known: torch.Tensor | None, add: Callable[[int, torch.Tensor], int],
-                 values: Callable[[int, torch.Tensor], torch.Tensor]) -> int:
+                 values: Callable[[int, torch.Tensor], torch.Tensor],
+                 add_frames: Callable[[torch.Tensor], int] | None = None) -> int:
     """Write ``T`` frames into ``memory`` with ``policy`` (see the module docstring), in order.
 
     Args:
@@ -78,10 +79,14 @@ def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: tor
             and returns how many it added.
         values: ``values(t, covered)`` -> ``(M, C)`` float64 new values of frame ``t`` at the ``M``
             cells of ``covered (h, w) bool`` (row-major), in the memory's storage units.
+        add_frames: optional ``add_frames(cells)`` lifting the cells ``(T, h, w) bool`` of every frame
+            at once, frame by frame in order (policy ``"append"``: no frame depends on another).
     Returns:
         the number of points added.
     """
     if policy == APPEND:
+        if add_frames is not None:
+            return add_frames(valid)
         return sum(add(t, valid[t]) for t in range(len(cameras)))
     if policy == NEW:
         return _write_new(memory, cameras, valid, known, add)

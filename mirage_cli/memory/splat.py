@@ -47,10 +47,18 @@ AXES_MARGIN = 0.05
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """Integer hash (lowbias32-style) of int64 values taken modulo 2**32; returns values in [0, 2**32)."""
-    x = x & _MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    return (x >> 16) ^ x
+    x = x & _MASK32  # a new tensor: the steps below work in place on it (fewer temporaries)
+    for _ in range(2):
+        y = x >> 16
+        x ^= y
+        x *= 0x45D9F3B
+        x &= _MASK32
+    return x ^ (x >> 16)
+
+
+# hash_rows works through this many rows at a time: its temporaries (rows x columns int64) then stay
+# in the CPU's cache instead of streaming tens of megabytes through memory per write
+_HASH_SLAB = 4096
 
 
 def hash_rows(bits: torch.Tensor) -> torch.Tensor:
@@ -61,10 +69,16 @@ def hash_rows(bits: torch.Tensor) -> torch.Tensor:
     """
     N, D = bits.shape
     cols = torch.arange(D, device=bits.device, dtype=torch.int64)
-    m = mix32(bits.to(torch.int64) + cols * 0x9E3779B9)
+    salt = cols * 0x9E3779B9
     weights = mix32(cols + 0x1234567) & 0xFFFFF | 1  # odd 20-bit weight per column
-    s = (m * weights).sum(dim=1) & _MASK32
-    return mix32(s + D) & 0x7FFFFFFF
+    step = N if bits.device.type != "cpu" else _HASH_SLAB
+    out = torch.empty(N, dtype=torch.int64, device=bits.device)
+    for a in range(0, N, max(1, step)):
+        m = mix32(bits[a : a + step].to(torch.int64) + salt)
+        m *= weights
+        s = m.sum(dim=1) & _MASK32
+        out[a : a + step] = mix32(s + D) & 0x7FFFFFFF
+    return out
 
 
 def float_bits(x: torch.Tensor) -> torch.Tensor:
@@ -281,7 +295,7 @@ def _zbuffer(cell: torch.Tensor, val: torch.Tensor, own: torch.Tensor, index: to
 
 # ---------------------------------------------------------------------------------- patches
 def depth_slopes(d: torch.Tensor, ratio: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Robust depth slopes ``dz/du``, ``dz/dv`` per cell of a latent depth map ``d (h, w)`` (0 = invalid).
+    """Robust depth slopes ``dz/du``, ``dz/dv`` per cell of latent depth maps ``d (..., h, w)`` (0 = invalid).
 
     One-sided differences to both neighbours: their mean when they agree in sign within a factor
     ``ratio`` (a smooth surface), else the smaller in magnitude (a depth edge on one side: keep the
@@ -301,7 +315,7 @@ def depth_slopes(d: torch.Tensor, ratio: float = 3.0) -> tuple[torch.Tensor, tor
         g = torch.where(torch.isnan(fwd), bwd, torch.where(torch.isnan(bwd), fwd, g))
         return torch.nan_to_num(g, nan=0.0)
 
-    return along(d, valid), along(d.T, valid.T).T
+    return along(d, valid), along(d.transpose(-1, -2), valid.transpose(-1, -2)).transpose(-1, -2)
 
 
 
@@ -317,31 +331,44 @@ def lift_patches(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, cells:
     Returns:
         points ``(M, 3)`` float32 (on the cell-centre rays), footprint ``(M,)`` float32
         (``z / fx``), axes ``(M, 2, 3)`` float32 world half-axes along u and v divided by the
-        footprint, and the cells' row / column indices ``ii, jj (M,)``. Computed in float64.
+        footprint, and the cells' row / column indices ``ii, jj (M,)``. Computed in float64
+        (:func:`lift_patches_frames` with one frame).
     """
+    pts, foot, axes, _, ii, jj = lift_patches_frames(depth[None], K[None], c2w[None], cells[None], max_stretch)
+    return pts, foot, axes, ii, jj
+
+
+def lift_patches_frames(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, cells: torch.Tensor,
+                        max_stretch: float = 8.0) -> tuple[torch.Tensor, ...]:
+    """:func:`lift_patches` of ``T`` views at once: ``depth, cells (T, h, w)``, ``K (T, 3, 3)``,
+    ``c2w (T, 4, 4)``. Returns the points of frame 0, then frame 1, ... (each in row-major cell
+    order, so the same rows, bit for bit, as one call per frame, in far fewer operations) and their
+    frame, row and column indices ``tt, ii, jj (M,)``."""
     dev = depth.device
     gu, gv = depth_slopes(depth.to(torch.float64))
-    ii, jj = cells.nonzero(as_tuple=True)
-    z = depth[ii, jj].to(torch.float64)
+    tt, ii, jj = cells.nonzero(as_tuple=True)
+    z = depth[tt, ii, jj].to(torch.float64)
+    # each cell's view: the entries used, gathered per cell (M,) (not whole (M, 4, 4) matrices)
     Kd = K.to(dev, torch.float64)
-    T = c2w.to(dev, torch.float64)
-    fx, fy = Kd[0, 0], Kd[1, 1]
-    xn = ((jj.to(torch.float64) + 0.5) - Kd[0, 2]) / fx
-    yn = ((ii.to(torch.float64) + 0.5) - Kd[1, 2]) / fy
+    fx, fy, cx, cy = (Kd[:, r, c].index_select(0, tt) for r, c in ((0, 0), (1, 1), (0, 2), (1, 2)))
+    C = c2w.to(dev, torch.float64)
+    T = [[C[:, r, c].index_select(0, tt) for c in range(4)] for r in range(3)]  # T[r][c]: (M,)
+    xn = ((jj.to(torch.float64) + 0.5) - cx) / fx
+    yn = ((ii.to(torch.float64) + 0.5) - cy) / fy
     footprint = z / fx
     lim = max_stretch * footprint
-    gu = torch.maximum(torch.minimum(gu[ii, jj], lim), -lim)
-    gv = torch.maximum(torch.minimum(gv[ii, jj], lim), -lim)
+    gu = torch.maximum(torch.minimum(gu[tt, ii, jj], lim), -lim)
+    gv = torch.maximum(torch.minimum(gv[tt, ii, jj], lim), -lim)
     cam = torch.stack([xn * z, yn * z, z], dim=1)
     du = torch.stack([gu * xn + z / fx, gu * yn, gu], dim=1) * 0.5  # half-axis along u (camera frame)
     dv = torch.stack([gv * xn, gv * yn + z / fy, gv], dim=1) * 0.5
 
     def rot(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([T[k, 0] * x[:, 0] + T[k, 1] * x[:, 1] + T[k, 2] * x[:, 2] for k in range(3)], dim=1)
+        return torch.stack([T[k][0] * x[:, 0] + T[k][1] * x[:, 1] + T[k][2] * x[:, 2] for k in range(3)], dim=1)
 
-    world = rot(cam) + T[:3, 3]
+    world = rot(cam) + torch.stack([T[k][3] for k in range(3)], dim=1)
     axes = torch.stack([rot(du), rot(dv)], dim=1) / footprint[:, None, None]
-    return world.to(torch.float32), footprint.to(torch.float32), axes.to(torch.float32), ii, jj
+    return world.to(torch.float32), footprint.to(torch.float32), axes.to(torch.float32), tt, ii, jj
 
 
 SPLAT_MODES = ("patch", "point")
