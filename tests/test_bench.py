@@ -334,6 +334,8 @@ def test_memory_speed_report_compares_the_write_with_a_reference_style_write():
     met = all(rep[f"{k}_x_reference"] <= WRITE_GOAL_X_REFERENCE["pixel" if "pixel" in k else "latent"] for k in writes)
     assert rep["write_goal_met"] is met
     assert "reference-style" in rep["text"] and ("goal" in rep["text"]) and ("NOT met" in rep["text"]) is not met
+    # the report names the splat the read ran (compiled native / portable, or pure torch)
+    assert rep["splat"].startswith(("compiled C++", "pure torch")) and f"splat: {rep['splat']}" in rep["text"]
 
 
 def test_reference_style_write_unprojects_valid_cell_centres():

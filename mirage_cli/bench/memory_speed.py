@@ -28,6 +28,7 @@ import torch
 
 from ..geometry.cameras import Cameras, look_at
 from ..errors import MirageError
+from ..memory import compiled
 from ..memory.latent import LatentMemory
 from ..memory.lifting import latent_K
 from ..data.scenes import make_scene
@@ -196,6 +197,7 @@ def _results(mem: LatentMemory, dev: torch.device, height: int, width: int, fram
     wab = write_bytes(height * width, channels, added_all / frames, point_bytes)
     return {
         "machine": _machine(dev),
+        "splat": compiled.describe(dev.type),  # which splat the read ran
         "device": str(dev),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,  # --threads / MIRAGE_THREADS
         "loadavg": loadavg(),
@@ -276,7 +278,7 @@ def _report_text(res: dict) -> str:
     return "\n".join([
         f"mirage memory speed: latent grid {height}x{width}, {res['channels']} channels float16, "
         f"{res['points']:,} points ({fmt_bytes(res['memory_bytes'])}), {res['frames']} frames per chunk",
-        f"machine: {res['machine']}",
+        f"machine: {res['machine']}; splat: {res['splat']}",
         f"read                 {res['read_ms_per_frame']:7.2f} ms/frame  {res['read_points_per_s'] / 1e6:7.1f} M points/s"
         f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",
         f"write (policy new)   {res['write_ms_per_frame']:7.2f} ms/frame  {res['write_cells_per_s'] / 1e6:7.2f} M cells/s"
