@@ -414,11 +414,12 @@ def test_fill_depth_runs_once_per_chunk_and_splat_point_append(small_scene, tmp_
     assert meta["splat"] == "point" and meta["write_policy"] == "append"
 
 
-def test_second_lap_of_orbit_360_adds_no_point(small_scene, tmp_path):
-    """Bounded growth (issue 12, item 4): lap 2 of orbit_360 (49 frames per lap, the same cameras
-    again) reads every cell lap 1 wrote, so the memory ends lap 2 with exactly lap 1's points."""
+def _check_second_lap_adds_no_point(image, frames: int, tmp_path) -> None:
+    """Run ``orbit_360`` with ``frames`` per lap, then the same cameras twice (lap 2 shares lap 1's
+    last frame); lap 2 must read every cell lap 1 wrote, so the memory ends lap 2 with exactly
+    lap 1's points and every chunk after lap 1 adds none."""
     one = tmp_path / "lap1"
-    generate(GenerateConfig(image=str(small_scene["image"]), traj="orbit_360", frames=49, out=str(one)),
+    generate(GenerateConfig(image=str(image), traj="orbit_360", frames=frames, out=str(one)),
              warn=lambda m: None)
     traj = json.loads((one / "trajectory.json").read_text())
     traj.pop("preset", None)
@@ -426,10 +427,22 @@ def test_second_lap_of_orbit_360_adds_no_point(small_scene, tmp_path):
     traj["camera_path"] = traj["camera_path"] + traj["camera_path"][1:]  # lap 2 shares lap 1's last frame
     path = tmp_path / "two_laps.json"
     path.write_text(json.dumps(traj))
-    rec = generate(GenerateConfig(image=str(small_scene["image"]), traj=str(path), out=str(tmp_path / "laps")),
+    rec = generate(GenerateConfig(image=str(image), traj=str(path), out=str(tmp_path / "laps")),
                    warn=lambda m: None)
     chunks = rec["chunks"]
-    lap1 = next(c for c in chunks if c["frames"][1] >= 48)
-    assert lap1["frames"][1] == 48 and chunks[-1]["frames"][1] == 96
+    lap1 = next(c for c in chunks if c["frames"][1] >= frames - 1)
+    assert lap1["frames"][1] == frames - 1 and chunks[-1]["frames"][1] == 2 * frames - 2
     assert lap1["memory_points"] > 0 and chunks[-1]["memory_points"] == lap1["memory_points"]
     assert all(c["points_added"] == 0 for c in chunks[chunks.index(lap1) + 1:])
+
+
+def test_second_lap_of_orbit_360_adds_no_point(small_scene, tmp_path):
+    """Bounded growth (issue 12, item 4): lap 2 of orbit_360 at 49 frames per lap adds no point."""
+    _check_second_lap_adds_no_point(small_scene["image"], 49, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frames", [97, 193, 385])
+def test_second_lap_of_finer_orbit_360_adds_no_point(small_scene, tmp_path, frames):
+    """The same at 97, 193 and 385 frames per lap (finer laps: more writes, each a smaller step)."""
+    _check_second_lap_adds_no_point(small_scene["image"], frames, tmp_path)
