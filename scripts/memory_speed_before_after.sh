@@ -16,7 +16,7 @@ for rep in $(seq "$repeats"); do
     for d in "$before" "$PWD"; do
       label=$([ "$d" = "$PWD" ] && echo "after" || echo "before ($rev)")
       echo "== $label points=$n repeat=$rep load $(cut -d' ' -f1-3 /proc/loadavg)"
-      (cd "$d" && PYTHONPATH="$d" python3 -m mirage_cli.bench.memory_speed --points "$n" 2>&1 | grep -E '^(read|write|copy)')
+      (cd "$d" && PYTHONPATH="$d" python3 -m mirage_cli.bench.memory_speed --points "$n" 2>&1 | grep -E '^(read|write|copy|  )')
     done
   done
 done
