@@ -47,6 +47,11 @@ _INT64_MAX = torch.iinfo(torch.int64).max
 # never over points): span 1 needs no expansion, the others expand to span x span offsets.
 _SPAN_GROUPS = (1, 2, 3, 5, 9, 17, 33, 65)
 AXES_MARGIN = 0.05
+# Parallelogram footprints of the memories are grown by this many target cells (absolute, so a patch
+# stretched along a grazing slope grows no more than a square one): patches lifted from different
+# views then overlap where they meet instead of leaving sub-cell cracks, which a fine trajectory
+# would otherwise fill with new points, sliver by sliver (issue 12: -18 % points after a 385-frame lap).
+FOOTPRINT_GROW = 0.25
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +178,7 @@ def rasterize(
     J: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     max_radius: float = 4.0,
     margin: float = AXES_MARGIN,
+    grow: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Core of :func:`splat` on a flat list of ``M`` (frame, point) pairs with ``z > 0``.
 
@@ -185,6 +191,9 @@ def rasterize(
         radius: ``(M,)`` square half-extents in cells, or
         J: parallelograms ``[[a, b], [c, d]]`` as four ``(M,)`` tensors (columns = half-axes in
             cells). Half-extents are clamped to ``[0.5, max_radius]``.
+        margin: parallelograms cover the centres within ``1 + margin`` half-axes.
+        grow: parallelograms grown by this many target cells (:data:`FOOTPRINT_GROW`): the box
+            by ``grow``, each half-axis's limit by ``grow`` over that axis's length in cells.
     Returns:
         index ``(T, h, w)`` int64 (-1 none) and depth ``(T, h, w)`` float32 (0 none).
     """
@@ -194,8 +203,17 @@ def rasterize(
     depth = torch.zeros(T * hw, dtype=torch.float32, device=dev)
     if z.numel() == 0 or hw == 0:
         return index.view(T, h, w), depth.view(T, h, w)
+    lims = None
     if J is not None:
-        ru, rv = J[0].abs() + J[1].abs(), J[2].abs() + J[3].abs()
+        a, b, c, d = J
+        ru, rv = a.abs() + b.abs() + grow, c.abs() + d.abs() + grow
+        lim = torch.tensor(1.0 + margin, dtype=torch.float32, device=dev)
+
+        def axis_lim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # the half-axis (x, y)'s test limit
+            n = torch.sqrt(x * x + y * y)
+            return lim + torch.where(n > 0, grow / n, torch.zeros_like(n))
+
+        lims = (axis_lim(a, c), axis_lim(b, d))
     else:
         ru = rv = radius
     ru = ru.nan_to_num(0.5).clamp(0.5, float(max_radius))
@@ -209,7 +227,7 @@ def rasterize(
     ic0, ic1 = i0.long().clamp(0, h), i1.long().clamp(0, h)
     base = ic0 * w + jc0 + (t_idx * hw if torch.is_tensor(t_idx) else int(t_idx) * hw)
     packed = (float_bits(z) << 32) | (key & 0x7FFFFFFF)
-    cell, sel = _covered_cells(base, ic0, jc0, ic1 - ic0, jc1 - jc0, w, u, v, J, margin)
+    cell, sel = _covered_cells(base, ic0, jc0, ic1 - ic0, jc1 - jc0, w, u, v, J, lims)
     val = packed if sel is None else packed.index_select(0, sel)
     own = owner if sel is None else owner.index_select(0, sel)
     return _zbuffer(cell, val, own, index, depth, T, h, w)
@@ -217,12 +235,13 @@ def rasterize(
 
 def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, span_i: torch.Tensor,
                    span_j: torch.Tensor, w: int, u: torch.Tensor, v: torch.Tensor,
-                   J: tuple[torch.Tensor, ...] | None, margin: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   J: tuple[torch.Tensor, ...] | None,
+                   lims: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Expand ``M`` footprints to the flat cells they cover.
 
     Each pair covers the cells of its clamped bounding box (first cell ``base``, ``span_i x span_j``
-    cells), and with parallelograms ``J`` only those whose centre passes the ``|J^-1 d|_inf <= 1 +
-    margin`` test (or that hold the pair's centre). Returns the covered cells ``(K,)`` and, per cell,
+    cells), and with parallelograms ``J`` only those whose centre passes the ``|J^-1 d| <= lims``
+    test per half-axis (or that hold the pair's centre). Returns the covered cells ``(K,)`` and, per cell,
     the pair it came from ``(K,)`` (``None`` when every pair covers exactly its one base cell).
     """
     dev = base.device
@@ -255,7 +274,7 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
         cell = base.index_select(0, s) + dio * w + djo
         if J is not None:
             keep = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v, inv,
-                                         home_i, home_j, margin)
+                                         home_i, home_j, lims)
             s, cell = s.index_select(0, keep), cell.index_select(0, keep)
         cells.append(cell)
         pairs.append(s)
@@ -264,9 +283,9 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
 
 def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                           inv: tuple[torch.Tensor, ...], home_i: torch.Tensor, home_j: torch.Tensor,
-                          margin: float) -> torch.Tensor:
+                          lims: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Indices of the candidate cells ``(ci, cj)`` of pairs ``s`` whose centre lies in the pair's
-    parallelogram (inverse ``inv`` per pair, grown by ``margin``) or that hold the pair's centre
+    parallelogram (inverse ``inv`` per pair, grown to the per-pair limits ``lims``) or that hold the pair's centre
     (cell ``(home_i, home_j)`` per pair)."""
     us, vs = u.index_select(0, s), v.index_select(0, s)
     dx = (cj.to(torch.float32) + 0.5) - us
@@ -276,7 +295,8 @@ def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u
     beta = c * dx + d * dy
     # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
     home = (ci == home_i.index_select(0, s)) & (cj == home_j.index_select(0, s))
-    return (((alpha.abs() <= 1 + margin) & (beta.abs() <= 1 + margin)) | home).nonzero().squeeze(1)
+    inside = (alpha.abs() <= lims[0].index_select(0, s)) & (beta.abs() <= lims[1].index_select(0, s))
+    return (inside | home).nonzero().squeeze(1)
 
 
 def _zbuffer(cell: torch.Tensor, val: torch.Tensor, own: torch.Tensor, index: torch.Tensor, depth: torch.Tensor,
@@ -450,7 +470,7 @@ def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Te
     return ext.splat_patches_cpu(
         points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
         w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
-        blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN)
+        blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN, FOOTPRINT_GROW)
 
 
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
@@ -512,7 +532,7 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
                                  radius=torch.full_like(z, 0.5), max_radius=m)
         else:
             J = _patch_jacobian(axes.index_select(0, sel), w2c[t], K[t], xn, yn, z)
-            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w, J=J, max_radius=m)
+            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w, J=J, max_radius=m, grow=FOOTPRINT_GROW)
         index[t], depth[t] = idx[0], dep[0]
     return index, depth
 

@@ -57,12 +57,14 @@ struct Frame {
 
 // One block's projection (pass 1), structure of arrays.
 struct Lanes {
-  alignas(64) float u[kLanes], v[kLanes], z[kLanes], a[kLanes], b[kLanes], c[kLanes], d[kLanes];
+  alignas(64) float u[kLanes], v[kLanes], z[kLanes], a[kLanes], b[kLanes], c[kLanes], d[kLanes], lim0[kLanes],
+      lim1[kLanes];
   alignas(64) int32_t j0[kLanes], j1[kLanes], i0[kLanes], i1[kLanes], ok[kLanes];
 };
 
 template <bool PATCH>
-void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t h, int32_t w, float m, Lanes& L) {
+void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t h, int32_t w, float m, float lim,
+             float grow, Lanes& L) {
   const float* r = f.r;
   const float fx = f.fx, cx = f.cx, fy = f.fy, cy = f.cy;
   const float x_lo = f.x_lo, x_hi = f.x_hi, y_lo = f.y_lo, y_hi = f.y_hi;
@@ -95,8 +97,13 @@ void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t 
       const float a = fx * (c0x - xn * c0z) / z, c = fy * (c0y - yn * c0z) / z;
       const float b = fx * (c1x - xn * c1z) / z, d = fy * (c1y - yn * c1z) / z;
       L.a[k] = a; L.b[k] = b; L.c[k] = c; L.d[k] = d;
-      ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b), 0.5f, m);
-      rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d), 0.5f, m);
+      // footprint grown by `grow` target cells: the box by grow, each half-axis's limit by grow
+      // over that axis's length in cells (0 for a zero axis)
+      ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b) + grow, 0.5f, m);
+      rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d) + grow, 0.5f, m);
+      const float len0 = std::sqrt(a * a + c * c), len1 = std::sqrt(b * b + d * d);
+      L.lim0[k] = lim + (len0 > 0 ? grow / len0 : 0.0f);
+      L.lim1[k] = lim + (len1 > 0 ? grow / len1 : 0.0f);
     }
     L.u[k] = u; L.v[k] = v; L.z[k] = z; L.ok[k] = in;
     L.j0[k] = cell_bound(u - ru - 0.5f, w);
@@ -113,7 +120,7 @@ inline void put(u128* best, int64_t cell, u128 val) {
 }
 
 template <bool PATCH>
-void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int32_t w, float lim, u128* best) {
+void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int32_t w, u128* best) {
   for (int64_t k = 0; k < n; ++k) {
     if (!L.ok[k]) continue;
     const int32_t jc0 = L.j0[k], jc1 = L.j1[k], ic0 = L.i0[k], ic1 = L.i1[k];
@@ -145,7 +152,7 @@ void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int3
         if (PATCH) {
           const float dx = ((float)cj + 0.5f) - u, dy = ((float)ci + 0.5f) - v;
           const float al = ia * dx + ib * dy, be = ic * dx + id * dy;
-          if (!((std::fabs(al) <= lim && std::fabs(be) <= lim) || (ci == hi_ && cj == hj_))) continue;
+          if (!((std::fabs(al) <= L.lim0[k] && std::fabs(be) <= L.lim1[k]) || (ci == hi_ && cj == hj_))) continue;
         }
         put(best, (int64_t)ci * w + cj, key);
       }
@@ -156,7 +163,7 @@ void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int3
 template <bool PATCH>
 void splat_frames(const float* P, const float* A, const int64_t* KEY, const std::vector<Frame>& frames,
                   const int64_t* BL, const int64_t* BS, int64_t N, int64_t block, int32_t h, int32_t w, float m,
-                  int64_t owner_offset, float lim, int64_t* IDX, float* DEP) {
+                  int64_t owner_offset, float lim, float grow, int64_t* IDX, float* DEP) {
   const int64_t T = (int64_t)frames.size(), hw = (int64_t)h * w;
   const u128 empty = ~(u128)0;
   at::parallel_for(0, T, 1, [&](int64_t t_begin, int64_t t_end) {
@@ -168,8 +175,8 @@ void splat_frames(const float* P, const float* A, const int64_t* KEY, const std:
         const int64_t p0 = BL[q] * block, p_end = std::min(N, p0 + block);
         for (int64_t s = p0; s < p_end; s += kLanes) {
           const int64_t n = std::min<int64_t>(kLanes, p_end - s);
-          project<PATCH>(frames[t], P + 3 * s, PATCH ? A + 6 * s : nullptr, n, h, w, m, *lanes);
-          rasterise<PATCH>(*lanes, KEY + s, n, s + owner_offset, w, lim, best.data());
+          project<PATCH>(frames[t], P + 3 * s, PATCH ? A + 6 * s : nullptr, n, h, w, m, lim, grow, *lanes);
+          rasterise<PATCH>(*lanes, KEY + s, n, s + owner_offset, w, best.data());
         }
       }
       int64_t* idx = IDX + t * hw;
@@ -190,7 +197,7 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
                                              torch::Tensor w2c, torch::Tensor K, torch::Tensor bounds,
                                              torch::Tensor blocks, torch::Tensor block_start, int64_t block,
                                              int64_t h, int64_t w, double max_radius, int64_t owner_offset,
-                                             bool patch, double margin) {
+                                             bool patch, double margin, double grow_cells) {
   // blocks: the visible blocks of every frame, concatenated (frame t's are
   // blocks[block_start[t] : block_start[t + 1]]); block b holds the points [b * block, (b + 1) * block).
   // The cull is conservative (it only skips points the per-point test drops), so it changes no bit;
@@ -212,12 +219,12 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
   const int64_t* KEY = key.data_ptr<int64_t>();
   const int64_t* BL = blocks.data_ptr<int64_t>();
   const int64_t* BS = block_start.data_ptr<int64_t>();
-  const float m = (float)max_radius, lim = (float)(1.0 + margin);
+  const float m = (float)max_radius, lim = (float)(1.0 + margin), grow = (float)grow_cells;
   if (patch)
     splat_frames<true>(P, axes.data_ptr<float>(), KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m,
-                       owner_offset, lim, index.data_ptr<int64_t>(), depth.data_ptr<float>());
+                       owner_offset, lim, grow, index.data_ptr<int64_t>(), depth.data_ptr<float>());
   else
     splat_frames<false>(P, nullptr, KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m, owner_offset, lim,
-                        index.data_ptr<int64_t>(), depth.data_ptr<float>());
+                        grow, index.data_ptr<int64_t>(), depth.data_ptr<float>());
   return {index, depth};
 }
