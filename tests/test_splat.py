@@ -314,3 +314,20 @@ def test_compiled_build_names_hold_the_cpu_for_native_builds_only(monkeypatch):
     assert compiled.describe() == "pure torch" and compiled.describe("cuda") == "pure torch"
     monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "1")
     assert compiled.describe() in ("pure torch", "compiled C++ (native build)", "compiled C++ (portable build)")
+
+
+@pytest.mark.parametrize("grow", [0.0, 0.25])
+def test_parallelogram_footprint_grows_by_a_fixed_number_of_cells(grow):
+    # a patch stretched 3 cells along u and 0.5 along v: grown by `grow` cells on every side (not by a
+    # fraction of its axes, which would let a grazing patch bleed far over its neighbours)
+    from mirage_cli.memory.splat import rasterize
+    h = w = 20
+    u, v = torch.tensor([10.3]), torch.tensor([10.6])
+    J = tuple(torch.tensor([x]) for x in (3.0, 0.0, 0.0, 0.5))
+    idx, _ = rasterize(0, torch.tensor([0]), u, v, torch.tensor([2.0]), torch.tensor([1]), 1, h, w, J=J, margin=0.0,
+                       grow=grow)
+    ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    dx, dy = (jj + 0.5) - 10.3, (ii + 0.5) - 10.6
+    expect = (dx.abs() <= 3 + grow) & (dy.abs() <= 0.5 + grow)
+    assert torch.equal(idx[0] == 0, expect)
+    assert int(expect.sum()) == (6 if grow == 0 else 7)  # a quarter cell more reaches one more centre along u
