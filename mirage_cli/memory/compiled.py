@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("splat_ext.cpp")
-_BASE_FLAGS = ("-O3", "-ffp-contract=off")
+_BASE_FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno")
 NATIVE, PORTABLE = "native", "portable"
 _state: dict = {}
 

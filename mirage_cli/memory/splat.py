@@ -7,12 +7,14 @@ footprint:
 - square (``radius``): ``[u - r, u + r) x [v - r, v + r)``;
 - parallelogram (``axes``, a ``2 x 2`` matrix ``J`` whose columns are the footprint's two half-axes
   in target cells): the centres ``c`` with ``|J^-1 (c - (u, v))|_inf <= 1 + margin`` inside the
-  parallelogram's own bounding box (half-extents ``|a| + |b|``, ``|c| + |d|``, as the square's
-  ``r``; so the margin widens a rotated patch only within its box, and an axis-aligned one not at
-  all). This is the exact image of a latent cell lifted as a small planar patch (see
-  :mod:`.latent`), so a surface seen obliquely, or from closer, is tiled without cracks and without
-  overlaps. (Growing the box by the margin as well was tried: the example's first-lap growth and
-  known fractions stayed within 0.2 %, at a slower read, so the box stays.)
+  parallelogram's bounding box (half-extents ``|a| + |b|``, ``|c| + |d|``, as the square's ``r``).
+  This is the exact image of a latent cell lifted as a small planar patch (see :mod:`.latent`), so a
+  surface seen obliquely, or from closer, is tiled without cracks and without overlaps. The memories
+  read with the parallelogram grown by ``grow`` target cells (:data:`FOOTPRINT_GROW`): the box by
+  ``grow`` and the test of half-axis ``k`` to ``1 + margin + grow / |J[:, k]|``, an absolute growth
+  (a patch stretched along a grazing slope grows no more than a square one). Patches lifted from
+  different views then overlap by a fraction of a cell where they meet, instead of leaving sub-cell
+  cracks that a finely sampled trajectory would fill with new points, sliver by sliver.
 
 Half-extents are clamped to ``[0.5, max_radius]`` cells: a point always covers the cell its centre
 falls in (exactly that cell for ``r = 0.5``: the cell whose centre is in ``[u - 0.5, u + 0.5)``),
