@@ -2,8 +2,9 @@
 
 It is the CPU twin of :func:`mirage_cli.memory.splat.splat_patches`: the same fp32 operations in the
 same order (built with ``-ffp-contract=off``, so no fused multiply-add changes a rounding), the same
-footprints and the same deterministic z-buffer, so it returns the same bits (tests compare both).
-It needs a C++ compiler at run time; without one, or with ``MIRAGE_COMPILED_SPLAT=0``, or on CUDA,
+footprints and the same deterministic z-buffer, so it returns the same bits (tests compare both;
+``-fno-math-errno`` only drops ``errno`` for ``sqrt``, whose result is exact either way, and lets the
+projection loop be vectorised). It needs a C++ compiler at run time; without one, or with ``MIRAGE_COMPILED_SPLAT=0``, or on CUDA,
 the pure-torch path runs.
 
 Builds. The first choice is a build for this CPU (``-march=native``: the projection pass runs in the
