@@ -590,3 +590,19 @@ def test_append_write_lifts_all_frames_at_once_with_the_same_bits(monkeypatch):
         sel = tt == t
         assert torch.equal(pts[sel], one[0]) and torch.equal(axes[sel], one[2])
         assert torch.equal(ii[sel], one[3]) and torch.equal(jj[sel], one[4])
+
+
+def test_reserve_makes_room_without_changing_a_value():
+    from mirage_cli.bench.memory_speed import _bench_inputs, build_memory
+    cams, depth, lat = _bench_inputs(12, 20, 4, 3, torch.device("cpu"), 0)
+    base = build_memory(500, 12, 20, 4, torch.device("cpu"))
+    a, b = base.select(torch.arange(len(base))), base.select(torch.arange(len(base)))
+    b.reserve(3 * 12 * 20)
+    assert all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("points", "features", "key", "axes"))
+    ptr = b.points.data_ptr()
+    b.write(lat, depth, cams, None, chunk=2)
+    a.write(lat, depth, cams, None, chunk=2)
+    assert b.points.data_ptr() == ptr  # the appends landed in the reserved room: no copy
+    for n in ("points", "features", "footprint", "axes", "chunk", "key"):
+        assert torch.equal(getattr(a, n), getattr(b, n)), n
+    assert torch.equal(a._world_axes(), b._world_axes()) and torch.equal(a.read(cams)[0], b.read(cams)[0])

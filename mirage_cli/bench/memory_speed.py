@@ -146,10 +146,14 @@ def reference_style_write(points: torch.Tensor, features: torch.Tensor, latents:
     return torch.cat([points, world]), torch.cat([features, feats])
 
 
-def _copy_as(mem: LatentMemory, policy: str, factor: int) -> LatentMemory:
-    """An independent copy of ``mem`` that writes with ``policy`` and takes ``factor``-pixel cells."""
+def _copy_as(mem: LatentMemory, policy: str, factor: int, room: int) -> LatentMemory:
+    """An independent copy of ``mem`` that writes with ``policy`` and takes ``factor``-pixel cells,
+    with spare capacity for ``room`` more points: the steady state of a long run, whose buffers grow
+    by doubling (one copy of all points per doubling, not per write; a fresh copy would charge that
+    whole copy to the one write timed)."""
     m = clone_latent(mem)
     m.write_policy, m.spatial_factor = policy, factor
+    m.reserve(room)
     return m
 
 
@@ -163,7 +167,7 @@ def _time_memory(mem: LatentMemory, cams: Cameras, depth: torch.Tensor, latents:
 
     def median_write(known_mask, policy="new", factor=1, c=cams, d=depth):
         """Median seconds of one write on fresh copies (writes must not accumulate), points it adds."""
-        m, sec = timed_update(mem, lambda m: _copy_as(m, policy, factor),
+        m, sec = timed_update(mem, lambda m: _copy_as(m, policy, factor, latents.shape[0] * latents[0, 0].numel()),
                               lambda m: m.write(latents, d, c, known_mask, chunk=99), max_samples=repeats)
         return sec, len(m) - len(mem)
 

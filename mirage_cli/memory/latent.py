@@ -269,6 +269,32 @@ class LatentMemory:
                                                float_bits(features[a : a + _HASH_SLAB])], dim=1))
                           for a in range(0, points.shape[0], _HASH_SLAB)])
 
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more points: the next appends up to that many land in spare
+        capacity without copying the stored points (as after the doubling growth of a long run).
+        Changes no stored value."""
+        self._room(len(self) + max(0, int(extra)))
+
+    def _room(self, need: int) -> dict[str, torch.Tensor]:
+        """The append buffers, grown (doubling, at least to ``need`` rows) if they hold fewer than
+        ``need`` rows; after a growth the stored tensors are views of the new buffers."""
+        buf = getattr(self, "_grown", None)
+        if buf is not None and buf["_points"].shape[0] >= need:
+            return buf
+        n = len(self)
+        cap = max(2 * n, need, 1024)
+        old = {name: getattr(self, name) for name in self._STORED}
+        old["_world"] = self._world_axes()
+        buf = {}
+        for name, t in old.items():  # the one copy of the n stored rows per growth
+            buf[name] = torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            buf[name][:n] = t
+        self._grown = buf
+        for name in self._STORED:
+            setattr(self, name, buf[name][:n])
+        self._axes_cache = buf["_world"][:n]
+        return buf
+
     def _append(self, new: dict[str, torch.Tensor], chunk: int) -> int:
         """Append rows into buffers with amortised (doubling) growth, so a write costs the new rows,
         not a copy of all ``N`` points per frame; the stored tensors are views of the buffers."""
@@ -283,17 +309,7 @@ class LatentMemory:
                 "_chunk": torch.full((k,), int(chunk), dtype=torch.int32, device=self.device),
                 "_key": self._hash(pts, feats), "_world": self._world_rows(axes, foot)}
         n = len(self)
-        world = self._world_axes()
-        buf = getattr(self, "_grown", None)
-        if buf is None or buf["_points"].shape[0] < n + k:  # grow: copy the n stored rows once
-            cap = max(2 * n, n + k, 1024)
-            old = {name: getattr(self, name) for name in self._STORED}
-            old["_world"] = world
-            buf = {}
-            for name, t in old.items():
-                buf[name] = torch.empty((cap, *t.shape[1:]), dtype=t.dtype, device=t.device)
-                buf[name][:n] = t
-            self._grown = buf
+        buf = self._room(n + k)
         for name, r in rows.items():
             buf[name][n : n + k] = r
         for name in self._STORED:
