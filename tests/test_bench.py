@@ -331,9 +331,13 @@ def test_memory_speed_report_compares_the_write_with_a_reference_style_write():
     assert rep["write_append_points_added"] == rep["reference_write_points_added"] == 3 * 12 * 20
     assert rep["write_append_pixel_depth_points_added"] == rep["reference_write_pixel_depth_points_added"] == 3 * 12 * 20
     assert 0 <= rep["write_points_added"] <= rep["write_append_points_added"]
-    met = all(rep[f"{k}_x_reference"] <= WRITE_GOAL_X_REFERENCE["pixel" if "pixel" in k else "latent"] for k in writes)
-    assert rep["write_goal_met"] is met
-    assert "reference-style" in rep["text"] and ("goal" in rep["text"]) and ("NOT met" in rep["text"]) is not met
+    for flag, policy_keys in (("write_goal_met", writes[0::2]), ("write_append_goal_met", writes[1::2])):
+        met = all(rep[f"{k}_x_reference"] <= WRITE_GOAL_X_REFERENCE["pixel" if "pixel" in k else "latent"]
+                  for k in policy_keys)
+        assert rep[flag] is met
+        policy = "append" if "append" in flag else "new"
+        assert f"policy {policy}" in rep["text"] and (f"{'met' if met else 'NOT met'}" in rep["text"])
+    assert "reference-style" in rep["text"] and "goal" in rep["text"]
     # the report names the splat the read ran (compiled native / portable, or pure torch)
     assert rep["splat"].startswith(("compiled C++", "pure torch")) and f"splat: {rep['splat']}" in rep["text"]
 

@@ -83,7 +83,8 @@ def _reduce_depth_sorting_every_cell(depth, factor, edge_tol=0.05):
     s, _ = d.reshape(*lead, h, factor, w, factor).transpose(-3, -2).reshape(*lead, h, w, -1).sort(dim=-1)
     jump = s[..., 1:] > s[..., :-1] * (1 + edge_tol)
     incl = torch.cat([torch.ones_like(s[..., :1], dtype=torch.bool), jump.cumsum(dim=-1) == 0], dim=-1) & torch.isfinite(s)
-    inv = torch.where(incl, 1.0 / s, torch.zeros_like(s)).sum(dim=-1)
+    terms = torch.where(incl, 1.0 / s, torch.zeros_like(s))
+    inv = _pairwise_in_order([terms[..., k] for k in range(terms.shape[-1])])  # in sorted order
     cnt = incl.sum(dim=-1).float()
     return torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
 
@@ -606,3 +607,18 @@ def test_reserve_makes_room_without_changing_a_value():
     for n in ("points", "features", "footprint", "axes", "chunk", "key"):
         assert torch.equal(getattr(a, n), getattr(b, n)), n
     assert torch.equal(a._world_axes(), b._world_axes()) and torch.equal(a.read(cams)[0], b.read(cams)[0])
+
+
+@pytest.mark.parametrize("factor,edge_tol", [(8, 0.05), (4, 0.0), (3, 0.05), (2, 0.3)])
+def test_reduce_depth_compiled_and_torch_give_the_same_bits(room, factor, edge_tol, monkeypatch):
+    from mirage_cli.memory import compiled, lifting
+    if compiled.extension() is None:
+        pytest.skip("no C++ compiler: the compiled reduce_depth cannot be built here")
+    d = _reduce_depth_inputs(room, factor)
+    d[0, 7:9, 30:33] = -float("inf")
+    fast = reduce_depth(d, factor, edge_tol)
+    h, w = d.shape[-2] // factor, d.shape[-1] // factor
+    slow = lifting._reduce_depth_torch(d[..., : h * factor, : w * factor].float(), factor, edge_tol)
+    assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
+    monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "0")  # the switch turns it off too
+    assert torch.equal(reduce_depth(d, factor, edge_tol).view(torch.int32), slow.view(torch.int32))

@@ -59,7 +59,7 @@ def _build(kind: str):
     from torch.utils.cpp_extension import load_inline
 
     name, flags = build_name(kind, _SOURCE.read_text())
-    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu"],
+    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu", "reduce_depth_cpu"],
                        extra_cflags=flags, verbose=False)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
+from . import compiled as _compiled
 
 
 def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> torch.Tensor:
@@ -31,7 +32,9 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     those sums, an odd last term carried up a level), then pairwise across the column sums the same
     way. That is elementwise fp32 work on contiguous image rows, so the bits do not depend on the
     thread count or the SIMD width. Only the other, *hard* cells (depth edges, invalid pixels) are
-    sorted and searched for the jump; their ``1 / d`` are summed over the sorted cluster.
+    sorted and searched for the jump; their ``1 / d`` (0 outside the cluster) are summed pairwise in
+    sorted order. On CPU the compiled twin in ``splat_ext.cpp`` (:mod:`.compiled`) does the same
+    operations in the same order in one pass over the pixels (same bits; tests compare both).
     """
     factor = int(factor)
     *lead, H, W = depth.shape
@@ -39,6 +42,18 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     d = depth[..., : h * factor, : w * factor].float()
     if factor == 1:
         return torch.where(torch.isfinite(d) & (d > 0), d, torch.zeros_like(d))
+    if d.device.type == "cpu" and d.numel() and _compiled.enabled():
+        ext = _compiled.extension()
+        if ext is not None:  # the compiled twin: the same rule and operations, one pass over the pixels
+            return ext.reduce_depth_cpu(d.reshape(-1, h * factor, w * factor).contiguous(), factor,
+                                        float(edge_tol)).reshape(*lead, h, w)
+    return _reduce_depth_torch(d, factor, edge_tol)
+
+
+def _reduce_depth_torch(d: torch.Tensor, factor: int, edge_tol: float) -> torch.Tensor:
+    """:func:`reduce_depth` in torch operations, for ``d (..., h * factor, w * factor)`` float32."""
+    *lead, H, W = d.shape
+    h, w = H // factor, W // factor
     rows = d.reshape(-1, factor, w * factor)  # (block rows, pixel row in the block, pixels of that row)
 
     def per_cell(x: torch.Tensor, op) -> torch.Tensor:  # (cells,): down the columns, then across
@@ -63,7 +78,7 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
         jump = sh[:, 1:] > sh[:, :-1] * (1 + edge_tol)
         first = torch.ones_like(sh[:, :1], dtype=torch.bool)
         incl = torch.cat([first, jump.cumsum(dim=1) == 0], dim=1) & torch.isfinite(sh)
-        inv[hard] = torch.where(incl, 1.0 / sh, torch.zeros_like(sh)).sum(dim=1)
+        inv[hard] = _pairwise(torch.where(incl, 1.0 / sh, torch.zeros_like(sh)), 1, torch.add)  # sorted order
         cnt[hard] = incl.sum(dim=1).float()
     out = torch.where(cnt > 0, cnt / inv.clamp(min=1e-30), torch.zeros_like(inv))
     return out.reshape(*lead, h, w)

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -227,4 +228,108 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
     splat_frames<false>(P, nullptr, KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m, owner_offset, lim,
                         grow, index.data_ptr<int64_t>(), depth.data_ptr<float>());
   return {index, depth};
+}
+
+// ---------------------------------------------------------------------------------- reduce_depth
+// Compiled twin of mirage_cli.memory.lifting.reduce_depth (factor > 1): the same rule and the same
+// fp32 operations in the same order, cell by cell in one pass over the pixels.
+
+namespace {
+
+float pairwise_sum(float* x, int64_t n) {
+  // entries 2i and 2i + 1 added, an odd last entry carried to the end of the next level (in place)
+  while (n > 1) {
+    const int64_t m = n / 2;
+    for (int64_t i = 0; i < m; ++i) x[i] = x[2 * i] + x[2 * i + 1];
+    if (n % 2) { x[m] = x[n - 1]; n = m + 1; } else { n = m; }
+  }
+  return x[0];
+}
+
+}  // namespace
+
+torch::Tensor reduce_depth_cpu(torch::Tensor depth, int64_t factor, double edge_tol) {
+  // depth: (B, h * factor, w * factor) float32, contiguous -> (B, h, w) float32
+  const int64_t B = depth.size(0), H = depth.size(1), W = depth.size(2), f = factor;
+  const int64_t h = H / f, w = W / f, n = f * f;
+  auto out = torch::empty({B, h, w}, torch::kFloat32);
+  const float* D = depth.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  const float tol = (float)(1.0 + edge_tol), inf = std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B * h, 1, [&](int64_t r_begin, int64_t r_end) {
+    // per pixel column of a row of cells: 1 / d of every pixel row, then their pairwise sums, the
+    // smallest and largest value and whether a NaN is there (plain loops over W: vectorised)
+    std::vector<float> recip(f * W), lo(W), hi(W), v(n), col(f), terms(n);
+    std::vector<int32_t> nan(W);
+    for (int64_t r = r_begin; r < r_end; ++r) {  // one row of cells: frame r / h, cell row r % h
+      const float* rows = D + (r / h) * H * W + (r % h) * f * W;
+      for (int64_t x = 0; x < W; ++x) { lo[x] = inf; hi[x] = -inf; nan[x] = 0; }
+      for (int64_t a = 0; a < f; ++a) {
+        const float* p = rows + a * W;
+        float* q = recip.data() + a * W;
+        for (int64_t x = 0; x < W; ++x) {
+          const float d = p[x];
+          q[x] = 1.0f / d;
+          nan[x] |= d != d;
+          lo[x] = d < lo[x] ? d : lo[x];
+          hi[x] = d > hi[x] ? d : hi[x];
+        }
+      }
+      // pairwise down the pixel rows, level by level (the same order as pairwise_sum per column)
+      for (int64_t m = f; m > 1;) {
+        const int64_t half = m / 2;
+        for (int64_t i = 0; i < half; ++i) {
+          float* dst = recip.data() + i * W;
+          const float* s0 = recip.data() + 2 * i * W;
+          const float* s1 = s0 + W;
+          for (int64_t x = 0; x < W; ++x) dst[x] = s0[x] + s1[x];
+        }
+        if (m % 2) {
+          std::copy(recip.data() + (m - 1) * W, recip.data() + m * W, recip.data() + half * W);
+          m = half + 1;
+        } else {
+          m = half;
+        }
+      }
+      const float* colsum = recip.data();  // row 0: each pixel column's sum of 1 / d
+      for (int64_t j = 0; j < w; ++j) {
+        float cl = inf, ch = -inf;
+        bool cn = false;
+        for (int64_t c = 0; c < f; ++c) {
+          const int64_t x = j * f + c;
+          cl = lo[x] < cl ? lo[x] : cl;
+          ch = hi[x] > ch ? hi[x] : ch;
+          cn |= nan[x] != 0;
+        }
+        float cnt, inv;
+        if (!cn && cl > 0 && std::isfinite(ch) && ch <= cl * tol) {
+          // smooth: every pixel; the column sums above, then pairwise across the columns
+          for (int64_t c = 0; c < f; ++c) col[c] = colsum[j * f + c];
+          inv = pairwise_sum(col.data(), f);
+          cnt = (float)n;
+        } else {
+          // hard: sorted, the nearest value and the following ones up to the first jump
+          for (int64_t a = 0; a < f; ++a)
+            for (int64_t c = 0; c < f; ++c) {
+              const float d = rows[a * W + j * f + c];
+              v[a * f + c] = d > 0 ? d : inf;  // NaN, <= 0, -inf -> +inf (sorted last, excluded)
+            }
+          std::sort(v.begin(), v.end());
+          bool ok = true;
+          int64_t count = 0;
+          for (int64_t k = 0; k < n; ++k) {
+            if (k > 0 && v[k] > v[k - 1] * tol) ok = false;
+            const bool incl = ok && std::isfinite(v[k]);
+            terms[k] = incl ? 1.0f / v[k] : 0.0f;
+            count += incl;
+          }
+          inv = pairwise_sum(terms.data(), n);
+          cnt = (float)count;
+        }
+        const float safe = inv < 1e-30f ? 1e-30f : inv;  // torch clamp(min=1e-30); NaN stays NaN
+        O[r * w + j] = cnt > 0 ? cnt / safe : 0.0f;
+      }
+    }
+  });
+  return out;
 }
