@@ -361,3 +361,34 @@ def test_reference_style_write_unprojects_valid_cell_centres():
                       for t in range(2)])
     assert torch.allclose(pts[5:].double(), want, atol=1e-5)
     assert torch.equal(feats[5:], lat.permute(0, 2, 3, 1)[d_lat > 0].half())
+
+
+def test_memory_only_quiet_prints_no_report(capsys):
+    from mirage_cli.cli import main
+
+    assert main(["bench", "--memory-only", "--points", "2000", "--quiet"]) == 0
+    assert "ms/frame" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--points", "abc"], "not an integer"), (["--points", "100,"], "empty entry"), (["--frames", "0"], "must be >= 1"),
+    (["--threads", "-1"], "must be >= 0"), (["--device", "tpu"], "unknown device"),
+])
+def test_memory_speed_module_rejects_bad_options_in_one_line(args, message, capsys):
+    from mirage_cli.bench.memory_speed import main
+
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse's usage error
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_max_radius_beyond_the_last_span_group_is_refused():
+    from mirage_cli.errors import MirageError
+    from mirage_cli.memory import LatentMemory
+
+    assert LatentMemory(4, 8, max_radius=32).max_radius == 32
+    with pytest.raises(MirageError, match="max_radius must be <= 32"):
+        LatentMemory(4, 8, max_radius=33)

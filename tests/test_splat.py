@@ -331,3 +331,56 @@ def test_parallelogram_footprint_grows_by_a_fixed_number_of_cells(grow):
     expect = (dx.abs() <= 3 + grow) & (dy.abs() <= 0.5 + grow)
     assert torch.equal(idx[0] == 0, expect)
     assert int(expect.sum()) == (6 if grow == 0 else 7)  # a quarter cell more reaches one more centre along u
+
+
+def test_describe_names_the_build_that_loaded(monkeypatch):
+    from mirage_cli.memory import compiled
+    if compiled.extension(compiled.PORTABLE) is None:
+        pytest.skip("no C++ compiler: the compiled splat cannot be built here")
+    real = compiled._build
+
+    def build(kind):
+        if kind == compiled.NATIVE:
+            raise RuntimeError("this compiler refuses -march=native")
+        return real(kind)
+
+    monkeypatch.setattr(compiled, "_state", {})
+    monkeypatch.setattr(compiled, "_build", build)
+    assert compiled.extension() is not None  # the portable fallback
+    assert compiled.describe() == "compiled C++ (portable build)"
+
+
+def test_a_stale_build_lock_falls_back_with_one_line(monkeypatch, tmp_path, capsys):
+    # torch would wait forever on the lock of a killed build: take an old one as stale, say so, run torch
+    import os
+    from pathlib import Path
+    from torch.utils.cpp_extension import _get_build_directory
+    from mirage_cli.memory import compiled
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(compiled, "_state", {})
+    for kind in (compiled.NATIVE, compiled.PORTABLE):
+        name = compiled.build_name(kind, compiled._SOURCE.read_text())[0]
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        lock.write_text("")
+        os.utime(lock, (1, 1))
+    assert compiled.extension() is None and compiled.describe() == "pure torch"
+    err = capsys.readouterr().err
+    assert "stale build lock" in err and "pure-torch" in err and err.count("\n") == 1
+
+
+def test_nan_point_does_not_hide_its_cull_block():
+    # a NaN coordinate gives its block NaN bounds: the block must stay (its other points are fine)
+    pts, A, key = _room_patches(n_views=2)
+    h, w = 12, 20
+    cams = Cameras.from_fov(torch.stack([look_at([0.1, 0.0, 0.2], [math.sin(a), -0.1, math.cos(a)])
+                                         for a in (0.3, 1.9)]), 70.0, w, h)
+    bad = pts.clone()
+    bad[5] = float("nan")
+    bad[300, 2] = float("inf")
+    for compiled_path in (True, False):
+        ref = splat_patches(pts, A, key, cams.w2c, cams.K(), h, w, compiled=compiled_path)
+        out = splat_patches(bad, A, key, cams.w2c, cams.K(), h, w, compiled=compiled_path)
+        lost = (ref[0] >= 0) & (out[0] < 0)
+        # only the cells the two bad points themselves won may go
+        assert int(lost.sum()) <= int(((ref[0] == 5) | (ref[0] == 300)).sum())
+        assert not ((out[0] == 5) | (out[0] == 300)).any()

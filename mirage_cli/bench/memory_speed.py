@@ -23,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import sys
 
 import torch
 
@@ -332,24 +333,48 @@ def memory_speed_report(points: int = 200_000, height: int = 60, width: int = 10
     return res
 
 
+def _count(text: str, minimum: int = 1) -> int:
+    """An integer option >= ``minimum`` (argparse type: a bad value is its one-line usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _point_counts(text: str) -> list[int]:
+    """``--points``: one count or several, comma-separated, each >= 1."""
+    parts = [x.strip() for x in str(text).split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: empty entry in the list")
+    return [_count(x) for x in parts]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mirage_cli.bench.memory_speed", description=__doc__.split("\n")[0])
-    p.add_argument("--points", default="200000", help="points in the memory; several: 50000,200000,800000")
-    p.add_argument("--height", type=int, default=60)
-    p.add_argument("--width", type=int, default=104)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--frames", type=int, default=21)
+    p.add_argument("--points", type=_point_counts, default=[200_000],
+                   help="points in the memory; several: 50000,200000,800000")
+    p.add_argument("--height", type=_count, default=60)
+    p.add_argument("--width", type=_count, default=104)
+    p.add_argument("--channels", type=_count, default=16)
+    p.add_argument("--frames", type=_count, default=21)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--repeats", type=_count, default=3)
+    p.add_argument("--threads", type=lambda t: _count(t, 0), default=0, help="torch CPU threads (0 = torch default)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        for n in (int(x) for x in str(a.points).split(",")):
-            memory_speed_report(n, a.height, a.width, a.channels, a.frames, a.device, a.repeats)
+        try:
+            device = torch.device(a.device)
+        except RuntimeError:
+            raise MirageError(f"--device: unknown device {a.device!r} (cpu, cuda, cuda:N)") from None
+        for n in a.points:
+            memory_speed_report(n, a.height, a.width, a.channels, a.frames, str(device), a.repeats)
     except MirageError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

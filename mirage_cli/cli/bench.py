@@ -82,7 +82,7 @@ def bench_cmd(
         from ..threads import apply_light_default, given_threads
 
         apply_light_default(given_threads(ctx))
-        report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=True)
+        report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=not quiet)
         if json_out:
             write_json(json_out, report)
             console.print(f"report {json_out}", highlight=False)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import warnings
+import sys
+import time
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("splat_ext.cpp")
@@ -55,10 +56,20 @@ def build_name(kind: str, source: str) -> tuple[str, list[str]]:
     return f"mirage_splat_{kind}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}", flags
 
 
+# torch waits forever on the lock file of a build that was killed; one this old is taken as stale
+STALE_LOCK_S = 600
+
+
 def _build(kind: str):
-    from torch.utils.cpp_extension import load_inline
+    from torch.utils.cpp_extension import _get_build_directory, load_inline
 
     name, flags = build_name(kind, _SOURCE.read_text())
+    build_dir = Path(_get_build_directory(name, verbose=False))
+    lock = build_dir / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        raise RuntimeError(f"stale build lock {lock} (an earlier build was interrupted): delete it to build again")
+    if not any(p.suffix in (".so", ".pyd") for p in build_dir.iterdir()):  # not built yet: say why we wait
+        print(f"mirage: building the compiled splat once (~30 s; cached in {build_dir})", file=sys.stderr, flush=True)
     return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu", "reduce_depth_cpu"],
                        extra_cflags=flags, verbose=False)
 
@@ -79,9 +90,9 @@ def extension(kind: str | None = None):
             break
         except Exception as e:  # no compiler, no headers, a flag it refuses, a build error
             errors.append(f"{k}: {' '.join(str(e).split())[:200]}")
-    if module is None:  # the torch path gives the same bits
-        warnings.warn(f"compiled splat unavailable, using the pure-torch splat ({'; '.join(errors)})",
-                      RuntimeWarning, stacklevel=2)
+    if module is None:  # the torch path gives the same bits, slower: one line, once per process
+        print(f"warning: compiled splat unavailable, using the pure-torch splat (same results, slower): "
+              f"{'; '.join(errors)}", file=sys.stderr, flush=True)
     _state[kind] = module
     return module
 
@@ -94,5 +105,5 @@ def describe(device: str = "cpu") -> str:
     module = extension()
     if module is None:
         return "pure torch"
-    kind = NATIVE if _state.get(NATIVE) is module else PORTABLE
+    kind = NATIVE if module.__name__.startswith(build_name(NATIVE, "")[0].rsplit("_", 1)[0]) else PORTABLE
     return f"compiled C++ ({kind} build)"

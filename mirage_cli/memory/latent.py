@@ -54,8 +54,8 @@ from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import (_HASH_SLAB, CULL_BLOCK, SPLAT_MODES, block_bounds, check_splat_mode, float_bits, hash_rows, lift_patches,
-                    lift_patches_frames)
+from .splat import (_HASH_SLAB, CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
+                    hash_rows, lift_patches, lift_patches_frames)
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
@@ -151,6 +151,8 @@ class LatentMemory:
         self.write_policy = check_policy(write_policy, LATENT_POLICIES)
         self.image_hash = str(image_hash)
         self.max_radius = _positive("max_radius", max_radius)
+        if self.max_radius > MAX_RADIUS:  # a larger footprint would be dropped, not clamped
+            raise MirageError(f"max_radius must be <= {MAX_RADIUS:g} cells, got {max_radius}")
         self.edge_tol = _positive("edge_tol", edge_tol, allow_zero=True)
         self.max_stretch = _positive("max_stretch", max_stretch)
         self.splat = check_splat_mode(splat)

@@ -48,6 +48,9 @@ _INT64_MAX = torch.iinfo(torch.int64).max
 # Points are grouped by how many cells their footprint spans per axis (a short loop over groups,
 # never over points): span 1 needs no expansion, the others expand to span x span offsets.
 _SPAN_GROUPS = (1, 2, 3, 5, 9, 17, 33, 65)
+# The largest half-extent a footprint may have: its box then spans at most 2 * 32 + 1 = 65 cells per
+# axis, the last span group (both splat paths drop a point whose box spans more).
+MAX_RADIUS = 32.0
 AXES_MARGIN = 0.05
 # Parallelogram footprints of the memories are grown by this many target cells (absolute, so a patch
 # stretched along a grazing slope grows no more than a square one): patches lifted from different
@@ -447,7 +450,9 @@ def _visible_blocks(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor, bound
     centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
     top = centre @ planes[:3] + half @ planes[:3].abs() + planes[3]  # (B, 5 T)
     scale = (centre.abs() + half) @ planes[:3].abs() + planes[3].abs()
-    ok = (top > -1e-5 * scale - 1e-30).view(lo.shape[0], -1, 5).all(dim=2)  # (B, T)
+    # "not provably outside": a block holding a NaN or infinite coordinate has NaN bounds and stays
+    # (its finite points must not vanish with it; the per-point test drops the bad ones)
+    ok = ~(top <= -1e-5 * scale - 1e-30).view(lo.shape[0], -1, 5).any(dim=2)  # (B, T)
     return ok.T
 
 
@@ -470,7 +475,9 @@ def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Te
     f32 = dict(dtype=torch.float32)
     blocks, start = _visible_block_lists(*bounds, w2c, frustum)
     return ext.splat_patches_cpu(
-        points.to(**f32).contiguous(), axes.to(**f32).contiguous(), key.to(torch.int64).contiguous(),
+        points.to(**f32).contiguous(),
+        axes.to(**f32).contiguous() if mode == "patch" else torch.zeros(0, 6, **f32),  # unused for points
+        key.to(torch.int64).contiguous(),
         w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
         blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN, FOOTPRINT_GROW)
 
