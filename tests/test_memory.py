@@ -622,3 +622,25 @@ def test_reduce_depth_compiled_and_torch_give_the_same_bits(room, factor, edge_t
     assert torch.equal(fast.view(torch.int32), slow.view(torch.int32))
     monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "0")  # the switch turns it off too
     assert torch.equal(reduce_depth(d, factor, edge_tol).view(torch.int32), slow.view(torch.int32))
+
+
+@pytest.mark.parametrize("mask", ["read", "none_known", "read_now"])
+def test_policy_new_batched_lift_adds_the_same_points_as_frame_by_frame(monkeypatch, mask):
+    # policy "new" lifts every candidate cell of a write at once and keeps, frame by frame, those the
+    # points kept for earlier frames do not cover: the same rows, in the same order, as one lift per frame
+    from mirage_cli.bench.memory_speed import _bench_inputs, build_memory
+    from mirage_cli.memory import latent as latent_mod
+    cams, depth, lat = _bench_inputs(12, 20, 4, 6, torch.device("cpu"), 0)
+    depth[2, 2:7, 3:11] = 0
+    base = build_memory(300, 12, 20, 4, torch.device("cpu"))
+    known = {"read": base.read(cams)[1], "none_known": torch.zeros(6, 12, 20, dtype=torch.bool), "read_now": None}[mask]
+    batched = base.select(torch.arange(len(base)))
+    added = batched.write(lat, depth, cams, known, chunk=5)
+    real = latent_mod.write_frames
+    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:8]))  # no batch: frame by frame
+    framewise = base.select(torch.arange(len(base)))
+    assert framewise.write(lat, depth, cams, known, chunk=5) == added > 0
+    for name in ("points", "features", "footprint", "axes", "chunk", "key"):
+        assert torch.equal(getattr(batched, name), getattr(framewise, name)), name
+    if mask == "none_known":  # later frames did skip cells that earlier frames' new points cover
+        assert added < int((depth > 0).sum())

@@ -55,7 +55,7 @@ from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
 from .splat import (_HASH_SLAB, CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
-                    hash_rows, lift_patches, lift_patches_frames)
+                    hash_rows, lift_patches, lift_patches_frames, splat_patches)
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
 
@@ -470,7 +470,8 @@ class LatentMemory:
         def add_frames(cells: torch.Tensor) -> int:  # every frame's cells in one lift and one append
             return self._append(self._make_points_frames(latents, d, cameras.c2w, K, cells), chunk)
 
-        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, add_frames)
+        batch = _NewRows(self, latents, d, cameras, K, chunk)
+        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, add_frames, batch)
 
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
@@ -546,3 +547,34 @@ class LatentMemory:
         m.extras = c.extras
         m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
         return m.to(device)
+
+
+class _NewRows:
+    """:class:`~mirage_cli.memory.policies.BatchLift` of a :class:`LatentMemory` write: the candidate
+    cells of every frame lifted at once (:meth:`LatentMemory._make_points_frames`), the coverage of
+    a subset of them splatted like :meth:`LatentMemory.winners` would after appending them, and the
+    kept rows appended once."""
+
+    def __init__(self, mem: LatentMemory, latents: torch.Tensor, depth: torch.Tensor, cameras: Cameras,
+                 K: torch.Tensor, chunk: int) -> None:
+        self.mem, self.latents, self.depth, self.cameras, self.K, self.chunk = mem, latents, depth, cameras, K, chunk
+
+    def lift(self, cells: torch.Tensor) -> None:
+        m = self.mem
+        self.rows = m._make_points_frames(self.latents, self.depth, self.cameras.c2w, self.K, cells)
+        # what an appended row would hold: float32 points, storage-dtype features, fp16 axes
+        self.points = self.rows["points"].to(torch.float32)
+        self.key = m._hash(self.points, self.rows["features"].to(m.feature_dtype))
+        self.world = m._world_rows(self.rows["axes"].to(torch.float16), self.rows["footprint"].to(torch.float32))
+
+    def coverage(self, rows: torch.Tensor, t: int) -> torch.Tensor:
+        m = self.mem
+        h, w = m.latent_size(self.cameras)
+        cam = self.cameras[t]  # the camera exactly as LatentMemory.winners(cameras[t]) would build it
+        idx, _ = splat_patches(self.points.index_select(0, rows), self.world.index_select(0, rows),
+                               self.key.index_select(0, rows), cam.w2c, latent_K(cam, m.spatial_factor), h, w,
+                               m.max_radius, mode=m.splat)
+        return idx[0] >= 0
+
+    def keep(self, rows: torch.Tensor) -> int:
+        return self.mem._append({k: v.index_select(0, rows) for k, v in self.rows.items()}, self.chunk)

@@ -64,10 +64,25 @@ def winner_means(winners: torch.Tensor, values: torch.Tensor, n: int) -> tuple[t
     return upd, sums[upd] / cnt[upd, None].to(torch.float64)
 
 
+class BatchLift(Protocol):
+    """Optional fast path of policy ``"new"``: lift every candidate cell of the call at once, then
+    decide frame by frame which of them to keep (the same points, in the same order, as one lift per
+    frame: a cell's point depends only on its own frame's depth and camera)."""
+
+    def lift(self, cells: torch.Tensor) -> None:
+        """Lift the cells ``(T, h, w) bool`` (rows ordered by frame, then row-major)."""
+
+    def coverage(self, rows: torch.Tensor, t: int) -> torch.Tensor:
+        """``(h, w)`` bool: the cells of frame ``t`` that the lifted rows ``rows (K,)`` cover."""
+
+    def keep(self, rows: torch.Tensor) -> int:
+        """Append the lifted rows ``rows (K,)`` (ascending) to the memory; returns ``K``."""
+
+
 def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
                  known: torch.Tensor | None, add: Callable[[int, torch.Tensor], int],
                  values: Callable[[int, torch.Tensor], torch.Tensor],
-                 add_frames: Callable[[torch.Tensor], int] | None = None) -> int:
+                 add_frames: Callable[[torch.Tensor], int] | None = None, batch: BatchLift | None = None) -> int:
     """Write ``T`` frames into ``memory`` with ``policy`` (see the module docstring), in order.
 
     Args:
@@ -81,6 +96,8 @@ def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: tor
             cells of ``covered (h, w) bool`` (row-major), in the memory's storage units.
         add_frames: optional ``add_frames(cells)`` lifting the cells ``(T, h, w) bool`` of every frame
             at once, frame by frame in order (policy ``"append"``: no frame depends on another).
+        batch: optional :class:`BatchLift` of the memory, for policy ``"new"`` (same result as ``add``
+            frame by frame, with one lift and one append per call instead of one per frame).
     Returns:
         the number of points added.
     """
@@ -89,18 +106,20 @@ def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: tor
             return add_frames(valid)
         return sum(add(t, valid[t]) for t in range(len(cameras)))
     if policy == NEW:
-        return _write_new(memory, cameras, valid, known, add)
+        return _write_new(memory, cameras, valid, known, add, batch)
     return _write_update(memory, policy, cameras, valid, add, values)
 
 
 def _write_new(memory: PolicyTarget, cameras: Cameras, valid: torch.Tensor, known: torch.Tensor | None,
-               add: Callable[[int, torch.Tensor], int]) -> int:
+               add: Callable[[int, torch.Tensor], int], batch: BatchLift | None = None) -> int:
     T, h, w = valid.shape
     if known is None:
         known = memory.winners(cameras) >= 0
     known = torch.as_tensor(known, device=valid.device).bool()
     if tuple(known.shape) != (T, h, w):
         raise MirageError(f"write: known-mask has shape {tuple(known.shape)}, expected ({T}, {h}, {w})")
+    if batch is not None:
+        return _write_new_batched(batch, valid & ~known)
     start, added = len(memory), 0
     for t in range(T):
         covered = known[t]
@@ -108,6 +127,25 @@ def _write_new(memory: PolicyTarget, cameras: Cameras, valid: torch.Tensor, know
             covered = covered | (memory.winners(cameras[t], start)[0] >= 0)
         added += add(t, valid[t] & ~covered)
     return added
+
+
+def _write_new_batched(batch: BatchLift, candidates: torch.Tensor) -> int:
+    """Policy ``"new"`` with one lift of every candidate cell ``(T, h, w)`` (valid, not known), then,
+    frame by frame, keep the candidates that the rows kept for earlier frames do not cover."""
+    batch.lift(candidates)
+    tt, ii, jj = candidates.nonzero(as_tuple=True)
+    ends = torch.bincount(tt, minlength=candidates.shape[0]).cumsum(0).tolist()
+    kept = torch.zeros(tt.shape[0], dtype=torch.bool, device=candidates.device)
+    lo = 0
+    for t, hi in enumerate(ends):
+        if hi > lo:
+            earlier = kept[:lo].nonzero().squeeze(1)
+            if earlier.numel():  # cells covered by the points earlier frames of this call add
+                kept[lo:hi] = ~batch.coverage(earlier, t)[ii[lo:hi], jj[lo:hi]]
+            else:
+                kept[lo:hi] = True
+        lo = hi
+    return batch.keep(kept.nonzero().squeeze(1))
 
 
 def _write_update(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
