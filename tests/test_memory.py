@@ -634,6 +634,8 @@ def test_policy_new_batched_lift_adds_the_same_points_as_frame_by_frame(monkeypa
     depth[2, 2:7, 3:11] = 0
     base = build_memory(300, 12, 20, 4, torch.device("cpu"))
     known = {"read": base.read(cams)[1], "none_known": torch.zeros(6, 12, 20, dtype=torch.bool), "read_now": None}[mask]
+    from mirage_cli.memory import policies
+    monkeypatch.setattr(policies, "BATCH_LIFT_FRACTION", 1.0)  # the batched path whatever the candidates
     batched = base.select(torch.arange(len(base)))
     added = batched.write(lat, depth, cams, known, chunk=5)
     real = latent_mod.write_frames
