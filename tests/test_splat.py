@@ -384,3 +384,32 @@ def test_nan_point_does_not_hide_its_cull_block():
         # only the cells the two bad points themselves won may go
         assert int(lost.sum()) <= int(((ref[0] == 5) | (ref[0] == 300)).sum())
         assert not ((out[0] == 5) | (out[0] == 300)).any()
+
+
+def test_compiled_lift_and_hash_match_pure_torch_bit_for_bit(monkeypatch):
+    # the compiled twins of lift_patches_frames and hash_rows: the same float64 / integer operations
+    from mirage_cli.memory import compiled
+    from mirage_cli.memory.splat import lift_patches_frames
+    if compiled.extension() is None:
+        pytest.skip("no C++ compiler: the compiled lift cannot be built here")
+    g = torch.Generator().manual_seed(4)
+    T, h, w = 3, 9, 13
+    depth = 2 + torch.rand(T, h, w, generator=g)
+    depth[0, 2:4, 3:7] = 0  # holes: one-sided and missing slopes
+    depth[1, :, 6:] += 1.5  # a depth edge: disagreeing slopes
+    depth[2] = 4 * torch.rand(h, w, generator=g) ** 4  # rough, with grazing slopes (the stretch clamp)
+    cams = Cameras.from_fov(torch.stack([look_at([0.1 * t, 0.0, 0.0], [0.3, -0.2 * t, 1.0]) for t in range(T)]),
+                            60.0, w, h)
+    cells = depth > 0.05
+    for d in (depth, depth.double()):
+        fast = lift_patches_frames(d, cams.K(), cams.c2w, cells)
+        monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "0")
+        slow = lift_patches_frames(d, cams.K(), cams.c2w, cells)
+        monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "1")
+        assert len(fast) == len(slow) == 6
+        for a, b in zip(fast, slow):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    bits = torch.randint(0, 2**32, (5000, 19), generator=g, dtype=torch.int64)
+    fast = hash_rows(bits)
+    monkeypatch.setenv("MIRAGE_COMPILED_SPLAT", "0")
+    assert torch.equal(fast, hash_rows(bits)) and int(fast.max()) < 2**31

@@ -70,7 +70,7 @@ def _build(kind: str):
         raise RuntimeError(f"stale build lock {lock} (an earlier build was interrupted): delete it to build again")
     if not any(p.suffix in (".so", ".pyd") for p in build_dir.iterdir()):  # not built yet: say why we wait
         print(f"mirage: building the compiled splat once (~30 s; cached in {build_dir})", file=sys.stderr, flush=True)
-    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu", "reduce_depth_cpu"],
+    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu", "reduce_depth_cpu", "lift_patches_cpu", "hash_rows_cpu"],
                        extra_cflags=flags, verbose=False)
 
 

@@ -65,8 +65,8 @@ def winner_means(winners: torch.Tensor, values: torch.Tensor, n: int) -> tuple[t
 
 
 # Policy "new" lifts a write's candidate cells in one batch when at most this fraction of its cells
-# are candidates (memory bench: 1.6-2x faster with 0.2-8 % candidates, 1.6x slower with 100 %, than one lift
-# per frame).
+# are candidates (memory bench, against one lift per frame: faster with 0.2-8 % candidates, ~1.5x slower
+# with all cells candidates, where it lifts many cells that earlier frames' new points then cover).
 BATCH_LIFT_FRACTION = 0.25
 
 

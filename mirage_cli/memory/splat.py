@@ -82,6 +82,9 @@ def hash_rows(bits: torch.Tensor) -> torch.Tensor:
     stored. Vectorised; all products stay below 2**63.
     """
     N, D = bits.shape
+    ext = _compiled.extension() if bits.device.type == "cpu" and N and _compiled.enabled() else None
+    if ext is not None:  # the compiled twin: the same integer arithmetic, one pass
+        return ext.hash_rows_cpu(bits.to(torch.int64).contiguous())
     cols = torch.arange(D, device=bits.device, dtype=torch.int64)
     salt = cols * 0x9E3779B9
     weights = mix32(cols + 0x1234567) & 0xFFFFF | 1  # odd 20-bit weight per column
@@ -372,8 +375,15 @@ def lift_patches_frames(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
     """:func:`lift_patches` of ``T`` views at once: ``depth, cells (T, h, w)``, ``K (T, 3, 3)``,
     ``c2w (T, 4, 4)``. Returns the points of frame 0, then frame 1, ... (each in row-major cell
     order, so the same rows, bit for bit, as one call per frame, in far fewer operations) and their
-    frame, row and column indices ``tt, ii, jj (M,)``."""
+    frame, row and column indices ``tt, ii, jj (M,)``. On CPU the compiled twin (:mod:`.compiled`)
+    does the same float64 operations in the same order per cell (same bits; tests compare both)."""
     dev = depth.device
+    if dev.type == "cpu" and cells.any() and _compiled.enabled():
+        ext = _compiled.extension()
+        if ext is not None:
+            return tuple(ext.lift_patches_cpu(depth.to(torch.float64).contiguous(), K.to(torch.float64).contiguous(),
+                                              c2w.to(torch.float64).contiguous(), cells.to(torch.bool).contiguous(),
+                                              float(max_stretch)))
     gu, gv = depth_slopes(depth.to(torch.float64))
     tt, ii, jj = cells.nonzero(as_tuple=True)
     z = depth[tt, ii, jj].to(torch.float64)

@@ -333,3 +333,126 @@ torch::Tensor reduce_depth_cpu(torch::Tensor depth, int64_t factor, double edge_
   });
   return out;
 }
+
+// ---------------------------------------------------------------------------------- lift_patches
+// Compiled twin of mirage_cli.memory.splat.lift_patches_frames: the same float64 operations in the
+// same order per cell (depth slopes from the neighbours, the cell-centre ray, the patch half-axes,
+// rotated to the world), then rounded to float32 as torch's .to(float32) does.
+
+namespace {
+
+inline double slope(double prev, double here, double next, bool ok_prev, bool ok_here, bool ok_next, bool has_prev,
+                    bool has_next, double ratio) {
+  // splat.depth_slopes' `along` at one cell: one-sided differences to both neighbours; their mean
+  // when they agree in sign within `ratio`, else the smaller; one side only when the other is
+  // missing; 0 when both are
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double fwd = (has_next && ok_next && ok_here) ? next - here : nan;
+  const double bwd = (has_prev && ok_here && ok_prev) ? here - prev : nan;
+  const double af = std::fabs(fwd), ab = std::fabs(bwd);
+  const double mx = (af != af || ab != ab) ? nan : (af > ab ? af : ab);  // torch.maximum / minimum: NaN wins
+  const double mn = (af != af || ab != ab) ? nan : (af < ab ? af : ab);
+  const bool agree = (fwd * bwd > 0) && (mx <= ratio * mn);
+  const double small = af <= ab ? fwd : bwd;
+  double g = agree ? 0.5 * (fwd + bwd) : small;
+  g = (fwd != fwd) ? bwd : ((bwd != bwd) ? fwd : g);
+  return g != g ? 0.0 : g;  // nan_to_num(0); the differences are finite, so no inf here
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> lift_patches_cpu(torch::Tensor depth, torch::Tensor K, torch::Tensor c2w,
+                                            torch::Tensor cells, double max_stretch) {
+  // depth (T, h, w) float64, K (T, 3, 3) float64, c2w (T, 4, 4) float64, cells (T, h, w) bool, all
+  // contiguous. Returns world (M, 3), footprint (M,), axes (M, 2, 3) float32 and tt, ii, jj (M,) int64.
+  const int64_t T = depth.size(0), h = depth.size(1), w = depth.size(2), hw = h * w;
+  const double* D = depth.data_ptr<double>();
+  const double* KK = K.data_ptr<double>();
+  const double* C = c2w.data_ptr<double>();
+  const bool* S = cells.data_ptr<bool>();
+  int64_t M = 0;
+  for (int64_t k = 0; k < T * hw; ++k) M += S[k];
+  auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto world = torch::empty({M, 3}, f32), foot = torch::empty({M}, f32), axes = torch::empty({M, 2, 3}, f32);
+  auto tt = torch::empty({M}, i64), ii = torch::empty({M}, i64), jj = torch::empty({M}, i64);
+  float* W = world.data_ptr<float>();
+  float* F = foot.data_ptr<float>();
+  float* A = axes.data_ptr<float>();
+  int64_t *TT = tt.data_ptr<int64_t>(), *II = ii.data_ptr<int64_t>(), *JJ = jj.data_ptr<int64_t>();
+  const double ratio = 3.0, stretch = max_stretch;
+  int64_t m = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const double* d = D + t * hw;
+    const double* k3 = KK + 9 * t;
+    const double* R = C + 16 * t;
+    const double fx = k3[0], fy = k3[4], cx = k3[2], cy = k3[5];
+    for (int64_t i = 0; i < h; ++i) {
+      for (int64_t j = 0; j < w; ++j) {
+        if (!S[t * hw + i * w + j]) continue;
+        auto at = [&](int64_t a, int64_t b) { return d[a * w + b]; };
+        const double z = at(i, j);
+        const bool ok = z > 0;
+        double gu = slope(j > 0 ? at(i, j - 1) : 0.0, z, j + 1 < w ? at(i, j + 1) : 0.0, j > 0 && at(i, j - 1) > 0, ok,
+                          j + 1 < w && at(i, j + 1) > 0, j > 0, j + 1 < w, ratio);
+        double gv = slope(i > 0 ? at(i - 1, j) : 0.0, z, i + 1 < h ? at(i + 1, j) : 0.0, i > 0 && at(i - 1, j) > 0, ok,
+                          i + 1 < h && at(i + 1, j) > 0, i > 0, i + 1 < h, ratio);
+        const double xn = (((double)j + 0.5) - cx) / fx;
+        const double yn = (((double)i + 0.5) - cy) / fy;
+        const double footprint = z / fx;
+        const double lim = stretch * footprint;
+        gu = gu < lim ? gu : lim;  // torch.minimum then torch.maximum (no NaN here)
+        gu = gu > -lim ? gu : -lim;
+        gv = gv < lim ? gv : lim;
+        gv = gv > -lim ? gv : -lim;
+        const double cam[3] = {xn * z, yn * z, z};
+        const double du[3] = {(gu * xn + z / fx) * 0.5, (gu * yn) * 0.5, gu * 0.5};
+        const double dv[3] = {(gv * xn) * 0.5, (gv * yn + z / fy) * 0.5, gv * 0.5};
+        for (int r = 0; r < 3; ++r) {
+          const double* row = R + 4 * r;
+          W[3 * m + r] = (float)(row[0] * cam[0] + row[1] * cam[1] + row[2] * cam[2] + row[3]);
+          A[6 * m + r] = (float)((row[0] * du[0] + row[1] * du[1] + row[2] * du[2]) / footprint);
+          A[6 * m + 3 + r] = (float)((row[0] * dv[0] + row[1] * dv[1] + row[2] * dv[2]) / footprint);
+        }
+        F[m] = (float)footprint;
+        TT[m] = t; II[m] = i; JJ[m] = j;
+        ++m;
+      }
+    }
+  }
+  return {world, foot, axes, tt, ii, jj};
+}
+
+// ---------------------------------------------------------------------------------- hash_rows
+// Compiled twin of mirage_cli.memory.splat.hash_rows (the same integer arithmetic).
+
+namespace {
+inline uint64_t mix32(uint64_t x) {
+  const uint64_t mask = 0xFFFFFFFFull;
+  x &= mask;
+  x = (((x >> 16) ^ x) * 0x45D9F3Bull) & mask;
+  x = (((x >> 16) ^ x) * 0x45D9F3Bull) & mask;
+  return (x >> 16) ^ x;
+}
+}  // namespace
+
+torch::Tensor hash_rows_cpu(torch::Tensor bits) {
+  // bits (N, D) int64 in [0, 2**32), contiguous -> (N,) int64 in [0, 2**31)
+  const int64_t N = bits.size(0), Dn = bits.size(1);
+  const int64_t* B = bits.data_ptr<int64_t>();
+  std::vector<uint64_t> salt(Dn), weight(Dn);
+  for (int64_t c = 0; c < Dn; ++c) {
+    salt[c] = (uint64_t)c * 0x9E3779B9ull;
+    weight[c] = (mix32((uint64_t)c + 0x1234567ull) & 0xFFFFFull) | 1ull;
+  }
+  auto out = torch::empty({N}, torch::TensorOptions().dtype(torch::kInt64));
+  int64_t* O = out.data_ptr<int64_t>();
+  at::parallel_for(0, N, 4096, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint64_t s = 0;
+      for (int64_t c = 0; c < Dn; ++c) s += mix32((uint64_t)B[r * Dn + c] + salt[c]) * weight[c];
+      O[r] = (int64_t)(mix32((s & 0xFFFFFFFFull) + (uint64_t)Dn) & 0x7FFFFFFFull);
+    }
+  });
+  return out;
+}
