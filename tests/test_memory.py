@@ -579,7 +579,7 @@ def test_append_write_lifts_all_frames_at_once_with_the_same_bits(monkeypatch):
     batched = base.select(torch.arange(len(base)))
     added = batched.write(lat, depth, cams, None, chunk=4)
     real = latent_mod.write_frames
-    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:7]))  # no add_frames: per frame
+    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:7]))  # no batch: per frame
     framewise = base.select(torch.arange(len(base)))
     assert framewise.write(lat, depth, cams, None, chunk=4) == added == int((depth > 0).sum())
     for name in ("points", "features", "footprint", "axes", "chunk", "key"):
@@ -639,7 +639,7 @@ def test_policy_new_batched_lift_adds_the_same_points_as_frame_by_frame(monkeypa
     batched = base.select(torch.arange(len(base)))
     added = batched.write(lat, depth, cams, known, chunk=5)
     real = latent_mod.write_frames
-    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:8]))  # no batch: frame by frame
+    monkeypatch.setattr(latent_mod, "write_frames", lambda *a: real(*a[:7]))  # no batch: frame by frame
     framewise = base.select(torch.arange(len(base)))
     assert framewise.write(lat, depth, cams, known, chunk=5) == added > 0
     for name in ("points", "features", "footprint", "axes", "chunk", "key"):

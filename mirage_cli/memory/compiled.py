@@ -25,9 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 _SOURCE = Path(__file__).with_name("splat_ext.cpp")
 _BASE_FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno")
 NATIVE, PORTABLE = "native", "portable"
+_PREFIX = "mirage_splat_"  # + kind + "_" + hash: the build's module name
+_FUNCTIONS = ("splat_patches_cpu", "reduce_depth_cpu", "lift_patches_cpu", "hash_rows_cpu")
 _state: dict = {}
 
 
@@ -53,7 +57,7 @@ def build_name(kind: str, source: str) -> tuple[str, list[str]]:
     the name hashes the source and flags, and for a native build this CPU's signature."""
     flags = [*_BASE_FLAGS, *(["-march=native"] if kind == NATIVE else [])]
     ident = "\n".join([source, " ".join(flags), cpu_signature() if kind == NATIVE else ""])
-    return f"mirage_splat_{kind}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}", flags
+    return f"{_PREFIX}{kind}_{hashlib.sha256(ident.encode()).hexdigest()[:12]}", flags
 
 
 # torch waits forever on the lock file of a build that was killed; one this old is taken as stale
@@ -63,15 +67,15 @@ STALE_LOCK_S = 600
 def _build(kind: str):
     from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-    name, flags = build_name(kind, _SOURCE.read_text())
+    source = _SOURCE.read_text()
+    name, flags = build_name(kind, source)
     build_dir = Path(_get_build_directory(name, verbose=False))
     lock = build_dir / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
         raise RuntimeError(f"stale build lock {lock} (an earlier build was interrupted): delete it to build again")
     if not any(p.suffix in (".so", ".pyd") for p in build_dir.iterdir()):  # not built yet: say why we wait
         print(f"mirage: building the compiled splat once (~30 s; cached in {build_dir})", file=sys.stderr, flush=True)
-    return load_inline(name=name, cpp_sources=[_SOURCE.read_text()], functions=["splat_patches_cpu", "reduce_depth_cpu", "lift_patches_cpu", "hash_rows_cpu"],
-                       extra_cflags=flags, verbose=False)
+    return load_inline(name=name, cpp_sources=[source], functions=list(_FUNCTIONS), extra_cflags=flags, verbose=False)
 
 
 def extension(kind: str | None = None):
@@ -97,13 +101,19 @@ def extension(kind: str | None = None):
     return module
 
 
+def for_device(device: torch.device | str):
+    """The extension when tensors on ``device`` may use it (a CPU device, ``MIRAGE_COMPILED_SPLAT``
+    not ``0``, and it builds here), else ``None``: the callers' torch code runs instead."""
+    if torch.device(device).type != "cpu" or not enabled():
+        return None
+    return extension()
+
+
 def describe(device: str = "cpu") -> str:
     """Which splat a read on ``device`` runs, for reports: ``"compiled C++ (native build)"``,
     ``"compiled C++ (portable build)"`` or ``"pure torch"``."""
-    if device != "cpu" or not enabled():
-        return "pure torch"
-    module = extension()
+    module = for_device(device)
     if module is None:
         return "pure torch"
-    kind = NATIVE if module.__name__.startswith(build_name(NATIVE, "")[0].rsplit("_", 1)[0]) else PORTABLE
+    kind = NATIVE if module.__name__.startswith(f"{_PREFIX}{NATIVE}_") else PORTABLE
     return f"compiled C++ ({kind} build)"

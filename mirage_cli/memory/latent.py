@@ -299,7 +299,8 @@ class LatentMemory:
 
     def _append(self, new: dict[str, torch.Tensor], chunk: int) -> int:
         """Append rows into buffers with amortised (doubling) growth, so a write costs the new rows,
-        not a copy of all ``N`` points per frame; the stored tensors are views of the buffers."""
+        not a copy of all ``N`` points per frame; the stored tensors are views of the buffers.
+        ``new`` may carry the rows' ``key`` and ``world`` axes already (as :class:`_NewRows` does)."""
         k = new["points"].shape[0]
         if k == 0:
             return 0
@@ -309,7 +310,8 @@ class LatentMemory:
         axes = new["axes"].to(torch.float16)
         rows = {"_points": pts, "_features": feats, "_footprint": foot, "_axes": axes,
                 "_chunk": torch.full((k,), int(chunk), dtype=torch.int32, device=self.device),
-                "_key": self._hash(pts, feats), "_world": self._world_rows(axes, foot)}
+                "_key": new["key"] if "key" in new else self._hash(pts, feats),
+                "_world": new["world"] if "world" in new else self._world_rows(axes, foot)}
         n = len(self)
         buf = self._room(n + k)
         for name, r in rows.items():
@@ -467,11 +469,8 @@ class LatentMemory:
         def values(t: int, covered: torch.Tensor) -> torch.Tensor:
             return latents[t][:, covered].T.to(torch.float64)
 
-        def add_frames(cells: torch.Tensor) -> int:  # every frame's cells in one lift and one append
-            return self._append(self._make_points_frames(latents, d, cameras.c2w, K, cells), chunk)
-
         batch = _NewRows(self, latents, d, cameras, K, chunk)
-        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, add_frames, batch)
+        return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, batch)
 
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
@@ -550,10 +549,10 @@ class LatentMemory:
 
 
 class _NewRows:
-    """:class:`~mirage_cli.memory.policies.BatchLift` of a :class:`LatentMemory` write: the candidate
-    cells of every frame lifted at once (:meth:`LatentMemory._make_points_frames`), the coverage of
-    a subset of them splatted like :meth:`LatentMemory.winners` would after appending them, and the
-    kept rows appended once."""
+    """:class:`~mirage_cli.memory.policies.BatchLift` of a :class:`LatentMemory` write: the cells of
+    every frame lifted at once (:meth:`LatentMemory._make_points_frames`, with the rows' keys and world
+    axes, computed once), the coverage of a subset of them splatted like :meth:`LatentMemory.winners`
+    would after appending them, and the kept rows appended once."""
 
     def __init__(self, mem: LatentMemory, latents: torch.Tensor, depth: torch.Tensor, cameras: Cameras,
                  K: torch.Tensor, chunk: int) -> None:
@@ -561,20 +560,21 @@ class _NewRows:
 
     def lift(self, cells: torch.Tensor) -> None:
         m = self.mem
-        self.rows = m._make_points_frames(self.latents, self.depth, self.cameras.c2w, self.K, cells)
-        # what an appended row would hold: float32 points, storage-dtype features, fp16 axes
-        self.points = self.rows["points"].to(torch.float32)
-        self.key = m._hash(self.points, self.rows["features"].to(m.feature_dtype))
-        self.world = m._world_rows(self.rows["axes"].to(torch.float16), self.rows["footprint"].to(torch.float32))
+        r = self.rows = m._make_points_frames(self.latents, self.depth, self.cameras.c2w, self.K, cells)
+        # rows as stored (float32 points, storage-dtype features, fp16 axes): the key and world axes
+        # an append would derive from them, here once for the coverage splats and the append
+        r["key"], r["world"] = m._hash(r["points"], r["features"]), m._world_rows(r["axes"], r["footprint"])
 
     def coverage(self, rows: torch.Tensor, t: int) -> torch.Tensor:
         m = self.mem
         h, w = m.latent_size(self.cameras)
         cam = self.cameras[t]  # the camera exactly as LatentMemory.winners(cameras[t]) would build it
-        idx, _ = splat_patches(self.points.index_select(0, rows), self.world.index_select(0, rows),
-                               self.key.index_select(0, rows), cam.w2c, latent_K(cam, m.spatial_factor), h, w,
+        r = self.rows
+        idx, _ = splat_patches(r["points"].index_select(0, rows), r["world"].index_select(0, rows),
+                               r["key"].index_select(0, rows), cam.w2c, latent_K(cam, m.spatial_factor), h, w,
                                m.max_radius, mode=m.splat)
         return idx[0] >= 0
 
-    def keep(self, rows: torch.Tensor) -> int:
-        return self.mem._append({k: v.index_select(0, rows) for k, v in self.rows.items()}, self.chunk)
+    def keep(self, rows: torch.Tensor | None = None) -> int:
+        picked = self.rows if rows is None else {k: v.index_select(0, rows) for k, v in self.rows.items()}
+        return self.mem._append(picked, self.chunk)

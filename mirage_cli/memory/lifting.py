@@ -42,11 +42,10 @@ def reduce_depth(depth: torch.Tensor, factor: int, edge_tol: float = 0.05) -> to
     d = depth[..., : h * factor, : w * factor].float()
     if factor == 1:
         return torch.where(torch.isfinite(d) & (d > 0), d, torch.zeros_like(d))
-    if d.device.type == "cpu" and d.numel() and _compiled.enabled():
-        ext = _compiled.extension()
-        if ext is not None:  # the compiled twin: the same rule and operations, one pass over the pixels
-            return ext.reduce_depth_cpu(d.reshape(-1, h * factor, w * factor).contiguous(), factor,
-                                        float(edge_tol)).reshape(*lead, h, w)
+    ext = _compiled.for_device(d.device) if d.numel() else None
+    if ext is not None:  # the compiled twin: the same rule and operations, one pass over the pixels
+        return ext.reduce_depth_cpu(d.reshape(-1, h * factor, w * factor).contiguous(), factor,
+                                    float(edge_tol)).reshape(*lead, h, w)
     return _reduce_depth_torch(d, factor, edge_tol)
 
 

@@ -81,14 +81,14 @@ class BatchLift(Protocol):
     def coverage(self, rows: torch.Tensor, t: int) -> torch.Tensor:
         """``(h, w)`` bool: the cells of frame ``t`` that the lifted rows ``rows (K,)`` cover."""
 
-    def keep(self, rows: torch.Tensor) -> int:
-        """Append the lifted rows ``rows (K,)`` (ascending) to the memory; returns ``K``."""
+    def keep(self, rows: torch.Tensor | None = None) -> int:
+        """Append the lifted rows ``rows (K,)`` (ascending; ``None`` = all) to the memory; returns how many."""
 
 
 def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: torch.Tensor,
                  known: torch.Tensor | None, add: Callable[[int, torch.Tensor], int],
                  values: Callable[[int, torch.Tensor], torch.Tensor],
-                 add_frames: Callable[[torch.Tensor], int] | None = None, batch: BatchLift | None = None) -> int:
+                 batch: BatchLift | None = None) -> int:
     """Write ``T`` frames into ``memory`` with ``policy`` (see the module docstring), in order.
 
     Args:
@@ -100,16 +100,16 @@ def write_frames(memory: PolicyTarget, policy: str, cameras: Cameras, valid: tor
             and returns how many it added.
         values: ``values(t, covered)`` -> ``(M, C)`` float64 new values of frame ``t`` at the ``M``
             cells of ``covered (h, w) bool`` (row-major), in the memory's storage units.
-        add_frames: optional ``add_frames(cells)`` lifting the cells ``(T, h, w) bool`` of every frame
-            at once, frame by frame in order (policy ``"append"``: no frame depends on another).
-        batch: optional :class:`BatchLift` of the memory, for policy ``"new"`` (same result as ``add``
-            frame by frame, with one lift and one append per call instead of one per frame).
+        batch: optional :class:`BatchLift` of the memory (same result as ``add`` frame by frame, with
+            one lift and one append per call): policy ``"append"`` (no frame depends on another) and
+            ``"new"`` (when few cells are candidates, :data:`BATCH_LIFT_FRACTION`).
     Returns:
         the number of points added.
     """
     if policy == APPEND:
-        if add_frames is not None:
-            return add_frames(valid)
+        if batch is not None:
+            batch.lift(valid)
+            return batch.keep()
         return sum(add(t, valid[t]) for t in range(len(cameras)))
     if policy == NEW:
         return _write_new(memory, cameras, valid, known, add, batch)

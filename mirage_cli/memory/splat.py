@@ -82,7 +82,7 @@ def hash_rows(bits: torch.Tensor) -> torch.Tensor:
     stored. Vectorised; all products stay below 2**63.
     """
     N, D = bits.shape
-    ext = _compiled.extension() if bits.device.type == "cpu" and N and _compiled.enabled() else None
+    ext = _compiled.for_device(bits.device) if N else None
     if ext is not None:  # the compiled twin: the same integer arithmetic, one pass
         return ext.hash_rows_cpu(bits.to(torch.int64).contiguous())
     cols = torch.arange(D, device=bits.device, dtype=torch.int64)
@@ -378,12 +378,11 @@ def lift_patches_frames(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
     frame, row and column indices ``tt, ii, jj (M,)``. On CPU the compiled twin (:mod:`.compiled`)
     does the same float64 operations in the same order per cell (same bits; tests compare both)."""
     dev = depth.device
-    if dev.type == "cpu" and cells.any() and _compiled.enabled():
-        ext = _compiled.extension()
-        if ext is not None:
-            return tuple(ext.lift_patches_cpu(depth.to(torch.float64).contiguous(), K.to(torch.float64).contiguous(),
-                                              c2w.to(torch.float64).contiguous(), cells.to(torch.bool).contiguous(),
-                                              float(max_stretch)))
+    ext = _compiled.for_device(dev) if cells.any() else None
+    if ext is not None:
+        return tuple(ext.lift_patches_cpu(depth.to(torch.float64).contiguous(), K.to(torch.float64).contiguous(),
+                                          c2w.to(torch.float64).contiguous(), cells.to(torch.bool).contiguous(),
+                                          float(max_stretch)))
     gu, gv = depth_slopes(depth.to(torch.float64))
     tt, ii, jj = cells.nonzero(as_tuple=True)
     z = depth[tt, ii, jj].to(torch.float64)
@@ -529,10 +528,9 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
     frustum = _frustum_bounds(K, h, w, m)
     if N and bounds is None:
         bounds = block_bounds(points)
-    if compiled and dev.type == "cpu" and N and T and _compiled.enabled():
-        ext = _compiled.extension()
-        if ext is not None:
-            return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds)
+    ext = _compiled.for_device(dev) if compiled and N and T else None
+    if ext is not None:
+        return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds)
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:
