@@ -54,7 +54,7 @@ from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
 from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import (_HASH_SLAB, CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
+from .splat import (CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
                     hash_rows, lift_patches, lift_patches_frames, splat_patches)
 from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
                       write_safetensors)
@@ -99,6 +99,10 @@ def _device(value: str | torch.device) -> torch.device:
         return torch.device(value)
     except (RuntimeError, TypeError) as e:
         raise MirageError(f"unknown device {value!r} ({' '.join(str(e).split())})") from None
+
+
+# rows per slab of LatentMemory._hash
+_HASH_SLAB = 4096
 
 
 class LatentMemory:
@@ -266,7 +270,8 @@ class LatentMemory:
     def _hash(points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if points.shape[0] == 0:
             return torch.zeros(0, dtype=torch.int64, device=points.device)
-        # by slabs of rows: the (rows, 3 + C) int64 bit rows stay in cache (rows are hashed independently)
+        # by slabs of rows: the (rows, 3 + C) int64 bit rows (and hash_rows' torch temporaries) stay in
+        # cache instead of tens of megabytes per write; rows are hashed independently
         return torch.cat([hash_rows(torch.cat([float_bits(points[a : a + _HASH_SLAB]),
                                                float_bits(features[a : a + _HASH_SLAB])], dim=1))
                           for a in range(0, points.shape[0], _HASH_SLAB)])

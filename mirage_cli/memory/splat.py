@@ -70,11 +70,6 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-# hash_rows works through this many rows at a time: its temporaries (rows x columns int64) then stay
-# in the CPU's cache instead of streaming tens of megabytes through memory per write
-_HASH_SLAB = 4096
-
-
 def hash_rows(bits: torch.Tensor) -> torch.Tensor:
     """31-bit hash of each row of an integer tensor ``(N, D)`` (values < 2**32) -> ``(N,)`` int64.
 
@@ -86,16 +81,10 @@ def hash_rows(bits: torch.Tensor) -> torch.Tensor:
     if ext is not None:  # the compiled twin: the same integer arithmetic, one pass
         return ext.hash_rows_cpu(bits.to(torch.int64).contiguous())
     cols = torch.arange(D, device=bits.device, dtype=torch.int64)
-    salt = cols * 0x9E3779B9
-    weights = mix32(cols + 0x1234567) & 0xFFFFF | 1  # odd 20-bit weight per column
-    step = N if bits.device.type != "cpu" else _HASH_SLAB
-    out = torch.empty(N, dtype=torch.int64, device=bits.device)
-    for a in range(0, N, max(1, step)):
-        m = mix32(bits[a : a + step].to(torch.int64) + salt)
-        m *= weights
-        s = m.sum(dim=1) & _MASK32
-        out[a : a + step] = mix32(s + D) & 0x7FFFFFFF
-    return out
+    m = mix32(bits.to(torch.int64) + cols * 0x9E3779B9)
+    m *= mix32(cols + 0x1234567) & 0xFFFFF | 1  # odd 20-bit weight per column
+    s = m.sum(dim=1) & _MASK32
+    return mix32(s + D) & 0x7FFFFFFF
 
 
 def float_bits(x: torch.Tensor) -> torch.Tensor:
