@@ -36,6 +36,11 @@ Semantics:
 - **Splat mode** (``splat``): ``"patch"`` (default, above) or ``"point"``: each point fills only the
   cell its centre projects to (nearest-cell splat of the reference implementation; cracks appear
   when the camera moves closer). Same deterministic z-buffer and tie-break in both modes.
+- **Observed free space** (:mod:`.freespace`): lifting the input (chunk 0) records the view as an
+  *observation* (pose, grid intrinsics, depth grid); every write then pushes a new point that would
+  lie in front of an observed surface back along its ray (or drops it), whatever the policy, so
+  generated content never hides what the input saw; and every read lets an input point win a depth
+  conflict with a generated one within ``OBSERVED_MARGIN``. Observations are saved with the cache.
 - **File** (:meth:`save` / :meth:`load`): the safetensors cache format of :mod:`.storage`.
 """
 
@@ -53,11 +58,12 @@ from ..dtypes import dtype_name
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
+from .freespace import Observation, constrain_depth, depth_bias, fit_patches, observation
 from .policies import LATENT_POLICIES, check_policy, write_frames
 from .splat import (CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
                     hash_rows, lift_patches, lift_patches_frames, splat_patches)
-from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, points_per_chunk, read_latent_cache,
-                      write_safetensors)
+from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, observation_tensors, points_per_chunk,
+                      read_latent_cache, write_safetensors)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
 
@@ -168,6 +174,8 @@ class LatentMemory:
         self._axes = torch.zeros(0, 2, 3, dtype=torch.float16, device=dev)
         self._chunk = torch.zeros(0, dtype=torch.int32, device=dev)
         self._key = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._observations: list[Observation] = []
+        self.last_write: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------- attributes
     @property
@@ -203,6 +211,23 @@ class LatentMemory:
     @property
     def device(self) -> torch.device:
         return self._points.device
+
+    @property
+    def observations(self) -> list[Observation]:
+        """The observed views whose free space every write keeps free (:mod:`.freespace`)."""
+        return list(self._observations)
+
+    def observe(self, camera: Cameras, depth: torch.Tensor) -> None:
+        """Record ``camera`` (one camera) with its latent depth grid ``(h, w)`` (0 = not observed) as an
+        observation: space in front of its surfaces stays free in every later write. :meth:`lift` with
+        chunk 0 (the input) does this itself."""
+        if len(camera) != 1:
+            raise MirageError(f"observe: expected one camera, got {len(camera)}")
+        h, w = self.latent_size(camera)
+        d = torch.as_tensor(depth).to(self.device)
+        if tuple(d.shape) != (h, w):
+            raise MirageError(f"observe: depth has shape {tuple(d.shape)}, expected ({h}, {w})")
+        self._observations.append(observation(camera.c2w[0], latent_K(camera, self.spatial_factor)[0], d))
 
     def __len__(self) -> int:
         return self._points.shape[0]
@@ -261,6 +286,14 @@ class LatentMemory:
             lo, hi = block_bounds(pts)
         self._bounds_cache = (pts, lo, hi, n)
         return lo, hi
+
+    def _depth_bias(self) -> torch.Tensor | None:
+        """``(N,)`` z-buffer depth factor per point (:func:`.freespace.depth_bias`), kept while the
+        chunk labels are the same tensor; ``None`` when every point is the input's."""
+        cache = getattr(self, "_bias_cache", None)
+        if cache is None or cache[0] is not self._chunk:
+            cache = self._bias_cache = (self._chunk, depth_bias(self._chunk, INPUT_CHUNK))
+        return cache[1]
 
     @staticmethod
     def _world_rows(axes: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
@@ -330,6 +363,7 @@ class LatentMemory:
         """A new memory holding the points ``index`` (int indices or a bool mask), in that order."""
         m = LatentMemory(**self._config())
         m.extras = json.loads(json.dumps(self.extras))
+        m._observations = list(self._observations)
         index = torch.as_tensor(index).to(self.device)
         m._set(self._points[index], self._features[index], self._footprint[index], self._axes[index],
                self._chunk[index], self._key[index])
@@ -340,6 +374,7 @@ class LatentMemory:
         dev = _device(device)
         for name in self._STORED:
             setattr(self, name, getattr(self, name).to(dev).contiguous())
+        self._observations = [o.to(dev) for o in self._observations]
         self._grown = None
         self._axes_cache = None
         return self
@@ -362,10 +397,22 @@ class LatentMemory:
         """``(T, h, w)`` int64 z-buffer winners among the points ``start:`` (-1 = none); see :mod:`.policies`."""
         return self.read_index(cameras, start=start)[0]
 
+    def _fit_axes(self, pts: torch.Tensor, foot: torch.Tensor, axes: torch.Tensor) -> torch.Tensor:
+        """Generated points' patches shrunk out of observed free space (:func:`.freespace.fit_patches`);
+        ``axes (M, 2, 3)`` in units of the footprint, as lifted."""
+        if not self._observations or pts.shape[0] == 0:
+            return axes
+        world = axes * foot[:, None, None]
+        fitted = fit_patches(pts, world, self._observations)
+        return axes if fitted is world else fitted / foot[:, None, None]
+
     def _make_points(self, latents: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
-                     cells: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Lift latent cells ``cells (h, w) bool`` of one frame with latent depth ``(h, w)``."""
+                     cells: torch.Tensor, generated: bool = False) -> dict[str, torch.Tensor]:
+        """Lift latent cells ``cells (h, w) bool`` of one frame with latent depth ``(h, w)`` (``generated``:
+        patches fitted out of observed free space)."""
         pts, foot, axes, ii, jj = lift_patches(depth, K, c2w, cells, self.max_stretch)
+        if generated:
+            axes = self._fit_axes(pts, foot, axes)
         return {"points": pts, "features": latents[:, ii, jj].T.to(self.feature_dtype), "footprint": foot,
                 "axes": axes.to(torch.float16)}
 
@@ -374,6 +421,7 @@ class LatentMemory:
         """:meth:`_make_points` of ``T`` frames at once (``latents (T, C, h, w)``, ``depth, cells (T, h, w)``,
         ``c2w (T, 4, 4)``, ``K (T, 3, 3)``): the rows of frame 0, then frame 1, ..., bit for bit."""
         pts, foot, axes, tt, ii, jj = lift_patches_frames(depth, K, c2w, cells, self.max_stretch)
+        axes = self._fit_axes(pts, foot, axes)  # written frames are generated
         return {"points": pts, "features": latents.permute(0, 2, 3, 1)[tt, ii, jj].to(self.feature_dtype),
                 "footprint": foot, "axes": axes.to(torch.float16)}
 
@@ -422,7 +470,10 @@ class LatentMemory:
                 raise MirageError(f"lift: mask has shape {tuple(mask.shape)}, expected ({h}, {w})")
             cells &= mask.bool()
         K = latent_K(camera, self.spatial_factor)[0]
-        return self._append(self._make_points(latents.float(), d, camera.c2w[0], K, cells), chunk)
+        if chunk == INPUT_CHUNK:  # the input's depth is observed: its free space stays free
+            self.observe(camera, torch.where(cells, d, torch.zeros_like(d)))
+        return self._append(self._make_points(latents.float(), d, camera.c2w[0], K, cells,
+                                              generated=chunk != INPUT_CHUNK), chunk)
 
     def read(self, cameras: Cameras, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Warp the memory into every camera's latent grid (``h, w = H // f, W // f``).
@@ -467,15 +518,24 @@ class LatentMemory:
             raise MirageError(f"write: {d.shape[0]} depth frames for {T} cameras")
         latents = latents.float()
         K = latent_K(cameras, self.spatial_factor)
+        d = self.keep_free_space(d, cameras, K)
 
         def add(t: int, cells: torch.Tensor) -> int:
-            return self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells), chunk)
+            return self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells, generated=True), chunk)
 
         def values(t: int, covered: torch.Tensor) -> torch.Tensor:
             return latents[t][:, covered].T.to(torch.float64)
 
         batch = _NewRows(self, latents, d, cameras, K, chunk)
         return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, batch)
+
+    def keep_free_space(self, depth: torch.Tensor, cameras: Cameras, K: torch.Tensor) -> torch.Tensor:
+        """Depth ``(T, h, w)`` of frames about to be written, with every point in observed free space
+        pushed back or dropped (:func:`.freespace.constrain_depth`; ``K (T, 3, 3)`` their grid
+        intrinsics). The counts go to :attr:`last_write` (``pushed``, ``dropped``)."""
+        out, pushed, dropped = constrain_depth(depth, cameras.c2w, K, self._observations)
+        self.last_write = {"pushed": pushed, "dropped": dropped}
+        return out
 
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
@@ -513,6 +573,7 @@ class LatentMemory:
             "spatial_factor": self.spatial_factor,
             "write_policy": self.write_policy,
             "splat": self.splat,
+            "observations": len(self._observations),
             "bounds": bounds,
             "points_per_chunk": points_per_chunk(self._chunk),
             "footprint": footprint,
@@ -535,7 +596,7 @@ class LatentMemory:
             meta = self.metadata(extras)
         except (TypeError, ValueError) as e:
             raise MirageError(f"{path}: extras are not JSON-serialisable ({e})") from None
-        write_safetensors(path, self._tensors(), meta)
+        write_safetensors(path, {**self._tensors(), **observation_tensors(self._observations)}, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "LatentMemory":
@@ -549,6 +610,7 @@ class LatentMemory:
         m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash,
                 splat=c.splat)
         m.extras = c.extras
+        m._observations = c.observations
         m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
         return m.to(device)
 

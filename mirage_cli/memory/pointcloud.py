@@ -28,7 +28,8 @@ Semantics:
   write policies of :mod:`.policies`, the same code as the latent memory's -- ``"new"``,
   ``"replace"``, ``"average"`` (colours blended in fp64, rounded to uint8) -- plus ``"append"``:
   every valid pixel of every frame is added, which is what peers that append each generated frame
-  to their cache do.
+  to their cache do. As in the latent memory, a new point in front of what the input saw is pushed
+  back along its ray or dropped (:mod:`.freespace`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from .latent import LatentMemory
+from .lifting import latent_K
 from .policies import POINTCLOUD_POLICIES, check_policy, write_frames
 from .storage import CREATED_BY, INPUT_CHUNK, points_per_chunk, write_safetensors
 
@@ -233,6 +235,8 @@ class PointCloudMemory:
             the number of points added.
         """
         frames, d = self._check(frames, depth, cameras, "write")
+        # observed free space stays free (the geometry memory recorded the input's view when it lifted it)
+        d = self.geometry.keep_free_space(d, cameras, latent_K(cameras, 1))
 
         def add(t: int, cells: torch.Tensor) -> int:
             return self._lift_one(frames[t], d[t], cameras[t], chunk, cells)

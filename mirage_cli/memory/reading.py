@@ -17,13 +17,15 @@ from .splat import splat_patches
 
 def splat_memory(mem, cameras: Cameras, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Winner index ``(T, h, w)`` int64 (-1 = none; counted from point 0) and depth ``(T, h, w)``
-    float32 (0 = none) of the points ``start:`` of ``mem`` in one batch of cameras."""
+    float32 (0 = none) of the points ``start:`` of ``mem`` in one batch of cameras. Observed (input)
+    points win depth conflicts with generated ones within ``OBSERVED_MARGIN`` (:mod:`.freespace`)."""
     h, w = mem.latent_size(cameras)
     # the memory keeps its cull-block bounds between reads (they depend on the points only)
     bounds = mem._block_bounds() if start == 0 and len(mem) else None
+    bias = mem._depth_bias()
     return splat_patches(mem.points[start:], mem._world_axes()[start:], mem.key[start:], cameras.w2c,
                          latent_K(cameras, mem.spatial_factor), h, w, mem.max_radius, owner_offset=start,
-                         mode=mem.splat, bounds=bounds)
+                         mode=mem.splat, bounds=bounds, bias=None if bias is None else bias[start:])
 
 
 @torch.no_grad()

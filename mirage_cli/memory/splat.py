@@ -14,7 +14,11 @@ footprint:
   ``grow`` and the test of half-axis ``k`` to ``1 + margin + grow / |J[:, k]|``, an absolute growth
   (a patch stretched along a grazing slope grows no more than a square one). Patches lifted from
   different views then overlap by a fraction of a cell where they meet, instead of leaving sub-cell
-  cracks that a finely sampled trajectory would fill with new points, sliver by sliver.
+  cracks that a finely sampled trajectory would fill with new points, sliver by sliver. The growth
+  only fills cracks, it never takes a cell from a patch: a cell that some point's own (ungrown)
+  parallelogram covers is decided among those points; only cells no patch covers go to the nearest
+  grown footprint. (Letting grown fringes compete by depth alone cost 9 dB of camera-following PSNR,
+  issue 20: a nearer neighbour's fringe stole the cells at every depth edge.)
 
 Half-extents are clamped to ``[0.5, max_radius]`` cells: a point always covers the cell its centre
 falls in (exactly that cell for ``r = 0.5``: the cell whose centre is in ``[u - 0.5, u + 0.5)``),
@@ -56,6 +60,7 @@ AXES_MARGIN = 0.05
 # stretched along a grazing slope grows no more than a square one): patches lifted from different
 # views then overlap where they meet instead of leaving sub-cell cracks, which a fine trajectory
 # would otherwise fill with new points, sliver by sliver (issue 12: -18 % points after a 385-frame lap).
+# Grown-only cells rank after every cell a patch itself covers (see the module docstring).
 FOOTPRINT_GROW = 0.25
 
 
@@ -190,7 +195,9 @@ def rasterize(
             cells). Half-extents are clamped to ``[0.5, max_radius]``.
         margin: parallelograms cover the centres within ``1 + margin`` half-axes.
         grow: parallelograms grown by this many target cells (:data:`FOOTPRINT_GROW`): the box
-            by ``grow``, each half-axis's limit by ``grow`` over that axis's length in cells.
+            by ``grow``, each half-axis's limit by ``grow`` over that axis's length in cells. A cell
+            reached only by grown footprints goes to the nearest of them; a cell some ungrown
+            parallelogram covers is decided among those alone.
     Returns:
         index ``(T, h, w)`` int64 (-1 none) and depth ``(T, h, w)`` float32 (0 none).
     """
@@ -224,31 +231,40 @@ def rasterize(
     ic0, ic1 = i0.long().clamp(0, h), i1.long().clamp(0, h)
     base = ic0 * w + jc0 + (t_idx * hw if torch.is_tensor(t_idx) else int(t_idx) * hw)
     packed = (float_bits(z) << 32) | (key & 0x7FFFFFFF)
-    cell, sel = _covered_cells(base, ic0, jc0, ic1 - ic0, jc1 - jc0, w, u, v, J, lims)
+    own_box = None
+    if lims is not None and grow > 0:  # the ungrown patch's box (cells outside it are grown-only)
+        eu = (a.abs() + b.abs()).nan_to_num(0.5).clamp(0.5, float(max_radius))
+        ev = (c.abs() + d.abs()).nan_to_num(0.5).clamp(0.5, float(max_radius))
+        own_box = (torch.ceil(v - ev - 0.5), torch.ceil(v + ev - 0.5), torch.ceil(u - eu - 0.5), torch.ceil(u + eu - 0.5))
+    cell, sel, exact = _covered_cells(base, ic0, jc0, ic1 - ic0, jc1 - jc0, w, u, v, J, lims, 1.0 + margin, own_box)
     val = packed if sel is None else packed.index_select(0, sel)
     own = owner if sel is None else owner.index_select(0, sel)
-    return _zbuffer(cell, val, own, index, depth, T, h, w)
+    return _zbuffer(cell, val, own, index, depth, T, h, w, exact if grow > 0 else None)
 
 
 def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, span_i: torch.Tensor,
                    span_j: torch.Tensor, w: int, u: torch.Tensor, v: torch.Tensor,
-                   J: tuple[torch.Tensor, ...] | None,
-                   lims: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   J: tuple[torch.Tensor, ...] | None, lims: tuple[torch.Tensor, torch.Tensor] | None,
+                   lim: float = 1.0 + AXES_MARGIN, own_box: tuple[torch.Tensor, ...] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Expand ``M`` footprints to the flat cells they cover.
 
     Each pair covers the cells of its clamped bounding box (first cell ``base``, ``span_i x span_j``
     cells), and with parallelograms ``J`` only those whose centre passes the ``|J^-1 d| <= lims``
-    test per half-axis (or that hold the pair's centre). Returns the covered cells ``(K,)`` and, per cell,
-    the pair it came from ``(K,)`` (``None`` when every pair covers exactly its one base cell).
+    test per half-axis (or that hold the pair's centre). Returns the covered cells ``(K,)``, per cell
+    the pair it came from ``(K,)`` (``None`` when every pair covers exactly its one base cell), and per
+    cell whether the pair's own patch covers it ``(K,)`` bool (the ungrown test ``|J^-1 d| <= lim``
+    inside the ungrown box ``own_box`` = ``(i0, i1, j0, j1)`` float per pair, or the centre's cell;
+    ``None`` = all), as opposed to only its grown footprint.
     """
     dev = base.device
     # Cells spanned per axis (0 when the bounding box misses the grid on either axis).
     span = torch.where(torch.minimum(span_i, span_j) > 0, torch.maximum(span_i, span_j), 0)
     one = span == 1  # a single cell (the one the centre falls in): no expansion, no test
     if bool(one.all()):
-        return base, None
+        return base, None, None
     sel = one.nonzero().squeeze(1)
-    cells, pairs = [base.index_select(0, sel)], [sel]
+    cells, pairs, exact = [base.index_select(0, sel)], [sel], [torch.ones_like(sel, dtype=torch.bool)]
     if J is not None:  # per pair, once: the inverse parallelogram and the cell holding the centre
         inv = inverse2x2(*J)
         home_i, home_j = torch.ceil(v - 1.0).long(), torch.ceil(u - 1.0).long()
@@ -270,20 +286,25 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
         dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
         cell = base.index_select(0, s) + dio * w + djo
         if J is not None:
-            keep = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v, inv,
-                                         home_i, home_j, lims)
+            keep, own = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v,
+                                              inv, home_i, home_j, lims, lim, own_box)
             s, cell = s.index_select(0, keep), cell.index_select(0, keep)
+        else:
+            own = torch.ones_like(s, dtype=torch.bool)
         cells.append(cell)
         pairs.append(s)
-    return torch.cat(cells), torch.cat(pairs)
+        exact.append(own)
+    return torch.cat(cells), torch.cat(pairs), torch.cat(exact)
 
 
 def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                           inv: tuple[torch.Tensor, ...], home_i: torch.Tensor, home_j: torch.Tensor,
-                          lims: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                          lims: tuple[torch.Tensor, torch.Tensor], lim: float,
+                          own_box: tuple[torch.Tensor, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the candidate cells ``(ci, cj)`` of pairs ``s`` whose centre lies in the pair's
     parallelogram (inverse ``inv`` per pair, grown to the per-pair limits ``lims``) or that hold the pair's centre
-    (cell ``(home_i, home_j)`` per pair)."""
+    (cell ``(home_i, home_j)`` per pair); and for each of those whether the ungrown patch (``lim``) or
+    the centre's cell holds it."""
     us, vs = u.index_select(0, s), v.index_select(0, s)
     dx = (cj.to(torch.float32) + 0.5) - us
     dy = (ci.to(torch.float32) + 0.5) - vs
@@ -292,17 +313,38 @@ def _inside_parallelogram(s: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, u
     beta = c * dx + d * dy
     # The cell whose centre is in [u - 0.5, u + 0.5) is always covered.
     home = (ci == home_i.index_select(0, s)) & (cj == home_j.index_select(0, s))
-    inside = (alpha.abs() <= lims[0].index_select(0, s)) & (beta.abs() <= lims[1].index_select(0, s))
-    return (inside | home).nonzero().squeeze(1)
+    aa, bb = alpha.abs(), beta.abs()
+    inside = (aa <= lims[0].index_select(0, s)) & (bb <= lims[1].index_select(0, s))
+    keep = (inside | home).nonzero().squeeze(1)
+    own = (aa <= lim) & (bb <= lim)
+    if own_box is not None:
+        i0, i1, j0, j1 = (x.index_select(0, s) for x in own_box)
+        cif, cjf = ci.to(torch.float32), cj.to(torch.float32)
+        own &= (cif >= i0) & (cif < i1) & (cjf >= j0) & (cjf < j1)
+    own |= home
+    return keep, own.index_select(0, keep)
 
 
 def _zbuffer(cell: torch.Tensor, val: torch.Tensor, own: torch.Tensor, index: torch.Tensor, depth: torch.Tensor,
-             T: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+             T: int, h: int, w: int, exact: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic z-buffer: per flat cell, the smallest packed ``z bits << 32 | key`` wins, then the
-    smallest owner among exact ties. Returns index ``(T, h, w)`` (-1 none) and depth (0 none)."""
+    smallest owner among exact ties. With ``exact (K,)`` bool, a cell that some point's own patch
+    covers is decided among those points only; the grown-only candidates (``exact`` false) compete
+    for the cells no patch covers (the compiled twin: a top bit in its 128-bit value).
+    Returns index ``(T, h, w)`` (-1 none) and depth (0 none)."""
     n = T * h * w
     best = torch.full((n,), _INT64_MAX, dtype=torch.int64, device=cell.device)
-    best.scatter_reduce_(0, cell, val, reduce="amin", include_self=True)
+    if exact is not None and not bool(exact.all()):
+        ex = exact.nonzero().squeeze(1)
+        best.scatter_reduce_(0, cell.index_select(0, ex), val.index_select(0, ex), reduce="amin", include_self=True)
+        # grown-only candidates enter only cells that no patch covers
+        gr = (~exact).nonzero().squeeze(1)
+        gr = gr[best.index_select(0, cell.index_select(0, gr)) == _INT64_MAX]
+        keep = torch.cat([ex, gr])
+        cell, val, own = cell.index_select(0, keep), val.index_select(0, keep), own.index_select(0, keep)
+        best.scatter_reduce_(0, cell, val, reduce="amin", include_self=True)
+    else:
+        best.scatter_reduce_(0, cell, val, reduce="amin", include_self=True)
     win = (val == best.index_select(0, cell)).nonzero().squeeze(1)
     best_owner = torch.full((n,), _INT64_MAX, dtype=torch.int64, device=cell.device)
     best_owner.scatter_reduce_(0, cell.index_select(0, win), own.index_select(0, win), reduce="amin",
@@ -467,7 +509,8 @@ def _visible_block_lists(lo: torch.Tensor, hi: torch.Tensor, w2c: torch.Tensor,
 
 def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor,
                     K: torch.Tensor, frustum: list[tuple[float, ...]], h: int, w: int, m: float, owner_offset: int,
-                    mode: str, bounds: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                    mode: str, bounds: tuple[torch.Tensor, torch.Tensor],
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`splat_patches` through the compiled CPU kernel: the same block cull, then one pass over
     the points of the visible blocks per frame (same bits as the pure-torch path)."""
     f32 = dict(dtype=torch.float32)
@@ -477,13 +520,15 @@ def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Te
         axes.to(**f32).contiguous() if mode == "patch" else torch.zeros(0, 6, **f32),  # unused for points
         key.to(torch.int64).contiguous(),
         w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
-        blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN, FOOTPRINT_GROW)
+        blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN, FOOTPRINT_GROW,
+        bias.to(**f32).contiguous() if bias is not None else torch.zeros(0, **f32))
 
 
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
                   h: int, w: int, max_radius: float = 4.0, owner_offset: int = 0,
                   mode: str = "patch", compiled: bool = True,
-                  bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-buffered splat of patches into ``T`` cameras' ``h x w`` grids.
 
     Args:
@@ -500,6 +545,10 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
             same bits as the pure-torch path, which runs otherwise (and on CUDA).
         bounds: optional :func:`block_bounds` of ``points`` (a memory keeps them between reads);
             computed here when ``None``.
+        bias: optional ``(N,)`` float32 factor on each point's depth in the z-buffer test only (the
+            reported depth is the winner's own, ``biased / bias`` in fp32): the memories give
+            generated points ``1 + OBSERVED_MARGIN`` so that an observed point wins every conflict
+            within that margin (:mod:`.freespace`). ``None`` = 1 for all.
     Returns:
         index ``(T, h, w)`` int64 (-1 = none) and depth ``(T, h, w)`` float32 (0 = none).
 
@@ -519,7 +568,7 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
         bounds = block_bounds(points)
     ext = _compiled.for_device(dev) if compiled and N and T else None
     if ext is not None:
-        return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds)
+        return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds, bias)
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:
@@ -533,12 +582,17 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
             continue
         sel, u, v, xn, yn, z = _project_frame(points, vis, w2c[t], K[t], frustum[t])
         tie = key.index_select(0, sel)
+        zc = z if bias is None else z * bias.to(dev, torch.float32).index_select(0, sel)  # the z-buffer's depth
         if mode == "point":
-            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w,
+            idx, dep = rasterize(0, sel + owner_offset, u, v, zc, tie, 1, h, w,
                                  radius=torch.full_like(z, 0.5), max_radius=m)
         else:
             J = _patch_jacobian(axes.index_select(0, sel), w2c[t], K[t], xn, yn, z)
-            idx, dep = rasterize(0, sel + owner_offset, u, v, z, tie, 1, h, w, J=J, max_radius=m, grow=FOOTPRINT_GROW)
+            idx, dep = rasterize(0, sel + owner_offset, u, v, zc, tie, 1, h, w, J=J, max_radius=m, grow=FOOTPRINT_GROW)
+        if bias is not None:  # the winner's own depth back
+            won = idx >= 0
+            b = bias.to(dev, torch.float32).index_select(0, (idx - owner_offset).clamp(min=0).view(-1)).view(idx.shape)
+            dep = torch.where(won, dep / b, dep)
         index[t], depth[t] = idx[0], dep[0]
     return index, depth
 

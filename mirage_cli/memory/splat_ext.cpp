@@ -58,22 +58,25 @@ struct Frame {
 
 // One block's projection (pass 1), structure of arrays.
 struct Lanes {
-  alignas(64) float u[kLanes], v[kLanes], z[kLanes], a[kLanes], b[kLanes], c[kLanes], d[kLanes], lim0[kLanes],
+  alignas(64) float u[kLanes], v[kLanes], z[kLanes], zc[kLanes], a[kLanes], b[kLanes], c[kLanes], d[kLanes], lim0[kLanes],
       lim1[kLanes];
   alignas(64) int32_t j0[kLanes], j1[kLanes], i0[kLanes], i1[kLanes], ok[kLanes];
+  // the ungrown patch's box (as the grown one with grow = 0): a cell outside it is grown-only
+  alignas(64) int32_t e_j0[kLanes], e_j1[kLanes], e_i0[kLanes], e_i1[kLanes];
 };
 
 template <bool PATCH>
-void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t h, int32_t w, float m, float lim,
-             float grow, Lanes& L) {
+void project(const Frame& f, const float* P, const float* A, const float* BIAS, int64_t n, int32_t h, int32_t w,
+             float m, float lim, float grow, Lanes& L) {
   const float* r = f.r;
   const float fx = f.fx, cx = f.cx, fy = f.fy, cy = f.cy;
   const float x_lo = f.x_lo, x_hi = f.x_hi, y_lo = f.y_lo, y_hi = f.y_hi;
   const float r_point = nan_to_num_clamp(0.5f, 0.5f, m);
   // Deinterleave the block first: with (x, y, z) and the six axis values as separate arrays the
   // compute loop below is plain unit-stride, which the vectoriser takes.
-  alignas(64) float SX[kLanes], SY[kLanes], SZ[kLanes], SA[6][kLanes];
+  alignas(64) float SX[kLanes], SY[kLanes], SZ[kLanes], SA[6][kLanes], SB[kLanes];
   for (int64_t k = 0; k < n; ++k) { SX[k] = P[3 * k]; SY[k] = P[3 * k + 1]; SZ[k] = P[3 * k + 2]; }
+  for (int64_t k = 0; k < n; ++k) SB[k] = BIAS ? BIAS[k] : 1.0f;
   if (PATCH)
     for (int64_t k = 0; k < n; ++k)
       for (int q = 0; q < 6; ++q) SA[q][k] = A[6 * k + q];
@@ -100,13 +103,19 @@ void project(const Frame& f, const float* P, const float* A, int64_t n, int32_t 
       L.a[k] = a; L.b[k] = b; L.c[k] = c; L.d[k] = d;
       // footprint grown by `grow` target cells: the box by grow, each half-axis's limit by grow
       // over that axis's length in cells (0 for a zero axis)
+      const float eu = nan_to_num_clamp(std::fabs(a) + std::fabs(b), 0.5f, m);
+      const float ev = nan_to_num_clamp(std::fabs(c) + std::fabs(d), 0.5f, m);
+      L.e_j0[k] = cell_bound(u - eu - 0.5f, w);
+      L.e_j1[k] = cell_bound(u + eu - 0.5f, w);
+      L.e_i0[k] = cell_bound(v - ev - 0.5f, h);
+      L.e_i1[k] = cell_bound(v + ev - 0.5f, h);
       ru = nan_to_num_clamp(std::fabs(a) + std::fabs(b) + grow, 0.5f, m);
       rv = nan_to_num_clamp(std::fabs(c) + std::fabs(d) + grow, 0.5f, m);
       const float len0 = std::sqrt(a * a + c * c), len1 = std::sqrt(b * b + d * d);
       L.lim0[k] = lim + (len0 > 0 ? grow / len0 : 0.0f);
       L.lim1[k] = lim + (len1 > 0 ? grow / len1 : 0.0f);
     }
-    L.u[k] = u; L.v[k] = v; L.z[k] = z; L.ok[k] = in;
+    L.u[k] = u; L.v[k] = v; L.z[k] = z; L.zc[k] = z * SB[k]; L.ok[k] = in;
     L.j0[k] = cell_bound(u - ru - 0.5f, w);
     L.j1[k] = cell_bound(u + ru - 0.5f, w);
     L.i0[k] = cell_bound(v - rv - 0.5f, h);
@@ -121,7 +130,10 @@ inline void put(u128* best, int64_t cell, u128 val) {
 }
 
 template <bool PATCH>
-void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int32_t w, u128* best) {
+void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int32_t w, float lim, u128* best) {
+  // A cell only the grown footprint reaches (not the patch itself) gets the top bit: it loses to every
+  // point whose own patch covers the cell, and among grown-only candidates the nearest wins.
+  const u128 grown_bit = (u128)1 << 127;
   for (int64_t k = 0; k < n; ++k) {
     if (!L.ok[k]) continue;
     const int32_t jc0 = L.j0[k], jc1 = L.j1[k], ic0 = L.i0[k], ic1 = L.i1[k];
@@ -129,7 +141,7 @@ void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int3
     const int32_t span = std::min(si, sj) > 0 ? std::max(si, sj) : 0;
     if (span == 0 || span > 65) continue;  // the torch path's span groups end at 65
     int32_t zb;
-    std::memcpy(&zb, &L.z[k], 4);
+    std::memcpy(&zb, &L.zc[k], 4);  // the z-buffer compares the biased depth
     const uint64_t val = ((uint64_t)(uint32_t)zb << 32) | (uint64_t)(KEY[k] & 0x7FFFFFFF);
     const u128 key = ((u128)val << 64) | (u128)(uint64_t)(own0 + k);
     if (span == 1) { put(best, (int64_t)ic0 * w + jc0, key); continue; }
@@ -153,7 +165,12 @@ void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int3
         if (PATCH) {
           const float dx = ((float)cj + 0.5f) - u, dy = ((float)ci + 0.5f) - v;
           const float al = ia * dx + ib * dy, be = ic * dx + id * dy;
-          if (!((std::fabs(al) <= L.lim0[k] && std::fabs(be) <= L.lim1[k]) || (ci == hi_ && cj == hj_))) continue;
+          const bool home = (ci == hi_ && cj == hj_);
+          if (!((std::fabs(al) <= L.lim0[k] && std::fabs(be) <= L.lim1[k]) || home)) continue;
+          const bool exact = home || (std::fabs(al) <= lim && std::fabs(be) <= lim && ci >= L.e_i0[k] &&
+                                      ci < L.e_i1[k] && cj >= L.e_j0[k] && cj < L.e_j1[k]);
+          put(best, (int64_t)ci * w + cj, exact ? key : (key | grown_bit));
+          continue;
         }
         put(best, (int64_t)ci * w + cj, key);
       }
@@ -162,7 +179,7 @@ void rasterise(const Lanes& L, const int64_t* KEY, int64_t n, int64_t own0, int3
 }
 
 template <bool PATCH>
-void splat_frames(const float* P, const float* A, const int64_t* KEY, const std::vector<Frame>& frames,
+void splat_frames(const float* P, const float* A, const int64_t* KEY, const float* BIAS, const std::vector<Frame>& frames,
                   const int64_t* BL, const int64_t* BS, int64_t N, int64_t block, int32_t h, int32_t w, float m,
                   int64_t owner_offset, float lim, float grow, int64_t* IDX, float* DEP) {
   const int64_t T = (int64_t)frames.size(), hw = (int64_t)h * w;
@@ -176,8 +193,9 @@ void splat_frames(const float* P, const float* A, const int64_t* KEY, const std:
         const int64_t p0 = BL[q] * block, p_end = std::min(N, p0 + block);
         for (int64_t s = p0; s < p_end; s += kLanes) {
           const int64_t n = std::min<int64_t>(kLanes, p_end - s);
-          project<PATCH>(frames[t], P + 3 * s, PATCH ? A + 6 * s : nullptr, n, h, w, m, lim, grow, *lanes);
-          rasterise<PATCH>(*lanes, KEY + s, n, s + owner_offset, w, best.data());
+          project<PATCH>(frames[t], P + 3 * s, PATCH ? A + 6 * s : nullptr, BIAS ? BIAS + s : nullptr, n, h, w, m, lim,
+                         grow, *lanes);
+          rasterise<PATCH>(*lanes, KEY + s, n, s + owner_offset, w, lim, best.data());
         }
       }
       int64_t* idx = IDX + t * hw;
@@ -185,8 +203,9 @@ void splat_frames(const float* P, const float* A, const int64_t* KEY, const std:
       for (int64_t k = 0; k < hw; ++k) {
         if (best[k] == empty) continue;
         idx[k] = (int64_t)(uint64_t)best[k];
-        const int32_t zb = (int32_t)(uint32_t)((uint64_t)(best[k] >> 64) >> 32);
+        const int32_t zb = (int32_t)((uint32_t)((uint64_t)(best[k] >> 64) >> 32) & 0x7FFFFFFFu);  // without the grown bit
         std::memcpy(dep + k, &zb, 4);
+        if (BIAS) dep[k] = dep[k] / BIAS[idx[k] - owner_offset];  // the winner's own depth back
       }
     }
   });
@@ -198,7 +217,7 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
                                              torch::Tensor w2c, torch::Tensor K, torch::Tensor bounds,
                                              torch::Tensor blocks, torch::Tensor block_start, int64_t block,
                                              int64_t h, int64_t w, double max_radius, int64_t owner_offset,
-                                             bool patch, double margin, double grow_cells) {
+                                             bool patch, double margin, double grow_cells, torch::Tensor bias) {
   // blocks: the visible blocks of every frame, concatenated (frame t's are
   // blocks[block_start[t] : block_start[t + 1]]); block b holds the points [b * block, (b + 1) * block).
   // The cull is conservative (it only skips points the per-point test drops), so it changes no bit;
@@ -221,11 +240,12 @@ std::vector<torch::Tensor> splat_patches_cpu(torch::Tensor points, torch::Tensor
   const int64_t* BL = blocks.data_ptr<int64_t>();
   const int64_t* BS = block_start.data_ptr<int64_t>();
   const float m = (float)max_radius, lim = (float)(1.0 + margin), grow = (float)grow_cells;
+  const float* BIAS = bias.numel() ? bias.data_ptr<float>() : nullptr;  // (N,) depth factor of the z-buffer test
   if (patch)
-    splat_frames<true>(P, axes.data_ptr<float>(), KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m,
+    splat_frames<true>(P, axes.data_ptr<float>(), KEY, BIAS, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m,
                        owner_offset, lim, grow, index.data_ptr<int64_t>(), depth.data_ptr<float>());
   else
-    splat_frames<false>(P, nullptr, KEY, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m, owner_offset, lim,
+    splat_frames<false>(P, nullptr, KEY, BIAS, frames, BL, BS, N, block, (int32_t)h, (int32_t)w, m, owner_offset, lim,
                         grow, index.data_ptr<int64_t>(), depth.data_ptr<float>());
   return {index, depth};
 }

@@ -6,8 +6,12 @@ directory and are renamed into place with :func:`os.replace`, so a crash never l
 
 The latent-memory format (``format = "mirage.latent-memory"``, version 1) holds the tensors
 ``points (N, 3) f32``, ``features (N, C) f16/bf16/f32``, ``footprint (N,) f32``, ``axes (N, 2, 3) f16``
-and ``chunk (N,) i32``; :func:`latent_metadata` writes its metadata and :func:`read_latent_cache`
-validates a file. This module knows the format, not the memory class: the memory builds itself
+and ``chunk (N,) i32``, and optionally the memory's observed views (:mod:`.freespace`):
+``observed_c2w (V, 4, 4) f32``, ``observed_K (V, 3, 3) f32`` (grid intrinsics, cells) and
+``observed_depth (V, h, w) f32`` (0 = not observed; grids of different sizes are zero-padded to the
+largest, which changes nothing: a padded cell observed nothing). A file without them (written before
+they existed) loads with no observation. :func:`latent_metadata` writes its metadata and
+:func:`read_latent_cache` validates a file. This module knows the format, not the memory class: the memory builds itself
 from what :func:`read_latent_cache` returns.
 """
 
@@ -25,6 +29,7 @@ from ..dtypes import dtype_name
 from .. import __version__
 from ..errors import MirageError
 from ..io import atomic_path
+from .freespace import Observation
 from .policies import LATENT_POLICIES
 from .splat import SPLAT_MODES
 
@@ -32,6 +37,7 @@ FORMAT = "mirage.latent-memory"
 VERSION = 1
 FEATURE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 LATENT_TENSORS = ("points", "features", "footprint", "axes", "chunk")
+OBSERVATION_TENSORS = ("observed_c2w", "observed_K", "observed_depth")
 CREATED_BY = f"mirage-cli {__version__}"
 INPUT_CHUNK = 0  # the ``chunk`` label of the input image's points; generated chunk i writes i + 1
 
@@ -145,6 +151,41 @@ def parse_json(path, meta: dict, key: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ latent-memory format
+def observation_tensors(observations: list[Observation]) -> dict[str, torch.Tensor]:
+    """The cache tensors of a memory's observations (none: an empty dict); grids zero-padded to the largest."""
+    if not observations:
+        return {}
+    h = max(o.depth.shape[0] for o in observations)
+    w = max(o.depth.shape[1] for o in observations)
+    depth = torch.zeros(len(observations), h, w, dtype=torch.float32)
+    for k, o in enumerate(observations):
+        depth[k, : o.depth.shape[0], : o.depth.shape[1]] = o.depth.cpu()
+    return {"observed_c2w": torch.stack([o.c2w.cpu().float() for o in observations]).contiguous(),
+            "observed_K": torch.stack([o.K.cpu().float() for o in observations]).contiguous(),
+            "observed_depth": depth}
+
+
+def _check_observations(path, tensors: dict) -> list[Observation]:
+    present = [k for k in OBSERVATION_TENSORS if k in tensors]
+    if not present:
+        return []
+    if len(present) != len(OBSERVATION_TENSORS):
+        missing = sorted(set(OBSERVATION_TENSORS) - set(present))
+        raise MirageError(f"{path}: observation tensors incomplete (missing {', '.join(missing)})")
+    c2w = check_tensor(path, "observed_c2w", tensors, (None, 4, 4), (torch.float32,))
+    v = c2w.shape[0]
+    K = check_tensor(path, "observed_K", tensors, (v, 3, 3), (torch.float32,))
+    depth = check_tensor(path, "observed_depth", tensors, (v, None, None), (torch.float32,))
+    for name, t in (("observed_c2w", c2w), ("observed_K", K), ("observed_depth", depth)):
+        if not torch.isfinite(t).all():
+            raise MirageError(f"{path}: tensor {name!r} contains NaN or inf")
+    if bool((depth < 0).any()):
+        raise MirageError(f"{path}: tensor 'observed_depth' has negative depth")
+    if v and not bool(((K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)).all()):
+        raise MirageError(f"{path}: tensor 'observed_K' has a non-positive focal length")
+    return [Observation(c2w[k].clone(), K[k].clone(), depth[k].clone()) for k in range(v)]
+
+
 def latent_metadata(memory, extras: dict | None = None) -> dict[str, str]:
     """The cache file's ``__metadata__`` for a latent memory (strings only; extras JSON-encoded).
 
@@ -182,6 +223,7 @@ class LatentCache:
     extras: dict
     tensors: dict[str, torch.Tensor] = field(repr=False)
     splat: str = "patch"
+    observations: list[Observation] = field(default_factory=list, repr=False)
 
 
 def _check_header(path, meta: dict) -> None:
@@ -206,7 +248,7 @@ def _check_latent_tensors(path, tensors: dict, meta: dict, channels: int) -> dic
         "axes": check_tensor(path, "axes", tensors, (n, 2, 3), (torch.float16,)),
         "chunk": check_tensor(path, "chunk", tensors, (n,), (torch.int32,)),
     }
-    extra_tensors = sorted(set(tensors) - set(LATENT_TENSORS))
+    extra_tensors = sorted(set(tensors) - set(LATENT_TENSORS) - set(OBSERVATION_TENSORS))
     if extra_tensors:
         raise MirageError(f"{path}: unexpected tensors {', '.join(extra_tensors)} for format version {VERSION}")
     if "points" in meta and meta["points"] != str(n):
@@ -244,7 +286,8 @@ def read_latent_cache(path: str | os.PathLike) -> LatentCache:
         raise MirageError(f"{path}: metadata field 'splat' = {splat!r} is not one of {', '.join(SPLAT_MODES)}")
     extras = parse_json(path, meta, "extras")
     checked = _check_latent_tensors(path, tensors, meta, channels)
-    return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked, splat)
+    return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked, splat,
+                       _check_observations(path, tensors))
 
 
 def cache_summary(path: str | os.PathLike, memory) -> dict:
