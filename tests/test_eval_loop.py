@@ -159,3 +159,16 @@ def test_camera_gap_tolerances():
     _, trans, closed = camera_gap(cams(moved), 2.0)
     assert trans == pytest.approx(0.002) and not closed
     assert np.isclose(camera_gap(cams(moved), 8.0)[1], 0.0005) and camera_gap(cams(moved), 8.0)[2]
+
+
+def test_an_identical_loop_is_left_out_of_the_mean_over_clips_and_named():
+    from mirage_cli.eval.metrics import aggregate
+    from mirage_cli.eval.recon import capped_note
+
+    means = [{"psnr_all": 22.0, "loop_psnr": PSNR_CAP, "loop_memory_changed": 0.0},
+             {"psnr_all": 24.0, "loop_psnr": 40.0, "loop_memory_changed": 0.5}]
+    agg = aggregate(means)
+    assert agg["loop_psnr"] == {"mean": 40.0, "sd": None, "ci95": None, "n": 1}
+    assert agg["psnr_all"]["n"] == 2 and agg["loop_memory_changed"]["ci95"][0] >= 0.0  # a fraction's interval
+    notes = capped_note([{"name": "a", "means": means[0]}, {"name": "b", "means": means[1]}])
+    assert notes == ["loop_psnr: a identical (100 dB cap), left out of its mean over clips"]
