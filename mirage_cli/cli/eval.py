@@ -1,4 +1,4 @@
-"""`mirage eval recon` and `mirage eval compare`: parse, call :mod:`mirage_cli.eval`, print with rich."""
+"""`mirage eval recon`, `mirage eval loop` and `mirage eval compare`: parse, call :mod:`mirage_cli.eval`, print with rich."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import typer
 
 from .console import console, err_console
 
-app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits); `compare` lines up several such runs.", no_args_is_help=True)
+app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs.", no_args_is_help=True)
 
 
 @app.command("recon", no_args_is_help=True)
 def recon_cmd(
-    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, synthetic[:SCENE[:TRAJ]], or a manifest of clips (.jsonl/.csv, one per row)."),
+    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, synthetic[:SCENE[:TRAJ]] (orbit_left, dolly_in, out_and_back), synthetic[:SCENE]:loops (the closed paths orbit_360, pan_and_back, figure_eight; each also as TRAJ), or a manifest of clips (.jsonl/.csv, one per row)."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation directory (DIR/<clip>/run, DIR/eval.json, DIR/eval.csv)."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Cameras of a single frames-folder / MP4 SOURCE (any trajectory format)."),
     depth: Optional[str] = typer.Option(None, "--depth", help="Frame 0's depth for a single frames SOURCE (.npy/.npz/16-bit .png) or 'prior'/'model'."),
@@ -104,6 +104,29 @@ def _progress():
                 err_console.print(f"[dim]clip {name}: {what}" + (f" in {job.seconds:.1f} s" if job.seconds and
                                                                   job.status == "done" else "") + "[/]", highlight=False)
     return update
+
+
+@app.command("loop", no_args_is_help=True)
+def loop_cmd(
+    runs: List[Path] = typer.Argument(..., help="Finished run directories of `mirage generate` (or DIR/<clip>/run of `eval recon`)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON (a list, one object per run)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or notes (errors still exit 2)."),
+) -> None:
+    """Loop closure of finished runs: the last frame against the first (closed paths), and the final memory against the input-only memory, both from the input camera."""
+    from ..eval.loop import score_loop
+    from ..eval.report import loop_table
+
+    scores = [score_loop(r) for r in runs]
+    if json_out:
+        console.print_json(json.dumps([s.to_json() for s in scores]))
+    elif not quiet:
+        console.print(loop_table(scores))
+        for s in scores:
+            if s.loop_memory_psnr is None:
+                console.print(f"[dim]note: {s.run_dir}: no memory score ({s.input_memory})[/]", highlight=False)
+        if any(s.frames_from == "video.mp4" for s in scores):
+            console.print("[dim]note: frames from video.mp4 (H.264) for runs without kept latents: its compression "
+                          "noise is in loop_psnr[/]", highlight=False)
 
 
 @app.command("compare", no_args_is_help=True)

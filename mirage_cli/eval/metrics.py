@@ -246,7 +246,7 @@ def _mean(vals: list, key: str = "") -> float | None:
 def bounds(key: str) -> tuple[float, float]:
     """The range a field's values can take (its 95 % interval is clipped to it): fractions and
     SSIM are bounded, a PSNR mean is below the cap, counts and LPIPS are not negative."""
-    if key.endswith("_fraction"):
+    if key.endswith("_fraction") or key.endswith("_changed"):
         return 0.0, 1.0
     if key.startswith("ssim"):
         return -1.0, 1.0
@@ -259,13 +259,15 @@ def bounds(key: str) -> tuple[float, float]:
 
 def aggregate(per_clip: list[dict[str, float | None]]) -> dict[str, dict]:
     """Over clips: ``{field: {mean, ci95: [lo, hi] or None (fewer than 2 clips), sd, n}}``; the
-    interval is clipped to the field's :func:`bounds` (a fraction's never leaves [0, 1])."""
+    interval is clipped to the field's :func:`bounds` (a fraction's never leaves [0, 1]). A PSNR at
+    :data:`PSNR_CAP` (a clip's loop PSNR of identical frames; a clip's PSNR means never are) is left
+    out, as in :func:`clip_means`."""
     keys = []
     for c in per_clip:
         keys += [k for k in c if k not in keys]
     out = {}
     for k in keys:
-        vals = [c[k] for c in per_clip if c.get(k) is not None]
+        vals = [c[k] for c in per_clip if c.get(k) is not None and not ("psnr" in k and c[k] >= PSNR_CAP)]
         if not vals:
             continue
         out[k] = interval(vals, bounds(k))

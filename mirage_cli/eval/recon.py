@@ -15,7 +15,9 @@ Scoring reads the finished run back (:func:`mirage_cli.pipeline.generate.reopen`
 the loop's uint8 frames (decoded again from the stored latents, exactly as the loop made them;
 the MP4's lossy compression is not part of the score); the ``memory`` region is the known mask of
 the memory holding only frame 0's lift, read along every camera; the final memory's read gives the
-known fraction and, decoded, the read fidelity on known cells.
+known fraction and, decoded, the read fidelity on known cells. The loop-closure score
+(:mod:`.loop`: last frame against the first on a closed path, the final memory against the
+input-only memory from the input camera) is added to the clip's means and kept whole in ``loop``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..batch.manifest import Job, RowError, Step, check_id, check_row_config, ex
 from ..batch.runner import BatchOptions, run_jobs
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
+from .loop import LOOP_FIELDS, score_reopened
 from .metrics import PSNR_CAP, clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
 from .sources import Clip, clip_specs, read_clip
 
@@ -94,12 +97,16 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
 
 
 def capped_note(results: list[dict]) -> list[str]:
-    """The note that frames identical to the truth (PSNR at the cap) are not in the PSNR means."""
+    """The notes that frames identical to the truth (PSNR at the cap) are not in the PSNR means, and
+    which clips' loop PSNRs are at the cap (left out of the mean over clips)."""
     n = int(sum(r["means"].get("capped_frames") or 0 for r in results))
-    if not n:
-        return []
-    return [f"{n} frame{'s' if n > 1 else ''} identical to the true frame (PSNR capped at {PSNR_CAP:.0f} dB) "
-            "left out of the PSNR means; counted in capped_frames"]
+    notes = [] if not n else [f"{n} frame{'s' if n > 1 else ''} identical to the true frame (PSNR capped at "
+                              f"{PSNR_CAP:.0f} dB) left out of the PSNR means; counted in capped_frames"]
+    for k in LOOP_FIELDS:
+        capped = [r["name"] for r in results if "psnr" in k and (r["means"].get(k) or 0) >= PSNR_CAP]
+        if capped:
+            notes.append(f"{k}: {', '.join(capped)} identical ({PSNR_CAP:.0f} dB cap), left out of its mean over clips")
+    return notes
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -264,7 +271,8 @@ def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict
                           f"(the run is {W}x{H}); crop the clip or choose --downscale")
     cams = run.plan.cams  # frame 0 = identity: the trajectory as the run uses it
     f = run.codec.spatial_factor
-    _, known0, _ = input_memory(run).read(cams)  # only frame 0's lift
+    inputs = input_memory(run)  # only frame 0's lift
+    _, known0, _ = inputs.read(cams)
     generated = np.stack(run.state.video.kept)
     _, known, read_lat = _final_read(run, cams)
     memory_mask = _to_pixels(known0, f)
@@ -276,13 +284,16 @@ def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict
     per_frame = score_frames(generated, clip.frames, memory_mask, known_px, read_lat, revisits(cams, unit), follow,
                              lpips_model)
     write_strips(run_dir.parent / "strips", generated, clip.frames, per_frame["revisit_of"])
+    loop = score_reopened(run, inputs)
+    means = {**clip_means(per_frame), **{k: loop.to_json()[k] for k in LOOP_FIELDS}}
     score_s = time.perf_counter() - t0
     gen_s = run.record.totals.wall_seconds if run.record.totals else 0.0
     return {
         "name": clip.name, "source": clip.source, "synthetic": clip.synthetic, "frames": len(clip.frames),
         "size": [W, H], "run_dir": str(run.plan.out), "depth_source": run.plan.depth_source,
         "seconds": round(gen_s + score_s, 3), "generate_seconds": gen_s, "score_seconds": round(score_s, 3),
-        "per_frame": per_frame, "means": clip_means(per_frame),
+        "per_frame": per_frame, "means": means,
+        "loop": loop.to_json(),
     }
 
 

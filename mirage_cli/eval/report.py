@@ -1,7 +1,7 @@
 """Outputs of ``mirage eval``: ``eval.json``, ``eval.csv``, the rich tables, and ``eval compare``.
 
 ``eval.csv`` has one row per clip and frame with every per-frame field (empty where a region is
-empty). ``eval compare`` lines up the aggregates of several ``eval.json`` files against the first;
+empty), and the clip's loop-closure fields on its last frame. ``eval compare`` lines up the aggregates of several ``eval.json`` files against the first;
 a difference is paired over the clips both runs share (same clip names; a note says when the clip
 sets differ) and "exceeds the spread" when its 95 % interval excludes 0; with no clip in common
 it is the difference of the means, exceeding when the two runs' 95 % intervals do not overlap.
@@ -20,8 +20,10 @@ from .metrics import interval
 
 TABLE_FIELDS = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory", "psnr_revisit", "ssim_revisit", "lpips_all",
                 "lpips_memory", "lpips_revisit", "read_psnr_known", "known_fraction", "memory_fraction", "follow_psnr",
-                "follow_psnr_truth", "capped_frames")
+                "follow_psnr_truth", "capped_frames", "loop_psnr", "loop_memory_psnr", "loop_memory_changed")
 """Fields shown in tables (those present), in this order."""
+CSV_LOOP_FIELDS = ("loop_closed", "loop_psnr", "loop_memory_psnr", "loop_memory_changed")
+"""A clip's loop-closure fields in ``eval.csv`` (on its last frame's row)."""
 
 
 def write_outputs(doc: dict, out: Path) -> None:
@@ -32,18 +34,26 @@ def write_outputs(doc: dict, out: Path) -> None:
 
 
 def csv_text(doc: dict) -> str:
-    """One row per (clip, frame) with every per-frame field."""
+    """One row per (clip, frame) with every per-frame field, then the loop-closure fields
+    (:data:`CSV_LOOP_FIELDS`, a clip's ``loop``) on the clip's last frame, the one they score."""
     fields: list[str] = []
     for c in doc["clips"]:
         fields += [k for k in c["per_frame"] if k not in fields]
+    loop_fields = [k for k in CSV_LOOP_FIELDS if any(k in c.get("loop", {}) for c in doc["clips"])]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["clip"] + fields)
+    w.writerow(["clip"] + fields + loop_fields)
     for c in doc["clips"]:
-        pf = c["per_frame"]
+        pf, loop = c["per_frame"], c.get("loop", {})
         for t in range(c["frames"]):
-            w.writerow([c["name"]] + ["" if k not in pf or pf[k][t] is None else pf[k][t] for k in fields])
+            last = [_csv_value(loop.get(k)) if t == c["frames"] - 1 else "" for k in loop_fields]
+            w.writerow([c["name"]] + ["" if k not in pf or pf[k][t] is None else pf[k][t] for k in fields] + last)
     return buf.getvalue()
+
+
+def _csv_value(v):
+    """A CSV cell: None empty, a bool 1 / 0."""
+    return "" if v is None else int(v) if isinstance(v, bool) else v
 
 
 def shown_fields(keys) -> list[str]:
@@ -83,6 +93,30 @@ def recon_table(doc: dict):
     return t
 
 
+def loop_table(scores):
+    """A rich Table of :class:`~mirage_cli.eval.loop.LoopScore` records: one row per field, one
+    column per run (fields as rows so that it fits a terminal, as :func:`recon_table`)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title="mirage eval loop: last frame vs first; final memory vs input-only memory (input camera)")
+    t.add_column("", no_wrap=True)
+    for s in scores:
+        t.add_column(escape(s.run_dir).replace("/", "/\n"), justify="right", overflow="fold")
+    rows = (("closed", lambda s: "yes" if s.loop_closed else "no"),
+            ("rotation gap (deg)", lambda s: f"{s.rotation_deg:.3f}"),
+            ("translation gap (ref. depths)", lambda s: f"{s.translation:.4f}"),
+            ("loop_psnr", lambda s: _fmt(s.loop_psnr)),
+            ("loop_memory_psnr", lambda s: _fmt(s.loop_memory_psnr)),
+            ("loop_memory_changed", lambda s: _fmt(s.loop_memory_changed)),
+            ("input covered", lambda s: _fmt(s.input_covered)),
+            ("frames from", lambda s: s.frames_from),
+            ("colours", lambda s: s.colours))
+    for name, cell in rows:
+        t.add_row(name, *[cell(s) for s in scores])
+    return t
+
+
 def _agg_cell(a: dict) -> str:
     if a["ci95"] is None:
         return _fmt(a["mean"])
@@ -90,7 +124,8 @@ def _agg_cell(a: dict) -> str:
 
 
 def markdown_table(doc: dict, fields: tuple[str, ...] = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory",
-                                                         "psnr_revisit", "read_psnr_known", "follow_psnr")) -> str:
+                                                         "psnr_revisit", "read_psnr_known", "follow_psnr", "loop_psnr",
+                                                         "loop_memory_psnr", "loop_memory_changed")) -> str:
     """The README's table: one row per clip plus the aggregate (seconds and metrics)."""
     fields = tuple(f for f in fields if f in doc["aggregate"])
     lines = ["| clip | frames | seconds | " + " | ".join(fields) + " |", "|---" * (3 + len(fields)) + "|"]

@@ -12,6 +12,8 @@ compares with (every true frame). SOURCE spellings (:func:`read_sources`):
   ``depth.npy`` (frame 0's depth).
 - ``synthetic[:SCENE[:TRAJ]]``: :mod:`mirage_cli.data.scenes` ray-cast exactly along presets (and
   ``out_and_back``, a path that leaves and returns), with exact depth for every frame.
+  ``synthetic[:SCENE]:loops``: the closed paths of :data:`LOOP_SUITE` instead (last camera = frame
+  0's), each also by name (``synthetic:room:orbit_360``, ``...:pan_and_back``, ``...:figure_eight``).
 
 Frames are uint8 like any real clip (a synthetic render is rounded once, as a PNG would be), so a
 generator that reproduces them exactly scores the PSNR cap.
@@ -30,6 +32,17 @@ from ..geometry.cameras import Cameras, validate_cameras
 
 SYNTHETIC_SUITE = ("orbit_left", "dolly_in", "out_and_back")
 """The trajectories of ``synthetic`` (and of ``synthetic:SCENE``); ``out_and_back`` revisits."""
+LOOP_SUITE = ("orbit_360", "pan_and_back", "figure_eight")
+"""The closed paths of ``synthetic:loops`` (and ``synthetic:SCENE:loops``): the last frame has frame
+0's camera. ``orbit_360``: the preset (a full turn around the room's centre); ``pan_and_back``:
+``pan_right`` there, then the same poses back; ``figure_eight``: a lemniscate translation."""
+LOOPS = "loops"
+"""The TRAJ (or SCENE, in ``synthetic:loops``) that names :data:`LOOP_SUITE`."""
+SYNTHETIC_PATHS = ("out_and_back", "pan_and_back", "figure_eight")
+"""Synthetic trajectories that are not presets (a preset name is a TRAJ too)."""
+FIGURE_EIGHT = (0.3, 0.15, 0.08)
+"""Half-widths of ``figure_eight`` along x (right), y (down) and z (forward), in reference depths:
+``x = a sin 2pi s``, ``y = b sin 4pi s``, ``z = c sin^2 2pi s`` for ``s`` in [0, 1]."""
 SYNTHETIC_SIZE = (208, 120)
 """``(width, height)`` of synthetic clips by default: small enough for the preview suite in well
 under a minute on two cores, and 1:1 with the preview's pixel grid (``--downscale`` 1)."""
@@ -269,17 +282,22 @@ def synthetic_names(spec: str, frames: int) -> list[tuple[str, str]]:
 
     parts = spec.split(":")
     if len(parts) > 3:
-        raise MirageError(f"{spec}: expected synthetic[:SCENE[:TRAJ]]")
+        raise MirageError(f"{spec}: expected synthetic[:SCENE[:TRAJ]] or synthetic[:SCENE]:loops")
+    if len(parts) == 2 and parts[1] == LOOPS:  # synthetic:loops = every scene's closed paths
+        parts = ["synthetic", "", LOOPS]
     scenes = [parts[1]] if len(parts) > 1 and parts[1] else list(SCENE_NAMES)
     trajs = [parts[2]] if len(parts) > 2 and parts[2] else list(SYNTHETIC_SUITE)
+    if trajs == [LOOPS]:
+        trajs = list(LOOP_SUITE)
     if frames < 3:
         raise MirageError(f"--frames: synthetic clips need >= 3 frames (got {frames})")
     for s in scenes:
         if s not in SCENE_NAMES:
             raise MirageError(f"{spec}: unknown scene '{s}' (choose from {', '.join(SCENE_NAMES)})")
     for t in trajs:
-        if t != "out_and_back" and t not in PRESETS:
-            raise MirageError(f"synthetic:{scenes[0]}:{t}: unknown trajectory (a preset name or out_and_back)")
+        if t not in SYNTHETIC_PATHS and t not in PRESETS:
+            raise MirageError(f"synthetic:{scenes[0]}:{t}: unknown trajectory (a preset name, "
+                              f"{', '.join(SYNTHETIC_PATHS)} or {LOOPS})")
     return [(s, t) for s in scenes for t in trajs]
 
 
@@ -289,12 +307,15 @@ def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]
 
 
 def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int, int]) -> Clip:
-    """Render ``scene_name`` exactly along preset ``traj_name`` (or ``out_and_back``) at ``size``.
+    """Render ``scene_name`` exactly along preset ``traj_name`` (or one of :data:`SYNTHETIC_PATHS`) at ``size``.
 
     As in ``mirage bench``: the room's default camera is frame 0, a relative preset is scaled by
     frame 0's median depth, an orbit turns around the room's centre, every camera stays inside.
     ``out_and_back``: ``orbit_left`` for the first half, then the same poses in reverse, so the
-    second half revisits the first exactly (the last frame is frame 0's camera).
+    second half revisits the first (the last frame is frame 0's camera for an odd ``frames``).
+    ``pan_and_back``: the same with ``pan_right``, closed for any ``frames`` (an even count shows
+    the turning pose twice). ``figure_eight``: see :data:`FIGURE_EIGHT`. The paths of
+    :data:`LOOP_SUITE` end exactly (to rounding) on frame 0's camera.
     """
     from ..bench.scene import _check_inside_room
     from ..data.scenes import default_camera, make_scene
@@ -306,17 +327,19 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     cam0 = default_camera(W, H)
     _, d0 = scene.render(cam0)
     ref = reference_depth(d0[0])
-    base = "orbit_left" if traj_name == "out_and_back" else traj_name
+    base = {"out_and_back": "orbit_left", "pan_and_back": "pan_right", "figure_eight": "static"}.get(traj_name, traj_name)
     if base not in PRESETS:
-        raise MirageError(f"synthetic:{scene_name}:{traj_name}: unknown trajectory (a preset name or out_and_back)")
+        raise MirageError(f"synthetic:{scene_name}:{traj_name}: unknown trajectory (a preset name or "
+                          f"{', '.join(SYNTHETIC_PATHS)})")
     overrides = {}
     if "look_at_depth" in PRESETS[base].params:
         overrides["look_at_depth"] = float(scene.center[2]) / ref
-    n_out = frames // 2 + 1 if traj_name == "out_and_back" else frames
+    n_out, idx = _there_and_back(traj_name, frames)
     traj = resample(load_trajectory(base, **overrides), n_out)
+    if traj_name == "figure_eight":
+        traj = _figure_eight(traj)
     cams = scale_cameras(traj.cameras_for(W, H), traj.scale, ref)
-    if traj_name == "out_and_back":
-        idx = list(range(n_out)) + list(range(n_out - 2, n_out - 2 - (frames - n_out), -1))
+    if idx is not None:
         cams = Cameras(cams.c2w[idx], cams.intrinsics[idx], W, H)
     cams = Cameras(cam0.c2w[0] @ cams.c2w, cams.intrinsics, W, H)  # frame 0 = the room's default camera
     _check_inside_room(f"synthetic:{scene_name}:{traj_name}", cams, scene)
@@ -325,3 +348,33 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
 
     return Clip(f"{scene_name}-{traj_name}", to_uint8(rgb), cams, depth[0], depth, float(traj.fps),
                 f"synthetic:{scene_name}:{traj_name}", synthetic=True)
+
+
+def _there_and_back(traj_name: str, frames: int) -> tuple[int, list[int] | None]:
+    """``(frames of the outward path, the frame order)`` of a there-and-back path (None: the path
+    as it is). ``out_and_back`` keeps its historical order (closed for odd ``frames`` only);
+    ``pan_and_back`` returns to frame 0 for any ``frames``."""
+    if traj_name == "out_and_back":
+        n_out = frames // 2 + 1
+        return n_out, list(range(n_out)) + list(range(n_out - 2, n_out - 2 - (frames - n_out), -1))
+    if traj_name == "pan_and_back":
+        n_out = (frames + 1) // 2
+        return n_out, list(range(n_out)) + list(range(frames - n_out - 1, -1, -1))
+    return frames, None
+
+
+def _figure_eight(static):
+    """``static`` (a resampled ``static`` preset: identity poses, its fov) moved along the
+    :data:`FIGURE_EIGHT` lemniscate, in reference depths (the trajectory stays ``relative``)."""
+    import dataclasses
+    import math
+
+    a, b, c = FIGURE_EIGHT
+    cams = static.cameras
+    s = torch.linspace(0, 1, len(cams), dtype=torch.float64)
+    c2w = cams.c2w.clone()
+    c2w[:, 0, 3] = a * torch.sin(2 * math.pi * s)
+    c2w[:, 1, 3] = b * torch.sin(4 * math.pi * s)
+    c2w[:, 2, 3] = c * torch.sin(2 * math.pi * s) ** 2
+    return dataclasses.replace(static, cameras=Cameras(c2w, cams.intrinsics, cams.width, cams.height),
+                               source="figure_eight")

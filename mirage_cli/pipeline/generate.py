@@ -299,16 +299,25 @@ def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateCon
 def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, image: torch.Tensor, codec: Codec,
           ref_depth: float, depth_source: str, device: torch.device) -> RunPlan:
     """The run plan, from the run directory's own trajectory (the same for a new and a resumed run)."""
-    from ..trajectories import load_trajectory
-
     H, W = image.shape[-2:]
-    saved = load_trajectory(trajectory_file(out))
-    cams = scale_cameras(trajectory_cameras(saved, cfg.fov, W, H, cfg.intrinsics), saved.scale, ref_depth)
+    cams, saved = run_cameras(cfg, out, (W, H), ref_depth)
     cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor, cfg.backend))
     chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
                    chunks=chunks, reference_depth=ref_depth, depth_source=depth_source, device=device)
+
+
+def run_cameras(cfg: GenerateConfig, out: Path, size: tuple[int, int], ref_depth: float):
+    """The cameras a run uses, from its own ``trajectory.json``: ``(cameras (N) at size = (W, H),
+    poses relative to frame 0 (frame 0 = identity), translations in scene units (a relative
+    trajectory scaled by ``ref_depth``); the saved Trajectory)``. Needs no model (``mirage eval loop``
+    reads a run's cameras with it)."""
+    from ..trajectories import load_trajectory
+
+    W, H = size
+    saved = load_trajectory(trajectory_file(out))
+    return scale_cameras(trajectory_cameras(saved, cfg.fov, W, H, cfg.intrinsics), saved.scale, ref_depth), saved
 
 
 def _first_latent(codec: Codec, image: torch.Tensor, device: torch.device) -> torch.Tensor:
