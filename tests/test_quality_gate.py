@@ -178,3 +178,9 @@ def test_update_needs_why_and_writes_a_baseline_that_then_passes(tmp_path, capsy
     assert read_baseline(baseline)["why"] == "accepted: new splat"
     assert main(["eval", "check", lower, "--baseline", str(baseline)]) == 0
 
+
+def test_the_committed_baseline_is_readable_and_says_why():
+    from pathlib import Path
+
+    doc = read_baseline(Path(__file__).resolve().parents[1] / "quality" / "baseline.json")
+    assert doc["why"] and doc["command"].startswith("scripts/quality_gate.sh") and doc["machine"]["threads"] == 1
