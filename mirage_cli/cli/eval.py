@@ -160,7 +160,7 @@ def check_cmd(
     result = check(doc, read_baseline(baseline), path)
     console.print(check_table(result, show_all))
     for note in result["notes"]:
-        console.print(f"[dim]note: {note}[/]", highlight=False)
+        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
     console.print(summary(result), highlight=False, soft_wrap=True)
     for line in result["regressions"]:
         err_console.print(line, highlight=False, soft_wrap=True)
