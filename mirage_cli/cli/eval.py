@@ -135,8 +135,7 @@ def check_cmd(
 ) -> None:
     """The quality gate: every metric of a run against a committed baseline, per clip and over clips.
 
-    Exit 0: nothing regressed (improvements are reported); 1: a metric dropped by more than its
-    tolerance, or is missing (one line each on stderr); 2: bad input."""
+    Exit 0: no regression (improvements are reported); 1: a metric worse beyond its tolerance, or missing; 2: bad input."""
     from ..errors import MirageError
     from ..eval.gate import check, check_table, read_baseline, summary, update_baseline
     from ..eval.report import read_eval
