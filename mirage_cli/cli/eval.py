@@ -1,4 +1,4 @@
-"""`mirage eval recon`, `mirage eval loop` and `mirage eval compare`: parse, call :mod:`mirage_cli.eval`, print with rich."""
+"""`mirage eval recon`, `mirage eval loop`, `mirage eval compare` and `mirage eval check`: parse, call :mod:`mirage_cli.eval`, print with rich."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from .console import console, err_console
 
-app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs.", no_args_is_help=True)
+app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs; `check` is the quality gate (a run against a committed baseline).", no_args_is_help=True)
 
 
 @app.command("recon", no_args_is_help=True)
@@ -145,3 +145,46 @@ def compare_cmd(
         console.print(compare_table(result))
         for note in result["notes"]:
             console.print(f"[dim]note: {note}[/]", highlight=False)
+
+
+@app.command("check", no_args_is_help=True)
+def check_cmd(
+    eval_json: Path = typer.Argument(..., help="The eval.json of a `mirage eval recon` run (or its directory)."),
+    baseline: Path = typer.Option(..., "--baseline", help="The committed baseline (the gate's: quality/baseline.json)."),
+    update: bool = typer.Option(False, "--update", help="Write the baseline from EVAL_JSON instead of failing (needs --why)."),
+    why: Optional[str] = typer.Option(None, "--why", help="With --update: why the baseline changes (recorded in it)."),
+    command: Optional[str] = typer.Option(None, "--command", help="With --update: the command to record \\[default: the eval run's, from its batch.json]."),
+    show_all: bool = typer.Option(False, "--all", help="Every clip's rows, not only those that are not ok."),
+) -> None:
+    """The quality gate: every metric of a run against a committed baseline, per clip and over clips.
+
+    Exit 0: no regression (improvements are reported); 1: a metric worse beyond its tolerance, or missing; 2: bad input."""
+    from ..errors import MirageError
+    from ..eval.gate import check, check_table, read_baseline, summary, update_baseline
+    from ..eval.report import read_eval
+
+    if why is not None and not update:
+        raise MirageError("--why goes with --update (the reason recorded in a new baseline)")
+    if command is not None and not update:
+        raise MirageError("--command goes with --update (the command recorded in a new baseline)")
+    path = eval_json / "eval.json" if eval_json.is_dir() else eval_json
+    doc = read_eval(path)
+    if update:
+        done = update_baseline(doc, path, baseline, why or "", command)
+        if done["note"]:
+            err_console.print(f"[yellow]note:[/] {done['note']}", highlight=False)
+        if done["previous"]:
+            console.print(check_table(done["previous"], show_all))
+            console.print(f"against the old baseline: {summary(done['previous'])}", highlight=False, soft_wrap=True)
+        console.print(f"baseline written: {baseline} (why: {done['baseline']['why']}); commit it with that reason",
+                      highlight=False, soft_wrap=True)
+        return
+    result = check(doc, read_baseline(baseline), path)
+    console.print(check_table(result, show_all))
+    for note in result["notes"]:
+        console.print(f"[dim]note: {note}[/]", highlight=False, soft_wrap=True)
+    console.print(summary(result), highlight=False, soft_wrap=True)
+    for line in result["regressions"]:
+        err_console.print(line, highlight=False, soft_wrap=True)
+    if result["regressions"]:
+        raise typer.Exit(1)
