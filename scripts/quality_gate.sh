@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUITE=(synthetic)  # the gate's clips; adding a suite is one word here, then --update "why"
+SUITE=(synthetic synthetic:loops)  # the gate's clips; adding a suite is one word here, then --update "why"
 BASELINE=quality/baseline.json
 
 update=()
