@@ -74,6 +74,9 @@ change means the clip or the protocol changed."""
 COUNT = Rule("same", 0.0)
 """Counts (``revisit_frames``, ``capped_frames``, any ``*_frames``): decided by the cameras and the
 protocol; any change fails."""
+CHANGED = Rule("lower", 0.002)
+"""``*_changed`` (``loop_memory_changed``: the fraction of the input view's pixels the final memory
+changed): a rise of 0.2 % of the pixels fails."""
 OTHER = Rule("same", 1e-6)
 """A field without a rule: must not change (the run is deterministic); give it a rule here."""
 
@@ -88,6 +91,8 @@ def rule_for(field: str) -> Rule:
         return REGION
     if field == "known_fraction":
         return COVERAGE
+    if field.endswith("_changed"):
+        return CHANGED
     if field.startswith("lpips"):
         return LPIPS
     if field.startswith("ssim"):

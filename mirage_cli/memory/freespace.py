@@ -137,7 +137,7 @@ def in_free_space(points: torch.Tensor, observations: list[Observation], floors:
 
 
 def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, observations: list[Observation],
-                    tol: float = FREE_SPACE_TOL) -> tuple[torch.Tensor, int, int]:
+                    tol: float = FREE_SPACE_TOL, cells: torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
     """Apply the observed-free-space rule (module docstring) to the depth of ``T`` frames to be written.
 
     Args:
@@ -145,6 +145,8 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
         c2w: ``(T, 4, 4)`` their camera-to-world poses (OpenCV); K: ``(T, 3, 3)`` their grid intrinsics.
         observations: the memory's observed views (none: ``depth`` is returned as it is).
         tol: relative depth margin (:data:`FREE_SPACE_TOL`).
+        cells: optional ``(T, h, w)`` bool, the only cells that may be lifted (policy ``"new"``: the
+            cells the read did not cover); the others are returned unchanged and cost nothing.
     Returns:
         ``(depth', pushed, dropped)``: the depth with every point in observed free space pushed back
         along its ray (or set to 0 when no allowed depth exists within :data:`MAX_PUSH` times its
@@ -158,6 +160,8 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
         return depth, 0, 0
     T, h, w = depth.shape
     valid = torch.isfinite(depth) & (depth > 0)
+    if cells is not None:
+        valid &= cells.to(valid.device).bool()
     tt, ii, jj = valid.nonzero(as_tuple=True)
     if tt.numel() == 0:
         return depth, 0, 0

@@ -518,7 +518,12 @@ class LatentMemory:
             raise MirageError(f"write: {d.shape[0]} depth frames for {T} cameras")
         latents = latents.float()
         K = latent_K(cameras, self.spatial_factor)
-        d = self.keep_free_space(d, cameras, K)
+        # policy "new" lifts only cells the read did not cover: only those need the free-space rule
+        only = None
+        if self.write_policy == "new" and known is not None:
+            only = ~torch.as_tensor(known, device=d.device).bool()
+            only = only if only.shape == d.shape else None  # a wrong shape is write_frames' error to report
+        d = self.keep_free_space(d, cameras, K, only)
 
         def add(t: int, cells: torch.Tensor) -> int:
             return self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells, generated=True), chunk)
@@ -529,11 +534,13 @@ class LatentMemory:
         batch = _NewRows(self, latents, d, cameras, K, chunk)
         return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, batch)
 
-    def keep_free_space(self, depth: torch.Tensor, cameras: Cameras, K: torch.Tensor) -> torch.Tensor:
+    def keep_free_space(self, depth: torch.Tensor, cameras: Cameras, K: torch.Tensor,
+                        cells: torch.Tensor | None = None) -> torch.Tensor:
         """Depth ``(T, h, w)`` of frames about to be written, with every point in observed free space
         pushed back or dropped (:func:`.freespace.constrain_depth`; ``K (T, 3, 3)`` their grid
-        intrinsics). The counts go to :attr:`last_write` (``pushed``, ``dropped``)."""
-        out, pushed, dropped = constrain_depth(depth, cameras.c2w, K, self._observations)
+        intrinsics; ``cells (T, h, w)`` bool: only these may be lifted, the rest is left as it is). The
+        counts go to :attr:`last_write` (``pushed``, ``dropped``)."""
+        out, pushed, dropped = constrain_depth(depth, cameras.c2w, K, self._observations, cells=cells)
         self.last_write = {"pushed": pushed, "dropped": dropped}
         return out
 
