@@ -179,3 +179,28 @@ def test_closed_synthetic_paths_come_back_to_what_the_input_saw(tmp_path):
         assert m["loop_psnr"] >= 35.0, (name, m["loop_psnr"])
         assert m["loop_memory_psnr"] >= (38.5 if name == "room-orbit_360" else 40.0), (name, m["loop_memory_psnr"])
         assert m["loop_memory_changed"] <= 0.01, (name, m["loop_memory_changed"])
+
+
+@pytest.mark.parametrize("source", ["fill", "depth model"])
+def test_the_loops_write_depth_passes_the_same_check(room, tmp_path, source):
+    """Item 2 of issue 20: the depth the loop writes generated content with (the preview's fill of the
+    read, or a depth model's prediction aligned to the read, here a tiny random Depth Anything whose
+    guesses are arbitrary) goes through the memory's write, and no new point ends in observed free space."""
+    from mirage_cli.memory.freespace import _floor_depth
+    from mirage_cli.models.depth_model import load_depth_model
+    from mirage_cli.models.tiny import save_tiny_depth
+    from mirage_cli.pipeline.loop import write_depth
+
+    mem = _memory(room)
+    cam = _turned(room["cam0"], 25.0, 0.5)
+    rgb, _ = room["scene"].render(cam)
+    lat = room["codec"].encode(rgb)
+    _, known, rdepth = mem.read(cam)
+    assert 0.05 < float(known.float().mean()) < 0.95  # the turn reveals new content
+    model = load_depth_model(str(save_tiny_depth(tmp_path / "depth")), device="cpu") if source == "depth model" else None
+    d = write_depth(rdepth, known, rgb, 1, SF, model)
+    n0 = len(mem)
+    mem.write(lat, d, cam, known, chunk=1)
+    assert len(mem) > n0
+    floors = [_floor_depth(o.depth) for o in mem.observations]
+    assert not bool(in_free_space(mem.points[n0:], mem.observations, floors, FREE_SPACE_TOL * 1.01).any())
