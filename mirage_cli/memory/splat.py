@@ -32,7 +32,9 @@ wins; among exactly equal depths the smaller ``key`` wins, a 31-bit hash of the 
 so the result does not depend on the order of the points. Only if depth and key are both equal
 (indistinguishable points) does the lower point index decide. A min-reduce over integers is exact
 and order-independent on CPU and CUDA, unlike "last write wins"; everything is elementwise fp32
-(no matmul), so CPU and CUDA give the same bits.
+(no matmul), so CPU and CUDA give the same bits. With a per-point ``bias`` (:func:`splat_patches`) the packed
+depth is ``z * bias`` (the memories' input points win conflicts with generated ones within a margin,
+:mod:`.freespace`) and the depth returned is the winner's ``z * bias / bias`` in fp32.
 
 Patches. Memories store each point as a small planar patch (:func:`lift_patches`: the lifted cell
 with two world half-axes that follow the local depth slope) and read with :func:`splat_patches`
