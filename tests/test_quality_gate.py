@@ -184,3 +184,20 @@ def test_the_committed_baseline_is_readable_and_says_why():
 
     doc = read_baseline(Path(__file__).resolve().parents[1] / "quality" / "baseline.json")
     assert doc["why"] and doc["command"].startswith("scripts/quality_gate.sh") and doc["machine"]["threads"] == 1
+
+
+def test_an_aggregate_psnr_that_drops_because_a_clip_reached_the_cap_is_not_a_regression():
+    """Issue 20: a clip whose loop score became identical (100 dB) leaves the mean over clips, which
+    can then drop; every clip improved, so the gate reports it and passes."""
+    from mirage_cli.eval.gate import check
+
+    base = {"clips": {"a": {"means": {"loop_psnr": 50.0}}, "b": {"means": {"loop_psnr": 40.0}}},
+            "aggregate": {"loop_psnr": 45.0}}
+    doc = {"clips": [{"name": "a", "means": {"loop_psnr": 100.0}}, {"name": "b", "means": {"loop_psnr": 40.5}}],
+           "aggregate": {"loop_psnr": {"mean": 40.5}}}
+    r = check(doc, base)
+    assert r["regressions"] == []
+    assert any("reached the 100 dB cap" in n for n in r["notes"])
+    assert [x["status"] for x in r["rows"] if x["clip"] != "a" and x["clip"] != "b"] == ["recomposed"]
+    doc["clips"][1]["means"]["loop_psnr"] = 39.0  # a real drop of the other clip still fails
+    assert check(doc, base)["regressions"]
