@@ -21,13 +21,6 @@ the write policy:
   of ``PUSH_STEP`` up to ``MAX_PUSH`` times its depth, then ``BISECT`` bisections between the last
   free and the first allowed depth (the allowed end is kept). A point with no allowed depth within
   ``MAX_PUSH`` is dropped (depth 0: no point).
-- A point that passes that test but not the exact one (more than ``tol`` in front of the depth of
-  the very cell it projects into) is **dropped**: it lies beside an observed depth edge, on a ray
-  where the view saw only the far surface (the foreground-cluster reduction gives any cell holding a
-  nearer pixel the nearer depth), yet pushing it back would carry edge content behind the far surface
-  and streak later views (measured: pushing these too cost the out-and-back clip's revisits 4 dB;
-  dropping them gains 0.15 dB there and 1.6 dB of the 25-frame orbit's loop memory score). Its cell
-  stays unknown, to be generated again.
 
 Why push rather than drop: the written frame's own view of the content is unchanged, the next
 chunks read it back where it was generated (no regenerated holes), and from the observed view it
@@ -157,7 +150,7 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
     Returns:
         ``(depth', pushed, dropped)``: the depth with every point in observed free space pushed back
         along its ray (or set to 0 when no allowed depth exists within :data:`MAX_PUSH` times its
-        depth, or when it is free by the exact test only), and how many cells were pushed and dropped.
+        depth), and how many cells were pushed and dropped.
     Raises:
         MirageError: ``tol`` outside ``[0, 1)``.
     """
@@ -186,12 +179,9 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
     def free_at(zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return in_free_space(origin[rows] + zz[:, None] * ray[rows], observations, floors, tol)
 
-    p0 = origin + z[:, None] * ray
-    free = in_free_space(p0, observations, floors, tol)
-    # free by the exact per-cell test only: beside an observed depth edge (dropped, see the docstring)
-    edge = (~free & in_free_space(p0, observations, None, tol)).nonzero().squeeze(1)
-    bad = free.nonzero().squeeze(1)
-    if bad.numel() == 0 and edge.numel() == 0:
+    all_rows = torch.arange(z.numel(), device=depth.device)
+    bad = free_at(z, all_rows).nonzero().squeeze(1)
+    if bad.numel() == 0:
         return depth, 0, 0
     lo = z[bad].clone()  # the last depth known to be free
     hi = torch.zeros_like(lo)  # the first allowed depth (0 = none found yet)
@@ -215,9 +205,8 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
         hi[found[~f]] = mid[~f]
     out = depth.clone()
     out[tt[bad], ii[bad], jj[bad]] = hi.to(out.dtype)  # 0 where nothing allowed was found: dropped
-    out[tt[edge], ii[edge], jj[edge]] = 0
     dropped = int((hi == 0).sum())
-    return out, int(bad.numel()) - dropped, dropped + int(edge.numel())
+    return out, int(bad.numel()) - dropped, dropped
 
 
 def fit_patches(points: torch.Tensor, axes: torch.Tensor, observations: list[Observation],
