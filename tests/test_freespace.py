@@ -204,3 +204,34 @@ def test_the_loops_write_depth_passes_the_same_check(room, tmp_path, source):
     assert len(mem) > n0
     floors = [_floor_depth(o.depth) for o in mem.observations]
     assert not bool(in_free_space(mem.points[n0:], mem.observations, floors, FREE_SPACE_TOL * 1.01).any())
+
+
+def test_bad_observations_in_a_cache_are_one_line_errors(room, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from mirage_cli.errors import MirageError
+
+    mem = _memory(room)
+    good = tmp_path / "m.safetensors"
+    mem.save(good, extras={"width": W, "height": H})
+    assert len(LatentMemory.load(good).observations) == 1
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+    cases = {
+        "singular pose": ("observed_c2w", lambda t: t.index_fill(1, torch.tensor([3]), 0.0), "rigid"),
+        "scaled rotation": ("observed_c2w", lambda t: t * torch.tensor([5.0, 1, 1, 1])[None, :, None], "rigid"),
+        "transposed grid": ("observed_depth", lambda t: t.transpose(1, 2).contiguous(), "grid"),
+    }
+    for name, (key, change, words) in cases.items():
+        tensors = load_file(str(good))
+        tensors[key] = change(tensors[key])
+        bad = tmp_path / f"{name.replace(' ', '_')}.safetensors"
+        save_file(tensors, str(bad), metadata=meta)
+        with pytest.raises(MirageError, match=words):
+            LatentMemory.load(bad)
+
+
+def test_a_reused_memory_records_its_input_view_once(room, tmp_path):
+    mem = _memory(room)
+    mem.lift(room["lat0"], room["d0"], room["cam0"])  # the same input again (a --memory reuse)
+    assert len(mem.observations) == 1

@@ -201,3 +201,20 @@ def test_an_aggregate_psnr_that_drops_because_a_clip_reached_the_cap_is_not_a_re
     assert [x["status"] for x in r["rows"] if x["clip"] != "a" and x["clip"] != "b"] == ["recomposed"]
     doc["clips"][1]["means"]["loop_psnr"] = 39.0  # a real drop of the other clip still fails
     assert check(doc, base)["regressions"]
+
+
+def test_update_does_not_overwrite_a_file_that_is_not_a_baseline(tmp_path):
+    """A typo in --baseline must not destroy another file (issue 20 review)."""
+    import json as _json
+
+    from mirage_cli.errors import MirageError
+    from mirage_cli.eval.gate import update_baseline
+
+    other = tmp_path / "README.md"
+    other.write_text("# not a baseline\n")
+    doc = {"clips": [{"name": "a", "means": {"psnr_all": 20.0}}], "aggregate": {"psnr_all": {"mean": 20.0}},
+           "failed": []}
+    (tmp_path / "eval.json").write_text(_json.dumps(doc))
+    with pytest.raises(MirageError, match="not a quality baseline"):
+        update_baseline(doc, tmp_path / "eval.json", other, "why")
+    assert other.read_text() == "# not a baseline\n"

@@ -66,7 +66,10 @@ def inspect_cmd(
     t.add_row("points", f"{n:,}")
     t.add_row("memory", f"{fmt_bytes(info['bytes'])} ({info['bytes_per_point']:.0f} B/point, features {info['dtype']}); "
                         f"file {fmt_bytes(info['file_bytes'])}")
-    t.add_row("write policy", info["write_policy"])
+    t.add_row("write policy", f"{info['write_policy']}, splat {info['splat']}")
+    k = info["observations"]
+    t.add_row("observed views", f"{k} (free space in front of {'its' if k == 1 else 'their'} surfaces is kept free)"
+              if k else "none (writes are not checked against observed free space)")
     if info["bounds"]:
         lo, hi = info["bounds"]
         t.add_row("bounds", "x [{:.3g}, {:.3g}]  y [{:.3g}, {:.3g}]  z [{:.3g}, {:.3g}]".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))

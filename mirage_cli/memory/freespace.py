@@ -13,13 +13,15 @@ the write policy:
 
 - A new point at z-depth ``z`` on the ray of cell ``(i, j)`` of a written frame is in observed free
   space when, in some observation, it projects inside the observed grid at depth ``z_o`` in front
-  of what that view saw there by more than ``tol``: ``z_o < (1 - tol) * min3x3(D_o)`` (``D_o`` the
-  observed depth grid, its 3x3 minimum so that a point beside a depth edge is never judged against
-  the far side; cells the view did not observe, depth 0, declare nothing).
+  of what that view saw there by more than ``tol``: ``z_o < (1 - tol) * min2x2(D_o)`` (``D_o`` the
+  observed depth grid; ``min2x2`` its minimum over the four cells nearest to where the point
+  projects, so that a point beside a depth edge is never judged against the far side alone; cells
+  the view did not observe, depth 0, declare nothing).
 - Such a point is **pushed back** along its own ray (so the written frame still sees it exactly
-  where it was generated) to the nearest depth that is not in observed free space: geometric steps
-  of ``PUSH_STEP`` up to ``MAX_PUSH`` times its depth, then ``BISECT`` bisections between the last
-  free and the first allowed depth (the allowed end is kept). A point with no allowed depth within
+  where it was generated) to the first depth that is not in observed free space on geometric steps
+  of ``PUSH_STEP`` up to ``MAX_PUSH`` times its depth (an allowed interval thinner than a step can
+  be stepped over), then ``BISECT`` bisections between the last free and the first allowed depth
+  (the allowed end is kept). A point with no allowed depth within
   ``MAX_PUSH`` is dropped (depth 0: no point).
 
 Why push rather than drop: the written frame's own view of the content is unchanged, the next
@@ -31,6 +33,8 @@ Reads add the other half (:func:`depth_bias`): an observed point wins every dept
 generated one within :data:`OBSERVED_MARGIN`, so content generated on or just in front of an
 observed surface (a sphere's limb, a floor at a grazing angle: where the test above cannot tell a
 point from the surface within a cell) never hides it.
+
+Arithmetic: float64, elementwise only (no matmul, no matrix inverse), so CPU and CUDA decide alike.
 
 Cost: one projection per new cell per observation, and the push search for the (few) conflicting
 cells only; all tensor arithmetic, no loop over points.
@@ -91,6 +95,12 @@ def depth_bias(chunk: torch.Tensor, input_chunk: int = 0) -> torch.Tensor | None
     return torch.where(gen, one * (1.0 + OBSERVED_MARGIN), one)
 
 
+def same_observation(a: Observation, b: Observation) -> bool:
+    """Whether two observations are the same view with the same depth (a memory records a view once)."""
+    return (a.depth.shape == b.depth.shape and torch.equal(a.c2w.cpu(), b.c2w.cpu()) and torch.equal(a.K.cpu(), b.K.cpu())
+            and torch.equal(a.depth.cpu(), b.depth.cpu()))
+
+
 def _floor_depth(depth: torch.Tensor) -> torch.Tensor:
     """2x2 minimum of the observed depth over *observed* cells, on the grid of cell corners: entry
     ``(i, j)`` is the nearest surface the view saw in the four cells around corner ``(i, j)``
@@ -116,13 +126,15 @@ def in_free_space(points: torch.Tensor, observations: list[Observation], floors:
     p = points.to(torch.float64)
     for k, obs in enumerate(observations):
         floor = floors[k] if floors is not None else obs.depth.to(p.device)
-        w2c = torch.linalg.inv(obs.c2w.to(p.device, torch.float64))
-        cam = p @ w2c[:3, :3].T + w2c[:3, 3]
-        z = cam[:, 2]
+        # world -> camera with R^T (p - t), elementwise: no matmul, no inverse (CPU and CUDA alike)
+        C = obs.c2w.to(p.device, torch.float64)
+        d = p - C[:3, 3]
+        cam = [C[0, r] * d[:, 0] + C[1, r] * d[:, 1] + C[2, r] * d[:, 2] for r in range(3)]
+        z = cam[2]
         K = obs.K.to(p.device, torch.float64)
         zs = torch.where(z > 0, z, torch.ones_like(z))
-        u = cam[:, 0] / zs * K[0, 0] + K[0, 2]
-        v = cam[:, 1] / zs * K[1, 1] + K[1, 2]
+        u = cam[0] / zs * K[0, 0] + K[0, 2]
+        v = cam[1] / zs * K[1, 1] + K[1, 2]
         h, w = obs.depth.shape
         inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         if floors is not None:  # the corner nearest to the point: the four cells around it
@@ -172,7 +184,8 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
     xn = ((jj.to(torch.float64) + 0.5) - Kd[tt, 0, 2]) / Kd[tt, 0, 0]
     yn = ((ii.to(torch.float64) + 0.5) - Kd[tt, 1, 2]) / Kd[tt, 1, 1]
     dirs = torch.stack([xn, yn, torch.ones_like(xn)], dim=1)
-    ray = torch.einsum("mij,mj->mi", C[tt, :3, :3], dirs)
+    R = C[tt, :3, :3]
+    ray = torch.stack([R[:, r, 0] * dirs[:, 0] + R[:, r, 1] * dirs[:, 1] + R[:, r, 2] * dirs[:, 2] for r in range(3)], 1)
     origin = C[tt, :3, 3]
     z = depth[tt, ii, jj].to(torch.float64)
 

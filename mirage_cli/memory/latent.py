@@ -58,7 +58,7 @@ from ..dtypes import dtype_name
 from ..geometry.cameras import Cameras
 from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
-from .freespace import Observation, constrain_depth, depth_bias, fit_patches, observation
+from .freespace import Observation, constrain_depth, depth_bias, fit_patches, observation, same_observation
 from .policies import LATENT_POLICIES, check_policy, write_frames
 from .splat import (CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
                     hash_rows, lift_patches, lift_patches_frames, splat_patches)
@@ -227,7 +227,9 @@ class LatentMemory:
         d = torch.as_tensor(depth).to(self.device)
         if tuple(d.shape) != (h, w):
             raise MirageError(f"observe: depth has shape {tuple(d.shape)}, expected ({h}, {w})")
-        self._observations.append(observation(camera.c2w[0], latent_K(camera, self.spatial_factor)[0], d))
+        obs = observation(camera.c2w[0], latent_K(camera, self.spatial_factor)[0], d)
+        if not any(same_observation(obs, o) for o in self._observations):  # a reused memory's input: once
+            self._observations.append(obs)
 
     def __len__(self) -> int:
         return self._points.shape[0]

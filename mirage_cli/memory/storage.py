@@ -165,7 +165,8 @@ def observation_tensors(observations: list[Observation]) -> dict[str, torch.Tens
             "observed_depth": depth}
 
 
-def _check_observations(path, tensors: dict) -> list[Observation]:
+def _check_observations(path, tensors: dict, grid: tuple[int, int] | None = None) -> list[Observation]:
+    """The observation tensors, validated (``grid`` = the expected ``(h, w)`` when the metadata says)."""
     present = [k for k in OBSERVATION_TENSORS if k in tensors]
     if not present:
         return []
@@ -183,6 +184,16 @@ def _check_observations(path, tensors: dict) -> list[Observation]:
         raise MirageError(f"{path}: tensor 'observed_depth' has negative depth")
     if v and not bool(((K[:, 0, 0] > 0) & (K[:, 1, 1] > 0)).all()):
         raise MirageError(f"{path}: tensor 'observed_K' has a non-positive focal length")
+    if v:
+        R = c2w[:, :3, :3].double()
+        eye = torch.eye(3, dtype=torch.float64)
+        bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float32)
+        if float((R.transpose(1, 2) @ R - eye).abs().max()) > 1e-3 or not bool((c2w[:, 3] == bottom).all()):
+            raise MirageError(f"{path}: tensor 'observed_c2w' is not a rigid camera-to-world pose "
+                              "(rotation not orthonormal or last row not 0 0 0 1)")
+        if grid is not None and tuple(depth.shape[1:]) != grid:
+            raise MirageError(f"{path}: tensor 'observed_depth' has grid {tuple(depth.shape[1:])}, expected {grid} "
+                              "(the metadata's height and width over the spatial factor)")
     return [Observation(c2w[k].clone(), K[k].clone(), depth[k].clone()) for k in range(v)]
 
 
@@ -286,8 +297,11 @@ def read_latent_cache(path: str | os.PathLike) -> LatentCache:
         raise MirageError(f"{path}: metadata field 'splat' = {splat!r} is not one of {', '.join(SPLAT_MODES)}")
     extras = parse_json(path, meta, "extras")
     checked = _check_latent_tensors(path, tensors, meta, channels)
+    grid = None  # the run's latent grid, where the extras name the frame size
+    if isinstance(extras.get("width"), int) and isinstance(extras.get("height"), int):
+        grid = (extras["height"] // factor, extras["width"] // factor)
     return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked, splat,
-                       _check_observations(path, tensors))
+                       _check_observations(path, tensors, grid))
 
 
 def cache_summary(path: str | os.PathLike, memory) -> dict:
@@ -296,7 +310,7 @@ def cache_summary(path: str | os.PathLike, memory) -> dict:
 
     Keys: ``file``, ``file_bytes``, ``format``, ``version``, ``created_by``, ``codec``, ``channels``,
     ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``, ``splat``,
-    ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
+    ``observations`` (observed views whose free space writes keep free), ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
     """
     st = memory.stats()
     meta = read_metadata(path)
@@ -315,6 +329,7 @@ def cache_summary(path: str | os.PathLike, memory) -> dict:
         "bytes_per_point": st["bytes_per_point"],
         "write_policy": st["write_policy"],
         "splat": st["splat"],
+        "observations": st["observations"],
         "image_hash": st["image_hash"],
         "bounds": st["bounds"],
         "footprint": st["footprint"],
