@@ -28,6 +28,8 @@ final memory's input points (``chunk == 0``), exact for write policies ``new`` a
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -184,6 +186,9 @@ def _finished_record(out: Path):
     record = RunRecord.read(path)
     if record.status != "done":
         raise MirageError(f"{path}: the run is not finished (status {record.status}); nothing to score")
+    ref = record.depth.reference_depth
+    if not isinstance(ref, (int, float)) or not math.isfinite(ref) or ref <= 0:
+        raise MirageError(f"{path}: field depth.reference_depth must be a finite number > 0, got {ref!r}")
     return record
 
 
