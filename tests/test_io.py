@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
+
+import pytest
 
 from mirage_cli.io import atomic_path, write_json
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt during the test, however pytest was started: a runner started
+    in the background (`pytest &`, nohup, some CI shells) inherits SIGINT ignored, and a Ctrl-C sent
+    then is dropped (the code under test rightly hands it back to the handler that was set)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN, SIG_DFL or not set from Python
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def test_atomic_path_fsyncs_file_then_renames_then_fsyncs_dir(tmp_path, monkeypatch):
@@ -47,13 +62,9 @@ def _is_dir_fd(fd: int) -> bool:
     return stat.S_ISDIR(os.fstat(fd).st_mode)
 
 
-def test_whole_writes_holds_ctrl_c_until_the_frame_is_written():
+def test_whole_writes_holds_ctrl_c_until_the_frame_is_written(sigint_raises):
     """A SIGINT arriving while a frame is piped to ffmpeg is delivered after the write, never in it
     (a partial frame makes ffmpeg print "Invalid buffer size" on the terminal)."""
-    import signal
-
-    import pytest
-
     from mirage_cli.io import whole_writes
 
     done = []
@@ -66,12 +77,9 @@ def test_whole_writes_holds_ctrl_c_until_the_frame_is_written():
     assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
 
 
-def test_videowriter_interrupted_mid_frame_writes_the_frame_whole(tmp_path, monkeypatch):
+def test_videowriter_interrupted_mid_frame_writes_the_frame_whole(tmp_path, monkeypatch, sigint_raises):
     """VideoWriter.append: Ctrl-C during a frame's write surfaces only after the frame is complete."""
-    import signal
-
     import numpy as np
-    import pytest
 
     from mirage_cli.io import VideoWriter
 
