@@ -112,6 +112,44 @@ def test_console_summary_is_a_readable_line_after_the_table(batch_dir, tmp_path,
     assert out.startswith("batch done: 1 done; record ") and "{" not in out
 
 
+def test_a_jobs_warnings_reach_the_summary_and_batch_json(batch_dir, tmp_path, capsys, monkeypatch):
+    """A JPEG with no depth: `generate` warns that it uses the geometric prior; the batch says so
+    too, once per job, prefixed by the job id (issue 22, item 4), and batch.json keeps it."""
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf"))  # no depth model cached
+    Image.open(batch_dir / "room.png").convert("RGB").save(tmp_path / "photo.jpg", quality=90)  # no sidecar
+    rows = [{"id": "jpeg", "image": "photo.jpg", "traj": "orbit_left", **TINY, "frames": 9, "chunk-frames": 5},
+            {"id": "with-depth", "image": str(batch_dir / "room.png"), "traj": "orbit_left", **TINY}]
+    write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(out)]) == 0
+    stdout, err = capsys.readouterr()
+    lines = [l for l in err.splitlines() if "geometric prior" in l]
+    assert len(lines) == 1, err  # once for its job (2 chunks), none for the job with a depth sidecar
+    assert lines[0].startswith("warning: jpeg: no depth given") and "mirage models download" in lines[0]
+    assert stdout.startswith("batch done: 2 done")
+    jobs = json.loads(batch_json(out).read_text())["jobs"]
+    assert sum("geometric prior" in w for w in jobs["jpeg"]["warnings"]) == 1
+    assert not any("geometric prior" in w for w in jobs["with-depth"]["warnings"])
+    assert all(f"warning: {k}: {w}" in err.splitlines() for k, j in jobs.items() for w in j["warnings"])  # each printed
+    # --quiet hides the table and the summary, not the warnings (as with generate)
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "q"), "--quiet"]) == 0
+    stdout, err = capsys.readouterr()
+    assert stdout == "" and sum("warning: jpeg: no depth given" in l for l in err.splitlines()) == 1
+
+
+def test_a_worker_keeps_each_warning_once_and_not_generates_resume_hint():
+    from mirage_cli.batch.workers import Worker
+
+    w = Worker("t", in_process=True)
+    for msg in ["a", "b", "a", "run failed after 1 of 2 chunks; finished chunks are kept. "
+                                 "Continue with: mirage generate --resume out/x"]:
+        w.warn(msg)
+    assert w.warnings == ["a", "b"]
+
+
 # ------------------------------------------------------------------------------------ local
 def test_in_process_batch_retries_reports_failures_and_skips_done_jobs(batch_dir, singles, tmp_path, monkeypatch):
     (tmp_path / "broken.png").write_bytes(b"not a png")  # passes validation (it exists), fails when read

@@ -44,7 +44,7 @@ class _ActorWorker:
             return self.worker.run(job)
         except KeyboardInterrupt:
             return JobResult(job.id, "interrupted", self.worker.name, 0.0, error="KeyboardInterrupt",
-                             loads=self.worker.models.loads)
+                             loads=self.worker.models.loads, warnings=list(self.worker.warnings))
 
 
 class RayPool:

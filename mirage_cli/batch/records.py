@@ -2,8 +2,9 @@
 
 Per job id: ``status`` (pending / running / done / failed / interrupted / skipped), ``attempts``,
 ``worker`` (who ran the last attempt), ``seconds`` (wall time of the last attempt), ``frames`` (of
-the finished video), ``error`` (one line, the last failure), ``run`` (the run directory) and ``model_loads`` (how many models the
-worker had loaded by then: it stays at one per backend/model/dtype/device however many jobs ran).
+the finished video), ``error`` (one line, the last failure), ``run`` (the run directory), ``model_loads`` (how many models the
+worker had loaded by then: it stays at one per backend/model/dtype/device however many jobs ran) and
+``warnings`` (what ``mirage generate`` would have printed for the job, each once, over its attempts).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class JobRecord:
     frames: int | None = None
     error: str | None = None
     model_loads: int | None = None  # models its worker had loaded after the last attempt (1 per backend kind)
+    warnings: list[str] = field(default_factory=list)  # generate's warnings, each once, over all attempts
 
 
 @dataclass
@@ -44,6 +46,7 @@ class JobResult:
     frames: int | None = None
     error: str | None = None
     loads: int = 0  # models the worker has loaded so far (a worker never reloads per job)
+    warnings: list[str] = field(default_factory=list)  # the attempt's warnings, each once, in order
 
 
 @dataclass

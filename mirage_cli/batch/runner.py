@@ -9,7 +9,8 @@ Semantics (the README's "Many runs"):
   whichever worker is idle next; other jobs go on unless ``fail_fast``;
 - Ctrl-C stops dispatch, lets running jobs mark themselves interrupted, records them so, and
   re-raises (the CLI prints the command that resumes the batch);
-- ``DIR/batch.json`` is rewritten atomically whenever a job changes state.
+- ``DIR/batch.json`` is rewritten atomically whenever a job changes state; it keeps each job's
+  warnings (those ``mirage generate`` prints), which the CLI prints after the table.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def _running(record: BatchRecord) -> bool:
 def _apply(rec: JobRecord, result: JobResult, retries: int) -> bool:
     """Record one attempt's result; True when the job should be queued again."""
     rec.worker, rec.seconds, rec.error, rec.model_loads = result.worker, result.seconds, result.error, result.loads
+    rec.warnings += [w for w in result.warnings if w not in rec.warnings]
     if result.status == "done":
         rec.status, rec.frames = "done", result.frames
         return False

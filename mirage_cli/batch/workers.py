@@ -32,6 +32,9 @@ from .manifest import Job
 from .records import JobResult
 
 TEST_HOOKS = ("MIRAGE_TEST_FAIL_ONCE", "MIRAGE_TEST_DIE_ONCE")
+GENERATE_HINTS = ("Continue with: mirage generate --resume", "Start it over: the same command with --overwrite")
+"""How ``mirage generate`` says to go on after a stopped run: not kept for a batch job, which the
+batch itself retries, and resumes or restarts on a rerun (its failure has its own line)."""
 
 
 class ModelCache:
@@ -104,23 +107,33 @@ class Worker:
         self.name = name
         self.in_process = in_process
         self.models = ModelCache()
+        self.warnings: list[str] = []  # the current (or last) attempt's warnings, each once
+
+    def warn(self, msg: str) -> None:
+        """The pipeline's ``warn`` for a job: kept for the job's result (batch.json and the CLI's
+        lines after the table), each message once; nothing is printed here (the live table owns
+        the terminal, and a worker process has none)."""
+        if msg not in self.warnings and not any(h in msg for h in GENERATE_HINTS):
+            self.warnings.append(msg)
 
     def run(self, job: Job) -> JobResult:
         """One attempt of ``job``. Failures become a failed result with one error line; Ctrl-C
         (KeyboardInterrupt) propagates after the run marked itself interrupted."""
         t0 = time.perf_counter()
+        self.warnings = []
         try:
             self._test_hooks(job.id)
             record = self._run(job)
             return JobResult(job.id, "done", self.name, round(time.perf_counter() - t0, 3),
-                             frames=record.totals.frames if record.totals else None, loads=self.models.loads)
+                             frames=record.totals.frames if record.totals else None, loads=self.models.loads,
+                             warnings=list(self.warnings))
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one failing job never stops the worker
             line = str(e).splitlines()[0] if str(e) else ""
             return JobResult(job.id, "failed", self.name, round(time.perf_counter() - t0, 3),
                              error=f"{type(e).__name__}: {line}" if not isinstance(e, MirageError) else line,
-                             loads=self.models.loads)
+                             loads=self.models.loads, warnings=list(self.warnings))
 
     def _run(self, job: Job):
         from dataclasses import replace
@@ -131,7 +144,6 @@ class Worker:
         from ..pipeline.rundir import run_json
 
         out = Path(job.config.out)
-        quiet_warn = lambda msg: None  # noqa: E731 -- the batch table is the user's view; run.json keeps the rest
         loaders = self.models.loaders()
         state = run_state(out)
         if state == "done" and not job.config.overwrite:  # dispatched only for its step (see finished)
@@ -140,15 +152,15 @@ class Worker:
             run = None
             if state == "partial" and not job.config.overwrite:
                 try:
-                    run = resume(out, quiet=True, loaders=loaders)
+                    run = resume(out, warn=self.warn, quiet=True, loaders=loaders)
                 except MirageError as e:
                     if "no finished chunk" not in str(e):
                         raise
                     # interrupted before its first checkpoint: nothing to keep, start it again
             if run is None:
-                run = start(replace(job.config, overwrite=job.config.overwrite or state is not None), warn=quiet_warn,
+                run = start(replace(job.config, overwrite=job.config.overwrite or state is not None), warn=self.warn,
                             quiet=True, loaders=loaders)
-            record = run_loop(run, warn=quiet_warn)
+            record = run_loop(run, warn=self.warn)
         if job.then is not None:
             run_step(job, loaders)
         return record
@@ -196,7 +208,8 @@ class InProcessPool:
             return [self.worker.run(job)]
         except KeyboardInterrupt:
             self.interrupted = [JobResult(job.id, "interrupted", self.worker.name, round(time.perf_counter() - t0, 3),
-                                          error="KeyboardInterrupt", loads=self.worker.models.loads)]
+                                          error="KeyboardInterrupt", loads=self.worker.models.loads,
+                                          warnings=list(self.worker.warnings))]
             raise
         finally:
             self._job = None
@@ -223,7 +236,7 @@ def _process_main(conn, name: str, env: dict[str, str], threads: int) -> None:
                 result = worker.run(job)
             except KeyboardInterrupt:
                 result = JobResult(job.id, "interrupted", name, round(time.perf_counter() - t0, 3), error="KeyboardInterrupt",
-                                   loads=worker.models.loads)
+                                   loads=worker.models.loads, warnings=list(worker.warnings))
             conn.send(result)
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return

@@ -36,6 +36,14 @@ def counts_text(counts: dict) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.items() if n) or "no jobs"
 
 
+def print_job_warnings(record) -> None:
+    """Each job's warnings (those `mirage generate` prints; batch.json keeps them too), once per
+    job, prefixed by the job id; on stderr, like generate's, even with --quiet."""
+    for k, j in (record.jobs.items() if record else ()):
+        for w in j.warnings:
+            err_console.print(f"[yellow]warning:[/] {k}: {w}", highlight=False, soft_wrap=True)  # one line each in a log
+
+
 def batch_cmd(
     ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="JSONL or CSV manifest: one run per row (image, traj, optional id and any generate option)."),
@@ -70,25 +78,35 @@ def batch_cmd(
         from rich.live import Live
 
         live = Live(console=err_console, transient=False, auto_refresh=False)
-    update = (lambda rec: live.update(batch_table(rec), refresh=True)) if live else (lambda rec: None)
+    latest = []  # the last record seen, for the warnings of a batch cut short by Ctrl-C
+
+    def update(rec):
+        latest[:] = [rec]
+        if live:
+            live.update(batch_table(rec), refresh=True)
+
+    def end_live():
+        if live and live.is_started:
+            live.stop()
+            if not err_console.is_terminal:  # rich leaves a piped table without its last newline
+                err_console.line()
+
     try:
         if live:
             live.start()
         record = run_batch(manifest, opts, on_update=update)
     except KeyboardInterrupt:
-        if live:
-            live.stop()
+        end_live()
+        print_job_warnings(latest[0] if latest else None)
         err_console.print(f"[yellow]batch interrupted[/]; finished runs are kept. Continue with: "
                           f"mirage {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
         raise
     finally:
-        if live:
-            live.stop()
-            if not err_console.is_terminal:  # rich leaves a piped table without its last newline
-                err_console.line()
+        end_live()
     data = record.to_json()
     if json_out:
         write_json(json_out, data)
+    print_job_warnings(record)
     failed = {k: j for k, j in record.jobs.items() if j.status == "failed"}
     if not quiet:
         for k, j in failed.items():
