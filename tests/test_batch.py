@@ -266,3 +266,26 @@ def test_bare_ray_flag_means_a_local_instance():
     assert ray_flag_args(["batch", "m.jsonl", "--ray"]) == ["batch", "m.jsonl", "--ray", "local"]
     assert ray_flag_args(["batch", "m.jsonl", "--ray", "-q"]) == ["batch", "m.jsonl", "--ray", "local", "-q"]
     assert ray_flag_args(["batch", "m.jsonl", "--ray", "auto"]) == ["batch", "m.jsonl", "--ray", "auto"]
+
+
+def test_a_local_ray_instance_says_where_its_files_are(monkeypatch):
+    """`batch --ray` left /tmp/ray/session_* outside --out unannounced: batch.json's "workers" (and the
+    live table's title) name the session directory of the local instance the batch started."""
+    import types
+
+    from mirage_cli.batch import ray_backend
+    from mirage_cli.batch.runner import describe_pool
+
+    class Actor:
+        def __init__(self, *a):
+            pass
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: False, cluster_resources=lambda: {"CPU": 2},
+        init=lambda **kw: types.SimpleNamespace(address_info={"session_dir": "/tmp/ray/session_x"}),
+        remote=lambda **kw: (lambda cls: types.SimpleNamespace(remote=lambda *a: Actor())))
+    monkeypatch.setattr(ray_backend, "import_ray", lambda: fake)
+    pool = ray_backend.RayPool(1, None, 0.0)
+    assert describe_pool(BatchOptions(out="x", ray="local"), pool) == "ray local x1, Ray's files in /tmp/ray/session_x"
+    pool = ray_backend.RayPool(1, "auto", 0.0)  # a cluster's session is the cluster's
+    assert describe_pool(BatchOptions(out="x", ray="auto"), pool) == "ray auto x1"

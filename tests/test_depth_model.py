@@ -54,3 +54,13 @@ def test_missing_model_is_none_unless_required(tmp_path, monkeypatch):
     with pytest.raises(MirageError, match="mirage models download depth-anything-v2-small"):
         load_depth_model("depth-anything-v2-small", required=True)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_loading_shows_no_library_bar_even_without_quiet(depth_dirs, capfd):
+    """transformers' "Loading weights" bar (a second's load) broke into generate's own lines without -q."""
+    from mirage_cli.models.depth_model import load_depth_model
+
+    capfd.readouterr()
+    assert load_depth_model(str(depth_dirs["relative"]), progress=True) is not None
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in err + out

@@ -190,3 +190,61 @@ def test_dry_run_leaves_no_lock_file(tmp_path):
         assert main(["generate", example, "--traj", "orbit_left", "-n", "5", "--width", "104", "--dry-run",
                      "--out", str(out), "--quiet"] + extra) == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == ["dr"]  # no lock, no moved-aside run
+
+
+# ------------------------------------------------------------------------------------ issue 22
+def _example() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
+
+
+def test_a_preset_name_says_where_it_was_placed_and_a_preset_file_does_not(tmp_path, capsys):
+    """`--traj orbit_left` (placed from the input depth: look_at_depth 0.5875) and `--traj
+    presets/orbit_left.json` (the file's 1.0) give different videos: the name's run says so."""
+    from pathlib import Path
+
+    preset_file = str(Path(__file__).resolve().parents[1] / "presets" / "orbit_left.json")
+    base = ["generate", _example(), "-n", "2", "--dry-run"]
+    assert main(base + ["--traj", "orbit_left", "--out", str(tmp_path / "name")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "note: --traj orbit_left: look-at point placed at 0.5875 reference depths from the input depth" in err, err
+    assert "presets/orbit_left.json, keeps its own 1;" in err and "--look-at-depth" in err
+    assert json.loads((tmp_path / "name" / "run.json").read_text())["trajectory"]["look_at_depth"] == 0.5875
+    assert main(base + ["--traj", preset_file, "--out", str(tmp_path / "file")]) == 0
+    assert "placed" not in capsys.readouterr().err
+    assert main(base + ["--traj", "orbit_left", "--look-at-depth", "1", "--out", str(tmp_path / "given")]) == 0
+    assert "placed" not in capsys.readouterr().err  # the user chose it
+    assert main(base + ["--traj", "orbit_left", "-q", "--out", str(tmp_path / "quiet")]) == 0
+    assert capsys.readouterr().err == ""  # a note, not a warning: -q hides it
+
+
+def test_a_stretch_from_grid_rounding_says_so(tmp_path, capsys):
+    """--width 128 alone: 128x74 rounded to Wan's 16-px grid is 128x64; the warning said "give one
+    of --width/--height" although one was given."""
+    assert main(["generate", _example(), "--traj", "static", "-n", "2", "--width", "128", "--backend", "wan-vace",
+                 "--dry-run", "-q", "--out", str(tmp_path / "r")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "stretched to 128x64" in err and "128x74 rounded down to multiples of 16 px" in err, err
+    assert "give one of" not in err and "e.g. --width 112 --height 64" in err
+
+
+def test_memory_continuation_without_depth_does_not_warn_about_the_prior(small_scene, tmp_path):
+    """--memory supplies the scene the new image shows: no "no depth given ... prior" warning where
+    the memory sees the whole input view (the prior lifts only what it does not see)."""
+    import shutil
+
+    first = tmp_path / "first"
+    generate(GenerateConfig(image=str(small_scene["image"]), traj="static", frames=2, out=str(first)), warn=lambda m: None)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(small_scene["image"], bare / "room.png")  # no depth sidecar next to it
+    no_model = str(tmp_path / "no-such-depth-model")
+    warnings: list[str] = []
+    generate(GenerateConfig(image=str(bare / "room.png"), traj="pan_left", frames=2, out=str(tmp_path / "more"),
+                            memory=str(first / "cache" / "final.safetensors"), depth_model=no_model), warn=warnings.append)
+    assert not [w for w in warnings if "no depth given" in w or "prior" in w], warnings
+    warnings.clear()  # without --memory the warning stays
+    generate(GenerateConfig(image=str(bare / "room.png"), traj="static", frames=2, out=str(tmp_path / "alone"),
+                            depth_model=no_model), warn=warnings.append)
+    assert any("no depth given" in w and "geometric prior" in w for w in warnings), warnings

@@ -464,3 +464,53 @@ def test_ctrl_c_swallowed_during_startup_still_stops_and_puts_the_old_run_back(t
     assert main(args + ["--overwrite"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert (out / "run.json").read_text() == before
+
+
+# ---------------------------------------------------------------- issue 22: --frames far beyond the RAM
+def _address_space_limit(limit: int):
+    """A preexec_fn: the child may map at most ``limit`` bytes (``ulimit -v``)."""
+    import resource
+
+    def apply():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS as Linux enforces it")
+@pytest.mark.parametrize("command", [("generate", "IMAGE", "--traj", "orbit_left"), ("traj", "preset", "orbit_left"),
+                                     ("traj", "convert", "orbit_left")])
+def test_frames_far_beyond_the_ram_are_one_line_under_a_memory_limit(small_scene, tmp_path, command):
+    """`--frames 100000000` was killed by the kernel at 23 GB (rc 137, no message): under a 4 GB
+    address-space limit it is refused in one line naming --frames, exit 2, before any large
+    allocation (generate: by the peak-RAM estimate, which sees the limit; traj: the resampling)."""
+    out = tmp_path / ("run" if command[0] == "generate" else "t.json")
+    args = [str(small_scene["image"]) if a == "IMAGE" else a for a in command]
+    p = subprocess.run([sys.executable, "-m", "mirage_cli", "--threads", "1", *args, "--frames", "100000000",
+                        "-o", str(out)], capture_output=True, text=True, timeout=300,
+                       preexec_fn=_address_space_limit(4 * 1024 ** 3))
+    err = p.stderr.strip()
+    assert p.returncode == 2, (p.returncode, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("error:"), err
+    assert "--frames 100,000,000" in err and "lower --frames" in err, err
+    assert not out.exists()
+
+
+def test_the_ram_estimate_sees_the_address_space_limit_and_names_frames(monkeypatch):
+    import resource
+
+    import psutil
+
+    from mirage_cli.errors import MirageError
+    from mirage_cli.pipeline import resources
+
+    real = resources.available_ram()
+    limit = int(psutil.Process().memory_info().vms) + 2 * 1024 ** 3  # 2 GB above what this process maps
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (limit, limit) if what == resource.RLIMIT_AS else (-1, -1))
+    assert resources.available_ram() <= min(real, 2 * 1024 ** 3 + 64 * 1024 ** 2)
+    est = resources.estimate_peak((832, 480), (832, 480), (240, 416), 3, 2, 9, 1, 10_000_000)
+    with pytest.raises(MirageError, match=r"^--frames 10,000,000: .* lower --frames$"):
+        resources.check_peak(est, 2 * 1024 ** 3, frames=10_000_000)
+    small = resources.estimate_peak((8000, 6000), (832, 480), (240, 416), 3, 2, 9, 1, 49)
+    with pytest.raises(MirageError, match="--max-pixels"):  # not the frames' fault: the general advice
+        resources.check_peak(small, 1024 ** 2, frames=49)

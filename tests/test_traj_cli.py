@@ -198,11 +198,14 @@ def test_bad_options_exit_2(tmp_path, capsys):
         assert code == 2 and message in err, (args, err)
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    """--debug prints the traceback, and a bad input still exits 2 (issue 22: it exited 1)."""
     path = tmp_path / "bad.json"
     path.write_text(_native([]))
-    with pytest.raises(MirageError, match="empty camera path"):
-        main(["traj", "show", str(path), "--debug"])
+    capsys.readouterr()
+    assert main(["traj", "show", str(path), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "MirageError" in err and "empty camera path" in err
 
 
 @pytest.mark.parametrize("args", [("traj", "convert", "orbit_left", "-o"), ("traj", "preset", "pan_left", "-o"),
@@ -224,3 +227,8 @@ def test_geometry_npz_missing_a_key_names_it(tmp_path, capsys, drop):
     np.savez(tmp_path / "geom.npz", **arrays)
     code, _, err = _run(capsys, "traj", "show", str(tmp_path / "geom.npz"))
     assert code == 2 and f"{drop}: missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_preset_suggests_the_close_name(tmp_path, capsys):
+    code, _, err = _run(capsys, "traj", "preset", "orbit_lft", "-o", str(tmp_path / "x.json"))
+    assert code == 2 and "did you mean 'orbit_left'?" in err and len(err.strip().splitlines()) == 1

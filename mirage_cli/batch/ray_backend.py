@@ -62,16 +62,21 @@ class RayPool:
                  threads: int | None = None):
         ray = self.ray = import_ray()
         self._owns = not ray.is_initialized()
+        self.session_dir = None  # where the local instance this pool starts keeps its files (logs, sockets)
         if self._owns:
             # Ray's own notices (token authentication, ...) went to stderr through Python's last-resort
             # handler, between mirage's lines; its errors still show, and ours say what failed
             logging.getLogger("ray").setLevel(logging.ERROR)
             try:
-                ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
+                context = ray.init(address=address, num_cpus=num_cpus if address is None else None,
+                                   include_dashboard=False, log_to_driver=False, configure_logging=False)
             except Exception as e:  # no cluster at ADDRESS, ...: one line
                 raise MirageError(f"--ray: cannot connect to Ray{f' at {address}' if address else ''} "
                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            # Ray's own temp dir (/tmp/ray by default, $RAY_TMPDIR), not --out: its socket paths must stay
+            # short (AF_UNIX, ~107 bytes), so it is named (batch.json's "workers") rather than moved
+            if address is None:  # a cluster's session belongs to the cluster
+                self.session_dir = (getattr(context, "address_info", None) or {}).get("session_dir")
         res = ray.cluster_resources()
         if n is None:  # as many workers as the cluster holds
             n = max(1, int(res.get("GPU", 0) // gpus) if gpus else int(res.get("CPU", 1)))

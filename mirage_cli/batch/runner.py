@@ -53,7 +53,8 @@ def make_pool(opts: BatchOptions):
 
 def describe_pool(opts: BatchOptions, pool) -> str:
     if opts.ray is not None:
-        return f"ray {opts.ray} x{pool.size}"
+        files = getattr(pool, "session_dir", None)  # a local instance this batch started
+        return f"ray {opts.ray} x{pool.size}" + (f", Ray's files in {files}" if files else "")
     return "in-process" if pool.size == 1 else f"{pool.size} processes"
 
 

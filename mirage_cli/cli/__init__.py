@@ -8,6 +8,7 @@ traceback instead.
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Optional
 
 import typer
@@ -147,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo(e.ctx.get_help() if e.ctx else e.format_message())
         code = 2
     except _click.UsageError as e:  # --frames abc, --bogus, a missing value: one line
-        if debug:
-            raise
+        if debug:  # the traceback, with the exit code the error has without --debug
+            traceback.print_exc()
+            return _exit(e.exit_code, argv)
         where = f"{e.ctx.command_path}: " if e.ctx else ""
         message = no_such_option_message(e) if isinstance(e, _click.NoSuchOption) else e.format_message()
         err_console.print(f"[bold red]error:[/] {escape(where + message)}", highlight=False, soft_wrap=True)
@@ -158,20 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         code = e.exit_code
     except typer.Abort as e:  # click turns a Ctrl-C it sees (e.g. while torch is imported) into Abort
         if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
-            err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+            err_console.print("[yellow]interrupted[/]")
             code = 130
         else:
             err_console.print("[yellow]aborted[/]")
             code = 1
     except Exception as e:
         user = _user_error(e)
-        if debug or user is None:
+        if user is None:
             raise
+        if debug:  # the traceback, with the exit code the error has without --debug
+            traceback.print_exc()
+            return _exit(user.exit_code, argv)
         err_console.print(f"[bold red]error:[/] {escape(str(user))}", highlight=False, soft_wrap=True)
         code = user.exit_code
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+        err_console.print("[yellow]interrupted[/]")
         code = 130
+    return _exit(code, argv)
+
+
+def _exit(code: int, argv: list[str] | None) -> int:
+    """Exit with ``code`` as the console script, or return it (``main(argv)`` from Python)."""
     if argv is None:
         sys.exit(code)
     return code
@@ -184,7 +194,7 @@ def _user_error(e: Exception) -> MirageError | None:
         return e
     if allocation_failure(e):
         return MirageError("out of memory; reduce --width/--height (or --max-pixels), raise --downscale or lower "
-                           f"--chunk-frames ({type(e).__name__})")
+                           f"--chunk-frames/--frames ({type(e).__name__})")
     reason = write_failure_reason(e)
     if reason is not None and isinstance(e, OSError):
         return MirageError(f"{e.filename or 'I/O'}: {reason}")

@@ -39,7 +39,7 @@ def stops_on_ctrl_c(command: Callable) -> Callable:
                 raise_if_interrupted()  # a Ctrl-C swallowed before the command began (torch's import)
                 return command(*args, **kwargs)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/] (finished outputs are kept)")
+            err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -112,12 +112,14 @@ def generate_cmd(
     )
     # warnings go to stderr even with --quiet / --json (they hide progress and the summary only)
     warn = lambda msg: err_console.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
+    note = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"note: {msg}", highlight=False))  # noqa: E731
     show = not (quiet or json_out)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not show, transient=True)
     with progress:
         record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out,
-                          resume_device=device if resume is not None and _given(ctx, "device") else None, dry_run=dry_run)
+                          resume_device=device if resume is not None and _given(ctx, "device") else None, dry_run=dry_run,
+                          note=note)
     if json_out:
         console.print_json(json.dumps(record))
     elif not quiet:

@@ -91,6 +91,9 @@ def load_depth_model(ref: str | os.PathLike = DEFAULT_DEPTH_MODEL, device: str |
     Returns None when the model is not available locally and ``required`` is False; raises
     :class:`MirageError` when it is required and missing (the message says how to fetch it).
     Runs in fp32 (the small model is ~25 M parameters; one image is cheap on any device).
+    transformers' own "Loading weights" bar stays off whatever ``progress`` says: the load takes
+    about a second and its bar only broke into mirage's own lines (``progress`` is kept for the
+    loaders' common signature).
     """
     try:
         root = resolve_model(ref, None, download=download)
@@ -102,7 +105,7 @@ def load_depth_model(ref: str | os.PathLike = DEFAULT_DEPTH_MODEL, device: str |
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     try:
-        with hf_progress(progress):
+        with hf_progress(False):
             processor = AutoImageProcessor.from_pretrained(root)
             model = AutoModelForDepthEstimation.from_pretrained(root, use_safetensors=True,
                                                                 **dtype_kwargs("transformers", torch.float32))

@@ -37,28 +37,29 @@ from ..threads import current_threads
 from .config import (FRAME_SIDES, GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
                      traj_stem, unused_options, with_absolute_paths, with_backend_defaults)
 from .dryrun import DryRunBackend, dry_run_codec, run_dry
-from .inputs import (Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
-                     prepare_trajectory, resume_depth_model, trajectory_cameras, with_geometry_image)
+from .inputs import (NO_DEPTH, Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
+                     prepare_trajectory, real_depth_hint, resume_depth_model, trajectory_cameras, with_geometry_image)
 from .loop import Run, RunState, exact_first_frame, open_video, replay_chunks, round_latents, run_loop
 from .plan import plan_chunks, reference_depth, scale_cameras
 from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
-from .placement import place_preset, warn_behind
+from .placement import place_preset, placement_note, warn_behind
 from .rundir import RunDir, newest_dump, read_run, save_depth, trajectory_file
 
 Warn = Callable[[str], None]
 
 
 def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resume_dir: Path | None = None,
-             quiet: bool = False, resume_device: str | None = None, dry_run: bool = False) -> dict:
+             quiet: bool = False, resume_device: str | None = None, dry_run: bool = False, note: Warn | None = None) -> dict:
     """Run (or resume) one generation. Returns the run record (as written to ``run.json``).
 
     Everything that can fail on bad input is checked before the output directory is touched.
 
     Args:
         cfg: the options (ignored with ``resume_dir``). progress: a ``rich.progress.Progress`` or None.
-        warn: callable for warnings.
+        warn: callable for warnings. note: callable for information about choices made for the
+            user (where a preset by name was placed); None: not said (``mirage batch``).
         resume_dir: continue the run in this directory (its run.json supplies the options; the
             trajectory comes from its ``trajectory.json`` and the scale from its recorded depth).
         quiet: silence the model libraries' own loading bars too.
@@ -67,7 +68,7 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         dry_run: prepare the run, then write coverage.mp4 instead of running a backend (``dryrun.py``).
     """
     if dry_run:
-        run = start(cfg, warn=warn, quiet=quiet, dry_run=True)
+        run = start(cfg, warn=warn, quiet=quiet, dry_run=True, note=note)
         try:
             record = run_dry(run)
         except BaseException:
@@ -77,15 +78,16 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         run.dir.close()  # and its lock file goes, as a real run's does
         return record.to_json()
     run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
-           else start(cfg, warn=warn, quiet=quiet))
+           else start(cfg, warn=warn, quiet=quiet, note=note))
     return run_loop(run, progress=progress, warn=warn).to_json()
 
 
 def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run: bool = False,
-          loaders: Loaders | None = None) -> Run:
+          loaders: Loaders | None = None, note: Warn | None = None) -> Run:
     """A new run: validate every input, then create the run directory and the first memory.
     ``dry_run``: with a stand-in codec on the same grid and no backend (see ``dryrun.py``);
-    ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones)."""
+    ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones);
+    ``note``: where information goes (see :func:`generate`)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
     cfg = with_geometry_image(cfg)
@@ -124,17 +126,25 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     distortion = (W / H) / (W0 / H0) - 1
     if aspect_differs((W0, H0), (W, H)):  # a resize is a per-axis stretch, never a crop: say so when it shows
         warn(f"{image_path}: {W0}x{H0} stretched to {W}x{H} frames: {100 * abs(distortion):.0f} % "
-             f"{'wider' if distortion > 0 else 'narrower'} than the image (give one of --width/--height, or both "
-             "in the image's aspect, to keep it)")
-    traj = prepare_trajectory(cfg, (W, H), warn)
+             f"{'wider' if distortion > 0 else 'narrower'} than the image "
+             f"({stretch_cause((W0, H0), (cfg.width, cfg.height), grid_multiple(cfg.backend, codec))})")
     tf = codec.temporal_factor
-    check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels, 2,
-                             cfg.chunk_frames or default_chunk_frames(tf), tf, len(traj)), available_ram())
+
+    def check_ram(frames: int) -> None:  # the peak-RAM estimate of a run `frames` long
+        check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels,
+                                 2, cfg.chunk_frames or default_chunk_frames(tf), tf, frames), available_ram(), cfg.frames)
+
+    if cfg.frames is not None:
+        check_ram(cfg.frames)  # before anything is made --frames long (the resampled trajectory, cameras, plan)
+    traj = prepare_trajectory(cfg, (W, H), warn)
+    check_ram(len(traj))
     cams = trajectory_cameras(traj, cfg.fov, W, H, cfg.intrinsics)
     fov0 = float(cams.fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, raw_hw, fov0, device,
                                                      warn, show_progress=not quiet, loaders=loaders)
     traj, look_at = place_preset(traj, cfg.traj, cfg.look_at_depth, cfg.frames, depth, cams[:1], reference_depth(depth))
+    if look_at is not None and cfg.look_at_depth is None and note is not None:
+        note(placement_note(cfg.traj, look_at))
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
@@ -150,7 +160,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
         warn_behind(plan.cams, depth, warn)
         first_latent = _first_latent(codec, image, device)
-        memory = _first_memory(memory, plan, codec, first_latent, depth.to(device))
+        memory = _first_memory(memory, plan, codec, first_latent, depth.to(device),
+                               warn if depth_source == "prior" and cfg.depth is None else None)
         state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
                          video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
@@ -287,6 +298,23 @@ def check_frame_size(size: tuple[int, int], image_path: Path, downscale: int | N
                           f"{', '.join(map(str, divisors))}")
 
 
+def stretch_cause(image_size: tuple[int, int], asked: tuple[int | None, int | None], multiple: int) -> str:
+    """Why the frames' aspect differs from the image's ``(W0, H0)`` and how to keep it: ``asked``
+    ``(--width, --height)`` in another aspect, or the rounding down to multiples of ``multiple`` px
+    (the codec's grid) of a size in the image's aspect (e.g. --width 128 alone: 128x74 -> 128x64)."""
+    W0, H0 = image_size
+    W, H = output_size(W0, H0, *asked)
+    if aspect_differs((W0, H0), (W, H)):
+        return "give one of --width/--height, or both in the image's aspect, to keep it"
+    hint = f"{W}x{H} rounded down to multiples of {multiple} px, the backend's grid"
+    fits = [(w, h) for w in range(multiple, 8193, multiple) for h in [round(H0 * w / W0) // multiple * multiple]
+            if h >= multiple and not aspect_differs((W0, H0), (w, h))]
+    if fits:
+        w, h = min(fits, key=lambda s: abs(s[0] - W))
+        hint += f"; a size whose both sides are multiples of {multiple} keeps it, e.g. --width {w} --height {h}"
+    return hint
+
+
 def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
     """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
     --width/--height alone: the other follows the aspect ratio; see preview_downscale)."""
@@ -326,14 +354,20 @@ def _first_latent(codec: Codec, image: torch.Tensor, device: torch.device) -> to
 
 
 def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, first_latent: torch.Tensor,
-                  depth: torch.Tensor) -> LatentMemory:
+                  depth: torch.Tensor, warn_prior: Warn | None = None) -> LatentMemory:
     """The memory a new run starts from: the input image lifted with its depth ``(H, W)``, into a
-    fresh memory or (``--memory``) into a saved one where that one does not already see it."""
+    fresh memory or (``--memory``) into a saved one where that one does not already see it.
+    ``warn_prior``: where the depth is the prior because none was found, says how much of the
+    input a saved memory leaves to it (nothing said when the memory sees the whole input)."""
     cam0, cfg = plan.cams[0], plan.config
     if memory is not None:
         memory.write_policy = cfg.write_policy
         memory.splat = cfg.splat
         _, known0, _ = memory.read(cam0)
+        unseen = float((~known0[0]).float().mean())
+        if warn_prior is not None and unseen > 0:
+            warn_prior(f"{NO_DEPTH}: {cfg.memory} does not see {100 * unseen:.1f} % of the input view; that part is "
+                       f"lifted with the geometric prior (ground plane + far wall); {real_depth_hint(cfg)}")
         memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK, mask=~known0[0])
         return memory
     memory = LatentMemory(codec.channels, codec.spatial_factor, codec=codec.name, device=plan.device,

@@ -72,6 +72,13 @@ def grid_multiple(backend: str, codec: Codec) -> int:
     return 2 * codec.spatial_factor if backend != "preview" else codec.spatial_factor
 
 
+NO_DEPTH = "no depth given (no --depth, no sidecar, no cached depth model)"
+
+
+def real_depth_hint(cfg: GenerateConfig) -> str:
+    return f"for real depth run `mirage models download {cfg.depth_model}` or pass --depth FILE"
+
+
 def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, orig_size: tuple[int, int], fov_y: float,
                   device: torch.device, warn: Callable[[str], None], show_progress: bool = True, loaders: Loaders | None = None):
     """Depth of the input image at its (resized) size.
@@ -109,8 +116,8 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
             kind = f"model:{cfg.depth_model}:{dkind}"
         else:
             kind = "prior"
-            warn("no depth given (no --depth, no sidecar, no cached depth model): using the geometric prior (ground plane + "
-                 f"far wall); for real depth run `mirage models download {cfg.depth_model}` or pass --depth FILE")
+            if not cfg.memory:  # with --memory the memory supplies the scene: said where the input is lifted
+                warn(f"{NO_DEPTH}: using the geometric prior (ground plane + far wall); {real_depth_hint(cfg)}")
     if kind == "prior":
         depth = prior_depth(H, W, fov_y)
     if tuple(depth.shape) != (H, W):

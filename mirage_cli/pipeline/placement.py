@@ -106,6 +106,17 @@ def place_preset(traj, traj_arg: str, look_at_depth: float | None, frames: int |
     return (resample(placed, frames) if frames is not None else placed), look_at_depth
 
 
+def placement_note(traj_arg: str, look_at_depth: float) -> str:
+    """The line saying where a preset by name was placed from the input depth, and that its file
+    (``mirage traj preset``, ``presets/NAME.json``) keeps the preset's own look-at depth."""
+    from ..trajectories import PRESETS
+
+    name = traj_arg.removeprefix("preset:")
+    own = PRESETS[name].defaults()["look_at_depth"]
+    return (f"--traj {name}: look-at point placed at {look_at_depth:g} reference depths from the input depth "
+            f"(a preset file, e.g. presets/{name}.json, keeps its own {own:g}; --look-at-depth sets it)")
+
+
 def warn_behind(cams: Cameras, depth: torch.Tensor, warn: Callable[[str], None]) -> None:
     """One warning naming the frames whose camera ends up behind the first view's surface."""
     behind = cameras_behind_surface(cams, depth)

@@ -80,16 +80,31 @@ def estimate_peak(image_size: tuple[int, int], size: tuple[int, int], grid: tupl
 
 
 def available_ram() -> int:
-    """Bytes of RAM available to a new allocation now (psutil)."""
+    """Bytes of RAM available to a new allocation now: psutil's available RAM, or less where the
+    process's address-space limit (``ulimit -v``, RLIMIT_AS) leaves less room above what it maps."""
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    available = int(psutil.virtual_memory().available)
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, AttributeError, OSError, ValueError):  # no such limit on this platform
+        return available
+    if limit == resource.RLIM_INFINITY:
+        return available
+    return max(0, min(available, limit - int(psutil.Process().memory_info().vms)))
 
 
-def check_peak(est: PeakEstimate, available: int) -> None:
-    """Refuse a run whose estimate exceeds ``RAM_FRACTION`` of ``available`` bytes."""
+def check_peak(est: PeakEstimate, available: int, frames: int | None = None) -> None:
+    """Refuse a run whose estimate exceeds ``RAM_FRACTION`` of ``available`` bytes. ``frames``: the
+    ``--frames`` given, named first when the run's length is the largest term (its history)."""
     if est.total <= RAM_FRACTION * available:
         return
     gb = 1024 ** 3
+    if frames is not None and est.history >= max(est.image, est.memory, est.read, est.chunk):
+        raise MirageError(f"--frames {frames:,}: this run needs about {est.total / gb:.1f} GB of RAM "
+                          f"({est.history / gb:.1f} GB of it for the frames' latents), {available / gb:.1f} GB are "
+                          "available; lower --frames")
     raise MirageError(f"this run needs about {est.total / gb:.1f} GB of RAM, {available / gb:.1f} GB are available; "
                       "reduce --width/--height or --max-pixels, raise --downscale, or lower --chunk-frames/--frames")

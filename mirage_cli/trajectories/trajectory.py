@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import MirageError
+from ..errors import MirageError, allocation_failure
 from ..geometry.cameras import Cameras
 from ..geometry.intrinsics import aspect_differs, fit_cameras
 from ..geometry.rotations import quaternion_to_rotation, rotation_angle_deg, rotation_to_quaternion, slerp
@@ -106,6 +106,16 @@ def resample(traj: Trajectory, n: int, fps: float | None = None) -> Trajectory:
         raise MirageError(f"{traj.source}: cannot resample to {n} frames (need at least 1)")
     if fps is not None and not fps > 0:
         raise MirageError(f"{traj.source}: fps must be positive (got {fps})")
+    try:
+        return _resample(traj, n, fps)
+    except (MemoryError, RuntimeError) as e:  # a --frames far beyond the RAM: name it, not the frame size
+        if not allocation_failure(e):
+            raise
+    # raised here, not in the handler: the failed allocation's frames (and their tensors) are gone by now
+    raise MirageError(f"--frames {n:,}: out of memory while resampling {traj.source} to that many frames; lower --frames")
+
+
+def _resample(traj: Trajectory, n: int, fps: float | None) -> Trajectory:
     cams, N = traj.cameras, len(traj.cameras)
     if N == 1:
         idx = torch.zeros(n, dtype=torch.long)

@@ -15,6 +15,7 @@ The files in ``presets/`` are generated from this module; regenerate them with::
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from ...errors import MirageError
+from ...errors import MirageError, allocation_failure
 from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal, look_at
 from ...geometry.rotations import rotation_x, rotation_y
 from ..formats import save_trajectory
@@ -204,7 +205,9 @@ def _check_params(name: str, p: dict[str, Any]) -> None:
 def resolve_params(name: str, **overrides: Any) -> dict[str, float]:
     """The preset's parameters with ``overrides`` applied (``None`` values are ignored)."""
     if name not in PRESETS:
-        raise MirageError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise MirageError(f"unknown preset {name!r} ({hint}known: {', '.join(PRESETS)})")
     params = PRESETS[name].defaults()
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = [k for k in given if k not in params]
@@ -235,10 +238,17 @@ def make_preset(name: str, frames: int | None = None, fps: float | None = None, 
     if width < 1 or height < 1:
         raise MirageError(f"preset {name}: width and height must be positive (got {width}x{height})")
     n = params["frames"]
-    t = torch.linspace(0.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    c2w, focal = PRESETS[name].build(t, params)
-    fov_y = fov_from_focal(focal_from_fov(params["fov"]) * focal)  # the focal multiplier zooms frame 0's fov
-    cams = Cameras.from_fov(c2w, fov_y, width, height)
+    try:
+        t = torch.linspace(0.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
+        c2w, focal = PRESETS[name].build(t, params)
+        fov_y = fov_from_focal(focal_from_fov(params["fov"]) * focal)  # the focal multiplier zooms frame 0's fov
+        cams = Cameras.from_fov(c2w, fov_y, width, height)
+    except (MemoryError, RuntimeError) as e:  # frames far beyond the RAM: name them
+        if not allocation_failure(e):
+            raise
+        cams = None  # said below, once the failed allocation's tensors are gone
+    if cams is None:
+        raise MirageError(f"--frames {n:,}: out of memory while making preset {name} that long; lower --frames")
     meta = {"preset": {"name": name, "params": params}}
     return Trajectory(cams, params["fps"], "preset", "relative", name, True, meta)
 
