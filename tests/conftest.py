@@ -9,6 +9,14 @@ import torch
 from mirage_cli.io import save_image
 
 
+def pytest_sessionstart(session):
+    """Build (or load) the compiled splat before any test: its build announces itself on stderr
+    (issue 22), which would otherwise land in the captured output of whichever test runs first."""
+    from mirage_cli.memory import compiled
+
+    compiled.extension()
+
+
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory):
     """A 208x120 render of the synthetic room with its exact depth sidecar.

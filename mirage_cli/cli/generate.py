@@ -91,15 +91,13 @@ def generate_cmd(
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
     from ..errors import MirageError
-    from ..pipeline.generate import GenerateConfig, generate
+    from ..pipeline.config import GenerateConfig
     from ..threads import apply_light_default, given_threads
 
     if resume is not None and (image is not None or traj is not None or out is not None):
         raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")
     if resume is not None:
         refuse_with_resume(ctx)
-    if (run_backend(resume) if resume is not None else backend) == "preview":
-        apply_light_default(given_threads(ctx))  # the preview's thread default, for a resumed preview run too
 
     cfg = GenerateConfig(
         image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
@@ -110,6 +108,12 @@ def generate_cmd(
         preceding_frames=preceding_frames, start_frame=start_frame, cpu_offload=cpu_offload, overwrite=overwrite,
         max_pixels=max_pixels, keep_latents=keep_latents, look_at_depth=look_at_depth,
     )
+    if resume is None:
+        check_options(cfg)  # every option error answers before torch is imported (seconds of CPU)
+    if (run_backend(resume) if resume is not None else backend) == "preview":
+        apply_light_default(given_threads(ctx))  # the preview's thread default, for a resumed preview run too
+    from ..pipeline.generate import generate  # torch and the whole pipeline
+
     # warnings go to stderr even with --quiet / --json (they hide progress and the summary only)
     warn = lambda msg: err_console.print(f"[yellow]warning:[/] {msg}")  # noqa: E731
     note = (lambda msg: None) if quiet else (lambda msg: err_console.print(f"note: {msg}", highlight=False))  # noqa: E731
@@ -124,6 +128,20 @@ def generate_cmd(
         console.print_json(json.dumps(record))
     elif not quiet:
         (print_dry_run if dry_run else print_summary)(record)
+
+
+def check_options(cfg) -> None:
+    """The checks that need no torch, no file read and no model: ``check_config`` and whether
+    ``--traj`` is a file or a preset name. ``generate`` repeats them (it is called by others too)."""
+    from dataclasses import replace
+
+    from ..pipeline.config import check_config
+    from ..trajectories.catalog import preset_name
+
+    if not cfg.image and cfg.traj and cfg.traj.endswith(".npz"):  # may be a geometry.npz (its own image)
+        cfg = replace(cfg, image=cfg.traj)
+    check_config(cfg)
+    preset_name(cfg.traj)
 
 
 RESUME_ALLOWED = ("resume", "quiet", "json_out", "device")  # change nothing in the output (--device: checked in resume)

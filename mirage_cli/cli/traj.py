@@ -37,10 +37,10 @@ def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = Fa
 @app.command("list")
 def list_cmd() -> None:
     """List the presets, one line each: name, motion, parameters with their defaults."""
-    from ..trajectories import PRESETS  # deferred: torch
+    from ..trajectories.catalog import CATALOG  # no torch: the names and defaults only
 
-    width = max(len(n) for n in PRESETS)
-    for name, p in PRESETS.items():
+    width = max(len(n) for n in CATALOG)
+    for name, p in CATALOG.items():
         params = " ".join(f"{k}={v:g}" for k, v in p.defaults().items())
         typer.echo(f"{name:<{width}}  {p.description}  [{params}]")
 

@@ -29,9 +29,7 @@ import torch
 
 from ..errors import MirageError
 from .cameras import Cameras
-
-INTRINSICS_MODES: tuple[str, ...] = ("crop", "stretch", "fov")
-"""How a file's intrinsics are fitted to an image of another aspect ratio (see the module docstring)."""
+from .modes import INTRINSICS_MODES  # torch-free, read by the option checks
 
 ASPECT_TOLERANCE = 0.01
 """Aspect ratios that differ by more than 1 % get a warning (the intrinsics mode then matters)."""

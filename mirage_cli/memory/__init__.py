@@ -10,8 +10,14 @@ The splat lives in :mod:`mirage_cli.memory.splat` (``from mirage_cli.memory.spla
 it is not re-exported here so that the function does not shadow its module.
 """
 
-from .latent import WRITE_POLICIES, LatentMemory
-from .lifting import reduce_depth
-from .storage import FORMAT, INPUT_CHUNK, VERSION
+from ..lazy import lazy_exports
+
+# Lazy re-exports (PEP 562): importing a torch-free module of this package (``modes``) does not
+# import torch; the names below load their module on first use.
+_EXPORTS = {"WRITE_POLICIES": "latent", "LatentMemory": "latent", "reduce_depth": "lifting", "FORMAT": "storage",
+            "INPUT_CHUNK": "storage", "VERSION": "storage"}
 
 __all__ = ["FORMAT", "INPUT_CHUNK", "VERSION", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

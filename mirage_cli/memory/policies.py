@@ -25,8 +25,8 @@ import torch
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
 
-NEW, REPLACE, AVERAGE, APPEND = "new", "replace", "average", "append"
-LATENT_POLICIES = (NEW, REPLACE, AVERAGE, APPEND)
+from .modes import APPEND, AVERAGE, LATENT_POLICIES, NEW, REPLACE  # noqa: F401  (torch-free names)
+
 POINTCLOUD_POLICIES = LATENT_POLICIES
 
 

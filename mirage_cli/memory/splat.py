@@ -442,7 +442,8 @@ def lift_patches_frames(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
     return world.to(torch.float32), footprint.to(torch.float32), axes.to(torch.float32), tt, ii, jj
 
 
-SPLAT_MODES = ("patch", "point")
+from .modes import SPLAT_MODES  # noqa: E402  (torch-free names, read by the option checks)
+
 # Points are culled by blocks of this many consecutive stored points before the per-point test:
 # points lifted together are neighbours in space, so most blocks are wholly in or out of a view.
 CULL_BLOCK = 128

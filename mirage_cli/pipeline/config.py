@@ -12,13 +12,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import MirageError
-from ..geometry.cameras import Cameras
-from .plan import Chunk
+from ..geometry.modes import INTRINSICS_MODES
+from ..memory.modes import LATENT_POLICIES as WRITE_POLICIES, SPLAT_MODES
 from .resources import MAX_PIXELS
+
+if TYPE_CHECKING:  # no torch at import: the option checks run before torch's import (seconds)
+    import torch
+
+    from ..geometry.cameras import Cameras
+    from .plan import Chunk
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace", "mirage")
@@ -105,10 +110,7 @@ class RunPlan:
 
 
 def check_config(cfg: GenerateConfig) -> None:
-    """Reject bad options with one line each, before anything is read or written."""
-    from ..geometry.intrinsics import INTRINSICS_MODES
-    from ..memory.latent import SPLAT_MODES, WRITE_POLICIES
-
+    """Reject bad options with one line each, before anything is read or written (no torch needed)."""
     def bad(opt: str, why: str):
         raise MirageError(f"{opt}: {why}")
 

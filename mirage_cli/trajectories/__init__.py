@@ -9,13 +9,27 @@ Public API (import from here)::
 ``plot`` the PNG of ``mirage traj show --plot`` (imported from there: it needs Pillow's fonts).
 """
 
-from .formats import FORMATS, REGISTRY, detect_format, read_trajectory, save_trajectory, trajectory_text
-from .load import convert, load_trajectory
-from .presets import PRESETS, make_preset, write_presets
-from .trajectory import DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory, adjust, resample, summarize
+from ..lazy import lazy_exports
+
+# Lazy re-exports (PEP 562): the names below load their module (and torch) on first use, so that
+# ``mirage traj list`` and the option checks can read the torch-free ``catalog`` alone.
+_EXPORTS = {
+    "FORMATS": "formats", "REGISTRY": "formats", "detect_format": "formats", "read_trajectory": "formats",
+    "save_trajectory": "formats", "trajectory_text": "formats", "convert": "load", "load_trajectory": "load",
+    "PRESETS": "presets", "make_preset": "presets", "write_presets": "presets", "DEFAULT_FPS": "trajectory",
+    "DEFAULT_HEIGHT": "trajectory", "DEFAULT_WIDTH": "trajectory", "Trajectory": "trajectory", "adjust": "trajectory",
+    "resample": "trajectory", "summarize": "trajectory",
+}
 
 __all__ = [
     "DEFAULT_FPS", "DEFAULT_HEIGHT", "DEFAULT_WIDTH", "FORMATS", "PRESETS", "REGISTRY", "Trajectory", "adjust",
     "convert", "detect_format", "load_trajectory", "make_preset", "read_trajectory", "resample", "save_trajectory",
     "summarize", "trajectory_text", "write_presets",
 ]
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

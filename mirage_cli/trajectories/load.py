@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from ..errors import MirageError
+from .catalog import preset_name
 from .formats import read_trajectory
-from .presets import PRESETS, make_preset
+from .presets import make_preset
 from .trajectory import Trajectory, adjust
 
 
@@ -26,14 +26,10 @@ def load_trajectory(path_or_preset: str | Path, **preset_overrides: Any) -> Traj
         MirageError: one line naming the file, the frame and the field of the first problem.
     """
     text = str(path_or_preset)
-    name = text[len("preset:"):] if text.startswith("preset:") else text
-    path = Path(text)
-    if text.startswith("preset:") or (not path.exists() and name in PRESETS):
+    name = preset_name(text)  # the file / preset rule (and its error) lives in the torch-free catalog
+    if name is not None:
         return make_preset(name, **preset_overrides)
-    if not path.exists():
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f" (did you mean preset '{close[0]}'?)" if close else " (`mirage traj list` shows the presets)"
-        raise MirageError(f"{text}: no such file, and not a preset name{hint}")
+    path = Path(text)
     if preset_overrides:
         raise MirageError(f"{text}: preset parameters ({', '.join(preset_overrides)}) only apply to preset names")
     return read_trajectory(path)

@@ -26,21 +26,9 @@ import torch
 from ...errors import MirageError, allocation_failure
 from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal, look_at
 from ...geometry.rotations import rotation_x, rotation_y
+from ..catalog import CATALOG, COMMON_DEFAULTS, PARAM_HELP  # noqa: F401  (re-exported)
 from ..formats import save_trajectory
 from ..trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory
-
-COMMON_DEFAULTS: dict[str, float] = {"frames": 49, "fps": 16.0, "fov": 55.0}
-"""Defaults every preset shares: 49 frames (Wan's 4k+1), 16 fps, 55 degrees vertical fov."""
-
-PARAM_HELP: dict[str, str] = {
-    "frames": "number of frames",
-    "fps": "frames per second",
-    "fov": "vertical field of view of frame 0, degrees",
-    "angle": "total rotation, degrees",
-    "distance": "total camera travel, in units of the reference depth",
-    "look_at_depth": "depth of the look-at point on frame 0's optical axis, reference-depth units",
-    "zoom": "focal-length factor between the first and the last frame (>= 1)",
-}
 
 Builder = Callable[[torch.Tensor, dict], tuple[torch.Tensor, torch.Tensor]]
 """``(t (N,) in [0, 1], params) -> (c2w (N, 4, 4) OpenCV, focal multiplier (N,))``."""
@@ -145,32 +133,29 @@ def _spiral(t: torch.Tensor, p: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([look_at(e, target) for e in eyes]), _ones(t)
 
 
-_ORBIT = {"angle": 30.0, "look_at_depth": 1.0}
-PRESETS: dict[str, Preset] = {
-    "static": Preset("camera does not move", {}, _static),
-    "orbit_left": Preset("travels left on a circle around the look-at point, keeping it centred",
-                         dict(_ORBIT), _orbit_builder(1.0)),
-    "orbit_right": Preset("travels right on a circle around the look-at point, keeping it centred",
-                          dict(_ORBIT), _orbit_builder(-1.0)),
-    "orbit_360": Preset("a full turn to the left around the look-at point (last frame = first)",
-                        {"angle": 360.0, "look_at_depth": 1.0}, _orbit_builder(1.0), frames=81),
-    "pan_left": Preset("turns left in place (camera centre fixed)", {"angle": 30.0}, _pan_builder(-1.0)),
-    "pan_right": Preset("turns right in place (camera centre fixed)", {"angle": 30.0}, _pan_builder(1.0)),
-    "tilt_up": Preset("turns up in place", {"angle": 20.0}, _tilt_builder(1.0)),
-    "tilt_down": Preset("turns down in place", {"angle": 20.0}, _tilt_builder(-1.0)),
-    "truck_left": Preset("slides left, looking straight ahead", {"distance": 0.3}, _move_builder((-1.0, 0.0, 0.0))),
-    "truck_right": Preset("slides right, looking straight ahead", {"distance": 0.3}, _move_builder((1.0, 0.0, 0.0))),
-    "pedestal_up": Preset("rises, looking straight ahead", {"distance": 0.2}, _move_builder((0.0, -1.0, 0.0))),
-    "pedestal_down": Preset("descends, looking straight ahead", {"distance": 0.2}, _move_builder((0.0, 1.0, 0.0))),
-    "dolly_in": Preset("moves forward along the optical axis", {"distance": 0.4}, _move_builder((0.0, 0.0, 1.0))),
-    "dolly_out": Preset("moves back along the optical axis", {"distance": 0.4}, _move_builder((0.0, 0.0, -1.0))),
-    "zoom_in": Preset("focal length grows by 'zoom' (geometric), camera fixed", {"zoom": 1.5}, _zoom_builder(1.0)),
-    "zoom_out": Preset("focal length shrinks by 'zoom' (geometric), camera fixed", {"zoom": 1.5}, _zoom_builder(-1.0)),
-    "dolly_zoom": Preset("moves back by 'distance' (negative: forward) while zooming so the look-at plane keeps its size",
-                         {"distance": 0.5, "look_at_depth": 1.0}, _dolly_zoom),
-    "spiral": Preset("spirals out to radius 'distance' around the optical axis, looking at the look-at point",
-                     {"angle": 720.0, "distance": 0.15, "look_at_depth": 1.0}, _spiral),
+_BUILDERS: dict[str, Builder] = {
+    "static": _static,
+    "orbit_left": _orbit_builder(1.0),
+    "orbit_right": _orbit_builder(-1.0),
+    "orbit_360": _orbit_builder(1.0),
+    "pan_left": _pan_builder(-1.0),
+    "pan_right": _pan_builder(1.0),
+    "tilt_up": _tilt_builder(1.0),
+    "tilt_down": _tilt_builder(-1.0),
+    "truck_left": _move_builder((-1.0, 0.0, 0.0)),
+    "truck_right": _move_builder((1.0, 0.0, 0.0)),
+    "pedestal_up": _move_builder((0.0, -1.0, 0.0)),
+    "pedestal_down": _move_builder((0.0, 1.0, 0.0)),
+    "dolly_in": _move_builder((0.0, 0.0, 1.0)),
+    "dolly_out": _move_builder((0.0, 0.0, -1.0)),
+    "zoom_in": _zoom_builder(1.0),
+    "zoom_out": _zoom_builder(-1.0),
+    "dolly_zoom": _dolly_zoom,
+    "spiral": _spiral,
 }
+# descriptions and defaults live in the torch-free catalog (``mirage traj list`` reads it without torch)
+PRESETS: dict[str, Preset] = {name: Preset(info.description, dict(info.params), _BUILDERS[name], info.frames)
+                              for name, info in CATALOG.items()}
 """All presets by name (see ``mirage traj list``)."""
 
 
