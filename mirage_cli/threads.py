@@ -4,7 +4,7 @@ torch starts with one intra-op thread per logical core. On a machine where anyth
 (other jobs, a second mirage), its OpenMP threads then wait on each other at every parallel
 region and a run gets several times slower -- measured on a shared 2-core machine: the preview
 example took 40 s with 2 threads and 17 s with 1 under load 4, with byte-identical output (see the
-README's thread table, produced by ``python -m mirage_cli.bench.threads``). The default is
+thread table in docs/performance.md, produced by ``python -m mirage_cli.bench.threads``). The default is
 therefore a cap (:func:`default_threads`), applied by the CLI's root callback as torch is imported, before any
 torch work, and recorded in ``run.json`` and bench reports.
 

@@ -1,4 +1,4 @@
-"""One spelling of sizes for every command (decimal SI units: B, kB, MB, GB, as the README tables), and
+"""One spelling of sizes for every command (decimal SI units: B, kB, MB, GB, as the docs' tables), and
 the one PSNR-from-MSE formula the bench and the generate record share."""
 
 from __future__ import annotations

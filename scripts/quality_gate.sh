@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality gate (CI runs it; the README's quality table is its output): `mirage eval recon` over
+# The quality gate (CI runs it; the quality table in docs/eval.md is its output): `mirage eval recon` over
 # a small deterministic suite at one thread, its Markdown table printed, then `mirage eval check`
 # against the committed baseline, which exits 1 (and so fails CI) when a metric dropped by more than
 # its tolerance.

@@ -163,7 +163,7 @@ def test_closed_synthetic_paths_come_back_to_what_the_input_saw(tmp_path):
     """Issue 20's must-show on the closed paths of the synthetic suite (preview, exact renders, 25
     frames at 208x120, one thread): the last frame against the first, and the final memory against
     the input-only memory from the input camera. The 25-frame orbit turns 15 degrees a frame, the
-    coarsest of the three; its memory score is 39 dB (81 frames of the README's orbit: 45 dB)."""
+    coarsest of the three; its memory score is 39 dB (81 frames of the orbit in docs/memory.md: 45 dB)."""
     import json
     import subprocess
     import sys

@@ -1,4 +1,4 @@
-"""Measure the README's "Many runs" table: N preview jobs sequential vs ``--workers 2`` vs ``--ray``.
+"""Measure the timing table of docs/batch.md: N preview jobs sequential vs ``--workers 2`` vs ``--ray``.
 
 Usage: ``python -m mirage_cli.batch.bench [--jobs 8] [--height 120 --width 208 --frames 17] [--out DIR]``
 

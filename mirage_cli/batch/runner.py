@@ -1,6 +1,6 @@
 """``mirage batch``: validate the manifest, then dispatch its jobs to a pool of workers.
 
-Semantics (the README's "Many runs"):
+Semantics (docs/batch.md):
 
 - every row is validated before anything runs (``manifest.load_manifest``);
 - a job whose run directory ``DIR/<id>`` holds a finished run is skipped; one holding an

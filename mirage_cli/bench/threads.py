@@ -2,13 +2,13 @@
 
 ``python -m mirage_cli.bench.threads [--frames 49] [--points 200000] [--repeats 1] [--json OUT.json]``
 measures, in fresh processes
-(the thread count is a per-process setting), the README's preview example
+(the thread count is a per-process setting), the quickstart's preview example (docs/quickstart.md)
 (``mirage generate examples/room.png --traj presets/orbit_left.json``) and
 ``mirage bench --memory-only`` at 1 thread, 2 threads and the default (no ``--threads``), first
 with no load of its own and then next to a CPU burner it starts and stops itself: one busy-looping
 process per usable CPU, each of which exits on its own after ``--burn-limit`` seconds even if this
 script is killed. Every figure comes with ``/proc/loadavg`` read just before it, because on a
-shared machine "idle" only means "no load from this script". Prints a Markdown table (the README's).
+shared machine "idle" only means "no load from this script". Prints a Markdown table (the one in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mirage_cli.bench.threads", description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=1, help="runs per setting (median reported)")
-    ap.add_argument("--frames", type=int, default=49, help="frames of the generate example (49 = the README's)")
+    ap.add_argument("--frames", type=int, default=49, help="frames of the generate example (49 = the quickstart's)")
     ap.add_argument("--points", type=int, default=200_000, help="points of bench --memory-only")
     ap.add_argument("--burn-limit", type=float, default=900.0, help="seconds after which each burner process exits by itself")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw rows here")

@@ -126,7 +126,7 @@ def _agg_cell(a: dict) -> str:
 def markdown_table(doc: dict, fields: tuple[str, ...] = ("psnr_all", "ssim_all", "psnr_memory", "ssim_memory",
                                                          "psnr_revisit", "read_psnr_known", "follow_psnr", "loop_psnr",
                                                          "loop_memory_psnr", "loop_memory_changed")) -> str:
-    """The README's table: one row per clip plus the aggregate (seconds and metrics)."""
+    """The docs' table (docs/eval.md): one row per clip plus the aggregate (seconds and metrics)."""
     fields = tuple(f for f in fields if f in doc["aggregate"])
     lines = ["| clip | frames | seconds | " + " | ".join(fields) + " |", "|---" * (3 + len(fields)) + "|"]
     for c in doc["clips"]:

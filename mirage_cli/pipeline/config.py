@@ -29,7 +29,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 BACKENDS = ("preview", "wan-vace", "mirage")
 FRAME_SIDES = (16, 8192)  # px: the allowed frame width/height (--width/--height and an image's own size)
 CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
-# Largest automatic preview grid. Measured (README "Threads"/"Preview resolution"): the 832x480
+# Largest automatic preview grid. Measured (docs/performance.md "Threads", "Preview resolution"): the 832x480
 # example at 1/1 (399,360 cells) takes about twice the seconds of 1/2 and misses the ~10 s goal on an
 # idle 2-core machine; 1024x768 at 1/2 (196,608 cells) stays close to it, where the former cap
 # (131,072) sent it to a visibly blurry 1/4.
