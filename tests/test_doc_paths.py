@@ -12,7 +12,8 @@ must cite a file a reader has (or state the fact itself). Scanned: ``mirage_cli/
 
 Not checked: bare ``.json`` names (files the program writes: ``run.json``, ``eval.json``), paths in
 other trees (``diffusers/pipelines/...``, ``vae/config.json`` of a model folder), absolute paths, and
-paths with an upper-case placeholder (``presets/NAME.json``, ``DIR/run.json``).
+paths with a placeholder (``presets/NAME.json``, ``DIR/run.json``, ``examples/*_api.py``,
+``<name>.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PACKAGE = ROOT / "mirage_cli"
 SCANNED = ["mirage_cli", "scripts", "examples", ".ci"]
 SUFFIXES = {".py", ".sh", ".cpp", ".md", ".txt", ""}  # "" = .ci/run and other scripts without a suffix
 
-MENTION = re.compile(r"(?<![\w/.~-])([\w.-]+(?:/[\w.-]+)*\.(?:md|py|json|cpp))\b")
+MENTION = re.compile(r"(?<![\w/.~*$<{-])([\w.-]+(?:/[\w.-]+)*\.(?:md|py|json|cpp))\b")
 
 
 def _repo_files() -> list[Path]:
@@ -84,5 +85,5 @@ def test_the_check_catches_a_missing_file():
         "DESIGN.md", "shared/MIRAGE_MODEL.md"]
     assert missing_mentions("see docs/NOPE.md, memory/nope.py, gone.py", where, basenames, roots) == [
         "docs/NOPE.md", "memory/nope.py", "gone.py"]
-    assert missing_mentions("plan.py, run.json, DIR/run.json, presets/NAME.json, diffusers/x/y.py, /abs/z.md",
-                            where, basenames, roots) == []
+    unchecked = "plan.py, run.json, DIR/run.json, presets/NAME.json, diffusers/x/y.py, /abs/z.md, examples/*_api.py"
+    assert missing_mentions(unchecked, where, basenames, roots) == []
