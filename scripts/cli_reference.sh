@@ -35,7 +35,9 @@ case "${1:-}" in
     trap 'rm -f "$fresh"' EXIT
     generate "$fresh"
     if ! diff -u --label "$OUT (committed)" --label "$OUT (regenerated)" "$OUT" "$fresh"; then
-      echo "$OUT is out of date: run scripts/cli_reference.sh and commit the result" >&2
+      typer_version=$(python3 -c 'from importlib.metadata import version; print(version("typer"))')
+      echo "$OUT is out of date: run scripts/cli_reference.sh and commit the result" \
+           "(regenerated with typer $typer_version; another typer version may also format it differently)" >&2
       exit 1
     fi
     echo "$OUT is up to date"
