@@ -7,7 +7,8 @@ __all__ = ["MirageTransformer3DModel", "__version__"]
 
 def __getattr__(name: str):
     # PEP 562 lazy re-export, limited to this one name: the class needs diffusers, and
-    # `import mirage_cli` must stay light (DESIGN.md: heavy libraries are imported where used).
+    # `import mirage_cli` must stay light: heavy libraries (diffusers, transformers, ray) are imported
+    # where they are used (tests/test_startup.py checks it).
     if name == "MirageTransformer3DModel":
         from .models.mirage_transformer import MirageTransformer3DModel
 

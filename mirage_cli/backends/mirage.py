@@ -2,7 +2,7 @@
 
 The model is a folder written by ``mirage models convert`` (transformer = :class:`MirageTransformer3DModel`,
 Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the reference's loop
-(facts in ``shared/MIRAGE_MODEL.md``):
+(the loop of the paper's reference implementation, microsoft/LatentSpatialMemory at commit b2cd738):
 
 - Sequence ``[R reference | T target | P preceding]`` latent frames, per-frame timesteps
   ``[0]*R + [0, t, ..., t] + [0]*P``. Target frame 0 is clean and re-pinned after every scheduler step
@@ -15,8 +15,9 @@ Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the r
   frames' read channels are the reads stored when they were generated (``req.preceding_read``).
   No mask channels. The white latent is one VAE encode per chunk shape, cached by the codec.
 - Scheduler: diffusers ``UniPCMultistepScheduler`` (flow prediction, flow sigmas, shift 5) with the
-  explicit sigmas ``linspace(0.999, 0, steps + 1)[:-1]`` (the reference's grid); 20 steps and guidance 1
-  (off) by default; with guidance > 1, ``uncond + g (cond - uncond)`` with the negative prompt.
+  explicit sigmas ``linspace(0.999, 0, steps + 1)[:-1]`` (the reference's grid: with it diffusers' scheduler
+  reproduces the reference's to ~2e-7, its default grid differs by ~1.7e-3 after 20 steps); 20 steps and
+  guidance 1 (off) by default; with guidance > 1, ``uncond + g (cond - uncond)`` with the negative prompt.
 - Noise from ``chunk_generator(seed, chunk_index)`` (CPU, device independent), as the wan-vace backend.
 """
 

@@ -65,7 +65,9 @@ def clean_prompt(text: str) -> str:
     ``diffusers/pipelines/wan/pipeline_wan.py`` (diffusers 0.42), which every Wan pipeline applies
     before tokenizing. It is re-implemented, not imported, because diffusers does not make it
     public API (a module-level helper, exported nowhere, undocumented) and it raises a NameError
-    when ftfy is missing (NOTES.md). tests/test_wan_vace.py checks it against diffusers' own.
+    when ftfy is missing (in diffusers 0.42 the VACE, I2V and video-to-video pipelines call
+    ``ftfy.fix_text`` without checking that ftfy was imported). tests/test_wan_vace.py checks it against
+    diffusers' own.
     """
     try:
         import ftfy

@@ -15,7 +15,8 @@ WAN21_VACE_13B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, atten
                              cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
                              vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
 
-#: The paper's transformer: Wan2.2-TI2V-5B + VACE on every other layer (shared/MIRAGE_MODEL.md).
+#: The paper's transformer: Wan2.2-TI2V-5B + VACE on every other layer, the configuration of the reference
+#: implementation (microsoft/LatentSpatialMemory): 7.6 B parameters, DiT 5.0 B + VACE 2.6 B.
 MIRAGE_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
                      out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
                      qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,

@@ -1,8 +1,10 @@
 """Camera container and the projection conventions every other module relies on.
 
-Conventions (see DESIGN.md):
+Conventions (every module and file reader follows them):
 
 - Axes are **OpenCV**: x right, y down, z forward. Poses are stored **camera-to-world** ``c2w``.
+  Readers convert on the way in: an OpenGL/Blender ``c2w`` is right-multiplied by
+  ``diag(1, -1, -1, 1)`` (:data:`OPENGL_TO_OPENCV`), a world-to-camera pose is inverted.
 - Intrinsics are stored **normalized**: ``[fx/W, fy/H, cx/W, cy/H]``. They are turned into
   pixel or latent-grid intrinsics only at use, by multiplying with the grid's width/height.
 - Continuous image coordinates: pixel (row ``i``, column ``j``) covers ``[j, j+1) x [i, i+1)``,

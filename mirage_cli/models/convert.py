@@ -1,6 +1,10 @@
 """``mirage models convert``: base Wan2.2-TI2V-5B + the reference's VACE and LoRA files -> one diffusers folder.
 
-Inputs (facts in ``shared/MIRAGE_MODEL.md``):
+No trained checkpoint is published: the paper's reference implementation (microsoft/LatentSpatialMemory,
+commit b2cd738) trains two files, ``vace.safetensors`` (the VACE branch, 439 tensors, bf16) and
+``lora.safetensors`` (a rank-32 LoRA on the base DiT, 600 tensors), on top of the frozen base model.
+
+Inputs:
 
 - ``base``: a diffusers Wan2.2-TI2V-5B folder (``NAME | REPO_ID | DIR``, resolved as every model:
   local directory, Hugging Face cache, ``download=True``). Its transformer is a
@@ -10,9 +14,10 @@ Inputs (facts in ``shared/MIRAGE_MODEL.md``):
   own ``convert_wan_transformer_to_diffusers``, one tensor at a time.
 - ``lora``: safetensors ``pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight`` and
   ``pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight`` (``diffusion_model.`` is accepted as the
-  prefix too), A ``(r, in)``, B ``(out, r)``, no alpha (an ``.alpha`` tensor, if present, scales by
-  ``alpha / r``). Fused into the base weights: ``W += scale * B @ A`` (computed in fp32, stored in
-  the base weight's dtype), so no peft is needed at run time.
+  prefix too), A ``(r, in)``, B ``(out, r)``, no alpha (the reference trains with alpha = r, so the
+  scale is 1; an ``.alpha`` tensor, if present, scales by ``alpha / r``). Fused into the base weights:
+  ``W += scale * B @ A`` (computed in fp32, stored in the base weight's dtype), so no peft is needed at
+  run time.
 
 Output ``OUT`` (diffusers layout)::
 

@@ -3,10 +3,13 @@
 A subclass of diffusers' ``WanVACETransformer3DModel`` with the same ``__init__``, config and
 parameter names (so ``from_pretrained``/``save_pretrained``, diffusers' checkpoint converter and
 peft apply unchanged). Only ``forward`` is replaced, to add what the paper's model needs and the
-stock forward cannot do (facts in ``shared/MIRAGE_MODEL.md``):
+stock forward cannot do (as the paper's reference implementation, microsoft/LatentSpatialMemory at
+commit b2cd738, runs it; checked against diffusers 0.42):
 
 1. **Per-frame / per-token timesteps** (Wan2.2 TI2V: clean frames get ``t = 0``). The stock VACE
-   forward takes a 1-D timestep only.
+   forward asserts a 1-D timestep (a flattened one would silently broadcast into a wrong batch);
+   diffusers' plain ``WanTransformer3DModel`` already takes ``(B, seq_len)`` timesteps through
+   ``condition_embedder(..., timestep_seq_len=...)``, which this forward reuses.
 2. **Reference frames**: the sequence is ``[R reference | T target | P preceding]`` latent frames.
    Reference frames get RoPE time positions ``-R..-1`` and height positions ``h'..2h'-1`` (width
    ``0..w'-1``); target + preceding frames get time ``0..T+P-1``, height ``0..h'-1``. The VACE branch

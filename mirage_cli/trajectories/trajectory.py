@@ -1,7 +1,7 @@
 """The :class:`Trajectory` container, resampling, the ``traj convert`` adjustments and the summary
 ``mirage traj show`` prints.
 
-Everything follows the project conventions (see ``geometry/cameras.py`` and DESIGN.md): **OpenCV**
+Everything follows the project conventions (stated in :mod:`mirage_cli.geometry.cameras`): **OpenCV**
 camera axes (x right, y down, z forward), poses stored **camera-to-world**, intrinsics
 **normalized** ``[fx/W, fy/H, cx/W, cy/H]``. Files are read and written by
 :mod:`mirage_cli.trajectories.formats`.
