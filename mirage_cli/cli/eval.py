@@ -43,7 +43,7 @@ def recon_cmd(
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
     retries: int = typer.Option(1, "--retries", help="Retries of a clip whose generation or scoring failed."),
     plot: bool = typer.Option(False, "--plot", help="Also write DIR/eval.png (metric against frame)."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print the aggregate as a Markdown table (the README's)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the aggregate as a Markdown table (the docs' tables)."),
     json_out: bool = typer.Option(False, "--json", help="Print eval.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines, table or warnings (failures are still listed)."),
 ) -> None:
