@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from mirage_cli.data.scenes import default_camera, make_scene
 from mirage_cli.geometry.cameras import Cameras
 from mirage_cli.memory import LatentMemory
 from mirage_cli.memory import splat as S
@@ -20,9 +19,10 @@ W, H = 208, 120
 
 
 @pytest.fixture(scope="module")
-def room():
-    scene = make_scene("room")
-    cam0 = default_camera(W, H)
+def room(small_scene):
+    """The shared 208x120 room (conftest) with its pixel-codec latents at 1/4."""
+    scene, cam0 = small_scene["scene"], small_scene["camera"]
+    assert (cam0.width, cam0.height) == (W, H)
     rgb0, d0 = scene.render(cam0)
     codec = PixelCodec(SF)
     return {"scene": scene, "cam0": cam0, "rgb0": rgb0, "d0": d0[0], "lat0": codec.encode(rgb0)[0], "codec": codec}

@@ -520,12 +520,7 @@ class LatentMemory:
             raise MirageError(f"write: {d.shape[0]} depth frames for {T} cameras")
         latents = latents.float()
         K = latent_K(cameras, self.spatial_factor)
-        # policy "new" lifts only cells the read did not cover: only those need the free-space rule
-        only = None
-        if self.write_policy == "new" and known is not None:
-            only = ~torch.as_tensor(known, device=d.device).bool()
-            only = only if only.shape == d.shape else None  # a wrong shape is write_frames' error to report
-        d = self.keep_free_space(d, cameras, K, only)
+        d = self.keep_free_space(d, cameras, K, self.write_policy, known)
 
         def add(t: int, cells: torch.Tensor) -> int:
             return self._append(self._make_points(latents[t], d[t], cameras.c2w[t], K[t], cells, generated=True), chunk)
@@ -536,12 +531,17 @@ class LatentMemory:
         batch = _NewRows(self, latents, d, cameras, K, chunk)
         return write_frames(self, self.write_policy, cameras, d > 0, known, add, values, batch)
 
-    def keep_free_space(self, depth: torch.Tensor, cameras: Cameras, K: torch.Tensor,
-                        cells: torch.Tensor | None = None) -> torch.Tensor:
-        """Depth ``(T, h, w)`` of frames about to be written, with every point in observed free space
-        pushed back or dropped (:func:`.freespace.constrain_depth`; ``K (T, 3, 3)`` their grid
-        intrinsics; ``cells (T, h, w)`` bool: only these may be lifted, the rest is left as it is). The
-        counts go to :attr:`last_write` (``pushed``, ``dropped``)."""
+    def keep_free_space(self, depth: torch.Tensor, cameras: Cameras, K: torch.Tensor, policy: str,
+                        known: torch.Tensor | None) -> torch.Tensor:
+        """Depth ``(T, h, w)`` of frames about to be written with write ``policy``, with every point in
+        observed free space pushed back or dropped (:func:`.freespace.constrain_depth`; ``K (T, 3, 3)``
+        their grid intrinsics). Policy ``"new"`` with the read's ``known (T, h, w)`` lifts only the
+        cells the read did not cover, so only those are checked (the rest is left as it is). The
+        counts go to :attr:`last_write` (``pushed``, ``dropped``). Both memories' writes call this."""
+        cells = None
+        if policy == "new" and known is not None:
+            cells = ~torch.as_tensor(known, device=depth.device).bool()
+            cells = cells if cells.shape == depth.shape else None  # a wrong shape is write_frames' error to report
         out, pushed, dropped = constrain_depth(depth, cameras.c2w, K, self._observations, cells=cells)
         self.last_write = {"pushed": pushed, "dropped": dropped}
         return out

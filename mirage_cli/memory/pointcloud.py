@@ -236,11 +236,7 @@ class PointCloudMemory:
         """
         frames, d = self._check(frames, depth, cameras, "write")
         # observed free space stays free (the geometry memory recorded the input's view when it lifted it)
-        only = None
-        if self.write_policy == "new" and known is not None:  # only the cells the render missed are lifted
-            only = ~torch.as_tensor(known, device=d.device).bool()
-            only = only if only.shape == d.shape else None
-        d = self.geometry.keep_free_space(d, cameras, latent_K(cameras, 1), only)
+        d = self.geometry.keep_free_space(d, cameras, latent_K(cameras, 1), self.write_policy, known)
 
         def add(t: int, cells: torch.Tensor) -> int:
             return self._lift_one(frames[t], d[t], cameras[t], chunk, cells)
