@@ -170,7 +170,6 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
         raise MirageError(f"free-space tolerance must be in [0, 1), got {tol}")
     if not observations:
         return depth, 0, 0
-    T, h, w = depth.shape
     valid = torch.isfinite(depth) & (depth > 0)
     if cells is not None:
         valid &= cells.to(valid.device).bool()
@@ -192,8 +191,7 @@ def constrain_depth(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, obs
     def free_at(zz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return in_free_space(origin[rows] + zz[:, None] * ray[rows], observations, floors, tol)
 
-    all_rows = torch.arange(z.numel(), device=depth.device)
-    bad = free_at(z, all_rows).nonzero().squeeze(1)
+    bad = in_free_space(origin + z[:, None] * ray, observations, floors, tol).nonzero().squeeze(1)
     if bad.numel() == 0:
         return depth, 0, 0
     lo = z[bad].clone()  # the last depth known to be free
