@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import torch
 
+#: Chunk latents are rounded to this as soon as they are made and stored in it (``chunks/*.latents.safetensors``),
+#: so a run rebuilt from stored latents (``--resume``) is bit-identical to an uninterrupted one.
+LATENT_STORE_DTYPE = torch.float16
+
 _SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 

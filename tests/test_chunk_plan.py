@@ -1,4 +1,6 @@
 import pytest
+from dataclasses import replace
+
 import torch
 
 from mirage_cli.backends import ChunkRequest
@@ -45,5 +47,5 @@ def test_preview_backend_pins_frame_zero():
     out = PreviewBackend().denoise(req)
     assert torch.equal(out[0], first) and out.shape == (T, C, h, w)
     prev = torch.rand(1, C, h, w)
-    req.preceding = prev
+    req = replace(req, preceding=prev)
     assert torch.equal(PreviewBackend().denoise(req)[0], prev[0])

@@ -77,7 +77,7 @@ def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip)
 
     def perfect(out, *a, **kw):
         run = real_reopen(out, *a, **kw)
-        run.state.video.kept = list(clip.frames)
+        run.video.kept = list(clip.frames)
         return run
 
     monkeypatch.setattr(generate, "reopen", perfect)

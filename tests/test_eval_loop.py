@@ -98,7 +98,7 @@ def test_input_only_memory_against_itself_is_the_cap(runs):
     from mirage_cli.pipeline.generate import input_memory, reopen
 
     run = reopen(runs / "room-dolly_in" / "run")
-    final = run.state.memory
+    final = run.memory
     chunk0 = final.select(final.chunk == 0)
     relift = input_memory(run)
     assert len(chunk0) == len(relift) < len(final)

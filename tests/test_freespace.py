@@ -189,7 +189,7 @@ def test_the_loops_write_depth_passes_the_same_check(room, tmp_path, source):
     from mirage_cli.memory.freespace import _floor_depth
     from mirage_cli.models.depth_model import load_depth_model
     from mirage_cli.models.tiny import save_tiny_depth
-    from mirage_cli.pipeline.loop import write_depth
+    from mirage_cli.pipeline.engine import write_depth
 
     mem = _memory(room)
     cam = _turned(room["cam0"], 25.0, 0.5)

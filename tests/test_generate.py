@@ -395,7 +395,7 @@ def test_fill_depth_runs_once_per_chunk_and_splat_point_append(small_scene, tmp_
     """The preview fill and the write share one fill_depth per chunk; --splat point and
     --write-policy append reach the memory (and its cache file)."""
     import mirage_cli.geometry.depth as gd
-    import mirage_cli.pipeline.loop as loop
+    import mirage_cli.pipeline.engine as loop
 
     calls = []
     real = gd.fill_depth

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from mirage_cli.backends import Backend, ChunkRequest
+from mirage_cli.backends import Backend, ChunkRequest, PrecedingReads
 from mirage_cli.backends.mirage import frame_timesteps, load_mirage, reference_sigmas
 from mirage_cli.errors import MirageError
 
@@ -72,7 +72,7 @@ def test_sequence_timesteps_and_context_follow_the_reference_loop(loaded, monkey
     prec_read = torch.randn(4, C, h, w)
     prec_known = torch.rand(4, h, w) < 0.5
     ref = torch.randn(2, C, h, w)
-    req = _request(chunk_index=1, preceding=prec, preceding_read=prec_read, preceding_known=prec_known,
+    req = _request(chunk_index=1, preceding=prec, extras=(PrecedingReads(prec_read, prec_known),),
                    reference=ref, steps=3)
     out = backend.denoise(req)
     assert torch.equal(out[0], prec[-1])  # the overlap frame is pinned

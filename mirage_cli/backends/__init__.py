@@ -2,20 +2,52 @@
 
 A backend never touches the memory: it receives what the memory read returned (latents, known
 mask, depth for every latent frame of the chunk), the context latents, and returns the chunk's
-latents. The loop in ``pipeline/loop.py`` does everything else.
+latents. The chunk engine (``pipeline/engine.py``) does everything else. What a backend is (its
+defaults, codec geometry, chunk length, context) is stated once in its spec (``specs.py``).
+
+A backend splits its work in two, so that a trainer can call the very same conditioning code as
+inference: ``build_inputs(request)`` (the conditioning: context tensors, pinned frames, text
+embeddings; differentiable apart from the frozen text encoder) and ``sample(inputs, request)``
+(the sampler, under ``no_grad``); ``denoise`` is the two in a row.
+
+No torch at import (the option checks and ``specs.py`` import this package before torch loads).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, runtime_checkable
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+    from .specs import BackendSpec
+
+E = TypeVar("E")
 
 
-@dataclass
+@dataclass(frozen=True)
+class PrecedingReads:
+    """A backend with ``spec.preceding_reads`` (mirage): the memory reads stored when the
+    ``request.preceding`` frames were generated (not a re-read), aligned with ``preceding``.
+
+    latents: ``(P, C, h, w)`` float32, 0 where unknown. known: ``(P, h, w)`` bool."""
+
+    latents: torch.Tensor
+    known: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FilledDepth:
+    """The read depth extended into the holes (:func:`~mirage_cli.geometry.depth.fill_depth`),
+    ``(T, h, w)``: computed once per chunk by the engine (its write uses it too); the preview fills with it."""
+
+    depth: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ChunkRequest:
-    """Everything a backend gets for one chunk (``T`` latent frames of ``C x h x w``).
+    """What every backend gets for one chunk (``T`` latent frames of ``C x h x w``).
 
     Attributes:
         read_latents: ``(T, C, h, w)`` float32, the memory warped into each latent frame's camera
@@ -25,15 +57,14 @@ class ChunkRequest:
         first_latent: ``(C, h, w)`` latent of the input image (pinned as frame 0 of chunk 0).
         preceding: ``(P, C, h, w)`` latents of the previous chunk's last latent frames, or None.
             ``preceding[-1]`` is the frame this chunk overlaps (this chunk's frame 0).
-        reference: ``(R, C, h, w)`` latents of earlier frames most co-visible with this chunk, or None.
-        preceding_read / preceding_known: ``(len(preceding), C, h, w)`` float32 / ``(len(preceding), h, w)``
-            bool, the memory reads stored when the ``preceding`` frames were generated (not a re-read),
-            aligned with ``preceding``; or None (backends then treat them as unknown). Used by ``mirage``.
-        chunk_index: index of the chunk in the plan.
+        reference: ``(R, C, h, w)`` latents of earlier frames chosen as references, or None.
+        chunk_index: index of the chunk in the run.
         num_frames: number of video frames of the chunk (``1 + temporal_factor * (T - 1)``).
+        prompt, negative_prompt: text (network backends).
         seed: the run's seed; a backend derives its per-chunk noise from ``(seed, chunk_index)``.
-        filled_depth: ``(T, h, w)`` the read depth extended into the holes
-            (:func:`~mirage_cli.geometry.depth.fill_depth`), when the caller has it already, or None.
+        steps, guidance: sampling steps and guidance scale (network backends).
+        extras: typed per-backend inputs (:class:`PrecedingReads`, :class:`FilledDepth`), read with
+            :meth:`extra`; the engine builds those the backend's spec asks for.
     """
 
     read_latents: torch.Tensor
@@ -42,8 +73,6 @@ class ChunkRequest:
     first_latent: torch.Tensor
     preceding: torch.Tensor | None = None
     reference: torch.Tensor | None = None
-    preceding_read: torch.Tensor | None = None
-    preceding_known: torch.Tensor | None = None
     chunk_index: int = 0
     num_frames: int = 1
     prompt: str = ""
@@ -51,8 +80,11 @@ class ChunkRequest:
     seed: int = 0
     steps: int = 30
     guidance: float = 5.0
-    extras: dict = field(default_factory=dict)
-    filled_depth: torch.Tensor | None = None
+    extras: tuple[Any, ...] = ()
+
+    def extra(self, kind: type[E]) -> E | None:
+        """The extra of type ``kind``, or None when the request has none."""
+        return next((e for e in self.extras if isinstance(e, kind)), None)
 
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
@@ -60,10 +92,23 @@ ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 
 @runtime_checkable
 class Backend(Protocol):
+    """A loaded backend. ``spec``: its :class:`~.specs.BackendSpec`. ``preceding_frames``: latents
+    before the overlap frame it takes as context (0: none; the overlap frame itself is always pinned)."""
+
     name: str
+    spec: BackendSpec
+    preceding_frames: int
+
+    def build_inputs(self, req: ChunkRequest) -> Any:
+        """The conditioning of one chunk (backend-specific typed record of tensors)."""
+        ...
+
+    def sample(self, inputs: Any, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Sample the chunk's latents ``(T, C, h, w)`` float32 from :meth:`build_inputs`' record."""
+        ...
 
     def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Return the chunk's latents ``(T, C, h, w)`` float32."""
+        """``sample(build_inputs(req), req)``: the chunk's latents ``(T, C, h, w)`` float32."""
         ...
 
     def describe(self) -> dict:

@@ -23,6 +23,7 @@ Wan2.2 VAE with 48 channels at 16x, UMT5, UniPC). One chunk is denoised as the r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,12 @@ import torch
 
 from ..errors import MirageError
 from ..models.wan_vae import WanVAECodec, placed_on
-from . import ChunkRequest, ProgressFn
+from . import ChunkRequest, PrecedingReads, ProgressFn
+from .specs import BACKENDS
 from .wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, chunk_generator, load_wan_folder, read_model_index
 
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 1.0
-DEFAULT_SHIFT = 5.0
+DEFAULT_SHIFT = BACKENDS["mirage"].defaults.shift
 DEFAULT_PRECEDING_FRAMES = 2
-DEFAULT_REFERENCES = 4
 WHITE = 1.0  # level of the VACE "score" video in [0, 1] (+1 in [-1, 1])
 
 
@@ -51,6 +50,24 @@ def frame_timesteps(t: torch.Tensor, n_ref: int, n_target: int, n_prec: int) -> 
     ts = torch.zeros(1, n_ref + n_target + n_prec, dtype=torch.float32, device=t.device)
     ts[0, n_ref + 1:n_ref + n_target] = t.float()
     return ts
+
+
+@dataclass(frozen=True)
+class MirageInputs:
+    """The mirage conditioning of one chunk (:meth:`MirageBackend.build_inputs`).
+
+    pin: ``(C, h, w)`` clean target frame 0. reference: ``(1, C, R, h, w)``. preceding: ``(1, C, P, h, w)``.
+    context: ``(1, 2C, T + P, h, w)`` VACE context in the transformer's dtype. cond / uncond: UMT5
+    embeddings ``(1, L, D)`` (uncond None without guidance)."""
+
+    pin: torch.Tensor
+    reference: torch.Tensor
+    preceding: torch.Tensor
+    context: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+    steps: int
+    guidance: float
 
 
 class MirageBackend(WanBackendBase):
@@ -67,6 +84,7 @@ class MirageBackend(WanBackendBase):
     """
 
     name = "mirage"
+    spec = BACKENDS["mirage"]
 
     def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
                  dtype: torch.dtype, shift: float = DEFAULT_SHIFT, num_train_timesteps: int = 1000,
@@ -104,35 +122,42 @@ class MirageBackend(WanBackendBase):
             raise ValueError(f"preceding {tuple(prec.shape)} does not match read_latents {tuple(read.shape)}")
         n = min(self.preceding_frames, len(prec) - 1)
         lat = prec[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)
-        if req.preceding_read is None:  # no stored read: nothing known
+        stored = req.extra(PrecedingReads)
+        if stored is None:  # no stored read: nothing known
             scene = torch.zeros_like(lat)
         else:
-            if req.preceding_read.shape != prec.shape:
-                raise ValueError(f"preceding_read {tuple(req.preceding_read.shape)} != preceding {tuple(prec.shape)}")
-            scene = req.preceding_read[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)
-            if req.preceding_known is not None:
-                scene = scene * req.preceding_known[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)[:, None]
+            if stored.latents.shape != prec.shape:
+                raise ValueError(f"preceding reads {tuple(stored.latents.shape)} != preceding {tuple(prec.shape)}")
+            scene = stored.latents[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)
+            scene = scene * stored.known[len(prec) - 1 - n:len(prec) - 1].to(dev, torch.float32)[:, None]
         return prec[-1].to(dev, torch.float32), lat, scene
 
-    # ------------------------------------------------------------------------------ denoise
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Denoise one chunk; returns the ``T`` target latents ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
+    # ------------------------------------------------------------------------------ conditioning
+    def build_inputs(self, req: ChunkRequest) -> MirageInputs:
+        """The chunk's conditioning (what a trainer feeds the transformer too): pinned frame 0, the
+        preceding latents, the references, the 96-channel VACE context, the text embeddings."""
         T, C, h, w, steps, guidance = self._check_request(req)
         read, known = req.read_latents, req.known
         dev = self.device
-
         pin, prec, prec_scene = self._split(req, dev)
-        n_prec = len(prec)
         ref = (req.reference.to(dev, torch.float32) if req.reference is not None and len(req.reference)
                else torch.zeros(0, C, h, w, device=dev))
-        n_ref = len(ref)
         scene = torch.cat([read.to(dev, torch.float32) * known.to(dev, torch.float32)[:, None], prec_scene], 0)
         ctx = self.vace_context(scene).to(self.dtype)
-        ref5 = ref.permute(1, 0, 2, 3)[None]  # (1, C, R, h, w)
-        prec5 = prec.permute(1, 0, 2, 3)[None]
-
         cond = self.encode_prompt(req.prompt)
         uncond = self.encode_prompt(req.negative_prompt) if guidance > 1.0 else None
+        return MirageInputs(pin, ref.permute(1, 0, 2, 3)[None], prec.permute(1, 0, 2, 3)[None], ctx, cond, uncond,
+                            steps, guidance)
+
+    # ------------------------------------------------------------------------------ sampler
+    def sample(self, inputs: MirageInputs, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """UniPC over the ``T`` target frames; returns ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
+        T, C, h, w = req.read_latents.shape
+        dev = self.device
+        pin, ref5, prec5, ctx, cond, uncond = inputs.pin, inputs.reference, inputs.preceding, inputs.context, \
+            inputs.cond, inputs.uncond
+        steps, guidance = inputs.steps, inputs.guidance
+        n_ref, n_prec = ref5.shape[2], prec5.shape[2]
 
         from diffusers import UniPCMultistepScheduler
 
@@ -155,7 +180,11 @@ class MirageBackend(WanBackendBase):
                 if progress is not None:
                     progress(i + 1, steps)
         self._last = {"steps": steps, "guidance": guidance, "reference_frames": n_ref, "preceding_frames": n_prec}
-        return x[0].permute(1, 0, 2, 3).contiguous().to(read.device)
+        return x[0].permute(1, 0, 2, 3).contiguous().to(req.read_latents.device)
+
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Denoise one chunk; returns the ``T`` target latents ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
+        return self.sample(self.build_inputs(req), req, progress)
 
     def _velocity(self, seq, ts, emb, ctx, n_ref) -> torch.Tensor:
         return self.transformer(hidden_states=seq, timestep=ts, encoder_hidden_states=emb,
@@ -186,6 +215,13 @@ def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_o
     parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
                             cpu_offload=cpu_offload, download=download, progress=progress)
     return parts.backend(MirageBackend, shift=shift, preceding_frames=preceding_frames)
+
+
+def load_for_run(cfg, show_progress: bool = True) -> tuple[WanVAECodec, MirageBackend]:
+    """The spec's loader: ``--model`` with the run's device, dtype, offload, shift and preceding frames."""
+    backend, codec = load_mirage(cfg.model, device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload,
+                                 shift=cfg.shift, preceding_frames=cfg.preceding_frames, progress=show_progress)
+    return codec, backend
 
 
 def _check_index(root: Path) -> None:

@@ -10,10 +10,14 @@ expensive GPU run. Its output is a preview, not a generated video, and says so i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from . import ChunkRequest, ProgressFn
+from ..models.codecs import PixelCodec
+from . import ChunkRequest, FilledDepth, ProgressFn
+from .specs import BACKENDS
 
 BACKGROUND_RATIO = 0.9  # a child nearer than 90 % of the block's farthest depth counts as foreground
 FOREGROUND_WEIGHT = 0.05
@@ -110,18 +114,39 @@ def _bilateral_up(coarse: torch.Tensor, coarse_depth: torch.Tensor, target: torc
     return out
 
 
+@dataclass(frozen=True)
+class PreviewInputs:
+    """The preview's conditioning: the read, its known mask and depth, the fill depth, the pinned frame 0."""
+
+    read: torch.Tensor  # (T, C, h, w)
+    known: torch.Tensor  # (T, h, w) bool
+    depth: torch.Tensor  # (T, h, w)
+    filled_depth: torch.Tensor | None  # (T, h, w) or None (then computed by the fill)
+    pin: torch.Tensor  # (C, h, w): the overlap latent (or the input's for chunk 0)
+
+
 class PreviewBackend:
     """Keeps the memory read, inpaints the holes; frame 0 is pinned to the input / preceding latent."""
 
     name = "preview"
+    spec = BACKENDS["preview"]
+    preceding_frames = 0
 
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        out = push_pull_fill(req.read_latents, req.known, req.read_depth, req.filled_depth)
-        # Frame 0 is the frame this chunk shares with the one before (or the input image): keep it.
-        out[0] = req.preceding[-1].float() if req.preceding is not None else req.first_latent.float()
+    def build_inputs(self, req: ChunkRequest) -> PreviewInputs:
+        filled = req.extra(FilledDepth)
+        # Frame 0 is the frame this chunk shares with the one before (or the input image): kept.
+        pin = req.preceding[-1] if req.preceding is not None else req.first_latent
+        return PreviewInputs(req.read_latents, req.known, req.read_depth, filled.depth if filled else None, pin)
+
+    def sample(self, inputs: PreviewInputs, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        out = push_pull_fill(inputs.read, inputs.known, inputs.depth, inputs.filled_depth)
+        out[0] = inputs.pin.float()
         if progress is not None:
             progress(1, 1)
         return out
+
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        return self.sample(self.build_inputs(req), req, progress)
 
     def describe(self) -> dict:
         return {
@@ -130,3 +155,8 @@ class PreviewBackend:
             "weights": "none",
             "note": "PREVIEW: no neural network; holes filled by depth-aware push-pull inpainting in latent space",
         }
+
+
+def load_preview(cfg, show_progress: bool = True) -> tuple[PixelCodec, PreviewBackend]:
+    """The spec's loader: the pixel codec at ``cfg.downscale`` (already chosen) and the backend."""
+    return PixelCodec(cfg.downscale or 1), PreviewBackend()

@@ -54,6 +54,7 @@ from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, hf_progress, resol
                       resolve_model, weights_kind)
 from ..models.wan_vae import WanVAECodec, _first_line, placed_on
 from . import ChunkRequest, ProgressFn
+from .specs import BACKENDS
 
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanVACEPipeline
 
@@ -200,6 +201,26 @@ class WanBackendBase:
         }
 
 
+@dataclass(frozen=True)
+class WanVACEInputs:
+    """The wan-vace conditioning of one chunk (:meth:`WanVACEBackend.build_inputs`).
+
+    context: ``(1, 2C + s^2, R + T_seq, h, w)`` VACE context in the transformer's dtype. pins:
+    sequence index -> clean latent ``(C, h, w)`` held during sampling. n_ref / n_extra: reference
+    and extra preceding frames. t_seq: frames sampled (extra preceding + chunk). cond / uncond:
+    UMT5 embeddings ``(1, L, D)`` (uncond None without guidance)."""
+
+    context: torch.Tensor
+    pins: dict[int, torch.Tensor]
+    n_ref: int
+    n_extra: int
+    t_seq: int
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+    steps: int
+    guidance: float
+
+
 class WanVACEBackend(WanBackendBase):
     """Backend protocol implementation around ``WanVACETransformer3DModel`` + UMT5 + ``WanVAECodec``.
 
@@ -217,6 +238,7 @@ class WanVACEBackend(WanBackendBase):
     """
 
     name = "wan-vace"
+    spec = BACKENDS["wan-vace"]
 
     def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
                  dtype: torch.dtype, shift: float = 3.0, num_train_timesteps: int = 1000, cpu_offload: bool = False,
@@ -235,9 +257,10 @@ class WanVACEBackend(WanBackendBase):
                     num_train_timesteps=num_train_timesteps, cpu_offload=cpu_offload, model=model, weights=weights,
                     max_sequence_length=max_sequence_length)
 
-    # ------------------------------------------------------------------------------ denoise
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+    # ------------------------------------------------------------------------------ conditioning
+    def build_inputs(self, req: ChunkRequest) -> WanVACEInputs:
+        """The chunk's conditioning: the VACE context over ``[extra preceding | chunk]`` frames
+        (pinned frames as known latents), the pins, the text embeddings."""
         T, C, h, w, steps, guidance = self._check_request(req)
         read, known = req.read_latents, req.known
         sf, tf = self.codec.spatial_factor, self.codec.temporal_factor
@@ -265,11 +288,18 @@ class WanVACEBackend(WanBackendBase):
         ref = req.reference.to(dev) if req.reference is not None and len(req.reference) else None
         n_ref = 0 if ref is None else len(ref)
         ctx = build_vace_context(seq_read, seq_known, grey, self.mask_channels, ref).to(self.dtype)
-
         cond = self.encode_prompt(req.prompt)
         uncond = self.encode_prompt(req.negative_prompt) if guidance > 1.0 else None
+        return WanVACEInputs(ctx, pins, n_ref, n_extra, t_seq, cond, uncond, steps, guidance)
 
-        noise = torch.randn((1, C, n_ref + t_seq, h, w), generator=chunk_generator(req.seed, req.chunk_index),
+    # ------------------------------------------------------------------------------ sampler
+    def sample(self, inputs: WanVACEInputs, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Flow-matching Euler steps; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+        C, h, w = req.read_latents.shape[1:]
+        dev = self.device
+        pins, n_ref, n_extra, steps, guidance = inputs.pins, inputs.n_ref, inputs.n_extra, inputs.steps, inputs.guidance
+        ctx, cond, uncond = inputs.context, inputs.cond, inputs.uncond
+        noise = torch.randn((1, C, n_ref + inputs.t_seq, h, w), generator=chunk_generator(req.seed, req.chunk_index),
                             dtype=torch.float32).to(dev)
         pin_idx = [n_ref + i for i in pins]
         pin_x0 = torch.stack([pins[i] for i in pins], dim=1)[None] if pins else None  # (1, C, P, h, w)
@@ -302,6 +332,10 @@ class WanVACEBackend(WanBackendBase):
                       "pinned_frames": len(pins)}
         out = x[0, :, n_ref + n_extra:].permute(1, 0, 2, 3).float().contiguous()
         return out.to(req.read_latents.device)
+
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+        return self.sample(self.build_inputs(req), req, progress)
 
     def _velocity(self, x, ts, emb, ctx, scale) -> torch.Tensor:
         return self.transformer(hidden_states=x.to(self.dtype), timestep=ts, encoder_hidden_states=emb,
@@ -336,6 +370,13 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
                             cpu_offload=cpu_offload, download=download, progress=progress)
     return parts.backend(WanVACEBackend, shift=shift, conditioning_scale=conditioning_scale,
                          preceding_frames=preceding_frames)
+
+
+def load_for_run(cfg, show_progress: bool = True) -> tuple[WanVAECodec, WanVACEBackend]:
+    """The spec's loader: ``--model`` (default: the spec's) with the run's device, dtype, offload and shift."""
+    backend, codec = load_wan_vace(cfg.model or WanVACEBackend.spec.default_model, device=cfg.device, dtype=cfg.dtype,
+                                   cpu_offload=cfg.cpu_offload, shift=cfg.shift, progress=show_progress)
+    return codec, backend
 
 
 @dataclass

@@ -25,6 +25,7 @@ import time
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 
+from ..backends.specs import backend_spec
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
 from ..pipeline.inputs import Loaders, load_depth_model, prepare_codec_backend
@@ -53,7 +54,7 @@ class ModelCache:
         """``prepare_codec_backend`` with a cache: key = backend, model, dtype, device, offload,
         shift (the scheduler is built with it) and the preview's downscale (its codec's grid)."""
         key = (cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.cpu_offload, cfg.shift,
-               cfg.downscale if cfg.backend == "preview" else None)
+               cfg.downscale if not backend_spec(cfg.backend).codec.spatial_factor else None)
         if key not in self._backends:
             self._backends[key] = prepare_codec_backend(cfg, show_progress=show_progress)
             self.loads += 1

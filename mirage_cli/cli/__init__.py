@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import MirageError, allocation_failure, write_failure_reason
+from ..interrupts import record_interrupts
 from ..threads import ENV_VAR, apply_threads_on_import, parse_threads
 from .console import err_console
 
@@ -129,7 +130,11 @@ def no_such_option_message(e) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point. Returns the exit code (0 ok, 2 bad input)."""
+    """Console-script entry point. Returns the exit code (0 ok, 2 bad input). ``argv`` None: a
+    ``mirage`` process (its Ctrl-C is recorded from now on, see ``interrupts.record_interrupts``;
+    not where a program calls ``main([...])``, e.g. the tests)."""
+    if argv is None:
+        record_interrupts()
     args = list(sys.argv[1:] if argv is None else argv)
     args = _batch.ray_flag_args(args)
     debug = "--debug" in args

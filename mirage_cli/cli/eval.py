@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from . import options
 from .console import console, err_console
 
 app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs; `check` is the quality gate (a run against a committed baseline).", no_args_is_help=True)
@@ -22,21 +23,21 @@ def recon_cmd(
     frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Synthetic clips: frames per clip \\[default: 25]; file clips: keep the first N."),
     height: int = typer.Option(120, "--height", help="Synthetic clips: frame height."),
     width: int = typer.Option(208, "--width", help="Synthetic clips: frame width."),
-    backend: str = typer.Option("preview", "--backend", "-b", help="preview | wan-vace | mirage (as `mirage generate`; the neural ones need their weights)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the neural backend (as `mirage generate`)."),
+    backend: str = options.BACKEND,
+    model: Optional[str] = options.MODEL,
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model when a clip has no depth."),
     seed: int = typer.Option(0, "--seed", help="Random seed of every clip's run (same seed = same scores on the same device)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace, 5 mirage]."),
+    steps: Optional[int] = options.STEPS,
+    guidance: Optional[float] = options.GUIDANCE,
+    shift: Optional[float] = options.SHIFT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU; neural backends)."),
-    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, 1+4k for Wan \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
+    chunk_frames: Optional[int] = options.CHUNK_FRAMES,
     downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto, 1 at the synthetic 208x120]."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new | replace | average | append (as `mirage generate`)."),
-    references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk (wan-vace default 2, mirage 4)."),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace / mirage: keep modules on the CPU until used (small GPUs)."),
+    references: Optional[int] = options.REFERENCES,
+    cpu_offload: bool = options.CPU_OFFLOAD,
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every clip (default: a finished clip is skipped, an interrupted one resumed)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Clips at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the clips on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),

@@ -11,18 +11,16 @@ from typing import Callable, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..interrupts import raise_if_interrupted, record_interrupts, sticky_interrupts
+from ..backends.specs import BACKENDS
+from ..interrupts import raise_if_interrupted, sticky_interrupts
 from ..pipeline.resources import MAX_PIXELS
 from ..units import fmt_bytes
+from . import options
 from .console import Progress, console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `generate` command to the root app (and, in a `mirage` process, record Ctrl-C from now
-    on, see stops_on_ctrl_c; not where the CLI is imported by another program, e.g. pytest)."""
-    script = Path(sys.argv[0])
-    if script.name == "mirage" or script.resolve() == Path(__file__).resolve().parents[1] / "__main__.py":
-        record_interrupts()
+    """Add the `generate` command to the root app."""
     app.command("generate", no_args_is_help=True)(generate_cmd)
 
 
@@ -51,8 +49,8 @@ def generate_cmd(
     image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory), or a geometry.npz. Not needed with --resume, nor when --traj is a geometry.npz."),
     traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
-    backend: str = typer.Option("preview", "--backend", "-b", help="preview (no network, seconds), wan-vace (Wan2.1-VACE diffusion) or mirage (the paper's model, see `mirage models convert`)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: registry name, Hub repo id or local directory \\[wan-vace default: wan2.1-vace-1.3b; mirage: required, a `mirage models convert` OUT]."),
+    backend: str = options.BACKEND,
+    model: Optional[str] = options.MODEL,
     depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/.exr/.pfm/.png, a .png with --depth-scale), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
     depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for a PNG, e.g. 0.001 for mm)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for --depth model / automatic depth."),
@@ -64,23 +62,23 @@ def generate_cmd(
     fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="When the trajectory's image aspect differs from the image's: crop (resize to cover + centre-crop, square pixels) | stretch (per axis) | fov (keep the vertical fov)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace (480p), 5 mirage]."),
+    steps: Optional[int] = options.STEPS,
+    guidance: Optional[float] = options.GUIDANCE,
+    shift: Optional[float] = options.SHIFT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage; with --guidance > 1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
-    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
+    chunk_frames: Optional[int] = options.CHUNK_FRAMES,
     downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer); must divide the frame size \\[default: auto: the smallest of 1, 2, 4, 8 giving at most 204,800 cells, e.g. 2 for 832x480, 1 for 416x240]."),
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
     splat: Optional[str] = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
     memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
-    references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk, 0 allowed: co-visibility (wan-vace, default 2) or voxel IoU as the paper (mirage, default 4)."),
+    references: Optional[int] = options.REFERENCES,
     preceding_frames: int = typer.Option(2, "--preceding-frames", help="mirage: latent frames before the overlap frame given as context, with the reads they were made from (0 allowed)."),
     start_frame: int = typer.Option(0, "--start-frame", help="Start at trajectory frame K (the input image is frame K; geometry.npz: frames[K], depths[K])."),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace / mirage: keep modules on the CPU until used (small GPUs)."),
+    cpu_offload: bool = options.CPU_OFFLOAD,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
     look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Presets by name (orbits, dolly_zoom, spiral): look-at depth in reference depths \\[default: placed from the input depth so the camera stays in the scene]."),
     keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
@@ -110,8 +108,10 @@ def generate_cmd(
     )
     if resume is None:
         check_options(cfg)  # every option error answers before torch is imported (seconds of CPU)
-    if (run_backend(resume) if resume is not None else backend) == "preview":
+    name = run_backend(resume) if resume is not None else backend
+    if name in BACKENDS and not BACKENDS[name].samples:
         apply_light_default(given_threads(ctx))  # the preview's thread default, for a resumed preview run too
+    from ..pipeline.engine import CancelToken
     from ..pipeline.generate import generate  # torch and the whole pipeline
 
     # warnings go to stderr even with --quiet / --json (they hide progress and the summary only)
@@ -123,7 +123,7 @@ def generate_cmd(
     with progress:
         record = generate(cfg, progress=progress, warn=warn, resume_dir=resume, quiet=quiet or json_out,
                           resume_device=device if resume is not None and _given(ctx, "device") else None, dry_run=dry_run,
-                          note=note)
+                          note=note, cancel=CancelToken(also=raise_if_interrupted))
     if json_out:
         console.print_json(json.dumps(record))
     elif not quiet:
@@ -194,8 +194,9 @@ def print_summary(record: dict) -> None:
 
     tot = record["totals"]
     b = record["backend"]
-    if b.get("name") == "preview":
-        console.print("[bold yellow]PREVIEW[/]: no neural network ran; holes are filled by classical inpainting.")
+    spec = BACKENDS.get(b.get("name"))
+    if spec is not None and not spec.samples:
+        console.print(f"[bold yellow]{spec.label}[/]: holes are filled by classical inpainting.")
     weights = " (random weights: a timing/test kit, the video is noise)" if b.get("weights") == "random" else ""
     console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}"
                   f"{weights}, {record['device']}, {plural(record.get('threads'), 'thread')}")
@@ -236,7 +237,8 @@ def grid_line(record: dict) -> str:
     img = record["image"]
     factor = record["codec"]["spatial_factor"]
     line = f"grid {w}x{h} (1/{factor} of {img['width']}x{img['height']})"
-    if record["backend"].get("name") == "preview":
+    spec = BACKENDS.get(record["backend"].get("name"))
+    if spec is not None and not spec.codec.spatial_factor:  # a grid set by --downscale
         finer = "" if factor == 1 else f"; --downscale {max(1, factor // 2)} for a sharper, slower preview"
         line += f"{finer}; --downscale {factor * 2} for a faster, softer one"
     return line

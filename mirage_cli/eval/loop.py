@@ -144,10 +144,10 @@ def score_reopened(run, inputs=None) -> LoopScore:
     from ..pipeline.generate import input_memory
     from ..pipeline.rundir import final_dump
 
-    kept = run.state.video.kept
+    kept = run.video.kept
     inputs = input_memory(run) if inputs is None else inputs
     return _score(run.plan.out, run.plan.cams, run.plan.reference_depth, kept[0], kept[-1], len(kept), "latents",
-                  run.state.memory, inputs, "re-lifted from depth.npy with the run's codec",
+                  run.memory, inputs, "re-lifted from depth.npy with the run's codec",
                   final_dump(run.plan.out))
 
 

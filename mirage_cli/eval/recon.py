@@ -273,7 +273,7 @@ def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict
     f = run.codec.spatial_factor
     inputs = input_memory(run)  # only frame 0's lift
     _, known0, _ = inputs.read(cams)
-    generated = np.stack(run.state.video.kept)
+    generated = np.stack(run.video.kept)
     _, known, read_lat = _final_read(run, cams)
     memory_mask = _to_pixels(known0, f)
     known_px = _to_pixels(known, f)
@@ -299,7 +299,7 @@ def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict
 
 def _final_read(run, cams):
     """The final memory read along every camera: ``(latents, known (N,h,w), decoded (N,3,H,W))``."""
-    lat, known, _ = run.state.memory.read(cams)
+    lat, known, _ = run.memory.read(cams)
     codec = run.codec
     with torch.no_grad():
         if codec.temporal_factor == 1:

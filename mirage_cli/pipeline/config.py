@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..backends.specs import BACKEND_NAMES, BACKENDS, DEFAULT_BACKEND, backend_spec
 from ..errors import MirageError
 from ..geometry.modes import INTRINSICS_MODES
 from ..memory.modes import LATENT_POLICIES as WRITE_POLICIES, SPLAT_MODES
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # no torch at import: the option checks run before torch's im
     from .plan import Chunk
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-BACKENDS = ("preview", "wan-vace", "mirage")
 FRAME_SIDES = (16, 8192)  # px: the allowed frame width/height (--width/--height and an image's own size)
 CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
 # Largest automatic preview grid. Measured (docs/performance.md "Threads", "Preview resolution"): the 832x480
@@ -43,7 +43,7 @@ class GenerateConfig:
     image: str | None = None
     traj: str | None = None
     out: str | None = None
-    backend: str = "preview"
+    backend: str = DEFAULT_BACKEND
     model: str | None = None
     depth: str | None = None  # FILE | "prior" | "model" | None (sidecar, then model if cached, then prior)
     depth_scale: float | None = None
@@ -55,7 +55,7 @@ class GenerateConfig:
     fov: float | None = None
     intrinsics: str = "crop"  # how a file's intrinsics meet an image of another aspect (geometry/intrinsics.py)
     seed: int = 0
-    steps: int | None = None  # None = the backend's default (BACKEND_DEFAULTS); run.json stores the effective value
+    steps: int | None = None  # None = the backend's default (its spec's); run.json stores the effective value
     guidance: float | None = None
     shift: float | None = None
     prompt: str = ""
@@ -119,7 +119,7 @@ def check_config(cfg: GenerateConfig) -> None:
     if not cfg.traj:
         bad("--traj", "is required (a trajectory file or a preset name, see `mirage traj list`)")
     if cfg.backend not in BACKENDS:
-        bad("--backend", f"unknown backend '{cfg.backend}' (choose {', '.join(BACKENDS)})")
+        bad("--backend", f"unknown backend '{cfg.backend}' (choose {', '.join(BACKEND_NAMES)})")
     if cfg.cache_dump not in CACHE_DUMPS:
         bad("--cache-dump", f"must be none, final or chunks (got '{cfg.cache_dump}')")
     if cfg.write_policy not in WRITE_POLICIES:
@@ -150,9 +150,8 @@ def check_config(cfg: GenerateConfig) -> None:
                    ("--start-frame", cfg.start_frame)):
         if v is not None and v < 0:
             bad(opt, f"must be >= 0 (got {v})")
-    if cfg.backend == "mirage" and not cfg.model:
-        bad("--model", "the mirage backend needs a converted model (no weights are published): a folder written by "
-                       "`mirage models convert`, a Hub repo id or a registry name")
+    if BACKENDS[cfg.backend].model_required and not cfg.model:
+        bad("--model", BACKENDS[cfg.backend].missing_model)
     if cfg.look_at_depth is not None and not (math.isfinite(cfg.look_at_depth) and cfg.look_at_depth > 0):
         bad("--look-at-depth", f"must be > 0 (got {cfg.look_at_depth})")
     if cfg.depth_scale is not None and not (math.isfinite(cfg.depth_scale) and cfg.depth_scale > 0):
@@ -161,17 +160,10 @@ def check_config(cfg: GenerateConfig) -> None:
         bad("--max-pixels", f"must be >= 256 (got {cfg.max_pixels})")
 
 
-# Options that only one backend reads: given with the other, they do nothing (a warning says so).
-WAN_ONLY = {"model": "--model", "steps": "--steps", "guidance": "--guidance", "shift": "--shift", "prompt": "--prompt",
-            "negative_prompt": "--negative-prompt", "references": "--references", "cpu_offload": "--cpu-offload",
-            "dtype": "--dtype"}
-PREVIEW_ONLY = {"downscale": "--downscale"}
-
-
 def unused_options(cfg: GenerateConfig) -> list[str]:
     """The options given (different from their default) that do nothing with this configuration."""
     defaults = GenerateConfig()
-    ignored = WAN_ONLY if cfg.backend == "preview" else PREVIEW_ONLY
+    ignored = backend_spec(cfg.backend).ignores_options()
     unused = [opt for name, opt in ignored.items() if getattr(cfg, name) != getattr(defaults, name)]
     if cfg.depth_scale is not None and cfg.depth in ("prior", "model"):
         unused.append("--depth-scale")  # scales depth *files* only
@@ -180,30 +172,21 @@ def unused_options(cfg: GenerateConfig) -> list[str]:
     return unused
 
 
-# Sampling defaults per backend, used for every option the user did not give (None in the config).
-# mirage: the reference's loop (UniPC, 20 steps, no guidance, shift 5, 4 references);
-# wan-vace: Wan2.1-VACE at 480p. The preview ignores them.
-BACKEND_DEFAULTS = {
-    "preview": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2, "splat": "patch"},
-    "wan-vace": {"steps": 30, "guidance": 5.0, "shift": 3.0, "references": 2, "splat": "patch"},
-    # the paper's model was trained on the reference's nearest-cell splat: read the memory the same way
-    "mirage": {"steps": 20, "guidance": 1.0, "shift": 5.0, "references": 4, "splat": "point"},
-}
-
-
 def with_backend_defaults(cfg: GenerateConfig) -> GenerateConfig:
-    """Fill the options the user left out (None) with the backend's defaults, so run.json records
-    the effective values and a ``--resume`` repeats them."""
-    d = BACKEND_DEFAULTS[cfg.backend]
-    return replace(cfg, **{k: v for k, v in d.items() if getattr(cfg, k) is None})
+    """Fill the options the user left out (None) with the backend's defaults (its spec's
+    :class:`~mirage_cli.backends.specs.SamplingDefaults`), so run.json records the effective values
+    and a ``--resume`` repeats them."""
+    d = backend_spec(cfg.backend).defaults
+    return replace(cfg, **{k: getattr(d, k) for k in ("steps", "guidance", "shift", "references", "splat")
+                           if getattr(cfg, k) is None})
 
 
 def recorded_config(cfg: GenerateConfig, given: GenerateConfig) -> GenerateConfig:
-    """``cfg`` as run.json stores it: the sampling options the preview ignores and the user did not
-    give (None in ``given``) stay null, not the diffusion defaults it never used (given ones are kept
-    as given, so a caller can compare them); :func:`with_backend_defaults` fills them again on
-    ``--resume``, so the run repeats exactly."""
-    if cfg.backend != "preview":
+    """``cfg`` as run.json stores it: for a backend that does not sample (the preview), the sampling
+    options the user did not give (None in ``given``) stay null, not the diffusion defaults it never
+    used (given ones are kept as given, so a caller can compare them); :func:`with_backend_defaults`
+    fills them again on ``--resume``, so the run repeats exactly."""
+    if backend_spec(cfg.backend).samples:
         return cfg
     return replace(cfg, **{k: None for k in ("steps", "guidance", "shift", "references") if getattr(given, k) is None})
 
@@ -226,14 +209,6 @@ def preview_downscale(width: int, height: int) -> int:
         if (width // s) * (height // s) <= PREVIEW_MAX_CELLS:
             return s
     return 8
-
-
-def default_chunk_frames(temporal_factor: int, backend: str = "wan-vace") -> int:
-    """``--chunk-frames`` when not given: 9 for a per-frame codec (preview), 49 for Wan2.1-VACE
-    (4x in time), 33 (9 latent frames) for the paper's model, as it was trained."""
-    if temporal_factor == 1:
-        return 9
-    return 33 if backend == "mirage" else 49
 
 
 def traj_stem(traj: str) -> str:

@@ -9,47 +9,109 @@ stands after that first lift -- what the input image alone can show from there -
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.codecs import Codec, PixelCodec
+from ..backends.specs import BackendSpec, CodecGeometry
+from ..errors import MirageError
+from ..models.codecs import PixelCodec
 from .config import GenerateConfig
 from .loop import Run
 from .records import Outputs, RunRecord, now
 from .rundir import coverage_video, run_json, write_run
 
 HOLE_RGB = (1.0, 0.0, 1.0)  # magenta
-WAN_SPATIAL_FACTOR = 8  # Wan2.1's VAE: the grid a wan-vace run's memory would have
 BATCH = 16  # cameras per memory read
 
 
 class DryRunBackend:
-    """Stands in for the backend of a dry run: it only names itself (nothing is denoised)."""
+    """Stands in for the backend of a dry run: it carries the real backend's spec (so the plan
+    follows it) and only names itself (nothing is denoised)."""
 
     name = "dry-run"
+    preceding_frames = 0
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
 
-    def denoise(self, req, progress=None):  # pragma: no cover - a dry run never denoises
+    def build_inputs(self, req):  # pragma: no cover - a dry run never denoises
+        raise RuntimeError("a dry run has no backend")
+
+    def sample(self, inputs, req, progress=None):  # pragma: no cover
+        raise RuntimeError("a dry run has no backend")
+
+    def denoise(self, req, progress=None):  # pragma: no cover
         raise RuntimeError("a dry run has no backend")
 
     def describe(self) -> dict:
         return {"name": self.name, "model": None, "weights": "none",
-                "note": f"DRY RUN for --backend {self.backend}: no backend ran; coverage.mp4 shows the memory alone"}
+                "note": f"DRY RUN for --backend {self.spec.name}: no backend ran; coverage.mp4 shows the memory alone"}
 
 
-def dry_run_codec(cfg: GenerateConfig) -> Codec:
-    """A pixel codec on the grid the real run's memory would have (no model is loaded)."""
-    return PixelCodec(cfg.downscale or 1) if cfg.backend == "preview" else PixelCodec(WAN_SPATIAL_FACTOR)
+class StandInCodec(PixelCodec):
+    """Pixels averaged on the real codec's grid, with its temporal factor: the chunk plan, the frame
+    size and the latent grid of the real run, without loading a VAE (decode upsamples cell means)."""
+
+    def __init__(self, geometry: CodecGeometry, spatial_factor: int) -> None:
+        super().__init__(spatial_factor)
+        self.temporal_factor = geometry.temporal_factor
+
+
+def dry_run_parts(cfg: GenerateConfig, spec: BackendSpec, warn) -> tuple[StandInCodec, DryRunBackend]:
+    """The stand-in codec and backend of a dry run for ``--backend`` (``cfg.downscale`` chosen):
+    the geometry of the backend's codec -- its spec's, or the model folder's ``vae/config.json``
+    where the model resolves to a folder -- with no weights loaded."""
+    geometry = planned_geometry(cfg, spec, warn)
+    return StandInCodec(geometry, geometry.spatial_factor or cfg.downscale or 1), DryRunBackend(spec)
+
+
+def planned_geometry(cfg: GenerateConfig, spec: BackendSpec, warn) -> CodecGeometry:
+    """The codec geometry the real run would have. ``--model`` is resolved as the real run resolves
+    it (no download): a path that does not exist or a name that is unknown is refused with the real
+    run's message; a known name or repo id that is only not downloaded yet is planned with the spec's
+    geometry and a warning (checking a path before a large download is what a dry run is for)."""
+    if not spec.samples:
+        return spec.codec
+    from ..models.registry import VACE_SUBFOLDERS, lookup, resolve_model
+
+    ref = cfg.model or spec.default_model
+    try:
+        root = resolve_model(ref, list(VACE_SUBFOLDERS))  # the parts the network backends' loader resolves
+    except MirageError as e:
+        if Path(str(ref)).expanduser().exists() or str(ref).startswith((".", "/", "~")):
+            raise  # a local path that is missing or incomplete
+        lookup(str(ref))  # an unknown name: refused as the real run refuses it
+        warn(f"dry run: {e}; planned with the {spec.name} backend's default codec geometry")
+        return spec.codec
+    config = root / "vae" / "config.json"
+    return vae_geometry(config, spec.codec) if config.is_file() else spec.codec
+
+
+def vae_geometry(config: Path, default: CodecGeometry) -> CodecGeometry:
+    """Channels and factors from a diffusers ``AutoencoderKLWan`` config (``z_dim``,
+    ``scale_factor_spatial`` or ``2 ** len(temperal_downsample)``, ``scale_factor_temporal`` or
+    ``2 ** sum(temperal_downsample)``, as :class:`~mirage_cli.models.wan_vae.WanVAECodec` reads them)."""
+    import json
+
+    try:
+        c = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise MirageError(f"{config}: cannot read the VAE config ({e})") from None
+    down = c.get("temperal_downsample")
+    spatial = c.get("scale_factor_spatial") or (2 ** len(down) if isinstance(down, list) else default.spatial_factor)
+    temporal = c.get("scale_factor_temporal") or (2 ** sum(bool(d) for d in down) if isinstance(down, list)
+                                                  else default.temporal_factor)
+    return CodecGeometry(default.name, int(c.get("z_dim", default.channels)), int(spatial), int(temporal))
 
 
 def run_dry(run: Run) -> RunRecord:
     """Read the first memory from every camera, write coverage.mp4 and the record."""
     from ..io import to_uint8, write_video
 
-    plan, memory, record = run.plan, run.state.memory, run.record
+    plan, memory, record = run.plan, run.engine.memory, run.record
     W, H = plan.size
     hole = torch.tensor(HOLE_RGB).view(1, 3, 1, 1)
     frames, coverage = [], []

@@ -26,32 +26,36 @@ import torch
 
 from .. import __version__
 from ..backends import Backend
+from ..backends.specs import BackendSpec, backend_spec
 from ..errors import MirageError
 from ..geometry.intrinsics import aspect_differs
-from ..interrupts import raise_if_interrupted
 from ..io import file_sha256
 from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
-from .config import (FRAME_SIDES, GenerateConfig, RunPlan, check_config, default_chunk_frames, preview_downscale, recorded_config,
-                     traj_stem, unused_options, with_absolute_paths, with_backend_defaults)
-from .dryrun import DryRunBackend, dry_run_codec, run_dry
+from .config import (FRAME_SIDES, GenerateConfig, RunPlan, check_config, preview_downscale, recorded_config, traj_stem,
+                     unused_options, with_absolute_paths, with_backend_defaults)
+from .dryrun import dry_run_parts, run_dry
+from .engine import CancelToken, ChunkEngine, EngineSettings, round_latents
 from .inputs import (NO_DEPTH, Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
                      prepare_trajectory, real_depth_hint, resume_depth_model, trajectory_cameras, with_geometry_image)
-from .loop import Run, RunState, exact_first_frame, open_video, replay_chunks, round_latents, run_loop
+from .loop import Run, run_loop
+from .persist import FrameList, RunWriter, open_video
 from .plan import plan_chunks, reference_depth, scale_cameras
 from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
 from .placement import place_preset, placement_note, warn_behind
-from .rundir import RunDir, newest_dump, read_run, save_depth, trajectory_file
+from .rundir import (RunDir, chunk_latents, final_dump, load_latents, load_reads, newest_dump, read_run, run_json, save_depth,
+                     trajectory_file)
 
 Warn = Callable[[str], None]
 
 
 def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resume_dir: Path | None = None,
-             quiet: bool = False, resume_device: str | None = None, dry_run: bool = False, note: Warn | None = None) -> dict:
+             quiet: bool = False, resume_device: str | None = None, dry_run: bool = False, note: Warn | None = None,
+             cancel: CancelToken | None = None) -> dict:
     """Run (or resume) one generation. Returns the run record (as written to ``run.json``).
 
     Everything that can fail on bad input is checked before the output directory is touched.
@@ -66,9 +70,11 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         resume_device: ``--device`` given with ``resume_dir``: allowed only where it names the run's
             own device (another one would not reproduce the run bit for bit).
         dry_run: prepare the run, then write coverage.mp4 instead of running a backend (``dryrun.py``).
+        cancel: stops the run between stages (the CLI's checks Ctrl-C); None: never cancelled.
     """
+    cancel = cancel or CancelToken()
     if dry_run:
-        run = start(cfg, warn=warn, quiet=quiet, dry_run=True, note=note)
+        run = start(cfg, warn=warn, quiet=quiet, dry_run=True, note=note, cancel=cancel)
         try:
             record = run_dry(run)
         except BaseException:
@@ -78,24 +84,24 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         run.dir.close()  # and its lock file goes, as a real run's does
         return record.to_json()
     run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
-           else start(cfg, warn=warn, quiet=quiet, note=note))
-    return run_loop(run, progress=progress, warn=warn).to_json()
+           else start(cfg, warn=warn, quiet=quiet, note=note, cancel=cancel))
+    return run_loop(run, progress=progress, warn=warn, cancel=cancel).to_json()
 
 
 def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run: bool = False,
-          loaders: Loaders | None = None, note: Warn | None = None) -> Run:
+          loaders: Loaders | None = None, note: Warn | None = None, cancel: CancelToken | None = None) -> Run:
     """A new run: validate every input, then create the run directory and the first memory.
-    ``dry_run``: with a stand-in codec on the same grid and no backend (see ``dryrun.py``);
+    ``dry_run``: with a stand-in codec of the real run's geometry and no backend (see ``dryrun.py``);
     ``loaders``: how models are obtained (default: loaded; ``mirage batch`` passes caching ones);
     ``note``: where information goes (see :func:`generate`)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
-    cfg = with_geometry_image(cfg)
-    check_config(cfg)
-    for opt in unused_options(cfg):
-        warn(f"{opt} does nothing with --backend {cfg.backend}" + (f" and --depth {cfg.depth}" if "depth" in opt else ""))
-    given = cfg
-    cfg = with_absolute_paths(with_backend_defaults(cfg))
+    given = with_geometry_image(cfg)
+    check_config(given)
+    spec = backend_spec(given.backend)
+    for opt in unused_options(given):
+        warn(f"{opt} does nothing with --backend {given.backend}" + (f" and --depth {given.depth}" if "depth" in opt else ""))
+    cfg = with_absolute_paths(with_backend_defaults(given))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
@@ -105,19 +111,16 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         cfg = replace(cfg, width=fit[0], height=fit[1])  # said below, with the size after grid rounding
     # a size we chose to fit --max-pixels is rounded to the grid instead (its note says the result)
     check_frame_size(output_size(W0, H0, cfg.width, cfg.height), image_path,
-                     cfg.downscale if cfg.backend == "preview" and fit is None else None)
+                     cfg.downscale if not spec.samples and fit is None else None)
     memory = LatentMemory.load(cfg.memory, device=device) if cfg.memory else None
-    if cfg.backend == "preview" and cfg.downscale is None and memory is not None and memory.codec == "pixel":
+    if not spec.codec.spatial_factor and cfg.downscale is None and memory is not None and memory.codec == "pixel":
         cfg = replace(cfg, downscale=memory.spatial_factor)  # continue at the memory's own grid
-    cfg = _with_downscale(cfg, image_raw)
-    if dry_run:
-        codec, backend = dry_run_codec(cfg), DryRunBackend(cfg.backend)
-    else:
-        codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
+    cfg = _with_downscale(cfg, spec, image_raw)
+    codec, backend = dry_run_parts(cfg, spec, warn) if dry_run else loaders.codec_backend(cfg, show_progress=not quiet)
     if memory is not None:
         check_memory_fits(memory, codec, cfg)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame,
-                          loaded=image_raw)
+    multiple = grid_multiple(spec, codec)
+    image = prepare_image(image_path, cfg.height, cfg.width, multiple, cfg.start_frame, loaded=image_raw)
     raw_hw = tuple(image_raw.shape[-2:])
     del image_raw  # the file-size float32 copy: the largest tensor of a huge input, not needed past here
     H, W = image.shape[-2:]
@@ -127,12 +130,12 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     if aspect_differs((W0, H0), (W, H)):  # a resize is a per-axis stretch, never a crop: say so when it shows
         warn(f"{image_path}: {W0}x{H0} stretched to {W}x{H} frames: {100 * abs(distortion):.0f} % "
              f"{'wider' if distortion > 0 else 'narrower'} than the image "
-             f"({stretch_cause((W0, H0), (cfg.width, cfg.height), grid_multiple(cfg.backend, codec))})")
+             f"({stretch_cause((W0, H0), (cfg.width, cfg.height), multiple)})")
     tf = codec.temporal_factor
 
     def check_ram(frames: int) -> None:  # the peak-RAM estimate of a run `frames` long
         check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels,
-                                 2, cfg.chunk_frames or default_chunk_frames(tf), tf, frames), available_ram(), cfg.frames)
+                                 2, cfg.chunk_frames or spec.chunk_frames, tf, frames), available_ram(), cfg.frames)
 
     if cfg.frames is not None:
         check_ram(cfg.frames)  # before anything is made --frames long (the resampled trajectory, cameras, plan)
@@ -150,125 +153,130 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
-    raise_if_interrupted()  # a Ctrl-C swallowed while loading: stop before touching the run directory
+    (cancel or CancelToken()).check()  # a Ctrl-C swallowed while loading: stop before touching the run directory
     out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
-    rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first dump
+    rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first checkpoint
     try:
         save_trajectory(traj, trajectory_file(out))
         save_depth(out, depth)
-        cfg = replace(cfg, out=str(out.resolve()))
-        plan = _plan(cfg, out, image_path, image_hash, image, codec, reference_depth(depth), depth_source, device)
+        plan = _plan(replace(cfg, out=str(out.resolve())), out, image_path, image_hash, image, codec, spec,
+                     reference_depth(depth), depth_source, device)
         warn_behind(plan.cams, depth, warn)
         first_latent = _first_latent(codec, image, device)
         memory = _first_memory(memory, plan, codec, first_latent, depth.to(device),
                                warn if depth_source == "prior" and cfg.depth is None else None)
-        state = RunState(memory=memory, history_latents=[first_latent], history_frames=[0], depth_model=depth_model,
-                         video=None if dry_run else open_video(plan, backend))
         record = _new_record(plan, traj, codec, backend)
         record.config = recorded_config(record.config, given)
         record.trajectory.look_at_depth = look_at
-        record.reference_selection = _reference_selection(plan, backend, warn)
-        record.chunks = state.records
+        record.reference_selection = _reference_selection(plan, spec, warn)
+        video = None if dry_run else open_video(plan, spec)
+        return _assemble(plan, codec, backend, first_latent, memory, record, image, depth_model, t_start, video,
+                         rundir=rundir, warn=warn, writable=not dry_run)
     except BaseException:
         rundir.abort()
         raise
-    return Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir, image=image)
 
 
 def resume(run_dir: Path, warn: Warn = print, quiet: bool = False, device: str | None = None,
            loaders: Loaders | None = None) -> Run:
-    """An interrupted run, continued after its newest memory dump with the options it started with
+    """An interrupted run, continued after its newest checkpoint with the options it started with
     (the run directory stays locked until the run ends; ``device``: see :func:`generate`)."""
     loaders = loaders or Loaders()
     t_start = time.perf_counter()
     out = Path(run_dir)
     rundir = RunDir.open_resume(out, warn)
     try:
-        return _resume(out, rundir, t_start, quiet, loaders, device)
+        record = read_run(out)
+        if device is not None and str(resolve_device(device)) != record.device:
+            raise MirageError(f"--device: the run in {out} ran on {record.device}; a resume on {resolve_device(device)} "
+                              "would not reproduce it bit for bit (leave --device out)")
+        dump, records = newest_dump(out)
+        run = _reopen(out, record, loaders, quiet, t_start, dump, records, rundir=rundir, warn=warn)
+        record.resumed_at = (record.resumed_at or []) + [now()]
+        record.status = "running"
+        record.threads = current_threads()
+        return run
     except BaseException:
         rundir.close()
         raise
 
 
-def _resume(out: Path, rundir: RunDir, t_start: float, quiet: bool, loaders: Loaders, device: str | None) -> Run:
-    record = read_run(out)
-    cfg = replace(record.config, out=str(out))
-    check_config(cfg)
-    cfg = with_absolute_paths(with_backend_defaults(cfg))
-    if device is not None and str(resolve_device(device)) != record.device:
-        raise MirageError(f"--device: the run in {out} ran on {record.device}; a resume on {resolve_device(device)} "
-                          "would not reproduce it bit for bit (leave --device out)")
-    device = resolve_device(cfg.device)
-    image_path = Path(cfg.image)
-    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
-    if record.image.sha256 != image_hash:
-        raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot resume")
-    cfg = _with_downscale(cfg, image_raw)
-    codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame,
-                          loaded=image_raw)
-    del image_raw
-    # The input depth only mattered for the first lift, which the dumps hold; its scale and model stay.
-    depth_model = resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet,
-                                     loaders=loaders)
-    plan = _plan(cfg, out, image_path, image_hash, image, codec, record.depth.reference_depth, record.depth.source, device)
-    first_latent = _first_latent(codec, image, device)
-    dump, records = newest_dump(out)
-    state = RunState(memory=LatentMemory.load(dump, device=device), history_latents=[first_latent], history_frames=[0],
-                     records=records, depth_model=depth_model, video=open_video(plan, backend))
-    run = Run(plan, codec, backend, first_latent, state, record, t_start, dir=rundir, image=image)
-    try:
-        replay_chunks(state, plan, codec, exact_first_frame(run))
-    except BaseException:
-        state.video.abort()
-        raise
-    record.resumed_at = (record.resumed_at or []) + [now()]
-    record.status = "running"
-    record.threads = current_threads()
-    record.chunks = state.records
-    return run
-
-
-class FrameList:
-    """Stands in for a run's VideoWriter when a finished run is rebuilt (:func:`reopen`): keeps the
-    frames in ``kept`` (``(H, W, 3)`` uint8 each) instead of encoding them."""
-
-    def __init__(self):
-        self.kept: list = []
-
-    def append(self, frames) -> None:
-        self.kept.extend(frames)
-
-
 def reopen(out: Path, loaders: Loaders | None = None, quiet: bool = True) -> Run:
     """A finished run rebuilt for reading, writing nothing (``mirage eval`` scores a run from its
     directory, so a resumed or earlier run scores exactly like a fresh one): the plan, the models,
-    the final memory, the history, and in ``state.video.kept`` every frame exactly as the loop made
-    it (decoded again from the kept chunk latents). Needs a run made with ``keep_latents`` and
+    the final memory, the history, and in ``run.kept`` every frame exactly as the loop made it
+    (decoded again from the kept chunk latents). Needs a run made with ``keep_latents`` and
     ``cache_dump`` final or chunks."""
-    from .rundir import chunk_latents, final_dump, run_json
-
-    loaders = loaders or Loaders()
     record = RunRecord.read(run_json(out))
     if record.status != "done":
         raise MirageError(f"{out}: the run is not finished ({record.status}); nothing to read")
-    cfg = with_backend_defaults(record.config)  # the preview's run.json leaves its unused options null
     needed = [final_dump(out)] + [chunk_latents(out, c.index) for c in record.chunk_plan]
     missing = next((p for p in needed if not p.exists()), None)
     if missing is not None:
         raise MirageError(f"{missing}: missing (a run to read needs --keep-latents and --cache-dump final or chunks)")
+    return _reopen(out, record, loaders or Loaders(), quiet, time.perf_counter(), final_dump(out), list(record.chunks))
+
+
+def _reopen(out: Path, record: RunRecord, loaders: Loaders, quiet: bool, t_start: float, dump: Path,
+            records: list, rundir: RunDir | None = None, warn: Warn = print) -> Run:
+    """An existing run rebuilt from its directory with the options it started with: ``resume``
+    (``rundir`` given: it continues, writing) and ``reopen`` (reading only) share it. The memory
+    comes from ``dump``, the history from the stored latents of ``records``' chunks."""
+    cfg = replace(record.config, out=str(out))
+    check_config(cfg)
+    spec = backend_spec(cfg.backend)
+    cfg = with_absolute_paths(with_backend_defaults(cfg))  # the preview's run.json leaves its unused options null
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
+    image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
+    if record.image.sha256 != image_hash:
+        raise MirageError(f"{image_path}: the image changed since the run in {out} started (hash differs); cannot "
+                          f"{'resume' if rundir is not None else 'read it'}")
+    cfg = _with_downscale(cfg, spec, image_raw)
     codec, backend = loaders.codec_backend(cfg, show_progress=not quiet)
-    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(cfg.backend, codec), cfg.start_frame)
-    plan = _plan(cfg, out, image_path, record.image.sha256, image, codec, record.depth.reference_depth,
-                 record.depth.source, device)
+    image = prepare_image(image_path, cfg.height, cfg.width, grid_multiple(spec, codec), cfg.start_frame, loaded=image_raw)
+    del image_raw
+    # The input depth only mattered for the first lift, which the checkpoint holds; its scale and model stay.
+    depth_model = (resume_depth_model(cfg, record.depth.source, device, show_progress=not quiet, loaders=loaders)
+                   if rundir is not None else None)
+    plan = _plan(cfg, out, image_path, image_hash, image, codec, spec, record.depth.reference_depth, record.depth.source,
+                 device)
     first_latent = _first_latent(codec, image, device)
-    state = RunState(memory=LatentMemory.load(final_dump(out), device=device), history_latents=[first_latent],
-                     history_frames=[0], records=list(record.chunks), video=FrameList())
-    run = Run(plan, codec, backend, first_latent, state, record, time.perf_counter(), image=image)
-    replay_chunks(state, plan, codec, exact_first_frame(run))
-    return run
+    record.chunks = records
+    video = open_video(plan, spec) if rundir is not None else FrameList()
+    return _assemble(plan, codec, backend, first_latent, LatentMemory.load(dump, device=device), record, image,
+                     depth_model, t_start, video, rundir=rundir, warn=warn, writable=rundir is not None)
+
+
+def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch.Tensor, memory: LatentMemory,
+              record: RunRecord, image: torch.Tensor, depth_model, t_start: float, video, *, rundir: RunDir | None,
+              warn: Warn, writable: bool) -> Run:
+    """The one builder of a :class:`Run` (new, resumed, reopened): the engine on the plan, the
+    chunks ``record.chunks`` holds replayed from their stored latents (bit-identical history and
+    video), and the run directory's writer watching the engine."""
+    from .covisibility import voxel_size
+
+    spec, cfg = backend.spec, plan.config
+    settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, prompt=cfg.prompt,
+                              negative_prompt=cfg.negative_prompt, references=cfg.references,
+                              voxel=voxel_size(plan.depth_source, plan.reference_depth)[0])
+    engine = ChunkEngine(codec, backend, memory, first_latent, plan.cams[:1], settings, depth_model=depth_model,
+                         first_frame=image if spec.exact_first_frame else None)
+    try:
+        for chunk in plan.chunks[:len(record.chunks)]:
+            path = chunk_latents(plan.out, chunk.index)
+            frames_u8 = engine.replay(chunk, plan.cams[chunk.frames], load_latents(path).to(plan.device),
+                                      load_reads(path, plan.device))
+            video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
+    except BaseException:
+        video.abort()
+        raise
+    writer = None
+    if writable:
+        writer = RunWriter(plan, record, video, spec, rundir, warn)
+        writer.image = image
+        engine.observers.append(writer)
+    return Run(plan, engine, record, video, t_start, writer=writer, dir=rundir)
 
 
 def input_memory(run: Run) -> LatentMemory:
@@ -278,7 +286,7 @@ def input_memory(run: Run) -> LatentMemory:
     from .rundir import depth_file
 
     depth = torch.from_numpy(np.load(depth_file(run.plan.out), allow_pickle=False)).to(run.plan.device)
-    return _first_memory(None, run.plan, run.codec, run.first_latent, depth)
+    return _first_memory(None, run.plan, run.codec, run.engine.first_latent, depth)
 
 
 # ------------------------------------------------------------------------------------ shared steps
@@ -315,21 +323,22 @@ def stretch_cause(image_size: tuple[int, int], asked: tuple[int | None, int | No
     return hint
 
 
-def _with_downscale(cfg: GenerateConfig, image_raw: torch.Tensor) -> GenerateConfig:
-    """The preview's grid: ``--downscale``, else automatic for the output size actually used (one of
-    --width/--height alone: the other follows the aspect ratio; see preview_downscale)."""
-    if cfg.backend != "preview" or cfg.downscale is not None:
+def _with_downscale(cfg: GenerateConfig, spec: BackendSpec, image_raw: torch.Tensor) -> GenerateConfig:
+    """A pixel-codec backend's grid (the preview's): ``--downscale``, else automatic for the output
+    size actually used (one of --width/--height alone: the other follows the aspect ratio; see
+    preview_downscale). Backends with a fixed codec cell are left as they are."""
+    if spec.codec.spatial_factor or cfg.downscale is not None:
         return cfg
     W, H = output_size(image_raw.shape[-1], image_raw.shape[-2], cfg.width, cfg.height)
     return replace(cfg, downscale=preview_downscale(W, H))
 
 
 def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, image: torch.Tensor, codec: Codec,
-          ref_depth: float, depth_source: str, device: torch.device) -> RunPlan:
+          spec: BackendSpec, ref_depth: float, depth_source: str, device: torch.device) -> RunPlan:
     """The run plan, from the run directory's own trajectory (the same for a new and a resumed run)."""
     H, W = image.shape[-2:]
     cams, saved = run_cameras(cfg, out, (W, H), ref_depth)
-    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or default_chunk_frames(codec.temporal_factor, cfg.backend))
+    cfg = replace(cfg, chunk_frames=cfg.chunk_frames or spec.chunk_frames)
     chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
@@ -376,10 +385,10 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
     return memory
 
 
-def _reference_selection(plan: RunPlan, backend: Backend, warn: Warn) -> dict | None:
-    """How the mirage backend picks its references (voxel IoU), for run.json; warns when the voxel
+def _reference_selection(plan: RunPlan, spec: BackendSpec, warn: Warn) -> dict | None:
+    """How a ``voxel-iou`` backend (mirage) picks its references, for run.json; warns when the voxel
     had to be scaled because the depth is relative."""
-    if backend.name != "mirage" or not plan.config.references:
+    if spec.references != "voxel-iou" or not plan.config.references:
         return None
     from .covisibility import IOU_THRESHOLD, depth_is_metric, voxel_size
 

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import Backend
+from ..backends.specs import BackendSpec, backend_spec
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
 from ..io import load_image
-from ..models.codecs import Codec, PixelCodec
+from ..models.codecs import Codec
 from .config import GenerateConfig
 from .resources import output_size
 
@@ -65,11 +66,11 @@ def prepare_image(path: Path, height: int | None, width: int | None, multiple: i
     return image
 
 
-def grid_multiple(backend: str, codec: Codec) -> int:
+def grid_multiple(spec: BackendSpec, codec: Codec) -> int:
     """What the frame size must be a multiple of: for Wan the VAE cell times the transformer's 2x2
     patch (16 for Wan2.1's 8x VAE, 32 for the Wan2.2 VAE of the mirage backend), the codec's cell
-    for the preview."""
-    return 2 * codec.spatial_factor if backend != "preview" else codec.spatial_factor
+    for the preview (``spec.patch`` says which)."""
+    return spec.grid_multiple(codec.spatial_factor)
 
 
 NO_DEPTH = "no depth given (no --depth, no sidecar, no cached depth model)"
@@ -165,26 +166,9 @@ def trajectory_cameras(traj, fov: float | None, width: int, height: int, intrins
 
 
 def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tuple[Codec, Backend]:
-    """Build the codec and the backend named by ``--backend`` (``cfg.downscale`` already chosen)."""
-    if cfg.backend == "preview":
-        from ..backends.preview import PreviewBackend
-
-        return PixelCodec(cfg.downscale or 1), PreviewBackend()
-    if cfg.backend == "wan-vace":
-        from ..backends.wan_vace import load_wan_vace
-
-        backend, codec = load_wan_vace(
-            cfg.model or "wan2.1-vace-1.3b", device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload, shift=cfg.shift,
-            progress=show_progress,
-        )
-        return codec, backend
-    if cfg.backend == "mirage":
-        from ..backends.mirage import load_mirage
-
-        backend, codec = load_mirage(cfg.model, device=cfg.device, dtype=cfg.dtype, cpu_offload=cfg.cpu_offload,
-                                     shift=cfg.shift, preceding_frames=cfg.preceding_frames, progress=show_progress)
-        return codec, backend
-    raise MirageError(f"--backend: unknown backend '{cfg.backend}' (choose preview, wan-vace or mirage)")
+    """Build the codec and the backend named by ``--backend`` (``cfg.downscale`` already chosen),
+    with the loader its spec names."""
+    return backend_spec(cfg.backend).load(cfg, show_progress)
 
 
 def load_depth_model(*args, **kwargs):

@@ -27,13 +27,13 @@ from typing import Callable
 
 import torch
 
+from ..dtypes import LATENT_STORE_DTYPE
 from ..errors import MirageError
 from ..io import atomic_path, stale_temporaries, write_json
 from .plan import Chunk
 from .runlock import RunLock
 from .records import ChunkRecord, RunRecord, chunk_records_from_json, chunk_records_to_json
 
-LATENT_STORE_DTYPE = torch.float16
 RUN_SUBDIRS = ("chunks", "cache")  # where a run writes besides its top level
 
 
@@ -261,6 +261,12 @@ def drop_empty_cache(out: Path) -> None:
     cache = out / "cache"
     if cache.is_dir() and not any(cache.iterdir()):
         cache.rmdir()
+
+
+def drop_checkpoint(out: Path) -> None:
+    """A finished run's resume checkpoint (the rolling ``last.safetensors``) goes once it is recorded done."""
+    if last_dump(out).exists():
+        last_dump(out).unlink()
 
 
 def drop_chunk_latents(out: Path) -> None:

@@ -1,0 +1,166 @@
+"""What each backend is, stated once: the one registry of backends (torch-free).
+
+Everything the rest of mirage needs to know about a backend *before* (or without) loading it lives
+in its :class:`BackendSpec`: sampling defaults, the codec geometry its memory and frames use, the
+frame-size multiple, the chunk length, whether it samples with a network (and so reads the sampling
+options), whether it needs ``--model``, which context it takes (preceding frames with their stored
+reads, references and how they are chosen), and how to load it. ``pipeline/``, ``batch/``, ``eval/``
+and the CLI ask the spec; no backend name is compared outside ``backends/`` (``tests/test_backend_names.py``).
+
+This module imports no torch, so ``mirage generate``'s option checks, ``--help`` and ``--dry-run``'s
+plan can use it before torch loads.
+
+Adding a backend: a module in ``backends/`` with its class (``build_inputs`` / ``sample`` /
+``denoise`` / ``describe``) and a loader ``(cfg, show_progress) -> (codec, backend)``, plus one
+``BackendSpec`` entry in :data:`BACKENDS` below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from ..errors import MirageError
+
+if TYPE_CHECKING:  # no torch at import
+    from ..models.codecs import Codec
+    from . import Backend
+
+# Option names (GenerateConfig fields) that only a network-sampling backend reads.
+SAMPLING_OPTIONS: dict[str, str] = {
+    "model": "--model", "steps": "--steps", "guidance": "--guidance", "shift": "--shift", "prompt": "--prompt",
+    "negative_prompt": "--negative-prompt", "references": "--references", "cpu_offload": "--cpu-offload",
+    "dtype": "--dtype"}
+# Option names only a pixel-codec backend (the preview) reads.
+PIXEL_OPTIONS: dict[str, str] = {"downscale": "--downscale"}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Values used for every sampling option the user left out (run.json records the effective ones).
+
+    steps: denoising steps. guidance: classifier-free guidance scale (1 = off). shift: flow-matching
+    timestep shift. references: reference latent frames per chunk. splat: the memory read
+    (``patch`` | ``point``, see ``memory/modes.py``)."""
+
+    steps: int
+    guidance: float
+    shift: float
+    references: int
+    splat: str
+
+
+@dataclass(frozen=True)
+class CodecGeometry:
+    """The codec a backend uses, as far as planning needs it (no weights): ``name``, latent
+    ``channels``, ``spatial_factor`` (pixels per latent cell; 0 = chosen per run by ``--downscale``,
+    the pixel codec) and ``temporal_factor`` (video frames per latent frame after the first)."""
+
+    name: str
+    channels: int
+    spatial_factor: int
+    temporal_factor: int
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend, described without loading it.
+
+    Attributes:
+        name: the ``--backend`` value. summary: one line for ``--help``.
+        loader: ``"module:function"``, called as ``function(cfg, show_progress) -> (codec, backend)``.
+        defaults: :class:`SamplingDefaults`.
+        codec: :class:`CodecGeometry` of the codec it loads (a model folder's ``vae/config.json``
+            refines it at plan time, see ``pipeline/dryrun.py``).
+        patch: frame sizes are multiples of ``patch * codec cell`` (2 for Wan's 2x2 transformer patches).
+        chunk_frames: ``--chunk-frames`` default (video frames per chunk, ``1 + temporal_factor * k``).
+        samples: runs a network over ``steps`` (reads the sampling options); False = the preview.
+        model_required: ``--model`` must be given (no default weights); ``default_model`` otherwise.
+        missing_model: the message when a required ``--model`` is missing.
+        preceding_reads: takes the memory reads its preceding frames were made from (stored per chunk
+            so that ``--resume`` can give them back).
+        references: how references are chosen: ``covisibility`` (mirage's own) or ``voxel-iou``
+            (the paper's reference loop, what its model was trained with).
+        exact_first_frame: the video's frame 0 is the input image itself (the preview: its decode of a
+            downscaled grid would only upsample cell means).
+        label: shown in the video's comment tag and the summary (the preview says it is one).
+    """
+
+    name: str
+    summary: str
+    loader: str
+    defaults: SamplingDefaults
+    codec: CodecGeometry
+    patch: int
+    chunk_frames: int
+    samples: bool
+    model_required: bool = False
+    default_model: str | None = None
+    missing_model: str = ""
+    preceding_reads: bool = False
+    references: Literal["covisibility", "voxel-iou"] = "covisibility"
+    exact_first_frame: bool = False
+    label: str | None = None
+
+    def reads_options(self) -> dict[str, str]:
+        """The option fields this backend reads of those only some backends read (name -> flag)."""
+        return dict(SAMPLING_OPTIONS) if self.samples else dict(PIXEL_OPTIONS)
+
+    def ignores_options(self) -> dict[str, str]:
+        """The option fields this backend ignores (given, they do nothing: a warning says so)."""
+        return dict(PIXEL_OPTIONS) if self.samples else dict(SAMPLING_OPTIONS)
+
+    def grid_multiple(self, spatial_factor: int) -> int:
+        """What the frame size must be a multiple of, for a codec with ``spatial_factor``."""
+        return self.patch * spatial_factor
+
+    def progress_steps(self, steps: int) -> int:
+        """Steps of one chunk's denoise, for its progress bar."""
+        return steps if self.samples else 1
+
+    def load(self, cfg: Any, show_progress: bool = True) -> tuple[Codec, Backend]:
+        """Build the codec and the backend for the options ``cfg`` (a resolved ``GenerateConfig``)."""
+        module, _, fn = self.loader.partition(":")
+        loader: Callable[..., tuple[Codec, Backend]] = getattr(import_module(module), fn)
+        return loader(cfg, show_progress)
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "preview": BackendSpec(
+        name="preview", summary="no network, seconds", loader="mirage_cli.backends.preview:load_preview",
+        defaults=SamplingDefaults(steps=30, guidance=5.0, shift=3.0, references=2, splat="patch"),
+        codec=CodecGeometry("pixel", 3, 0, 1), patch=1, chunk_frames=9, samples=False, exact_first_frame=True,
+        label="PREVIEW (no neural network)"),
+    "wan-vace": BackendSpec(
+        name="wan-vace", summary="Wan2.1-VACE diffusion", loader="mirage_cli.backends.wan_vace:load_for_run",
+        # Wan2.1-VACE at 480p
+        defaults=SamplingDefaults(steps=30, guidance=5.0, shift=3.0, references=2, splat="patch"),
+        codec=CodecGeometry("wan2.1-vae", 16, 8, 4), patch=2, chunk_frames=49, samples=True,
+        default_model="wan2.1-vace-1.3b"),
+    "mirage": BackendSpec(
+        name="mirage", summary="the paper's model, see `mirage models convert`",
+        loader="mirage_cli.backends.mirage:load_for_run",
+        # the reference's loop: UniPC, 20 steps, no guidance, shift 5, 4 references; the model was trained on
+        # the reference's nearest-cell splat, so the memory is read the same way
+        defaults=SamplingDefaults(steps=20, guidance=1.0, shift=5.0, references=4, splat="point"),
+        codec=CodecGeometry("wan2.2-vae", 48, 16, 4), patch=2, chunk_frames=33, samples=True, model_required=True,
+        missing_model="the mirage backend needs a converted model (no weights are published): a folder written by "
+                      "`mirage models convert`, a Hub repo id or a registry name",
+        preceding_reads=True, references="voxel-iou"),
+}
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+DEFAULT_BACKEND = BACKEND_NAMES[0]  # the one that needs no weights
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The spec of ``--backend name``; a one-line MirageError for an unknown name."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise MirageError(f"--backend: unknown backend '{name}' (choose {', '.join(BACKEND_NAMES)})") from None
+
+
+def backend_help() -> str:
+    """The ``--backend`` help text, from the registry (one place)."""
+    return ", ".join(f"{s.name} ({s.summary})" for s in BACKENDS.values()) + "."
