@@ -113,7 +113,7 @@ def lift_scene(depth: torch.Tensor, intrinsics: torch.Tensor, image: torch.Tenso
     K = Cameras(torch.eye(4, dtype=torch.float64), intrinsics, W, H).K()[0]
     pts = backproject(depth.double(), torch.eye(4, dtype=torch.float64), K)[valid].float()
     q = torch.tensor(BOX_PERCENTILES, dtype=torch.float32)
-    sample = pts[:: max(1, len(pts) // 200_000)]  # quantile's input limit; the box of a subsample
+    sample = pts[:: max(1, len(pts) // 50_000)]  # the box of a regular subsample (quantile is slow)
     lo, hi = torch.quantile(sample, q[0], dim=0), torch.quantile(sample, q[1], dim=0)
     stride = max(1, math.ceil(len(pts) / PLOT_POINTS))
     colors = image.permute(1, 2, 0)[valid][::stride].float() if image is not None else None
