@@ -11,7 +11,7 @@ from the peers' shipped examples:
   frames 0-1 (``README.md`` lines 86-87; intrinsics at 832 x 480, ``wan/image2video.py`` lines 332-335);
 - HY-WorldPlay (Tencent-Hunyuan/HY-WorldPlay da2d0c2): ``assets/pose/test_forward_32_latents.json``
   entries 0-2, and the pose string ``w-3, right-1, d-4`` of ``README.md`` line 300;
-- ViPE (nv-tlabs/vipe 157494a): the artifact layout of ``vipe/utils/io.py`` lines 49-62, 146-164, 184-205;
+- ViPE (nv-tlabs/vipe 157494a): the artifact layout of ``vipe/utils/io.py`` lines 44-62, 146-164, 184-205;
 - GEN3C (nv-tlabs/GEN3C db2ffe1): the export of ``gui/src/testbed.cu`` lines 421-450.
 """
 
@@ -186,7 +186,7 @@ def test_worldplay_json_example_reads_and_round_trips(tmp_path):
 
 
 def _worldplay_reference(steps: list[tuple[str, int]]) -> np.ndarray:
-    """HY-WorldPlay's generate_camera_trajectory_local (generate_custom_trajectory.py lines 20-60) with
+    """HY-WorldPlay's generate_camera_trajectory_local (generate_custom_trajectory.py lines 20-83) with
     parse_pose_string's speeds (generate.py lines 80-82), rewritten with numpy for the test."""
     def rot_x(t):
         c, s = math.cos(t), math.sin(t)

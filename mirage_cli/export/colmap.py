@@ -2,7 +2,7 @@
 and ``points3D``, as text (``.txt``) or binary (``.bin``).
 
 The layouts are COLMAP's own (``src/colmap/scene/reconstruction_io.cc``; the same as its
-``scripts/python/read_write_model.py``): little-endian, ``cameras.bin`` = ``uint64`` count, then per
+``colmap/scripts/python/read_write_model.py``): little-endian, ``cameras.bin`` = ``uint64`` count, then per
 camera ``int32 id, int32 model (PINHOLE = 1), uint64 width, uint64 height, 4 x double params``;
 ``images.bin`` = ``uint64`` count, then per image ``int32 id, 4 x double qvec (w, x, y, z), 3 x
 double tvec, int32 camera id, name + NUL, uint64 number of 2D points (0 here)``; ``points3D.bin``

@@ -29,7 +29,7 @@ pose string adapts to the scene's size. The vertical field of view is WorldPlay'
 Matched against HY-WorldPlay at commit da2d0c2: ``hyvideo/generate.py`` lines 59-143
 (``parse_pose_string``: the actions, ``forward_speed = 0.08`` and 3 degrees per latent, lines
 80-82), lines 146-170 (the default K, lines 160-164), ``hyvideo/generate_custom_trajectory.py``
-lines 20-60 (``generate_camera_trajectory_local``: yaw then pitch right-multiplied onto the
+lines 20-83 (``generate_camera_trajectory_local``: yaw then pitch right-multiplied onto the
 rotation, translations along the rotated camera's z and x), ``README.md`` lines 286-300 (the
 examples) and ``hyvideo/generate.py`` line 292 (``fps=24``). Unlike WorldPlay (which truncates
 ``right-0.5`` to 0 latents) a count must be a whole number >= 1.

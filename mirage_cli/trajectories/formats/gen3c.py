@@ -6,7 +6,7 @@ Matched against GEN3C's own code at commit db2ffe1: ``gui/src/testbed.cu`` lines
 export: one ``{"start", "end"}`` pair per rendered frame, ``resolution``, ``fps``,
 ``duration_seconds``, ``spp``, ``quality``, ``shutter_fraction``; no field of view), the matrix
 layout of ``gui/include/tiny-cuda-nn/vec_json.h`` lines 33-41 (a ``mat4x3`` is written as 3 rows of 4
-numbers: ``[R | t]``), and the camera convention of ``gui/api/client.py`` lines 457-486 and
+numbers: ``[R | t]``), and the camera convention of ``gui/api/client.py`` lines 454-486 and
 ``gui/api/api_types.py`` lines 66-75: the GUI's camera matrices are sent to the GEN3C server as
 ``cameras_to_world`` and inverted into the OpenCV world-to-camera matrices the model uses, so they
 are OpenCV c2w. ``start`` is the camera at the frame's start (``end`` only matters for motion
@@ -14,7 +14,7 @@ blur, ``shutter_fraction``); the GUI's "W2C" checkbox (line 415) exports inverse
 file does not record: export with it unticked.
 
 The file holds no field of view: the cameras get a vertical fov of :data:`ASSUMED_FOV_DEG` (GEN3C
-assumes 50.625 degrees for its own seeding data, ``gui/api/v2v_utils.py`` line 180) with a note;
+assumes 50.625 degrees for its own seeding data, ``gui/api/v2v_utils.py`` line 185) with a note;
 ``mirage generate --fov`` sets another. Read only (the GUI authors these paths; mirage's own paths
 go to the other formats).
 """

@@ -10,7 +10,7 @@ key                 shape                 meaning
 ``image_width``     scalar int            width the intrinsics refer to
 ==================  ====================  ==================================================
 
-Matched against Lyra 2's own code at commit 9fffc9a: ``Lyra-2/README.md`` line 100 (the keys) and
+Matched against Lyra 2's own code at commit 9fffc9a: line 100 of the README in ``Lyra-2/`` (the keys) and
 ``Lyra-2/lyra_2/_src/inference/lyra2_custom_traj_inference.py`` lines 60-95 (``load_trajectory``:
 ``w2c``/``intrinsics`` read as they are, the intrinsics rescaled from ``image_height x
 image_width`` to the render size per axis; without the size keys they are used at the render
@@ -39,7 +39,7 @@ from .common import Format
 
 NAME = "lyra2"
 LYRA_FPS = 16.0
-"""Lyra 2's default ``--fps`` (``lyra2_custom_traj_inference.py`` line 135)."""
+"""Lyra 2's default ``--fps`` (``lyra_2/_src/inference/lyra2_custom_traj_inference.py`` line 135)."""
 LYRA_RENDER_SIZE = (832, 480)
 """Lyra 2's default ``--resolution 480,832`` (H, W; line 140): the size intrinsics refer to when the
 file gives no ``image_width``/``image_height``."""

@@ -11,12 +11,12 @@ file: key                  shape               meaning
 ``intrinsics/NAME_camera.txt``                 ``frame: TYPE`` lines; only ``PINHOLE`` is read
 =========================  ==================  =================================================
 
-Matched against ViPE's own code at commit 157494a: ``vipe/utils/io.py`` lines 49-62 (the layout:
+Matched against ViPE's own code at commit 157494a: ``vipe/utils/io.py`` lines 44-62 (the layout:
 ``pose/``, ``intrinsics/``, ``rgb/`` beside each other, one ``NAME`` per video), lines 146-164
 ("Save OpenCV cam2world matrices as 4x4 matrix in npz file": ``np.savez(path, data=pose_data,
 inds=pose_inds)``), lines 184-205 ("Save intrinsics as [fx, fy, cx, cy] in npz file") and line 225
-(pinhole intrinsics have 4 numbers); ``scripts/vipe_to_colmap.py`` writes the same numbers as a
-COLMAP PINHOLE camera at the video's size. A flat folder holding ``pose.npz`` and
+(pinhole intrinsics have 4 numbers); ViPE's COLMAP converter (``vipe_to_colmap`` in its ``scripts``
+folder) writes the same numbers as a COLMAP PINHOLE camera at the video's size. A flat folder holding ``pose.npz`` and
 ``intrinsics.npz`` (the layout other tools copy) is read too.
 
 The image size is the size of ``rgb/NAME.mp4`` when it is there; otherwise twice the principal

@@ -1,11 +1,11 @@
 """HY-WorldPlay's pose JSON (Tencent-Hunyuan/HY-WorldPlay): one camera per **latent frame**,
 ``{"0": {"extrinsic": c2w 4x4, "K": 3x3 pixels}, "1": {...}, ...}``.
 
-Matched against HY-WorldPlay's own code at commit da2d0c2: ``hyvideo/generate.py`` lines 203-222
+Matched against HY-WorldPlay's own code at commit da2d0c2: ``hyvideo/generate.py`` lines 203-221
 (``pose_to_input``: entries in the file's key order, ``c2w = np.array(pose_json[t_key]["extrinsic"])``,
 the intrinsics normalized as ``fx / (2 cx)``, ``fy / (2 cy)`` with the principal point set to the
 centre, so the image is ``2cx x 2cy``), lines 146-170 and ``hyvideo/generate_custom_trajectory.py``
-lines 20-60 (OpenCV axes: ``forward`` is the camera's +z, ``right`` its +x), and
+lines 20-83 (OpenCV axes: ``forward`` is the camera's +z, ``right`` its +x), and
 ``assets/pose/test_forward_32_latents.json`` (the shipped example: 32 entries, identity first,
 +0.08 along z per entry, K = 969.70 px at 1920 x 1080). WorldPlay renders 24 fps
 (``hyvideo/generate.py`` line 292).
@@ -59,7 +59,7 @@ def read(data: dict, path: Path) -> Trajectory:
         if cx <= 0 or cy <= 0:
             raise err(src, f"principal point must be positive (it is half the image size; got cx={cx:g}, cy={cy:g})",
                       i, "K", where)
-        intr.append([fx / (2 * cx), fy / (2 * cy), 0.5, 0.5])  # pose_to_input, generate.py lines 218-222
+        intr.append([fx / (2 * cx), fy / (2 * cy), 0.5, 0.5])  # pose_to_input, generate.py lines 218-221
         sizes.append((round(2 * cx), round(2 * cy)))
     cams = Cameras(torch.stack(c2ws), torch.tensor(intr, dtype=torch.float64), *sizes[0])
     traj = Trajectory(cams, FPS, NAME, "absolute", src, False, meta={"latents": len(c2ws)})
