@@ -81,6 +81,7 @@ def generate_cmd(
     cpu_offload: bool = options.CPU_OFFLOAD,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
     look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Presets by name (orbits, dolly_zoom, spiral): look-at depth in reference depths \\[default: placed from the input depth so the camera stays in the scene]."),
+    traj_scale: Optional[float] = typer.Option(None, "--traj-scale", help="Multiply the trajectory's translations by this, > 0 (a path made for another scene's units; generate warns when a path is out of scale)."),
     keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="No backend: write the plan, the depth and coverage.mp4 (what the memory alone sees, holes magenta) to check a path."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
@@ -104,7 +105,7 @@ def generate_cmd(
         device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
         write_policy=write_policy, splat=splat, memory=str(memory) if memory else None, references=references,
         preceding_frames=preceding_frames, start_frame=start_frame, cpu_offload=cpu_offload, overwrite=overwrite,
-        max_pixels=max_pixels, keep_latents=keep_latents, look_at_depth=look_at_depth,
+        max_pixels=max_pixels, keep_latents=keep_latents, look_at_depth=look_at_depth, traj_scale=traj_scale,
     )
     if resume is None:
         check_options(cfg)  # every option error answers before torch is imported (seconds of CPU)

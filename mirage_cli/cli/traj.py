@@ -18,7 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colmap | worldscore."
+FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colmap | worldscore | lyra2 | lingbot | worldplay."
 # The trajectories package is imported inside the commands: it pulls in torch, and `mirage --help` should not.
 
 
@@ -128,6 +128,14 @@ def _table(s: dict) -> Table:
         rows.append((f"pixels on {e['size'][0]}x{e['size'][1]}",
                      f"fx {e['fx_px']:.1f}  fy {e['fy_px']:.1f}  cx {e['cx_px']:.1f}  cy {e['cy_px']:.1f} px "
                      f"(frame 0{', varies over frames' if varies else ''}; --intrinsics {e['mode']})"))
+    if "scene" in s:
+        sc, ck = s["scene"], s["scale_check"]
+        rows.append(("scene", f"median depth {ck['median_depth']:.4g} units, {ck['box_size']:.3g} median depths across "
+                              f"(depth: {sc['source']})"))
+        rows.append(("path in the scene", f"length {ck['path_length']:.4g} median depths, farthest {ck['farthest']:.4g} "
+                                          f"from the start, {ck['outside']:.3g} scene sizes outside the scene"))
+        verdict = ck["verdict"] + (f" (--traj-scale {ck['suggest']:g} would fit it)" if ck["suggest"] else "")
+        rows.append(("scale check", verdict))
     for note in s["notes"]:
         rows.append(("note", note))
     if "preset" in s:
@@ -149,13 +157,28 @@ def show_cmd(
     width: Optional[int] = typer.Option(None, "--width", help="With --height: print the pixel focal lengths the cameras get on an image of this size."),
     height: Optional[int] = typer.Option(None, "--height", help="Image height for --width."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="How the file's intrinsics meet that image: crop | stretch | fov (as `mirage generate --intrinsics`)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Check the path's scale against this image's scene (lifted with its depth): numbers, and with --plot the path over the points."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="With --image: its depth FILE \\[default: the sidecar, else the geometric prior]."),
+    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="With --image: multiplier for the depth file's values."),
+    traj_scale: Optional[float] = typer.Option(None, "--traj-scale", help="With --image: multiply the path's translations by this (as `mirage generate --traj-scale`)."),
 ) -> None:
-    """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation."""
+    """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation; with --image, its scale in the scene."""
     from ..trajectories import load_trajectory, summarize  # deferred: torch
 
     check_output_parent(plot, "--plot")
+    if image is None and (depth is not None or depth_scale is not None or traj_scale is not None):
+        raise MirageError("--depth, --depth-scale and --traj-scale need --image (the scene to check the path against)")
     traj = load_trajectory(source)
     s = summarize(traj, width, height, intrinsics)
+    scene = cams = None
+    if image is not None:
+        from ..trajectories.scale import check_scale, check_traj_scale, input_scene, scene_cameras
+
+        check_traj_scale(None, traj_scale)
+        scene = input_scene(image, traj, depth, depth_scale, colors=plot is not None)
+        cams = scene_cameras(traj.cameras, traj.scale, scene, traj_scale)
+        s["scene"] = {"image": str(image), "source": scene.source}
+        s["scale_check"] = check_scale(cams, scene).to_json()
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     else:
@@ -166,5 +189,10 @@ def show_cmd(
     if plot is not None:
         from ..trajectories.plot import plot_trajectory  # deferred: Pillow's drawing, only with --plot
 
-        plot_trajectory(traj, plot)
+        sub = None
+        if scene is not None:
+            ck = s["scale_check"]
+            sub = (f"over {image.name} lifted with {scene.source}: path length {ck['path_length']:.3g} median depths "
+                   f"(median depth {ck['median_depth']:.3g} units); scale check: {ck['verdict']}")
+        plot_trajectory(traj, plot, scene=scene, cameras=cams, subtitle=sub)
         err_console.print(f"wrote {plot}", highlight=False)

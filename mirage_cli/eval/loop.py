@@ -28,8 +28,6 @@ final memory's input points (``chunk == 0``), exact for write policies ``new`` a
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..export.run import final_memory_file, finished_record
 from .metrics import psnr, to_float
 
 ROTATION_TOL_DEG = 0.1
@@ -167,29 +166,10 @@ def score_loop(run_dir: Path | str, loaders=None) -> LoopScore:
     from ..pipeline.rundir import chunk_latents, final_dump
 
     out = Path(run_dir)
-    record = _finished_record(out)
+    record = finished_record(out, "nothing to score")
     if final_dump(out).is_file() and all(chunk_latents(out, c.index).is_file() for c in record.chunk_plan):
         return score_reopened(reopen(out, loaders))
     return _score_files(out, record)
-
-
-def _finished_record(out: Path):
-    """The run record of a finished run in ``out`` (MirageError otherwise)."""
-    from ..pipeline.records import RunRecord
-    from ..pipeline.rundir import run_json
-
-    if not out.is_dir():
-        raise MirageError(f"{out}: not a directory (give a run directory of `mirage generate`)")
-    path = run_json(out)
-    if not path.is_file():
-        raise MirageError(f"{path}: missing; {out} is not a mirage run directory")
-    record = RunRecord.read(path)
-    if record.status != "done":
-        raise MirageError(f"{path}: the run is not finished (status {record.status}); nothing to score")
-    ref = record.depth.reference_depth
-    if not isinstance(ref, (int, float)) or not math.isfinite(ref) or ref <= 0:
-        raise MirageError(f"{path}: field depth.reference_depth must be a finite number > 0, got {ref!r}")
-    return record
 
 
 def _score_files(out: Path, record) -> LoopScore:
@@ -202,7 +182,7 @@ def _score_files(out: Path, record) -> LoopScore:
 
     cfg = with_backend_defaults(record.config)
     cams, _ = run_cameras(cfg, out, (record.image.width, record.image.height), record.depth.reference_depth)
-    memory_file = _final_memory_file(out, len(record.chunk_plan))
+    memory_file = final_memory_file(out, len(record.chunk_plan), "a loop score needs it")
     final = LatentMemory.load(memory_file)
     video = video_file(out)
     if not video.is_file():
@@ -224,16 +204,3 @@ def _score_files(out: Path, record) -> LoopScore:
                "codec and kept latents (--keep-latents, or score it with `mirage eval recon`)")
     return _score(out, cams, record.depth.reference_depth, frames[0], frames[-1], len(frames), "video.mp4", final,
                   inputs, how, memory_file)
-
-
-def _final_memory_file(out: Path, chunks: int) -> Path:
-    """``cache/final.safetensors``, else the dump after the last chunk (MirageError: neither)."""
-    from ..pipeline.rundir import final_dump, read_dump_extras
-
-    if final_dump(out).is_file():
-        return final_dump(out)
-    last = out / "cache" / f"chunk_{chunks - 1:03d}.safetensors"
-    if last.is_file() and read_dump_extras(last).get("chunks_done") == chunks:
-        return last
-    raise MirageError(f"{final_dump(out)}: missing (the run kept no final memory: --cache-dump none); "
-                      "a loop score needs it (rerun with --cache-dump final)")

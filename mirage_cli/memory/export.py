@@ -47,19 +47,29 @@ def export_ply(memory: LatentMemory, path: str | os.PathLike, convention: str = 
 
     if convention not in ("opencv", "opengl"):
         raise MirageError(f"unknown convention {convention!r} (choose opencv or opengl)")
-    n = len(memory)
     xyz = memory.points.detach().float().cpu().numpy().astype("<f4")
     if convention == "opengl":
         xyz = xyz * np.array([1, -1, -1], dtype="<f4")
     rgb = (point_colors(memory).numpy() * 255 + 0.5).astype(np.uint8)
+    write_ply(path, xyz, rgb, f"mirage latent memory: codec {memory.codec}, {memory.channels} channels, "
+                              f"spatial factor {memory.spatial_factor}, axes {convention}")
+    return len(memory)
+
+
+def write_ply(path: str | os.PathLike, xyz, rgb, comment: str = "") -> None:
+    """A binary little-endian PLY of points ``xyz (P, 3)`` (written as float32) with ``rgb (P, 3)``
+    uint8 colours, atomically (the layout Open3D, nerfstudio and most viewers read)."""
+    import numpy as np
+
+    n = len(xyz)
     rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    xyz = np.asarray(xyz, dtype="<f4")
     rec["x"], rec["y"], rec["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    rec["red"], rec["green"], rec["blue"] = (np.asarray(rgb, dtype=np.uint8)[:, k] for k in range(3))
     header = (
         "ply\nformat binary_little_endian 1.0\n"
-        f"comment mirage latent memory: codec {memory.codec}, {memory.channels} channels, "
-        f"spatial factor {memory.spatial_factor}, axes {convention}\n"
-        f"element vertex {n}\n"
+        + (f"comment {comment}\n" if comment else "")
+        + f"element vertex {n}\n"
         "property float x\nproperty float y\nproperty float z\n"
         "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
     ).encode("ascii")
@@ -67,7 +77,6 @@ def export_ply(memory: LatentMemory, path: str | os.PathLike, convention: str = 
         with open(tmp, "wb") as f:
             f.write(header)
             f.write(rec.tobytes())
-    return n
 
 
 def reference_depth_of(memory: LatentMemory) -> tuple[float, str]:

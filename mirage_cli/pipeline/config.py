@@ -76,6 +76,7 @@ class GenerateConfig:
     max_pixels: int = MAX_PIXELS  # larger inputs are resized to fit (resources.py)
     keep_latents: bool = False  # keep chunks/*.latents.safetensors of a finished run
     look_at_depth: float | None = None  # presets by name: look-at depth in reference depths (None: from the input depth)
+    traj_scale: float | None = None  # translations x this (trajectories/scale.py checks it, before any model loads)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     cfg = with_absolute_paths(with_backend_defaults(given))
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
+    from ..trajectories.scale import preflight  # issue 29: path vs scene, one warning before any model loads
+    preflight(cfg.traj, image_path, cfg.depth, cfg.depth_scale, cfg.traj_scale, cfg.start_frame, cfg.memory, warn)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
     fit = fit_max_pixels(W0, H0, cfg.width, cfg.height, cfg.max_pixels)

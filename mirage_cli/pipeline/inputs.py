@@ -136,14 +136,16 @@ def resume_depth_model(cfg: GenerateConfig, depth_source: str, device: torch.dev
 
 
 def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callable[[str], None]):
-    """Load (and with ``--frames`` resample) the trajectory; raises MirageError on any problem.
+    """Load (and with ``--frames`` resample) the trajectory, translations times ``--traj-scale``;
+    raises MirageError on any problem.
 
     Warns with the reader's notes (frames reordered, fps derived) and when the file's image aspect
     differs from the ``(W, H)`` frames (how its intrinsics are fitted then matters: ``--intrinsics``).
     """
     from ..trajectories import load_trajectory, resample
+    from ..trajectories.scale import apply_traj_scale
 
-    traj = load_trajectory(cfg.traj)
+    traj = apply_traj_scale(load_trajectory(cfg.traj), cfg.traj_scale)
     if cfg.start_frame:  # the input image is frame K; poses are re-expressed relative to it later
         if cfg.start_frame >= len(traj):  # one frame may remain, as --frames 1 allows a 1-frame video
             raise MirageError(f"--start-frame {cfg.start_frame}: the trajectory has {len(traj)} frames "

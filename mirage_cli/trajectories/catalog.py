@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MirageError
+from .posestring import is_pose_string
 
 COMMON_DEFAULTS: dict[str, float] = {"frames": 49, "fps": 16.0, "fov": 55.0}
 """Defaults every preset shares: 49 frames (Wan's 4k+1), 16 fps, 55 degrees vertical fov."""
@@ -69,11 +70,14 @@ CATALOG: dict[str, PresetInfo] = {
 
 def preset_name(text: str) -> str | None:
     """The preset a trajectory argument names (``"orbit_left"`` or ``"preset:orbit_left"``), or None
-    when it is a file. Raises MirageError when it is neither an existing file nor a preset name."""
+    when it is a file or a pose string (``"w-8, left-2"``, :mod:`.posestring`). Raises MirageError
+    when it is none of them."""
     name = text[len("preset:"):] if text.startswith("preset:") else text
     path = Path(text)
     if text.startswith("preset:") or (not path.exists() and name in CATALOG):
         return name
+    if not path.exists() and is_pose_string(text):
+        return None
     if not path.exists():
         close = difflib.get_close_matches(name, list(CATALOG), n=1)
         hint = f" (did you mean preset '{close[0]}'?)" if close else " (`mirage traj list` shows the presets)"

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import MirageError
 from .catalog import preset_name
 from .formats import read_trajectory
+from .posestring import is_pose_string, pose_string_trajectory
 from .presets import make_preset
 from .trajectory import Trajectory, adjust
 
@@ -16,8 +17,10 @@ def load_trajectory(path_or_preset: str | Path, **preset_overrides: Any) -> Traj
     """Read a trajectory file (format detected by content) or make a preset by name.
 
     Args:
-        path_or_preset: an existing file (or a COLMAP model directory holding ``images.txt``), or
-            a preset name such as ``"orbit_left"`` (optionally written ``"preset:orbit_left"``).
+        path_or_preset: an existing file (or a folder: a COLMAP model holding ``images.txt``, a
+            LingBot-World action folder), a preset name such as ``"orbit_left"`` (optionally
+            written ``"preset:orbit_left"``) or a pose string such as ``"w-8, left-2, d-4"``
+            (:mod:`mirage_cli.trajectories.posestring`).
         **preset_overrides: preset parameters (``frames``, ``fps``, ``fov``, ``angle``, ...);
             only allowed with a preset name.
     Returns:
@@ -32,6 +35,8 @@ def load_trajectory(path_or_preset: str | Path, **preset_overrides: Any) -> Traj
     path = Path(text)
     if preset_overrides:
         raise MirageError(f"{text}: preset parameters ({', '.join(preset_overrides)}) only apply to preset names")
+    if not path.exists() and is_pose_string(text):
+        return pose_string_trajectory(text)
     return read_trajectory(path)
 
 

@@ -121,26 +121,54 @@ def _draw_cameras(draw: ImageDraw.ImageDraw, pan: _Panel, pts: torch.Tensor, dir
         draw.text((xy[-1][0] + 7, xy[-1][1] - 18), str(n - 1), fill=_colour(n - 1, n), font=font)
 
 
-def plot_trajectory(traj: Trajectory, path: str | Path, size: tuple[int, int] = (1200, 640)) -> None:
-    """Draw the top and side views of ``traj`` (relative to frame 0) into a PNG at ``path``, atomically."""
-    c2w = traj.cameras.relative_to_first().c2w
+def _draw_points(draw: ImageDraw.ImageDraw, pan: _Panel, pts: torch.Tensor, colors: torch.Tensor | None) -> None:
+    """The scene's lifted points as one-pixel dots (their colours, else grey), far ones first."""
+    rgb = (colors.clamp(0, 1) * 255).round().int().tolist() if colors is not None else None
+    for i, (h, v) in enumerate(pts.tolist()):
+        x, y = pan.px(h, v)
+        draw.point((x, y), fill=tuple(rgb[i]) if rgb else PATH)
+
+
+def plot_trajectory(traj: Trajectory, path: str | Path, size: tuple[int, int] = (1200, 640), scene=None,
+                    cameras=None, subtitle: str | None = None) -> None:
+    """Draw the top and side views of ``traj`` (relative to frame 0) into a PNG at ``path``, atomically.
+
+    With ``scene`` (a :class:`~mirage_cli.trajectories.scale.Scene`) the input image's lifted points
+    are drawn under the path and ``cameras`` (the path in scene units, relative to frame 0, see
+    :func:`~mirage_cli.trajectories.scale.scene_cameras`) replace the trajectory's own;
+    ``subtitle`` is a second title line (the scale check's numbers)."""
+    c2w = (cameras if cameras is not None else traj.cameras.relative_to_first()).c2w
     C, F = c2w[:, :3, 3], c2w[:, :3, 2]
     W, H = size
     img = Image.new("RGB", size, BG)
     draw = ImageDraw.Draw(img)
-    units = "reference depth" if traj.scale == "relative" else "file units"
+    units = ("scene units" if scene is not None else
+             "reference depth" if traj.scale == "relative" else "file units")
     draw.text((W / 2, 12), f"{Path(traj.source).name or traj.source}: {traj.format}, {len(traj)} frames at "
               f"{traj.fps:g} fps, units = {units}", fill=FG, font=_font(16), anchor="mt")
-    views = [("top view", "x (right)", "z (forward)", torch.stack([C[:, 0], C[:, 2]], -1), torch.stack([F[:, 0], F[:, 2]], -1)),
-             ("side view", "z (forward)", "-y (up)", torch.stack([C[:, 2], -C[:, 1]], -1), torch.stack([F[:, 2], -F[:, 1]], -1))]
+    if subtitle:
+        draw.text((W / 2, 32), subtitle, fill=FG, font=_font(13), anchor="mt")
+    top = lambda X: torch.stack([X[:, 0], X[:, 2]], -1)  # noqa: E731  x right, z forward up the page
+    side = lambda X: torch.stack([X[:, 2], -X[:, 1]], -1)  # noqa: E731  z forward, -y (up) up the page
+    views = [("top view", "x (right)", "z (forward)", top), ("side view", "z (forward)", "-y (up)", side)]
     extent = float((C.max(0).values - C.min(0).values).max())
+    if scene is not None:
+        extent = max(extent, scene.size)
     arrow = max(0.15 * extent, 0.1 if traj.scale == "relative" else 0.1 * max(extent, 1e-3))
     half = W // 2
-    for k, (title, hl, vl, pts, dirs) in enumerate(views):
+    for k, (title, hl, vl, proj) in enumerate(views):
+        pts, dirs = proj(C), proj(F)
         box = (k * half + 80, 70, (k + 1) * half - 30, H - 70)
         tips = pts + arrow * dirs / dirs.norm(dim=-1, keepdim=True).clamp(min=1e-9)
-        pan = _Panel(box, torch.cat([pts, tips]))
+        cloud = None
+        if scene is not None:  # drawn from below (top view: the highest points last) / from +x (side view)
+            P = scene.points.double()
+            order = torch.argsort(P[:, 1], descending=True) if k == 0 else torch.argsort(P[:, 0])
+            cloud = proj(P[order])
+        pan = _Panel(box, torch.cat([pts, tips] + ([cloud] if cloud is not None else [])))
         _axes(img, draw, pan, title, hl, vl)
+        if cloud is not None:
+            _draw_points(draw, pan, cloud, scene.colors[order] if scene.colors is not None else None)
         _draw_cameras(draw, pan, pts, dirs, arrow)
     _save_png(img, Path(path))
 

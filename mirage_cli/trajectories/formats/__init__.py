@@ -10,11 +10,23 @@
 ``worldscore``     WorldScore ``camera_data.json``: ``cameras_interp`` c2w in Blender axes.
 ``geometry-npz``   the paper's reference pipeline's ``geometry.npz``: ``poses_c2w`` OpenCV,
                    ``intrinsics`` 3x3 pixels, ``depths``; read only (binary, ``allow_pickle=False``).
+``lyra2``          Lyra 2's ``trajectory.npz``: ``w2c`` OpenCV, ``intrinsics`` 3x3 pixels,
+                   ``image_height``, ``image_width``.
+``lingbot``        LingBot-World's action folder: ``poses.npy`` c2w OpenCV + ``intrinsics.npy``
+                   ``[fx, fy, cx, cy]`` pixels of 832 x 480.
+``vipe``           ViPE's ``pose/NAME.npz`` (c2w OpenCV) + ``intrinsics/NAME.npz``; read only.
+``worldplay``      HY-WorldPlay's pose JSON: ``{"i": {"extrinsic": c2w, "K": 3x3}}``, one per latent frame.
+``gen3c``          GEN3C GUI's exported cameras: ``cameras[].start`` c2w OpenCV; read only.
 =================  ==========================================================================
 
-Files are recognised by their *content*, never by their name: a zip archive holding
-``poses_c2w`` and ``intrinsics`` arrays is a geometry.npz; a file starting with ``{`` or ``[``
-is JSON and goes to the JSON formats' detectors, anything else to the text formats'. Each format
+HY-WorldPlay's pose *strings* (``w-3, right-1``) are not files: :mod:`..posestring` reads them.
+
+Files are recognised by their *content*, never by their name: a zip archive (``PK``) goes to the
+``.npz`` formats' detectors (``poses_c2w``/``depths``: geometry.npz, ``w2c``: Lyra 2,
+``data``/``inds``: ViPE), a NumPy array (``\\x93NUMPY``) to the ``.npy`` ones (LingBot-World's
+``poses.npy``); a file starting with ``{`` or ``[`` is JSON and goes to the JSON formats'
+detectors, anything else to the text formats'. A folder is a LingBot-World action folder (holding
+``poses.npy`` and ``intrinsics.npy``) or a COLMAP model. Each format
 lives in its own module (``detect``, ``read`` and a writer) and is listed here once, in
 :data:`REGISTRY`; ``load_trajectory``, ``save_trajectory``, ``mirage traj convert`` and
 ``mirage traj show`` all go through it. Every problem is a one-line MirageError naming the file,
@@ -30,35 +42,41 @@ from typing import Any
 from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
-from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, worldscore
+from . import (colmap, gen3c, geometry_npz, lingbot, lyra2, native, nerf, nerfstudio, realestate10k, vipe, worldplay,
+               worldscore)
+from .arrays import is_npy, is_zip, npz_keys
 from .common import Format, check_plausible, floats, read_text
 
 REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
-                                                                geometry_npz)}
+                                                                geometry_npz, lyra2, lingbot, vipe, worldplay, gen3c)}
 """Every format by name; each format's detector accepts only its own files, so order does not matter."""
 
 FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text or f.write)
-"""Names of the formats read and written (every format but the read-only geometry.npz)."""
+"""Names of the formats read and written (every format but the read-only geometry-npz, vipe and gen3c)."""
 
 
 def get_format(name: str) -> Format:
     """The registered format ``name``."""
     f = REGISTRY.get(name)
-    if f is None or not (f.text or f.write):  # geometry.npz is read only
+    if f is None or not (f.text or f.write):  # geometry-npz, vipe and gen3c are read only
         raise MirageError(f"unknown output format {name!r} (choose from {', '.join(FORMATS)})")
     return f
 
 
 # ===================================================================================== reading
 def _file(path: Path) -> Path:
-    """A file as is; for a folder, the COLMAP ``images.txt`` in it (the only folder format)."""
-    return colmap.model_file(path) if path.is_dir() else path
+    """A file as is; for a folder, LingBot-World's ``poses.npy`` or the COLMAP ``images.txt`` in it."""
+    if not path.is_dir():
+        return path
+    return lingbot.folder_file(path) or colmap.model_file(path)
 
 
 def _parse(path: Path) -> tuple[str, Any]:
-    """``("npz", path)``, ``("json", document)`` or ``("text", text)`` of a trajectory file."""
-    if geometry_npz.is_npz(path):
+    """``("npz", path)``, ``("npy", path)``, ``("json", document)`` or ``("text", text)`` of a trajectory file."""
+    if is_zip(path):
         return "npz", path
+    if is_npy(path):
+        return "npy", path
     text = read_text(path)
     if text.lstrip()[:1] not in "{[":
         return "text", text
@@ -70,9 +88,17 @@ def _parse(path: Path) -> tuple[str, Any]:
 
 def _unknown(path: Path, kind: str, content: Any) -> MirageError:
     """The error for content no registered format accepts, saying what each format needs."""
+    if kind == "npz":
+        keys = ", ".join(sorted(npz_keys(path))) or "none readable"
+        return MirageError(f"{path}: unknown trajectory format: a NumPy archive with arrays {keys}; expected w2c + "
+                           "intrinsics (Lyra 2), data + inds (ViPE) or poses_c2w + intrinsics + depths (geometry.npz)")
+    if kind == "npy":
+        return MirageError(f"{path}: unknown trajectory format: a NumPy array that is not (N, 4, 4) camera-to-world "
+                           "poses (LingBot-World's poses.npy)")
     if kind == "json":
         return MirageError(f"{path}: unknown trajectory format: JSON without 'camera_path' (native/nerfstudio), "
-                           "'frames' (NeRF transforms.json) or 'cameras_interp' (WorldScore)")
+                           "'frames' (NeRF transforms.json), 'cameras_interp' (WorldScore), 'cameras' (GEN3C) "
+                           "or numbered entries with 'extrinsic' (HY-WorldPlay)")
     if colmap.is_cameras_file(content):
         return MirageError(f"{path}: this is a COLMAP cameras.txt; pass the images.txt next to it")
     lines = [ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -167,28 +168,65 @@ def paths(path: str | Path) -> tuple[Path, Path]:
     return images, images.parent / "cameras.txt"
 
 
-def texts(traj: Trajectory) -> tuple[str, str]:
-    """``(images.txt, cameras.txt)``: one PINHOLE camera per distinct intrinsics, images frame_%05d.png."""
-    cams = traj.cameras
+@dataclass(frozen=True)
+class ModelCamera:
+    """One COLMAP PINHOLE camera: ``params = (fx, fy, cx, cy)`` in pixels of ``width x height``."""
+
+    camera_id: int
+    width: int
+    height: int
+    params: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    """One COLMAP image: w2c as a Hamilton quaternion ``qvec = (QW, QX, QY, QZ)`` and ``tvec``."""
+
+    image_id: int
+    qvec: tuple[float, float, float, float]
+    tvec: tuple[float, float, float]
+    camera_id: int
+    name: str
+
+
+def model_records(cams: Cameras, names: list[str] | None = None) -> tuple[list[ModelCamera], list[ModelImage]]:
+    """The cameras and images of a COLMAP model of ``cams``: one PINHOLE camera per distinct
+    intrinsics (rounded to 10 places), image ``i`` (id ``i + 1``) named ``names[i]`` (default
+    ``frame_%05d.png``), its pose the OpenCV w2c (COLMAP's convention)."""
     W, H = cams.width, cams.height
     K = (cams.intrinsics * torch.tensor([W, H, W, H], dtype=torch.float64)).tolist()
     cam_ids: dict[tuple, int] = {}
-    cam_lines = ["# Camera list with one line of data per camera:",
-                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
-    img_lines = ["# Image list with two lines of data per image:",
-                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-                 "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    cameras, images = [], []
     w2c = cams.w2c
     q = rotation_to_quaternion(w2c[:, :3, :3])
     for i in range(len(cams)):
         key = tuple(rnd(v) for v in K[i])
         if key not in cam_ids:
             cam_ids[key] = len(cam_ids) + 1
-            cam_lines.append(f"{cam_ids[key]} PINHOLE {W} {H} " + " ".join(repr(v) for v in key))
+            cameras.append(ModelCamera(cam_ids[key], W, H, key))  # type: ignore[arg-type]
         vals = [rnd(v) for v in q[i].tolist() + w2c[i, :3, 3].tolist()]
-        img_lines.append(f"{i + 1} " + " ".join(repr(v) for v in vals) + f" {cam_ids[key]} frame_{i:05d}.png")
+        name = names[i] if names is not None else f"frame_{i:05d}.png"
+        images.append(ModelImage(i + 1, tuple(vals[:4]), tuple(vals[4:]), cam_ids[key], name))  # type: ignore[arg-type]
+    return cameras, images
+
+
+def model_texts(cameras: list[ModelCamera], images: list[ModelImage]) -> tuple[str, str]:
+    """``(images.txt, cameras.txt)`` of COLMAP's text model (each image's 2D-point line empty)."""
+    cam_lines = ["# Camera list with one line of data per camera:",
+                 "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]"]
+    cam_lines += [f"{c.camera_id} PINHOLE {c.width} {c.height} " + " ".join(repr(v) for v in c.params) for c in cameras]
+    img_lines = ["# Image list with two lines of data per image:",
+                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+                 "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    for im in images:
+        img_lines.append(f"{im.image_id} " + " ".join(repr(v) for v in im.qvec + im.tvec) + f" {im.camera_id} {im.name}")
         img_lines.append("")
     return "\n".join(img_lines) + "\n", "\n".join(cam_lines) + "\n"
+
+
+def texts(traj: Trajectory) -> tuple[str, str]:
+    """``(images.txt, cameras.txt)``: one PINHOLE camera per distinct intrinsics, images frame_%05d.png."""
+    return model_texts(*model_records(traj.cameras))
 
 
 def write(traj: Trajectory, path: Path) -> list[Path]:

@@ -21,7 +21,6 @@ frame 0 and ``depths[0]`` from it (:func:`read_geometry`, :func:`geometry_frame`
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from ...errors import MirageError
 from ...geometry.cameras import Cameras
 from ..trajectory import DEFAULT_FPS, Trajectory
+from .arrays import is_zip, load_npz, npz_keys
 from .common import Format
 
 NAME = "geometry-npz"
@@ -37,17 +37,14 @@ REQUIRED = ("depths", "poses_c2w", "intrinsics")
 
 
 def is_npz(path: Path) -> bool:
-    """A zip archive (``np.savez`` output) holding any of the geometry arrays. One that lacks some
-    is still taken as a geometry.npz, so that :func:`read_geometry` names the missing key instead
-    of the file falling through to the text formats ("not a UTF-8 text file")."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"PK":
-                return False
-        names = set(zipfile.ZipFile(path).namelist())
-    except (OSError, zipfile.BadZipFile):
+    """A zip archive (``np.savez`` output) holding ``depths`` or ``poses_c2w``. One that lacks the
+    other keys is still taken as a geometry.npz, so that :func:`read_geometry` names the missing key
+    instead of the file falling through to the text formats ("not a UTF-8 text file"). Lyra 2's
+    ``trajectory.npz`` (``w2c``, ``intrinsics``) and ViPE's ``data``/``inds`` archives are theirs."""
+    if not is_zip(path):
         return False
-    return any(f"{key}.npy" in names for key in REQUIRED)
+    keys = npz_keys(path)
+    return bool(keys & {"depths", "poses_c2w"}) and "w2c" not in keys
 
 
 def read_geometry(path: str | Path) -> dict[str, np.ndarray]:
@@ -58,18 +55,7 @@ def read_geometry(path: str | Path) -> dict[str, np.ndarray]:
         non-finite, or frame counts that disagree.
     """
     src = str(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise MirageError(f"{src}: unreadable geometry.npz ({e})") from e
-    out: dict[str, np.ndarray] = {}
-    with z:
-        for key in z.files:
-            try:
-                out[key] = z[key]
-            except ValueError as e:  # object arrays need pickle, which is never allowed
-                raise MirageError(f"{src}: {key}: holds pickled objects, which mirage never loads "
-                                  "(save plain numeric arrays)") from e
+    out = load_npz(Path(path))
     for key in REQUIRED:
         if key not in out:
             raise MirageError(f"{src}: {key}: missing (a geometry.npz needs {', '.join(REQUIRED)})")

@@ -92,9 +92,9 @@ def _intrinsics(d: dict, src: str, i: int) -> tuple[list[float], tuple[int, int]
     raise err(src, "no intrinsics: need fl_x/fl_y with w and h, or camera_angle_x", i, "frames")
 
 
-def text(traj: Trajectory) -> str:
-    """NeRF ``transforms.json``: OpenGL c2w, pixel intrinsics (per frame when they vary)."""
-    cams = traj.cameras
+def transforms_doc(cams: Cameras, fps: float, file_paths: list[str] | None = None) -> dict[str, Any]:
+    """A ``transforms.json`` document: OpenGL c2w ``transform_matrix``, pixel intrinsics (top level
+    when every frame shares them, else per frame); ``file_paths`` default ``./frame_%05d``."""
     W, H = cams.width, cams.height
     K = cams.intrinsics * torch.tensor([W, H, W, H], dtype=torch.float64)
     mats = from_opencv_c2w(cams.c2w, "opengl", "c2w")
@@ -103,13 +103,19 @@ def text(traj: Trajectory) -> str:
         return {"fl_x": rnd(k[0]), "fl_y": rnd(k[1]), "cx": rnd(k[2]), "cy": rnd(k[3])}
 
     same = bool((K - K[:1]).abs().max() < 1e-9)
-    doc: dict[str, Any] = {"w": W, "h": H, "fps": rnd(traj.fps)}
+    doc: dict[str, Any] = {"w": W, "h": H, "fps": rnd(fps)}
     if same:
         angle_x = math.radians(fov_from_focal(float(cams.intrinsics[0, 0])))
         doc |= intr(K[0]) | {"camera_angle_x": rnd(angle_x)}
-    doc["frames"] = [{"file_path": f"./frame_{i:05d}", "transform_matrix": [flat(r) for r in mats[i]],
+    names = file_paths if file_paths is not None else [f"./frame_{i:05d}" for i in range(len(cams))]
+    doc["frames"] = [{"file_path": names[i], "transform_matrix": [flat(r) for r in mats[i]],
                       **({} if same else intr(K[i]))} for i in range(len(cams))]
-    return json_text(doc, "frames")
+    return doc
+
+
+def text(traj: Trajectory) -> str:
+    """NeRF ``transforms.json``: OpenGL c2w, pixel intrinsics (per frame when they vary)."""
+    return json_text(transforms_doc(traj.cameras, traj.fps), "frames")
 
 
 FORMAT = Format(NAME, "json", detect, read, text=text)
