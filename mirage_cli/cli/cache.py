@@ -46,12 +46,12 @@ def parse_color(text: str, option: str = "--holes") -> tuple[float, float, float
 
 @app.command("inspect", no_args_is_help=True)
 def inspect_cmd(
-    file: Path = typer.Argument(..., help="Cache file (.safetensors) written by `mirage generate` or LatentMemory.save."),
+    file: Path = typer.Argument(..., help="Cache file (.safetensors) written by `mirage generate` or LatentMemory.save, or a checkpoint directory (MemoryCheckpoint)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Summarise a cache: points, bytes, codec, channels, dtype, chunks, bounds, metadata."""
     from ..memory.latent import LatentMemory
-    from ..memory.storage import cache_summary
+    from ..memory.checkpoint import cache_summary
 
     info = cache_summary(file, LatentMemory.load(file))
     if as_json:
@@ -92,7 +92,7 @@ def inspect_cmd(
 
 @app.command("export", no_args_is_help=True)
 def export_cmd(
-    file: Path = typer.Argument(..., help="Cache file (.safetensors)."),
+    file: Path = typer.Argument(..., help="Cache file (.safetensors) or checkpoint directory."),
     ply: Path = typer.Option(..., "--ply", help="Output point cloud (.ply, binary little-endian, float xyz + uchar rgb)."),
     convention: str = typer.Option("opencv", "--convention", help="Axes of the written points: opencv (as stored: y down, z forward) | opengl (y up, z backward)."),
 ) -> None:
@@ -108,7 +108,7 @@ def export_cmd(
 
 @app.command("render", no_args_is_help=True)
 def render_cmd(
-    file: Path = typer.Argument(..., help="Cache file (.safetensors)."),
+    file: Path = typer.Argument(..., help="Cache file (.safetensors) or checkpoint directory."),
     traj: str = typer.Option(..., "--traj", "-t", help="Trajectory file or preset name (frame 0 = the input image's camera)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4)."),
     width: Optional[int] = typer.Option(None, "--width", help="Video width \\[default: the cache's 'width' extra, else 832; alone: the height follows the aspect ratio]."),

@@ -50,6 +50,8 @@ import json
 import math
 import operator
 import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -62,13 +64,14 @@ from .freespace import Observation, constrain_depth, depth_bias, fit_patches, ob
 from .policies import LATENT_POLICIES, check_policy, write_frames
 from .splat import (CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
                     hash_rows, lift_patches, lift_patches_frames, splat_patches)
-from .storage import (FEATURE_DTYPES, INPUT_CHUNK, latent_metadata, observation_tensors, points_per_chunk,
+from .checkpoint import read_checkpoint
+from .storage import (FEATURE_DTYPES, INPUT_CHUNK, LatentCache, latent_metadata, observation_tensors, points_per_chunk,
                       read_latent_cache, write_safetensors)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
 
 # INPUT_CHUNK and reduce_depth are part of this module's API (the generate loop imports them from here).
-__all__ = ["INPUT_CHUNK", "SPLAT_MODES", "WRITE_POLICIES", "LatentMemory", "reduce_depth"]
+__all__ = ["INPUT_CHUNK", "SPLAT_MODES", "WRITE_POLICIES", "LatentMemory", "MemoryChanges", "reduce_depth"]
 
 
 def _count(name: str, value) -> int:
@@ -109,6 +112,87 @@ def _device(value: str | torch.device) -> torch.device:
 
 # rows per slab of LatentMemory._hash
 _HASH_SLAB = 4096
+
+
+@dataclass(frozen=True)
+class MemoryChanges:
+    """What changed in a :class:`LatentMemory` since :meth:`LatentMemory.mark` (what an incremental
+    checkpoint, :mod:`.checkpoint`, writes).
+
+    The memory's rows are then the marked state's rows that were not dropped, in their order, followed
+    by the rows added since (``N - first_new`` of them, from row ``first_new = base_rows - len(dropped)``).
+
+    Attributes:
+        token: the token given to :meth:`~LatentMemory.mark`.
+        base_rows: rows at the mark.
+        dropped: ``(D,)`` int64, ascending: rows of the marked state removed since (policy ``"replace"``).
+        changed: ``(M,)`` int64, ascending: rows of the marked state, not dropped, whose features changed
+            since (policy ``"average"``; their other tensors never change).
+        base_observations: observations at the mark; the later ones are new (observations are only added).
+    """
+
+    token: str
+    base_rows: int
+    dropped: torch.Tensor
+    changed: torch.Tensor
+    base_observations: int
+
+    @property
+    def first_new(self) -> int:
+        return self.base_rows - int(self.dropped.numel())
+
+
+@dataclass(frozen=True)
+class _Journal:
+    """The change record behind :meth:`LatentMemory.changes_since`. Immutable (each change makes a new
+    one), so a shallow copy of a memory keeps the record of its own state. ``alive`` / ``dirty``:
+    ``(base_rows,)`` bool over the marked rows (``None`` = all alive / none dirty); ``survivors``: marked
+    rows still stored (they come first)."""
+
+    token: str
+    base_rows: int
+    base_observations: int
+    survivors: int
+    alive: torch.Tensor | None = None
+    dirty: torch.Tensor | None = None
+
+    def _positions(self) -> torch.Tensor | None:
+        """Marked-row index of each surviving marked row (``None``: the identity)."""
+        return None if self.alive is None else self.alive.nonzero().squeeze(1)
+
+    def dropped(self, keep: torch.Tensor) -> _Journal:
+        """After :meth:`LatentMemory.drop` with ``keep (N,) bool``."""
+        kept = keep[: self.survivors]
+        if bool(kept.all()):
+            return self
+        alive = torch.ones(self.base_rows, dtype=torch.bool, device=keep.device) if self.alive is None else self.alive.clone()
+        pos = self._positions()
+        gone = (~kept).nonzero().squeeze(1)
+        alive[gone if pos is None else pos[gone]] = False
+        return replace(self, alive=alive, survivors=int(kept.sum()))
+
+    def blended(self, index: torch.Tensor) -> _Journal:
+        """After :meth:`LatentMemory.blend` of the rows ``index (M,)``."""
+        rows = index[index < self.survivors]
+        if rows.numel() == 0:
+            return self
+        pos = self._positions()
+        dirty = torch.zeros(self.base_rows, dtype=torch.bool, device=index.device) if self.dirty is None else self.dirty.clone()
+        dirty[rows if pos is None else pos[rows]] = True
+        return replace(self, dirty=dirty)
+
+    def to(self, device: torch.device) -> _Journal:
+        return replace(self, alive=None if self.alive is None else self.alive.to(device),
+                       dirty=None if self.dirty is None else self.dirty.to(device))
+
+    def changes(self) -> MemoryChanges:
+        empty = torch.zeros(0, dtype=torch.int64)
+        dropped = empty if self.alive is None else (~self.alive).nonzero().squeeze(1).cpu()
+        changed = empty
+        if self.dirty is not None:
+            dirty = self.dirty if self.alive is None else self.dirty & self.alive
+            changed = dirty.nonzero().squeeze(1).cpu()
+        return MemoryChanges(self.token, self.base_rows, dropped, changed, self.base_observations)
 
 
 class LatentMemory:
@@ -175,6 +259,7 @@ class LatentMemory:
         self._chunk = torch.zeros(0, dtype=torch.int32, device=dev)
         self._key = torch.zeros(0, dtype=torch.int64, device=dev)
         self._observations: list[Observation] = []
+        self._journal: _Journal | None = None  # changes since mark() (None: not recorded)
         self.last_write: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------- attributes
@@ -377,9 +462,25 @@ class LatentMemory:
         for name in self._STORED:
             setattr(self, name, getattr(self, name).to(dev).contiguous())
         self._observations = [o.to(dev) for o in self._observations]
+        self._journal = self._journal.to(dev) if self._journal is not None else None
         self._grown = None
         self._axes_cache = None
         return self
+
+    # ----------------------------------------------------------------------------- change record
+    def mark(self, token: str) -> None:
+        """Start recording changes: from now on :meth:`changes_since` ``(token)`` says which rows were
+        dropped, which changed and which were added, and which observations are new. ``token`` names
+        the state at the mark (an incremental checkpoint, :mod:`.checkpoint`, passes its newest entry's
+        chain hash). Costs nothing on the append path; :meth:`drop` and :meth:`blend` update a bool
+        mask over the marked rows."""
+        self._journal = _Journal(str(token), len(self), len(self._observations), len(self))
+
+    def changes_since(self, token: str) -> MemoryChanges | None:
+        """The changes since :meth:`mark` ``(token)``, or ``None`` when the last mark had another token
+        (or there was none, or the memory was rebuilt since: loaded, :meth:`select`-ed)."""
+        j = self._journal
+        return j.changes() if j is not None and j.token == token else None
 
     # ----------------------------------------------------------------------------- geometry
     def latent_size(self, cameras: Cameras) -> tuple[int, int]:
@@ -549,6 +650,8 @@ class LatentMemory:
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
         self._set(*(v[keep] for v in self._tensors().values()), key=self._key[keep])
+        if self._journal is not None:
+            self._journal = self._journal.dropped(keep)
 
     def blend(self, index: torch.Tensor, mean: torch.Tensor) -> None:
         """Policy ``"average"``: feature ``<- (feature + mean) / 2`` for the points ``index (M,)``,
@@ -556,6 +659,8 @@ class LatentMemory:
         feats = self._features.clone()
         feats[index] = (0.5 * (self._features[index].to(torch.float64) + mean)).to(self.feature_dtype)
         self._set(self._points, feats, self._footprint, self._axes, self._chunk)
+        if self._journal is not None:
+            self._journal = self._journal.blended(index)
 
     # ----------------------------------------------------------------------------- inspection
     def nbytes(self) -> int:
@@ -605,22 +710,39 @@ class LatentMemory:
             meta = self.metadata(extras)
         except (TypeError, ValueError) as e:
             raise MirageError(f"{path}: extras are not JSON-serialisable ({e})") from None
-        write_safetensors(path, {**self._tensors(), **observation_tensors(self._observations)}, meta)
+        write_safetensors(path, self.cache_tensors(), meta)
+
+    def cache_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of the memory's cache file (:mod:`.storage`): the per-point tensors and its observations'."""
+        return {**self._tensors(), **observation_tensors(self._observations)}
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "LatentMemory":
-        """Load and validate a cache file (format, version, metadata, shapes, dtypes, values).
+        """Load and validate a cache: a ``.safetensors`` file, or an incremental checkpoint directory
+        (:mod:`.checkpoint`: its entries replayed, the memory marked with its newest entry so that the
+        next :meth:`~.checkpoint.MemoryCheckpoint.append` to it writes only what changes from here).
+        Either way the same checks (format, version, metadata, shapes, dtypes, values).
 
         Raises:
             MirageError: one line naming the file and the problem.
         """
-        c = read_latent_cache(path)
+        if Path(path).is_dir():
+            cache, token = read_checkpoint(path)
+            return cls.from_cache(cache, device, mark=token)
+        return cls.from_cache(read_latent_cache(path), device)
+
+    @classmethod
+    def from_cache(cls, c: LatentCache, device: str | torch.device = "cpu", mark: str | None = None) -> "LatentMemory":
+        """The memory of a validated cache (:func:`.storage.read_latent_cache`), on ``device``;
+        ``mark``: a token to :meth:`mark` it with."""
         t = c.tensors
         m = cls(c.channels, c.spatial_factor, c.codec, t["features"].dtype, "cpu", c.write_policy, c.image_hash,
                 splat=c.splat)
         m.extras = c.extras
         m._observations = c.observations
         m._set(t["points"], t["features"], t["footprint"], t["axes"], t["chunk"])
+        if mark is not None:
+            m.mark(mark)
         return m.to(device)
 
 

@@ -165,7 +165,7 @@ def observation_tensors(observations: list[Observation]) -> dict[str, torch.Tens
             "observed_depth": depth}
 
 
-def _check_observations(path, tensors: dict, grid: tuple[int, int] | None = None) -> list[Observation]:
+def check_observations(path, tensors: dict, grid: tuple[int, int] | None = None) -> list[Observation]:
     """The observation tensors, validated (``grid`` = the expected ``(h, w)`` when the metadata says)."""
     present = [k for k in OBSERVATION_TENSORS if k in tensors]
     if not present:
@@ -237,11 +237,12 @@ class LatentCache:
     observations: list[Observation] = field(default_factory=list, repr=False)
 
 
-def _check_header(path, meta: dict) -> None:
+def check_header(path, meta: dict, expected: str = FORMAT) -> None:
+    """The metadata's ``format`` is ``expected``, its version and convention ones this mirage reads."""
     fmt = meta.get("format")
-    if fmt != FORMAT:
+    if fmt != expected:
         what = "no 'format' metadata" if fmt is None else f"format {fmt!r}"
-        raise MirageError(f"{path}: not a mirage latent-memory cache ({what}, expected {FORMAT!r})")
+        raise MirageError(f"{path}: not a mirage latent-memory cache ({what}, expected {expected!r})")
     version = meta.get("version")
     if version != str(VERSION):
         raise MirageError(f"{path}: cache format version {version!r} is not supported (this mirage reads version {VERSION})")
@@ -249,7 +250,10 @@ def _check_header(path, meta: dict) -> None:
         raise MirageError(f"{path}: convention {meta.get('convention')!r} is not supported (expected 'opencv')")
 
 
-def _check_latent_tensors(path, tensors: dict, meta: dict, channels: int) -> dict[str, torch.Tensor]:
+def check_rows(path, tensors: dict, meta: dict, channels: int) -> dict[str, torch.Tensor]:
+    """The per-point tensors (points, features, footprint, axes, chunk), validated (shapes, dtypes,
+    values; ``meta['points']``, if present, is their row count); other tensors than these and the
+    observations are refused."""
     points = check_tensor(path, "points", tensors, (None, 3), (torch.float32,))
     n = points.shape[0]
     out = {
@@ -277,13 +281,18 @@ def _check_latent_tensors(path, tensors: dict, meta: dict, channels: int) -> dic
 
 
 def read_latent_cache(path: str | os.PathLike) -> LatentCache:
-    """Read and validate a latent-memory cache (format, version, metadata, shapes, dtypes, values).
+    """Read and validate a latent-memory cache file (format, version, metadata, shapes, dtypes, values).
 
     Raises:
         MirageError: one line naming the file and the problem.
     """
-    tensors, meta = read_safetensors(path)
-    _check_header(path, meta)
+    return latent_cache(path, *read_safetensors(path))
+
+
+def latent_cache(path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> LatentCache:
+    """Validate the tensors and metadata of a latent-memory cache (as :func:`read_latent_cache` reads
+    them from ``path``; errors name ``path``)."""
+    check_header(path, meta)
     channels = parse_int(path, meta, "channels", 1)
     factor = parse_int(path, meta, "spatial_factor", 1)
     codec = meta.get("codec") or ""
@@ -296,43 +305,9 @@ def read_latent_cache(path: str | os.PathLike) -> LatentCache:
     if splat not in SPLAT_MODES:
         raise MirageError(f"{path}: metadata field 'splat' = {splat!r} is not one of {', '.join(SPLAT_MODES)}")
     extras = parse_json(path, meta, "extras")
-    checked = _check_latent_tensors(path, tensors, meta, channels)
+    checked = check_rows(path, tensors, meta, channels)
     grid = None  # the run's latent grid, where the extras name the frame size
     if isinstance(extras.get("width"), int) and isinstance(extras.get("height"), int):
         grid = (extras["height"] // factor, extras["width"] // factor)
     return LatentCache(channels, factor, codec, policy, meta.get("image_hash", ""), extras, checked, splat,
-                       _check_observations(path, tensors, grid))
-
-
-def cache_summary(path: str | os.PathLike, memory) -> dict:
-    """Everything ``mirage cache inspect`` shows: ``memory`` (the file loaded with
-    ``LatentMemory.load``) stats plus the file's metadata.
-
-    Keys: ``file``, ``file_bytes``, ``format``, ``version``, ``created_by``, ``codec``, ``channels``,
-    ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``, ``splat``,
-    ``observations`` (observed views whose free space writes keep free), ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
-    """
-    st = memory.stats()
-    meta = read_metadata(path)
-    return {
-        "file": str(path),
-        "file_bytes": Path(path).stat().st_size,
-        "format": FORMAT,
-        "version": VERSION,
-        "created_by": meta.get("created_by", ""),
-        "codec": st["codec"],
-        "channels": st["channels"],
-        "spatial_factor": st["spatial_factor"],
-        "dtype": st["dtype"],
-        "points": st["points"],
-        "bytes": st["bytes"],
-        "bytes_per_point": st["bytes_per_point"],
-        "write_policy": st["write_policy"],
-        "splat": st["splat"],
-        "observations": st["observations"],
-        "image_hash": st["image_hash"],
-        "bounds": st["bounds"],
-        "footprint": st["footprint"],
-        "chunks": st["points_per_chunk"],
-        "extras": memory.extras,
-    }
+                       check_observations(path, tensors, grid))
