@@ -290,7 +290,7 @@ def test_ctrl_c_during_generate_prints_no_ffmpeg_noise(tmp_path):
                              "--frames", "161", "--width", "416", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while not (out / "cache" / "last.safetensors").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (out / "cache" / "checkpoint" / "index.json").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # interrupt inside the chunk loop (after the first dump), while the video streams to ffmpeg
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -172,7 +172,9 @@ def test_same_seed_same_frames_and_resume_is_identical(small_scene, tmp_path, mo
     with interrupted_at_chunk(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
     assert json.loads((c / "run.json").read_text())["status"] == "interrupted"
-    assert (c / "cache" / "last.safetensors").exists() and not (c / "video.mp4").exists()  # default: newest dump only
+    ckpt = c / "cache" / "checkpoint"  # default: the incremental checkpoint, one entry per finished chunk
+    assert (ckpt / "index.json").exists() and len(list(ckpt.glob("entry_*.safetensors"))) == 2
+    assert not (c / "video.mp4").exists()
     assert main(["generate", "--resume", str(c), "--quiet"]) == 0
     assert torch.equal(run_frames(a), run_frames(c))
     assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
@@ -380,15 +382,37 @@ def test_run_record_round_trips(interrupted_run):
 
 
 def test_damaged_dump_records_give_one_line_on_resume(interrupted_run, capsys):
+    from mirage_cli.memory.checkpoint import MemoryCheckpoint
     from mirage_cli.memory.latent import LatentMemory
 
-    dump = interrupted_run / "cache" / "last.safetensors"  # the default keeps only the newest dump
+    dump = interrupted_run / "cache" / "checkpoint"  # the default keeps the incremental checkpoint
     mem = LatentMemory.load(dump)
-    mem.save(dump, extras={"chunks_done": 1, "run_chunks": [{"index": 0}]})
+    MemoryCheckpoint(dump).append(mem, {"chunks_done": 1, "run_chunks": [{"index": 0}]})
     capsys.readouterr()
     assert main(["generate", "--resume", str(interrupted_run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(dump) in err and "'run_chunks[0].frames' is missing" in err and "Traceback" not in err, err
+
+
+def test_a_run_from_before_the_checkpoint_directory_still_resumes(small_scene, tmp_path, monkeypatch):
+    """A run directory of the older layout (the rolling cache/last.safetensors) resumes as before,
+    bit-identical to an uninterrupted run."""
+    import shutil
+
+    from mirage_cli.memory.latent import LatentMemory
+
+    base = dict(image=str(small_scene["image"]), traj="orbit_left", frames=13, chunk_frames=5, keep_latents=True)
+    a, c = tmp_path / "a", tmp_path / "c"
+    generate(GenerateConfig(out=str(a), **base), warn=lambda m: None)
+    with interrupted_at_chunk(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
+    ckpt = c / "cache" / "checkpoint"
+    mem = LatentMemory.load(ckpt)
+    mem.save(c / "cache" / "last.safetensors")  # the older layout: one full dump with the same extras
+    shutil.rmtree(ckpt)
+    assert main(["generate", "--resume", str(c), "--quiet"]) == 0
+    assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
+    assert not (c / "cache" / "last.safetensors").exists() and not ckpt.exists()
 
 
 def test_fill_depth_runs_once_per_chunk_and_splat_point_append(small_scene, tmp_path, monkeypatch):
@@ -446,3 +470,44 @@ def test_second_lap_of_orbit_360_adds_no_point(small_scene, tmp_path):
 def test_second_lap_of_finer_orbit_360_adds_no_point(small_scene, tmp_path, frames):
     """The same at 97, 193 and 385 frames per lap (finer laps: more writes, each a smaller step)."""
     _check_second_lap_adds_no_point(small_scene["image"], frames, tmp_path)
+
+
+KILL_AT_BOUNDARY = """
+import os, sys
+import mirage_cli.pipeline.persist as persist
+from mirage_cli.pipeline.generate import GenerateConfig, generate
+real = persist.RunWriter.on_chunk
+def on_chunk(self, result, engine):
+    real(self, result, engine)
+    if result.chunk.index == int(sys.argv[3]):
+        os._exit(9)  # as SIGKILL: no handler, no cleanup; the lock file and a 'running' run.json stay
+persist.RunWriter.on_chunk = on_chunk
+generate(GenerateConfig(image=sys.argv[1], out=sys.argv[2], traj="orbit_left", frames=13, chunk_frames=5,
+                        keep_latents=True), warn=lambda m: None)
+"""
+
+
+def test_resume_after_a_kill_at_every_chunk_boundary_is_bit_identical(small_scene, tmp_path):
+    """The process dies right after chunk k was recorded (k = every boundary of a 3-chunk run);
+    --resume finishes it with the video and memory of the uninterrupted run."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    a = tmp_path / "a"
+    generate(GenerateConfig(image=str(small_scene["image"]), out=str(a), traj="orbit_left", frames=13, chunk_frames=5,
+                            keep_latents=True), warn=lambda m: None)
+    chunks = len(json.loads((a / "run.json").read_text())["chunks"])
+    assert chunks == 3
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for k in range(chunks - 1):
+        c = tmp_path / f"killed_after_{k}"
+        proc = subprocess.run([sys.executable, "-c", KILL_AT_BOUNDARY, str(small_scene["image"]), str(c), str(k)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 9, proc.stderr
+        assert json.loads((c / "run.json").read_text())["status"] == "running" and not (c / "video.mp4").exists()
+        assert main(["generate", "--resume", str(c), "--quiet"]) == 0
+        assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4")), k
+        fa, fc = load_file(str(a / "cache" / "final.safetensors")), load_file(str(c / "cache" / "final.safetensors"))
+        assert sorted(fa) == sorted(fc) and all(torch.equal(fa[n], fc[n]) for n in fa), k

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # no torch at import: the option checks run before torch's im
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 FRAME_SIDES = (16, 8192)  # px: the allowed frame width/height (--width/--height and an image's own size)
-CACHE_DUMPS = ("none", "final", "chunks")  # final (default): rolling checkpoint + final dump; chunks: every dump
+CACHE_DUMPS = ("none", "final", "chunks")  # final (default): incremental checkpoint + final dump; chunks: every dump
 # Largest automatic preview grid. Measured (docs/performance.md "Threads", "Preview resolution"): the 832x480
 # example at 1/1 (399,360 cells) takes about twice the seconds of 1/2 and misses the ~10 s goal on an
 # idle 2-core machine; 1024x768 at 1/2 (196,608 cells) stays close to it, where the former cap

@@ -28,7 +28,7 @@ from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .engine import ChunkEngine, ChunkResult
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
-from .rundir import (RunDir, chunk_dump, chunk_latents, chunk_video, drop_checkpoint, drop_chunk_latents,
+from .rundir import (RunDir, checkpoint_dir, chunk_dump, chunk_latents, chunk_video, drop_checkpoint, drop_chunk_latents,
                      drop_empty_cache, dump_extras, final_dump, kept_dumps, resumable, run_json, save_latents, video_file,
                      write_run)
 
@@ -98,6 +98,7 @@ class RunWriter:
                  rundir: RunDir | None = None, warn: Warn = print) -> None:
         self.plan, self.record, self.video, self.spec, self.dir, self.warn = plan, record, video, spec, rundir, warn
         self.blind_warned = False
+        self._checkpoint = None  # the MemoryCheckpoint of the run directory, opened at the first chunk
         self.image: torch.Tensor | None = None  # (3, H, W) the input, for frame 0's PSNR (set by the builder)
 
     @property
@@ -129,10 +130,19 @@ class RunWriter:
             self.blind_warned = True
 
     def checkpoint(self, memory: LatentMemory, records: list[ChunkRecord]) -> None:
-        """The resume checkpoint after a chunk (written last: it makes the chunk count as done)."""
+        """The resume point after a chunk (written last: it makes the chunk count as done). With
+        ``--cache-dump chunks`` the full dump of each chunk the user asked for; otherwise an entry of
+        the incremental checkpoint directory holding only what the chunk changed (O(points added))."""
         plan = self.plan
         extras = dump_extras(records, plan.image_hash, plan.reference_depth, plan.size)
-        memory.save(chunk_dump(plan.out, records[-1].index, plan.config.cache_dump), extras=extras)
+        if plan.config.cache_dump == "chunks":
+            memory.save(chunk_dump(plan.out, records[-1].index, plan.config.cache_dump), extras=extras)
+            return
+        if self._checkpoint is None:
+            from ..memory.checkpoint import MemoryCheckpoint
+
+            self._checkpoint = MemoryCheckpoint(checkpoint_dir(plan.out))
+        self._checkpoint.append(memory, extras)
 
     # -- the end
     def finish(self, engine: ChunkEngine, t_start: float) -> RunRecord:

@@ -10,11 +10,13 @@ Layout of ``OUT/``::
     chunks/chunk_NNN.mp4             each chunk's frames
     chunks/chunk_NNN.latents.safetensors   each chunk's latents (float16), for --resume
     cache/chunk_NNN.safetensors      memory after chunk NNN (--cache-dump chunks)
-    cache/last.safetensors           rolling checkpoint (--cache-dump none/final), removed when done
+    cache/checkpoint/                resume checkpoint (--cache-dump none/final): index.json + one entry_NNNNNN.safetensors
+                                     per chunk holding only what that chunk changed (memory/checkpoint.py); removed when done
+    cache/last.safetensors           the rolling checkpoint of runs made before the checkpoint directory (still resumed)
     cache/final.safetensors          memory at the end (--cache-dump final/chunks)
 
-The memory dumps carry the chunk records in their metadata (``extras``), so the newest dump is a
-complete resume checkpoint on its own.
+The checkpoint (and every dump) carries the chunk records in its extras, so the newest one is a
+complete resume point on its own.
 """
 
 from __future__ import annotations
@@ -248,6 +250,12 @@ def chunk_dump(out: Path, index: int, cache_dump: str) -> Path:
     return out / "cache" / (f"chunk_{index:03d}.safetensors" if cache_dump == "chunks" else "last.safetensors")
 
 
+def checkpoint_dir(out: Path) -> Path:
+    """The incremental resume checkpoint of a run (``--cache-dump none/final``): after chunk k only what
+    chunk k added or changed is written (``memory/checkpoint.py``), so a checkpoint costs O(points added)."""
+    return out / "cache" / "checkpoint"
+
+
 def final_dump(out: Path) -> Path:
     return out / "cache" / "final.safetensors"
 
@@ -264,7 +272,10 @@ def drop_empty_cache(out: Path) -> None:
 
 
 def drop_checkpoint(out: Path) -> None:
-    """A finished run's resume checkpoint (the rolling ``last.safetensors``) goes once it is recorded done."""
+    """A finished run's resume checkpoint (the checkpoint directory, or an older run's rolling
+    ``last.safetensors``) goes once the run is recorded done."""
+    if checkpoint_dir(out).is_dir():
+        shutil.rmtree(checkpoint_dir(out))
     if last_dump(out).exists():
         last_dump(out).unlink()
 
@@ -348,9 +359,17 @@ def dump_extras(records: list[ChunkRecord], image_hash: str, reference_depth: fl
 
 
 def read_dump_extras(path: Path) -> dict:
-    """The JSON ``extras`` of a memory dump's metadata (without loading its tensors)."""
+    """The JSON ``extras`` of a memory dump's metadata or of a checkpoint directory's newest entry
+    (without loading its tensors)."""
     from safetensors import safe_open
 
+    if path.is_dir():
+        from ..memory.checkpoint import read_extras
+
+        try:
+            return read_extras(path)
+        except MirageError as e:  # a damaged checkpoint is skipped here; loading it says why
+            return {"unreadable": str(e)}
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {}).get("extras", "{}"))
@@ -368,8 +387,12 @@ def resumable(out: Path) -> bool:
 
 
 def newest_dump(out: Path) -> tuple[Path, list[ChunkRecord]]:
-    """The dump with the most finished chunks and its validated chunk records."""
+    """The resume point with the most finished chunks -- a per-chunk dump, the checkpoint directory
+    or an older run's ``last.safetensors`` (``LatentMemory.load`` reads each) -- and its validated
+    chunk records."""
     dumps = sorted((out / "cache").glob("chunk_*.safetensors")) + [p for p in [last_dump(out)] if p.exists()]
+    if checkpoint_dir(out).is_dir():
+        dumps.append(checkpoint_dir(out))
     best, best_n = None, 0
     for p in dumps:
         n = read_dump_extras(p).get("chunks_done", 0)
