@@ -74,7 +74,7 @@ def generate_cmd(
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
     splat: Optional[str] = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
-    memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors) to keep exploring a world."),
+    memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors, or a run's checkpoint directory) to keep exploring a world."),
     references: Optional[int] = options.REFERENCES,
     preceding_frames: int = typer.Option(2, "--preceding-frames", help="mirage: latent frames before the overlap frame given as context, with the reads they were made from (0 allowed)."),
     start_frame: int = typer.Option(0, "--start-frame", help="Start at trajectory frame K (the input image is frame K; geometry.npz: frames[K], depths[K])."),
