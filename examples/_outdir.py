@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def run_with_out_dir(main: Callable[[Path], None], description: str) -> None:

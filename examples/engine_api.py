@@ -2,11 +2,11 @@
 
 Shows :func:`mirage_cli.pipeline.generate.generate`, the function the ``mirage generate`` command calls,
 with a :class:`~mirage_cli.pipeline.config.GenerateConfig` (one field per command-line option, the same
-defaults). It runs the ``preview`` backend (no neural network, no network access: the memory's read
-with its holes filled by depth-aware inpainting in latent space) along the preset ``orbit_left``, 17 frames in chunks of 9 at 416x240, from the shipped example
-``examples/room.png`` and its depth sidecar ``room.depth.npy`` (picked up automatically, as on the
-command line). Then it opens what the run wrote: ``run.json`` (the returned record), ``video.mp4``
-and the final latent memory ``cache/final.safetensors``.
+defaults). It runs the ``preview`` backend (no neural network, no network access: the memory's read with its
+holes filled by depth-aware inpainting in latent space) along the preset ``orbit_left``, 17 frames in chunks
+of 9 at 416x240, from the shipped example ``examples/room.png`` and its depth sidecar ``room.depth.npy``
+(picked up automatically, as on the command line). Then it opens what the run wrote: ``run.json`` (the
+returned record), ``video.mp4`` and the final latent memory ``cache/final.safetensors``.
 
 Equivalent command::
 
@@ -27,7 +27,6 @@ from mirage_cli.io import read_video
 from mirage_cli.memory import LatentMemory
 from mirage_cli.pipeline.config import GenerateConfig
 from mirage_cli.pipeline.generate import generate
-
 
 from _outdir import run_with_out_dir  # examples/_outdir.py: the --out option
 

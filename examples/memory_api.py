@@ -31,7 +31,6 @@ from mirage_cli.io import load_image, save_image
 from mirage_cli.memory import LatentMemory
 from mirage_cli.models.codecs import PixelCodec
 
-
 from _outdir import run_with_out_dir  # examples/_outdir.py: the --out option
 
 HERE = Path(__file__).resolve().parent

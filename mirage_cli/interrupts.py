@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # SIGINTs received inside :func:`sticky_interrupts` (see there).
 _INTERRUPTS: list[int] = []

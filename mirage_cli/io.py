@@ -14,9 +14,9 @@ import re
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ TMP_MARK = ".mirage-tmp-"  # every temporary of an atomic write: ".<target name>
 
 
 @contextmanager
-def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it to ``path``, else delete it.
 
     ``suffix`` (default: ``path``'s) is kept on the temporary name for writers that pick a format
@@ -39,7 +39,8 @@ def atomic_path(path: Path | str, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", suffix=suffix if suffix is not None else path.suffix,
+                                   dir=path.parent)
     except OSError as e:
         raise MirageError(f"{path.parent}: cannot write here ({e.strerror or e})") from e
     os.close(fd)
@@ -188,7 +189,7 @@ def image_to_rgb(im) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32) / 255.0
 
 
-def save_image(path: Path | str, image: torch.Tensor) -> None:
+def save_image(path: str | os.PathLike[str], image: torch.Tensor) -> None:
     """Write ``(3, H, W)`` [0, 1] as PNG, atomically."""
     from PIL import Image
 
@@ -210,7 +211,7 @@ class VideoWriter:
         fps: frames per second. comment: stored in the container's ``comment`` tag.
     """
 
-    def __init__(self, path: Path | str, fps: float, comment: str | None = None):
+    def __init__(self, path: str | os.PathLike[str], fps: float, comment: str | None = None):
         self.path, self.fps, self.comment = Path(path), float(fps), comment
         self.frames = 0
         self.kept: list[np.ndarray] | None = None  # set to [] to also keep every frame (mirage eval scores them)
@@ -299,7 +300,7 @@ class _Abandoned(Exception):
     """Thrown into atomic_path to make it drop its temporary."""
 
 
-def write_video(path: Path | str, frames: np.ndarray | torch.Tensor, fps: float, comment: str | None = None) -> None:
+def write_video(path: str | os.PathLike[str], frames: np.ndarray | torch.Tensor, fps: float, comment: str | None = None) -> None:
     """Write an H.264 MP4 with exactly ``len(frames)`` frames, atomically.
 
     Args:

@@ -82,7 +82,7 @@ def test_bad_rows_exit_2_one_line_each_before_anything_runs(batch_dir, tmp_path,
     out = tmp_path / "out"
     assert main(["batch", str(batch_dir / "bad.jsonl"), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if "row" in l]
+    lines = [line for line in err.splitlines() if "row" in line]
     assert len(lines) == 5, err
     assert "row 2, field 'image': file not found" in lines[0]
     assert "row 3, field 'colour': unknown option" in lines[1]
@@ -98,7 +98,7 @@ def test_a_non_json_row_does_not_hide_the_other_bad_rows(batch_dir, tmp_path, ca
     bad = json.dumps({"id": "x", "image": "missing.png", "traj": "orbit_left"})
     (batch_dir / "mixed.jsonl").write_text("\n".join([good, "this is not json", bad, "[1, 2]"]) + "\n")
     assert main(["batch", str(batch_dir / "mixed.jsonl"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
-    lines = [l for l in capsys.readouterr().err.splitlines() if "row" in l]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "row" in line]
     assert len(lines) == 3
     assert "row 2: not a JSON object" in lines[0] and "row 3, field 'image'" in lines[1]
     assert "row 4: not a JSON object" in lines[2]
@@ -126,7 +126,7 @@ def test_a_jobs_warnings_reach_the_summary_and_batch_json(batch_dir, tmp_path, c
     out = tmp_path / "out"
     assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(out)]) == 0
     stdout, err = capsys.readouterr()
-    lines = [l for l in err.splitlines() if "geometric prior" in l]
+    lines = [line for line in err.splitlines() if "geometric prior" in line]
     assert len(lines) == 1, err  # once for its job (2 chunks), none for the job with a depth sidecar
     assert lines[0].startswith("warning: jpeg: no depth given") and "mirage models download" in lines[0]
     assert stdout.startswith("batch done: 2 done")
@@ -137,7 +137,7 @@ def test_a_jobs_warnings_reach_the_summary_and_batch_json(batch_dir, tmp_path, c
     # --quiet hides the table and the summary, not the warnings (as with generate)
     assert main(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "q"), "--quiet"]) == 0
     stdout, err = capsys.readouterr()
-    assert stdout == "" and sum("warning: jpeg: no depth given" in l for l in err.splitlines()) == 1
+    assert stdout == "" and sum("warning: jpeg: no depth given" in line for line in err.splitlines()) == 1
 
 
 def test_a_worker_keeps_each_warning_once_and_not_generates_resume_hint():

@@ -129,10 +129,10 @@ def test_config_is_frozen_and_validated():
 
 
 def test_plot_axes_fit_the_data_below_the_title(pixel_report):
-    from mirage_cli.bench.plot import make_figure, series
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
+
+    from mirage_cli.bench.plot import make_figure, series
 
     fig = make_figure(pixel_report)
     canvas = FigureCanvasAgg(fig)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mirage_cli.cli import main
-from mirage_cli.models.codecs import PixelCodec
-from mirage_cli.memory import LatentMemory
 from mirage_cli.data.scenes import default_camera, make_scene
+from mirage_cli.memory import LatentMemory
+from mirage_cli.models.codecs import PixelCodec
 
 W, H, SF = 208, 120, 2
 
@@ -143,7 +143,6 @@ def test_render_refuses_other_video_formats(cache_file, tmp_path, capsys):
 
 def test_render_width_alone_keeps_the_aspect_ratio(cache_file):
     from mirage_cli.memory.export import flythrough_size
-
     from mirage_cli.memory.latent import LatentMemory
 
     mem = LatentMemory.load(cache_file[0])  # its extras say the generated size, W x H

@@ -3,8 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mirage_cli.geometry.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth
 from mirage_cli.errors import MirageError
+from mirage_cli.geometry.depth import fill_depth, fit_scale_shift, input_depth_source, load_depth_file, prior_depth
 
 
 def test_depth_file_formats(tmp_path):

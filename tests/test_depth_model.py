@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from mirage_cli.models.depth_model import DepthModel, disparity_to_depth, load_depth_model
 from mirage_cli.errors import MirageError
+from mirage_cli.models.depth_model import DepthModel, disparity_to_depth, load_depth_model
 from mirage_cli.models.tiny import save_tiny_depth
 
 

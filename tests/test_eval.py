@@ -10,7 +10,7 @@ import torch
 
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
-from mirage_cli.eval.metrics import PSNR_CAP, aggregate, clip_means, interval, follow_masks, psnr, revisits, score_frames, ssim
+from mirage_cli.eval.metrics import PSNR_CAP, aggregate, clip_means, follow_masks, interval, psnr, revisits, score_frames, ssim
 from mirage_cli.eval.sources import read_frames_clip, read_npz_clip, read_sources
 
 

@@ -147,8 +147,8 @@ def test_camera_gap_tolerances():
 
     c2w = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
     c2w[1, 0, 3] = 1.0
-    cams = lambda last: Cameras(torch.cat([c2w[:2], last[None]]), torch.tensor([[1.0, 1.0, 0.5, 0.5]] * 3,
-                                                                                dtype=torch.float64), 8, 8)
+    def cams(last):
+        return Cameras(torch.cat([c2w[:2], last[None]]), torch.tensor([[1.0, 1.0, 0.5, 0.5]] * 3, dtype=torch.float64), 8, 8)
     assert camera_gap(cams(c2w[0]), 2.0) == (0.0, 0.0, True)
     turned = c2w[0].clone()
     turned[:3, :3] = rotation_y(torch.tensor([math.radians(0.2)], dtype=torch.float64))[0]

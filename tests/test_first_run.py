@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import psnr
+
 from mirage_cli.cli import hoist_threads, main
 from mirage_cli.io import read_video, write_video
 
@@ -132,7 +132,9 @@ FORMATS = ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscor
 
 
 def _path(tmp_path: Path, fmt: str, tag: str) -> Path:
-    return tmp_path / f"{tag}-{fmt}" if fmt == "colmap" else tmp_path / f"{tag}-{fmt}.{'txt' if fmt == 'realestate10k' else 'json'}"
+    if fmt == "colmap":
+        return tmp_path / f"{tag}-{fmt}"
+    return tmp_path / f"{tag}-{fmt}.{'txt' if fmt == 'realestate10k' else 'json'}"
 
 
 @pytest.mark.parametrize("src", FORMATS)
@@ -152,7 +154,8 @@ def test_convert_round_trips_keep_the_relative_motion(tmp_path, capsys, src):
         with pytest.raises(MirageError, match="--depth-scale"):
             save_trajectory(ref, first, src)
         assert not first.exists()
-        assert main(["traj", "convert", "orbit_left", "--frames", "5", "--to", src, "-o", str(first), "--depth-scale", str(D)]) == 0
+        assert main(["traj", "convert", "orbit_left", "--frames", "5", "--to", src, "-o", str(first),
+                     "--depth-scale", str(D)]) == 0
         start, want_scale, want_c2w = str(first), "absolute", ref.cameras.scaled(D).c2w
     for dst in FORMATS:
         target = _path(tmp_path, dst, f"b-{src}")
@@ -184,9 +187,10 @@ def test_resume_refuses_options_it_would_ignore(tmp_path, capsys, extra):
 
 def interrupted_preview_run(out: Path, monkeypatch) -> None:
     """A preview run in ``out`` stopped by Ctrl-C at its second chunk (resumable)."""
+    from test_generate import interrupted_at_chunk
+
     from mirage_cli.pipeline.config import GenerateConfig
     from mirage_cli.pipeline.generate import generate
-    from test_generate import interrupted_at_chunk
 
     with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(image=EXAMPLE, traj="static", frames=9, chunk_frames=5, width=104, out=str(out)),

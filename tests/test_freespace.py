@@ -207,8 +207,9 @@ def test_the_loops_write_depth_passes_the_same_check(room, tmp_path, source):
 
 
 def test_bad_observations_in_a_cache_are_one_line_errors(room, tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     from mirage_cli.errors import MirageError
 
     mem = _memory(room)

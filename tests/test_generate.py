@@ -10,13 +10,13 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from conftest import psnr
 from safetensors.torch import load_file
 
-from conftest import psnr
-from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 from mirage_cli.cli import main
-from mirage_cli.pipeline.generate import GenerateConfig, generate
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 from mirage_cli.io import read_video
+from mirage_cli.pipeline.generate import GenerateConfig, generate
 
 
 def safe_metadata(path) -> dict:
@@ -130,7 +130,8 @@ def test_cli_run_outputs_and_records(small_scene, tmp_path, capsys):
     assert video.shape == (13, 120, 208, 3)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["backend"]["name"] == "preview"
-    for key in ("mirage_version", "command", "backend", "model", "seed", "device", "dtype", "image", "trajectory", "chunks", "totals"):
+    for key in ("mirage_version", "command", "backend", "model", "seed", "device", "dtype", "image", "trajectory", "chunks",
+                "totals"):
         assert key in run, key
     assert run["image"]["sha256"] and run["trajectory"]["format"] == "preset"
     assert run["depth"]["source"].startswith("sidecar:")
@@ -221,7 +222,8 @@ def test_bad_inputs_exit_2_with_one_line(small_scene, tmp_path, capsys):
         (["generate", str(tmp_path / "missing.png"), "--traj", "orbit_left"], "image not found"),
         (["generate", str(small_scene["depth"]), "--traj", "orbit_left", "--out", str(tmp_path / "x1")], "not a readable image"),
         (["generate", img, "--traj", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x2")], "nope.json"),
-        (["generate", img, "--traj", "orbit_left", "--depth", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "x3")], "depth is 10x8"),
+        (["generate", img, "--traj", "orbit_left", "--depth", str(tmp_path / "wrong.npy"), "--out", str(tmp_path / "x3")],
+         "depth is 10x8"),
         (["generate", img, "--traj", "orbit_left", "--backend", "magic", "--out", str(tmp_path / "x4")], "unknown backend"),
         (["generate", img, "--traj", "orbit_left", "--cache-dump", "sometimes", "--out", str(tmp_path / "x5")], "--cache-dump"),
     ]

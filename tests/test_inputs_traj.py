@@ -142,7 +142,8 @@ def test_realestate10k_pixel_intrinsics_refused_with_one_line(tmp_path, capsys):
 def test_every_format_checks_plausibility_after_conversion(tmp_path):
     cam = {"camera_to_world": EYE.reshape(-1).tolist(), "intrinsics": [0.8, 1.1, 320.0, 240.0]}
     (tmp_path / "n.json").write_text(json.dumps({"convention": "opencv", "camera_path": [cam]}))
-    with pytest.raises(MirageError, match=r"n.json: frame 0: normalized fx fy cx cy: 0.8 1.1 320 240 .*principal point far outside"):
+    with pytest.raises(MirageError,
+                       match=r"n.json: frame 0: normalized fx fy cx cy: 0.8 1.1 320 240 .*principal point far outside"):
         load_trajectory(tmp_path / "n.json")
     tele = {**cam, "intrinsics": [12.0, 16.0, 0.5, 0.5]}  # a 3.6 deg telephoto is still plausible
     (tmp_path / "t.json").write_text(json.dumps({"convention": "opencv", "camera_path": [tele]}))

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
-from mirage_cli.models.codecs import PixelCodec
+from mirage_cli.data.scenes import default_camera, make_scene
 from mirage_cli.errors import MirageError
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 from mirage_cli.memory import LatentMemory, reduce_depth
 from mirage_cli.memory.splat import splat
-from mirage_cli.data.scenes import default_camera, make_scene
+from mirage_cli.models.codecs import PixelCodec
 
 SF = 4
 W, H = 416, 240  # pixels; latent grid 60 x 104
@@ -299,7 +299,7 @@ def test_orbit_twice_the_second_lap_adds_nothing(room):
     mem = LatentMemory(3, 1)
     mem.lift(rgb[0], depth[0], cams[0])
     laps = []
-    for lap in range(2):
+    for _lap in range(2):
         for s in range(0, n, 4):
             _, known, _ = mem.read(cams[s : s + 4])
             mem.write(rgb[s : s + 4], depth[s : s + 4], cams[s : s + 4], known, chunk=1 + s // 4)

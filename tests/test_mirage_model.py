@@ -20,8 +20,13 @@ from safetensors.torch import load_file, save_file
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
 from mirage_cli.models.convert import convert_mirage, sha256_file
-from mirage_cli.models.tiny import (LORA_TARGETS, TINY_MIRAGE_VACE, TINY_WAN22_TRANSFORMER_CONFIG, make_tiny_kit,
-                                    tiny_mirage_weights)
+from mirage_cli.models.tiny import (
+    LORA_TARGETS,
+    TINY_MIRAGE_VACE,
+    TINY_WAN22_TRANSFORMER_CONFIG,
+    make_tiny_kit,
+    tiny_mirage_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +207,8 @@ def test_import_mirage_cli_stays_light_and_reexports_the_class():
 
 # ------------------------------------------------------------------------ tiny kit files
 def test_tiny_kit_files_use_the_reference_naming(kit):
-    per_block = ([f"{a}.{l}.{wb}" for a in ("self_attn", "cross_attn") for l in "qkvo" for wb in ("weight", "bias")]
-                 + [f"{a}.norm_{l}.weight" for a in ("self_attn", "cross_attn") for l in "qk"]
+    per_block = ([f"{a}.{p}.{wb}" for a in ("self_attn", "cross_attn") for p in "qkvo" for wb in ("weight", "bias")]
+                 + [f"{a}.norm_{p}.weight" for a in ("self_attn", "cross_attn") for p in "qk"]
                  + ["norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
                     "modulation", "after_proj.weight", "after_proj.bias"])
     expected = {f"vace_blocks.{j}.{k}" for j in range(2) for k in per_block}

@@ -9,8 +9,17 @@ import torch
 
 from mirage_cli.cli import main
 from mirage_cli.errors import MirageError
-from mirage_cli.models.registry import (REGISTRY, VACE_SUBFOLDERS, cache_status, hub_cache_dir, missing_parts, resolve_device,
-                               resolve_dtype, resolve_model, weights_kind)
+from mirage_cli.models.registry import (
+    REGISTRY,
+    VACE_SUBFOLDERS,
+    cache_status,
+    hub_cache_dir,
+    missing_parts,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    weights_kind,
+)
 
 REPO = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
 

@@ -6,15 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import psnr
 from safetensors import safe_open
 
-from conftest import psnr
-from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
-from mirage_cli.models.codecs import PixelCodec
+from mirage_cli.data.scenes import default_camera, make_scene
 from mirage_cli.errors import MirageError
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 from mirage_cli.memory.latent import LatentMemory
 from mirage_cli.memory.pointcloud import PointCloudMemory
-from mirage_cli.data.scenes import default_camera, make_scene
+from mirage_cli.models.codecs import PixelCodec
 
 W, H = 128, 72
 

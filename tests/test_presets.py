@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirage_cli.geometry.cameras import project, validate_cameras
 from mirage_cli.errors import MirageError
+from mirage_cli.geometry.cameras import project, validate_cameras
 from mirage_cli.geometry.rotations import rotation_angle_deg
 from mirage_cli.trajectories import PRESETS, load_trajectory, make_preset
 from mirage_cli.trajectories.formats.native import native_dict
@@ -46,7 +46,8 @@ def test_look_at_point_stays_at_image_centre(name, size):
         cams = make_preset(name, look_at_depth=depth).cameras_for(*size)
         P = torch.tensor([[0.0, 0.0, depth]], dtype=torch.float64)
         uv, z = project(P, cams.w2c, cams.K())
-        assert torch.allclose(uv[:, 0], torch.tensor([size[0] / 2, size[1] / 2], dtype=torch.float64).expand(len(cams), 2), atol=1e-9)
+        centre = torch.tensor([size[0] / 2, size[1] / 2], dtype=torch.float64).expand(len(cams), 2)
+        assert torch.allclose(uv[:, 0], centre, atol=1e-9)
         assert (z > 0).all()
 
 

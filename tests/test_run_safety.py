@@ -12,11 +12,11 @@ import textwrap
 import time
 
 import pytest
+from test_generate import interrupted_at_chunk
 
 from mirage_cli.cli import main
 from mirage_cli.io import TMP_MARK, atomic_path, file_sha256
 from mirage_cli.pipeline.generate import GenerateConfig, generate
-from test_generate import interrupted_at_chunk
 
 
 def snapshot(d) -> dict:
@@ -158,7 +158,8 @@ def test_overwrite_killed_midway_is_recovered_by_the_next_command(done_run, smal
     (out / "cache").mkdir(parents=True)  # what the killed run had made so far
     (out / "run.json").write_text("{}")
     capsys.readouterr()
-    assert main([a for a in run_args(small_scene["image"], out) if a != "--quiet"]) == 2  # no --overwrite: the restored run is refused
+    # no --overwrite: the restored run is refused
+    assert main([a for a in run_args(small_scene["image"], out) if a != "--quiet"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "restored the earlier run" in err and "complete earlier run" in err
     assert snapshot(out) == before
@@ -219,7 +220,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over(done_run, small_scene, held,
     time.sleep(0.2)
     assert lock.exists()
     capsys.readouterr()
-    assert main([a for a in run_args(small_scene["image"], out, "--overwrite") if a != "--quiet"]) == 0  # not --quiet: warnings shown
+    # not --quiet: warnings shown
+    assert main([a for a in run_args(small_scene["image"], out, "--overwrite") if a != "--quiet"]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "stale run lock" in err and f"PID {pid}" in err
     assert not lock.exists()
@@ -439,11 +441,10 @@ def test_ctrl_c_swallowed_during_startup_still_stops_and_puts_the_old_run_back(t
     """A SIGINT that a library swallows while the run starts (review 8: the run once finished with
     exit 0 and replaced the old run) still stops it: exit 130, the "interrupted" line, old run kept."""
     import signal
+    from pathlib import Path
 
     import mirage_cli.pipeline.generate as g
     from mirage_cli.cli import main
-
-    from pathlib import Path
 
     example = str(Path(__file__).resolve().parents[1] / "examples" / "room.png")
     out = tmp_path / "run"

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
-from mirage_cli.errors import MirageError
 from mirage_cli.data.scenes import default_camera, make_scene
+from mirage_cli.errors import MirageError
+from mirage_cli.geometry.cameras import Cameras, backproject, look_at, project
 
 
 @pytest.fixture(scope="module")

@@ -355,7 +355,9 @@ def test_a_stale_build_lock_is_removed_and_the_build_says_so(monkeypatch, tmp_pa
     import os
     from pathlib import Path
     from types import SimpleNamespace
+
     from torch.utils.cpp_extension import _get_build_directory
+
     from mirage_cli.memory import compiled
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(compiled, "_state", {})

@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from mirage_cli.cli import main
-from mirage_cli.errors import MirageError
 from mirage_cli.trajectories import PRESETS, load_trajectory
 
 DATA = Path(__file__).parent / "data" / "traj"
@@ -76,7 +75,8 @@ def test_show_table_json_and_plot(tmp_path, capsys):
     png = tmp_path / "plot.png"
     code, out, _ = _run(capsys, "traj", "show", str(DATA / "native_opencv.json"), "--plot", str(png))
     assert code == 0
-    for field in ("format", "native", "frames", "fps", "fov (vertical)", "51.28 deg", "path length", "largest rotation", "90.00 deg"):
+    for field in ("format", "native", "frames", "fps", "fov (vertical)", "51.28 deg", "path length", "largest rotation",
+                  "90.00 deg"):
         assert field in out, field
     assert all(line == line.rstrip() for line in out.splitlines())  # no padding to the table's width
     with Image.open(png) as im:
@@ -124,19 +124,24 @@ BAD_INPUTS = [  # (file name, content, expected message after '<file>: ')
     ("scaled.json", _native([_cam(), _cam(_scaled(1.2))]), "frame 1: camera_to_world: rotation is not orthonormal"),
     ("mirror.json", _native([_cam(_reflection())]), "frame 0: camera_to_world: rotation has det -1.0000, expected +1"),
     ("lastrow.json", _native([_cam(EYE16[:12] + [0, 0, 1, 1])]), "frame 0: camera_to_world: last row must be"),
-    ("negfocal.json", _native([_cam(), _cam(intrinsics=[-0.5, 0.9, 0.5, 0.5])]), "frame 1: intrinsics: focal length must be positive"),
+    ("negfocal.json", _native([_cam(), _cam(intrinsics=[-0.5, 0.9, 0.5, 0.5])]),
+     "frame 1: intrinsics: focal length must be positive"),
     ("disagree.json", _native([_cam(fov=50, intrinsics=[0.5, 0.9, 0.5, 0.5])]), "frame 0: fov: fov 50 disagrees with intrinsics"),
     ("zerofov.json", _native([_cam(fov=0)]), "frame 0: fov: must be between 0 and 180"),
     ("nerf_focal.json", json.dumps({"fl_x": 0, "w": 64, "h": 48, "frames": [{"transform_matrix": EYE16}]}),
      "frame 0: fl_x/fl_y: focal length must be positive"),
-    ("ws_focal.json", json.dumps({"focal_length": -500, "cameras_interp": [EYE16]}), "frame 0: focal_length: focal length must be positive"),
+    ("ws_focal.json", json.dumps({"focal_length": -500, "cameras_interp": [EYE16]}),
+     "frame 0: focal_length: focal length must be positive"),
     ("count16.json", _native([_cam(EYE16[:15])]), "frame 0: camera_to_world: expected 16 or 12 numbers, got 15"),
     ("count_intr.json", _native([_cam(intrinsics=[0.5, 0.9, 0.5])]), "frame 0: intrinsics: expected 4 numbers, got 3"),
     ("count_ws.json", json.dumps({"focal_length": [500, 500], "cameras_interp": [EYE16]}),
      "focal_length: inconsistent counts: 2 focal lengths for 1 cameras_interp"),
-    ("count_fps.json", _native([_cam()] * 3, seconds=10.0), "inconsistent counts: fps x seconds = 160 frames but camera_path has 3"),
-    ("count.txt", "https://x\n" + RE10K_OK + "\n" + RE10K_OK + " 7\n", "frame 1 (line 3): inconsistent counts: expected 19 numbers"),
-    ("re10k_focal.txt", RE10K_OK.replace("0 0.5 0.9", "0 0 0.9", 1) + "\n", "frame 0 (line 1): fx fy: focal length must be positive"),
+    ("count_fps.json", _native([_cam()] * 3, seconds=10.0),
+     "inconsistent counts: fps x seconds = 160 frames but camera_path has 3"),
+    ("count.txt", "https://x\n" + RE10K_OK + "\n" + RE10K_OK + " 7\n",
+     "frame 1 (line 3): inconsistent counts: expected 19 numbers"),
+    ("re10k_focal.txt", RE10K_OK.replace("0 0.5 0.9", "0 0 0.9", 1) + "\n",
+     "frame 0 (line 1): fx fy: focal length must be positive"),
     ("convention.json", _native([_cam()], convention="blender"), "convention: expected 'opencv' or 'opengl', got \"blender\""),
     ("fisheye.json", json.dumps({"camera_type": "fisheye", "camera_path": [_cam()]}), "camera_type: only 'perspective'"),
 ]

@@ -15,8 +15,8 @@ import torch
 
 from mirage_cli.backends import Backend, ChunkRequest
 from mirage_cli.backends.wan_vace import build_vace_context, chunk_generator, load_wan_vace
-from mirage_cli.models.codecs import Codec
 from mirage_cli.errors import MirageError
+from mirage_cli.models.codecs import Codec
 from mirage_cli.models.tiny import make_tiny_kit, save_tiny_vace
 from mirage_cli.models.wan_vae import WanVAECodec
 

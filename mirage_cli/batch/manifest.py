@@ -16,9 +16,9 @@ import csv
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig, check_config, traj_stem
@@ -69,7 +69,7 @@ def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list
         raise MirageError(f"{path}: the manifest is empty")
     if text.lstrip().startswith("{"):
         rows = []
-        for n, line in enumerate(l for l in text.splitlines() if l.strip()):
+        for line in (s for s in text.splitlines() if s.strip()):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -95,10 +95,12 @@ def load_manifest(path: Path | str, out: Path | None = None) -> list[Job]:
     return validate_rows(path, read_rows(path), lambda raw, n: _row_job(raw, n, base, out))
 
 
-def validate_rows(path: Path, rows: list[dict], build: Callable[[dict, int], Job]) -> list[Job]:
+def validate_rows(path: Path, rows: list[dict | RowError], build: Callable[[dict, int], Job]) -> list[Job]:
     """``build(row, n)`` for every row (``n`` 1-based); one MirageError with a line per bad row
     (a :class:`RowError`, or an id used twice) once every row was tried."""
-    jobs, problems, seen = [], [], {}
+    jobs: list[Job] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for n, raw in enumerate(rows, start=1):
         if isinstance(raw, RowError):  # a line read_rows could not parse
             problems.append(f"{path}: row {n}: {raw.problem}")

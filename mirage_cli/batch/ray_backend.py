@@ -7,7 +7,6 @@ and is replaced. Ray is an optional extra (``pip install "mirage-cli[ray]"``).
 from __future__ import annotations
 
 import logging
-
 import time
 
 from ..errors import MirageError
@@ -96,7 +95,8 @@ class RayPool:
     def _start(self, slot: int) -> None:
         name = f"ray-{self._started}"
         self._started += 1
-        self._actors[slot] = {"actor": self._cls.remote(name, self._env, self.threads), "ref": None, "job": None, "name": name, "t0": 0.0}
+        self._actors[slot] = {"actor": self._cls.remote(name, self._env, self.threads),
+                              "ref": None, "job": None, "name": name, "t0": 0.0}
 
     def idle(self) -> int:
         return sum(a["job"] is None for a in self._actors.values())

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from ..threads import worker_threads
 from .manifest import Job, load_manifest
 from .records import BatchRecord, JobRecord, JobResult, batch_json, now
-from ..threads import worker_threads
 from .workers import InProcessPool, ProcessPool, finished
 
 

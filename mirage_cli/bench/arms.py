@@ -55,7 +55,7 @@ class ChunkCameras:
     positions: list[int]
 
     @classmethod
-    def of(cls, chunk: Chunk, cams: Cameras, temporal_factor: int) -> "ChunkCameras":
+    def of(cls, chunk: Chunk, cams: Cameras, temporal_factor: int) -> ChunkCameras:
         n = written_latent_frames(chunk, temporal_factor)
         return cls(chunk, cams[chunk.frames], cams[latent_frame_indices(chunk, temporal_factor)], n,
                    [min(temporal_factor * j, chunk.real - 1) for j in range(n)])

@@ -92,8 +92,9 @@ class BenchConfig:
             raise MirageError(problem)
         multiple = self.size_multiple
         if self.height < multiple or self.width < multiple or self.height % multiple or self.width % multiple:
+            denoiser = f" with --denoiser {self.denoiser}" if self.denoiser != "none" else ""
             raise MirageError(f"--height/--width {self.height}x{self.width}: must be positive multiples of {multiple} "
-                              f"for --codec {self.codec}" + (f" with --denoiser {self.denoiser}" if self.denoiser != "none" else ""))
+                              f"for --codec {self.codec}{denoiser}")
         synthetic = self.scene == "synthetic"
         if synthetic and self.depth:
             raise MirageError("--depth only applies to an image --scene (the synthetic scene has exact depth)")

@@ -4,20 +4,22 @@ random weights of the real architecture (timing of a network does not depend on 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..errors import MirageError
 from .config import CODECS, DENOISERS, denoiser_problem
 
 #: Wan2.1-VACE-1.3B transformer (Hub config of Wan-AI/Wan2.1-VACE-1.3B-diffusers).
-WAN21_VACE_13B_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+WAN21_VACE_13B_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
                              out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
                              cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
                              vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
 
 #: The paper's transformer: Wan2.2-TI2V-5B + VACE on every other layer, the configuration of the reference
 #: implementation (microsoft/LatentSpatialMemory): 7.6 B parameters, DiT 5.0 B + VACE 2.6 B.
-MIRAGE_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
+MIRAGE_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
                      out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30, cross_attn_norm=True,
                      qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
                      vace_layers=list(range(0, 30, 2)), vace_in_channels=96)

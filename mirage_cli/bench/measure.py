@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 from torch.utils.benchmark import Timer, timer
@@ -116,7 +117,7 @@ class TensorPeak:
             self.current -= entry[1]
             del self.live[ptr]
 
-    def __enter__(self) -> "TensorPeak":
+    def __enter__(self) -> TensorPeak:
         self._mode.__enter__()
         return self
 

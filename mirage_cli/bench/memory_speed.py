@@ -27,14 +27,14 @@ import sys
 
 import torch
 
-from ..geometry.cameras import Cameras, look_at
+from ..data.scenes import make_scene
 from ..errors import MirageError
+from ..geometry.cameras import Cameras, look_at
 from ..memory import compiled
 from ..memory.latent import LatentMemory
 from ..memory.lifting import latent_K
-from ..data.scenes import make_scene
-from .arms import clone_latent
 from ..units import fmt_bytes
+from .arms import clone_latent
 from .measure import cpu_name, loadavg, timed, timed_median, timed_update
 
 
@@ -264,8 +264,8 @@ def _write_comparison(t: dict, frames: int) -> dict:
 def _comparison_lines(res: dict) -> list[str]:
     """The report's lines for the writes against the reference-style write."""
     f, goal = PIXEL_FACTOR, WRITE_GOAL_X_REFERENCE
-    lines = [f"write vs a reference-style write (our re-implementation of the reference's append-every-cell "
-             f"policy, not its code), ms/frame:",
+    lines = ["write vs a reference-style write (our re-implementation of the reference's append-every-cell "
+             "policy, not its code), ms/frame:",
              f"  reference-style      latent depth {res['reference_write_ms_per_frame']:7.2f}   "
              f"pixel depth ({f}x) {res['reference_write_pixel_depth_ms_per_frame']:7.2f}"]
     for policy, key in (("new", "write"), ("append", "write_append")):
@@ -290,13 +290,15 @@ def _report_text(res: dict) -> str:
         f"  (known {100 * res['read_known_fraction']:.1f}% of cells)",
         f"write (policy new)   {res['write_ms_per_frame']:7.2f} ms/frame  {res['write_cells_per_s'] / 1e6:7.2f} M cells/s"
         f"   ({res['write_points_added']} points added)",
-        f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  {res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
+        f"write (all cells new){res['write_all_new_ms_per_frame']:7.2f} ms/frame  "
+        f"{res['write_all_new_cells_per_s'] / 1e6:7.2f} M cells/s"
         f"   ({res['write_all_new_points_added']} points added)",
         *_comparison_lines(res),
         f"lift (one frame)     {res['lift_ms']:7.2f} ms",
         f"copy bandwidth {res['copy_bandwidth_gb_s']:.1f} GB/s; bytes touched per frame: read {rb / 1e6:.2f} MB "
         f"({res['read_x_bandwidth_limit']:.1f}x the copy time), write {wb / 1e6:.2f} MB "
-        f"({res['write_x_bandwidth_limit']:.1f}x), write all new {wab / 1e6:.2f} MB ({res['write_all_new_x_bandwidth_limit']:.1f}x)",
+        f"({res['write_x_bandwidth_limit']:.1f}x), write all new {wab / 1e6:.2f} MB "
+        f"({res['write_all_new_x_bandwidth_limit']:.1f}x)",
     ])
 
 

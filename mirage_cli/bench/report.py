@@ -170,7 +170,8 @@ def summary_table(report: dict):
     c = report["config"]
     lat, pc, r = report["latent"], report["pointcloud"], report["ratios"]
     title = (f"mirage bench — latent memory vs RGB point cloud — codec {c['codec_label']}, {report['weights_detail']['codec']} "
-             f"weights, {c['width']}x{c['height']}, {c['num_frames']} frames in {c['chunks']} chunk{'s' if c['chunks'] != 1 else ''} of "
+             f"weights, {c['width']}x{c['height']}, {c['num_frames']} frames in "
+             f"{c['chunks']} chunk{'s' if c['chunks'] != 1 else ''} of "
              f"{c['chunk_length']}, {report['device']}, write policy {c['pointcloud_write_policy']}")
     t = Table(title=title, show_header=True, title_justify="left")
     for name, justify in (("measure", "left"), ("latent", "right"), ("pointcloud", "right"),

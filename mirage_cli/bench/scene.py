@@ -142,13 +142,13 @@ def prepare_cameras(cfg: BenchConfig, data: SceneData) -> tuple[Cameras, dict]:
     idx = list(range(per_lap)) + [i for _ in range(cfg.laps - 1) for i in range(1, per_lap)]
     cams = Cameras(lap.c2w[idx], lap.intrinsics[idx], cfg.width, cfg.height)
     if data.scene is not None:
-        _check_inside_room(name, cams, data.scene)
+        check_inside_room(name, cams, data.scene)
     info = {"source": name, "format": traj.format, "scale": traj.scale, "laps": cfg.laps, "frames_per_lap": per_lap,
             "closed": closed, "preset_overrides": overrides}
     return cams, info
 
 
-def _check_inside_room(name: str, cams: Cameras, scene) -> None:
+def check_inside_room(name: str, cams: Cameras, scene) -> None:
     """A camera outside the synthetic room sees its outside walls: a one-line error naming the frame."""
     lo = torch.tensor(scene.room_lo, dtype=torch.float64) + 0.05
     hi = torch.tensor(scene.room_hi, dtype=torch.float64) - 0.05

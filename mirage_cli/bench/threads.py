@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..threads import ENV_VAR, default_threads, usable_cpus
 from .measure import loadavg
@@ -108,7 +108,8 @@ def _nothing() -> Iterator[None]:
 def table(result: dict) -> str:
     """The Markdown table of :func:`run`'s result."""
     lines = [
-        "| load | threads | `generate` (wall s) | run.json wall s | `bench --memory-only` read / write ms per frame | /proc/loadavg before (generate; bench) |",
+        "| load | threads | `generate` (wall s) | run.json wall s | `bench --memory-only` read / write ms per frame "
+        "| /proc/loadavg before (generate; bench) |",
         "|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

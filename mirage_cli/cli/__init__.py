@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -23,7 +22,7 @@ from .console import err_console
 try:  # typer >= 0.2x vendors click; older versions use click itself
     from typer._click import exceptions as _click
 except ImportError:  # pragma: no cover
-    import click.exceptions as _click
+    import click.exceptions as _click  # type: ignore[no-redef]  # the same module, where typer does not vendor it
 
 app = typer.Typer(
     name="mirage",
@@ -45,7 +44,7 @@ def _version(value: bool) -> None:
 def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (may be given anywhere on the line)."),
-    threads: Optional[str] = typer.Option(
+    threads: str | None = typer.Option(
         None, "--threads", envvar=ENV_VAR, metavar="N", show_default=False,
         help=f"CPU threads for torch (also ${ENV_VAR}; may be given anywhere on the line) "
              "\\[default: physical cores within the CPU affinity; use 1 on a busy machine]."),

@@ -5,12 +5,15 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
 
 from .checks import check_output_parent
 from .console import console, err_console
+
+if TYPE_CHECKING:
+    from ..batch.records import BatchRecord
 
 
 def register(app: typer.Typer) -> None:
@@ -48,13 +51,13 @@ def batch_cmd(
     ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="JSONL or CSV manifest: one run per row (image, traj, optional id and any generate option)."),
     out: Path = typer.Option(..., "--out", "-o", help="Batch directory: each job's run goes to DIR/<id>/, the record to DIR/batch.json."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker count \\[default: 1 in-process locally; the cluster's capacity with --ray]."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Worker count \\[default: 1 in-process locally; the cluster's capacity with --ray]."),
+    ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                       help="Run on Ray: alone a local Ray instance, 'auto' the running cluster, or an ADDRESS."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for (0 on CPU clusters)."),
     retries: int = typer.Option(1, "--retries", help="Retries of a failed job (an error or a dead worker)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop dispatching after the first job that fails for good."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the batch summary (batch.json's content) to this file."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the batch summary (batch.json's content) to this file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table or summary."),
 ) -> None:
     """Run many `mirage generate` jobs from MANIFEST, with workers that keep their models loaded."""
@@ -78,7 +81,7 @@ def batch_cmd(
         from rich.live import Live
 
         live = Live(console=err_console, transient=False, auto_refresh=False)
-    latest = []  # the last record seen, for the warnings of a batch cut short by Ctrl-C
+    latest: list[BatchRecord] = []  # the last record seen, for the warnings of a batch cut short by Ctrl-C
 
     def update(rec):
         latest[:] = [rec]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -36,12 +35,12 @@ def given_options(ctx: typer.Context, names=None) -> list[str]:
 
 def bench_cmd(
     ctx: typer.Context,
-    compare: Optional[str] = typer.Option(None, "--compare", help="Baseline to compare the latent memory with: pointcloud."),
+    compare: str | None = typer.Option(None, "--compare", help="Baseline to compare the latent memory with: pointcloud."),
     memory_only: bool = typer.Option(False, "--memory-only", help="Only time the latent memory's read/write/lift on a 60x104 latent grid."),
     points: int = typer.Option(200_000, "--points", help="--memory-only: points in the memory."),
     scene: str = typer.Option("synthetic", "--scene", help="'synthetic' (procedural room, exact depth, ground truth) or an IMAGE path."),
-    depth: Optional[Path] = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) (default: its sidecar IMAGE.depth.npy)."),
-    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file or preset (default orbit_360; on the synthetic scene, presets orbit the room's centre)."),
+    depth: Path | None = typer.Option(None, "--depth", help="Depth of an IMAGE scene (.npy/.npz) (default: its sidecar IMAGE.depth.npy)."),
+    traj: str | None = typer.Option(None, "--traj", "-t", help="Trajectory file or preset (default orbit_360; on the synthetic scene, presets orbit the room's centre)."),
     frames: int = typer.Option(25, "--frames", "-n", help="Total frames (all laps)."),
     laps: int = typer.Option(1, "--laps", help="Repeat the trajectory this many times (e.g. 2 laps of orbit_360)."),
     chunk_frames: int = typer.Option(9, "--chunk-frames", help="Frames per chunk, rounded down to 1+4k for Wan codecs."),
@@ -55,8 +54,8 @@ def bench_cmd(
     fidelity: str = typer.Option("auto", "--fidelity", help="auto | on | off: decode both reads and compare with the true render (auto: synthetic scene and non-random codec)."),
     write_depth: str = typer.Option("auto", "--write-depth", help="Depth of new content: filled (each arm's read depth extended into holes, as generate does), exact (synthetic scene), auto (exact with fidelity)."),
     seed: int = typer.Option(0, "--seed", help="Scene texture seed and denoiser noise seed."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report (config, totals, ratios, per-chunk arrays) to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of cache size and cumulative seconds against frames."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full report (config, totals, ratios, per-chunk arrays) to this file."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of cache size and cumulative seconds against frames."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""

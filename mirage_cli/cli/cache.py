@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
-from .checks import check_output_parent
 from ..units import fmt_bytes
+from .checks import check_output_parent
 from .console import console, err_console
 
 app = typer.Typer(
@@ -72,7 +71,7 @@ def inspect_cmd(
               if k else "none (writes are not checked against observed free space)")
     if info["bounds"]:
         lo, hi = info["bounds"]
-        t.add_row("bounds", "x [{:.3g}, {:.3g}]  y [{:.3g}, {:.3g}]  z [{:.3g}, {:.3g}]".format(lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]))
+        t.add_row("bounds", f"x [{lo[0]:.3g}, {hi[0]:.3g}]  y [{lo[1]:.3g}, {hi[1]:.3g}]  z [{lo[2]:.3g}, {hi[2]:.3g}]")
         fp = info["footprint"]
         t.add_row("footprint", f"min {fp['min']:.3g}  median {fp['median']:.3g}  max {fp['max']:.3g} (world units)")
     chunks = info["chunks"]
@@ -111,20 +110,19 @@ def render_cmd(
     file: Path = typer.Argument(..., help="Cache file (.safetensors) or checkpoint directory."),
     traj: str = typer.Option(..., "--traj", "-t", help="Trajectory file or preset name (frame 0 = the input image's camera)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Video width \\[default: the cache's 'width' extra, else 832; alone: the height follows the aspect ratio]."),
-    height: Optional[int] = typer.Option(None, "--height", help="Video height \\[default: the cache's 'height' extra, else 480; alone: the width follows the aspect ratio]."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second \\[default: the trajectory's]."),
-    scale: Optional[float] = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this, > 0 \\[default: the reference depth for 'relative' trajectories, 1 otherwise]."),
+    width: int | None = typer.Option(None, "--width", help="Video width \\[default: the cache's 'width' extra, else 832; alone: the height follows the aspect ratio]."),
+    height: int | None = typer.Option(None, "--height", help="Video height \\[default: the cache's 'height' extra, else 480; alone: the width follows the aspect ratio]."),
+    fps: float | None = typer.Option(None, "--fps", help="Frames per second \\[default: the trajectory's]."),
+    scale: float | None = typer.Option(None, "--scale", help="Multiply the trajectory's translations by this, > 0 \\[default: the reference depth for 'relative' trajectories, 1 otherwise]."),
     holes: str = typer.Option("#ff00ff", "--holes", help="Colour of cells the memory does not cover (#rrggbb or a CSS colour name: black, white, magenta, grey...)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Fly through the memory alone (no model): each latent cell shows what the memory holds, holes stay holes."""
+    from ..errors import MirageError
     from ..memory.export import render_flythrough
     from ..memory.latent import LatentMemory
     from ..trajectories import load_trajectory
-
-    from ..errors import MirageError
 
     hole = parse_color(holes)
     if output.suffix.lower() != ".mp4":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -16,31 +15,31 @@ app = typer.Typer(help="Measured quality: `recon` generates clips along their tr
 
 @app.command("recon", no_args_is_help=True)
 def recon_cmd(
-    sources: List[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, synthetic[:SCENE[:TRAJ]] (orbit_left, dolly_in, out_and_back), synthetic[:SCENE]:loops (the closed paths orbit_360, pan_and_back, figure_eight; each also as TRAJ), or a manifest of clips (.jsonl/.csv, one per row)."),
+    sources: list[str] = typer.Argument(..., help="Clips: geometry.npz, a frames folder / MP4 (with --traj), a clip folder, synthetic[:SCENE[:TRAJ]] (orbit_left, dolly_in, out_and_back), synthetic[:SCENE]:loops (the closed paths orbit_360, pan_and_back, figure_eight; each also as TRAJ), or a manifest of clips (.jsonl/.csv, one per row)."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluation directory (DIR/<clip>/run, DIR/eval.json, DIR/eval.csv)."),
-    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Cameras of a single frames-folder / MP4 SOURCE (any trajectory format)."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="Frame 0's depth for a single frames SOURCE (.npy/.npz/16-bit .png) or 'prior'/'model'."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Synthetic clips: frames per clip \\[default: 25]; file clips: keep the first N."),
+    traj: str | None = typer.Option(None, "--traj", "-t", help="Cameras of a single frames-folder / MP4 SOURCE (any trajectory format)."),
+    depth: str | None = typer.Option(None, "--depth", help="Frame 0's depth for a single frames SOURCE (.npy/.npz/16-bit .png) or 'prior'/'model'."),
+    frames: int | None = typer.Option(None, "--frames", "-n", help="Synthetic clips: frames per clip \\[default: 25]; file clips: keep the first N."),
     height: int = typer.Option(120, "--height", help="Synthetic clips: frame height."),
     width: int = typer.Option(208, "--width", help="Synthetic clips: frame width."),
     backend: str = options.BACKEND,
-    model: Optional[str] = options.MODEL,
+    model: str | None = options.MODEL,
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model when a clip has no depth."),
     seed: int = typer.Option(0, "--seed", help="Random seed of every clip's run (same seed = same scores on the same device)."),
-    steps: Optional[int] = options.STEPS,
-    guidance: Optional[float] = options.GUIDANCE,
-    shift: Optional[float] = options.SHIFT,
+    steps: int | None = options.STEPS,
+    guidance: float | None = options.GUIDANCE,
+    shift: float | None = options.SHIFT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU; neural backends)."),
-    chunk_frames: Optional[int] = options.CHUNK_FRAMES,
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto, 1 at the synthetic 208x120]."),
+    chunk_frames: int | None = options.CHUNK_FRAMES,
+    downscale: int | None = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto, 1 at the synthetic 208x120]."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new | replace | average | append (as `mirage generate`)."),
-    references: Optional[int] = options.REFERENCES,
+    references: int | None = options.REFERENCES,
     cpu_offload: bool = options.CPU_OFFLOAD,
     overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every clip (default: a finished clip is skipped, an interrupted one resumed)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Clips at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the clips on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Clips at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
+    ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the clips on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
     retries: int = typer.Option(1, "--retries", help="Retries of a clip whose generation or scoring failed."),
     plot: bool = typer.Option(False, "--plot", help="Also write DIR/eval.png (metric against frame)."),
@@ -109,7 +108,7 @@ def _progress():
 
 @app.command("loop", no_args_is_help=True)
 def loop_cmd(
-    runs: List[Path] = typer.Argument(..., help="Finished run directories of `mirage generate` (or DIR/<clip>/run of `eval recon`)."),
+    runs: list[Path] = typer.Argument(..., help="Finished run directories of `mirage generate` (or DIR/<clip>/run of `eval recon`)."),
     json_out: bool = typer.Option(False, "--json", help="Print the scores as JSON (a list, one object per run)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or notes (errors still exit 2)."),
 ) -> None:
@@ -132,7 +131,7 @@ def loop_cmd(
 
 @app.command("compare", no_args_is_help=True)
 def compare_cmd(
-    files: List[Path] = typer.Argument(..., help="eval.json files (or their directories); differences are from the first."),
+    files: list[Path] = typer.Argument(..., help="eval.json files (or their directories); differences are from the first."),
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """One table of the aggregates of several eval runs, with differences and whether they exceed the spread."""
@@ -153,8 +152,8 @@ def check_cmd(
     eval_json: Path = typer.Argument(..., help="The eval.json of a `mirage eval recon` run (or its directory)."),
     baseline: Path = typer.Option(..., "--baseline", help="The committed baseline (the gate's: quality/baseline.json)."),
     update: bool = typer.Option(False, "--update", help="Write the baseline from EVAL_JSON instead of failing (needs --why)."),
-    why: Optional[str] = typer.Option(None, "--why", help="With --update: why the baseline changes (recorded in it)."),
-    command: Optional[str] = typer.Option(None, "--command", help="With --update: the command to record \\[default: the eval run's, from its batch.json]."),
+    why: str | None = typer.Option(None, "--why", help="With --update: why the baseline changes (recorded in it)."),
+    command: str | None = typer.Option(None, "--command", help="With --update: the command to record \\[default: the eval run's, from its batch.json]."),
     show_all: bool = typer.Option(False, "--all", help="Every clip's rows, not only those that are not ok."),
 ) -> None:
     """The quality gate: every metric of a run against a committed baseline, per clip and over clips.

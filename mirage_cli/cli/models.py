@@ -55,11 +55,11 @@ def download(
 ) -> None:
     """Fetch a model's needed subfolders (configs + safetensors only) into the Hugging Face cache."""
     from ..errors import MirageError
-    from ..models.registry import _snapshot_dir, hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model
+    from ..models.registry import hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model, snapshot_dir
 
     repo_id, spec = lookup(name)
     if hub_offline():
-        snap = _snapshot_dir(repo_id, hub_cache_dir())
+        snap = snapshot_dir(repo_id, hub_cache_dir())
         sub = list(spec.subfolders) if spec and spec.subfolders else None
         if snap is None or missing_parts(snap, sub):
             raise MirageError(f"cannot download {name} ({repo_id}): HF_HUB_OFFLINE is set; unset it (and be online), "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -47,16 +46,16 @@ def list_cmd() -> None:
 
 @app.command("preset", no_args_is_help=True)
 def preset_cmd(
-    name: Optional[str] = typer.Argument(None, help="Preset name (see `mirage traj list`)."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output file ('-' = stdout)."),
-    all_dir: Optional[Path] = typer.Option(None, "--all", help="Write every preset with its defaults into this folder."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Number of frames \\[default: 49; orbit_360: 81]."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Frames per second \\[default: 16]."),
-    fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view of frame 0, degrees \\[default: 55]."),
-    angle: Optional[float] = typer.Option(None, "--angle", help="Total rotation in degrees (orbits, pans, tilts, spiral)."),
-    distance: Optional[float] = typer.Option(None, "--distance", help="Total travel in reference-depth units (truck, pedestal, dolly, dolly_zoom, spiral radius)."),
-    look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Depth of the look-at point (orbits, dolly_zoom, spiral) \\[default: 1]."),
-    zoom: Optional[float] = typer.Option(None, "--zoom", help="Focal-length factor, >= 1 (zoom_in, zoom_out) \\[default: 1.5]."),
+    name: str | None = typer.Argument(None, help="Preset name (see `mirage traj list`)."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Output file ('-' = stdout)."),
+    all_dir: Path | None = typer.Option(None, "--all", help="Write every preset with its defaults into this folder."),
+    frames: int | None = typer.Option(None, "--frames", "-n", help="Number of frames \\[default: 49; orbit_360: 81]."),
+    fps: float | None = typer.Option(None, "--fps", help="Frames per second \\[default: 16]."),
+    fov: float | None = typer.Option(None, "--fov", help="Vertical field of view of frame 0, degrees \\[default: 55]."),
+    angle: float | None = typer.Option(None, "--angle", help="Total rotation in degrees (orbits, pans, tilts, spiral)."),
+    distance: float | None = typer.Option(None, "--distance", help="Total travel in reference-depth units (truck, pedestal, dolly, dolly_zoom, spiral radius)."),
+    look_at_depth: float | None = typer.Option(None, "--look-at-depth", help="Depth of the look-at point (orbits, dolly_zoom, spiral) \\[default: 1]."),
+    zoom: float | None = typer.Option(None, "--zoom", help="Focal-length factor, >= 1 (zoom_in, zoom_out) \\[default: 1.5]."),
     width: int = typer.Option(832, "--width", help="render_width written to the file (intrinsics adapt to any size)."),
     height: int = typer.Option(480, "--height", help="render_height written to the file."),
     to: str = typer.Option("native", "--to", help=FORMAT_HELP),
@@ -85,11 +84,11 @@ def convert_cmd(
     source: str = typer.Argument(..., help="Trajectory file in any supported format (or a preset name)."),
     output: str = typer.Option(..., "--output", "-o", help="Output file ('-' = stdout; for colmap a folder or images.txt)."),
     to: str = typer.Option("native", "--to", help=FORMAT_HELP),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample to N frames (slerp rotations, linear translation/intrinsics)."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Set the frame rate."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Declare the translations absolute | relative (units of the reference depth)."),
+    frames: int | None = typer.Option(None, "--frames", "-n", help="Resample to N frames (slerp rotations, linear translation/intrinsics)."),
+    fps: float | None = typer.Option(None, "--fps", help="Set the frame rate."),
+    scale: str | None = typer.Option(None, "--scale", help="Declare the translations absolute | relative (units of the reference depth)."),
     relative: bool = typer.Option(False, "--relative", help="Re-express the poses relative to frame 0 (frame 0 = identity)."),
-    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Resolve a relative trajectory into scene units: translations x D (the scene's reference depth), then absolute."),
+    depth_scale: float | None = typer.Option(None, "--depth-scale", help="Resolve a relative trajectory into scene units: translations x D (the scene's reference depth), then absolute."),
     absolute: bool = typer.Option(False, "--absolute", help="Declare the numbers absolute units as they are (same as --scale absolute)."),
     convention: str = typer.Option("opencv", "--convention", help="native only: opencv | opengl (opengl = what nerfstudio renders)."),
     pose: str = typer.Option("c2w", "--pose", help="native only: c2w | w2c."),
@@ -152,10 +151,10 @@ def _table(s: dict) -> Table:
 @app.command("show", no_args_is_help=True)
 def show_cmd(
     source: str = typer.Argument(..., help="Trajectory file in any supported format (or a preset name)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a PNG: top and side views of the camera centres."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw a PNG: top and side views of the camera centres."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of a table."),
-    width: Optional[int] = typer.Option(None, "--width", help="With --height: print the pixel focal lengths the cameras get on an image of this size."),
-    height: Optional[int] = typer.Option(None, "--height", help="Image height for --width."),
+    width: int | None = typer.Option(None, "--width", help="With --height: print the pixel focal lengths the cameras get on an image of this size."),
+    height: int | None = typer.Option(None, "--height", help="Image height for --width."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="How the file's intrinsics meet that image: crop | stretch | fov (as `mirage generate --intrinsics`)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Check the path's scale against this image's scene (lifted with its depth): numbers, and with --plot the path over the points."),
     depth: Optional[str] = typer.Option(None, "--depth", help="With --image: its depth FILE \\[default: the sidecar, else the geometric prior]."),

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..geometry.cameras import Cameras
 from ..errors import MirageError
+from ..geometry.cameras import Cameras
 
 SCENE_NAMES = ("room",)
 

@@ -28,11 +28,11 @@ final memory's input points (``chunk == 0``), exact for write policies ``new`` a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import MirageError
 from ..export.run import final_memory_file, finished_record

@@ -203,7 +203,8 @@ def score_frames(generated: np.ndarray, truth: np.ndarray, memory_mask: torch.Te
             put(f"psnr_{region}", psnr(gen[t], tru[t], m))
             put(f"ssim_{region}", ssim(gen[t], tru[t], m, smap))
             if lm is not None:
-                put(f"lpips_{region}", None if m is not None and not bool(m.any()) else (lm.mean() if m is None else lm[m].mean()))
+                empty = m is not None and not bool(m.any())
+                put(f"lpips_{region}", None if empty else (lm.mean() if m is None else lm[m].mean()))
         put("memory_fraction", memory_mask[t].double().mean())
         if known is not None:
             put("known_fraction", known[t].double().mean())

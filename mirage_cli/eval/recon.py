@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -133,7 +133,7 @@ def clip_jobs(sources: list[str], base: GenerateConfig, out: Path, traj: str | N
         raise MirageError("--traj/--depth: a manifest gives them per row (traj, depth)")
     for m in manifests:
         jobs += manifest_jobs(Path(m), base, out, frames)
-    seen = {}
+    seen: dict[str, str] = {}
     for job, _ in jobs:
         if job.id in seen:
             raise MirageError(f"{job.id}: two clips of this name ({seen[job.id]} and {job.then.args['source']}); "

@@ -1,10 +1,11 @@
 """Outputs of ``mirage eval``: ``eval.json``, ``eval.csv``, the rich tables, and ``eval compare``.
 
-``eval.csv`` has one row per clip and frame with every per-frame field (empty where a region is
-empty), and the clip's loop-closure fields on its last frame. ``eval compare`` lines up the aggregates of several ``eval.json`` files against the first;
-a difference is paired over the clips both runs share (same clip names; a note says when the clip
-sets differ) and "exceeds the spread" when its 95 % interval excludes 0; with no clip in common
-it is the difference of the means, exceeding when the two runs' 95 % intervals do not overlap.
+``eval.csv`` has one row per clip and frame with every per-frame field (empty where a region is empty), and
+the clip's loop-closure fields on its last frame. ``eval compare`` lines up the aggregates of several
+``eval.json`` files against the first; a difference is paired over the clips both runs share (same clip
+names; a note says when the clip sets differ) and "exceeds the spread" when its 95 % interval excludes 0;
+with no clip in common it is the difference of the means, exceeding when the two runs' 95 % intervals do not
+overlap.
 """
 
 from __future__ import annotations

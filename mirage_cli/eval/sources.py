@@ -317,7 +317,7 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     the turning pose twice). ``figure_eight``: see :data:`FIGURE_EIGHT`. The paths of
     :data:`LOOP_SUITE` end exactly (to rounding) on frame 0's camera.
     """
-    from ..bench.scene import _check_inside_room
+    from ..bench.scene import check_inside_room
     from ..data.scenes import default_camera, make_scene
     from ..pipeline.plan import reference_depth, scale_cameras
     from ..trajectories import PRESETS, load_trajectory, resample
@@ -342,7 +342,7 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     if idx is not None:
         cams = Cameras(cams.c2w[idx], cams.intrinsics[idx], W, H)
     cams = Cameras(cam0.c2w[0] @ cams.c2w, cams.intrinsics, W, H)  # frame 0 = the room's default camera
-    _check_inside_room(f"synthetic:{scene_name}:{traj_name}", cams, scene)
+    check_inside_room(f"synthetic:{scene_name}:{traj_name}", cams, scene)
     rgb, depth = scene.render(cams)
     from ..io import to_uint8
 

@@ -64,7 +64,7 @@ class Cameras:
     @classmethod
     def from_fov(
         cls, c2w: torch.Tensor, fov_y_deg: float | torch.Tensor, width: int, height: int
-    ) -> "Cameras":
+    ) -> Cameras:
         """Cameras with a vertical field of view (degrees), square pixels and a centred principal point.
 
         Args:
@@ -84,13 +84,13 @@ class Cameras:
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
-    def __getitem__(self, idx) -> "Cameras":
+    def __getitem__(self, idx) -> Cameras:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
         return Cameras(self.c2w[idx], self.intrinsics[idx], self.width, self.height)
 
     @staticmethod
-    def cat(cams: list["Cameras"]) -> "Cameras":
+    def cat(cams: list[Cameras]) -> Cameras:
         """Concatenate camera batches of the same image size."""
         return Cameras(
             torch.cat([c.c2w for c in cams]),
@@ -99,7 +99,7 @@ class Cameras:
             cams[0].height,
         )
 
-    def with_size(self, width: int, height: int) -> "Cameras":
+    def with_size(self, width: int, height: int) -> Cameras:
         """Same cameras rendering at another resolution (normalized intrinsics are unchanged)."""
         return Cameras(self.c2w, self.intrinsics, width, height)
 
@@ -133,11 +133,11 @@ class Cameras:
         K[:, 2, 2] = 1.0
         return K
 
-    def relative_to_first(self) -> "Cameras":
+    def relative_to_first(self) -> Cameras:
         """Re-express all poses relative to frame 0, so that frame 0 becomes the identity."""
         return Cameras(rigid_inverse(self.c2w[:1]) @ self.c2w, self.intrinsics, self.width, self.height)
 
-    def scaled(self, factor: float) -> "Cameras":
+    def scaled(self, factor: float) -> Cameras:
         """Scale the translations (world units) by ``factor``."""
         c2w = self.c2w.clone()
         c2w[:, :3, 3] *= factor
@@ -241,7 +241,10 @@ def focal_from_fov(fov_deg: FloatOrTensor) -> FloatOrTensor:
 
 
 def fov_from_focal(focal_norm: FloatOrTensor) -> FloatOrTensor:
-    """Field of view in degrees along an extent of normalized focal length ``focal / extent`` (inverse of :func:`focal_from_fov`)."""
+    """Field of view in degrees along an extent of normalized focal length ``focal / extent``.
+
+    The inverse of :func:`focal_from_fov`.
+    """
     if isinstance(focal_norm, torch.Tensor):
         return torch.rad2deg(2 * torch.atan(0.5 / focal_norm))
     return math.degrees(2 * math.atan(0.5 / focal_norm))

@@ -17,8 +17,8 @@ to the rendered depth with :func:`fit_scale_shift`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -154,7 +154,8 @@ def read_pfm(path: Path) -> np.ndarray:
     **bottom to top**, so the array is flipped vertically to put row 0 at the top.
     """
     data = path.read_bytes()
-    tokens, pos = [], 0
+    tokens: list[str] = []
+    pos = 0
     while len(tokens) < 4:  # magic, width, height, scale
         while pos < len(data) and data[pos:pos + 1].isspace():
             pos += 1

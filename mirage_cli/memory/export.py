@@ -8,7 +8,6 @@ features otherwise (:func:`mirage_cli.models.codecs.features_to_rgb`, no decoder
 from __future__ import annotations
 
 import math
-
 import os
 from dataclasses import dataclass
 

@@ -72,7 +72,7 @@ class Observation:
     K: torch.Tensor
     depth: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "Observation":
+    def to(self, device: torch.device | str) -> Observation:
         return Observation(self.c2w.to(device), self.K.to(device), self.depth.to(device))
 
 

@@ -120,14 +120,14 @@ class PointCloudMemory:
             raise RuntimeError(f"point cloud out of step: {len(geometry)} points, {colors.shape[0]} colours")
         self.geometry, self._colors = geometry, colors.contiguous()
 
-    def select(self, index: torch.Tensor) -> "PointCloudMemory":
+    def select(self, index: torch.Tensor) -> PointCloudMemory:
         """A new point cloud holding the points ``index`` (int indices or a bool mask), in that order."""
         m = PointCloudMemory(self.device, self.write_policy, self.max_radius)
         index = torch.as_tensor(index).to(self.device)
         m._replace(self.geometry.select(index), self._colors[index])
         return m
 
-    def clone(self) -> "PointCloudMemory":
+    def clone(self) -> PointCloudMemory:
         """An independent copy (same policy, copied tensors)."""
         return self.select(torch.arange(len(self), device=self.device))
 

@@ -18,13 +18,13 @@ This module decides cells and winners; the memory (a :class:`PolicyTarget`) keep
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
-
 from .modes import APPEND, AVERAGE, LATENT_POLICIES, NEW, REPLACE  # noqa: F401  (torch-free names)
 
 POINTCLOUD_POLICIES = LATENT_POLICIES

@@ -152,6 +152,7 @@ def splat(
         J = axes.float()[t_idx, p_idx]
         return rasterize(t_idx, p_idx, u, v, zf, ks, T, h, w, J=(J[:, 0, 0], J[:, 0, 1], J[:, 1, 0], J[:, 1, 1]),
                          max_radius=max_radius)
+    assert radius is not None  # checked above: no axes, a radius
     return rasterize(t_idx, p_idx, u, v, zf, ks, T, h, w, radius=radius.float()[t_idx, p_idx], max_radius=max_radius)
 
 
@@ -221,6 +222,7 @@ def rasterize(
 
         lims = (axis_lim(a, c), axis_lim(b, d))
     else:
+        assert radius is not None, "rasterize: give radius or J"
         ru = rv = radius
     ru = ru.nan_to_num(0.5).clamp(0.5, float(max_radius))
     rv = ru if rv is ru else rv.nan_to_num(0.5).clamp(0.5, float(max_radius))
@@ -288,6 +290,7 @@ def _covered_cells(base: torch.Tensor, ic0: torch.Tensor, jc0: torch.Tensor, spa
         dio, djo = di.index_select(0, offs), dj.index_select(0, offs)
         cell = base.index_select(0, s) + dio * w + djo
         if J is not None:
+            assert lims is not None  # set with J above
             keep, own = _inside_parallelogram(s, ic0.index_select(0, s) + dio, jc0.index_select(0, s) + djo, u, v,
                                               inv, home_i, home_j, lims, lim, own_box)
             s, cell = s.index_select(0, keep), cell.index_select(0, keep)
@@ -516,15 +519,15 @@ def _splat_compiled(ext, points: torch.Tensor, axes: torch.Tensor, key: torch.Te
                     bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`splat_patches` through the compiled CPU kernel: the same block cull, then one pass over
     the points of the visible blocks per frame (same bits as the pure-torch path)."""
-    f32 = dict(dtype=torch.float32)
+    f32 = torch.float32
     blocks, start = _visible_block_lists(*bounds, w2c, frustum)
     return ext.splat_patches_cpu(
-        points.to(**f32).contiguous(),
-        axes.to(**f32).contiguous() if mode == "patch" else torch.zeros(0, 6, **f32),  # unused for points
+        points.to(f32).contiguous(),
+        axes.to(f32).contiguous() if mode == "patch" else torch.zeros(0, 6, dtype=f32),  # unused for points
         key.to(torch.int64).contiguous(),
-        w2c.to(**f32).contiguous(), K.to(**f32).contiguous(), torch.tensor(frustum, **f32).reshape(len(frustum), 4),
+        w2c.to(f32).contiguous(), K.to(f32).contiguous(), torch.tensor(frustum, dtype=f32).reshape(len(frustum), 4),
         blocks, start, CULL_BLOCK, h, w, m, int(owner_offset), mode == "patch", AXES_MARGIN, FOOTPRINT_GROW,
-        bias.to(**f32).contiguous() if bias is not None else torch.zeros(0, **f32))
+        bias.to(f32).contiguous() if bias is not None else torch.zeros(0, dtype=f32))
 
 
 def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
@@ -571,11 +574,13 @@ def splat_patches(points: torch.Tensor, axes: torch.Tensor, key: torch.Tensor, w
         bounds = block_bounds(points)
     ext = _compiled.for_device(dev) if compiled and N and T else None
     if ext is not None:
+        assert bounds is not None  # N > 0
         return _splat_compiled(ext, points, axes, key, w2c, K, frustum, h, w, m, owner_offset, mode, bounds, bias)
     index = torch.full((T, h, w), -1, dtype=torch.int64, device=dev)
     depth = torch.zeros(T, h, w, dtype=torch.float32, device=dev)
     if N == 0:
         return index, depth
+    assert bounds is not None  # N > 0
     visible = _visible_blocks(*bounds, w2c, frustum)  # (T, B)
     w2c = w2c.to(dev, torch.float32)
     K = K.to(dev, torch.float32)
@@ -633,7 +638,7 @@ def _project_frame(points: torch.Tensor, vis: torch.Tensor, r: torch.Tensor, K: 
 
 
 def _patch_jacobian(A: torch.Tensor, r: torch.Tensor, K: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor,
-                    z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The projected patch ``[[du_0, du_1], [dv_0, dv_1]]`` (flattened row-major) of the world
     half-axes ``A (M, 6)``: its columns are the patch's half-axes in target cells."""
     fx, fy = K[0, 0], K[1, 1]

@@ -49,10 +49,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import MirageError
 from .registry import RANDOM_WEIGHTS_MARKER, VACE_SUBFOLDERS, resolve_model, weights_kind
 from .shards import ITEMSIZE, ShardEntry, StreamingShards
+
+if TYPE_CHECKING:  # imports diffusers
+    from .mirage_transformer import MirageTransformer3DModel
 
 #: Latent channels of the Wan2.2 VAE / TI2V-5B transformer, and the VACE context (read 48 | white 48).
 WAN22_CHANNELS = 48
@@ -340,7 +344,7 @@ class _Plan:
     base_tensors: int
     vace_tensors: int
     entries: list[ShardEntry]
-    model: object  # MirageTransformer3DModel on the meta device
+    model: MirageTransformer3DModel  # on the meta device
     lora: dict[str, dict]
 
 
@@ -442,7 +446,8 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], e
         "format": FORMAT, "version": FORMAT_VERSION, "created_by": f"mirage {__version__}",
         "base": {"ref": os.fspath(base_ref), "path": str(root),
                  "transformer_sha256": {f.name: sha256_file(f) for f in base_files}},
-        "vace": {"path": str(vace_path.resolve()), "sha256": sha256_file(vace_path), "tensors": sum(e.source == vace_path for e in entries),
+        "vace": {"path": str(vace_path.resolve()), "sha256": sha256_file(vace_path),
+                 "tensors": sum(e.source == vace_path for e in entries),
                  "vace_layers": list(model.config.vace_layers), "vace_in_channels": model.config.vace_in_channels},
         "lora": {"path": str(lora_path.resolve()), "sha256": sha256_file(lora_path), "modules": len(lora_plan),
                  "rank": ranks[0] if len(ranks) == 1 else ranks, "scale": lora_scale, "fused": True},

@@ -115,7 +115,7 @@ def hub_offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _snapshot_dir(repo_id: str, cache_dir: Path, revision: str = "main") -> Path | None:
+def snapshot_dir(repo_id: str, cache_dir: Path, revision: str = "main") -> Path | None:
     """The cached snapshot folder of ``repo_id`` (standard hub cache layout), or None."""
     repo_dir = cache_dir / ("models--" + repo_id.replace("/", "--"))
     ref = repo_dir / "refs" / revision
@@ -240,7 +240,7 @@ def resolve_model(ref: str | os.PathLike, subfolders: list[str] | None = None, *
     fetch = f"`mirage models download {name}`"
     label = f"model '{name}' ({repo_id})" if spec else f"model {repo_id}"
 
-    snap = _snapshot_dir(repo_id, cache)
+    snap = snapshot_dir(repo_id, cache)
     problems = missing_parts(snap, subfolders) if snap is not None else ["not in the cache"]
     if not problems:
         return snap
@@ -269,7 +269,7 @@ def _download(repo_id: str, subfolders: list[str] | None, cache: Path, label: st
 
 def cache_status(spec: ModelSpec) -> tuple[str, Path | None]:
     """``("cached" | "partial" | "absent", snapshot dir)`` for a registry entry, without network."""
-    snap = _snapshot_dir(spec.repo_id, hub_cache_dir())
+    snap = snapshot_dir(spec.repo_id, hub_cache_dir())
     if snap is None:
         return "absent", None
     sub = list(spec.subfolders) if spec.subfolders else None

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,17 +51,17 @@ from .registry import RANDOM_WEIGHTS_MARKER, hf_progress
 
 #: Tiny transformer config (as diffusers' own tests); ``rope_max_seq_len`` as the real models so any
 #: frame size the real model accepts also runs here.
-TINY_TRANSFORMER_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
                                out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=3,
                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024,
                                vace_layers=[0, 2], vace_in_channels=96)
-TINY_VAE_CONFIG = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+TINY_VAE_CONFIG: dict[str, Any] = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                        temperal_downsample=[False, True, True])
-TINY_UMT5_CONFIG = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+TINY_UMT5_CONFIG: dict[str, Any] = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                         relative_attention_num_buckets=8, relative_attention_max_distance=16,
                         feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 #: Tiny Wan2.2-TI2V-style base transformer (``WanTransformer3DModel``, 48 latent channels, 4 layers).
-TINY_WAN22_TRANSFORMER_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+TINY_WAN22_TRANSFORMER_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                      in_channels=48, out_channels=48, text_dim=32, freq_dim=256, ffn_dim=32,
                                      num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                      rope_max_seq_len=1024)
@@ -250,7 +251,8 @@ def save_tiny_depth(path: str | os.PathLike, kind: str = "relative", seed: int =
 
     path = Path(path)
     backbone = Dinov2Config(image_size=28, patch_size=14, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                            mlp_ratio=2, out_indices=[1, 2, 3, 4], reshape_hidden_states=False, apply_layernorm=True)
+                            mlp_ratio=2, out_indices=[1, 2, 3, 4], reshape_hidden_states=False,  # type: ignore[call-arg]  # out_indices: taken by **kwargs (BackboneConfigMixin), not in the typed signature
+                            apply_layernorm=True)
     cfg = DepthAnythingConfig(backbone_config=backbone, patch_size=14, reassemble_hidden_size=16,
                               neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8, head_hidden_size=8,
                               depth_estimation_type=kind, max_depth=20 if kind == "metric" else 1)

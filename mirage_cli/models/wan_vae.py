@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .codecs import latent_frames
-from ..errors import MirageError
 from ..dtypes import dtype_name
+from ..errors import MirageError
+from .codecs import latent_frames
 from .registry import dtype_kwargs, resolve_device, resolve_dtype, resolve_model, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,7 +80,7 @@ class WanVAECodec:
 
     temporal_factor = 4
 
-    def __init__(self, vae: "AutoencoderKLWan", device: str | torch.device = "cpu",
+    def __init__(self, vae: AutoencoderKLWan, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, tiling: bool = True, *, offload: bool = False,
                  weights: str = "real", source: str = "") -> None:
         cfg = vae.config
@@ -114,7 +114,7 @@ class WanVAECodec:
     @classmethod
     def from_pretrained(cls, path_or_ref: str | os.PathLike, subfolder: str | None = "vae",
                         device: str | torch.device = "auto", dtype: str | torch.dtype = torch.float32,
-                        tiling: bool = True, *, offload: bool = False, download: bool = False) -> "WanVAECodec":
+                        tiling: bool = True, *, offload: bool = False, download: bool = False) -> WanVAECodec:
         """Load an ``AutoencoderKLWan`` from ``NAME | REPO_ID | DIR`` (+ ``subfolder``) through the Hub layout.
 
         A directory that is itself the VAE folder (``config.json`` at its root) is accepted too.
@@ -140,7 +140,7 @@ class WanVAECodec:
     @classmethod
     def random(cls, kind: str = "wan2.1", device: str | torch.device = "cpu",
                dtype: str | torch.dtype = torch.float32, tiny: bool = False, seed: int = 0,
-               tiling: bool = True) -> "WanVAECodec":
+               tiling: bool = True) -> WanVAECodec:
         """The real architecture (``"wan2.1"`` | ``"wan2.2"``) with random weights, seeded, for timing runs.
 
         Timing of a codec does not depend on its weight values, so ``mirage bench`` uses this when the

@@ -16,7 +16,7 @@ All in frame 0's camera coordinates (OpenCV: x right, y down, z forward), z-dept
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

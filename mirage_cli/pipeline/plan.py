@@ -53,7 +53,8 @@ def plan_chunks(num_frames: int, chunk_frames: int, temporal_factor: int) -> lis
     L = valid_chunk_length(chunk_frames, temporal_factor)
     if num_frames <= 1:
         return [Chunk(0, 0, 1, 1 + temporal_factor)]
-    chunks, start = [], 0
+    chunks: list[Chunk] = []
+    start = 0
     while True:
         stop = min(start + L, num_frames)
         real = stop - start

@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import MirageError
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks here; runs are then unguarded (documented)
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None, tested before use
 
 
 def lock_path(out: Path) -> Path:
@@ -36,7 +36,7 @@ class RunLock:
         self.path = lock_path(out)
         self.fd: int | None = None
 
-    def acquire(self, warn: Callable[[str], None]) -> "RunLock":
+    def acquire(self, warn: Callable[[str], None]) -> RunLock:
         """Take the lock or raise a one-line MirageError naming the process that holds it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

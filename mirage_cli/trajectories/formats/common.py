@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, SupportsFloat
 
 import torch
 
@@ -235,7 +236,7 @@ def read_text(path: Path) -> str:
                           "expected a JSON or text trajectory") from e
 
 
-def rnd(x: float) -> float:
+def rnd(x: SupportsFloat) -> float:
     """Round for files (stable text; no ``-0.0``)."""
     return round(float(x), 10) + 0.0
 

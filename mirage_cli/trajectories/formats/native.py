@@ -17,8 +17,23 @@ import torch
 from ...errors import MirageError
 from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal
 from ..trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory
-from .common import (Format, check_focal, check_fov, err, flat, fps_from, from_opencv_c2w, json_text, list_field,
-                     matrix, number, numbers, rnd, size_from, to_opencv_c2w)
+from .common import (
+    Format,
+    check_focal,
+    check_fov,
+    err,
+    flat,
+    fps_from,
+    from_opencv_c2w,
+    json_text,
+    list_field,
+    matrix,
+    number,
+    numbers,
+    rnd,
+    size_from,
+    to_opencv_c2w,
+)
 
 NAME = "native"
 NATIVE_VERSION = 1

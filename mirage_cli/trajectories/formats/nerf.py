@@ -13,8 +13,25 @@ import torch
 
 from ...geometry.cameras import Cameras, focal_from_fov, fov_from_focal
 from ..trajectory import Trajectory
-from .common import (ASSUMED_SQUARE, Format, check_focal, check_fov, err, flat, fps_from, from_opencv_c2w,
-                     json_text, list_field, matrix, natural_key, number, numbers, rnd, size_from, to_opencv_c2w)
+from .common import (
+    ASSUMED_SQUARE,
+    Format,
+    check_focal,
+    check_fov,
+    err,
+    flat,
+    fps_from,
+    from_opencv_c2w,
+    json_text,
+    list_field,
+    matrix,
+    natural_key,
+    number,
+    numbers,
+    rnd,
+    size_from,
+    to_opencv_c2w,
+)
 
 NAME = "nerf"
 

@@ -12,8 +12,23 @@ import torch
 from ...errors import MirageError
 from ...geometry.cameras import Cameras
 from ..trajectory import Trajectory
-from .common import (ASSUMED_SQUARE, Format, check_focal, flat, fps_from, from_opencv_c2w, json_text, list_field,
-                     matrix, number, numbers, require_centred, rnd, size_from, to_opencv_c2w)
+from .common import (
+    ASSUMED_SQUARE,
+    Format,
+    check_focal,
+    flat,
+    fps_from,
+    from_opencv_c2w,
+    json_text,
+    list_field,
+    matrix,
+    number,
+    numbers,
+    require_centred,
+    rnd,
+    size_from,
+    to_opencv_c2w,
+)
 
 NAME = "worldscore"
 
