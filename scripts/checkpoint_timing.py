@@ -59,7 +59,8 @@ def main(run: Path) -> None:
             append_s = time.perf_counter() - t
             rows.append((k, len(mem), full_s, full_b, append_s, append_b, ck.entries[-1].kind))
         back = LatentMemory.load(ck.directory)
-        same = all(torch.equal(getattr(back, a), getattr(target, a)) for a in ("points", "features", "footprint", "axes", "chunk"))
+        same = all(torch.equal(getattr(back, a), getattr(target, a))
+                   for a in ("points", "features", "footprint", "axes", "chunk"))
     print(f"{'chunk':>5} {'points':>9} {'save s':>8} {'save MB':>8} {'append s':>9} {'append MB':>10} entry")
     for k, n, fs, fb, as_, ab, kind in rows:
         print(f"{k:>5} {n:>9,} {fs:>8.4f} {fb / 1e6:>8.2f} {as_:>9.4f} {ab / 1e6:>10.3f} {kind}")

@@ -1,6 +1,6 @@
-import pytest
 from dataclasses import replace
 
+import pytest
 import torch
 
 from mirage_cli.backends import ChunkRequest

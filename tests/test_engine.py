@@ -15,7 +15,7 @@ from mirage_cli.backends.specs import BACKEND_NAMES, BACKENDS
 from mirage_cli.geometry.cameras import Cameras
 from mirage_cli.memory.latent import INPUT_CHUNK, LatentMemory
 from mirage_cli.models.codecs import PixelCodec
-from mirage_cli.pipeline.engine import CancelToken, Cancelled, ChunkEngine, EngineSettings, round_latents
+from mirage_cli.pipeline.engine import Cancelled, CancelToken, ChunkEngine, EngineSettings, round_latents
 from mirage_cli.pipeline.generate import GenerateConfig, generate
 from mirage_cli.pipeline.plan import plan_chunks
 from mirage_cli.trajectories import load_trajectory
@@ -89,7 +89,7 @@ def test_no_backend_name_is_compared_outside_backends():
     """Backend knowledge lives in backends/ (specs.py): outside it no backend name is compared,
     used as a key or as a default (the program's own name "mirage" aside)."""
     names = "|".join(re.escape(n) for n in BACKEND_NAMES)
-    pattern = re.compile(r"""(==|!=|\bin\s*\(|startswith\(|=)\s*["'](%s)["']|["'](%s)["']\s*:""" % (names, names))
+    pattern = re.compile(rf"""(==|!=|\bin\s*\(|startswith\(|=)\s*["']({names})["']|["']({names})["']\s*:""")
     hits = []
     for path in (ROOT / "mirage_cli").rglob("*.py"):
         rel = path.relative_to(ROOT / "mirage_cli").as_posix()

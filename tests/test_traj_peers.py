@@ -58,7 +58,8 @@ def _relative(c2w: np.ndarray) -> torch.Tensor:
 
 def _close(traj, c2w: np.ndarray, intrinsics, atol=1e-5) -> None:
     assert torch.allclose(traj.cameras.relative_to_first().c2w, _relative(c2w), atol=atol)
-    assert torch.allclose(traj.cameras.intrinsics, torch.tensor(intrinsics, dtype=torch.float64).expand_as(traj.cameras.intrinsics), atol=1e-6)
+    expected = torch.tensor(intrinsics, dtype=torch.float64).expand_as(traj.cameras.intrinsics)
+    assert torch.allclose(traj.cameras.intrinsics, expected, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ Lyra 2

@@ -17,9 +17,10 @@ Adding a backend: a module in ``backends/`` with its class (``build_inputs`` / `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import MirageError
 

@@ -48,11 +48,18 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MirageError
 from ..dtypes import dtype_name
-from ..models.registry import (VACE_SUBFOLDERS, dtype_kwargs, hf_progress, resolve_device, resolve_dtype,
-                      resolve_model, weights_kind)
-from ..models.wan_vae import WanVAECodec, _first_line, placed_on
+from ..errors import MirageError
+from ..models.registry import (
+    VACE_SUBFOLDERS,
+    dtype_kwargs,
+    hf_progress,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    weights_kind,
+)
+from ..models.wan_vae import WanVAECodec, first_line, placed_on
 from . import ChunkRequest, ProgressFn
 from .specs import BACKENDS
 
@@ -374,7 +381,7 @@ def load_wan_vace(model_ref: str, device: str = "auto", dtype: str = "auto", cpu
 
 def load_for_run(cfg, show_progress: bool = True) -> tuple[WanVAECodec, WanVACEBackend]:
     """The spec's loader: ``--model`` (default: the spec's) with the run's device, dtype, offload and shift."""
-    backend, codec = load_wan_vace(cfg.model or WanVACEBackend.spec.default_model, device=cfg.device, dtype=cfg.dtype,
+    backend, codec = load_wan_vace(cfg.model or str(WanVACEBackend.spec.default_model), device=cfg.device, dtype=cfg.dtype,
                                    cpu_offload=cfg.cpu_offload, shift=cfg.shift, progress=show_progress)
     return codec, backend
 
@@ -431,7 +438,7 @@ def load_wan_components(root: Path, transformer_cls, device: torch.device, dtype
         except MirageError:
             raise
         except Exception as e:  # corrupt/foreign files: one line naming the component
-            raise MirageError(f"could not load {what} from {root / what}: {_first_line(e)}") from e
+            raise MirageError(f"could not load {what} from {root / what}: {first_line(e)}") from e
 
     with hf_progress(progress):
         tokenizer = load("tokenizer", lambda: AutoTokenizer.from_pretrained(root / "tokenizer"))
@@ -455,7 +462,7 @@ def read_model_index(root: Path, transformer_class: str, kind: str, hint: str) -
     except FileNotFoundError:
         raise MirageError(f"{root} has no model_index.json (expected {kind})") from None
     except (OSError, ValueError) as e:
-        raise MirageError(f"{path}: unreadable ({_first_line(e)})") from e
+        raise MirageError(f"{path}: unreadable ({first_line(e)})") from e
     tr = index.get("transformer") or [None, None]
     if tr[1] != transformer_class:
         raise MirageError(f"{path}: transformer is {tr[1]}, expected {transformer_class} ({hint})")

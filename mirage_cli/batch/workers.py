@@ -88,7 +88,7 @@ def run_state(out: Path) -> str | None:
 
 def finished(job: Job) -> bool:
     """A job a (re)run skips: its run is done, and so is its step (its output file exists)."""
-    if job.config.overwrite or run_state(Path(job.config.out)) != "done":
+    if job.config.overwrite or run_state(Path(str(job.config.out))) != "done":
         return False
     return job.then is None or Path(job.then.output).exists()
 
@@ -97,6 +97,7 @@ def run_step(job: Job, loaders: Loaders) -> None:
     """Call the job's step, ``"module:function"``, with ``(job, loaders)``."""
     from importlib import import_module
 
+    assert job.then is not None  # called only for a job with a step
     module, _, name = job.then.call.partition(":")
     getattr(import_module(module), name)(job, loaders)
 
@@ -144,7 +145,7 @@ class Worker:
         from ..pipeline.records import RunRecord
         from ..pipeline.rundir import run_json
 
-        out = Path(job.config.out)
+        out = Path(str(job.config.out))  # a manifest gives every job its directory
         loaders = self.models.loaders()
         state = run_state(out)
         if state == "done" and not job.config.overwrite:  # dispatched only for its step (see finished)
@@ -205,6 +206,7 @@ class InProcessPool:
 
     def wait(self) -> list[JobResult]:
         job, t0 = self._job, time.perf_counter()
+        assert job is not None, "wait() after submit()"
         try:
             return [self.worker.run(job)]
         except KeyboardInterrupt:
@@ -268,7 +270,8 @@ class ProcessPool:
         parent, child = self._ctx.Pipe()
         name = f"proc-{self._started}"
         self._started += 1
-        proc = self._ctx.Process(target=_process_main, args=(child, name, env, self.threads), name=f"mirage-batch-{name}", daemon=True)
+        proc = self._ctx.Process(target=_process_main, args=(child, name, env, self.threads), name=f"mirage-batch-{name}",
+                                 daemon=True)
         proc.start()
         child.close()
         self._workers[slot] = {"proc": proc, "conn": parent, "job": None, "name": name, "t0": 0.0}

@@ -49,8 +49,8 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
 ) -> None:
     """Summarise a cache: points, bytes, codec, channels, dtype, chunks, bounds, metadata."""
-    from ..memory.latent import LatentMemory
     from ..memory.checkpoint import cache_summary
+    from ..memory.latent import LatentMemory
 
     info = cache_summary(file, LatentMemory.load(file))
     if as_json:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -46,45 +45,45 @@ def stops_on_ctrl_c(command: Callable) -> Callable:
 @stops_on_ctrl_c
 def generate_cmd(
     ctx: typer.Context,
-    image: Optional[Path] = typer.Argument(None, help="Input image (frame 0 of the trajectory), or a geometry.npz. Not needed with --resume, nor when --traj is a geometry.npz."),
-    traj: Optional[str] = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
+    image: Path | None = typer.Argument(None, help="Input image (frame 0 of the trajectory), or a geometry.npz. Not needed with --resume, nor when --traj is a geometry.npz."),
+    traj: str | None = typer.Option(None, "--traj", "-t", help="Trajectory file (any supported format) or preset name (see `mirage traj list`)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory \\[default: outputs/<image-stem>-<traj-stem>]."),
     backend: str = options.BACKEND,
-    model: Optional[str] = options.MODEL,
-    depth: Optional[str] = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/.exr/.pfm/.png, a .png with --depth-scale), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
-    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for a PNG, e.g. 0.001 for mm)."),
+    model: str | None = options.MODEL,
+    depth: str | None = typer.Option(None, "--depth", help="Input depth: FILE (.npy/.npz/.exr/.pfm/.png, a .png with --depth-scale), 'model' or 'prior' \\[default: sidecar, else cached depth model, else prior]."),
+    depth_scale: float | None = typer.Option(None, "--depth-scale", help="Multiplier for depth file values (required for a PNG, e.g. 0.001 for mm)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for --depth model / automatic depth."),
-    frames: Optional[int] = typer.Option(None, "--frames", "-n", help="Resample the trajectory to N frames."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Output frame rate \\[default: the trajectory's]."),
-    height: Optional[int] = typer.Option(None, "--height", help="Output height (the image is resized) \\[default: the image's]."),
-    width: Optional[int] = typer.Option(None, "--width", help="Output width \\[default: the image's]."),
+    frames: int | None = typer.Option(None, "--frames", "-n", help="Resample the trajectory to N frames."),
+    fps: float | None = typer.Option(None, "--fps", help="Output frame rate \\[default: the trajectory's]."),
+    height: int | None = typer.Option(None, "--height", help="Output height (the image is resized) \\[default: the image's]."),
+    width: int | None = typer.Option(None, "--width", help="Output width \\[default: the image's]."),
     max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", show_default="1 MP = 1048576", help="Largest frame (width x height); a larger input is resized to fit (a note says so)."),
-    fov: Optional[float] = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
+    fov: float | None = typer.Option(None, "--fov", help="Vertical field of view in degrees for every frame (overrides the trajectory's)."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="When the trajectory's image aspect differs from the image's: crop (resize to cover + centre-crop, square pixels) | stretch (per axis) | fov (keep the vertical fov)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same inputs + seed = same output on the same device)."),
-    steps: Optional[int] = options.STEPS,
-    guidance: Optional[float] = options.GUIDANCE,
-    shift: Optional[float] = options.SHIFT,
+    steps: int | None = options.STEPS,
+    guidance: float | None = options.GUIDANCE,
+    shift: float | None = options.SHIFT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage; with --guidance > 1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
-    chunk_frames: Optional[int] = options.CHUNK_FRAMES,
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer); must divide the frame size \\[default: auto: the smallest of 1, 2, 4, 8 giving at most 204,800 cells, e.g. 2 for 832x480, 1 for 416x240]."),
+    chunk_frames: int | None = options.CHUNK_FRAMES,
+    downscale: int | None = typer.Option(None, "--downscale", help="preview: memory grid = image / N (faster, softer); must divide the frame size \\[default: auto: the smallest of 1, 2, 4, 8 giving at most 204,800 cells, e.g. 2 for 832x480, 1 for 416x240]."),
     cache_dump: str = typer.Option("final", "--cache-dump", help="final: the newest dump while running (for --resume), then final.safetensors | chunks: also every chunk's | none: nothing once done."),
     write_policy: str = typer.Option("new", "--write-policy", help="Memory write policy: new (only uncovered cells) | replace | average | append (every cell, as the paper's reference)."),
-    splat: Optional[str] = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
-    memory: Optional[Path] = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors, or a run's checkpoint directory) to keep exploring a world."),
-    references: Optional[int] = options.REFERENCES,
+    splat: str | None = typer.Option(None, "--splat", help="Memory read: patch (each point covers its projected cell, no cracks) | point (nearest cell only, as the paper's reference) \\[default: point for --backend mirage, patch otherwise]."),
+    memory: Path | None = typer.Option(None, "--memory", help="Start from a saved memory (a cache .safetensors, or a run's checkpoint directory) to keep exploring a world."),
+    references: int | None = options.REFERENCES,
     preceding_frames: int = typer.Option(2, "--preceding-frames", help="mirage: latent frames before the overlap frame given as context, with the reads they were made from (0 allowed)."),
     start_frame: int = typer.Option(0, "--start-frame", help="Start at trajectory frame K (the input image is frame K; geometry.npz: frames[K], depths[K])."),
     cpu_offload: bool = options.CPU_OFFLOAD,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
-    look_at_depth: Optional[float] = typer.Option(None, "--look-at-depth", help="Presets by name (orbits, dolly_zoom, spiral): look-at depth in reference depths \\[default: placed from the input depth so the camera stays in the scene]."),
-    traj_scale: Optional[float] = typer.Option(None, "--traj-scale", help="Multiply the trajectory's translations by this, > 0 (a path made for another scene's units; generate warns when a path is out of scale)."),
+    look_at_depth: float | None = typer.Option(None, "--look-at-depth", help="Presets by name (orbits, dolly_zoom, spiral): look-at depth in reference depths \\[default: placed from the input depth so the camera stays in the scene]."),
+    traj_scale: float | None = typer.Option(None, "--traj-scale", help="Multiply the trajectory's translations by this, > 0 (a path made for another scene's units; generate warns when a path is out of scale)."),
     keep_latents: bool = typer.Option(False, "--keep-latents", help="Keep chunks/*.latents.safetensors of a finished run (only --resume needs them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="No backend: write the plan, the depth and coverage.mp4 (what the memory alone sees, holes magenta) to check a path."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
 ) -> None:
@@ -200,7 +199,7 @@ def print_summary(record: dict) -> None:
         console.print(f"[bold yellow]{spec.label}[/]: holes are filled by classical inpainting.")
     weights = " (random weights: a timing/test kit, the video is noise)" if b.get("weights") == "random" else ""
     console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}"
-                  f"{weights}, {record['device']}, {plural(record.get('threads'), 'thread')}")
+                  f"{weights}, {record['device']}, {plural(record.get('threads') or 1, 'thread')}")
     console.print(grid_line(record), highlight=False)
     t = Table(show_header=True)
     for col in ("stage", "seconds"):

@@ -4,8 +4,6 @@ default is said everywhere at once. Torch-free (``--help`` stays fast)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from ..backends.specs import BACKENDS, DEFAULT_BACKEND, backend_help
@@ -35,10 +33,10 @@ def _network() -> str:
 
 
 BACKEND: str = typer.Option(DEFAULT_BACKEND, "--backend", "-b", help=backend_help())
-MODEL: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model: registry name, Hub repo id or local directory \\[{_models()}].")
-STEPS: Optional[int] = typer.Option(None, "--steps", help=f"Denoising steps \\[default: {per_backend('steps')}].")
-GUIDANCE: Optional[float] = typer.Option(None, "--guidance", help=f"Classifier-free guidance scale; 1 disables \\[default: {per_backend('guidance')}].")
-SHIFT: Optional[float] = typer.Option(None, "--shift", help=f"Flow-matching timestep shift \\[default: {per_backend('shift')}].")
-CHUNK_FRAMES: Optional[int] = typer.Option(None, "--chunk-frames", help=f"Frames per chunk, rounded down to 1+4k for Wan \\[default: {_chunks()}].")
-REFERENCES: Optional[int] = typer.Option(None, "--references", help=f"Reference latent frames per chunk, 0 allowed: {_references()}.")
+MODEL: str | None = typer.Option(None, "--model", "-m", help=f"Model: registry name, Hub repo id or local directory \\[{_models()}].")
+STEPS: int | None = typer.Option(None, "--steps", help=f"Denoising steps \\[default: {per_backend('steps')}].")
+GUIDANCE: float | None = typer.Option(None, "--guidance", help=f"Classifier-free guidance scale; 1 disables \\[default: {per_backend('guidance')}].")
+SHIFT: float | None = typer.Option(None, "--shift", help=f"Flow-matching timestep shift \\[default: {per_backend('shift')}].")
+CHUNK_FRAMES: int | None = typer.Option(None, "--chunk-frames", help=f"Frames per chunk, rounded down to 1+4k for Wan \\[default: {_chunks()}].")
+REFERENCES: int | None = typer.Option(None, "--references", help=f"Reference latent frames per chunk, 0 allowed: {_references()}.")
 CPU_OFFLOAD: bool = typer.Option(False, "--cpu-offload", help=f"{_network()}: keep modules on the CPU until used (small GPUs).")

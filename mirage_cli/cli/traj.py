@@ -156,10 +156,10 @@ def show_cmd(
     width: int | None = typer.Option(None, "--width", help="With --height: print the pixel focal lengths the cameras get on an image of this size."),
     height: int | None = typer.Option(None, "--height", help="Image height for --width."),
     intrinsics: str = typer.Option("crop", "--intrinsics", help="How the file's intrinsics meet that image: crop | stretch | fov (as `mirage generate --intrinsics`)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Check the path's scale against this image's scene (lifted with its depth): numbers, and with --plot the path over the points."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="With --image: its depth FILE \\[default: the sidecar, else the geometric prior]."),
-    depth_scale: Optional[float] = typer.Option(None, "--depth-scale", help="With --image: multiplier for the depth file's values."),
-    traj_scale: Optional[float] = typer.Option(None, "--traj-scale", help="With --image: multiply the path's translations by this (as `mirage generate --traj-scale`)."),
+    image: Path | None = typer.Option(None, "--image", help="Check the path's scale against this image's scene (lifted with its depth): numbers, and with --plot the path over the points."),
+    depth: str | None = typer.Option(None, "--depth", help="With --image: its depth FILE \\[default: the sidecar, else the geometric prior]."),
+    depth_scale: float | None = typer.Option(None, "--depth-scale", help="With --image: multiplier for the depth file's values."),
+    traj_scale: float | None = typer.Option(None, "--traj-scale", help="With --image: multiply the path's translations by this (as `mirage generate --traj-scale`)."),
 ) -> None:
     """Summarize a trajectory: format, frames, fps, fov range, path length, largest rotation; with --image, its scale in the scene."""
     from ..trajectories import load_trajectory, summarize  # deferred: torch

@@ -28,7 +28,6 @@ final memory's input points (``chunk == 0``), exact for write policies ``new`` a
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -21,9 +21,9 @@ Every file is written atomically; an existing non-empty ``OUT`` is refused unles
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -10,14 +10,15 @@ memory lives in the same world (it is lifted in frame 0's camera coordinates).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
+from ..pipeline.records import RunRecord
 
 
 def finished_record(out: Path, purpose: str = "nothing to read"):
@@ -69,7 +70,7 @@ class FinishedRun:
     """
 
     out: Path
-    record: object
+    record: RunRecord
     cameras: Cameras
     fps: float
     reference_depth: float

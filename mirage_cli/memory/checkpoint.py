@@ -53,9 +53,23 @@ import torch
 
 from ..errors import MirageError
 from ..io import atomic_path, file_sha256
-from .storage import (FEATURE_DTYPES, LATENT_TENSORS, OBSERVATION_TENSORS, LatentCache, check_header, check_observations,
-                      check_rows, check_tensor, latent_cache, observation_tensors, parse_int, parse_json, read_metadata,
-                      read_safetensors, write_safetensors)
+from .storage import (
+    FEATURE_DTYPES,
+    LATENT_TENSORS,
+    OBSERVATION_TENSORS,
+    LatentCache,
+    check_header,
+    check_observations,
+    check_rows,
+    check_tensor,
+    latent_cache,
+    observation_tensors,
+    parse_int,
+    parse_json,
+    read_metadata,
+    read_safetensors,
+    write_safetensors,
+)
 from .storage import FORMAT as CACHE_FORMAT
 from .storage import VERSION as CACHE_VERSION
 
@@ -143,7 +157,8 @@ def _read_index(directory: Path) -> _Index:
     if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
         raise _index_error(path, f"not a memory checkpoint index (expected format {INDEX_FORMAT!r})")
     if raw.get("version") != VERSION:
-        raise _index_error(path, f"checkpoint version {raw.get('version')!r} is not supported (this mirage reads version {VERSION})")
+        raise _index_error(path, f"checkpoint version {raw.get('version')!r} is not supported "
+                                 f"(this mirage reads version {VERSION})")
     entries = raw.get("entries")
     if not isinstance(entries, list) or not entries:
         raise _index_error(path, "lists no entries")
@@ -271,7 +286,8 @@ class MemoryCheckpoint:
                     pass  # left behind: ignored by every reader, removed by the next compaction
 
 
-def _delta(memory: LatentMemory, changes: MemoryChanges, meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+def _delta(memory: LatentMemory, changes: MemoryChanges,
+           meta: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
     """The tensors and metadata of a delta entry, and the bytes it makes dead (dropped rows, overwritten features)."""
     tensors = {k: getattr(memory, k)[changes.first_new :] for k in LATENT_TENSORS}
     feature_bytes = memory.channels * torch.empty(0, dtype=memory.feature_dtype).element_size()
@@ -433,7 +449,8 @@ def cache_summary(path: str | os.PathLike, memory) -> dict:
 
     Keys: ``file``, ``file_bytes``, ``format``, ``version``, ``created_by``, ``codec``, ``channels``,
     ``spatial_factor``, ``dtype``, ``points``, ``bytes``, ``bytes_per_point``, ``write_policy``, ``splat``,
-    ``observations`` (observed views whose free space writes keep free), ``image_hash``, ``bounds``, ``footprint``, ``chunks`` (chunk -> points), ``extras``.
+    ``observations`` (observed views whose free space writes keep free), ``image_hash``, ``bounds``, ``footprint``,
+    ``chunks`` (chunk -> points), ``extras``.
     """
     st = memory.stats()
     files = cache_files(path)

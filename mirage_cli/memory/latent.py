@@ -55,18 +55,36 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MirageError
 from ..dtypes import dtype_name
+from ..errors import MirageError
 from ..geometry.cameras import Cameras
-from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
 from . import reading
-from .freespace import Observation, constrain_depth, depth_bias, fit_patches, observation, same_observation
-from .policies import LATENT_POLICIES, check_policy, write_frames
-from .splat import (CULL_BLOCK, MAX_RADIUS, SPLAT_MODES, block_bounds, check_splat_mode, float_bits,
-                    hash_rows, lift_patches, lift_patches_frames, splat_patches)
 from .checkpoint import read_checkpoint
-from .storage import (FEATURE_DTYPES, INPUT_CHUNK, LatentCache, latent_metadata, observation_tensors, points_per_chunk,
-                      read_latent_cache, write_safetensors)
+from .freespace import Observation, constrain_depth, depth_bias, fit_patches, observation, same_observation
+from .lifting import depth_to_grid, latent_K, latent_size, reduce_depth
+from .policies import LATENT_POLICIES, check_policy, write_frames
+from .splat import (
+    CULL_BLOCK,
+    MAX_RADIUS,
+    SPLAT_MODES,
+    block_bounds,
+    check_splat_mode,
+    float_bits,
+    hash_rows,
+    lift_patches,
+    lift_patches_frames,
+    splat_patches,
+)
+from .storage import (
+    FEATURE_DTYPES,
+    INPUT_CHUNK,
+    LatentCache,
+    latent_metadata,
+    observation_tensors,
+    points_per_chunk,
+    read_latent_cache,
+    write_safetensors,
+)
 
 WRITE_POLICIES = LATENT_POLICIES  # the policies this memory accepts (the --write-policy choices)
 
@@ -446,7 +464,7 @@ class LatentMemory:
         self._axes_cache = buf["_world"][: n + k]
         return k
 
-    def select(self, index: torch.Tensor) -> "LatentMemory":
+    def select(self, index: torch.Tensor) -> LatentMemory:
         """A new memory holding the points ``index`` (int indices or a bool mask), in that order."""
         m = LatentMemory(**self._config())
         m.extras = json.loads(json.dumps(self.extras))
@@ -456,7 +474,7 @@ class LatentMemory:
                self._chunk[index], self._key[index])
         return m
 
-    def to(self, device: str | torch.device) -> "LatentMemory":
+    def to(self, device: str | torch.device) -> LatentMemory:
         """Move every tensor to ``device`` (in place, like ``nn.Module.to``); returns ``self``."""
         dev = _device(device)
         for name in self._STORED:
@@ -717,7 +735,7 @@ class LatentMemory:
         return {**self._tensors(), **observation_tensors(self._observations)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "LatentMemory":
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> LatentMemory:
         """Load and validate a cache: a ``.safetensors`` file, or an incremental checkpoint directory
         (:mod:`.checkpoint`: its entries replayed, the memory marked with its newest entry so that the
         next :meth:`~.checkpoint.MemoryCheckpoint.append` to it writes only what changes from here).
@@ -732,7 +750,7 @@ class LatentMemory:
         return cls.from_cache(read_latent_cache(path), device)
 
     @classmethod
-    def from_cache(cls, c: LatentCache, device: str | torch.device = "cpu", mark: str | None = None) -> "LatentMemory":
+    def from_cache(cls, c: LatentCache, device: str | torch.device = "cpu", mark: str | None = None) -> LatentMemory:
         """The memory of a validated cache (:func:`.storage.read_latent_cache`), on ``device``;
         ``mark``: a token to :meth:`mark` it with."""
         t = c.tensors

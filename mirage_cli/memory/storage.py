@@ -24,9 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..dtypes import dtype_name
-
 from .. import __version__
+from ..dtypes import dtype_name
 from ..errors import MirageError
 from ..io import atomic_path
 from .freespace import Observation
@@ -74,7 +73,8 @@ def _check_exists(p: Path) -> None:
         raise MirageError(f"{p}: not a file")
 
 
-def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: str | os.PathLike,
+                     device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read every tensor and the metadata of a safetensors file.
 
     Raises:

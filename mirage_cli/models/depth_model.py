@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import MirageError
 from .registry import dtype_kwargs, hf_progress, resolve_device, resolve_model, weights_kind
-from .wan_vae import _first_line
+from .wan_vae import first_line
 
 DEFAULT_DEPTH_MODEL = "depth-anything-v2-small"
 RELATIVE_DEPTH_RANGE = 100.0  # relative depth is clamped to [1/R, R] x median
@@ -110,6 +110,6 @@ def load_depth_model(ref: str | os.PathLike = DEFAULT_DEPTH_MODEL, device: str |
             model = AutoModelForDepthEstimation.from_pretrained(root, use_safetensors=True,
                                                                 **dtype_kwargs("transformers", torch.float32))
     except Exception as e:
-        raise MirageError(f"could not load the depth model from {root}: {_first_line(e)}") from e
+        raise MirageError(f"could not load the depth model from {root}: {first_line(e)}") from e
     kind = getattr(model.config, "depth_estimation_type", None) or "relative"
     return DepthModel(model, processor, dev, kind, name=os.fspath(ref), weights=weights_kind(root))

@@ -134,7 +134,7 @@ class WanVAECodec:
             vae = AutoencoderKLWan.from_pretrained(root, subfolder=subfolder, use_safetensors=True,
                                                    **dtype_kwargs("diffusers", dt))
         except Exception as e:  # corrupt or foreign files: one line
-            raise MirageError(f"could not load the VAE from {cfg_dir}: {_first_line(e)}") from e
+            raise MirageError(f"could not load the VAE from {cfg_dir}: {first_line(e)}") from e
         return cls(vae, dev, dt, tiling, offload=offload, weights=weights_kind(cfg_dir), source=str(cfg_dir))
 
     @classmethod
@@ -273,11 +273,11 @@ def _check_class(config_path, expected: str) -> None:
     try:
         cls = json.loads(open(config_path).read()).get("_class_name")
     except (OSError, ValueError) as e:
-        raise MirageError(f"{config_path}: unreadable config ({_first_line(e)})") from e
+        raise MirageError(f"{config_path}: unreadable config ({first_line(e)})") from e
     if cls != expected:
         raise MirageError(f"{config_path}: holds {'a ' + cls if cls else 'no diffusers model'}, expected {expected}")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__

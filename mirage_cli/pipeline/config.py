@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from ..backends.specs import BACKEND_NAMES, BACKENDS, DEFAULT_BACKEND, backend_spec
 from ..errors import MirageError
 from ..geometry.modes import INTRINSICS_MODES
-from ..memory.modes import LATENT_POLICIES as WRITE_POLICIES, SPLAT_MODES
+from ..memory.modes import LATENT_POLICIES as WRITE_POLICIES
+from ..memory.modes import SPLAT_MODES
 from .resources import MAX_PIXELS
 
 if TYPE_CHECKING:  # no torch at import: the option checks run before torch's import (seconds)
@@ -66,7 +67,8 @@ class GenerateConfig:
     downscale: int | None = None  # preview grid = image / N; None = auto (see preview_downscale)
     cache_dump: str = "final"  # the newest dump while running (what --resume needs) + final.safetensors
     write_policy: str = "new"
-    splat: str | None = None  # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference); None = backend default
+    # the memory read: "patch" (no cracks) | "point" (nearest cell, as the reference); None = the backend's default
+    splat: str | None = None
     memory: str | None = None
     references: int | None = None  # None = the backend's default
     preceding_frames: int = 2  # mirage: latents before the overlap frame appended to each chunk (0 allowed)
@@ -80,12 +82,39 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """The sampling and memory options of a run once resolved: every default filled from the
+    backend's spec, typed without None (``GenerateConfig`` keeps what run.json stores)."""
+
+    steps: int
+    guidance: float
+    shift: float
+    references: int
+    splat: str
+    chunk_frames: int
+
+    @classmethod
+    def of(cls, cfg: GenerateConfig) -> RunSettings:
+        """``cfg``'s values where given, the spec's defaults elsewhere."""
+        spec = backend_spec(cfg.backend)
+        d = spec.defaults
+
+        def pick(value, default):
+            return default if value is None else value
+
+        return cls(steps=pick(cfg.steps, d.steps), guidance=pick(cfg.guidance, d.guidance), shift=pick(cfg.shift, d.shift),
+                   references=pick(cfg.references, d.references), splat=pick(cfg.splat, d.splat),
+                   chunk_frames=pick(cfg.chunk_frames, spec.chunk_frames))
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """What a run is, decided before its first chunk (the same for a new and a resumed run).
 
     Attributes:
         config: the options with the derived choices filled in (``out`` absolute, ``downscale``
             for the preview, ``chunk_frames``); stored in run.json.
+        settings: the resolved sampling and memory options (:class:`RunSettings`, no None).
         out: the run directory as given (output paths in run.json are spelled with it).
         image_path, image_hash: the input image (absolute) and its sha256.
         size: ``(width, height)`` of the frames in pixels. grid: ``(h, w)`` latent cells.
@@ -97,6 +126,7 @@ class RunPlan:
     """
 
     config: GenerateConfig
+    settings: RunSettings
     out: Path
     image_path: Path
     image_hash: str
@@ -189,11 +219,14 @@ def recorded_config(cfg: GenerateConfig, given: GenerateConfig) -> GenerateConfi
     fills them again on ``--resume``, so the run repeats exactly."""
     if backend_spec(cfg.backend).samples:
         return cfg
-    return replace(cfg, **{k: None for k in ("steps", "guidance", "shift", "references") if getattr(given, k) is None})
+    unset = {k: None for k in ("steps", "guidance", "shift", "references") if getattr(given, k) is None}
+    return replace(cfg, **unset)  # type: ignore[arg-type]  # these fields are Optional
 
 
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:
     """File arguments as absolute paths, so that ``--resume`` works from any directory."""
+    if cfg.image is None or cfg.traj is None:
+        raise MirageError("generate: an IMAGE and a --traj are required")  # check_config said so first
     depth = cfg.depth if cfg.depth in (None, "prior", "model") else str(Path(cfg.depth).resolve())
     return replace(
         cfg, image=str(Path(cfg.image).resolve()), depth=depth,

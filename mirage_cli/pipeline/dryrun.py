@@ -77,7 +77,7 @@ def planned_geometry(cfg: GenerateConfig, spec: BackendSpec, warn) -> CodecGeome
         return spec.codec
     from ..models.registry import VACE_SUBFOLDERS, lookup, resolve_model
 
-    ref = cfg.model or spec.default_model
+    ref = str(cfg.model or spec.default_model)
     try:
         root = resolve_model(ref, list(VACE_SUBFOLDERS))  # the parts the network backends' loader resolves
     except MirageError as e:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from ..io import to_uint8
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
 from .plan import Chunk, latent_frame_indices, written_latent_frames
-
 
 
 # ------------------------------------------------------------------------------------ cancellation

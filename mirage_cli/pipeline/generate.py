@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -34,21 +34,53 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
-from .config import (FRAME_SIDES, GenerateConfig, RunPlan, check_config, preview_downscale, recorded_config, traj_stem,
-                     unused_options, with_absolute_paths, with_backend_defaults)
+from .config import (
+    FRAME_SIDES,
+    GenerateConfig,
+    RunPlan,
+    RunSettings,
+    check_config,
+    preview_downscale,
+    recorded_config,
+    traj_stem,
+    unused_options,
+    with_absolute_paths,
+    with_backend_defaults,
+)
 from .dryrun import dry_run_parts, run_dry
 from .engine import CancelToken, ChunkEngine, EngineSettings, round_latents
-from .inputs import (NO_DEPTH, Loaders, check_memory_fits, grid_multiple, load_input_image, prepare_depth, prepare_image,
-                     prepare_trajectory, real_depth_hint, resume_depth_model, trajectory_cameras, with_geometry_image)
+from .inputs import (
+    NO_DEPTH,
+    Loaders,
+    check_memory_fits,
+    grid_multiple,
+    load_input_image,
+    prepare_depth,
+    prepare_image,
+    prepare_trajectory,
+    real_depth_hint,
+    resume_depth_model,
+    trajectory_cameras,
+    with_geometry_image,
+)
 from .loop import Run, run_loop
 from .persist import FrameList, RunWriter, open_video
-from .plan import plan_chunks, reference_depth, scale_cameras
-from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
-from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
-                      versions)
 from .placement import place_preset, placement_note, warn_behind
-from .rundir import (RunDir, chunk_latents, final_dump, load_latents, load_reads, newest_dump, read_run, run_json, save_depth,
-                     trajectory_file)
+from .plan import plan_chunks, reference_depth, scale_cameras
+from .records import RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now, versions
+from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
+from .rundir import (
+    RunDir,
+    chunk_latents,
+    final_dump,
+    load_latents,
+    load_reads,
+    newest_dump,
+    read_run,
+    run_json,
+    save_depth,
+    trajectory_file,
+)
 
 Warn = Callable[[str], None]
 
@@ -73,18 +105,26 @@ def generate(cfg: GenerateConfig | None, progress=None, warn: Warn = print, resu
         cancel: stops the run between stages (the CLI's checks Ctrl-C); None: never cancelled.
     """
     cancel = cancel or CancelToken()
+    if resume_dir is None and cfg is None:
+        raise MirageError("generate: give the options, or a run directory to resume")
     if dry_run:
+        assert cfg is not None
         run = start(cfg, warn=warn, quiet=quiet, dry_run=True, note=note, cancel=cancel)
+        rundir = run.dir
+        assert rundir is not None  # a new run holds its directory
         try:
             record = run_dry(run)
         except BaseException:
-            run.dir.abort()  # an --overwrite's earlier run is put back; the lock goes
+            rundir.abort()  # an --overwrite's earlier run is put back; the lock goes
             raise
-        run.dir.committed()  # the dry run replaced the earlier run
-        run.dir.close()  # and its lock file goes, as a real run's does
+        rundir.committed()  # the dry run replaced the earlier run
+        rundir.close()  # and its lock file goes, as a real run's does
         return record.to_json()
-    run = (resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device) if resume_dir is not None
-           else start(cfg, warn=warn, quiet=quiet, note=note, cancel=cancel))
+    if resume_dir is not None:
+        run = resume(Path(resume_dir), warn=warn, quiet=quiet, device=resume_device)
+    else:
+        assert cfg is not None
+        run = start(cfg, warn=warn, quiet=quiet, note=note, cancel=cancel)
     return run_loop(run, progress=progress, warn=warn, cancel=cancel).to_json()
 
 
@@ -103,7 +143,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         warn(f"{opt} does nothing with --backend {given.backend}" + (f" and --depth {given.depth}" if "depth" in opt else ""))
     cfg = with_absolute_paths(with_backend_defaults(given))
     device = resolve_device(cfg.device)
-    image_path = Path(cfg.image)
+    assert cfg.image is not None and cfg.traj is not None  # check_config refused their absence
+    image_path, traj_ref = Path(cfg.image), cfg.traj
     from ..trajectories.scale import preflight  # issue 29: path vs scene, one warning before any model loads
     preflight(cfg.traj, image_path, cfg.depth, cfg.depth_scale, cfg.traj_scale, cfg.start_frame, cfg.memory, warn)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
@@ -123,7 +164,7 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
         check_memory_fits(memory, codec, cfg)
     multiple = grid_multiple(spec, codec)
     image = prepare_image(image_path, cfg.height, cfg.width, multiple, cfg.start_frame, loaded=image_raw)
-    raw_hw = tuple(image_raw.shape[-2:])
+    raw_hw = (int(image_raw.shape[-2]), int(image_raw.shape[-1]))
     del image_raw  # the file-size float32 copy: the largest tensor of a huge input, not needed past here
     H, W = image.shape[-2:]
     if fit is not None:
@@ -147,16 +188,16 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     fov0 = float(cams.fov_y_deg[0])  # the prior depth needs frame 0's fov
     depth, depth_source, depth_model = prepare_depth(cfg, image_path, image, raw_hw, fov0, device,
                                                      warn, show_progress=not quiet, loaders=loaders)
-    traj, look_at = place_preset(traj, cfg.traj, cfg.look_at_depth, cfg.frames, depth, cams[:1], reference_depth(depth))
+    traj, look_at = place_preset(traj, traj_ref, cfg.look_at_depth, cfg.frames, depth, cams[:1], reference_depth(depth))
     if look_at is not None and cfg.look_at_depth is None and note is not None:
-        note(placement_note(cfg.traj, look_at))
+        note(placement_note(traj_ref, look_at))
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
     from ..trajectories import save_trajectory
 
     (cancel or CancelToken()).check()  # a Ctrl-C swallowed while loading: stop before touching the run directory
-    out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(cfg.traj)}"
+    out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(traj_ref)}"
     rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first checkpoint
     try:
         save_trajectory(traj, trajectory_file(out))
@@ -229,6 +270,7 @@ def _reopen(out: Path, record: RunRecord, loaders: Loaders, quiet: bool, t_start
     spec = backend_spec(cfg.backend)
     cfg = with_absolute_paths(with_backend_defaults(cfg))  # the preview's run.json leaves its unused options null
     device = resolve_device(cfg.device)
+    assert cfg.image is not None  # a recorded run has its image
     image_path = Path(cfg.image)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     if record.image.sha256 != image_hash:
@@ -258,9 +300,9 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
     video), and the run directory's writer watching the engine."""
     from .covisibility import voxel_size
 
-    spec, cfg = backend.spec, plan.config
-    settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, prompt=cfg.prompt,
-                              negative_prompt=cfg.negative_prompt, references=cfg.references,
+    spec, cfg, s = backend.spec, plan.config, plan.settings
+    settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=s.steps, guidance=s.guidance, prompt=cfg.prompt,
+                              negative_prompt=cfg.negative_prompt, references=s.references,
                               voxel=voxel_size(plan.depth_source, plan.reference_depth)[0])
     engine = ChunkEngine(codec, backend, memory, first_latent, plan.cams[:1], settings, depth_model=depth_model,
                          first_frame=image if spec.exact_first_frame else None)
@@ -269,6 +311,7 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
             path = chunk_latents(plan.out, chunk.index)
             frames_u8 = engine.replay(chunk, plan.cams[chunk.frames], load_latents(path).to(plan.device),
                                       load_reads(path, plan.device))
+            assert frames_u8 is not None  # replay decodes by default
             video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
     except BaseException:
         video.abort()
@@ -341,8 +384,9 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
     H, W = image.shape[-2:]
     cams, saved = run_cameras(cfg, out, (W, H), ref_depth)
     cfg = replace(cfg, chunk_frames=cfg.chunk_frames or spec.chunk_frames)
-    chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
-    return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
+    settings = RunSettings.of(cfg)
+    chunks = tuple(plan_chunks(len(cams), settings.chunk_frames, codec.temporal_factor))
+    return RunPlan(config=cfg, settings=settings, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
                    chunks=chunks, reference_depth=ref_depth, depth_source=depth_source, device=device)
 
@@ -373,7 +417,7 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
     cam0, cfg = plan.cams[0], plan.config
     if memory is not None:
         memory.write_policy = cfg.write_policy
-        memory.splat = cfg.splat
+        memory.splat = plan.settings.splat
         _, known0, _ = memory.read(cam0)
         unseen = float((~known0[0]).float().mean())
         if warn_prior is not None and unseen > 0:
@@ -382,7 +426,7 @@ def _first_memory(memory: LatentMemory | None, plan: RunPlan, codec: Codec, firs
         memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK, mask=~known0[0])
         return memory
     memory = LatentMemory(codec.channels, codec.spatial_factor, codec=codec.name, device=plan.device,
-                          write_policy=cfg.write_policy, image_hash=plan.image_hash, splat=cfg.splat)
+                          write_policy=cfg.write_policy, image_hash=plan.image_hash, splat=plan.settings.splat)
     memory.lift(first_latent, depth, cam0, chunk=INPUT_CHUNK)
     return memory
 

@@ -6,9 +6,9 @@ input is reported before the run directory is touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,8 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
         for doubt in doubts:
             warn(doubt)
     elif kind in ("model", "auto"):
-        model = (loaders or Loaders()).depth_model(cfg.depth_model, device=str(device), required=(kind == "model"), progress=show_progress)
+        model = (loaders or Loaders()).depth_model(cfg.depth_model, device=str(device), required=(kind == "model"),
+                                                   progress=show_progress)
         if model is not None:
             depth, dkind = model.predict(image)
             kind = f"model:{cfg.depth_model}:{dkind}"

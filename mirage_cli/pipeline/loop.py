@@ -8,8 +8,8 @@ builder); :func:`run_loop` runs its remaining chunks through :class:`~.engine.Ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ..models.codecs import Codec
 from .config import RunPlan

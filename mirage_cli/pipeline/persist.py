@@ -13,7 +13,7 @@ chunk count as done for ``--resume``), then ``run.json``.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,16 +21,32 @@ import torch
 from .. import __version__
 from ..backends.specs import BackendSpec
 from ..errors import MirageError
-from ..units import psnr_db
 from ..io import VideoWriter, write_video
+from ..memory.checkpoint import MemoryCheckpoint
 from ..memory.latent import LatentMemory
+from ..units import psnr_db
 from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .engine import ChunkEngine, ChunkResult
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
-from .rundir import (RunDir, checkpoint_dir, chunk_dump, chunk_latents, chunk_video, drop_checkpoint, drop_chunk_latents,
-                     drop_empty_cache, dump_extras, final_dump, kept_dumps, resumable, run_json, save_latents, video_file,
-                     write_run)
+from .rundir import (
+    RunDir,
+    checkpoint_dir,
+    chunk_dump,
+    chunk_latents,
+    chunk_video,
+    drop_checkpoint,
+    drop_chunk_latents,
+    drop_empty_cache,
+    dump_extras,
+    final_dump,
+    kept_dumps,
+    resumable,
+    run_json,
+    save_latents,
+    video_file,
+    write_run,
+)
 
 Warn = Callable[[str], None]
 
@@ -48,6 +64,9 @@ class FrameList:
         self.frames += len(frames)
 
     def abort(self) -> None:
+        pass
+
+    def commit(self) -> None:
         pass
 
 
@@ -98,7 +117,7 @@ class RunWriter:
                  rundir: RunDir | None = None, warn: Warn = print) -> None:
         self.plan, self.record, self.video, self.spec, self.dir, self.warn = plan, record, video, spec, rundir, warn
         self.blind_warned = False
-        self._checkpoint = None  # the MemoryCheckpoint of the run directory, opened at the first chunk
+        self._checkpoint: MemoryCheckpoint | None = None  # the MemoryCheckpoint of the run directory, opened at the first chunk
         self.image: torch.Tensor | None = None  # (3, H, W) the input, for frame 0's PSNR (set by the builder)
 
     @property
@@ -108,14 +127,16 @@ class RunWriter:
     # -- the observer
     def on_chunk(self, result: ChunkResult, engine: ChunkEngine) -> None:
         """Everything a finished chunk leaves on disk; run.json last."""
-        plan, chunk = self.plan, result.chunk
+        plan, chunk, frames_u8 = self.plan, result.chunk, result.frames_u8
+        if frames_u8 is None:
+            raise ValueError("a run directory records decoded chunks (step with decode=True)")
         tf = engine.codec.temporal_factor
         if chunk.index == 0 and self.image is not None:
-            self.record.frame0_psnr_db = frame0_psnr(result.frames_u8[0], self.image)
-        self.video.append(result.frames_u8[1:] if chunk.index > 0 else result.frames_u8)
+            self.record.frame0_psnr_db = frame0_psnr(frames_u8[0], self.image)
+        self.video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
         rec = chunk_record(result, engine.memory, tf)
         t = time.perf_counter()
-        write_video(chunk_video(plan.out, chunk.index), result.frames_u8, plan.fps)
+        write_video(chunk_video(plan.out, chunk.index), frames_u8, plan.fps)
         save_latents(chunk_latents(plan.out, chunk.index), result.latents, chunk, reads=result.stored_reads)
         rec.seconds["dump"] = 0.0
         self.checkpoint(engine.memory, self.records + [rec])
@@ -139,8 +160,6 @@ class RunWriter:
             memory.save(chunk_dump(plan.out, records[-1].index, plan.config.cache_dump), extras=extras)
             return
         if self._checkpoint is None:
-            from ..memory.checkpoint import MemoryCheckpoint
-
             self._checkpoint = MemoryCheckpoint(checkpoint_dir(plan.out))
         self._checkpoint.append(memory, extras)
 

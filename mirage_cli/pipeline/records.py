@@ -140,7 +140,7 @@ class RunRecord:
         return {k: v for k, v in data.items() if v is not None or k not in _OPTIONAL_RUN_FIELDS}
 
     @classmethod
-    def from_json(cls, data, source: Path | str) -> "RunRecord":
+    def from_json(cls, data, source: Path | str) -> RunRecord:
         """Validate and rebuild a run.json dict; ``source`` names the file in error messages."""
         rec = _build(cls, data, source, "")
         if rec.format != RUN_FORMAT:
@@ -148,7 +148,7 @@ class RunRecord:
         return rec
 
     @classmethod
-    def read(cls, path: Path) -> "RunRecord":
+    def read(cls, path: Path) -> RunRecord:
         """Load and validate ``path``: one-line MirageError on unreadable, truncated or invalid JSON."""
         try:
             data = json.loads(path.read_text())

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,8 @@ from ..dtypes import LATENT_STORE_DTYPE
 from ..errors import MirageError
 from ..io import atomic_path, stale_temporaries, write_json
 from .plan import Chunk
-from .runlock import RunLock
 from .records import ChunkRecord, RunRecord, chunk_records_from_json, chunk_records_to_json
+from .runlock import RunLock
 
 RUN_SUBDIRS = ("chunks", "cache")  # where a run writes besides its top level
 
@@ -95,7 +95,7 @@ class RunDir:
 
     # -- opening
     @classmethod
-    def open_new(cls, out: Path, overwrite: bool, warn: Callable[[str], None]) -> "RunDir":
+    def open_new(cls, out: Path, overwrite: bool, warn: Callable[[str], None]) -> RunDir:
         """Lock ``out`` and make it ready for a new run, never touching anything that is not an
         earlier mirage run (and an earlier run only with ``overwrite``)."""
         rd = cls(out, warn)
@@ -116,7 +116,7 @@ class RunDir:
         return rd
 
     @classmethod
-    def open_resume(cls, out: Path, warn: Callable[[str], None]) -> "RunDir":
+    def open_resume(cls, out: Path, warn: Callable[[str], None]) -> RunDir:
         """Lock the run in ``out`` for ``--resume`` and clear what a killed process left there."""
         rd = cls(out, warn)
         rd.lock.acquire(warn)
@@ -322,7 +322,8 @@ def save_latents(path: Path, latents: torch.Tensor, chunk: Chunk,
         tensors["known"] = reads[1].bool().cpu().contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp),
-                  metadata={"format": "mirage.chunk-latents", "chunk": str(chunk.index), "frames": json.dumps([chunk.start, chunk.stop - 1])})
+                  metadata={"format": "mirage.chunk-latents", "chunk": str(chunk.index),
+                            "frames": json.dumps([chunk.start, chunk.stop - 1])})
 
 
 def load_latents(path: Path) -> torch.Tensor:

@@ -42,8 +42,7 @@ from typing import Any
 from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
-from . import (colmap, gen3c, geometry_npz, lingbot, lyra2, native, nerf, nerfstudio, realestate10k, vipe, worldplay,
-               worldscore)
+from . import colmap, gen3c, geometry_npz, lingbot, lyra2, native, nerf, nerfstudio, realestate10k, vipe, worldplay, worldscore
 from .arrays import is_npy, is_zip, npz_keys
 from .common import Format, check_plausible, floats, read_text
 

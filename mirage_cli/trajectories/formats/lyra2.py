@@ -21,7 +21,8 @@ them). Lyra multiplies translations by ``--pose_scale`` (default 1.1, line 138) 
 the numbers as they are (``scale: absolute``); ``mirage generate --traj-scale 1.1`` reproduces
 Lyra's default. No fps is stored: Lyra renders at 16 fps (``--fps`` default, line 135).
 
-Detected by content: an ``.npz`` archive holding ``w2c``. Written by :func:`write` (float64; Lyra's loader casts to float32), so ``traj convert`` round-trips.
+Detected by content: an ``.npz`` archive holding ``w2c``. Written by :func:`write` (float64; Lyra's loader casts to
+float32), so ``traj convert`` round-trips.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ import numpy as np
 from ...errors import MirageError
 from ...geometry.cameras import Cameras
 from ..trajectory import Trajectory
-from .arrays import (check_shape, is_zip, load_npz, normalized, npz_keys, pixel_matrices, poses_to_opencv_c2w,
-                     require, save_npz)
+from .arrays import check_shape, is_zip, load_npz, normalized, npz_keys, pixel_matrices, poses_to_opencv_c2w, require, save_npz
 from .common import Format
 
 NAME = "lyra2"
