@@ -35,6 +35,7 @@ from ..units import psnr_db
 from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .plan import Chunk, latent_frame_indices, written_latent_frames
+from .prompts import chunk_prompt
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
 from .covisibility import voxel_iou_references, voxel_size
 from .rundir import (LATENT_STORE_DTYPE, RunDir, chunk_dump, chunk_latents, chunk_video, drop_chunk_latents,
@@ -248,7 +249,7 @@ def denoise(chunk: Chunk, run: Run, read: ChunkRead, progress=None) -> torch.Ten
         preceding=torch.stack(history[lo:]) if chunk.index > 0 else None,
         preceding_read=prec_read, preceding_known=prec_known,
         reference=torch.stack([history[i] for i in read.references]) if read.references else None,
-        chunk_index=chunk.index, num_frames=chunk.length, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+        chunk_index=chunk.index, num_frames=chunk.length, prompt=chunk_prompt(cfg, chunk), negative_prompt=cfg.negative_prompt,
         seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, filled_depth=read.filled,
     )
     steps = cfg.steps if run.backend.name != "preview" else 1
