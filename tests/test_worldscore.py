@@ -256,6 +256,26 @@ def test_workers_2_give_the_same_frames(bench, tmp_path):
         assert np.array_equal(_frames(folder), _frames(twin)), folder
 
 
+@pytest.mark.slow
+def test_ray_actors_give_the_same_frames(bench, tmp_path):
+    """The instances on two local Ray actors (job and step cross a process boundary): the same frames."""
+    import os
+
+    if os.environ.get("CI"):  # CI installs the ray extra: a broken import must fail there, not skip (as test_batch)
+        import ray
+    else:
+        ray = pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert _run(DATA, out, "--ray", "local", "--workers", "2", "--split", "static") == 0
+    finally:
+        ray.shutdown()
+    assert json.loads((out / "batch.json").read_text())["workers"] == "ray local x2"
+    for folder in sorted((bench / "worldscore_output" / "static").rglob("frames")):
+        assert np.array_equal(_frames(folder), _frames(out / folder.relative_to(bench))), folder
+
+
 # ------------------------------------------------------------------------------------ bad input, subsets
 def _broken_dataset(tmp_path) -> Path:
     root = tmp_path / "data"
