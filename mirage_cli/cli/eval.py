@@ -109,13 +109,13 @@ def _progress(noun: str = "clip", earlier: str = "done and scored earlier"):
 @app.command("worldscore", no_args_is_help=True)
 def worldscore_cmd(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Argument(None, help="The WorldScore dataset as its download.py unpacks it: $DATA_PATH or its WorldScore-Dataset/ folder."),
+    data: Optional[Path] = typer.Argument(None, help="The WorldScore dataset as its WorldScore/download.py unpacks it: $DATA_PATH or its WorldScore-Dataset/ folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output: OUT/worldscore_output/ (what WorldScore evaluates), OUT/runs/, OUT/protocol.json, OUT/worldscore_config/NAME.yaml, OUT/batch.json."),
     check: Optional[Path] = typer.Option(None, "--check", help="Only check OUT: every instance of its protocol.json present and every file well-formed (WorldScore's -cd and more); no DATA."),
     split: str = typer.Option("all", "--split", help="static | dynamic | all."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N instances per split (in dataset order)."),
     only: Optional[List[str]] = typer.Option(None, "--only", help="Keep instances of these visual styles, scene types, categories or motion types (repeat, or comma-separated)."),
-    name: Optional[str] = typer.Option(None, "--name", help="The model's WorldScore name (config file, modeltype.py) \\[default: mirage_<backend>]."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's WorldScore name (config file, worldscore/benchmark/utils/modeltype.py) \\[default: mirage_<backend>]."),
     frames: int = typer.Option(49, "--frames", "-n", help="Frames per scene (WorldScore's `frames`; an instance has scenes x (N-1) + 1)."),
     fps: float = typer.Option(16.0, "--fps", help="Frames per second of the videos."),
     width: int = typer.Option(832, "--width", help="Resolution: width (images are centre-cropped and resized as WorldScore does)."),

@@ -5,10 +5,10 @@ WorldScore's dataset holds, per instance, an image, a *camera path* (layout name
 generation helpers write one folder per instance that its evaluator reads. This package does the
 same for a mirage model, every instance one ``mirage batch`` job:
 
-- ``layouts``: WorldScore's layout table (scenes, camera words, layout type; ``utils.py``);
-- ``cameras``: its camera generator (``camera_generator.py``): layouts -> keyframe and interpolated
+- ``layouts``: WorldScore's layout table (scenes, camera words, layout type; ``worldscore/benchmark/utils/utils.py``);
+- ``cameras``: its camera generator (``worldscore/benchmark/helpers/camera_generator.py``): layouts -> keyframe and interpolated
   Blender c2w cameras, ``camera_data.json``; and the conversion to a mirage trajectory;
-- ``dataset``: the dataset as ``download.py`` lays it out, read and checked instance by instance;
+- ``dataset``: the dataset as ``WorldScore/download.py`` lays it out, read and checked instance by instance;
 - ``layout``: the output tree the evaluator reads (paths, ``image_data.json``, ``input_image.png``,
   and the job's step writing ``frames/``, ``videos/output.mp4``, ``time.txt``);
 - ``protocol``: ``protocol.json``, the WorldScore model config and the commands to evaluate;

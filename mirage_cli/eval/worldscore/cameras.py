@@ -20,11 +20,11 @@ loader would write for the instance (within float32 rounding: WorldScore inverts
    z backward, = OpenGL). ``save_cameras`` (355-382) writes ``{"focal_length", "scale" (= the
    camera speed), "cameras" (keyframes), "cameras_interp" (every frame)}``, 4x4 nested lists.
 
-The evaluator reads ``cameras_interp`` and ``scale`` (``evaluator.py:677-683``: one camera per
+The evaluator reads ``cameras_interp`` and ``scale`` (``worldscore/benchmark/helpers/evaluator.py:677-683``: one camera per
 frame, translations divided by ``scale``). mirage reads the same matrices as OpenGL c2w
 (``trajectories/formats/worldscore.py``: ``c2w @ diag(1, -1, -1, 1)`` to OpenCV), with the focal
 length in pixels at the frame size and a centred principal point (as the reference runner,
-microsoft/LatentSpatialMemory ``eval/run_worldscore.py``, ``build_intrinsics`` /
+``microsoft/LatentSpatialMemory/eval/run_worldscore.py``, ``build_intrinsics`` /
 ``convert_worldscore_poses``).
 """
 
@@ -40,9 +40,9 @@ from ...geometry.rotations import quaternion_to_rotation, rotation_to_quaternion
 from .layouts import FIXED, LAYOUTS, MOVING
 
 ROTATION_DEG = 30.0
-"""``rotation_range_theta`` (camera_generator.py:93): the angle of one pan or orbit layout."""
+"""``rotation_range_theta`` (worldscore/benchmark/helpers/camera_generator.py:93): the angle of one pan or orbit layout."""
 BLENDER_FROM_PT3D = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
-"""``pt3d_to_blender`` (camera_generator.py:17-19)."""
+"""``pt3d_to_blender`` (worldscore/benchmark/helpers/camera_generator.py:17-19)."""
 
 
 def _rt(R: torch.Tensor, T: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,14 @@
 
 Two levels, without WorldScore installed:
 
-1. **WorldScore's own test**: ``worldscore-analysis -cd`` (``run_analysis.py:52-148``) walks
-   ``worldscore_output/<movement>`` and calls ``Evaluator.data_exists`` (``evaluator.py:697-734``)
+1. **WorldScore's own test**: ``worldscore-analysis -cd`` (``worldscore/run_analysis.py:52-148``) walks
+   ``worldscore_output/<movement>`` and calls ``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``)
    on every instance folder: ``image_data.json`` readable with ``total_frames``; ``frames``,
    ``image_data.json``, ``input_image.png`` (and ``camera_data.json``, static) present; at least
    ``total_frames`` ``.png``/``.jpg`` files in ``frames/``. It counts against 2000 static / 1000
    dynamic instances; here against the instances ``protocol.json`` lists (a ``--limit`` run is
    complete when all of them are), with the release's counts said beside.
-2. **What the evaluator then reads** (``evaluator.py:75-95, 173-195, 676-683``): the
+2. **What the evaluator then reads** (``worldscore/benchmark/helpers/evaluator.py:75-95, 173-195, 676-683``): the
    ``image_data.json`` fields each movement needs; ``camera_data.json``: ``cameras_interp`` with
    exactly ``total_frames`` finite 4x4 matrices and a numeric ``scale``; ``frames/``: exactly
    ``000.png ... `` (``total_frames`` of them, in order, nothing else), each an image of the
@@ -37,7 +37,7 @@ IMAGE_FIELDS = {
     "static": ("camera_path", "total_frames", "prompt_list", "num_scenes", "anchor_frame_idx", "content_list"),
     "dynamic": ("total_frames", "prompt", "num_scenes", "masks", "objects"),
 }
-"""``image_data.json`` fields the evaluator reads (``evaluator.py:85-95`` static, ``178-182`` dynamic)."""
+"""``image_data.json`` fields the evaluator reads (``worldscore/benchmark/helpers/evaluator.py:85-95`` static, ``178-182`` dynamic)."""
 FRAME_NAME = re.compile(r"^(\d{3,})\.png$")
 TIME_LINE = re.compile(r"^generate_time: (\S+)\n?$")
 DEPTHS = {"static": 4, "dynamic": 3}  # folder levels below worldscore_output/<movement>/ to an instance
@@ -116,7 +116,7 @@ def _instance_folders(root: Path, depth: int) -> list[Path]:
 
 
 def worldscore_problems(folder: Path, movement: str) -> list[str]:
-    """``Evaluator.data_exists`` (``evaluator.py:697-734``): its first failure as one line, else []."""
+    """``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``): its first failure as one line, else []."""
     if not folder.is_dir():
         return ["missing"]
     try:

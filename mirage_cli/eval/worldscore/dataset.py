@@ -1,6 +1,6 @@
-"""The WorldScore dataset as WorldScore's ``download.py`` lays it out, read instance by instance.
+"""The WorldScore dataset as WorldScore's ``WorldScore/download.py`` lays it out, read instance by instance.
 
-Layout (WorldScore@344983c: ``download.py`` unzips ``WorldScore-Dataset.zip`` into ``$DATA_PATH``;
+Layout (WorldScore@344983c: ``WorldScore/download.py`` unzips ``WorldScore-Dataset.zip`` into ``$DATA_PATH``;
 ``worldscore/benchmark/helpers/__init__.py:14-18`` reads
 ``$DATA_PATH/WorldScore-Dataset/<movement>/<movement>.json``)::
 
@@ -10,7 +10,7 @@ Layout (WorldScore@344983c: ``download.py`` unzips ``WorldScore-Dataset.zip`` in
       ...                      the images (and dynamic masks), at the paths the objects give
                                relative to WorldScore-Dataset/
 
-Fields WorldScore's loader and evaluator read (``dataloader.py:106-212``, ``evaluator.py:75-95,
+Fields WorldScore's loader and evaluator read (``worldscore/benchmark/helpers/dataloader.py:106-212``, ``worldscore/benchmark/helpers/evaluator.py:75-95,
 173-182``): every instance ``image`` (relative path; its parent folder is the static *category*,
 its stem the instance *name*), ``visual_movement``, ``visual_style``, ``camera_path`` (layout
 names), ``style`` (a sentence appended to every prompt); static ``scene_type``, ``prompt_list``
@@ -34,7 +34,7 @@ from .layouts import FIXED, LAYOUTS, MOVING, scene_count, scene_prompts, with_st
 SPLITS = ("static", "dynamic")
 DATASET_DIR = "WorldScore-Dataset"
 RELEASE_COUNTS = {"static": 2000, "dynamic": 1000}
-"""Instances of the released dataset (the dataset card; ``run_analysis.py:141`` checks against them)."""
+"""Instances of the released dataset (the dataset card; ``worldscore/run_analysis.py:141`` checks against them)."""
 
 REQUIRED = {
     "static": ("image", "visual_style", "scene_type", "camera_path", "style", "prompt_list", "content_list"),
@@ -72,7 +72,7 @@ class Instance:
 
     @property
     def rel_dir(self) -> str:
-        """The instance's folder under ``worldscore_output/`` (``dataloader.py:125-129, 177-181``):
+        """The instance's folder under ``worldscore_output/`` (``worldscore/benchmark/helpers/dataloader.py:125-129, 177-181``):
         ``static/<style>/<scene_type>/<category>/<name>`` or ``dynamic/<style>/<motion_type>/<name>``."""
         parts = [self.movement, self.style, self.group] + ([self.category] if self.movement == "static" else []) + [self.name]
         return "/".join(parts)
@@ -96,12 +96,12 @@ def dataset_root(data: Path) -> Path:
     data = Path(data)
     if not data.is_dir():
         raise MirageError(f"{data}: no such folder (the WorldScore dataset: $DATA_PATH or its {DATASET_DIR}/, "
-                          "as WorldScore's download.py unpacks it)")
+                          "as WorldScore's WorldScore/download.py unpacks it)")
     for root in (data / DATASET_DIR, data):
         if any((root / s / f"{s}.json").is_file() for s in SPLITS):
             return root.resolve()
     raise MirageError(f"{data}: not the WorldScore dataset (no {DATASET_DIR}/static/static.json or "
-                      f"{DATASET_DIR}/dynamic/dynamic.json; fetch it with WorldScore's download.py)")
+                      f"{DATASET_DIR}/dynamic/dynamic.json; fetch it with WorldScore's WorldScore/download.py)")
 
 
 def split_file(root: Path, movement: str) -> Path:
@@ -195,7 +195,7 @@ def _camera_path(value, movement: str) -> list[str]:
             raise MirageError(f"field 'camera_path': unknown layout '{name}' (WorldScore's: {', '.join(LAYOUTS)})")
         if name not in allowed:
             raise MirageError(f"field 'camera_path': layout '{name}' is not one WorldScore's camera generator makes "
-                              f"for a {movement} instance ({', '.join(allowed)}; camera_generator.py:310-321)")
+                              f"for a {movement} instance ({', '.join(allowed)}; worldscore/benchmark/helpers/camera_generator.py:310-321)")
     if FIXED in value and value != [FIXED]:
         raise MirageError(f"field 'camera_path': 'fixed' must be the whole path (got {value})")
     return value

@@ -14,11 +14,11 @@ worldscore_output`` in ``config/base_config.yaml``); one folder per instance (``
 What each file matches in WorldScore@344983c: ``input_image.png``: ``center_crop``
 (``worldscore/benchmark/utils/utils.py:440-469``; here also converted to RGB); ``image_data.json``:
 ``Helper.store_data`` (``worldscore/benchmark/helpers/helper.py:29-37``, ``json.dump(indent=4)``);
-``camera_data.json``: ``CameraGen.save_cameras`` (``camera_generator.py:355-382``); ``frames/``:
-``save_frames`` (``utils.py:214-217``, ``{i:03d}.png``); ``videos/output.mp4``: ``merge_video``
-(``utils.py:316-324``); ``time.txt``: ``Helper.save`` (``helper.py:61-64``). The readers:
-``Evaluator.data_exists`` (``evaluator.py:697-734``), ``process_batch`` (``evaluator.py:75-95``
-static, ``173-195`` dynamic) and ``calculate_metrics`` (``evaluator.py:676-683``: as many frames as
+``camera_data.json``: ``CameraGen.save_cameras`` (``worldscore/benchmark/helpers/camera_generator.py:355-382``); ``frames/``:
+``save_frames`` (``worldscore/benchmark/utils/utils.py:214-217``, ``{i:03d}.png``); ``videos/output.mp4``: ``merge_video``
+(``worldscore/benchmark/utils/utils.py:316-324``); ``time.txt``: ``Helper.save`` (``worldscore/benchmark/helpers/helper.py:61-64``). The readers:
+``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``), ``process_batch`` (``worldscore/benchmark/helpers/evaluator.py:75-95``
+static, ``173-195`` dynamic) and ``calculate_metrics`` (``worldscore/benchmark/helpers/evaluator.py:676-683``: as many frames as
 cameras as ``total_frames``).
 
 mirage's own files stay outside that tree (the evaluator would take any extra folder for an
@@ -60,7 +60,7 @@ def trajectory_path(out: Path, inst: Instance) -> Path:
 
 def image_data(inst: Instance, frames: int) -> dict:
     """``image_data.json``: the dataset object with ``num_scenes``, ``total_frames`` and, static,
-    ``anchor_frame_idx`` added (``helper.py:29-37``)."""
+    ``anchor_frame_idx`` added (``worldscore/benchmark/helpers/helper.py:29-37``)."""
     data = dict(inst.record)
     data["num_scenes"] = scene_count(list(inst.camera_path))
     data["total_frames"] = total_frames(list(inst.camera_path), frames)
@@ -76,7 +76,7 @@ def write_json4(path: Path, data: dict) -> None:
 
 
 def center_crop(src: Path, size: tuple[int, int]):
-    """WorldScore's ``center_crop`` (``utils.py:440-469``): crop the centre to the aspect of
+    """WorldScore's ``center_crop`` (``worldscore/benchmark/utils/utils.py:440-469``): crop the centre to the aspect of
     ``size = (W, H)`` (integer division, as there), resize to ``size`` with Pillow's default filter;
     then RGB. Returns a PIL image.
 

@@ -38,7 +38,7 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 MOVING = ("push_in", "pull_out", "move_left", "move_right", "orbit_left", "orbit_right", "pan_left", "pan_right")
-"""The layouts WorldScore's camera generator can make (``camera_generator.py:310-321``; its
+"""The layouts WorldScore's camera generator can make (``worldscore/benchmark/helpers/camera_generator.py:310-321``; its
 ``pull_left`` / ``pull_right`` are commented out there and raise "Invalid layout")."""
 
 FIXED = "fixed"
@@ -46,28 +46,28 @@ FIXED = "fixed"
 
 
 def scene_count(camera_path: list[str]) -> int:
-    """``get_scene_num`` (``utils.py:434-438``): the scenes of a camera path."""
+    """``get_scene_num`` (``worldscore/benchmark/utils/utils.py:434-438``): the scenes of a camera path."""
     return sum(LAYOUTS[name].scenes for name in camera_path)
 
 
 def total_frames(camera_path: list[str], frames: int) -> int:
-    """Frames of an instance's video: ``scenes * (frames - 1) + 1`` (``dataloader.py:56-58``)."""
+    """Frames of an instance's video: ``scenes * (frames - 1) + 1`` (``worldscore/benchmark/helpers/dataloader.py:56-58``)."""
     return scene_count(camera_path) * (frames - 1) + 1
 
 
 def anchor_frames(camera_path: list[str], frames: int) -> list[int]:
-    """``anchor_frame_idx`` (``dataloader.py:47-55``): ``[0, frames-1, 2 (frames-1), ...]``, one
+    """``anchor_frame_idx`` (``worldscore/benchmark/helpers/dataloader.py:47-55``): ``[0, frames-1, 2 (frames-1), ...]``, one
     more than there are scenes; the evaluator scores scene ``i`` on frames around anchor ``i``."""
     return [i * (frames - 1) for i in range(scene_count(camera_path) + 1)]
 
 
 def with_style(prompts: list[str], style: str) -> list[str]:
-    """``generate_prompt_list`` (``dataloader.py:7-15``): each prompt followed by the style sentence."""
+    """``generate_prompt_list`` (``worldscore/benchmark/helpers/dataloader.py:7-15``): each prompt followed by the style sentence."""
     return [p + " " + style if p.endswith(".") else p + ". " + style for p in prompts]
 
 
 def scene_prompts(styled: list[str], camera_path: list[str], static: bool) -> list[str]:
-    """``generate_prompt_from_list`` (``utils.py:411-432``): what WorldScore gives an image-to-video
+    """``generate_prompt_from_list`` (``worldscore/benchmark/utils/utils.py:411-432``): what WorldScore gives an image-to-video
     model, one prompt per scene. Static: ``"Camera <words>. <styled[i+1]>. Everything in the scene
     remains completely motionless."`` (``styled[0]`` describes the input image, ``styled[i+1]`` the
     scene the camera reaches); dynamic: ``"Camera <words>. <styled[0]>"`` for its one scene."""

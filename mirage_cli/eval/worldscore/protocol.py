@@ -11,9 +11,9 @@ model"): ``config/model_configs/<name>.yaml`` with ``model``, ``runs_root``, ``r
 ``generate_type``, ``frames``, ``fps`` (merged over ``config/base_config.yaml``:
 ``worldscore/run_evaluate.py:189-198``), and ``<name>`` in the ``videogen`` list of
 ``worldscore/benchmark/utils/modeltype.py`` (videogen models are evaluated on both splits:
-``run_evaluate.py:213-217``). :func:`model_config` writes the first (``runs_root`` = ``OUT``, so the
+``worldscore/run_evaluate.py:213-217``). :func:`model_config` writes the first (``runs_root`` = ``OUT``, so the
 evaluator reads ``OUT/worldscore_output`` and writes ``OUT/worldscore_output/worldscore.json``,
-``run_evaluate.py:174``); :func:`evaluate_commands` says the rest.
+``worldscore/run_evaluate.py:174``); :func:`evaluate_commands` says the rest.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def evaluate_commands(name: str, out: Path, dataset_root: Path, splits: tuple[st
     lines = [
         "cd $WORLDSCORE_PATH   # a clone of https://github.com/haoyi-duan/WorldScore with its evaluation environment",
         f"cp {out / CONFIG_DIR / (name + '.yaml')} config/model_configs/",
-        f"# add this line to the \"videogen\" list in worldscore/benchmark/utils/modeltype.py:\n#{modeltype_line(name)}",
+        "# add this line to the \"videogen\" list in worldscore/benchmark/utils/modeltype.py:",
+        f"#{modeltype_line(name)}",
         f"export DATA_PATH={Path(dataset_root).resolve().parent}",
         f"worldscore-analysis -cd --model_name {name}",
         f"python worldscore/run_evaluate.py --model_name {name}",

@@ -17,7 +17,7 @@ Prompts (``prompts``): ``scene`` (default) gives each WorldScore scene the promp
 an image-to-video model for it (``generate_prompt_from_list``), from that scene's first frame on
 (a chunk takes the prompt of its middle frame: ``pipeline/prompts.py``); ``first`` gives every
 chunk the input image's own description (``prompt_list[0]`` / ``prompt`` with the style), as the
-reference runner (microsoft/LatentSpatialMemory ``eval/run_worldscore.py``: ``inpainting_prompt_list[0]``).
+reference runner (``microsoft/LatentSpatialMemory/eval/run_worldscore.py``: ``inpainting_prompt_list[0]``).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOp
                    "instances": len(entries), "per_split": counts, "readable_in_dataset": found,
                    "unreadable": unreadable},
         "settings": settings,
-        "cameras": (f"WorldScore's camera generator (camera_generator.py) ported: camera_path -> keyframes, "
+        "cameras": (f"WorldScore's camera generator (worldscore/benchmark/helpers/camera_generator.py) ported: camera_path -> keyframes, "
                     f"{opts.frames - 2} slerped cameras between keyframes, camera_speed {opts.speed:g}; the Blender c2w "
                     f"matrices of camera_data.json read as OpenGL c2w (to OpenCV: c2w @ diag(1,-1,-1,1)); focal "
                     f"length {opts.focal:g} px at {opts.size[0]}x{opts.size[1]}, principal point centred; translations in "
