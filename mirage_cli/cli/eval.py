@@ -187,8 +187,18 @@ def worldscore_cmd(
     batch = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
                          threads=given_threads(ctx))
     show = not (quiet or json_out)
-    doc = eval_worldscore(data, out, base, opts, batch, on_update=_progress("instance", "done earlier") if show else None,
-                          note=lambda line: err_console.print(f"[yellow]unreadable:[/] {line}", highlight=False, soft_wrap=True))
+    try:
+        doc = eval_worldscore(data, out, base, opts, batch, on_update=_progress("instance", "done earlier") if show else None,
+                              note=lambda line: err_console.print(f"[yellow]unreadable:[/] {line}", highlight=False,
+                                                                  soft_wrap=True))
+    except KeyboardInterrupt:
+        import shlex
+        import sys
+
+        again = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] + ["--resume"]
+        err_console.print(f"[yellow]interrupted[/]; finished instances are kept. Continue with: "
+                          f"mirage {' '.join(shlex.quote(a) for a in again)}", highlight=False, soft_wrap=True)
+        raise
     if json_out:
         console.print_json(json.dumps(doc))
     elif not quiet:

@@ -87,10 +87,21 @@ def folder_sha256(folder: Path) -> tuple[str, int]:
     return h.hexdigest(), len(files)
 
 
-def model_identity(model: str | None, describe: dict | None) -> dict:
+def folder_stat(folder: Path) -> str:
+    """A cheap signature of a folder's files (relative paths, sizes, modification times): when it
+    is unchanged, an earlier :func:`folder_sha256` still holds (a ``--resume`` does not hash again)."""
+    h = hashlib.sha256()
+    for p in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def model_identity(model: str | None, describe: dict | None, earlier: dict | None = None) -> dict:
     """What weights made the videos: the backend's own description (from a run's ``run.json``) and,
     when the model resolves to a local folder (a ``mirage models convert`` output, a Hub snapshot),
-    the sha256 over its files."""
+    the sha256 over its files (``earlier``: a previous protocol's ``weights``, reused when the
+    folder's files are unchanged)."""
     ident = {"model": model, "backend": describe}
     if model:
         from ...models.registry import resolve_model
@@ -100,8 +111,11 @@ def model_identity(model: str | None, describe: dict | None) -> dict:
         except MirageError as e:
             ident["folder_sha256"], ident["note"] = None, f"not hashed: {e}"
             return ident
-        ident["folder"] = str(folder)
-        ident["folder_sha256"], ident["files"] = folder_sha256(folder)
+        ident["folder"], ident["folder_stat"] = str(folder), folder_stat(folder)
+        if earlier and earlier.get("folder") == ident["folder"] and earlier.get("folder_stat") == ident["folder_stat"]:
+            ident["folder_sha256"], ident["files"] = earlier.get("folder_sha256"), earlier.get("files")
+        else:
+            ident["folder_sha256"], ident["files"] = folder_sha256(folder)
     return ident
 
 
@@ -135,15 +149,17 @@ def write_protocol(out: Path, doc: dict) -> None:
     write_json(Path(out) / "protocol.json", doc)
 
 
-def read_settings(out: Path) -> dict | None:
-    """The ``settings`` of an earlier protocol.json in ``OUT`` (None: none there)."""
+def read_earlier(out: Path) -> dict | None:
+    """An earlier protocol.json in ``OUT`` (None: none there); its ``settings`` must be readable."""
     path = Path(out) / "protocol.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        doc = json.loads(path.read_text())
+        doc["settings"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise MirageError(f"{path}: damaged ({type(e).__name__}); use --overwrite or another --out") from e
+    return doc
 
 
 def worldscore_reference() -> dict:

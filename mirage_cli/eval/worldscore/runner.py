@@ -40,7 +40,7 @@ from .check import instance_problems
 from .dataset import SPLITS, Instance, read_dataset, select
 from .layouts import anchor_frames, total_frames
 from .protocol import (CONFIG_DIR, FORMAT, VERSION, dataset_hash, device_name, evaluate_commands, model_config,
-                       model_identity, modeltype_line, read_settings, worldscore_reference, write_protocol)
+                       model_identity, modeltype_line, read_earlier, worldscore_reference, write_protocol)
 
 PROMPT_MODES = ("scene", "first")
 STEP = "mirage_cli.eval.worldscore.layout:write_instance"
@@ -133,7 +133,8 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
     check_options(opts)
     out = Path(out).resolve()
     settings = opts.settings(base)
-    earlier = read_settings(out)
+    previous = read_earlier(out)
+    earlier = previous["settings"] if previous else None
     if earlier is not None and not opts.overwrite:
         if not opts.resume:
             raise MirageError(f"{out}: holds an earlier WorldScore run (protocol.json); continue it with --resume, "
@@ -164,10 +165,10 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
             Path(job.then.output).unlink(missing_ok=True)
     started = _now()
     # written first too: an interrupted run is then known to --check and needs --resume to go on
-    write_protocol(out, protocol_doc(root, out, base, opts, settings, jobs, None, unreadable, len(found), started))
+    write_protocol(out, protocol_doc(root, out, base, opts, settings, jobs, None, unreadable, len(found), started, previous))
     opts_b = replace(batch or BatchOptions(out=str(out)), out=str(out))
     record = run_jobs([j for _, j in jobs], opts_b, str(root), on_update or (lambda r: None))
-    doc = protocol_doc(root, out, base, opts, settings, jobs, record, unreadable, len(found), started)
+    doc = protocol_doc(root, out, base, opts, settings, jobs, record, unreadable, len(found), started, previous)
     write_protocol(out, doc)
     (out / CONFIG_DIR).mkdir(exist_ok=True)
     from ...io import atomic_path
@@ -184,7 +185,8 @@ def _now() -> str:
 
 
 def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOptions, settings: dict,
-                 jobs: list[tuple[Instance, Job]], record, unreadable: list[str], found: int, started: str) -> dict:
+                 jobs: list[tuple[Instance, Job]], record, unreadable: list[str], found: int, started: str,
+                 previous: dict | None = None) -> dict:
     """protocol.json's content (module docstring of :mod:`.protocol`)."""
     from ... import __version__
     from ...pipeline.records import RunRecord, now, versions
@@ -226,7 +228,8 @@ def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOp
                        "reference runner"),
         "backend": base.backend, "model": base.model, "steps": first_run.config.steps if first_run else base.steps,
         "guidance": first_run.config.guidance if first_run else base.guidance, "seed": base.seed,
-        "weights": model_identity(first_run.model if first_run else base.model, first_run.backend if first_run else None),
+        "weights": (model_identity(first_run.model, first_run.backend, (previous or {}).get("weights")) if first_run else
+                    {"model": base.model, "backend": None, "note": "no instance has finished yet"}),
         "mirage_version": __version__, "versions": versions(),
         "device": device_name(first_run.device if first_run else None),
         "time_per_instance_s": ({"mean": round(statistics.fmean(seconds), 3), "median": round(statistics.median(seconds), 3),
