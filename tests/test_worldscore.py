@@ -339,3 +339,21 @@ def test_option_errors(tmp_path):
     assert _run(DATA, tmp_path / "o", "--split", "both") == 2
     assert _run(DATA, tmp_path / "o", "--prompts", "all") == 2
     assert main(["eval", "worldscore", "--check", str(tmp_path)]) == 2  # no protocol.json
+
+
+@pytest.mark.slow
+def test_the_mirage_backend_through_a_converted_tiny_model(model_dir, tmp_path):
+    """A neural backend end to end (the tiny converted mirage model, random weights): the layout is
+    complete, each scene's prompt reached the backend, and the weights' folder hash is recorded."""
+    from mirage_cli.eval.worldscore.protocol import folder_sha256
+    from mirage_cli.pipeline.records import RunRecord
+
+    out = tmp_path / "mirage"
+    assert main(["--threads", "1", "eval", "worldscore", str(DATA), "--out", str(out), "--width", "64", "--height", "64",
+                 "--frames", "5", "--split", "static", "--limit", "1", "--backend", "mirage", "--model", str(model_dir),
+                 "--steps", "2", "--depth", "prior", "--chunk-frames", "5", "--quiet"]) == 0
+    assert main(["eval", "worldscore", "--check", str(out)]) == 0
+    doc = json.loads((out / "protocol.json").read_text())
+    assert doc["weights"]["folder_sha256"] == folder_sha256(model_dir)[0] and doc["steps"] == 2
+    run = out / "runs" / "static-photorealistic-indoor-dining_spaces-000" / "run"
+    assert RunRecord.read(run / "run.json").backend["prompts_cached"] == 2  # two chunks, one per scene

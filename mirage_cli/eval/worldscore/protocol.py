@@ -106,8 +106,8 @@ def model_identity(model: str | None, describe: dict | None, earlier: dict | Non
     if model:
         from ...models.registry import resolve_model
 
-        try:
-            folder = resolve_model(model)
+        try:  # a local folder as it is (a converted model has no root config.json), else the registry / Hub cache
+            folder = Path(model).expanduser().resolve() if Path(model).expanduser().is_dir() else resolve_model(model)
         except MirageError as e:
             ident["folder_sha256"], ident["note"] = None, f"not hashed: {e}"
             return ident
