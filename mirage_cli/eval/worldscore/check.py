@@ -37,7 +37,8 @@ IMAGE_FIELDS = {
     "static": ("camera_path", "total_frames", "prompt_list", "num_scenes", "anchor_frame_idx", "content_list"),
     "dynamic": ("total_frames", "prompt", "num_scenes", "masks", "objects"),
 }
-"""``image_data.json`` fields the evaluator reads (``worldscore/benchmark/helpers/evaluator.py:85-95`` static, ``178-182`` dynamic)."""
+"""``image_data.json`` fields the evaluator reads (``worldscore/benchmark/helpers/evaluator.py``: 85-95
+static, 178-182 dynamic)."""
 FRAME_NAME = re.compile(r"^(\d{3,})\.png$")
 TIME_LINE = re.compile(r"^generate_time: (\S+)\n?$")
 DEPTHS = {"static": 4, "dynamic": 3}  # folder levels below worldscore_output/<movement>/ to an instance

@@ -10,8 +10,8 @@ Layout (WorldScore@344983c: ``WorldScore/download.py`` unzips ``WorldScore-Datas
       ...                      the images (and dynamic masks), at the paths the objects give
                                relative to WorldScore-Dataset/
 
-Fields WorldScore's loader and evaluator read (``worldscore/benchmark/helpers/dataloader.py:106-212``, ``worldscore/benchmark/helpers/evaluator.py:75-95,
-173-182``): every instance ``image`` (relative path; its parent folder is the static *category*,
+Fields WorldScore's loader and evaluator read (``worldscore/benchmark/helpers/dataloader.py:106-212``,
+``worldscore/benchmark/helpers/evaluator.py:75-95, 173-182``): every instance ``image`` (relative path; its parent folder is the static *category*,
 its stem the instance *name*), ``visual_movement``, ``visual_style``, ``camera_path`` (layout
 names), ``style`` (a sentence appended to every prompt); static ``scene_type``, ``prompt_list``
 (one more than there are scenes: the input's, then each scene's), ``content_list`` (likewise, the
@@ -195,7 +195,7 @@ def _camera_path(value, movement: str) -> list[str]:
             raise MirageError(f"field 'camera_path': unknown layout '{name}' (WorldScore's: {', '.join(LAYOUTS)})")
         if name not in allowed:
             raise MirageError(f"field 'camera_path': layout '{name}' is not one WorldScore's camera generator makes "
-                              f"for a {movement} instance ({', '.join(allowed)}; worldscore/benchmark/helpers/camera_generator.py:310-321)")
+                              f"for a {movement} instance ({', '.join(allowed)}; its CameraGen.generate_keyframe_cameras)")
     if FIXED in value and value != [FIXED]:
         raise MirageError(f"field 'camera_path': 'fixed' must be the whole path (got {value})")
     return value

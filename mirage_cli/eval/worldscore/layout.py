@@ -11,15 +11,21 @@ worldscore_output`` in ``config/base_config.yaml``); one folder per instance (``
       videos/output.mp4    the same frames, H.264 at the config's fps
       time.txt             "generate_time: <seconds>\\n"
 
-What each file matches in WorldScore@344983c: ``input_image.png``: ``center_crop``
-(``worldscore/benchmark/utils/utils.py:440-469``; here also converted to RGB); ``image_data.json``:
-``Helper.store_data`` (``worldscore/benchmark/helpers/helper.py:29-37``, ``json.dump(indent=4)``);
-``camera_data.json``: ``CameraGen.save_cameras`` (``worldscore/benchmark/helpers/camera_generator.py:355-382``); ``frames/``:
-``save_frames`` (``worldscore/benchmark/utils/utils.py:214-217``, ``{i:03d}.png``); ``videos/output.mp4``: ``merge_video``
-(``worldscore/benchmark/utils/utils.py:316-324``); ``time.txt``: ``Helper.save`` (``worldscore/benchmark/helpers/helper.py:61-64``). The readers:
-``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``), ``process_batch`` (``worldscore/benchmark/helpers/evaluator.py:75-95``
-static, ``173-195`` dynamic) and ``calculate_metrics`` (``worldscore/benchmark/helpers/evaluator.py:676-683``: as many frames as
-cameras as ``total_frames``).
+What each file matches in WorldScore@344983c (paths in that repository):
+
+- ``input_image.png``: ``center_crop``, ``worldscore/benchmark/utils/utils.py:440-469`` (here also
+  converted to RGB);
+- ``image_data.json``: ``Helper.store_data``, ``worldscore/benchmark/helpers/helper.py:29-37``
+  (``json.dump(indent=4)``);
+- ``camera_data.json``: ``CameraGen.save_cameras``,
+  ``worldscore/benchmark/helpers/camera_generator.py:355-382``;
+- ``frames/``: ``save_frames``, ``worldscore/benchmark/utils/utils.py:214-217`` (``{i:03d}.png``);
+- ``videos/output.mp4``: ``merge_video``, ``worldscore/benchmark/utils/utils.py:316-324``;
+- ``time.txt``: ``Helper.save``, ``worldscore/benchmark/helpers/helper.py:62-65``.
+
+The readers, all in ``worldscore/benchmark/helpers/evaluator.py``: ``Evaluator.data_exists``
+(697-734), ``process_batch`` (75-107 static, 173-195 dynamic) and ``calculate_metrics`` (676-683:
+as many frames as cameras as ``total_frames``).
 
 mirage's own files stay outside that tree (the evaluator would take any extra folder for an
 instance): each instance's run in ``OUT/runs/<job id>/run/`` with its trajectory beside it.
