@@ -34,7 +34,7 @@ def load_camera_generator(checkout: Path):
     for name in ("worldscore", "worldscore.benchmark", "worldscore.benchmark.utils", "worldscore.common"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["worldscore.benchmark.utils.utils"], sys.modules["worldscore.common.gpu_utils"] = utils, gpu
-    path = checkout / "worldscore" / "benchmark" / "helpers" / "camera_generator.py"
+    path = checkout.joinpath(*"worldscore/benchmark/helpers/camera_generator.py".split("/"))
     spec = importlib.util.spec_from_file_location("worldscore_camera_generator", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
