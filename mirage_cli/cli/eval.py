@@ -1,4 +1,4 @@
-"""`mirage eval recon`, `mirage eval loop`, `mirage eval compare` and `mirage eval check`: parse, call :mod:`mirage_cli.eval`, print with rich."""
+"""`mirage eval recon`, `mirage eval worldscore`, `mirage eval loop`, `mirage eval compare` and `mirage eval check`: parse, call :mod:`mirage_cli.eval`, print with rich."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from . import options
 from .console import console, err_console
 
-app = typer.Typer(help="Measured quality: `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs; `check` is the quality gate (a run against a committed baseline).", no_args_is_help=True)
+app = typer.Typer(help="Measured quality: `worldscore` generates the WorldScore benchmark in the layout its evaluator reads; `recon` generates clips along their true cameras and scores every frame against the true one (PSNR/SSIM overall, on what frame 0 saw, on revisits, loop closure); `loop` scores the loop closure of any finished run; `compare` lines up several recon runs; `check` is the quality gate (a run against a committed baseline).", no_args_is_help=True)
 
 
 @app.command("recon", no_args_is_help=True)
@@ -92,18 +92,150 @@ def recon_cmd(
         raise typer.Exit(1)
 
 
-def _progress():
-    """A batch-record callback printing one line per clip as it is skipped, done or failed."""
+def _progress(noun: str = "clip", earlier: str = "done and scored earlier"):
+    """A batch-record callback printing one line per job (a clip, an instance) as it is skipped, done or failed."""
     shown: dict[str, str] = {}
 
     def update(record) -> None:
         for name, job in record.jobs.items():
             if job.status in ("done", "skipped", "failed") and shown.get(name) != job.status:
                 shown[name] = job.status
-                what = "skipped (done and scored earlier)" if job.status == "skipped" else job.status
-                err_console.print(f"[dim]clip {name}: {what}" + (f" in {job.seconds:.1f} s" if job.seconds and
-                                                                  job.status == "done" else "") + "[/]", highlight=False)
+                what = f"skipped ({earlier})" if job.status == "skipped" else job.status
+                err_console.print(f"[dim]{noun} {name}: {what}" + (f" in {job.seconds:.1f} s" if job.seconds and
+                                                                    job.status == "done" else "") + "[/]", highlight=False)
     return update
+
+
+@app.command("worldscore", no_args_is_help=True)
+def worldscore_cmd(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Argument(None, help="The WorldScore dataset as its WorldScore/download.py unpacks it: $DATA_PATH or its WorldScore-Dataset/ folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output: OUT/worldscore_output/ (what WorldScore evaluates), OUT/runs/, OUT/protocol.json, OUT/worldscore_config/NAME.yaml, OUT/batch.json."),
+    check: Optional[Path] = typer.Option(None, "--check", help="Only check OUT: every instance of its protocol.json present and every file well-formed (WorldScore's -cd and more); no DATA."),
+    split: str = typer.Option("all", "--split", help="static | dynamic | all."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N instances per split (in dataset order)."),
+    only: Optional[List[str]] = typer.Option(None, "--only", help="Keep instances of these visual styles, scene types, categories or motion types (repeat, or comma-separated)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's WorldScore name (config file, worldscore/benchmark/utils/modeltype.py) \\[default: mirage_<backend>]."),
+    frames: int = typer.Option(49, "--frames", "-n", help="Frames per scene (WorldScore's `frames`; an instance has scenes x (N-1) + 1)."),
+    fps: float = typer.Option(16.0, "--fps", help="Frames per second of the videos."),
+    width: int = typer.Option(832, "--width", help="Resolution: width (images are centre-cropped and resized as WorldScore does)."),
+    height: int = typer.Option(480, "--height", help="Resolution: height."),
+    focal_length: float = typer.Option(500.0, "--focal-length", help="Focal length in pixels at the resolution (WorldScore's base_config: 500)."),
+    camera_speed: float = typer.Option(1.0, "--camera-speed", help="WorldScore's camera_speed: the step of a move / push / orbit radius."),
+    prompts: str = typer.Option("scene", "--prompts", help="scene: each scene its WorldScore image-to-video prompt; first: the input's description for every chunk (the reference runner)."),
+    backend: str = typer.Option("preview", "--backend", "-b", help="preview | wan-vace | mirage (as `mirage generate`; preview: a dry check on CPU)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the neural backend (as `mirage generate`)."),
+    depth: Optional[str] = typer.Option(None, "--depth", help="prior | model (default: the depth model when cached, else the prior)."),
+    depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for the input images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of every instance's run."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace, 5 mirage]."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (with guidance > 1)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (neural backends)."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
+    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto]."),
+    references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk (wan-vace default 2, mirage 4)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace / mirage: keep modules on the CPU until used."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Instances at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the instances on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
+    retries: int = typer.Option(1, "--retries", help="Retries of an instance whose generation failed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: finished instances are skipped, interrupted ones resumed (same settings only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every instance of OUT."),
+    json_out: bool = typer.Option(False, "--json", help="Print protocol.json (or, with --check, the check) on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines (failures and unreadable instances are still listed)."),
+) -> None:
+    """Generate the WorldScore benchmark in the exact layout its evaluator reads, sharded and resumable, with the protocol recorded; or --check an output."""
+    from ..batch.runner import BatchOptions
+    from ..errors import MirageError
+    from ..threads import given_threads
+
+    if check is not None:
+        if data is not None or out is not None:
+            raise MirageError("--check OUT: give only the output folder to check (no DATA, no --out)")
+        _worldscore_check(check, json_out)
+        return
+    if data is None or out is None:
+        raise MirageError("DATA and --out are required (or --check OUT)")
+    from ..eval.worldscore.runner import WorldScoreOptions, eval_worldscore
+    from ..eval.worldscore.protocol import check_name
+    from ..pipeline.config import GenerateConfig, check_config, unused_options
+
+    splits = {"static": ("static",), "dynamic": ("dynamic",), "all": ("static", "dynamic")}.get(split)
+    if splits is None:
+        raise MirageError(f"--split: must be static, dynamic or all (got '{split}')")
+    if workers is not None and workers < 1:
+        raise MirageError(f"--workers: must be >= 1 (got {workers})")
+    if retries < 0:
+        raise MirageError(f"--retries: must be >= 0 (got {retries})")
+    if depth not in (None, "prior", "model"):
+        raise MirageError(f"--depth: must be prior or model (got '{depth}'); the instances' images have no depth files")
+    base = GenerateConfig(image="-", traj="-", backend=backend, model=model, depth=depth, depth_model=depth_model, seed=seed,
+                          steps=steps, guidance=guidance, shift=shift, negative_prompt=negative_prompt, device=device,
+                          dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, references=references,
+                          cpu_offload=cpu_offload, width=width, height=height, fps=fps)
+    check_config(base)
+    if not (quiet or json_out):
+        for opt in unused_options(base):
+            err_console.print(f"[yellow]warning:[/] {opt} does nothing with --backend {backend}", highlight=False)
+    names = tuple(n.strip() for item in (only or []) for n in item.split(",") if n.strip()) or None
+    opts = WorldScoreOptions(name=check_name(name or f"mirage_{backend}".replace("-", "_")), splits=splits, only=names,
+                             limit=limit, frames=frames, fps=fps, size=(width, height), focal=focal_length,
+                             speed=camera_speed, prompts=prompts, resume=resume, overwrite=overwrite)
+    batch = BatchOptions(out=str(out), workers=workers, ray=ray, gpus_per_worker=gpus_per_worker, retries=retries,
+                         threads=given_threads(ctx))
+    show = not (quiet or json_out)
+    try:
+        doc = eval_worldscore(data, out, base, opts, batch, on_update=_progress("instance", "done earlier") if show else None,
+                              note=lambda line: err_console.print(f"[yellow]unreadable:[/] {line}", highlight=False,
+                                                                  soft_wrap=True))
+    except KeyboardInterrupt:
+        import shlex
+        import sys
+
+        again = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] + ["--resume"]
+        err_console.print(f"[yellow]interrupted[/]; finished instances are kept. Continue with: "
+                          f"mirage {' '.join(shlex.quote(a) for a in again)}", highlight=False, soft_wrap=True)
+        raise
+    if json_out:
+        console.print_json(json.dumps(doc))
+    elif not quiet:
+        t = doc["time_per_instance_s"]
+        c = doc["batch"]["counts"]
+        console.print(f"{doc['subset']['instances']} instances ({', '.join(f'{n} {s}' for s, n in c.items())}); "
+                      + (f"generation {t['mean']:.2f} s per instance (median {t['median']:.2f}, {doc['device']})" if t else
+                         "no instance finished"), highlight=False, soft_wrap=True)
+        console.print(f"protocol: {Path(out) / 'protocol.json'}; WorldScore config: "
+                      f"{Path(out) / 'worldscore_config' / (opts.name + '.yaml')}", highlight=False, soft_wrap=True)
+        console.print("evaluate with WorldScore:\n  " + "\n  ".join(doc["evaluate"]), highlight=False, soft_wrap=True)
+    for f in doc["failed"]:
+        err_console.print(f"[red]{f['status']}[/] {f['id']}: {f['error']}", highlight=False, soft_wrap=True)
+    if doc["failed"] or doc["subset"]["unreadable"]:
+        raise typer.Exit(1)
+
+
+def _worldscore_check(out: Path, json_out: bool) -> None:
+    """``--check``: print the completeness lines and every problem; exit 1 when incomplete."""
+    from dataclasses import asdict
+
+    from ..eval.worldscore.check import check_output, summary_lines
+
+    report = check_output(out)
+    if json_out:
+        console.print_json(json.dumps({**asdict(report), "ok": report.ok}))
+    else:
+        for line in report.problems:
+            err_console.print(f"[red]incomplete[/] {line}", highlight=False, soft_wrap=True)
+        for line in report.unexpected:
+            err_console.print(f"[red]unexpected[/] {line}: not an instance of protocol.json (the evaluator would score it)",
+                              highlight=False, soft_wrap=True)
+        for line in summary_lines(report):
+            console.print(line, highlight=False)
+        console.print("complete: WorldScore can evaluate it" if report.ok else "incomplete", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("loop", no_args_is_help=True)

@@ -16,6 +16,7 @@ from .config import RunPlan
 from .engine import CancelToken, ChunkEngine, ChunkResult
 from .persist import FrameList, RunWriter
 from .plan import Chunk
+from .prompts import chunk_prompt
 from .records import RunRecord
 from .rundir import RunDir
 
@@ -95,6 +96,7 @@ def run_chunk(chunk: Chunk, run: Run, progress=None, cancel: CancelToken | None 
         step_task = progress.add_task(f"chunk {chunk.index} denoise",
                                       total=engine.backend.spec.progress_steps(engine.settings.steps))
     cb = (lambda i, n: progress.update(step_task, completed=i, total=n)) if progress else None
+    engine.with_settings(prompt=chunk_prompt(plan.config, chunk))  # one prompt, or the span's (prompts.py)
     try:
         return engine.step(chunk, plan.cams[chunk.frames], cancel=cancel, progress=cb)  # the writer watches
     finally:
