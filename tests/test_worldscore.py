@@ -56,7 +56,8 @@ def _opencv(path: list[str], frames: int = FRAMES, speed: float = 1.0):
 
 def test_camera_counts_and_first_camera():
     data = wc.camera_data(["pan_left", "move_left", "push_in"], 9, 500.0)
-    assert len(data["cameras"]) == 4 and len(data["cameras_interp"]) == total_frames(["pan_left", "move_left", "push_in"], 9) == 25
+    assert len(data["cameras"]) == 4
+    assert len(data["cameras_interp"]) == total_frames(["pan_left", "move_left", "push_in"], 9) == 25
     # CameraGen's first camera: inv(diag(-1, 1, -1, 1) @ I), in Blender c2w (camera_generator.py:14-25, 346)
     assert torch.allclose(torch.tensor(data["cameras_interp"][0]), torch.diag(torch.tensor([-1.0, 1, -1, 1])), atol=1e-6)
     # keyframes sit at the anchor frames
@@ -73,7 +74,8 @@ def test_camera_layouts_move_the_way_their_names_say():
     assert torch.allclose(push[:3, 3], torch.tensor([0, 0, 2.0], dtype=push.dtype), atol=1e-6)
     pan = _opencv(["pan_left"])[-1]
     forward = pan[:3, 2]
-    assert forward[0] < 0 and torch.allclose(torch.rad2deg(torch.atan2(-forward[0], forward[2])), torch.tensor(30.0, dtype=forward.dtype))
+    assert forward[0] < 0
+    assert torch.allclose(torch.rad2deg(torch.atan2(-forward[0], forward[2])), torch.tensor(30.0, dtype=forward.dtype))
     assert torch.allclose(pan[:3, 3], torch.zeros(3, dtype=pan.dtype), atol=1e-6)  # a pan turns in place
     # an orbit's keyframe looks at the point one speed step ahead of frame 0 from the same distance
     # (in between, WorldScore interpolates the w2c translation linearly: the point drifts off the axis)
@@ -192,7 +194,8 @@ def test_protocol_and_config(bench):
     s = doc["settings"]
     assert s["resolution"] == [W, H] and s["frames_per_scene"] == FRAMES and s["fps"] == FPS
     assert s["focal_length_px"] == 500.0 and s["prompts"] == "scene" and s["generate"]["backend"] == "preview"
-    assert doc["worldscore"]["matched_commit"].startswith("344983c") and set(doc["worldscore"]["dataset_sha256"]) == {"static", "dynamic"}
+    assert doc["worldscore"]["matched_commit"].startswith("344983c")
+    assert set(doc["worldscore"]["dataset_sha256"]) == {"static", "dynamic"}
     assert doc["weights"]["backend"]["weights"] == "none" and doc["mirage_version"] and doc["device"].startswith("cpu")
     t = doc["time_per_instance_s"]
     assert t["instances"] == 5 and t["mean"] > 0
@@ -300,7 +303,8 @@ def test_bad_instances_are_listed_and_the_rest_run(tmp_path, capsys):
     assert "dynamic.json: missing" in err
     # one good instance: it runs, the bad ones are listed, exit 1 (incomplete)
     ds = root / "WorldScore-Dataset"
-    shutil.copy(DATA / "WorldScore-Dataset/static/stylized/indoor/living_room/002.png", ds / "static/stylized/indoor/living_room/002.png")
+    image = "static/stylized/indoor/living_room/002.png"
+    shutil.copy(DATA / "WorldScore-Dataset" / image, ds / image)
     assert _run(root, tmp_path / "out") == 1
     doc = json.loads((tmp_path / "out" / "protocol.json").read_text())
     assert [e["id"] for e in doc["instances"]] == ["static-stylized-indoor-living_room-002"]

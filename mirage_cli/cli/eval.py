@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..backends.specs import DEFAULT_BACKEND
 from . import options
 from .console import console, err_console
 
@@ -109,13 +110,13 @@ def _progress(noun: str = "clip", earlier: str = "done and scored earlier"):
 @app.command("worldscore", no_args_is_help=True)
 def worldscore_cmd(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Argument(None, help="The WorldScore dataset as its WorldScore/download.py unpacks it: $DATA_PATH or its WorldScore-Dataset/ folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output: OUT/worldscore_output/ (what WorldScore evaluates), OUT/runs/, OUT/protocol.json, OUT/worldscore_config/NAME.yaml, OUT/batch.json."),
-    check: Optional[Path] = typer.Option(None, "--check", help="Only check OUT: every instance of its protocol.json present and every file well-formed (WorldScore's -cd and more); no DATA."),
+    data: Path | None = typer.Argument(None, help="The WorldScore dataset as its WorldScore/download.py unpacks it: $DATA_PATH or its WorldScore-Dataset/ folder."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output: OUT/worldscore_output/ (what WorldScore evaluates), OUT/runs/, OUT/protocol.json, OUT/worldscore_config/NAME.yaml, OUT/batch.json."),
+    check: Path | None = typer.Option(None, "--check", help="Only check OUT: every instance of its protocol.json present and every file well-formed (WorldScore's -cd and more); no DATA."),
     split: str = typer.Option("all", "--split", help="static | dynamic | all."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="At most N instances per split (in dataset order)."),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="Keep instances of these visual styles, scene types, categories or motion types (repeat, or comma-separated)."),
-    name: Optional[str] = typer.Option(None, "--name", help="The model's WorldScore name (config file, worldscore/benchmark/utils/modeltype.py) \\[default: mirage_<backend>]."),
+    limit: int | None = typer.Option(None, "--limit", help="At most N instances per split (in dataset order)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Keep instances of these visual styles, scene types, categories or motion types (repeat, or comma-separated)."),
+    name: str | None = typer.Option(None, "--name", help="The model's WorldScore name (config file, worldscore/benchmark/utils/modeltype.py) \\[default: mirage_<backend>]."),
     frames: int = typer.Option(49, "--frames", "-n", help="Frames per scene (WorldScore's `frames`; an instance has scenes x (N-1) + 1)."),
     fps: float = typer.Option(16.0, "--fps", help="Frames per second of the videos."),
     width: int = typer.Option(832, "--width", help="Resolution: width (images are centre-cropped and resized as WorldScore does)."),
@@ -123,23 +124,23 @@ def worldscore_cmd(
     focal_length: float = typer.Option(500.0, "--focal-length", help="Focal length in pixels at the resolution (WorldScore's base_config: 500)."),
     camera_speed: float = typer.Option(1.0, "--camera-speed", help="WorldScore's camera_speed: the step of a move / push / orbit radius."),
     prompts: str = typer.Option("scene", "--prompts", help="scene: each scene its WorldScore image-to-video prompt; first: the input's description for every chunk (the reference runner)."),
-    backend: str = typer.Option("preview", "--backend", "-b", help="preview | wan-vace | mirage (as `mirage generate`; preview: a dry check on CPU)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model of the neural backend (as `mirage generate`)."),
-    depth: Optional[str] = typer.Option(None, "--depth", help="prior | model (default: the depth model when cached, else the prior)."),
+    backend: str = typer.Option(DEFAULT_BACKEND, "--backend", "-b", help="preview | wan-vace | mirage (as `mirage generate`; preview: a dry check on CPU)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model of the neural backend (as `mirage generate`)."),
+    depth: str | None = typer.Option(None, "--depth", help="prior | model (default: the depth model when cached, else the prior)."),
     depth_model: str = typer.Option("depth-anything-v2-small", "--depth-model", help="Depth model for the input images."),
     seed: int = typer.Option(0, "--seed", help="Random seed of every instance's run."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace, 5 mirage]."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps \\[default: 30 wan-vace, 20 mirage]."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance; 1 disables \\[default: 5 wan-vace, 1 mirage]."),
+    shift: float | None = typer.Option(None, "--shift", help="Flow-matching timestep shift \\[default: 3 wan-vace, 5 mirage]."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (with guidance > 1)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (neural backends)."),
-    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
-    downscale: Optional[int] = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto]."),
-    references: Optional[int] = typer.Option(None, "--references", help="Reference latent frames per chunk (wan-vace default 2, mirage 4)."),
+    chunk_frames: int | None = typer.Option(None, "--chunk-frames", help="Frames per chunk \\[default: 9 preview, 49 wan-vace, 33 mirage]."),
+    downscale: int | None = typer.Option(None, "--downscale", help="preview: memory grid = frame / N \\[default: auto]."),
+    references: int | None = typer.Option(None, "--references", help="Reference latent frames per chunk (wan-vace default 2, mirage 4)."),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="wan-vace / mirage: keep modules on the CPU until used."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Instances at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the instances on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Instances at a time: worker processes that keep their models \\[default: 1 in-process; the cluster's capacity with --ray]."),
+    ray: str | None = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run the instances on Ray: alone a local instance, 'auto' the running cluster, or an ADDRESS."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
     retries: int = typer.Option(1, "--retries", help="Retries of an instance whose generation failed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: finished instances are skipped, interrupted ones resumed (same settings only)."),
@@ -159,8 +160,8 @@ def worldscore_cmd(
         return
     if data is None or out is None:
         raise MirageError("DATA and --out are required (or --check OUT)")
-    from ..eval.worldscore.runner import WorldScoreOptions, eval_worldscore
     from ..eval.worldscore.protocol import check_name
+    from ..eval.worldscore.runner import WorldScoreOptions, eval_worldscore
     from ..pipeline.config import GenerateConfig, check_config, unused_options
 
     splits = {"static": ("static",), "dynamic": ("dynamic",), "all": ("static", "dynamic")}.get(split)

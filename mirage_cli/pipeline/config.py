@@ -60,7 +60,8 @@ class GenerateConfig:
     guidance: float | None = None
     shift: float | None = None
     prompt: str = ""
-    prompts: list[str] | None = None  # per frame span: prompts[i] from frame prompt_starts[i] on (pipeline/prompts.py); None: prompt
+    # per frame span: prompts[i] from frame prompt_starts[i] on (pipeline/prompts.py); None: `prompt` throughout
+    prompts: list[str] | None = None
     prompt_starts: list[int] | None = None
     negative_prompt: str = ""
     device: str = "auto"

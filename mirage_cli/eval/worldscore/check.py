@@ -117,7 +117,8 @@ def _instance_folders(root: Path, depth: int) -> list[Path]:
 
 
 def worldscore_problems(folder: Path, movement: str) -> list[str]:
-    """``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``): its first failure as one line, else []."""
+    """``Evaluator.data_exists`` (``worldscore/benchmark/helpers/evaluator.py:697-734``): its first failure
+    as one line, else []."""
     if not folder.is_dir():
         return ["missing"]
     try:

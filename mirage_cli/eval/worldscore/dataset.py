@@ -11,7 +11,8 @@ Layout (WorldScore@344983c: ``WorldScore/download.py`` unzips ``WorldScore-Datas
                                relative to WorldScore-Dataset/
 
 Fields WorldScore's loader and evaluator read (``worldscore/benchmark/helpers/dataloader.py:106-212``,
-``worldscore/benchmark/helpers/evaluator.py:75-95, 173-182``): every instance ``image`` (relative path; its parent folder is the static *category*,
+``worldscore/benchmark/helpers/evaluator.py:75-95, 173-182``): every instance ``image`` (relative path;
+its parent folder is the static *category*,
 its stem the instance *name*), ``visual_movement``, ``visual_style``, ``camera_path`` (layout
 names), ``style`` (a sentence appended to every prompt); static ``scene_type``, ``prompt_list``
 (one more than there are scenes: the input's, then each scene's), ``content_list`` (likewise, the

@@ -149,7 +149,7 @@ def write_instance(job, loaders) -> None:
     args = job.then.args
     folder = Path(args["dir"])
     run = reopen(Path(job.config.out), loaders)
-    frames = np.stack(run.state.video.kept)
+    frames = np.stack(run.kept)
     n, (W, H) = int(args["total_frames"]), args["size"]
     if len(frames) != n or frames.shape[1:3] != (H, W):
         raise MirageError(f"{job.id}: the run made {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, the "

@@ -62,7 +62,8 @@ def anchor_frames(camera_path: list[str], frames: int) -> list[int]:
 
 
 def with_style(prompts: list[str], style: str) -> list[str]:
-    """``generate_prompt_list`` (``worldscore/benchmark/helpers/dataloader.py:7-15``): each prompt followed by the style sentence."""
+    """``generate_prompt_list`` (``worldscore/benchmark/helpers/dataloader.py:7-15``): each prompt followed
+    by the style sentence."""
     return [p + " " + style if p.endswith(".") else p + ". " + style for p in prompts]
 
 

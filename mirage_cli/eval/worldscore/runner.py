@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ...batch.manifest import Job, Step
 from ...batch.runner import BatchOptions, run_jobs
@@ -39,8 +39,20 @@ from .cameras import camera_data
 from .check import instance_problems
 from .dataset import SPLITS, Instance, read_dataset, select
 from .layouts import anchor_frames, total_frames
-from .protocol import (CONFIG_DIR, FORMAT, VERSION, dataset_hash, device_name, evaluate_commands, model_config,
-                       model_identity, modeltype_line, read_earlier, worldscore_reference, write_protocol)
+from .protocol import (
+    CONFIG_DIR,
+    FORMAT,
+    VERSION,
+    dataset_hash,
+    device_name,
+    evaluate_commands,
+    model_config,
+    model_identity,
+    modeltype_line,
+    read_earlier,
+    worldscore_reference,
+    write_protocol,
+)
 
 PROMPT_MODES = ("scene", "first")
 STEP = "mirage_cli.eval.worldscore.layout:write_instance"
@@ -217,7 +229,8 @@ def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOp
                    "instances": len(entries), "per_split": counts, "readable_in_dataset": found,
                    "unreadable": unreadable},
         "settings": settings,
-        "cameras": (f"WorldScore's camera generator (worldscore/benchmark/helpers/camera_generator.py) ported: camera_path -> keyframes, "
+        "cameras": ("WorldScore's camera generator (worldscore/benchmark/helpers/camera_generator.py) ported: "
+                    "camera_path -> keyframes, "
                     f"{opts.frames - 2} slerped cameras between keyframes, camera_speed {opts.speed:g}; the Blender c2w "
                     f"matrices of camera_data.json read as OpenGL c2w (to OpenCV: c2w @ diag(1,-1,-1,1)); focal "
                     f"length {opts.focal:g} px at {opts.size[0]}x{opts.size[1]}, principal point centred; translations in "
