@@ -45,6 +45,7 @@ key                  shape                   dtype      meaning
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -168,8 +169,12 @@ def choose_references(clip: AnnotatedClip, idx: SampleIndices, spec: SampleSpec)
 
 
 def build_samples(clip: AnnotatedClip, models, spec: SampleSpec, count: int, seed: int,
-                  caption: str, caption_source: str, text: bool = True) -> list[Sample]:
+                  caption: str, caption_source: str, text: bool = True,
+                  captioner: Callable[[torch.Tensor], tuple[str, str]] | None = None) -> list[Sample]:
     """``count`` samples of one clip window (each its own ``t0``; see the module docstring).
+
+    ``captioner``: when given, each sample's caption is ``captioner(target frames (33, 3, H, W) in [0, 1])``
+    -> ``(caption, source)`` instead of ``caption`` (the reference captions the target frames).
 
     Raises:
         MirageError: the clip fails the reference's quality filter (a frame >= 95 % dynamic) or its
@@ -195,6 +200,8 @@ def build_samples(clip: AnnotatedClip, models, spec: SampleSpec, count: int, see
         idx = sample_indices(N, spec, rng, codec.temporal_factor)
         cams = relative_cameras(clip, idx.t0)
         refs, ious = choose_references(clip, idx, spec)
+        if captioner is not None:
+            caption, caption_source = captioner(frames[list(idx.target)])
         target = round_latents(codec.encode(frames[list(idx.target)]))
         prec = round_latents(codec.encode(frames[list(idx.preceding)]))
         reference = (torch.cat([round_latents(codec.encode(frames[r:r + 1])) for r in refs]) if refs
