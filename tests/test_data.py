@@ -315,3 +315,20 @@ def test_bad_clips_are_skipped_the_rest_go_on_exit_0_with_warning_or_2_when_none
     shutil.rmtree(src / "good")
     assert main(args[:4] + [str(tmp_path / "none")] + args[5:]) == 2
     assert "no sample written" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["workers", "ray"])
+def test_workers_and_ray_give_the_same_shards_as_in_process(shards, clips, model_dir, tmp_path, how):
+    from mirage_cli.batch.runner import BatchOptions
+
+    if how == "ray":
+        pytest.importorskip("ray")
+    out, _ = shards
+    other = tmp_path / how
+    batch = BatchOptions(out=str(other), workers=2, ray="local" if how == "ray" else None, threads=1)
+    result = prepare([str(clips)], other, PrepareOptions(model=str(model_dir), size=SIZE, device="cpu", shard_samples=2),
+                     batch, warn=lambda w: None)
+    assert result.record["workers"].startswith("ray" if how == "ray" else "2 processes")
+    for f in sorted(out.glob("shard-*.tar")) + [out / "dataset.safetensors"]:
+        assert (other / f.name).read_bytes() == f.read_bytes()  # byte-identical shards: the same samples
