@@ -332,3 +332,29 @@ def test_workers_and_ray_give_the_same_shards_as_in_process(shards, clips, model
     assert result.record["workers"].startswith("ray" if how == "ray" else "2 processes")
     for f in sorted(out.glob("shard-*.tar")) + [out / "dataset.safetensors"]:
         assert (other / f.name).read_bytes() == f.read_bytes()  # byte-identical shards: the same samples
+
+
+def test_captions_from_a_mapping_file_and_from_a_tiny_qwen_vl_model(clips, model_dir, tmp_path):
+    from mirage_cli.data.captions import save_tiny_captioner
+
+    src = tmp_path / "src"
+    for name in ("mapped", "uncaptioned"):
+        shutil.copytree(clips / "synth-0002", src / name)
+        (src / name / "clip.txt").unlink()
+    mapping = tmp_path / "captions.jsonl"
+    mapping.write_text(json.dumps({"clip": "mapped", "caption": "  A room,\nseen   from a moving camera. "}) + "\n")
+    qwen = save_tiny_captioner(tmp_path / "qwen")
+    out = tmp_path / "out"
+    result = prepare([str(src)], out, PrepareOptions(model=str(model_dir), size=SIZE, device="cpu", text=False,
+                                                     captions=str(mapping), caption_model=str(qwen)),
+                     warn=lambda w: None)
+    assert result.ok == 2
+    by_clip = {s.meta["clip"]: s for s in TrainingShards(out)}
+    assert by_clip["mapped"].caption == "A room, seen from a moving camera."
+    assert by_clip["mapped"].meta["caption_source"] == "--captions"
+    generated = by_clip["uncaptioned"]
+    assert generated.caption and generated.meta["caption_source"].startswith("caption-model:qwen:style")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("clip,caption\nmapped,\n")
+    with pytest.raises(MirageError, match="row 1: caption: missing"):
+        prepare([str(src)], tmp_path / "o2", PrepareOptions(model=str(model_dir), size=SIZE, captions=str(bad)))

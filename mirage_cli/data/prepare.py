@@ -272,7 +272,7 @@ def prepare_job(job, loaders=None) -> None:
             raise MirageError(f"{ref.folder}: caption: missing (give clip.txt, --captions FILE or --caption-model)")
         samples = build_samples(clip, models, opts.spec, opts.samples_per_clip, opts.seed, caption or "",
                                 source or "", text=opts.text,
-                                captioner=caption_samples(opts.caption_model, opts.seed, opts.device)
+                                captioner=caption_samples(opts.caption_model, opts.seed, opts.device, opts.fps, ref.name)
                                 if caption is None else None)
         members = [m for s in samples for m in sample_members(s.key, s.tensors, s.meta, s.caption)]
         write_tar(parts / f"{ref.name}.tar", members)
