@@ -358,3 +358,35 @@ def test_captions_from_a_mapping_file_and_from_a_tiny_qwen_vl_model(clips, model
     bad.write_text("clip,caption\nmapped,\n")
     with pytest.raises(MirageError, match="row 1: caption: missing"):
         prepare([str(src)], tmp_path / "o2", PrepareOptions(model=str(model_dir), size=SIZE, captions=str(bad)))
+
+
+def test_the_processed_layout_reads_like_the_raw_one(clips, tmp_path):
+    raw = read_clip(find_clips([clips])[0], SIZE, 81, 16.0, 0)
+    folder = tmp_path / "processed"
+    folder.mkdir()
+    shutil.copy(clips / "synth-0000" / "clip.mp4", folder / "clip.mp4")
+    shutil.copy(clips / "synth-0000" / "clip.txt", folder / "clip.txt")
+    with np.load(clips / "synth-0000" / "pose.npz") as p, np.load(clips / "synth-0000" / "intrinsics.npz") as k:
+        poses, fxfycxcy = p["data"], k["data"]
+    K = np.zeros((81, 3, 3), np.float32)
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = *fxfycxcy.T, 1
+    from mirage_cli.data.clips import _read_exr_frames, _exr_members
+
+    depths = _read_exr_frames(clips / "synth-0000" / "depth.zip", _exr_members(clips / "synth-0000" / "depth.zip"),
+                              range(81), (96, 128))
+    np.savez(folder / "geometry.npz", depths=depths, poses_c2w=poses, intrinsics=K, fps=np.array(16.0))
+    ref = find_clips([folder])[0]
+    assert ref.layout == "processed"
+    ref = dataclasses.replace(ref, name=raw.ref.name)  # the window's seed follows the clip name
+    clip = read_clip(ref, SIZE, 81, 16.0, 0)
+    assert clip.window == raw.window and np.array_equal(clip.frames, raw.frames)
+    assert np.array_equal(clip.depth, raw.depth) and np.allclose(clip.K, raw.K) and clip.caption == raw.caption
+
+
+def test_a_dataloader_with_two_workers_reads_the_stream_in_order(shards):
+    from torch.utils.data import DataLoader
+
+    out, _ = shards
+    fresh = [s.key for s in ShardStream(out)]
+    loader = DataLoader(ShardStream(out, start=1), batch_size=None, num_workers=2)
+    assert [s.key for s in loader] == fresh[1:]
