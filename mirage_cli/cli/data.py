@@ -97,11 +97,13 @@ def prepare_cmd(
     from .console import Progress
 
     with Progress(console=err_console, disable=not show) as progress:
-        task = progress.add_task("clips", total=None)
+        tasks: list = []  # the bar appears with the first job (an option error comes back alone, as one line)
 
         def update(record):
+            if not tasks:
+                tasks.append(progress.add_task("clips", total=len(record.jobs)))
             done = sum(j.status in ("done", "skipped", "failed") for j in record.jobs.values())
-            progress.update(task, total=len(record.jobs), completed=done)
+            progress.update(tasks[0], total=len(record.jobs), completed=done)
 
         result = prepare([str(s) for s in sources], out, opts, batch, on_update=update, warn=warnings.append)
     for w in warnings:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,7 @@ class TrainingShards(torch.utils.data.Dataset):
         self._entries: list[tuple[str, str, list[int]]] = [
             (s["file"], key, off) for s in self.index["shards"] for key, off in zip(s["keys"], s["offsets"])]
         self._files: dict[str, object] = {}
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -258,6 +260,8 @@ class TrainingShards(torch.utils.data.Dataset):
     def raw(self, i: int) -> tuple[str, dict[str, bytes]]:
         """``(key, {ext: bytes})`` of sample ``i``."""
         file, key, off = self._entries[i]
+        if self._pid != os.getpid():  # a forked data-loader worker: its own handles (a shared one shares its offset)
+            self._files, self._pid = {}, os.getpid()
         f = self._files.get(file)
         if f is None:  # opened lazily: after a DataLoader fork, each worker opens its own handles
             f = self._files[file] = open(self.root / file, "rb")
