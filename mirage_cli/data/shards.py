@@ -12,8 +12,8 @@ On disk (``OUT/``)::
                              IoUs, known fractions...), <key>.txt (caption, UTF-8)
     prepare.json             what ``mirage data prepare`` did, clip by clip
 
-Why tar + safetensors: a tar is read by the standard library (``tarfile``) and streamed by
-``webdataset`` unchanged; safetensors holds tensors without code (no pickle, no ``torch.load``);
+Why tar + safetensors: a tar is read by the standard library (``tarfile``) and has the layout the
+``webdataset`` package streams (``<key>.<ext>`` members, grouped by key); safetensors holds tensors without code (no pickle, no ``torch.load``);
 JSON and text are plain. Tar headers are written deterministically (mtime 0, uid/gid 0, no names),
 so the same samples give byte-identical shards whatever the worker layout.
 
