@@ -1,6 +1,6 @@
 """Captions from a local vision-language model of the Qwen-VL family (``--caption-model``), as the reference asks for them.
 
-The reference (``data_process``, TRAINING_FACTS.md 1.1) captions the 33 target frames with
+The reference (microsoft/LatentSpatialMemory at b2cd738, ``data_process/run_video_captioning``) captions the 33 target frames with
 Qwen3-VL-8B: frames sampled evenly at 2 fps (4 to 10), one of six style sentences picked at random,
 then a request to describe the visible scene and the camera motion, temperature 0, at most 512 new
 tokens, the answer whitespace-normalised and cut to the style's word budget. mirage does the same with
@@ -12,7 +12,7 @@ any local Qwen-VL-family checkpoint that transformers loads without ``trust_remo
 Inputs are built with the model's tokenizer (its chat template) and image processor; every
 ``<|image_pad|>`` placeholder is expanded to ``grid_thw.prod() // merge_size**2`` tokens, the rule of
 transformers' ``Qwen2VLProcessor.replace_image_token`` (transformers 5.x,
-``models/qwen2_vl/processing_qwen2_vl.py``): the processor class itself needs torchvision for its
+``transformers/models/qwen2_vl/processing_qwen2_vl.py``): the processor class itself needs torchvision for its
 video half, which mirage does not otherwise need.
 
 :func:`save_tiny_captioner` writes a tiny randomly initialised ``Qwen2VLForConditionalGeneration`` with

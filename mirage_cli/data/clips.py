@@ -3,7 +3,7 @@
 Two layouts (docs/training-data.md has a tree of each):
 
 - **ViPE / reference raw layout** (what ViPE, the annotator the paper's reference uses, gives per
-  clip; ``TRAINING_FACTS.md`` 1.1): ``clip.mp4``; ``depth.zip`` (one OpenEXR per frame, member stem
+  clip; microsoft/LatentSpatialMemory at b2cd738, ``data_process/``): ``clip.mp4``; ``depth.zip`` (one OpenEXR per frame, member stem
   = frame index, channel ``Z``, metric z-depth); ``pose.npz`` (``inds (N,)``, ``data (N, 4, 4)``
   camera-to-world, OpenCV axes); ``intrinsics.npz`` (``inds (N,)``, ``data (N, 4)`` = fx, fy, cx, cy
   in pixels of the video); optional ``mask.zip`` (one PNG per frame in name order, nonzero = dynamic);

@@ -1,4 +1,7 @@
-"""One training sample of the paper's model from one annotated clip window (TRAINING_FACTS.md 1.2-1.5).
+"""One training sample of the paper's model from one annotated clip window.
+
+As the reference (microsoft/LatentSpatialMemory at b2cd738, ``data_process/``: clip sampling, the
+memory projection, reference frames, VAE encoding); the deviations are listed in docs/training-data.md.
 
 Given an :class:`~.clips.AnnotatedClip` (81 frames at 16 fps, cropped to ``W x H``):
 
@@ -61,7 +64,7 @@ TEXT_DTYPE = torch.bfloat16
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """The sample geometry (defaults: the reference's, TRAINING_FACTS.md 1.2 and 1.4)."""
+    """The sample geometry (defaults: the reference's clip sampling and reference frames)."""
 
     target: int = 33
     preceding: int = 8

@@ -110,7 +110,7 @@ def depth_voxel_keys(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, va
 
 def frame_iou_references(keys: dict[int, torch.Tensor], targets: list[int], candidates: list[int], count: int,
                          threshold: float = IOU_THRESHOLD) -> tuple[list[int], list[float]]:
-    """The reference's training reference frames (``reference_frames.py``, TRAINING_FACTS.md 1.4): the
+    """The reference's training reference frames (``data_process/reference_frames.py`` of microsoft/LatentSpatialMemory at b2cd738): the
     score of a candidate frame is the largest voxel IoU between its occupancy and any target frame's
     (``keys``: frame -> :func:`depth_voxel_keys`); candidates scoring at least ``threshold`` are kept,
     highest first (ties: the earlier frame), at most ``count``.
