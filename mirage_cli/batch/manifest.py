@@ -48,11 +48,12 @@ class Step:
 class Job:
     """One manifest row, validated: its id (the run directory's name), row number (1-based, data
     rows), and the generate options (paths absolute, ``out`` = ``DIR/<id>`` filled in by the batch);
-    ``then``: a step to run after the run (None for ``mirage batch``)."""
+    ``then``: a step to run after the run (None for ``mirage batch``). A job without ``config`` is
+    its step alone (``mirage data prepare``: one clip per job, no generate run)."""
 
     id: str
     row: int
-    config: GenerateConfig
+    config: GenerateConfig | None
     then: Step | None = None
 
 

@@ -88,6 +88,8 @@ def run_state(out: Path) -> str | None:
 
 def finished(job: Job) -> bool:
     """A job a (re)run skips: its run is done, and so is its step (its output file exists)."""
+    if job.config is None:  # a step-only job
+        return job.then is not None and Path(job.then.output).exists()
     if job.config.overwrite or run_state(Path(str(job.config.out))) != "done":
         return False
     return job.then is None or Path(job.then.output).exists()
@@ -127,7 +129,8 @@ class Worker:
             self._test_hooks(job.id)
             record = self._run(job)
             return JobResult(job.id, "done", self.name, round(time.perf_counter() - t0, 3),
-                             frames=record.totals.frames if record.totals else None, loads=self.models.loads,
+                             frames=record.totals.frames if record is not None and record.totals else None,
+                             loads=self.models.loads,
                              warnings=list(self.warnings))
         except KeyboardInterrupt:
             raise
@@ -145,8 +148,11 @@ class Worker:
         from ..pipeline.records import RunRecord
         from ..pipeline.rundir import run_json
 
-        out = Path(str(job.config.out))  # a manifest gives every job its directory
         loaders = self.models.loaders()
+        if job.config is None:  # a step-only job (mirage data prepare)
+            run_step(job, loaders)
+            return None
+        out = Path(str(job.config.out))
         state = run_state(out)
         if state == "done" and not job.config.overwrite:  # dispatched only for its step (see finished)
             record = RunRecord.read(run_json(out))

@@ -58,6 +58,7 @@ def root(
 from . import batch as _batch  # noqa: E402
 from . import bench as _bench  # noqa: E402
 from . import cache as _cache  # noqa: E402
+from . import data as _data  # noqa: E402
 from . import eval as _eval  # noqa: E402
 from . import export as _export  # noqa: E402
 from . import generate as _generate  # noqa: E402
@@ -68,6 +69,7 @@ app.add_typer(_traj.app, name="traj")
 app.add_typer(_cache.app, name="cache")
 app.add_typer(_models.app, name="models")
 app.add_typer(_eval.app, name="eval")
+app.add_typer(_data.app, name="data")
 _generate.register(app)
 _bench.register(app)
 _batch.register(app)

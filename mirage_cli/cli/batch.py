@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 def ray_flag_args(args: list[str]) -> list[str]:
     """Let ``--ray`` take an optional value (Typer options cannot): a bare ``--ray`` (last, or
     followed by another option) becomes ``--ray local``, a local Ray instance."""
-    if "batch" not in args and "eval" not in args:  # `mirage eval recon` takes --ray too
+    if "batch" not in args and "eval" not in args and "data" not in args:  # `eval recon`, `data prepare` too
         return args
     out = []
     for i, a in enumerate(args):

@@ -306,7 +306,7 @@ def synthetic_clips(spec: str, frames: int, size: tuple[int, int]) -> list[Clip]
     return [synthetic_clip(s, t, frames, size) for s, t in synthetic_names(spec, frames)]
 
 
-def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int, int]) -> Clip:
+def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int, int], seed: int = 0) -> Clip:
     """Render ``scene_name`` exactly along preset ``traj_name`` (or one of :data:`SYNTHETIC_PATHS`) at ``size``.
 
     As in ``mirage bench``: the room's default camera is frame 0, a relative preset is scaled by
@@ -315,7 +315,8 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     second half revisits the first (the last frame is frame 0's camera for an odd ``frames``).
     ``pan_and_back``: the same with ``pan_right``, closed for any ``frames`` (an even count shows
     the turning pose twice). ``figure_eight``: see :data:`FIGURE_EIGHT`. The paths of
-    :data:`LOOP_SUITE` end exactly (to rounding) on frame 0's camera.
+    :data:`LOOP_SUITE` end exactly (to rounding) on frame 0's camera. ``seed``: the scene's texture
+    seed (:func:`~mirage_cli.data.scenes.make_scene`; the geometry does not depend on it).
     """
     from ..bench.scene import check_inside_room
     from ..data.scenes import default_camera, make_scene
@@ -323,7 +324,7 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     from ..trajectories import PRESETS, load_trajectory, resample
 
     W, H = size
-    scene = make_scene(scene_name)
+    scene = make_scene(scene_name, seed)
     cam0 = default_camera(W, H)
     _, d0 = scene.render(cam0)
     ref = reference_depth(d0[0])

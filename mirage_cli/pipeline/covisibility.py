@@ -94,3 +94,40 @@ def voxel_iou_references(points: torch.Tensor, labels: torch.Tensor, target: Cam
         if iou >= threshold:
             scored.append((-iou, -i))
     return [-i for _, i in sorted(scored)[:count]]
+
+
+# ------------------------------------------------------------------------------------ training samples
+def depth_voxel_keys(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, valid: torch.Tensor,
+                     voxel: float) -> torch.Tensor:
+    """The occupancy of one annotated frame, as the reference's training references use it: every
+    valid pixel of ``depth (H, W)`` (z-depth; ``valid (H, W)`` bool) back-projected with ``c2w (4, 4)``
+    and pixel intrinsics ``K (3, 3)``, floored to ``voxel``; unique int64 keys ``(M,)``."""
+    from ..geometry.cameras import backproject
+
+    pts = backproject(depth.double(), c2w.double(), K.double())[valid]
+    return _voxel_keys(pts, voxel)
+
+
+def frame_iou_references(keys: dict[int, torch.Tensor], targets: list[int], candidates: list[int], count: int,
+                         threshold: float = IOU_THRESHOLD) -> tuple[list[int], list[float]]:
+    """The reference's training reference frames (``data_process/reference_frames.py`` of
+    microsoft/LatentSpatialMemory at b2cd738): the
+    score of a candidate frame is the largest voxel IoU between its occupancy and any target frame's
+    (``keys``: frame -> :func:`depth_voxel_keys`); candidates scoring at least ``threshold`` are kept,
+    highest first (ties: the earlier frame), at most ``count``.
+
+    Returns:
+        ``(frames, ious)``, both ordered by IoU descending.
+    """
+    scored = []
+    for c in candidates:
+        kc, best = keys[c], 0.0
+        for t in targets:
+            kt = keys[t]
+            inter = int(torch.isin(kc, kt).sum())
+            union = len(kc) + len(kt) - inter
+            best = max(best, inter / union if union else 0.0)
+        if best >= threshold:
+            scored.append((-best, c))
+    scored.sort()
+    return [c for _, c in scored[:count]], [-s for s, _ in scored[:count]]
