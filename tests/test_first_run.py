@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import psnr
 
+from mirage_cli.backends.specs import backend_spec
 from mirage_cli.cli import hoist_threads, main
 from mirage_cli.io import read_video, write_video
 
@@ -82,7 +83,8 @@ def test_width_alone_picks_the_downscale_from_the_resized_size(tmp_path):
     rec = run_json(out)
     assert rec["config"]["downscale"] == 1 and rec["latent_grid"] == [240, 416]
     # a tall 832x960 image with --width 416 is 416x480 (1/1), not 416x960 (which would give 1/2)
-    cfg = _with_downscale(GenerateConfig(image="x", traj="static", width=416), torch.zeros(3, 960, 832))
+    cfg = _with_downscale(GenerateConfig(image="x", traj="static", width=416), backend_spec("preview"),
+                          torch.zeros(3, 960, 832))
     assert cfg.downscale == 1 and preview_downscale(416, 960) == 2
     assert preview_downscale(832, 480) == 2 and preview_downscale(1024, 768) == 2
 

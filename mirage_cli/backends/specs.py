@@ -5,7 +5,7 @@ in its :class:`BackendSpec`: sampling defaults, the codec geometry its memory an
 frame-size multiple, the chunk length, whether it samples with a network (and so reads the sampling
 options), whether it needs ``--model``, which context it takes (preceding frames with their stored
 reads, references and how they are chosen), and how to load it. ``pipeline/``, ``batch/``, ``eval/``
-and the CLI ask the spec; no backend name is compared outside ``backends/`` (``tests/test_backend_names.py``).
+and the CLI ask the spec; no backend name is compared outside ``backends/`` (``tests/test_engine.py``).
 
 This module imports no torch, so ``mirage generate``'s option checks, ``--help`` and ``--dry-run``'s
 plan can use it before torch loads.

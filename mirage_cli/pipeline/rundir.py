@@ -274,8 +274,11 @@ def drop_empty_cache(out: Path) -> None:
 def drop_checkpoint(out: Path) -> None:
     """A finished run's resume checkpoint (the checkpoint directory, or an older run's rolling
     ``last.safetensors``) goes once the run is recorded done."""
-    if checkpoint_dir(out).is_dir():
-        shutil.rmtree(checkpoint_dir(out))
+    ckpt = checkpoint_dir(out)
+    if ckpt.is_dir():  # flat: its entries, its index, perhaps a killed append's temporary
+        for p in ckpt.iterdir():
+            p.unlink()
+        ckpt.rmdir()
     if last_dump(out).exists():
         last_dump(out).unlink()
 
