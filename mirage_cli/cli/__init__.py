@@ -60,6 +60,7 @@ from . import batch as _batch  # noqa: E402
 from . import bench as _bench  # noqa: E402
 from . import cache as _cache  # noqa: E402
 from . import eval as _eval  # noqa: E402
+from . import explore as _explore  # noqa: E402
 from . import generate as _generate  # noqa: E402
 from . import models as _models  # noqa: E402
 from . import traj as _traj  # noqa: E402
@@ -71,6 +72,7 @@ app.add_typer(_eval.app, name="eval")
 _generate.register(app)
 _bench.register(app)
 _batch.register(app)
+_explore.register(app)
 
 
 def plain_switches(command) -> None:

@@ -144,6 +144,8 @@ class ExploreSession:
         if cfg.traj or cfg.frames is not None or cfg.start_frame:
             raise MirageError("explore: the path is walked, not given (no --traj, --frames or --start-frame)")
         cfg = replace(cfg, cache_dump="chunks", keep_latents=True)  # every chunk's dump (undo) and latents (resume)
+        if not cfg.out and cfg.image:
+            cfg = replace(cfg, out=str(Path("outputs") / f"{Path(cfg.image).stem}-explore"))
         with tempfile.TemporaryDirectory(prefix="mirage-explore-") as tmp:
             first = Path(tmp) / "start.json"
             save_trajectory(first_trajectory(cfg.fov, cfg.fps), first)
