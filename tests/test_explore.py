@@ -158,6 +158,7 @@ def png_header(width: int, height: int) -> bytes:
 
 @pytest.fixture()
 def app(tmp_path):
+    pytest.importorskip("viser", reason="viser not installed (pip install -e '.[explore]')")
     from mirage_cli.explore.app import ExploreApp, ExploreOptions
 
     torch.set_num_threads(1)
