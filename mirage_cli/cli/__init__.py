@@ -60,6 +60,7 @@ from . import bench as _bench  # noqa: E402
 from . import cache as _cache  # noqa: E402
 from . import data as _data  # noqa: E402
 from . import eval as _eval  # noqa: E402
+from . import explore as _explore  # noqa: E402
 from . import export as _export  # noqa: E402
 from . import generate as _generate  # noqa: E402
 from . import models as _models  # noqa: E402
@@ -73,6 +74,7 @@ app.add_typer(_data.app, name="data")
 _generate.register(app)
 _bench.register(app)
 _batch.register(app)
+_explore.register(app)
 _export.register(app)
 
 

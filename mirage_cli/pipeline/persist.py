@@ -163,6 +163,34 @@ class RunWriter:
             self._checkpoint = MemoryCheckpoint(checkpoint_dir(plan.out))
         self._checkpoint.append(memory, extras)
 
+    def truncate(self, k: int, memory: LatentMemory) -> None:
+        """Forget every chunk from ``k`` on (an explorer's undo): the run directory becomes what it was
+        after chunk ``k - 1``. ``memory``: the engine's memory after chunk ``k - 1`` (restored by the
+        caller), written as the resume checkpoint when the run keeps a rolling one.
+
+        Crash-safe order: first the checkpoints (the later chunks' dumps go, newest first, then the
+        rolling one is rewritten), so a kill in between resumes after at most the chunk ``k - 1``;
+        then run.json; then the later chunks' video and latents (orphans until then, unused)."""
+        if not 0 <= k <= len(self.records):
+            raise ValueError(f"truncate to {k} chunks: the run has {len(self.records)}")
+        out, dump = self.plan.out, self.plan.config.cache_dump
+        gone = self.records[k:]
+        for rec in reversed(gone):
+            (out / "cache" / f"chunk_{rec.index:03d}.safetensors").unlink(missing_ok=True)
+        del self.records[k:]
+        if dump != "chunks" and gone:
+            if k:
+                self.checkpoint(memory, self.records)
+            else:
+                drop_checkpoint(out)
+                self._checkpoint = None  # a later chunk starts a new checkpoint directory
+        if not self.records:
+            self.record.frame0_psnr_db = None
+        write_run(out, self.record)
+        for rec in gone:
+            chunk_video(out, rec.index).unlink(missing_ok=True)
+            chunk_latents(out, rec.index).unlink(missing_ok=True)
+
     # -- the end
     def finish(self, engine: ChunkEngine, t_start: float) -> RunRecord:
         """Write the video and the final dump, record the run as done, drop the resume state."""
