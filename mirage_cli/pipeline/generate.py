@@ -42,7 +42,7 @@ from .inputs import (NO_DEPTH, Loaders, check_memory_fits, grid_multiple, load_i
                      prepare_trajectory, real_depth_hint, resume_depth_model, trajectory_cameras, with_geometry_image)
 from .loop import Run, run_loop
 from .persist import FrameList, RunWriter, open_video
-from .plan import plan_chunks, reference_depth, scale_cameras
+from .plan import reference_depth, scale_cameras
 from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
 from .records import (RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now,
                       versions)
@@ -102,6 +102,9 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     for opt in unused_options(given):
         warn(f"{opt} does nothing with --backend {given.backend}" + (f" and --depth {given.depth}" if "depth" in opt else ""))
     cfg = with_absolute_paths(with_backend_defaults(given))
+    if cfg.conditioning in spec.experimental_conditionings:
+        warn(f"--conditioning {cfg.conditioning} is EXPERIMENTAL with --backend {spec.name}: the weights were never "
+             "trained with it and its quality is unmeasured")
     device = resolve_device(cfg.device)
     image_path = Path(cfg.image)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
@@ -259,15 +262,24 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
     spec, cfg = backend.spec, plan.config
     settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=cfg.steps, guidance=cfg.guidance, prompt=cfg.prompt,
                               negative_prompt=cfg.negative_prompt, references=cfg.references,
-                              voxel=voxel_size(plan.depth_source, plan.reference_depth)[0])
+                              voxel=voxel_size(plan.depth_source, plan.reference_depth)[0],
+                              prompts=tuple(cfg.prompts or ()), conditioning=cfg.conditioning or "")
+    pixels = {}
+    if spec.pixel_history:  # the input's pixels and saved depth (the explicit cloud's frame 0), the cameras
+        import numpy as np
+
+        from .rundir import depth_file
+
+        depth = torch.from_numpy(np.load(depth_file(plan.out), allow_pickle=False)).float().to(plan.device)
+        pixels = dict(input_image=image.to(plan.device), input_depth=depth, cameras=plan.cams)
     engine = ChunkEngine(codec, backend, memory, first_latent, plan.cams[:1], settings, depth_model=depth_model,
-                         first_frame=image if spec.exact_first_frame else None)
+                         first_frame=image if spec.exact_first_frame else None, **pixels)
     try:
         for chunk in plan.chunks[:len(record.chunks)]:
             path = chunk_latents(plan.out, chunk.index)
             frames_u8 = engine.replay(chunk, plan.cams[chunk.frames], load_latents(path).to(plan.device),
                                       load_reads(path, plan.device))
-            video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
+            video.append(frames_u8[chunk.new_from:])
     except BaseException:
         video.abort()
         raise
@@ -339,7 +351,10 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
     H, W = image.shape[-2:]
     cams, saved = run_cameras(cfg, out, (W, H), ref_depth)
     cfg = replace(cfg, chunk_frames=cfg.chunk_frames or spec.chunk_frames)
-    chunks = tuple(plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor))
+    try:
+        chunks = tuple(spec.plan(len(cams), cfg.chunk_frames, codec.temporal_factor))
+    except ValueError as e:
+        raise MirageError(f"--chunk-frames {cfg.chunk_frames}: {e}") from None
     return RunPlan(config=cfg, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
                    chunks=chunks, reference_depth=ref_depth, depth_source=depth_source, device=device)
