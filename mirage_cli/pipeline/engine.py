@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from ..backends import Backend, ChunkRequest, FilledDepth, PrecedingReads
+from ..backends import Backend, ChunkRequest, FilledDepth, PixelHistory, PrecedingReads
 from ..dtypes import LATENT_STORE_DTYPE
 from ..geometry.cameras import Cameras, backproject, project
 from ..geometry.depth import fill_depth, fit_scale_shift
@@ -278,6 +278,7 @@ class ChunkEngine:
 
         stored = self.stored_reads(read)
         refs = [self.history[i].frame for i in read.references]
+        refs += [f for p in read.pixels if isinstance(p, PixelHistory) for f in p.reference_frames]  # pixel references
         self.extend_history(chunk, latents, read.cams, stored)
         result = ChunkResult(chunk, latents, frames, frames_u8, read, n, int(added), refs, stored, sec)
         for observer in self.observers:
