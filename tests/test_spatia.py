@@ -250,3 +250,28 @@ def test_spatia_resume_is_bit_identical(converted, tmp_path, monkeypatch):
         name = f"chunks/chunk_{i:03d}.latents.safetensors"
         assert torch.equal(load_file(str(a / name))["latents"], load_file(str(c / name))["latents"])
     assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4"))
+
+
+# ----------------------------------------------------------------------------------- trajectory format
+def test_spatia_w2c_txt_round_trip_and_errors(tmp_path):
+    from mirage_cli.trajectories import load_trajectory
+    from mirage_cli.trajectories.formats import detect_format, read_trajectory, save_trajectory
+
+    from dataclasses import replace
+
+    traj = replace(load_trajectory("orbit_left"), scale="absolute", fps=24.0)  # Spatia's files are metric
+    k = traj.cameras.intrinsics
+    traj.cameras.intrinsics = k[:1].expand_as(k).clone()  # Spatia: one intrinsics set for all frames
+    files = save_trajectory(traj, tmp_path / "case", "spatia")
+    w2c = tmp_path / "case" / "w2c.txt"
+    assert [f.name for f in files] == ["w2c.txt", "intrinsics.txt"] and detect_format(w2c) == "spatia"
+    lines = w2c.read_text().splitlines()
+    assert len(lines) == len(traj) and json.loads(lines[0])[3] == [0.0, 0.0, 0.0, 1.0]  # JSON Lines, 4x4 w2c
+    back = read_trajectory(w2c)
+    assert back.fps == 24.0 and back.scale == "absolute" and back.cameras.height == 704
+    assert torch.allclose(back.cameras.c2w, traj.cameras.c2w, atol=1e-8)
+    assert torch.allclose(back.cameras.intrinsics, traj.cameras.intrinsics, atol=1e-9)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "w2c.txt").write_text(lines[0] + "\n[[1, 2, 3]]\n")
+    with pytest.raises(MirageError, match=r"frame 1 \(line 2\): w2c: expected a 3x4 or 4x4 matrix"):
+        read_trajectory(tmp_path / "bad" / "w2c.txt")

@@ -8,6 +8,7 @@
 ``nerf``           NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``transform_matrix``.
 ``colmap``         COLMAP text model ``images.txt`` (+ sibling ``cameras.txt``): w2c, quaternions.
 ``worldscore``     WorldScore ``camera_data.json``: ``cameras_interp`` c2w in Blender axes.
+``spatia``         Spatia's ``w2c.txt`` (JSON Lines of w2c matrices, OpenCV) + sibling ``intrinsics.txt``.
 ``geometry-npz``   the paper's reference pipeline's ``geometry.npz``: ``poses_c2w`` OpenCV,
                    ``intrinsics`` 3x3 pixels, ``depths``; read only (binary, ``allow_pickle=False``).
 =================  ==========================================================================
@@ -30,11 +31,11 @@ from typing import Any
 from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
-from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, worldscore
+from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, spatia, worldscore
 from .common import Format, check_plausible, floats, read_text
 
 REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
-                                                                geometry_npz)}
+                                                                geometry_npz, spatia)}
 """Every format by name; each format's detector accepts only its own files, so order does not matter."""
 
 FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text or f.write)
@@ -65,6 +66,8 @@ def _parse(path: Path) -> tuple[str, Any]:
     try:
         return "json", json.loads(text)
     except json.JSONDecodeError as e:
+        if spatia.detect(text):  # JSON Lines (Spatia's w2c.txt): one matrix per line, not one document
+            return "text", text
         raise MirageError(f"{path}: unreadable: invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
