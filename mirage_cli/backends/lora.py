@@ -1,6 +1,6 @@
 """A LoRA kept beside the weights and switched on or off between forwards (Spatia runs round 0 without it).
 
-Spatia (ZhaoJingjing713/Spatia ``inference.py`` lines 486-493, ``wan/lora.py``) fuses ``W += B @ A`` into
+Spatia (ZhaoJingjing713/Spatia ``Spatia/inference.py`` lines 486-493, ``wan/lora.py``) fuses ``W += B @ A`` into
 the bf16 DiT from round 1 on and un-fuses by subtraction. Here the factors stay unfused (``OUT/lora.safetensors``
 of ``mirage models convert --layout spatia``, diffusers module names) and each targeted ``nn.Linear`` gets a
 forward hook adding ``B (A x)`` while the LoRA is on: switching costs nothing, is exact both ways (no

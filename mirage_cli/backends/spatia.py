@@ -3,8 +3,8 @@
 The network is the paper's (:class:`~mirage_cli.models.mirage_transformer.MirageTransformer3DModel`, the
 same forward as Spatia's ``model_fn_wan_video``) with Spatia's VACE layout (8 blocks on layers 0, 4, ..., 28),
 converted by ``mirage models convert --layout spatia``; the LoRA stays unfused and is switched per chunk
-(:mod:`.lora`): **off in chunk 0, on from chunk 1** (Spatia ``inference.py`` lines 486-493). One chunk
-("round") follows ``inference.py`` + ``wan/wan_video_new.py`` at 5dd3457:
+(:mod:`.lora`): **off in chunk 0, on from chunk 1** (Spatia ``Spatia/inference.py`` lines 486-493). One chunk
+("round") follows ``Spatia/inference.py`` + ``wan/wan_video_new.py`` at 5dd3457:
 
 - Sequence ``[R references | n_pin pinned | T - n_pin new]`` latent frames, per-frame timesteps
   ``[0]*R + [0]*n_pin + [t]*(T - n_pin)``. Chunk 0 pins the input image's latent (``n_pin = 1``); later
@@ -15,8 +15,8 @@ converted by ``mirage models convert --layout spatia``; the LoRA stays unfused a
 - VACE context (96 channels), ``--conditioning``:
   - ``rgb`` (as trained): ``[VAE(render of the explicit RGB point cloud, black holes) |
     VAE(hole mask: white holes, grey covered)]`` over every frame of the chunk (pinned frames included):
-    Spatia feeds ``(255 - coverage) / 255`` to the VAE in [0, 1] (``inference.py`` line 533,
-    ``wan_video_new.py`` lines 587-594), i.e. mirage's levels ``0.5 + 0.5 (1 - coverage)``.
+    Spatia feeds ``(255 - coverage) / 255`` to the VAE in [0, 1] (``Spatia/inference.py`` line 533,
+    ``Spatia/wan/wan_video_new.py`` lines 587-594), i.e. mirage's levels ``0.5 + 0.5 (1 - coverage)``.
   - ``latent`` (EXPERIMENTAL, mirage's idea on Spatia's weights, never trained): ``[memory read where
     known, else the black-video latent | grey-video latent where known, else the white-video latent]``
     per cell; no VAE encode of any render (the constant-level latents are encoded once per chunk
@@ -45,7 +45,7 @@ from .specs import BACKENDS
 from .wan_vace import load_wan_folder, read_model_index
 
 SPEC = BACKENDS["spatia"]
-PROMPT_SUFFIX = " 4K, realistic, high quality, HDR."  # inference.py: appended to every round's prompt
+PROMPT_SUFFIX = " 4K, realistic, high quality, HDR."  # Spatia/inference.py: appended to every round's prompt
 #: Wan's standard negative prompt (Wan2.2 shared_config ``sample_neg_prompt``), Spatia's default.
 WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
                 "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"

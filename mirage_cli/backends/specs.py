@@ -5,7 +5,7 @@ in its :class:`BackendSpec`: sampling defaults, the codec geometry its memory an
 frame-size multiple, the chunk length, whether it samples with a network (and so reads the sampling
 options), whether it needs ``--model``, which context it takes (preceding frames with their stored
 reads, references and how they are chosen), and how to load it. ``pipeline/``, ``batch/``, ``eval/``
-and the CLI ask the spec; no backend name is compared outside ``backends/`` (``tests/test_backend_names.py``).
+and the CLI ask the spec; no backend name is compared outside ``backends/`` (``tests/test_engine.py``).
 
 This module imports no torch, so ``mirage generate``'s option checks, ``--help`` and ``--dry-run``'s
 plan can use it before torch loads.
@@ -181,7 +181,7 @@ BACKENDS: dict[str, BackendSpec] = {
     "spatia": BackendSpec(
         name="spatia", summary="Spatia's published VACE + LoRA on Wan2.2-TI2V-5B, see `mirage models convert --layout spatia`",
         loader="mirage_cli.backends.spatia:load_for_run",
-        # Spatia's inference.py defaults: UniPC, 40 steps, CFG 3.5, shift 5, 7 references; 121 then 81 frames
+        # Spatia's Spatia/inference.py defaults: UniPC, 40 steps, CFG 3.5, shift 5, 7 references; 121 then 81 frames
         # overlapping by 9 (3 latents re-encoded and pinned), the last round padded to 81; LoRA from round 1
         defaults=SamplingDefaults(steps=40, guidance=3.5, shift=5.0, references=7, splat="patch"),
         codec=CodecGeometry("wan2.2-vae", 48, 16, 4), patch=2, chunk_frames=81, samples=True, model_required=True,

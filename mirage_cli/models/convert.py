@@ -58,7 +58,7 @@ from .shards import ITEMSIZE, ShardEntry, StreamingShards
 WAN22_CHANNELS = 48
 MIRAGE_VACE_CHANNELS = 96
 #: VACE layouts ``--layout`` knows: ``mirage`` = the reference's blocks evenly spaced from layer 0 (15 on
-#: 0, 2, ..., 28 of 30), LoRA fused; ``spatia`` = Spatia's (ZhaoJingjing713/Spatia inference.py build_pipe:
+#: 0, 2, ..., 28 of 30), LoRA fused; ``spatia`` = Spatia's (ZhaoJingjing713/Spatia Spatia/inference.py build_pipe:
 #: ``vace_layers=[0, 4, 8, ..., 28]``, every 4th layer), LoRA stored unfused so it can be off in round 0.
 LAYOUTS = ("mirage", "spatia")
 SPATIA_VACE_STRIDE = 4
@@ -70,7 +70,7 @@ FORMAT_VERSION = 1
 
 _LORA_KEY = re.compile(r"^(?:pipe\.dit\.|diffusion_model\.)blocks\.(\d+)\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])"
                        r"\.(lora_A\.weight|lora_B\.weight|alpha)$")
-# Spatia's loader (DiffSynth GeneralLoRALoader behind inference.py build_pipe, which keeps only keys containing
+# Spatia's loader (DiffSynth GeneralLoRALoader behind Spatia/inference.py build_pipe, which keeps only keys containing
 # ``pipe.dit.``): the module is the key without ``lora_A/B``, an optional adapter segment after it (``default``),
 # and ``weight``; any module of the DiT may be a target; ``.alpha`` is never read (scale 1).
 _SPATIA_LORA_KEY = re.compile(r"^pipe\.dit\.(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
@@ -227,7 +227,7 @@ def layout_layers(layout: str, n: int, num_layers: int, source: Path) -> list[in
 
 def check_vace_layers(layers: list[int], n: int, num_layers: int, source: Path) -> list[int]:
     """Explicit VACE layers: ``n`` distinct increasing layers starting at 0, all below ``num_layers``
-    (what diffusers' ``WanVACETransformer3DModel`` requires, transformer_wan_vace.py lines 211-214)."""
+    (what diffusers' ``WanVACETransformer3DModel`` requires, diffusers/models/transformers/transformer_wan_vace.py lines 211-214)."""
     layers = [int(x) for x in layers]
     if len(layers) != n:
         raise MirageError(f"{source}: holds {n} VACE blocks but {len(layers)} VACE layers were given")

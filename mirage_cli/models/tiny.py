@@ -33,7 +33,7 @@ DIR/depth/                    as above
 turns them into the folder ``--backend mirage`` loads.
 
 ``make_tiny_kit(DIR, kind="spatia")`` writes the same files in Spatia's layout (ZhaoJingjing713/Spatia, as
-its inference.py loads them): an 8-layer base, a VACE file with 2 blocks meant for layers 0 and 4 (Spatia:
+its Spatia/inference.py loads them): an 8-layer base, a VACE file with 2 blocks meant for layers 0 and 4 (Spatia:
 8 blocks on 0, 4, ..., 28), a LoRA with adapter segments (``...q.lora_A.default.weight``) and ``.alpha``
 keys Spatia ignores; convert with ``--layout spatia``.
 

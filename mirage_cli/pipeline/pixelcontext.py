@@ -1,6 +1,6 @@
 """Pixel context for backends trained on an explicit RGB point cloud (Spatia's loop, approximated with mirage's parts).
 
-Spatia (ZhaoJingjing713/Spatia at 5dd3457, ``inference.py`` lines 470-560) conditions each round on
+Spatia (ZhaoJingjing713/Spatia at 5dd3457, ``Spatia/inference.py`` lines 470-560) conditions each round on
 
 - an RGB point cloud rebuilt **from scratch every round** from every 6th frame generated so far
   (``map_stride = round(24 / 4)``), voxel-downsampled (0.01 world units), rendered into every frame

@@ -6,7 +6,7 @@ chunks share one frame (the last frame of chunk ``i`` is the first of chunk ``i 
 video is continuous. A last chunk with fewer real frames is padded by repeating its last camera
 up to the next valid length; only its real latent frames are written to the memory.
 
-A backend's spec may ask for another plan (Spatia's, ZhaoJingjing713/Spatia inference.py: a first chunk
+A backend's spec may ask for another plan (Spatia's, ZhaoJingjing713/Spatia Spatia/inference.py: a first chunk
 of 121 frames, then chunks of 81 overlapping the previous one by ``overlap = 9`` frames, i.e. 3 latent
 frames re-encoded from the decoded pixels; a short last chunk padded to the full length). ``overlap`` must
 be ``1 + tf * k`` so the overlapping frames are whole latent frames; the default plan (overlap 1, no

@@ -1,4 +1,4 @@
-"""Spatia's ``w2c.txt`` (+ sibling ``intrinsics.txt``): ZhaoJingjing713/Spatia ``inference.py``
+"""Spatia's ``w2c.txt`` (+ sibling ``intrinsics.txt``): ZhaoJingjing713/Spatia ``Spatia/inference.py``
 ``read_w2cs_from_txt`` / ``read_intrinsics_from_txt``.
 
 - ``w2c.txt``: JSON Lines, one camera per line, a nested 3x4 or 4x4 **world-to-camera** matrix
