@@ -29,7 +29,7 @@ def _writable_everywhere() -> Trajectory:
 
 def test_formats_are_the_registry():
     # FORMATS: read and written; the reference's geometry.npz is read only
-    assert FORMATS == ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore")
+    assert FORMATS == ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "spatia")
     assert tuple(REGISTRY) == FORMATS + ("geometry-npz",)
     assert all(REGISTRY[name].name == name for name in REGISTRY)
 

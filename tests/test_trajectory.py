@@ -275,4 +275,4 @@ def test_presets_by_name_and_unknown_names(tmp_path):
 
 
 def test_all_formats_listed():
-    assert set(FORMATS) == {"native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore"}
+    assert set(FORMATS) == {"native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "spatia"}

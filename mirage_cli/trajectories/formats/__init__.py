@@ -35,7 +35,7 @@ from . import colmap, geometry_npz, native, nerf, nerfstudio, realestate10k, spa
 from .common import Format, check_plausible, floats, read_text
 
 REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
-                                                                geometry_npz, spatia)}
+                                                                spatia, geometry_npz)}
 """Every format by name; each format's detector accepts only its own files, so order does not matter."""
 
 FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text or f.write)
@@ -52,7 +52,9 @@ def get_format(name: str) -> Format:
 
 # ===================================================================================== reading
 def _file(path: Path) -> Path:
-    """A file as is; for a folder, the COLMAP ``images.txt`` in it (the only folder format)."""
+    """A file as is; for a folder, Spatia's ``w2c.txt`` or the COLMAP ``images.txt`` in it (the folder formats)."""
+    if path.is_dir() and spatia.paths(path)[0].is_file():
+        return spatia.paths(path)[0]
     return colmap.model_file(path) if path.is_dir() else path
 
 

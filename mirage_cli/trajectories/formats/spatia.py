@@ -9,7 +9,8 @@
   MapAnything's estimate when it is missing; mirage then uses a 60 degree vertical field of view (``--fov``
   overrides it).
 
-The file has no image size: it is read as 704 px high (Spatia's ``--height``), width from square pixels.
+The file has no image size: it is read at a nominal size near 704 px high (Spatia's ``--height``) whose
+aspect gives square pixels; the run's frames take the image's size as for every format.
 Written as both files (a path ending in ``.txt`` is the ``w2c.txt``, anything else a directory).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 import re
 from pathlib import Path
 from typing import Any
@@ -88,8 +90,10 @@ def read(text: str, path: Path) -> Trajectory:
         cams = Cameras.from_fov(torch.stack(c2ws), DEFAULT_FOV, DEFAULT_WIDTH, DEFAULT_HEIGHT)
         return Trajectory(cams, FPS, NAME, "absolute", src, True)
     else:
-        H = HEIGHT
-        W = max(1, round(H * k[1] / k[0]))  # square pixels: fx W = fy H
+        # square pixels (fx W = fy H) at a size near HEIGHT whose aspect is fy / fx to ~1e-6
+        frac = Fraction(k[1] / k[0]).limit_denominator(2000)
+        m = max(1, round(HEIGHT / frac.denominator))
+        W, H = frac.numerator * m, frac.denominator * m
         intr = torch.tensor([k] * len(c2ws), dtype=torch.float64)
     return Trajectory(Cameras(torch.stack(c2ws), intr, W, H), FPS, NAME, "absolute", src, False)
 
