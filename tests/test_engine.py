@@ -80,9 +80,10 @@ def test_engine_cancel_token_stops_between_stages(small_scene):
 
 
 # Other namespaces that share a name with a backend: model-folder and tiny-kit kinds ("wan-vace",
-# "mirage": checkpoint families, models/ and `mirage models tiny --kind`) and `mirage bench --denoiser`
-# names. They name weights, not a backend; everything about a backend comes from backends/specs.py.
-OTHER_NAMESPACES = ("models/", "cli/models.py", "bench/config.py", "bench/factories.py")
+# "mirage", "spatia": checkpoint families and layouts, models/ and `mirage models tiny --kind`),
+# `mirage bench --denoiser` names and trajectory file formats (Spatia's w2c.txt is format "spatia").
+# They name weights or files, not a backend; everything about a backend comes from backends/specs.py.
+OTHER_NAMESPACES = ("models/", "cli/models.py", "bench/config.py", "bench/factories.py", "trajectories/formats/")
 
 
 def test_no_backend_name_is_compared_outside_backends():

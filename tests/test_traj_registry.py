@@ -29,8 +29,8 @@ def _writable_everywhere() -> Trajectory:
 
 def test_formats_are_the_registry():
     # FORMATS: read and written; the reference's geometry.npz, ViPE's and GEN3C's files are read only
-    assert FORMATS == ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "lyra2", "lingbot",
-                       "worldplay")
+    assert FORMATS == ("native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "spatia", "lyra2",
+                       "lingbot", "worldplay")
     assert set(REGISTRY) == set(FORMATS) | {"geometry-npz", "vipe", "gen3c"}
     assert all(REGISTRY[name].name == name for name in REGISTRY)
 

@@ -275,5 +275,5 @@ def test_presets_by_name_and_unknown_names(tmp_path):
 
 
 def test_all_formats_listed():
-    assert set(FORMATS) == {"native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "lyra2", "lingbot",
-                            "worldplay"}
+    assert set(FORMATS) == {"native", "nerfstudio", "realestate10k", "nerf", "colmap", "worldscore", "spatia", "lyra2",
+                            "lingbot", "worldplay"}

@@ -47,6 +47,31 @@ class FilledDepth:
 
 
 @dataclass(frozen=True)
+class PointRender:
+    """A spec with ``render_conditionings`` (spatia ``rgb``): the explicit RGB point cloud
+    (``pipeline/pixelcontext.py``) rendered into every video frame of the chunk (padding included).
+
+    rgb: ``(L, 3, H, W)`` float32 in [0, 1], 0 (black) where no point lands. known: ``(L, H, W)`` bool."""
+
+    rgb: torch.Tensor
+    known: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PixelHistory:
+    """A spec with ``pixel_history`` (spatia): decoded frames the chunk takes as context (uint8 pixels as
+    Spatia keeps them, given as float [0, 1]).
+
+    overlap: ``(O, 3, H, W)`` the frames this chunk overlaps (chunk > 0; None for chunk 0), re-encoded
+    into its pinned latents. references: ``(R, 3, H, W)`` decoded frames chosen as references (None: none),
+    each encoded alone. reference_frames: their trajectory frame numbers."""
+
+    overlap: torch.Tensor | None
+    references: torch.Tensor | None
+    reference_frames: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class ChunkRequest:
     """What every backend gets for one chunk (``T`` latent frames of ``C x h x w``).
 
@@ -64,7 +89,8 @@ class ChunkRequest:
         prompt, negative_prompt: text (network backends).
         seed: the run's seed; a backend derives its per-chunk noise from ``(seed, chunk_index)``.
         steps, guidance: sampling steps and guidance scale (network backends).
-        extras: typed per-backend inputs (:class:`PrecedingReads`, :class:`FilledDepth`), read with
+        extras: typed per-backend inputs (:class:`PrecedingReads`, :class:`FilledDepth`, :class:`PixelHistory`,
+            :class:`PointRender`), read with
             :meth:`extra`; the engine builds those the backend's spec asks for.
     """
 

@@ -229,3 +229,8 @@ def _check_index(root: Path) -> None:
     read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
                      "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "
                      "--vace FILE --lora FILE -o OUT`")
+    from ..models.convert import converted_layout as layout_of
+
+    if layout_of(root) != "mirage":
+        raise MirageError(f"{root / 'mirage.json'}: a {layout_of(root)}-layout model (converted with --layout "
+                          f"{layout_of(root)}); run it with --backend {layout_of(root)}")

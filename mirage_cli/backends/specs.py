@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # no torch at import
 
 # Option names (GenerateConfig fields) that only a network-sampling backend reads.
 SAMPLING_OPTIONS: dict[str, str] = {
-    "model": "--model", "steps": "--steps", "guidance": "--guidance", "shift": "--shift", "prompt": "--prompt",
+    "prompts": "--prompt-file", "model": "--model", "steps": "--steps", "guidance": "--guidance", "shift": "--shift",
+    "prompt": "--prompt",
     "negative_prompt": "--negative-prompt", "references": "--references", "cpu_offload": "--cpu-offload",
     "dtype": "--dtype"}
 # Option names only a pixel-codec backend (the preview) reads.
@@ -81,8 +82,21 @@ class BackendSpec:
         missing_model: the message when a required ``--model`` is missing.
         preceding_reads: takes the memory reads its preceding frames were made from (stored per chunk
             so that ``--resume`` can give them back).
-        references: how references are chosen: ``covisibility`` (mirage's own) or ``voxel-iou``
-            (the paper's reference loop, what its model was trained with).
+        references: how references are chosen: ``covisibility`` (mirage's own), ``voxel-iou``
+            (the paper's reference loop, what its model was trained with) or ``matching`` (Spatia's:
+            decoded frames matched one-to-one on the explicit cloud's front-most points, see
+            ``pipeline/pixelcontext.py``; with a conditioning that renders no cloud, ``covisibility``).
+        first_chunk_frames: length of chunk 0 when it differs from ``chunk_frames`` (Spatia: 121).
+        overlap_frames: frames each chunk shares with the previous one (``1 + tf k``; Spatia: 9, three
+            latent frames re-encoded from the decoded pixels and pinned).
+        pad_full: pad a short last chunk to the full chunk length (Spatia's rule), not the next valid one.
+        pixel_history: the engine keeps the decoded frames and gives the backend a
+            :class:`~mirage_cli.pipeline.pixelcontext.PixelHistory` (overlap frames, pixel references).
+        conditionings: the values ``--conditioning`` takes (first = default); empty: no such option.
+        render_conditionings: those for which the engine renders the explicit RGB point cloud into every
+            frame of the chunk (a :class:`~mirage_cli.pipeline.pixelcontext.PointRender` extra).
+        experimental_conditionings: those labelled experimental in the output (not validated).
+        lora_from_chunk: chunks before this one run without the model's switchable LoRA (Spatia: 1).
         exact_first_frame: the video's frame 0 is the input image itself (the preview: its decode of a
             downscaled grid would only upsample cell means).
         label: shown in the video's comment tag and the summary (the preview says it is one).
@@ -100,17 +114,34 @@ class BackendSpec:
     default_model: str | None = None
     missing_model: str = ""
     preceding_reads: bool = False
-    references: Literal["covisibility", "voxel-iou"] = "covisibility"
+    references: Literal["covisibility", "voxel-iou", "matching"] = "covisibility"
     exact_first_frame: bool = False
     label: str | None = None
+    first_chunk_frames: int | None = None
+    overlap_frames: int = 1
+    pad_full: bool = False
+    pixel_history: bool = False
+    conditionings: tuple[str, ...] = ()
+    render_conditionings: tuple[str, ...] = ()
+    experimental_conditionings: tuple[str, ...] = ()
+    lora_from_chunk: int = 0
+
+    def plan(self, num_frames: int, chunk_frames: int | None, temporal_factor: int) -> list:
+        """The chunk plan of ``num_frames`` frames (``--chunk-frames`` or the spec's) for this backend."""
+        from ..pipeline.plan import plan_chunks
+
+        return plan_chunks(num_frames, chunk_frames or self.chunk_frames, temporal_factor, self.overlap_frames,
+                           self.first_chunk_frames, self.pad_full)
 
     def reads_options(self) -> dict[str, str]:
         """The option fields this backend reads of those only some backends read (name -> flag)."""
-        return dict(SAMPLING_OPTIONS) if self.samples else dict(PIXEL_OPTIONS)
+        own = {"conditioning": "--conditioning"} if self.conditionings else {}
+        return {**(dict(SAMPLING_OPTIONS) if self.samples else dict(PIXEL_OPTIONS)), **own}
 
     def ignores_options(self) -> dict[str, str]:
         """The option fields this backend ignores (given, they do nothing: a warning says so)."""
-        return dict(PIXEL_OPTIONS) if self.samples else dict(SAMPLING_OPTIONS)
+        own = {} if self.conditionings else {"conditioning": "--conditioning"}
+        return {**(dict(PIXEL_OPTIONS) if self.samples else dict(SAMPLING_OPTIONS)), **own}
 
     def grid_multiple(self, spatial_factor: int) -> int:
         """What the frame size must be a multiple of, for a codec with ``spatial_factor``."""
@@ -149,6 +180,19 @@ BACKENDS: dict[str, BackendSpec] = {
         missing_model="the mirage backend needs a converted model (no weights are published): a folder written by "
                       "`mirage models convert`, a Hub repo id or a registry name",
         preceding_reads=True, references="voxel-iou"),
+    "spatia": BackendSpec(
+        name="spatia", summary="Spatia's published VACE + LoRA on Wan2.2-TI2V-5B, see `mirage models convert --layout spatia`",
+        loader="mirage_cli.backends.spatia:load_for_run",
+        # Spatia's Spatia/inference.py defaults: UniPC, 40 steps, CFG 3.5, shift 5, 7 references; 121 then 81 frames
+        # overlapping by 9 (3 latents re-encoded and pinned), the last round padded to 81; LoRA from round 1
+        defaults=SamplingDefaults(steps=40, guidance=3.5, shift=5.0, references=7, splat="patch"),
+        codec=CodecGeometry("wan2.2-vae", 48, 16, 4), patch=2, chunk_frames=81, samples=True, model_required=True,
+        missing_model="the spatia backend needs Spatia's weights converted: `mirage models convert --layout spatia "
+                      "--base wan2.2-ti2v-5b --vace step-8500.safetensors --lora lora_weights_10000.safetensors -o OUT` "
+                      "(files from the Hub repo Jinjing713/Spatia)",
+        references="matching", first_chunk_frames=121, overlap_frames=9, pad_full=True, pixel_history=True,
+        conditionings=("rgb", "latent"), render_conditionings=("rgb",), experimental_conditionings=("latent",),
+        lora_from_chunk=1),
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 DEFAULT_BACKEND = BACKEND_NAMES[0]  # the one that needs no weights

@@ -65,7 +65,9 @@ def generate_cmd(
     guidance: float | None = options.GUIDANCE,
     shift: float | None = options.SHIFT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage; with --guidance > 1)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage, spatia; with --guidance > 1; spatia: Wan's standard one when empty)."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", help="One prompt per chunk, one per non-empty line (the last repeats); replaces --prompt."),
+    conditioning: str | None = typer.Option(None, "--conditioning", help="spatia: rgb (its explicit RGB point cloud rendered and VAE-encoded every chunk, as trained) | latent (mirage's latent memory read, experimental) \\[default: rgb]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     dtype: str = typer.Option("auto", "--dtype", help="auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)."),
     chunk_frames: int | None = options.CHUNK_FRAMES,
@@ -89,7 +91,7 @@ def generate_cmd(
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
     from ..errors import MirageError
-    from ..pipeline.config import GenerateConfig
+    from ..pipeline.config import GenerateConfig, read_prompt_file
     from ..threads import apply_light_default, given_threads
 
     if resume is not None and (image is not None or traj is not None or out is not None):
@@ -101,6 +103,7 @@ def generate_cmd(
         image=str(image) if image else None, traj=traj, out=str(out) if out else None, backend=backend, model=model,
         depth=depth, depth_scale=depth_scale, depth_model=depth_model, frames=frames, fps=fps, height=height, width=width,
         fov=fov, intrinsics=intrinsics, seed=seed, steps=steps, guidance=guidance, shift=shift, prompt=prompt, negative_prompt=negative_prompt,
+        prompts=list(read_prompt_file(prompt_file)) if prompt_file is not None else None, conditioning=conditioning,
         device=device, dtype=dtype, chunk_frames=chunk_frames, downscale=downscale, cache_dump=cache_dump,
         write_policy=write_policy, splat=splat, memory=str(memory) if memory else None, references=references,
         preceding_frames=preceding_frames, start_frame=start_frame, cpu_offload=cpu_offload, overwrite=overwrite,

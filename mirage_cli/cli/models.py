@@ -74,8 +74,14 @@ def download(
 def convert(
     base: str = typer.Option(..., "--base", help="Wan2.2-TI2V-5B in diffusers layout: DIR, Hub repo id or "
                              "registry name (wan2.2-ti2v-5b)."),
-    vace: Path = typer.Option(..., "--vace", help="The reference's trained vace.safetensors."),
-    lora: Path = typer.Option(..., "--lora", help="The reference's trained lora.safetensors."),
+    vace: Path = typer.Option(..., "--vace", help="The trained VACE safetensors (the reference's vace.safetensors "
+                              "or Spatia's step-8500 / control_weight_8500.safetensors)."),
+    lora: Path | None = typer.Option(None, "--lora", help="The trained LoRA safetensors (optional)."),
+    layout: str = typer.Option("mirage", "--layout", help="mirage (the reference's: VACE blocks evenly spaced, LoRA "
+                               "fused) or spatia (Spatia's: VACE on every 4th layer, its LoRA key rule, LoRA kept "
+                               "unfused so --backend spatia runs round 0 without it)."),
+    vace_layers: str | None = typer.Option(None, "--vace-layers", help="DiT layers of the VACE blocks, e.g. "
+                                              "0,4,8,12,16,20,24,28 (default: the layout's)."),
     out: Path = typer.Option(..., "--out", "-o", help="New directory for the converted model."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="W += scale * B @ A (1 = as trained)."),
     download: bool = typer.Option(False, "--download", help="Fetch a missing base from the Hub."),
@@ -84,7 +90,7 @@ def convert(
 ) -> None:
     """Convert the paper's VACE + LoRA checkpoints and a Wan2.2-TI2V-5B base into one diffusers folder.
 
-    The result loads with `--backend mirage --model OUT`.
+    The result loads with `--backend mirage --model OUT` (`--backend spatia` for --layout spatia).
     """
     from ..errors import MirageError
     from ..models.convert import convert_mirage
@@ -92,25 +98,36 @@ def convert(
     if not max_shard_gb > 0:
         raise MirageError(f"--max-shard-size must be > 0 (got {max_shard_gb})")
     check_output_parent(out, "--out")
+    layers = None
+    if vace_layers is not None:
+        try:
+            layers = [int(x) for x in vace_layers.split(",") if x.strip()]
+        except ValueError:
+            raise MirageError(f"--vace-layers: expected comma-separated layer numbers (got '{vace_layers}')") from None
     report = convert_mirage(base, vace, lora, out, lora_scale=lora_scale, download=download,
-                            max_shard_bytes=int(max_shard_gb * 1e9),
+                            max_shard_bytes=int(max_shard_gb * 1e9), vace_layers=layers, layout=layout,
                             log=lambda s: err_console.print(s, highlight=False))
     sys.stderr.flush()  # the progress lines above come first, also when both streams go to one pipe
     shards = f"{report.shards} shard{'s' if report.shards != 1 else ''}"
-    console.print(f"{report.out}: {report.tensors} tensors ({fmt_bytes(report.total_bytes)}) in {shards}, LoRA fused "
-                  f"into {report.lora_modules} weights (scale {lora_scale:g}); peak held {fmt_bytes(report.peak_held_bytes)}, "
+    lora_info = report.info.get("lora")
+    how = ("no LoRA" if lora_info is None else
+           f"LoRA fused into {report.lora_modules} weights (scale {lora_scale:g})" if lora_info["fused"] else
+           f"LoRA for {report.lora_modules} weights kept unfused in {lora_info['file']} (switchable per chunk)")
+    console.print(f"{report.out} ({layout} layout): {report.tensors} tensors ({fmt_bytes(report.total_bytes)}) in "
+                  f"{shards}, {how}; peak held {fmt_bytes(report.peak_held_bytes)}, "
                   f"peak RSS {fmt_bytes(report.peak_rss_bytes)}, {report.seconds:.1f} s", highlight=False, soft_wrap=True)
 
 
-TINY_KINDS = ("wan-vace", "mirage")  # what models/tiny.py's make_tiny_kit writes
+TINY_KINDS = ("wan-vace", "mirage", "spatia")  # what models/tiny.py's make_tiny_kit writes
 
 
 @app.command("tiny")
 def tiny(
     directory: Path = typer.Argument(..., help="New (or empty) directory to write the kit into."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
-    kind: str = typer.Option("wan-vace", "--kind", help="wan-vace (a Wan2.1-VACE folder) or mirage (a Wan2.2 "
-                             "base + VACE + LoRA in the reference's naming, for `mirage models convert`)."),
+    kind: str = typer.Option("wan-vace", "--kind", help="wan-vace (a Wan2.1-VACE folder), mirage (a Wan2.2 "
+                             "base + VACE + LoRA in the reference's naming, for `mirage models convert`) or spatia "
+                             "(the same in Spatia's layout, for `mirage models convert --layout spatia`)."),
 ) -> None:
     """Write tiny random-weight models in Hub layout (model + DIR/depth) for tests and smoke runs.
 
@@ -124,7 +141,7 @@ def tiny(
     from ..models.tiny import make_tiny_kit
 
     paths = make_tiny_kit(directory, seed=seed, kind=kind)
-    if kind == "mirage":
+    if kind in ("mirage", "spatia"):
         console.print(f"Wan2.2 base (random weights): {paths['base']}\nVACE: {paths['vace_file']}\n"
                       f"LoRA: {paths['lora_file']}\ndepth model (random weights): {paths['depth']}", highlight=False)
         return

@@ -61,12 +61,23 @@ if TYPE_CHECKING:  # imports diffusers
 #: Latent channels of the Wan2.2 VAE / TI2V-5B transformer, and the VACE context (read 48 | white 48).
 WAN22_CHANNELS = 48
 MIRAGE_VACE_CHANNELS = 96
+#: VACE layouts ``--layout`` knows: ``mirage`` = the reference's blocks evenly spaced from layer 0 (15 on
+#: 0, 2, ..., 28 of 30), LoRA fused; ``spatia`` = Spatia's (ZhaoJingjing713/Spatia Spatia/inference.py build_pipe:
+#: ``vace_layers=[0, 4, 8, ..., 28]``, every 4th layer), LoRA stored unfused so it can be off in round 0.
+LAYOUTS = ("mirage", "spatia")
+SPATIA_VACE_STRIDE = 4
+#: File of the unfused LoRA in a converted folder (diffusers module names, ``<module>.lora_{A|B}.weight``).
+LORA_FILE = "lora.safetensors"
 DEFAULT_SHARD_BYTES = 5 * 10**9
 FORMAT = "mirage.model"
 FORMAT_VERSION = 1
 
 _LORA_KEY = re.compile(r"^(?:pipe\.dit\.|diffusion_model\.)blocks\.(\d+)\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])"
                        r"\.(lora_A\.weight|lora_B\.weight|alpha)$")
+# Spatia's loader (DiffSynth GeneralLoRALoader behind Spatia/inference.py build_pipe, which keeps only keys containing
+# ``pipe.dit.``): the module is the key without ``lora_A/B``, an optional adapter segment after it (``default``),
+# and ``weight``; any module of the DiT may be a target; ``.alpha`` is never read (scale 1).
+_SPATIA_LORA_KEY = re.compile(r"^pipe\.dit\.(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _VACE_KEY = re.compile(r"^(vace_blocks\.\d+\.|vace_patch_embedding\.)")
 _COPIED = ("vae", "text_encoder", "tokenizer")
 
@@ -87,6 +98,15 @@ class ConvertReport:
 
 
 # --------------------------------------------------------------------------------------- helpers
+def converted_layout(root: Path) -> str:
+    """The VACE layout a converted folder records in ``mirage.json`` (``mirage`` for folders written
+    before layouts were recorded, or without a readable ``mirage.json``)."""
+    try:
+        return json.loads((Path(root) / "mirage.json").read_text()).get("layout", "mirage")
+    except (OSError, ValueError, AttributeError):
+        return "mirage"
+
+
 def sha256_file(path: Path, block: int = 1 << 24) -> str:
     """sha256 of a file, read in 16 MiB blocks."""
     h = hashlib.sha256()
@@ -191,7 +211,39 @@ def _expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: in
         raise MirageError(f"cannot build the Mirage transformer from the base config: {e}") from e
 
 
-def _plan_vace(path: Path, num_layers: int, vace_layers: list[int] | None) -> tuple[dict[str, str], list[int], int]:
+def layout_layers(layout: str, n: int, num_layers: int, source: Path) -> list[int]:
+    """The DiT layers of ``n`` VACE blocks in ``layout`` on a base of ``num_layers`` layers.
+
+    ``mirage``: evenly spaced from 0 (``num_layers // n`` apart; the reference's 15 on 0, 2, ..., 28);
+    ``spatia``: every 4th layer from 0 (Spatia's 8 on 0, 4, ..., 28). Raises MirageError naming ``source``
+    when the blocks do not fit."""
+    if layout == "spatia":
+        layers = list(range(0, SPATIA_VACE_STRIDE * n, SPATIA_VACE_STRIDE))
+        if layers[-1] >= num_layers:
+            raise MirageError(f"{source}: {n} VACE blocks in Spatia's layout sit on layers 0, 4, ..., {layers[-1]}, "
+                              f"but the base has {num_layers} layers")
+        return layers
+    if num_layers % n:
+        raise MirageError(f"{source}: {n} VACE blocks do not divide the base's {num_layers} layers evenly; "
+                          "pass the VACE layers explicitly (--vace-layers 0,4,...) or --layout spatia")
+    return list(range(0, num_layers, num_layers // n))
+
+
+def check_vace_layers(layers: list[int], n: int, num_layers: int, source: Path) -> list[int]:
+    """Explicit VACE layers: ``n`` distinct increasing layers starting at 0, all below ``num_layers``
+    (what diffusers' ``WanVACETransformer3DModel`` requires, diffusers/models/transformers/transformer_wan_vace.py
+    lines 211-214)."""
+    layers = [int(x) for x in layers]
+    if len(layers) != n:
+        raise MirageError(f"{source}: holds {n} VACE blocks but {len(layers)} VACE layers were given")
+    if layers[0] != 0 or any(b <= a for a, b in zip(layers, layers[1:])) or layers[-1] >= num_layers:
+        raise MirageError(f"--vace-layers {','.join(map(str, layers))}: must increase from 0 and stay below the "
+                          f"base's {num_layers} layers")
+    return layers
+
+
+def _plan_vace(path: Path, num_layers: int, vace_layers: list[int] | None,
+               layout: str = "mirage") -> tuple[dict[str, str], list[int], int]:
     """Keys of the VACE file -> diffusers names; the VACE layers and input channels it implies."""
     with _open(path, "VACE") as sf:
         keys = sorted(sf.keys())
@@ -205,39 +257,67 @@ def _plan_vace(path: Path, num_layers: int, vace_layers: list[int] | None) -> tu
             raise MirageError(f"{path}: key 'vace_patch_embedding.weight' is missing")
         in_ch = _shape(sf, "vace_patch_embedding.weight")[1]
     if in_ch != MIRAGE_VACE_CHANNELS:
+        meaning = ("48 VAE(point-cloud render) + 48 VAE(hole mask) channels" if layout == "spatia"
+                   else "48 memory-read + 48 white-video latent channels")
         raise MirageError(f"{path}: key 'vace_patch_embedding.weight' takes {in_ch} channels, expected "
-                          f"{MIRAGE_VACE_CHANNELS} (48 memory-read + 48 white-video latent channels)")
+                          f"{MIRAGE_VACE_CHANNELS} ({meaning})")
     n = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("vace_blocks."))
-    if vace_layers is None:
-        # The reference puts its VACE blocks on every (num_layers / n)-th layer (0, 2, ..., 28 of 30).
-        if num_layers % n:
-            raise MirageError(f"{path}: {n} VACE blocks do not divide the base's {num_layers} layers evenly; "
-                              "pass the VACE layers explicitly")
-        vace_layers = list(range(0, num_layers, num_layers // n))
-    if len(vace_layers) != n:
-        raise MirageError(f"{path}: holds {n} VACE blocks but {len(vace_layers)} VACE layers were given")
-    return {k: diffusers_name(k) for k in keys}, list(vace_layers), in_ch
+    layers = (layout_layers(layout, n, num_layers, path) if vace_layers is None
+              else check_vace_layers(vace_layers, n, num_layers, path))
+    return {k: diffusers_name(k) for k in keys}, layers, in_ch
 
 
-def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]]) -> dict[str, dict]:
-    """LoRA file -> ``{diffusers weight name: {"A": key, "B": key, "alpha": key | None, "rank": r}}``."""
+def _lora_target(path: Path, key: str, module: str, targets: dict[str, tuple[int, ...]]) -> str:
+    """The diffusers name of the base weight an original-Wan ``module`` names (MirageError otherwise)."""
+    try:
+        name = diffusers_name(f"{module}.weight")
+    except Exception:  # diffusers' converter on a name it does not know
+        name = f"{module}.weight"
+    if name not in targets:
+        raise MirageError(f"{path}: key '{key}' targets {name}, which the base transformer does not have "
+                          "(as a 2-D weight)")
+    return name
+
+
+def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]],
+               layout: str = "mirage") -> tuple[dict[str, dict], int]:
+    """LoRA file -> ``({diffusers weight name: {"A": key, "B": key, "alpha": key | None, "rank": r}}, ignored keys)``.
+
+    ``mirage``: the reference's keys (module ``blocks.N.{self_attn|cross_attn}.{q|k|v|o}`` or
+    ``blocks.N.ffn.{0|2}``, prefix ``pipe.dit.`` or ``diffusion_model.``, optional adapter segment such as
+    ``lora_A.default.weight``, optional ``.alpha``). ``spatia``: Spatia's loader's rule (see ``_SPATIA_LORA_KEY``):
+    keys without ``pipe.dit.`` and ``.alpha`` keys are ignored (counted),
+    any 2-D weight of the DiT may be a target, the scale is always 1."""
     mods: dict[str, dict] = {}
+    ignored = 0
     with _open(path, "LoRA") as sf:
         keys = sorted(sf.keys())
         if not keys:
             raise MirageError(f"{path}: no tensors")
         for k in keys:
-            m = _LORA_KEY.match(k)
-            if not m:
-                raise MirageError(f"{path}: key '{k}' is not a LoRA weight of the base DiT (expected "
-                                  "pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight or "
-                                  "pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight)")
-            block, mod, part = m.groups()
-            name = diffusers_name(f"blocks.{block}.{mod}.weight")
-            if name not in targets:
-                raise MirageError(f"{path}: key '{k}' targets {name}, which the base transformer does not have")
-            mods.setdefault(name, {"A": None, "B": None, "alpha": None})[
-                {"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[part]] = k
+            if layout == "spatia":
+                m = _SPATIA_LORA_KEY.match(k)
+                if not m:
+                    ignored += 1  # Spatia drops keys without pipe.dit., and never reads one without .lora_B.
+                    continue
+                name = _lora_target(path, k, m["mod"], targets)
+                part = m["ab"]
+            else:
+                m = _LORA_KEY.match(k) or _LORA_KEY.match(re.sub(r"\.(lora_[AB])\.[^.]+\.weight$", r".\1.weight", k))
+                if not m:
+                    raise MirageError(f"{path}: key '{k}' is not a LoRA weight of the base DiT (expected "
+                                      "pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight or "
+                                      "pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight)")
+                block, mod, part = m.groups()
+                name = _lora_target(path, k, f"blocks.{block}.{mod}", targets)
+                part = {"lora_A.weight": "A", "lora_B.weight": "B", "alpha": "alpha"}[part]
+            entry = mods.setdefault(name, {"A": None, "B": None, "alpha": None})
+            if entry[part] is not None:
+                raise MirageError(f"{path}: keys '{entry[part]}' and '{k}' name the same LoRA factor of {name}")
+            entry[part] = k
+        if not mods:
+            raise MirageError(f"{path}: no LoRA factors (Spatia's loader keeps keys 'pipe.dit.<module>.lora_A|B"
+                              "[.adapter].weight'; this file has none)")
         for name, mod in mods.items():
             first = next(v for v in (mod["A"], mod["B"], mod["alpha"]) if v)
             if mod["A"] is None or mod["B"] is None:
@@ -251,7 +331,7 @@ def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]]) -> dict[str, dic
             if mod["alpha"] is not None and _shape(sf, mod["alpha"]) not in ((), (1,)):
                 raise MirageError(f"{path}: key '{mod['alpha']}' must be a scalar")
             mod["rank"] = a[0]
-    return mods
+    return mods, ignored
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -281,19 +361,25 @@ def _peak_rss_bytes() -> int:
 
 
 # --------------------------------------------------------------------------------------- main
-def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str | os.PathLike, out: str | os.PathLike,
-                   *, lora_scale: float = 1.0, download: bool = False, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                   vace_layers: list[int] | None = None, log=None) -> ConvertReport:
-    """Convert the reference's checkpoints into a diffusers folder (see the module docstring).
+def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str | os.PathLike | None,
+                   out: str | os.PathLike, *, lora_scale: float = 1.0, download: bool = False,
+                   max_shard_bytes: int = DEFAULT_SHARD_BYTES, vace_layers: list[int] | None = None,
+                   layout: str = "mirage", fuse_lora: bool | None = None, log=None) -> ConvertReport:
+    """Convert the reference's (or Spatia's) checkpoints into a diffusers folder (see the module docstring).
 
     Args:
         base: Wan2.2-TI2V-5B as ``NAME | REPO_ID | DIR`` (``wan2.2-ti2v-5b``).
-        vace, lora: the reference's ``vace.safetensors`` and ``lora.safetensors``.
+        vace, lora: the VACE and LoRA safetensors (``lora`` None: no LoRA).
         out: new directory (must not exist, or be empty).
-        lora_scale: ``W += lora_scale * B @ A`` (1 for the reference's training: alpha = rank).
+        lora_scale: ``W += lora_scale * B @ A`` (1 for the reference's training: alpha = rank; Spatia: 1).
         download: fetch a missing base from the Hub (otherwise a missing base is an error).
         max_shard_bytes: largest output shard file (memory use does not depend on it).
-        vace_layers: DiT layers of the VACE blocks (default: evenly spaced from 0, as the reference).
+        vace_layers: DiT layers of the VACE blocks (default: the ``layout``'s).
+        layout: ``mirage`` (the reference's) or ``spatia`` (Spatia's 8 blocks on every 4th layer, its LoRA
+            key rule); recorded in ``mirage.json`` so the backends pick their loop.
+        fuse_lora: fuse the LoRA into the base weights (default: yes for ``mirage``, no for ``spatia``, whose
+            loop runs round 0 without it: the factors are then written to ``OUT/lora.safetensors`` in
+            diffusers names and applied at run time, see ``backends/lora.py``).
         log: optional ``callable(str)`` for progress lines.
 
     Raises:
@@ -302,18 +388,23 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     out = Path(out).expanduser()
+    if layout not in LAYOUTS:
+        raise MirageError(f"--layout: must be {' or '.join(LAYOUTS)} (got '{layout}')")
+    fuse = (layout == "mirage") if fuse_lora is None else bool(fuse_lora)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MirageError(f"{out} exists and is not an empty directory (choose a new one)")
     if not (lora_scale == lora_scale and abs(lora_scale) < float("inf")):
         raise MirageError(f"--lora-scale must be a finite number (got {lora_scale})")
-    vace_path, lora_path = Path(vace).expanduser(), Path(lora).expanduser()
+    vace_path = Path(vace).expanduser()
+    lora_path = Path(lora).expanduser() if lora is not None else None
     root = resolve_model(base, list(VACE_SUBFOLDERS), download=download)
     base_cfg = _check_base(root)
 
     # 1. Plan and validate everything before writing anything.
-    plan = _plan(root, base_cfg, vace_path, lora_path, vace_layers)
+    plan = _plan(root, base_cfg, vace_path, lora_path, vace_layers, layout)
     say(f"validated: base {plan.base_tensors} tensors, VACE {plan.vace_tensors} tensors "
-        f"(layers {list(plan.model.config.vace_layers)}), LoRA {len(plan.lora)} modules")
+        f"(layers {list(plan.model.config.vace_layers)}), LoRA {len(plan.lora)} modules"
+        + (f" ({plan.lora_ignored} keys ignored as Spatia's loader does)" if plan.lora_ignored else ""))
 
     # 2. Write into a temporary folder beside OUT, rename at the end.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,8 +413,8 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
         shutil.rmtree(tmp)
     report = ConvertReport(out=out)
     try:
-        report = _write(tmp, out, root, base, plan.base_files, plan.entries, vace_path, lora_path, plan.lora,
-                        plan.model, float(lora_scale), int(max_shard_bytes), say)
+        report = _write(tmp, out, root, base, plan, vace_path, lora_path, float(lora_scale), int(max_shard_bytes),
+                        layout, fuse, say)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -338,7 +429,7 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
 @dataclass
 class _Plan:
     """What :func:`convert_mirage` validated before writing: the output tensors in order (base, then
-    VACE), the meta-device model they fill, and the LoRA modules to fuse."""
+    VACE), the meta-device model they fill, and the LoRA modules (and the LoRA keys ignored)."""
 
     base_files: list[Path]
     base_tensors: int
@@ -346,9 +437,11 @@ class _Plan:
     entries: list[ShardEntry]
     model: MirageTransformer3DModel  # on the meta device
     lora: dict[str, dict]
+    lora_ignored: int = 0
 
 
-def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path, vace_layers: list[int] | None) -> _Plan:
+def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path | None, vace_layers: list[int] | None,
+          layout: str = "mirage") -> _Plan:
     """Every key and shape of the three sources checked against the model they make (one line naming
     the file and the first offending key otherwise)."""
     base_files = _weight_files(root / "transformer")
@@ -356,7 +449,7 @@ def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path, vace_lay
     for f in base_files:
         with _open(f, "base transformer") as sf:
             entries += [_entry(sf, f, k, k) for k in sf.keys()]
-    vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers)
+    vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers, layout)
     model = _expected_model(base_cfg, layers, in_ch)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for e in entries:
@@ -371,8 +464,9 @@ def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path, vace_lay
     if missing:
         where = vace_path if missing[0].startswith("vace_") else root / "transformer"
         raise MirageError(f"{where}: key '{missing[0]}' is missing ({len(missing)} parameter(s) missing in all)")
-    lora = _plan_lora(lora_path, {k: s for k, s in base.items() if len(s) == 2})
-    return _Plan(base_files, len(base), len(vace_map), entries, model, lora)
+    lora, ignored = ({}, 0) if lora_path is None else _plan_lora(lora_path, {k: s for k, s in base.items()
+                                                                             if len(s) == 2}, layout)
+    return _Plan(base_files, len(base), len(vace_map), entries, model, lora, ignored)
 
 
 def _vace_entries(path: Path, vace_map: dict[str, str], layers: list[int], expected: dict) -> list[ShardEntry]:
@@ -390,33 +484,51 @@ def _vace_entries(path: Path, vace_map: dict[str, str], layers: list[int], expec
     return entries
 
 
-def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], entries: list[ShardEntry],
-           vace_path: Path, lora_path: Path, lora_plan: dict[str, dict], model, lora_scale: float,
-           max_shard_bytes: int, say) -> ConvertReport:
+def lora_scale_of(mod: dict, lsf, lora_scale: float, layout: str) -> float:
+    """The factor of ``B @ A`` for one module: ``lora_scale``, times ``alpha / r`` where the reference's file
+    has an ``.alpha`` (Spatia's loader never reads one: scale 1)."""
+    if layout == "spatia" or mod["alpha"] is None:
+        return lora_scale
+    return lora_scale * float(lsf.get_tensor(mod["alpha"]).float().reshape(())) / mod["rank"]
+
+
+def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: Path, lora_path: Path | None,
+           lora_scale: float, max_shard_bytes: int, layout: str, fuse: bool, say) -> ConvertReport:
+    from contextlib import nullcontext
+
     from diffusers import UniPCMultistepScheduler
 
     from .. import __version__
 
+    entries, lora_plan, model, base_files = plan.entries, plan.lora, plan.model, plan.base_files
     (tmp / "transformer").mkdir(parents=True)
     shards = StreamingShards(tmp / "transformer", entries, max_shard_bytes)
     fused = 0
-    with _open(lora_path, "LoRA") as lsf:
+    with (_open(lora_path, "LoRA") if lora_path is not None else nullcontext()) as lsf:
         def produce(e: ShardEntry):
             """Read one source tensor (memory-mapped) and fuse its LoRA: ``W += s * B @ A`` in fp32."""
             nonlocal fused
             with _open(e.source, "weights") as sf:
                 t = sf.get_tensor(e.key)
-            mod = lora_plan.get(e.name) if e.source != vace_path else None
+            mod = lora_plan.get(e.name) if fuse and e.source != vace_path else None
             if mod is not None:
                 a, b = lsf.get_tensor(mod["A"]).float(), lsf.get_tensor(mod["B"]).float()
-                s = lora_scale
-                if mod["alpha"] is not None:
-                    s *= float(lsf.get_tensor(mod["alpha"]).float().reshape(())) / mod["rank"]
-                t = (t.float() + s * (b @ a)).to(t.dtype)
+                t = (t.float() + lora_scale_of(mod, lsf, lora_scale, layout) * (b @ a)).to(t.dtype)
                 fused += 1
             return t
 
         shards.write(produce)
+        if lora_plan and not fuse:  # unfused: the factors under diffusers names, scale folded into B
+            from safetensors.torch import save_file
+
+            factors = {}
+            for name, mod in lora_plan.items():
+                module = name[:-len(".weight")]
+                s = lora_scale_of(mod, lsf, lora_scale, layout)
+                b = lsf.get_tensor(mod["B"])
+                factors[f"{module}.lora_A.weight"] = lsf.get_tensor(mod["A"]).contiguous()
+                factors[f"{module}.lora_B.weight"] = (b if s == 1.0 else (b.float() * s).to(b.dtype)).contiguous()
+            save_file(factors, str(tmp / LORA_FILE), metadata={"format": "mirage.lora", "scale": "1"})
     n_shards = len(shards.names)
     say(f"transformer written: {n_shards} shard{'s' if n_shards != 1 else ''}")  # the LoRA count: in the report
     model.save_config(tmp / "transformer")
@@ -433,24 +545,33 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], e
                  "text_encoder": index.get("text_encoder", ["transformers", "UMT5EncoderModel"]),
                  "tokenizer": index.get("tokenizer", ["transformers", "AutoTokenizer"]),
                  "transformer": ["mirage_cli", "MirageTransformer3DModel"],
-                 "vae": index.get("vae", ["diffusers", "AutoencoderKLWan"])}
+                 "vae": index.get("vae", ["diffusers", "AutoencoderKLWan"]),
+                 "mirage_layout": layout}
     (tmp / "model_index.json").write_text(json.dumps(new_index, indent=2) + "\n")
 
-    random_sources = [str(p) for p in (root, vace_path.parent, lora_path.parent) if weights_kind(p) == "random"]
+    sources = [root, vace_path.parent] + ([lora_path.parent] if lora_path is not None else [])
+    random_sources = [str(p) for p in sources if weights_kind(p) == "random"]
     if random_sources:
         (tmp / RANDOM_WEIGHTS_MARKER).write_text(json.dumps(
             {"random_weights": True, "created_by": "mirage models convert", "sources": random_sources},
             indent=2) + "\n")
     ranks = sorted({m["rank"] for m in lora_plan.values()})
+    lora_info = None
+    if lora_path is not None:
+        lora_info = {"path": str(lora_path.resolve()), "sha256": sha256_file(lora_path), "modules": len(lora_plan),
+                     "rank": ranks[0] if len(ranks) == 1 else ranks, "scale": lora_scale, "fused": fuse,
+                     "ignored_keys": plan.lora_ignored,
+                     "alpha": "ignored (scale 1, as Spatia's loader)" if layout == "spatia" else "alpha / r when present"}
+        if not fuse:
+            lora_info["file"] = LORA_FILE
     info = {
-        "format": FORMAT, "version": FORMAT_VERSION, "created_by": f"mirage {__version__}",
+        "format": FORMAT, "version": FORMAT_VERSION, "created_by": f"mirage {__version__}", "layout": layout,
         "base": {"ref": os.fspath(base_ref), "path": str(root),
                  "transformer_sha256": {f.name: sha256_file(f) for f in base_files}},
         "vace": {"path": str(vace_path.resolve()), "sha256": sha256_file(vace_path),
                  "tensors": sum(e.source == vace_path for e in entries),
                  "vace_layers": list(model.config.vace_layers), "vace_in_channels": model.config.vace_in_channels},
-        "lora": {"path": str(lora_path.resolve()), "sha256": sha256_file(lora_path), "modules": len(lora_plan),
-                 "rank": ranks[0] if len(ranks) == 1 else ranks, "scale": lora_scale, "fused": True},
+        "lora": lora_info,
         "transformer": {"class": "MirageTransformer3DModel", "tensors": shards.count,
                         "bytes": shards.total, "shards": n_shards},
         "conversion": {"max_shard_bytes": max_shard_bytes, "peak_held_bytes": shards.peak_held,
@@ -458,4 +579,4 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, base_files: list[Path], e
     }
     (tmp / "mirage.json").write_text(json.dumps(info, indent=2) + "\n")
     return ConvertReport(out=out, tensors=shards.count, total_bytes=shards.total, shards=n_shards,
-                         lora_modules=fused, peak_held_bytes=shards.peak_held, info=info)
+                         lora_modules=fused if fuse else len(lora_plan), peak_held_bytes=shards.peak_held, info=info)

@@ -32,6 +32,11 @@ DIR/depth/                    as above
 ``mirage models convert --base DIR/base --vace DIR/vace.safetensors --lora DIR/lora.safetensors -o OUT``
 turns them into the folder ``--backend mirage`` loads.
 
+``make_tiny_kit(DIR, kind="spatia")`` writes the same files in Spatia's layout (ZhaoJingjing713/Spatia, as
+its Spatia/inference.py loads them): an 8-layer base, a VACE file with 2 blocks meant for layers 0 and 4 (Spatia:
+8 blocks on 0, 4, ..., 28), a LoRA with adapter segments (``...q.lora_A.default.weight``) and ``.alpha``
+keys Spatia ignores; convert with ``--layout spatia``.
+
 Everything is loaded back by the same code as real weights (:func:`mirage_cli.backends.wan_vace.load_wan_vace`,
 :func:`mirage_cli.models.depth_model.load_depth_model`). Building and saving takes well under a second
 once diffusers/transformers are imported. Frame sizes must be multiples of 16 (VAE 8 x patch 2).
@@ -67,6 +72,9 @@ TINY_WAN22_TRANSFORMER_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_a
                                      rope_max_seq_len=1024)
 #: The tiny Mirage VACE branch: every second layer (as the reference: 0, 2, ..., 28 of 30), 96 channels.
 TINY_MIRAGE_VACE = dict(vace_layers=[0, 2], vace_in_channels=96)
+#: The tiny Spatia kit: an 8-layer base with VACE on every 4th layer (as Spatia: 0, 4, ..., 28 of 30).
+TINY_SPATIA_LAYERS = 8
+TINY_SPATIA_VACE = dict(vace_layers=[0, 4], vace_in_channels=96)
 TINY_LORA_RANK = 4
 _WORDS = ("a an the of and with in on at to from by is are photo video scene room indoor outdoor house street "
           "camera moves move left right up down forward backward orbit around view wide light dark window door "
@@ -112,7 +120,7 @@ def tiny_vace_components(seed: int = 0, **transformer_overrides) -> dict:
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
 
 
-def tiny_wan22_base_components(seed: int = 0) -> dict:
+def tiny_wan22_base_components(seed: int = 0, num_layers: int | None = None) -> dict:
     """Components of a tiny Wan2.2-TI2V-style ``WanPipeline`` (real classes, random weights, seeded)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
@@ -125,7 +133,8 @@ def tiny_wan22_base_components(seed: int = 0) -> dict:
         mean = (torch.rand(48) - 0.5).tolist()
         std = (0.5 + torch.rand(48)).tolist()
         vae = AutoencoderKLWan(**TINY_WAN22_VAE_CONFIG, latents_mean=mean, latents_std=std)
-        transformer = WanTransformer3DModel(**TINY_WAN22_TRANSFORMER_CONFIG)
+        transformer = WanTransformer3DModel(**{**TINY_WAN22_TRANSFORMER_CONFIG,
+                                               **({"num_layers": num_layers} if num_layers else {})})
         text_encoder = UMT5EncoderModel(UMT5Config(**TINY_UMT5_CONFIG)).eval()
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0,
                                         num_train_timesteps=1000)
@@ -133,12 +142,13 @@ def tiny_wan22_base_components(seed: int = 0) -> dict:
                 transformer=transformer)
 
 
-def save_tiny_wan22_base(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny Wan2.2-TI2V-style diffusers folder with ``WanPipeline.save_pretrained``."""
+def save_tiny_wan22_base(path: str | os.PathLike, seed: int = 0, num_layers: int | None = None) -> Path:
+    """Write a tiny Wan2.2-TI2V-style diffusers folder with ``WanPipeline.save_pretrained``
+    (``num_layers``: DiT layers, default the tiny config's 4)."""
     from diffusers import WanPipeline
 
     path = Path(path)
-    pipe = WanPipeline(**tiny_wan22_base_components(seed), expand_timesteps=True)
+    pipe = WanPipeline(**tiny_wan22_base_components(seed, num_layers), expand_timesteps=True)
     with hf_progress(False):
         pipe.save_pretrained(path, safe_serialization=True)
     _marker(path)
@@ -178,7 +188,8 @@ LORA_TARGETS = {**{f"self_attn.{o}": f"attn1.{d}" for o, d in zip("qkvo", ("to_q
                 "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
 
 
-def tiny_mirage_weights(base_transformer, seed: int = 0, rank: int = TINY_LORA_RANK) -> tuple[dict, dict]:
+def tiny_mirage_weights(base_transformer, seed: int = 0, rank: int = TINY_LORA_RANK,
+                        vace_cfg: dict | None = None) -> tuple[dict, dict]:
     """Random VACE and LoRA weights for a base ``WanTransformer3DModel``, **in diffusers naming**.
 
     Returns:
@@ -191,7 +202,7 @@ def tiny_mirage_weights(base_transformer, seed: int = 0, rank: int = TINY_LORA_R
     cfg = {k: v for k, v in base_transformer.config.items() if not k.startswith("_")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
-        model = MirageTransformer3DModel(**{**cfg, **TINY_MIRAGE_VACE})
+        model = MirageTransformer3DModel(**{**cfg, **(vace_cfg or TINY_MIRAGE_VACE)})
         vace = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("vace_")}
         lora = {}
         mods = dict(base_transformer.named_modules())
@@ -205,14 +216,19 @@ def tiny_mirage_weights(base_transformer, seed: int = 0, rank: int = TINY_LORA_R
 
 
 def save_tiny_mirage_files(base_transformer, vace_path: str | os.PathLike, lora_path: str | os.PathLike,
-                           seed: int = 0) -> tuple[dict, dict]:
+                           seed: int = 0, layout: str = "mirage") -> tuple[dict, dict]:
     """Write :func:`tiny_mirage_weights` in the reference's naming (bf16, as the reference saves them).
+
+    ``layout="spatia"``: VACE on layers 0, 4 (Spatia's every 4th layer) and LoRA keys with the adapter
+    segment ``pipe.dit.blocks.N.self_attn.q.lora_A.default.weight`` plus an ``.alpha`` per module that
+    Spatia's loader never reads (set to half the rank, so a loader that applied it would differ).
 
     Returns the diffusers-named ``(vace, lora)`` dicts (values rounded to bf16 as written).
     """
     from safetensors.torch import save_file
 
-    vace, lora = tiny_mirage_weights(base_transformer, seed)
+    spatia = layout == "spatia"
+    vace, lora = tiny_mirage_weights(base_transformer, seed, vace_cfg=TINY_SPATIA_VACE if spatia else None)
     vace = {k: v.to(torch.bfloat16) for k, v in vace.items()}
     save_file({reference_vace_name(k): v.contiguous() for k, v in vace.items()}, str(vace_path))
     original = {v: k for k, v in LORA_TARGETS.items()}
@@ -221,8 +237,11 @@ def save_tiny_mirage_files(base_transformer, vace_path: str | os.PathLike, lora_
         _, i, dname = key.split(".", 2)
         a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
         lora_bf16[key] = (a, b)
-        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_A.weight"] = a.contiguous()
-        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_B.weight"] = b.contiguous()
+        seg = ".default" if spatia else ""
+        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_A{seg}.weight"] = a.contiguous()
+        out[f"pipe.dit.blocks.{i}.{original[dname]}.lora_B{seg}.weight"] = b.contiguous()
+        if spatia:
+            out[f"pipe.dit.blocks.{i}.{original[dname]}.alpha"] = torch.tensor(a.shape[0] / 2)
     save_file(out, str(lora_path))
     return vace, lora_bf16
 
@@ -280,25 +299,27 @@ def make_tiny_kit(path: str | os.PathLike, seed: int = 0, force: bool = False,
     Returns:
         ``kind="wan-vace"``: ``{"root": DIR, "vace": DIR, "vae": DIR / "vae", "depth": DIR / "depth"}``;
         pass ``"vace"`` as ``--model`` and ``"depth"`` to ``load_depth_model``.
-        ``kind="mirage"``: ``{"root", "base", "vace_file", "lora_file", "vae", "depth"}``; pass them to
-        ``mirage models convert``.
+        ``kind="mirage"`` / ``"spatia"``: ``{"root", "base", "vace_file", "lora_file", "vae", "depth"}``; pass
+        them to ``mirage models convert`` (``--layout spatia`` for the latter).
 
     Raises:
         MirageError: ``path`` exists and is not empty (unless ``force``).
     """
-    if kind not in ("wan-vace", "mirage"):
-        raise MirageError(f"unknown tiny kit kind '{kind}' (use wan-vace or mirage)")
+    if kind not in ("wan-vace", "mirage", "spatia"):
+        raise MirageError(f"unknown tiny kit kind '{kind}' (use wan-vace, mirage or spatia)")
     root = Path(path).expanduser()
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not force)):
         raise MirageError(f"{root} exists and is not an empty directory (choose a new one)")
     root.mkdir(parents=True, exist_ok=True)
-    if kind == "mirage":
-        base = save_tiny_wan22_base(root / "base", seed=seed)
+    if kind in ("mirage", "spatia"):
+        base = save_tiny_wan22_base(root / "base", seed=seed,
+                                    num_layers=TINY_SPATIA_LAYERS if kind == "spatia" else None)
         from diffusers import WanTransformer3DModel
 
         with hf_progress(False):
             transformer = WanTransformer3DModel.from_pretrained(base / "transformer")
-        save_tiny_mirage_files(transformer, root / "vace.safetensors", root / "lora.safetensors", seed=seed)
+        save_tiny_mirage_files(transformer, root / "vace.safetensors", root / "lora.safetensors", seed=seed,
+                               layout=kind)
         save_tiny_depth(root / "depth", seed=seed)
         return {"root": root, "base": base, "vace_file": root / "vace.safetensors",
                 "lora_file": root / "lora.safetensors", "vae": base / "vae", "depth": root / "depth"}

@@ -60,10 +60,12 @@ class GenerateConfig:
     guidance: float | None = None
     shift: float | None = None
     prompt: str = ""
-    # per frame span: prompts[i] from frame prompt_starts[i] on (pipeline/prompts.py); None: `prompt` throughout
+    # pipeline/prompts.py: prompts[i] from frame prompt_starts[i] on (eval worldscore's scenes), or without
+    # prompt_starts one prompt per chunk, the last repeating (--prompt-file); None: `prompt` throughout
     prompts: list[str] | None = None
     prompt_starts: list[int] | None = None
     negative_prompt: str = ""
+    conditioning: str | None = None  # a backend's --conditioning (spatia: rgb | latent); None = its default
     device: str = "auto"
     dtype: str = "auto"
     chunk_frames: int | None = None  # None = 9 for a per-frame codec (preview), 49 for Wan2.1, 33 for mirage
@@ -184,6 +186,12 @@ def check_config(cfg: GenerateConfig) -> None:
                    ("--start-frame", cfg.start_frame)):
         if v is not None and v < 0:
             bad(opt, f"must be >= 0 (got {v})")
+    spec = BACKENDS[cfg.backend]
+    if cfg.conditioning is not None and spec.conditionings and cfg.conditioning not in spec.conditionings:
+        bad("--conditioning", f"must be {' or '.join(spec.conditionings)} for --backend {cfg.backend} "
+            f"(got '{cfg.conditioning}')")
+    if cfg.prompts is not None and not cfg.prompts:
+        bad("--prompt-file", "holds no prompt (one prompt per non-empty line, one line per chunk)")
     if BACKENDS[cfg.backend].model_required and not cfg.model:
         bad("--model", BACKENDS[cfg.backend].missing_model)
     if cfg.look_at_depth is not None and not (math.isfinite(cfg.look_at_depth) and cfg.look_at_depth > 0):
@@ -210,9 +218,28 @@ def with_backend_defaults(cfg: GenerateConfig) -> GenerateConfig:
     """Fill the options the user left out (None) with the backend's defaults (its spec's
     :class:`~mirage_cli.backends.specs.SamplingDefaults`), so run.json records the effective values
     and a ``--resume`` repeats them."""
-    d = backend_spec(cfg.backend).defaults
-    return replace(cfg, **{k: getattr(d, k) for k in ("steps", "guidance", "shift", "references", "splat")
-                           if getattr(cfg, k) is None})
+    spec = backend_spec(cfg.backend)
+    d = spec.defaults
+    cfg = replace(cfg, **{k: getattr(d, k) for k in ("steps", "guidance", "shift", "references", "splat")
+                          if getattr(cfg, k) is None})
+    if cfg.conditioning is None and spec.conditionings:
+        cfg = replace(cfg, conditioning=spec.conditionings[0])
+    return cfg
+
+
+def read_prompt_file(path: str | Path) -> tuple[str, ...]:
+    """The prompts of a ``--prompt-file``: one per non-empty line, stripped (Spatia's ``--prompt_path``:
+    one line per round; the last line repeats when there are fewer lines than chunks, extra lines are
+    unused). Raises MirageError for an unreadable or empty file."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MirageError(f"{p}: cannot read the prompt file ({e})") from None
+    prompts = tuple(x.strip() for x in lines if x.strip())
+    if not prompts:
+        raise MirageError(f"{p}: the prompt file holds no prompt (one prompt per non-empty line)")
+    return prompts
 
 
 def recorded_config(cfg: GenerateConfig, given: GenerateConfig) -> GenerateConfig:

@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..backends import Backend, ChunkRequest, FilledDepth, PrecedingReads
+from ..backends import Backend, ChunkRequest, FilledDepth, PixelHistory, PrecedingReads
 from ..dtypes import LATENT_STORE_DTYPE
 from ..geometry.cameras import Cameras, backproject, project
 from ..geometry.depth import fill_depth, fit_scale_shift
@@ -71,7 +71,9 @@ class EngineSettings:
     """The per-run sampling settings the engine gives every chunk (resolved: no None).
 
     grid: ``(h, w)`` latent cells. references: reference latent frames per chunk (0: none).
-    voxel: voxel edge in scene units for ``voxel-iou`` reference selection (the spec's choice)."""
+    voxel: voxel edge in scene units for ``voxel-iou`` reference selection (the spec's choice).
+    conditioning: the backend's ``--conditioning`` (its spec's ``render_conditionings`` make the engine
+    render the explicit RGB point cloud)."""
 
     grid: tuple[int, int]
     seed: int = 0
@@ -81,6 +83,7 @@ class EngineSettings:
     negative_prompt: str = ""
     references: int = 0
     voxel: float = 0.1
+    conditioning: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class ChunkRead:
     depth: torch.Tensor  # (T, h, w) z-depth, 0 where unknown
     references: list[int]  # history indices of the chosen reference latents
     filled: torch.Tensor  # (T, h, w) depth extended into the holes (fill_depth), once per chunk
+    pixels: tuple = ()  # spec.pixel_history: PixelHistory (+ PointRender when the conditioning renders)
 
 
 @dataclass
@@ -148,6 +152,7 @@ class EngineSnapshot:
     history: tuple[HistoryFrame, ...]
     chunks_done: int
     frames_done: int
+    pixels: tuple = ()  # decoded uint8 frames kept for a spec with pixel_history
 
 
 def round_latents(x: torch.Tensor) -> torch.Tensor:
@@ -175,11 +180,16 @@ class ChunkEngine:
             extended into the holes).
         first_frame: ``(3, H, W)`` replaces the decode of the run's frame 0 (the spec's
             ``exact_first_frame``: the input image itself), or None.
+        input_image, input_depth: ``(3, H, W)`` in [0, 1] and ``(H, W)`` z-depth of the input, for a spec
+            with ``pixel_history`` (frame 0 of the kept pixels and of the explicit cloud); else unused.
+        cameras: the whole trajectory's cameras (scene units), for a spec with ``pixel_history`` (the
+            explicit cloud lifts earlier frames with their cameras).
     """
 
     def __init__(self, codec: Codec, backend: Backend, memory: LatentMemory, first_latent: torch.Tensor,
                  first_camera: Cameras, settings: EngineSettings, depth_model=None,
-                 first_frame: torch.Tensor | None = None) -> None:
+                 first_frame: torch.Tensor | None = None, input_image: torch.Tensor | None = None,
+                 input_depth: torch.Tensor | None = None, cameras: Cameras | None = None) -> None:
         self.codec, self.backend, self.settings = codec, backend, settings
         self.observers: list[ChunkObserver] = []  # told after every chunk (persistence, progress, warnings)
         self.memory = memory
@@ -191,13 +201,19 @@ class ChunkEngine:
         self.chunks_done = 0
         self.frames_done = 1  # video frames made so far (the input image is frame 0)
         self.size = (first_camera.width, first_camera.height)
+        self.pixels: list[np.ndarray] = []  # spec.pixel_history: (H, W, 3) uint8 per trajectory frame made so far
+        self.input_depth, self.cameras = input_depth, cameras
+        if backend.spec.pixel_history:
+            if input_image is None or input_depth is None or cameras is None:
+                raise ValueError(f"--backend {backend.spec.name} keeps pixels: give input_image, input_depth, cameras")
+            self.pixels = [to_uint8(input_image[None])[0]]  # Spatia keeps the input image itself as frame 0
 
     # -------------------------------------------------------------------------------- state
     def snapshot(self) -> EngineSnapshot:
         """A copy of the state (memory copied; history frames are immutable and shared)."""
         m = self.memory
         return EngineSnapshot(m.select(torch.arange(len(m), device=m.device)), tuple(self.history), self.chunks_done,
-                              self.frames_done)
+                              self.frames_done, tuple(self.pixels))
 
     def restore(self, snap: EngineSnapshot) -> None:
         """Go back to ``snap`` (it stays valid: restoring copies its memory again)."""
@@ -205,6 +221,7 @@ class ChunkEngine:
         self.memory = m.select(torch.arange(len(m), device=m.device))
         self.history = list(snap.history)
         self.chunks_done, self.frames_done = snap.chunks_done, snap.frames_done
+        self.pixels = list(snap.pixels)
 
     # -------------------------------------------------------------------------------- one chunk
     def step(self, chunk: Chunk, cams: Cameras, *, decode: bool = True, cancel: CancelToken | None = None,
@@ -239,9 +256,10 @@ class ChunkEngine:
 
         frames = frames_u8 = None
         t = time.perf_counter()
-        if decode or self.depth_model is not None:
+        if decode or self.depth_model is not None or self.backend.spec.pixel_history:
             frames = decode_chunk(chunk, self.codec, latents, self.first_frame)  # (L, 3, H, W), padding included
             frames_u8 = to_uint8(frames[:chunk.real])
+            self.keep_pixels(chunk, frames_u8)
         sec["decode"] = time.perf_counter() - t
 
         # WRITE: lift what the read did not cover. Only latent frames that are real trajectory frames
@@ -254,21 +272,59 @@ class ChunkEngine:
 
         stored = self.stored_reads(read)
         refs = [self.history[i].frame for i in read.references]
+        refs += [f for p in read.pixels if isinstance(p, PixelHistory) for f in p.reference_frames]  # pixel references
         self.extend_history(chunk, latents, read.cams, stored)
         result = ChunkResult(chunk, latents, frames, frames_u8, read, n, int(added), refs, stored, sec)
         for observer in self.observers:
             observer.on_chunk(result, self)
         return result
 
+    def keep_pixels(self, chunk: Chunk, frames_u8: np.ndarray) -> None:
+        """Keep a chunk's new decoded frames (spec ``pixel_history``; chunk 0's frame 0 stays the input image)."""
+        if not self.backend.spec.pixel_history:
+            return
+        first = max(1, chunk.new_from)
+        if len(self.pixels) != chunk.start + first:
+            raise ValueError(f"chunk {chunk.index}: {len(self.pixels)} frames kept, expected {chunk.start + first}")
+        self.pixels.extend(frames_u8[first:])
+
+    def pixel_context(self, chunk: Chunk, cams: Cameras) -> tuple:
+        """The spec ``pixel_history`` context of ``chunk``: its overlap frames and pixel references
+        (:class:`~.pixelcontext.PixelHistory`) and, for a rendering conditioning, the explicit RGB cloud
+        rebuilt from the frames so far and rendered into every video frame (:class:`~.pixelcontext.PointRender`)."""
+        from . import pixelcontext as px
+
+        spec, s, dev = self.backend.spec, self.settings, self.first_latent.device
+        overlap = (px.frames_tensor(self.pixels, list(range(chunk.start, chunk.start + chunk.overlap)), dev)
+                   if chunk.index > 0 else None)
+        if s.conditioning not in spec.render_conditionings:
+            return (px.PixelHistory(overlap, None),)
+        upto = chunk.start + (chunk.overlap if chunk.index > 0 else 1)  # every frame made so far
+        voxel = s.voxel / 10 * (1 + px.VOXEL_GROWTH * chunk.index)  # the reference's 0.1 -> Spatia's 0.01 (+ growth)
+        cloud = px.rebuild_cloud(self.pixels, self.cameras, self.memory, self.input_depth.to(dev), upto, voxel)
+        rgb, known, _ = cloud.render(cams)
+        refs: list[int] = []
+        if chunk.index > 0 and spec.references == "matching" and s.references > 0:
+            cand = list(range(0, chunk.start, px.REF_CANDIDATE_STRIDE))
+            targets = cams[list(range(0, chunk.length, px.REF_TARGET_STRIDE))]
+            refs = px.matching_references(cloud, targets, self.cameras[cand], cand, min(s.references, px.MAX_REFERENCES))
+        ref_px = px.frames_tensor(self.pixels, refs, dev) if refs else None
+        return px.PixelHistory(overlap, ref_px, tuple(refs)), px.PointRender(rgb, known)
+
     def read(self, chunk: Chunk, cams: Cameras) -> ChunkRead:
         """READ: warp the memory into every latent frame's camera (no pixels, no encode), and choose
-        the reference latents as the backend's spec says."""
+        the reference latents as the backend's spec says (a spec with ``pixel_history`` also gets its
+        pixel context, :meth:`pixel_context`)."""
         idx = list(range(0, chunk.length, self.codec.temporal_factor))
         lcams = Cameras(cams.c2w[idx], cams.intrinsics[idx], cams.width, cams.height)
         latents, known, depth = self.memory.read(lcams)  # (T,C,h,w), (T,h,w), (T,h,w)
+        pixels = self.pixel_context(chunk, cams) if self.backend.spec.pixel_history else ()
+        if self.settings.conditioning in self.backend.spec.render_conditionings:  # references are pixels (or none)
+            return ChunkRead(lcams, latents, known, depth, [], fill_depth(depth, known), pixels)
         n = len(self.history)
         # the overlap frame (and the preceding frames the backend takes) are in the sequence already
         exclude = set(range(n - 1 - self.backend.preceding_frames, n))
+        exclude |= {i for i in range(n) if self.history[i].frame >= chunk.start}  # the overlap (re-encoded, pinned)
         candidates = [i for i in range(n) if i not in exclude]
         s = self.settings
         if self.backend.spec.references == "voxel-iou":  # the reference's selection, the one its model was trained with
@@ -279,14 +335,14 @@ class ChunkEngine:
         else:
             refs = select_references(depth, known, lcams, self.history_cameras(), candidates, s.references, s.grid)
         # The depth extended into the holes, once per chunk: the preview's fill and the write both use it.
-        return ChunkRead(lcams, latents, known, depth, refs, fill_depth(depth, known))
+        return ChunkRead(lcams, latents, known, depth, refs, fill_depth(depth, known), pixels)
 
     def request(self, chunk: Chunk, read: ChunkRead) -> ChunkRequest:
         """The backend's request for ``chunk`` from its read (the extras its spec asks for)."""
         s, history = self.settings, self.history
         P = self.backend.preceding_frames
         lo = max(0, len(history) - 1 - P)  # P preceding + the overlap frame
-        extras: list = [FilledDepth(read.filled)]
+        extras: list = [FilledDepth(read.filled), *read.pixels]
         if chunk.index > 0 and P > 0 and self.backend.spec.preceding_reads:
             C, (h, w) = self.first_latent.shape[0], s.grid
             dev = self.first_latent.device
@@ -298,7 +354,8 @@ class ChunkEngine:
             read_latents=read.latents, known=read.known, read_depth=read.depth, first_latent=self.first_latent,
             preceding=torch.stack([f.latent for f in history[lo:]]) if chunk.index > 0 else None,
             reference=torch.stack([history[i].latent for i in read.references]) if read.references else None,
-            chunk_index=chunk.index, num_frames=chunk.length, prompt=s.prompt, negative_prompt=s.negative_prompt,
+            chunk_index=chunk.index, num_frames=chunk.length, prompt=s.prompt,
+            negative_prompt=s.negative_prompt,
             seed=s.seed, steps=s.steps, guidance=s.guidance, extras=tuple(extras))
 
     def stored_reads(self, read: ChunkRead) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -314,7 +371,7 @@ class ChunkEngine:
         image for chunk 0, the previous chunk's last frame otherwise). ``lcams``: its latent-frame cameras."""
         tf = self.codec.temporal_factor
         frames = latent_frame_indices(chunk, tf)
-        for j in range(1, written_latent_frames(chunk, tf)):
+        for j in range(chunk.pinned_latents(tf), written_latent_frames(chunk, tf)):
             read = (reads[0][j], reads[1][j]) if reads is not None else None
             self.history.append(HistoryFrame(latents[j], lcams.c2w[j], lcams.intrinsics[j], frames[j], chunk.index + 1,
                                              read))
@@ -328,7 +385,10 @@ class ChunkEngine:
         the checkpoint). Returns the real frames ``(real, H, W, 3)`` uint8 (None without decode)."""
         idx = list(range(0, chunk.length, self.codec.temporal_factor))
         lcams = Cameras(cams.c2w[idx], cams.intrinsics[idx], cams.width, cams.height)
-        frames_u8 = to_uint8(decode_chunk(chunk, self.codec, latents, self.first_frame)[:chunk.real]) if decode else None
+        frames_u8 = None
+        if decode or self.backend.spec.pixel_history:
+            frames_u8 = to_uint8(decode_chunk(chunk, self.codec, latents, self.first_frame)[:chunk.real])
+            self.keep_pixels(chunk, frames_u8)
         self.extend_history(chunk, latents, lcams, reads)
         return frames_u8
 

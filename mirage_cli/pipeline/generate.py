@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,7 +67,7 @@ from .inputs import (
 from .loop import Run, run_loop
 from .persist import FrameList, RunWriter, open_video
 from .placement import place_preset, placement_note, warn_behind
-from .plan import plan_chunks, reference_depth, scale_cameras
+from .plan import reference_depth, scale_cameras
 from .records import RUN_FORMAT, CodecInfo, DepthInfo, ImageInfo, PlannedChunk, RunRecord, TrajectoryInfo, now, versions
 from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels, output_size
 from .rundir import (
@@ -142,6 +143,9 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     for opt in unused_options(given):
         warn(f"{opt} does nothing with --backend {given.backend}" + (f" and --depth {given.depth}" if "depth" in opt else ""))
     cfg = with_absolute_paths(with_backend_defaults(given))
+    if cfg.conditioning in spec.experimental_conditionings:
+        warn(f"--conditioning {cfg.conditioning} is EXPERIMENTAL with --backend {spec.name}: the weights were never "
+             "trained with it and its quality is unmeasured")
     device = resolve_device(cfg.device)
     assert cfg.image is not None and cfg.traj is not None  # check_config refused their absence
     image_path, traj_ref = Path(cfg.image), cfg.traj
@@ -303,16 +307,25 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
     spec, cfg, s = backend.spec, plan.config, plan.settings
     settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=s.steps, guidance=s.guidance, prompt=cfg.prompt,
                               negative_prompt=cfg.negative_prompt, references=s.references,
-                              voxel=voxel_size(plan.depth_source, plan.reference_depth)[0])
+                              voxel=voxel_size(plan.depth_source, plan.reference_depth)[0],
+                              conditioning=cfg.conditioning or "")
+    pixels: dict[str, Any] = {}
+    if spec.pixel_history:  # the input's pixels and saved depth (the explicit cloud's frame 0), the cameras
+        import numpy as np
+
+        from .rundir import depth_file
+
+        depth = torch.from_numpy(np.load(depth_file(plan.out), allow_pickle=False)).float().to(plan.device)
+        pixels = dict(input_image=image.to(plan.device), input_depth=depth, cameras=plan.cams)
     engine = ChunkEngine(codec, backend, memory, first_latent, plan.cams[:1], settings, depth_model=depth_model,
-                         first_frame=image if spec.exact_first_frame else None)
+                         first_frame=image if spec.exact_first_frame else None, **pixels)
     try:
         for chunk in plan.chunks[:len(record.chunks)]:
             path = chunk_latents(plan.out, chunk.index)
             frames_u8 = engine.replay(chunk, plan.cams[chunk.frames], load_latents(path).to(plan.device),
                                       load_reads(path, plan.device))
             assert frames_u8 is not None  # replay decodes by default
-            video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
+            video.append(frames_u8[chunk.new_from:])
     except BaseException:
         video.abort()
         raise
@@ -385,7 +398,10 @@ def _plan(cfg: GenerateConfig, out: Path, image_path: Path, image_hash: str, ima
     cams, saved = run_cameras(cfg, out, (W, H), ref_depth)
     cfg = replace(cfg, chunk_frames=cfg.chunk_frames or spec.chunk_frames)
     settings = RunSettings.of(cfg)
-    chunks = tuple(plan_chunks(len(cams), settings.chunk_frames, codec.temporal_factor))
+    try:
+        chunks = tuple(spec.plan(len(cams), settings.chunk_frames, codec.temporal_factor))
+    except ValueError as e:
+        raise MirageError(f"--chunk-frames {cfg.chunk_frames}: {e}") from None
     return RunPlan(config=cfg, settings=settings, out=out, image_path=image_path, image_hash=image_hash, size=(W, H),
                    grid=(H // codec.spatial_factor, W // codec.spatial_factor), cams=cams, fps=cfg.fps or saved.fps,
                    chunks=chunks, reference_depth=ref_depth, depth_source=depth_source, device=device)

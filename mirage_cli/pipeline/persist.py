@@ -133,7 +133,7 @@ class RunWriter:
         tf = engine.codec.temporal_factor
         if chunk.index == 0 and self.image is not None:
             self.record.frame0_psnr_db = frame0_psnr(frames_u8[0], self.image)
-        self.video.append(frames_u8[1:] if chunk.index > 0 else frames_u8)
+        self.video.append(frames_u8[chunk.new_from:])
         rec = chunk_record(result, engine.memory, tf)
         t = time.perf_counter()
         write_video(chunk_video(plan.out, chunk.index), frames_u8, plan.fps)

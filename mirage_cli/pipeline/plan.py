@@ -6,6 +6,12 @@ chunks share one frame (the last frame of chunk ``i`` is the first of chunk ``i 
 video is continuous. A last chunk with fewer real frames is padded by repeating its last camera
 up to the next valid length; only its real latent frames are written to the memory.
 
+A backend's spec may ask for another plan (Spatia's, ZhaoJingjing713/Spatia Spatia/inference.py: a first chunk
+of 121 frames, then chunks of 81 overlapping the previous one by ``overlap = 9`` frames, i.e. 3 latent
+frames re-encoded from the decoded pixels; a short last chunk padded to the full length). ``overlap`` must
+be ``1 + tf * k`` so the overlapping frames are whole latent frames; the default plan (overlap 1, no
+first length, codec padding) is the one above, unchanged.
+
 Shared by ``mirage generate`` (``pipeline/``) and ``mirage bench`` (``bench/``), together with the
 two scene rules both need: the reference depth (unit of relative trajectories) and the scaling of
 relative cameras.
@@ -29,6 +35,16 @@ class Chunk:
     start: int
     stop: int
     length: int
+    overlap: int = 1  # frames shared with the previous chunk (chunk 0: its pinned input frame)
+
+    @property
+    def new_from(self) -> int:
+        """First chunk frame that is new video (0 for chunk 0: its frame 0 is the input image)."""
+        return 0 if self.index == 0 else self.overlap
+
+    def pinned_latents(self, temporal_factor: int) -> int:
+        """Leading latent frames that are clean context, not generated (the input's or the overlap's)."""
+        return 1 if self.index == 0 else 1 + (self.overlap - 1) // temporal_factor
 
     @property
     def frames(self) -> list[int]:
@@ -47,22 +63,38 @@ def valid_chunk_length(n: int, temporal_factor: int) -> int:
     return 1 + temporal_factor * k
 
 
-def plan_chunks(num_frames: int, chunk_frames: int, temporal_factor: int) -> list[Chunk]:
+def plan_chunks(num_frames: int, chunk_frames: int, temporal_factor: int, overlap: int = 1,
+                first_frames: int | None = None, pad_full: bool = False) -> list[Chunk]:
     """Split ``num_frames`` trajectory frames into chunks of ``valid_chunk_length(chunk_frames)``
-    frames that overlap by one frame; the last chunk is padded (see the module docstring)."""
-    L = valid_chunk_length(chunk_frames, temporal_factor)
+    frames (the first: ``valid_chunk_length(first_frames)`` when given) that overlap by ``overlap``
+    frames; the last chunk is padded to the next valid length, or to the full length with ``pad_full``
+    (see the module docstring).
+
+    Spatia's plan (121 / 81 / overlap 9, pad_full): chunk ``r >= 1`` covers ``[s, s + 81)`` with
+    ``s = 121 + 72 (r - 1) - 9``, i.e. 112, 184, ...; ``N`` frames make ``1 + ceil((N - 121) / 72)`` chunks.
+
+    Raises:
+        ValueError: ``overlap`` is not ``1 + tf * k``, or leaves no new frame in a chunk.
+    """
+    tf = temporal_factor
+    L = valid_chunk_length(chunk_frames, tf)
+    L0 = valid_chunk_length(first_frames, tf) if first_frames else L
+    if overlap < 1 or (overlap - 1) % tf or overlap + tf > L:
+        raise ValueError(f"chunk overlap {overlap}: must be 1 + {tf}k frames and leave new frames in a "
+                         f"{L}-frame chunk")
     if num_frames <= 1:
-        return [Chunk(0, 0, 1, 1 + temporal_factor)]
+        return [Chunk(0, 0, 1, L0 if pad_full else 1 + tf, overlap)]
     chunks: list[Chunk] = []
     start = 0
     while True:
-        stop = min(start + L, num_frames)
+        full = L0 if not chunks else L
+        stop = min(start + full, num_frames)
         real = stop - start
-        length = L if real == L else 1 + temporal_factor * math.ceil((real - 1) / temporal_factor)
-        chunks.append(Chunk(len(chunks), start, stop, max(length, 1 + temporal_factor)))
+        length = full if real == full or pad_full else 1 + tf * math.ceil((real - 1) / tf)
+        chunks.append(Chunk(len(chunks), start, stop, max(length, 1 + tf, overlap + tf if chunks else 0), overlap))
         if stop >= num_frames:
             return chunks
-        start = stop - 1
+        start = stop - overlap
 
 
 def latent_frame_indices(chunk: Chunk, temporal_factor: int) -> list[int]:

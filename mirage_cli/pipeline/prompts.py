@@ -1,6 +1,7 @@
 """Which prompt a chunk is denoised with: one for the whole run, or one per span of frames.
 
-``GenerateConfig.prompts`` with ``prompt_starts`` gives a prompt per span of trajectory frames
+``GenerateConfig.prompts`` alone gives one prompt per chunk (``--prompt-file``, as Spatia's
+``--prompt_path``; the last repeats). With ``prompt_starts`` it gives a prompt per span of trajectory frames
 (``prompts[i]`` from frame ``prompt_starts[i]`` on; ``mirage eval worldscore`` gives each WorldScore
 scene its own). A chunk takes the prompt of the span holding its middle frame, so a chunk that
 straddles a boundary is denoised with the prompt of most of its frames. Without ``prompts`` every
@@ -17,6 +18,8 @@ def chunk_prompt(cfg, chunk: Chunk) -> str:
     """The prompt of ``chunk`` under ``cfg`` (a ``GenerateConfig``; see the module docstring)."""
     if not cfg.prompts:
         return cfg.prompt
+    if cfg.prompt_starts is None:  # one per chunk (--prompt-file), the last repeating
+        return cfg.prompts[min(chunk.index, len(cfg.prompts) - 1)]
     middle = (chunk.start + chunk.stop - 1) / 2
     starts = cfg.prompt_starts or [0]
     span = max((i for i, s in enumerate(starts) if s <= middle), default=0)
@@ -25,7 +28,7 @@ def chunk_prompt(cfg, chunk: Chunk) -> str:
 
 def check_prompt_spans(prompts: list[str] | None, starts: list[int] | None) -> None:
     """MirageError unless ``prompts`` and ``starts`` pair up: as many, starts from 0 and increasing."""
-    if prompts is None and starts is None:
+    if starts is None:  # none, or one prompt per chunk
         return
     if not prompts or starts is None or len(prompts) != len(starts):
         raise MirageError(f"prompts: {len(prompts or [])} prompts need as many starting frames (got {len(starts or [])})")

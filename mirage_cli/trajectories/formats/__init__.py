@@ -8,6 +8,7 @@
 ``nerf``           NeRF / instant-ngp ``transforms.json``: OpenGL c2w ``transform_matrix``.
 ``colmap``         COLMAP text model ``images.txt`` (+ sibling ``cameras.txt``): w2c, quaternions.
 ``worldscore``     WorldScore ``camera_data.json``: ``cameras_interp`` c2w in Blender axes.
+``spatia``         Spatia's ``w2c.txt`` (JSON Lines of w2c matrices, OpenCV) + sibling ``intrinsics.txt``.
 ``geometry-npz``   the paper's reference pipeline's ``geometry.npz``: ``poses_c2w`` OpenCV,
                    ``intrinsics`` 3x3 pixels, ``depths``; read only (binary, ``allow_pickle=False``).
 ``lyra2``          Lyra 2's ``trajectory.npz``: ``w2c`` OpenCV, ``intrinsics`` 3x3 pixels,
@@ -42,12 +43,26 @@ from typing import Any
 from ...errors import MirageError
 from ...geometry.cameras import validate_cameras
 from ..trajectory import Trajectory
-from . import colmap, gen3c, geometry_npz, lingbot, lyra2, native, nerf, nerfstudio, realestate10k, vipe, worldplay, worldscore
+from . import (
+    colmap,
+    gen3c,
+    geometry_npz,
+    lingbot,
+    lyra2,
+    native,
+    nerf,
+    nerfstudio,
+    realestate10k,
+    spatia,
+    vipe,
+    worldplay,
+    worldscore,
+)
 from .arrays import is_npy, is_zip, npz_keys
 from .common import Format, check_plausible, floats, read_text
 
 REGISTRY: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in (native, nerfstudio, realestate10k, nerf, colmap, worldscore,
-                                                                geometry_npz, lyra2, lingbot, vipe, worldplay, gen3c)}
+                                                                spatia, geometry_npz, lyra2, lingbot, vipe, worldplay, gen3c)}
 """Every format by name; each format's detector accepts only its own files, so order does not matter."""
 
 FORMATS: tuple[str, ...] = tuple(name for name, f in REGISTRY.items() if f.text or f.write)
@@ -64,9 +79,12 @@ def get_format(name: str) -> Format:
 
 # ===================================================================================== reading
 def _file(path: Path) -> Path:
-    """A file as is; for a folder, LingBot-World's ``poses.npy`` or the COLMAP ``images.txt`` in it."""
+    """A file as is; for a folder, Spatia's ``w2c.txt``, LingBot-World's ``poses.npy`` or the COLMAP
+    ``images.txt`` in it (the folder formats)."""
     if not path.is_dir():
         return path
+    if spatia.paths(path)[0].is_file():
+        return spatia.paths(path)[0]
     return lingbot.folder_file(path) or colmap.model_file(path)
 
 
@@ -82,6 +100,8 @@ def _parse(path: Path) -> tuple[str, Any]:
     try:
         return "json", json.loads(text)
     except json.JSONDecodeError as e:
+        if spatia.detect(text):  # JSON Lines (Spatia's w2c.txt): one matrix per line, not one document
+            return "text", text
         raise MirageError(f"{path}: unreadable: invalid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
 
 
