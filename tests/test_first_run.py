@@ -303,3 +303,10 @@ def test_ctrl_c_during_generate_prints_no_ffmpeg_noise(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "--resume" in err
     assert "Invalid buffer size" not in err and "@ 0x" not in err and "ffmpeg" not in err.lower(), err
+
+
+@pytest.mark.parametrize("args", [["generate"], ["export"], []])
+def test_a_command_alone_prints_its_help_once(args, capsys):
+    """Typer prints the help while raising NoArgsIsHelpError: printing it again showed it twice."""
+    assert main(args) == 2
+    assert capsys.readouterr().out.count("Usage:") == 1

@@ -78,6 +78,17 @@ def test_backends_refuse_the_other_layout(converted, model_dir):
         load_spatia(str(model_dir), device="cpu", progress=False)
 
 
+def test_dry_run_refuses_the_other_layout_as_the_real_run(converted, model_dir, small_scene, tmp_path):
+    """--dry-run checks the folder as the loader does (class and layout), without loading weights."""
+    from mirage_cli.pipeline.generate import GenerateConfig, generate
+
+    for backend, model, words in (("mirage", converted, "--backend spatia"), ("spatia", model_dir, "--layout spatia")):
+        cfg = GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", backend=backend, model=str(model),
+                             out=str(tmp_path / backend))
+        with pytest.raises(MirageError, match=words):
+            generate(cfg, warn=lambda m: None, quiet=True, dry_run=True)
+
+
 def _in_memory_model(kit, lora_fused: bool):
     """The same tensors assembled in memory (no converter): base + VACE on [0, 4] (+ the LoRA fused in fp32)."""
     from diffusers import WanTransformer3DModel

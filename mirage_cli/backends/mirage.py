@@ -212,7 +212,7 @@ def load_mirage(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_o
 
         return MirageTransformer3DModel
 
-    parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
+    parts = load_wan_folder(model_ref, check_model_folder, transformer_cls, device, dtype, vae_dtype, tiling=tiling,
                             cpu_offload=cpu_offload, download=download, progress=progress)
     return parts.backend(MirageBackend, shift=shift, preceding_frames=preceding_frames)
 
@@ -224,7 +224,7 @@ def load_for_run(cfg, show_progress: bool = True) -> tuple[WanVAECodec, MirageBa
     return codec, backend
 
 
-def _check_index(root: Path) -> None:
+def check_model_folder(root: Path) -> None:
     """The folder must hold a Mirage transformer (written by ``mirage models convert``)."""
     read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
                      "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "

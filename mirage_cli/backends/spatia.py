@@ -199,7 +199,7 @@ class SpatiaBackend(MirageBackend):
         return d
 
 
-def _check_index(root: Path) -> None:
+def check_model_folder(root: Path) -> None:
     """The folder must hold a Spatia-layout conversion (``mirage models convert --layout spatia``)."""
     read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert --layout spatia` folder",
                      "convert Spatia's checkpoints first: `mirage models convert --layout spatia --base wan2.2-ti2v-5b "
@@ -218,7 +218,7 @@ def load_spatia(model_ref: str, device: str = "auto", dtype: str = "auto", cpu_o
 
         return MirageTransformer3DModel
 
-    parts = load_wan_folder(model_ref, _check_index, transformer_cls, device, dtype, "fp32", tiling=True,
+    parts = load_wan_folder(model_ref, check_model_folder, transformer_cls, device, dtype, "fp32", tiling=True,
                             cpu_offload=cpu_offload, download=download, progress=progress)
     info = json.loads((parts.root / "mirage.json").read_text()).get("lora") or {}
     lora, note = None, "none (converted without --lora)"

@@ -100,6 +100,7 @@ class BackendSpec:
         exact_first_frame: the video's frame 0 is the input image itself (the preview: its decode of a
             downscaled grid would only upsample cell means).
         label: shown in the video's comment tag and the summary (the preview says it is one).
+        model_check: ``"module:function"`` refusing a model folder the loader would refuse (``--dry-run``).
     """
 
     name: str
@@ -117,6 +118,7 @@ class BackendSpec:
     references: Literal["covisibility", "voxel-iou", "matching"] = "covisibility"
     exact_first_frame: bool = False
     label: str | None = None
+    model_check: str = ""
     first_chunk_frames: int | None = None
     overlap_frames: int = 1
     pad_full: bool = False
@@ -151,6 +153,13 @@ class BackendSpec:
         """Steps of one chunk's denoise, for its progress bar."""
         return steps if self.samples else 1
 
+    def check_model(self, root: Any) -> None:
+        """Refuse a resolved model folder the loader would refuse (class, layout), without loading
+        weights: ``model_check`` is ``"module:function"`` called with the folder (MirageError)."""
+        if self.model_check:
+            module, _, fn = self.model_check.partition(":")
+            getattr(import_module(module), fn)(root)
+
     def load(self, cfg: Any, show_progress: bool = True) -> tuple[Codec, Backend]:
         """Build the codec and the backend for the options ``cfg`` (a resolved ``GenerateConfig``)."""
         module, _, fn = self.loader.partition(":")
@@ -166,13 +175,14 @@ BACKENDS: dict[str, BackendSpec] = {
         label="PREVIEW (no neural network)"),
     "wan-vace": BackendSpec(
         name="wan-vace", summary="Wan2.1-VACE diffusion", loader="mirage_cli.backends.wan_vace:load_for_run",
+        model_check="mirage_cli.backends.wan_vace:check_model_folder",
         # Wan2.1-VACE at 480p
         defaults=SamplingDefaults(steps=30, guidance=5.0, shift=3.0, references=2, splat="patch"),
         codec=CodecGeometry("wan2.1-vae", 16, 8, 4), patch=2, chunk_frames=49, samples=True,
         default_model="wan2.1-vace-1.3b"),
     "mirage": BackendSpec(
         name="mirage", summary="the paper's model, see `mirage models convert`",
-        loader="mirage_cli.backends.mirage:load_for_run",
+        loader="mirage_cli.backends.mirage:load_for_run", model_check="mirage_cli.backends.mirage:check_model_folder",
         # the reference's loop: UniPC, 20 steps, no guidance, shift 5, 4 references; the model was trained on
         # the reference's nearest-cell splat, so the memory is read the same way
         defaults=SamplingDefaults(steps=20, guidance=1.0, shift=5.0, references=4, splat="point"),
@@ -182,7 +192,7 @@ BACKENDS: dict[str, BackendSpec] = {
         preceding_reads=True, references="voxel-iou"),
     "spatia": BackendSpec(
         name="spatia", summary="Spatia's published VACE + LoRA on Wan2.2-TI2V-5B, see `mirage models convert --layout spatia`",
-        loader="mirage_cli.backends.spatia:load_for_run",
+        loader="mirage_cli.backends.spatia:load_for_run", model_check="mirage_cli.backends.spatia:check_model_folder",
         # Spatia's Spatia/inference.py defaults: UniPC, 40 steps, CFG 3.5, shift 5, 7 references; 121 then 81 frames
         # overlapping by 9 (3 latents re-encoded and pinned), the last round padded to 81; LoRA from round 1
         defaults=SamplingDefaults(steps=40, guidance=3.5, shift=5.0, references=7, splat="patch"),

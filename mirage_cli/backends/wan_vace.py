@@ -469,6 +469,11 @@ def read_model_index(root: Path, transformer_class: str, kind: str, hint: str) -
     return index
 
 
+def check_model_folder(root: Path) -> None:
+    """The spec's model check (``--dry-run`` calls it without loading weights): a Wan2.1-VACE folder."""
+    _read_index(root)
+
+
 def _read_index(root: Path) -> dict:
     """Validate ``model_index.json``: a single-transformer Wan VACE pipeline."""
     index = read_model_index(root, "WanVACETransformer3DModel", "a diffusers Wan-VACE folder",

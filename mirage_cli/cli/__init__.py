@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         code = code if isinstance(code, int) else 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except _click.NoArgsIsHelpError as e:  # `mirage generate` alone: its help, as before
-        typer.echo(e.ctx.get_help() if e.ctx else e.format_message())
+    except _click.NoArgsIsHelpError:  # `mirage generate` alone: typer printed its help while raising
         code = 2
     except _click.UsageError as e:  # --frames abc, --bogus, a missing value: one line
         if debug:  # the traceback, with the exit code the error has without --debug

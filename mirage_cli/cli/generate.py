@@ -64,7 +64,7 @@ def generate_cmd(
     steps: int | None = options.STEPS,
     guidance: float | None = options.GUIDANCE,
     shift: float | None = options.SHIFT,
-    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (wan-vace, mirage)."),
+    prompt: str = typer.Option("", "--prompt", "-p", help="Text prompt (the network backends: wan-vace, mirage, spatia)."),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (wan-vace, mirage, spatia; with --guidance > 1; spatia: Wan's standard one when empty)."),
     prompt_file: Path | None = typer.Option(None, "--prompt-file", help="One prompt per chunk, one per non-empty line (the last repeats); replaces --prompt."),
     conditioning: str | None = typer.Option(None, "--conditioning", help="spatia: rgb (its explicit RGB point cloud rendered and VAE-encoded every chunk, as trained) | latent (mirage's latent memory read, experimental) \\[default: rgb]."),
@@ -199,7 +199,7 @@ def print_summary(record: dict) -> None:
     b = record["backend"]
     spec = BACKENDS.get(b.get("name"))
     if spec is not None and not spec.samples:
-        console.print(f"[bold yellow]{spec.label}[/]: holes are filled by classical inpainting.")
+        console.print(f"[bold yellow]{spec.name.upper()}[/]: no neural network ran; holes are filled by classical inpainting.")
     weights = " (random weights: a timing/test kit, the video is noise)" if b.get("weights") == "random" else ""
     console.print(f"{record['trajectory']['frames']} frames in {plural(len(record['chunks']), 'chunk')}, backend {b.get('name')}"
                   f"{weights}, {record['device']}, {plural(record.get('threads') or 1, 'thread')}")

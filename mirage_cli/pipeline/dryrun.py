@@ -86,6 +86,7 @@ def planned_geometry(cfg: GenerateConfig, spec: BackendSpec, warn) -> CodecGeome
         lookup(str(ref))  # an unknown name: refused as the real run refuses it
         warn(f"dry run: {e}; planned with the {spec.name} backend's default codec geometry")
         return spec.codec
+    spec.check_model(root)  # the transformer class and the layout, as the loader checks them
     config = root / "vae" / "config.json"
     return vae_geometry(config, spec.codec) if config.is_file() else spec.codec
 
