@@ -37,6 +37,8 @@ def finished_record(out: Path, purpose: str = "nothing to read"):
     if not path.is_file():
         raise MirageError(f"{path}: missing; {out} is not a mirage run directory")
     record = RunRecord.read(path)
+    if record.status == "dry-run":  # a plan and coverage.mp4: never any frames
+        raise MirageError(f"{path}: a --dry-run (no backend ran, no frames); run it without --dry-run first, {purpose}")
     if record.status != "done":
         raise MirageError(f"{path}: the run is not finished (status {record.status}); {purpose}")
     ref = record.depth.reference_depth
