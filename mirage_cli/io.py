@@ -324,13 +324,18 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | torch.Tensor,
     writer.commit()
 
 
+def reader_frames(reader: Format.Reader) -> Iterable[np.ndarray]:
+    """The frames an imageio reader yields (imageio's stub, core/format.pyi, types ``Reader.__iter__`` as
+    returning one Array)."""
+    return cast(Iterable[np.ndarray], reader)
+
+
 def read_video(path: Path | str) -> np.ndarray:
     """``(T, H, W, 3)`` uint8 frames of a video file."""
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(path)
     try:
-        # imageio's stub types Reader.__iter__ as returning one Array (core/format.pyi); it yields the frames
-        return np.stack([np.asarray(f) for f in cast(Iterable[np.ndarray], reader)])
+        return np.stack([np.asarray(f) for f in reader_frames(reader)])
     finally:
         reader.close()
