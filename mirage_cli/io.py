@@ -14,14 +14,18 @@ import re
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, cast
 
 import numpy as np
 import torch
 
 from .errors import MirageError, write_failure_reason
+
+if TYPE_CHECKING:
+    from imageio.core.format import Format
 
 TMP_MARK = ".mirage-tmp-"  # every temporary of an atomic write: ".<target name>.mirage-tmp-XXXX<suffix>"
 
@@ -134,7 +138,9 @@ def load_image(path: Path | str) -> torch.Tensor:
     except Image.DecompressionBombError as e:  # Pillow refuses to decode it at all: --max-pixels cannot help
         size = re.search(r"\((\d+) pixels\)", str(e))
         pixels = f"{int(size.group(1)):,} pixels" if size else "its size"
-        raise MirageError(f"{path}: {pixels} is above what the image decoder opens ({2 * Image.MAX_IMAGE_PIXELS:,}, "
+        limit = Image.MAX_IMAGE_PIXELS  # set: Pillow raises DecompressionBombError only against a limit
+        opens = f"{2 * limit:,}, " if limit is not None else ""
+        raise MirageError(f"{path}: {pixels} is above what the image decoder opens ({opens}"
                           "Pillow's decompression-bomb guard); shrink the file first (mirage resizes larger inputs to "
                           "--max-pixels, default 1 MP, after decoding)") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -215,7 +221,7 @@ class VideoWriter:
         self.path, self.fps, self.comment = Path(path), float(fps), comment
         self.frames = 0
         self.kept: list[np.ndarray] | None = None  # set to [] to also keep every frame (mirage eval scores them)
-        self._writer = None
+        self._writer: Format.Writer | None = None  # opened by the first append of frames
         self._stack = ExitStack()
         self._tmp = self._stack.enter_context(atomic_path(self.path))
 
@@ -224,11 +230,14 @@ class VideoWriter:
         if isinstance(frames, torch.Tensor):
             frames = to_uint8(frames)
         try:
-            if self._writer is None and len(frames):
+            if len(frames) == 0:
+                return
+            if self._writer is None:
                 self._writer = self._open(frames.shape[1], frames.shape[2])
+            writer = self._writer
             for f in frames:
                 with whole_writes():  # a Ctrl-C waits for the frame's end: ffmpeg never sees half a frame
-                    self._writer.append_data(np.ascontiguousarray(f))
+                    writer.append_data(np.ascontiguousarray(f))
                     self.frames += 1
                 if self.kept is not None:
                     self.kept.append(np.array(f))
@@ -240,6 +249,7 @@ class VideoWriter:
         if self.frames == 0:
             self.abort()
             raise MirageError(f"{self.path}: no frames to write")
+        assert self._writer is not None  # frames > 0: append opened it
         try:
             self._writer.close()
         except Exception as e:
@@ -256,7 +266,7 @@ class VideoWriter:
         self._writer = None
         self._stack.__exit__(_Abandoned, _Abandoned(), None)
 
-    def _open(self, height: int, width: int):
+    def _open(self, height: int, width: int) -> Format.Writer:
         import imageio.v2 as imageio
 
         params = ["-metadata", f"comment={self.comment}"] if self.comment else None
@@ -265,7 +275,7 @@ class VideoWriter:
             pixelformat="yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p", output_params=params,
         )
 
-    def _fail(self, e: Exception):
+    def _fail(self, e: Exception) -> NoReturn:
         self.abort()
         reason = None if isinstance(e, MirageError) else write_failure_reason(e)
         if reason is None:
@@ -314,12 +324,18 @@ def write_video(path: str | os.PathLike[str], frames: np.ndarray | torch.Tensor,
     writer.commit()
 
 
+def reader_frames(reader: Format.Reader) -> Iterable[np.ndarray]:
+    """The frames an imageio reader yields (imageio's stub, core/format.pyi, types ``Reader.__iter__`` as
+    returning one Array)."""
+    return cast(Iterable[np.ndarray], reader)
+
+
 def read_video(path: Path | str) -> np.ndarray:
     """``(T, H, W, 3)`` uint8 frames of a video file."""
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(path)
     try:
-        return np.stack([np.asarray(f) for f in reader])
+        return np.stack([np.asarray(f) for f in reader_frames(reader)])
     finally:
         reader.close()

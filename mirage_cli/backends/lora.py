@@ -57,8 +57,8 @@ class SwitchableLoRA:
         if not self.enabled:
             return out
         x = args[0]
-        return out + torch.nn.functional.linear(torch.nn.functional.linear(x, mod.lora_A.to(x.dtype)),
-                                                mod.lora_B.to(x.dtype))
+        a, b = mod.get_buffer("lora_A"), mod.get_buffer("lora_B")  # registered in __init__
+        return out + torch.nn.functional.linear(torch.nn.functional.linear(x, a.to(x.dtype)), b.to(x.dtype))
 
     def set(self, on: bool) -> None:
         """Switch the LoRA on or off (takes effect at the next forward)."""

@@ -56,6 +56,27 @@ class Job:
     config: GenerateConfig | None
     then: Step | None = None
 
+    @property
+    def step(self) -> Step:
+        """``then``, for the code of a step (it runs only for a job that has one); ValueError without."""
+        if self.then is None:
+            raise ValueError(f"job {self.id}: has no step")
+        return self.then
+
+    @property
+    def run_config(self) -> GenerateConfig:
+        """``config``, for code that runs only for a job with a run; ValueError for a step-only job."""
+        if self.config is None:
+            raise ValueError(f"job {self.id}: is a step alone (no generate run)")
+        return self.config
+
+    @property
+    def out(self) -> str:
+        """``config.out``, the run directory (the batch fills it in); ValueError for a step-only job."""
+        if self.run_config.out is None:
+            raise ValueError(f"job {self.id}: has no run directory")
+        return self.run_config.out
+
 
 def read_rows(path: Path, required: tuple[str, ...] = ("image", "traj")) -> list[dict | RowError]:
     """The manifest's rows as dicts of raw values. JSONL when the first non-blank character is
@@ -162,6 +183,7 @@ def check_row_config(cfg: GenerateConfig) -> None:
     """``check_config`` and the trajectory, as a RowError naming the option."""
     try:
         check_config(cfg)
+        assert cfg.traj is not None  # check_config refuses a config without one
         _check_traj(cfg.traj)
     except MirageError as e:
         field, _, problem = str(e).partition(": ")

@@ -81,7 +81,7 @@ def run_jobs(jobs: list[Job], opts: BatchOptions, manifest: str, on_update: Call
                          command=" ".join(["mirage"] + sys.argv[1:]))
     queue: deque[Job] = deque()
     for job in jobs:
-        rec = record.jobs[job.id] = JobRecord(run=job.config.out if job.config else job.then.output, row=job.row)
+        rec = record.jobs[job.id] = JobRecord(run=job.out if job.config else job.step.output, row=job.row)
         if finished(job):
             rec.status = "skipped"
         else:

@@ -4,12 +4,16 @@ random weights of the real architecture (timing of a network does not depend on 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import MirageError
 from .config import CODECS, DENOISERS, denoiser_problem
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..models.codecs import Codec
 
 #: Wan2.1-VACE-1.3B transformer (Hub config of Wan-AI/Wan2.1-VACE-1.3B-diffusers).
 WAN21_VACE_13B_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
@@ -25,7 +29,7 @@ MIRAGE_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2
                      vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
 
 
-def make_codec(name: str, device: torch.device):
+def make_codec(name: str, device: torch.device) -> tuple[Codec, str]:
     """``(codec, weights)`` for ``--codec``; Wan VAEs use cached real weights, else random weights."""
     if name == "pixel":
         from ..models.codecs import PixelCodec
@@ -61,7 +65,7 @@ class _ZeroTextEncoder(torch.nn.Module):
         return SimpleNamespace(last_hidden_state=torch.zeros(*input_ids.shape, self.dim, device=input_ids.device))
 
 
-def make_denoiser(name: str, codec, device: torch.device):
+def make_denoiser(name: str, codec, device: torch.device) -> tuple[Backend | None, str]:
     """``(backend | None, weights)`` for ``--denoiser`` (a :class:`WanVACEBackend` around ``codec``)."""
     if name == "none":
         return None, "none"

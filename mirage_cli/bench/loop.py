@@ -29,7 +29,7 @@ What each arm is charged is in :mod:`mirage_cli.bench.report`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -77,7 +77,11 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print) -> dict:
     first_latent, shared.input_encode_s = timed(lambda: codec.encode(image[None])[0])
     lat, pc = LatentArm(codec, device, s.latent_policy), PointCloudArm(codec, device, cfg.write_policy)
     if s.backend is not None:  # the wan-vace context uses the latent of a grey video (one encode per chunk shape)
-        _, lat.record.setup_s = timed(lambda: codec.grey_latent(s.chunks[0].length, cfg.height, cfg.width))
+        from ..models.wan_vae import WanVAECodec
+
+        vae = codec
+        assert isinstance(vae, WanVAECodec)  # make_denoiser refuses a codec without a grey latent
+        _, lat.record.setup_s = timed(lambda: vae.grey_latent(s.chunks[0].length, cfg.height, cfg.width))
     lat.lift(first_latent, depth0, cam0)
     pc.lift(image, depth0, cam0)
 
@@ -105,6 +109,7 @@ def run_chunk(s: BenchSetup, cams: ChunkCameras, lat: LatentArm, pc: PointCloudA
     lat.write(lread, content, cams, exact)
     pc.write(pread, content, cams, exact)
     if s.fidelity:  # uncharged: decoded read vs the true render on known pixels
+        assert gt_rgb is not None  # fidelity needs the synthetic scene: _ground_truth rendered it
         lat.fidelity(lread, gt_rgb, cams)
         pc.fidelity(pread, gt_rgb, cams)
     lat.finish(lread)
@@ -116,17 +121,18 @@ def _ground_truth(s: BenchSetup, cams: ChunkCameras, lat: LatentArm, pc: PointCl
                   shared: SharedNumbers) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """True renders ``(L, 3, H, W)`` and depth ``(L, H, W)`` of the chunk frames fidelity, exact depth or
     ground-truth content need (zeros elsewhere); ``(None, None)`` when none does. Uncharged."""
-    if not s.synthetic or not (s.fidelity or s.exact_depth or s.content == "ground-truth"):
+    scene = s.data.scene  # None: not synthetic
+    if scene is None or not (s.fidelity or s.exact_depth or s.content == "ground-truth"):
         return None, None
     L, H, W, device = cams.chunk.length, s.cfg.height, s.cfg.width, s.device
     if s.content == "ground-truth":
         need = list(range(L))
     else:
-        need = set(cams.positions)
+        wanted = set(cams.positions)
         if s.exact_depth:
-            need |= set(lat.write_positions(cams)) | set(pc.write_positions(cams))
-        need = sorted(need)
-    (g_rgb, g_depth), sec = timed(lambda: s.data.scene.render(cams.video[need]))
+            wanted |= set(lat.write_positions(cams)) | set(pc.write_positions(cams))
+        need = sorted(wanted)
+    (g_rgb, g_depth), sec = timed(lambda: scene.render(cams.video[need]))
     shared.gt_render_s += sec
     gt_rgb = torch.zeros(L, 3, H, W, device=device)
     gt_depth = torch.zeros(L, H, W, device=device)
@@ -142,19 +148,25 @@ def _chunk_latents(s: BenchSetup, cams: ChunkCameras, read: ArmRead, gt_rgb: tor
     from ..backends.preview import PreviewBackend
 
     chunk = cams.chunk
-    base = dict(read_latents=read.latents, known=read.known, read_depth=read.depth, first_latent=first_latent,
-                preceding=preceding, chunk_index=chunk.index, num_frames=chunk.length)
-    denoise_s, latents = 0.0, None
-    if s.backend is not None:
-        req = ChunkRequest(**base, seed=s.cfg.seed, steps=s.cfg.steps, guidance=1.0)
-        out, denoise_s = timed(lambda: s.backend.denoise(req))
+    base = ChunkRequest(read_latents=read.latents, known=read.known, read_depth=read.depth, first_latent=first_latent,
+                        preceding=preceding, chunk_index=chunk.index, num_frames=chunk.length)
+    denoise_s = 0.0
+    latents: torch.Tensor | None = None  # the first of the three sources below that applies
+    backend = s.backend
+    if backend is not None:
+        req = replace(base, seed=s.cfg.seed, steps=s.cfg.steps, guidance=1.0)
+        out, denoise_s = timed(lambda: backend.denoise(req))
         if s.content == "denoiser":
             latents = out
     if latents is None and s.content == "ground-truth":  # stands in for generation: uncharged
-        latents, sec = timed(lambda: s.codec.encode(gt_rgb))
+        truth = gt_rgb
+        assert truth is not None  # ground-truth content is the synthetic scene's: _ground_truth rendered it
+        encoded, sec = timed(lambda: s.codec.encode(truth))
+        latents = encoded
         shared.content_encode_s += sec
     if latents is None:  # preview fill of the latent read (no codec, milliseconds): charged as denoise
-        latents, sec = timed(lambda: PreviewBackend().denoise(ChunkRequest(**base)))
+        filled, sec = timed(lambda: PreviewBackend().denoise(base))
+        latents = filled
         denoise_s += sec
     shared.denoise_s.append(denoise_s)
     return latents.float()

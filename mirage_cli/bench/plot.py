@@ -8,6 +8,7 @@ nothing is drawn over the titles.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 COLORS = {"latent": "#1f77b4", "pointcloud": "#d62728"}  # matplotlib's tab:blue / tab:red
 SIZE_PX = (1200, 520)
@@ -16,7 +17,7 @@ DPI = 100
 
 def series(report: dict) -> dict:
     """The plotted data: ``frames`` (x) and, per arm, ``cache_mb``, ``end_to_end_s``, ``overhead_s`` (y)."""
-    out = {"frames": [1] + list(report["latent"]["per_chunk"]["frames"])}
+    out: dict[str, Any] = {"frames": [1] + list(report["latent"]["per_chunk"]["frames"])}  # x, then a dict per arm
     for arm in COLORS:
         r, pc = report[arm], report[arm]["per_chunk"]
         start = report["shared"]["input_encode_s"] + r.get("setup_s", 0.0) + r["lift_s"]

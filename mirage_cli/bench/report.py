@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from itertools import accumulate
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..units import fmt_bytes
 from .arms import ArmRecord
 from .config import BENCH_FORMAT
 from .factories import codec_label
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 from .loop import BenchRun, SharedNumbers
 from .measure import loadavg, machine_info
 
@@ -60,7 +64,7 @@ def arm_summary(rec: ArmRecord, shared: SharedNumbers, fidelity: bool, with_setu
     overhead = rec.lift_s + read_s + write_s
     denoise_s, decode_s = sum(shared.denoise_s), sum(shared.decode_s)
     setup = rec.setup_s if with_setup else 0.0
-    out = {
+    out: dict[str, Any] = {  # JSON-ready: numbers, then the per_chunk arrays
         "cache_bytes": ch[-1].cache_bytes, "input_cache_bytes": rec.lift_bytes, "points": ch[-1].points,
         "lift_s": rec.lift_s, "read_s": read_s, "write_s": write_s, "codec_s": sum(c.codec_s for c in ch),
         "codec_encodes": sum(c.codec_encodes for c in ch), "memory_overhead_s": overhead,
@@ -174,8 +178,9 @@ def summary_table(report: dict):
              f"{c['chunks']} chunk{'s' if c['chunks'] != 1 else ''} of "
              f"{c['chunk_length']}, {report['device']}, write policy {c['pointcloud_write_policy']}")
     t = Table(title=title, show_header=True, title_justify="left")
-    for name, justify in (("measure", "left"), ("latent", "right"), ("pointcloud", "right"),
-                          ("pointcloud / latent", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("measure", "left"), ("latent", "right"), ("pointcloud", "right"), ("pointcloud / latent", "right"))
+    for name, justify in columns:
         t.add_column(name, justify=justify)
 
     def row(label, key, fmt):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,11 @@ from ..pipeline.plan import Chunk, plan_chunks, reference_depth, scale_cameras
 from .config import BenchConfig
 from .factories import make_codec, make_denoiser
 
+if TYPE_CHECKING:
+    from ..backends import Backend
+    from ..data.scenes import Scene
+    from ..models.codecs import Codec
+
 
 @dataclass(frozen=True)
 class SceneData:
@@ -26,7 +32,7 @@ class SceneData:
     image: torch.Tensor  # (3, H, W) in [0, 1]
     depth: torch.Tensor  # (H, W) z-depth, 0 = unknown
     reference_depth: float  # scene unit of relative trajectories
-    scene: object | None  # scenes.Scene for the synthetic scene (ground truth), else None
+    scene: Scene | None  # the synthetic scene (ground truth), else None
     label: str
 
 
@@ -36,9 +42,9 @@ class BenchSetup:
 
     cfg: BenchConfig
     device: torch.device
-    codec: object
+    codec: Codec
     codec_weights: str  # none | random | real
-    backend: object | None  # WanVACEBackend for --denoiser, else None
+    backend: Backend | None  # WanVACEBackend / MirageBackend for --denoiser, else None
     denoiser_weights: str
     data: SceneData
     cams: Cameras  # (N,) every frame of every lap

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..threads import ENV_VAR, default_threads, usable_cpus
 from .measure import loadavg
@@ -66,7 +67,7 @@ def measure_once(threads: int | None, work: Path, frames: int = 49, points: int 
     """One generate (the example, ``frames`` frames) and one memory-only bench (``points``) at
     ``threads`` (None: the default)."""
     tag = threads or "default"
-    row = {"threads": tag, "loadavg": loadavg()}
+    row: dict[str, Any] = {"threads": tag, "loadavg": loadavg()}  # one JSON row of the threads table
     out = work / f"gen-{tag}-{time.monotonic_ns()}"
     row["generate_wall_s"] = round(_mirage(threads, ["generate", "examples/room.png", "--traj", "presets/orbit_left.json",
                                                      "--frames", str(frames), "--out", str(out), "--quiet"]), 2)

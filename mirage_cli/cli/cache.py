@@ -40,7 +40,7 @@ def parse_color(text: str, option: str = "--holes") -> tuple[float, float, float
         rgb = ImageColor.getrgb(spec)
     except ValueError:
         raise MirageError(f"{option}: {text!r} is not a colour (use #rrggbb or a CSS colour name such as black)") from None
-    return tuple(c / 255 for c in rgb[:3])
+    return rgb[0] / 255, rgb[1] / 255, rgb[2] / 255
 
 
 @app.command("inspect", no_args_is_help=True)

@@ -31,6 +31,6 @@ def print_trimmed(renderable, target: Console = console) -> None:
     from rich.text import Text
 
     for line in target.render_lines(renderable, pad=False, new_lines=False):
-        text = Text.assemble(*((seg.text, seg.style) for seg in line if not seg.control))
+        text = Text.assemble(*((seg.text, seg.style or "") for seg in line if not seg.control))  # "": no style, as None
         text.rstrip()
         target.print(text, soft_wrap=True, highlight=False)

@@ -136,7 +136,7 @@ def inspect_cmd(
         raise MirageError("--sample and --png go together (--sample N --png FILE)")
     check_output_parent(png, "--png")
     doc = inspect_shards(shards)
-    if sample is not None:
+    if sample is not None and png is not None:  # (given together: checked above)
         draw_sample(shards, sample, png, model, device)
     if json_out:
         print(json.dumps(doc, indent=2))

@@ -24,26 +24,24 @@ def list_models(
     """Known model names, their Hub repos, approximate sizes and whether they are in the local cache."""
     from ..models.registry import REGISTRY, cache_status, hub_cache_dir
 
-    rows = []
-    for spec in REGISTRY.values():
-        status, snap = cache_status(spec)
-        rows.append({"name": spec.name, "repo": spec.repo_id, "kind": spec.kind,
-                     "subfolders": list(spec.subfolders) if spec.subfolders else None,
-                     "size_gb": spec.size_gb, "cached": status, "path": str(snap) if snap else None,
-                     "description": spec.description})
+    entries = [(spec, *cache_status(spec)) for spec in REGISTRY.values()]
+    rows = [{"name": spec.name, "repo": spec.repo_id, "kind": spec.kind,
+             "subfolders": list(spec.subfolders) if spec.subfolders else None,
+             "size_gb": spec.size_gb, "cached": status, "path": str(snap) if snap else None,
+             "description": spec.description} for spec, status, snap in entries]
     if as_json:
         typer.echo(json.dumps({"cache_dir": str(hub_cache_dir()), "models": rows}, indent=2))
         return
     # a name is what the user types: never broken (the column is as wide as the longest); its Hub
     # repo goes dim on the line below and folds where 80 columns cannot hold it
     table = Table(title=f"models (cache: {hub_cache_dir()})", title_justify="left")
-    table.add_column("name / Hub repo", overflow="fold", min_width=max(len(r["name"]) for r in rows))
+    table.add_column("name / Hub repo", overflow="fold", min_width=max(len(spec.name) for spec, _, _ in entries))
     for col in ("kind", "size", "cached"):
         table.add_column(col, no_wrap=True)
     colour = {"cached": "green", "partial": "yellow", "absent": "dim"}
-    for r in rows:
-        table.add_row(f"{r['name']}\n[dim]{r['repo']}[/]", r["kind"], f"≈{r['size_gb']:g} GB",
-                      f"[{colour[r['cached']]}]{r['cached']}[/]")
+    for spec, status, _ in entries:
+        table.add_row(f"{spec.name}\n[dim]{spec.repo_id}[/]", spec.kind, f"≈{spec.size_gb:g} GB",
+                      f"[{colour[status]}]{status}[/]")
     console.print(table)
     console.print("fetch one with [bold]mirage models download NAME[/]; any diffusers-layout folder also works "
                   "as --model DIR", highlight=False)

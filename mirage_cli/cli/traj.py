@@ -189,7 +189,7 @@ def show_cmd(
         from ..trajectories.plot import plot_trajectory  # deferred: Pillow's drawing, only with --plot
 
         sub = None
-        if scene is not None:
+        if scene is not None and image is not None:  # the scene is --image's
             ck = s["scale_check"]
             sub = (f"over {image.name} lifted with {scene.source}: path length {ck['path_length']:.3g} median depths "
                    f"(median depth {ck['median_depth']:.3g} units); scale check: {ck['verdict']}")

@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def clip_layout(folder: Path) -> str | None:
     return None
 
 
-def find_clips(sources: list[str | Path]) -> list[ClipRef]:
+def find_clips(sources: Sequence[str | Path]) -> list[ClipRef]:
     """Every clip folder under the SOURCE folders (a clip folder itself, or any folder below holding
     one), sorted by path; names are the folder names, made unique with ``-<n>`` suffixes.
 
@@ -134,7 +135,9 @@ def find_clips(sources: list[str | Path]) -> list[ClipRef]:
         base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f.name) or "clip"
         n = names.get(base, 0)
         names[base] = n + 1
-        refs.append(ClipRef(base if n == 0 else f"{base}-{n}", str(f), clip_layout(f)))
+        layout = clip_layout(f)
+        assert layout is not None  # found holds clip folders only
+        refs.append(ClipRef(base if n == 0 else f"{base}-{n}", str(f), layout))
     return refs
 
 
@@ -359,11 +362,13 @@ def _video_header(path: Path) -> tuple[int, float, tuple[int, int]]:
     """``(frame count, fps, (W, H))`` of a video; the frames are counted by decoding them."""
     import imageio.v2 as imageio
 
+    from ..io import reader_frames
+
     try:
         reader = imageio.get_reader(path)
         try:
             meta = reader.get_meta_data()
-            n = sum(1 for _ in reader)
+            n = sum(1 for _ in reader_frames(reader))
         finally:
             reader.close()
     except Exception as e:  # truncated / not a video: imageio/ffmpeg raise many types
@@ -377,12 +382,14 @@ def _video_header(path: Path) -> tuple[int, float, tuple[int, int]]:
 def _read_video_frames(path: Path, indices: tuple[int, ...], expected: int) -> np.ndarray:
     import imageio.v2 as imageio
 
+    from ..io import reader_frames
+
     want = set(indices)
     got: dict[int, np.ndarray] = {}
     try:
         reader = imageio.get_reader(path)
         try:
-            for i, f in enumerate(reader):
+            for i, f in enumerate(reader_frames(reader)):
                 if i in want:
                     got[i] = np.asarray(f)[..., :3]
         finally:

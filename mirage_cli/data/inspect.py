@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def _header(blob: bytes) -> dict:
     return h
 
 
-def _stats(values: list[float]) -> dict | None:
+def _stats(values: Sequence[float]) -> dict | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
@@ -47,7 +48,8 @@ def inspect_shards(root: Path | str) -> dict:
     ds = TrainingShards(root)
     shapes: dict[str, Counter] = {}
     dtypes: dict[str, set] = {}
-    words, tokens, refs, ious, known = [], [], Counter(), [], []
+    words, tokens, ious, known = [], [], [], []
+    refs: Counter[int] = Counter()  # samples by their number of references
     try:
         for i in range(len(ds)):
             _, group = ds.raw(i)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import MirageError
 from ..io import write_json
@@ -154,7 +155,7 @@ def prepare(sources: list[str], out: Path | str, opts: PrepareOptions, batch=Non
     bopts = replace(batch or BatchOptions(out=str(parts)), out=str(parts))
     record = run_jobs(jobs, bopts, " ".join(map(str, sources)), on_update or (lambda r: None)) if jobs else None
 
-    statuses = {}
+    statuses: dict[str, dict[str, Any]] = {}  # clip name -> its status record (JSON)
     for r in refs:
         path = parts / f"{r.name}.json"
         if r.name in packed:
@@ -265,7 +266,8 @@ def prepare_job(job, loaders=None) -> None:
     models = data_models(opts.model, opts.device, opts.dtype, opts.text)  # outside the try: not the clip's fault
     try:
         clip = read_clip(ref, opts.size, opts.frames, opts.fps, opts.seed)
-        caption, source = args.get("caption"), "--captions"
+        caption = args.get("caption")
+        source: str | None = "--captions"  # where the caption came from
         if caption is None and clip.caption is not None:
             caption, source = clip.caption, clip.caption_source
         if caption is None and opts.caption_model is None:

@@ -113,14 +113,17 @@ def read_tar_members(path: Path) -> Iterator[tuple[str, bytes]]:
             for info in tar:
                 if not info.isfile():
                     raise MirageError(f"{path}: {info.name}: not a regular file (shards hold files only)")
-                yield info.name, tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                assert member is not None  # None only for a member that is not a regular file (refused above)
+                yield info.name, member.read()
     except tarfile.TarError as e:
         raise MirageError(f"{path}: unreadable tar ({e})") from e
 
 
 def group_samples(members: Iterable[tuple[str, bytes]], source: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group consecutive ``<key>.<ext>`` members into samples ``(key, {ext: bytes})`` (WebDataset's rule)."""
-    key, group = None, {}
+    key = ""  # no sample yet (the group is empty until the first member)
+    group: dict[str, bytes] = {}
     for name, data in members:
         k, _, ext = name.partition(".")
         if ext not in MEMBER_EXTS:
@@ -248,7 +251,7 @@ class TrainingShards(torch.utils.data.Dataset):
         self.index = read_index(self.root)
         self._entries: list[tuple[str, str, list[int]]] = [
             (s["file"], key, off) for s in self.index["shards"] for key, off in zip(s["keys"], s["offsets"])]
-        self._files: dict[str, object] = {}
+        self._files: dict[str, io.BufferedReader] = {}  # open shard files, by name
         self._pid = os.getpid()
 
     def __len__(self) -> int:

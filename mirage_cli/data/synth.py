@@ -112,6 +112,8 @@ def write_synth_clip(folder: Path, path: str, frames: int, size: tuple[int, int]
     from .scenes import make_scene
 
     clip = synthetic_clip("room", path, frames, size, seed=seed)
+    depths = clip.depths
+    assert depths is not None  # an exact render has every frame's depth
     cams = clip.cameras
     W, H = size
     K = cams.K()  # (N, 3, 3) pixels
@@ -119,14 +121,14 @@ def write_synth_clip(folder: Path, path: str, frames: int, size: tuple[int, int]
     centre = torch.tensor(sphere.center, dtype=torch.float64)
     dynamic = []
     for n in range(len(cams)):
-        pts = backproject(clip.depths[n].double(), cams.c2w[n], K[n]).reshape(H, W, 3)
-        dynamic.append(((pts - centre).norm(dim=-1) < sphere.radius * 1.02) & (clip.depths[n] > 0))
+        pts = backproject(depths[n].double(), cams.c2w[n], K[n]).reshape(H, W, 3)
+        dynamic.append(((pts - centre).norm(dim=-1) < sphere.radius * 1.02) & (depths[n] > 0))
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         write_video(tmp / "clip.mp4", clip.frames, fps)
-        _write_zip(tmp / "depth.zip", {f"{n:05d}.exr": exr_bytes(clip.depths[n].numpy()) for n in range(len(cams))})
+        _write_zip(tmp / "depth.zip", {f"{n:05d}.exr": exr_bytes(depths[n].numpy()) for n in range(len(cams))})
         _write_zip(tmp / "mask.zip", {f"{n:05d}.png": _png_bytes(dynamic[n].numpy()) for n in range(len(cams))})
         inds = np.arange(len(cams), dtype=np.int64)
         with open(tmp / "pose.npz", "wb") as f:

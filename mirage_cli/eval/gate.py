@@ -31,9 +31,13 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import MirageError
 from ..io import write_json
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 BASELINE_FORMAT = "mirage.quality-baseline"
 BASELINE_VERSION = 1
@@ -276,8 +280,10 @@ def check_table(result: dict, show_all: bool = False):
     hidden = len(result["rows"]) - len(shown)
     t = Table(title="mirage eval check: the run against the baseline", box=box.SIMPLE_HEAD, pad_edge=False,
               collapse_padding=True, caption=f"{hidden} clip rows ok, not shown (--all shows them)" if hidden else None)
-    for name, justify in (("clip / metric", "left"), ("baseline", "right"), ("now", "right"), ("delta", "right"),
-                          ("allowed", "left"), ("", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("clip / metric", "left"), ("baseline", "right"), ("now", "right"), ("delta", "right"), ("allowed", "left"),
+        ("", "left"))
+    for name, justify in columns:
         t.add_column(name, justify=justify, no_wrap=name != "clip / metric", overflow="fold")
     style = {"ok": "green", "improved": "cyan", "new": "cyan", "recomposed": "yellow", "REGRESSION": "bold red",
              "MISSING": "bold red"}

@@ -268,7 +268,7 @@ def aggregate(per_clip: list[dict[str, float | None]]) -> dict[str, dict]:
         keys += [k for k in c if k not in keys]
     out = {}
     for k in keys:
-        vals = [c[k] for c in per_clip if c.get(k) is not None and not ("psnr" in k and c[k] >= PSNR_CAP)]
+        vals = [v for c in per_clip if (v := c.get(k)) is not None and not ("psnr" in k and v >= PSNR_CAP)]
         if not vals:
             continue
         out[k] = interval(vals, bounds(k))

@@ -76,7 +76,7 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
     for job in jobs:
         rec = record.jobs[job.id]
         if rec.status in ("done", "skipped"):
-            results.append(json.loads(Path(job.then.output).read_text()))
+            results.append(json.loads(Path(job.step.output).read_text()))
         else:
             failed.append({"name": job.id, "status": rec.status, "error": rec.error})
     why = lpips_missing()
@@ -136,9 +136,9 @@ def clip_jobs(sources: list[str], base: GenerateConfig, out: Path, traj: str | N
     seen: dict[str, str] = {}
     for job, _ in jobs:
         if job.id in seen:
-            raise MirageError(f"{job.id}: two clips of this name ({seen[job.id]} and {job.then.args['source']}); "
+            raise MirageError(f"{job.id}: two clips of this name ({seen[job.id]} and {job.step.args['source']}); "
                               "give manifest rows an id")
-        seen[job.id] = job.then.args["source"]
+        seen[job.id] = job.step.args["source"]
     return jobs
 
 
@@ -198,11 +198,14 @@ def write_inputs(job: Job, clip: Clip) -> None:
     from ..io import atomic_path, save_image
     from ..trajectories import Trajectory, save_trajectory
 
-    Path(job.config.image).parent.mkdir(parents=True, exist_ok=True)
-    save_image(job.config.image, to_float(clip.frames[:1])[0].float())
-    save_trajectory(Trajectory(clip.cameras, clip.fps, "native", scale="absolute", source=clip.source), job.config.traj)
+    cfg = job.run_config
+    assert cfg.image is not None and cfg.traj is not None  # clip_job sets both (files under the clip's folder)
+    Path(cfg.image).parent.mkdir(parents=True, exist_ok=True)
+    save_image(cfg.image, to_float(clip.frames[:1])[0].float())
+    save_trajectory(Trajectory(clip.cameras, clip.fps, "native", scale="absolute", source=clip.source), cfg.traj)
     if clip.depth0 is not None:
-        with atomic_path(job.config.depth) as tmp:
+        assert cfg.depth is not None  # clip_job sets it for a clip with a depth
+        with atomic_path(cfg.depth) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, clip.depth0.numpy().astype(np.float32), allow_pickle=False)
 
@@ -211,8 +214,8 @@ def check_earlier_runs(jobs: list[tuple[Job, Clip]]) -> None:
     """A clip's earlier run (kept to be skipped or resumed) must have been made with the same
     options and clip size and length: else one line saying to use --overwrite or another --out."""
     for job, head in jobs:
-        if not job.config.overwrite:
-            _check_earlier_run(Path(job.config.out), asdict(job.config), len(head.cameras))
+        if not job.run_config.overwrite:
+            _check_earlier_run(Path(job.out), asdict(job.run_config), len(head.cameras))
 
 
 PER_CLIP = ("image", "traj", "depth", "out", "overwrite", "width", "height", "frames", "fov", "keep_latents", "cache_dump")
@@ -252,10 +255,10 @@ def score_job(job: Job, loaders) -> None:
     the finished run, write ``score.json`` (atomically, last: its presence marks the clip done)."""
     from ..io import write_json
 
-    spec = job.then.args
-    entry = score_run(read_clip(spec), Path(job.config.out), loaders, _lpips())
+    spec = job.step.args
+    entry = score_run(read_clip(spec), Path(job.out), loaders, _lpips())
     entry["options"] = spec.get("options", {})
-    write_json(Path(job.then.output), entry)
+    write_json(Path(job.step.output), entry)
 
 
 def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict:
@@ -273,7 +276,7 @@ def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict
     f = run.codec.spatial_factor
     inputs = input_memory(run)  # only frame 0's lift
     _, known0, _ = inputs.read(cams)
-    generated = np.stack(run.video.kept)
+    generated = np.stack(run.kept)
     _, known, read_lat = _final_read(run, cams)
     memory_mask = _to_pixels(known0, f)
     known_px = _to_pixels(known, f)

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import MirageError
 from ..io import atomic_path, write_json
@@ -171,8 +172,8 @@ def compare(docs: list[dict], labels: list[str]) -> dict:
     rows = []
     for f in shown_fields(keys):
         base = docs[0]["aggregate"][f]
-        row = {"field": f, "values": [d["aggregate"][f]["mean"] for d in docs], "diffs": [None], "exceeds": [None],
-               "paired": [None]}
+        row: dict[str, Any] = {"field": f, "values": [d["aggregate"][f]["mean"] for d in docs], "diffs": [None],
+                               "exceeds": [None], "paired": [None]}  # JSON: a list per key, one entry per run
         for d in docs[1:]:
             other = d["aggregate"][f]
             pairs = _paired(docs[0], d, f)

@@ -116,6 +116,7 @@ def read_clip(spec: dict) -> Clip:
     frames = spec.get("frames")
     if spec["source"].startswith("synthetic:"):
         _, scene, t = spec["source"].split(":")
+        assert frames is not None  # clip_specs sets it for a synthetic clip (a manifest row's clip is a path)
         clip = synthetic_clip(scene, t, frames, tuple(spec["size"]))
     else:
         path = Path(spec["source"])

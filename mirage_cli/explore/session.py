@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -69,7 +69,8 @@ class SessionVideo:
     """The run's ``video.mp4`` for a session that can undo: counts frames while exploring and writes
     the file on :meth:`commit` (the run's end) from ``frames()`` (``(H, W, 3)`` uint8 each)."""
 
-    def __init__(self, path: Path, fps: float, comment: str, frames: Callable[[], object], count: int = 0) -> None:
+    def __init__(self, path: Path, fps: float, comment: str, frames: Callable[[], Iterator[np.ndarray]],
+                 count: int = 0) -> None:
         self.path, self.fps, self.comment, self._frames, self.frames = path, fps, comment, frames, count
 
     def append(self, frames) -> None:
@@ -119,6 +120,7 @@ class ExploreSession:
         self.run, self.warn, self.undo_budget = run, warn, undo_budget
         self.busy = threading.Lock()  # one generation (or undo) at a time
         plan, engine = run.plan, run.engine
+        assert plan.config.chunk_frames is not None  # a plan's config has it filled in (generate: option or spec)
         self.chunk_length = valid_chunk_length(plan.config.chunk_frames, engine.codec.temporal_factor)
         done = len(run.record.chunks)
         if any(c.stop - c.start != self.chunk_length for c in plan.chunks[:done]):
@@ -168,7 +170,8 @@ class ExploreSession:
             return cls(run, warn, undo_budget)
         except BaseException:
             run.video.abort()
-            run.dir.abort()
+            if run.dir is not None:  # start() locked it (checked: an AttributeError here would hide the error)
+                run.dir.abort()
             raise
 
     @classmethod
@@ -187,7 +190,8 @@ class ExploreSession:
             return cls(run, warn, undo_budget)
         except BaseException:
             run.video.abort()
-            run.dir.close()
+            if run.dir is not None:  # resume() locked it (checked: an AttributeError here would hide the error)
+                run.dir.close()
             raise
 
     # ---------------------------------------------------------------------------- state
@@ -235,6 +239,7 @@ class ExploreSession:
         run, plan = self.run, self.run.plan
         save_trajectory(traj, trajectory_file(plan.out))
         cams, saved = run_cameras(plan.config, plan.out, plan.size, plan.reference_depth)
+        assert plan.config.chunk_frames is not None  # a plan's config has it filled in (generate: option or spec)
         chunks = tuple(plan_chunks(len(cams), plan.config.chunk_frames, self.run.engine.codec.temporal_factor))
         if len(cams) == 1:  # no chunk yet (plan_chunks plans one padded chunk for a single frame)
             chunks = ()
@@ -245,7 +250,7 @@ class ExploreSession:
         run.record.trajectory.frames = len(cams)
         self.traj = load_trajectory(trajectory_file(plan.out))
 
-    def _frames(self):
+    def _frames(self) -> Iterator[np.ndarray]:
         """Every frame of the session, decoded from the stored chunk latents (video.mp4's content)."""
         engine, plan = self.engine, self.plan
         for chunk in plan.chunks[:self.chunks_done]:

@@ -115,8 +115,8 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
 
 
 def _feature_dtype(value: torch.dtype | str) -> torch.dtype:
-    dtype = FEATURE_DTYPES.get(value, value) if isinstance(value, str) else value
-    if dtype not in FEATURE_DTYPES.values():
+    dtype = FEATURE_DTYPES.get(value) if isinstance(value, str) else value
+    if dtype is None or dtype not in FEATURE_DTYPES.values():
         raise MirageError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, got {value}")
     return dtype
 
@@ -237,6 +237,10 @@ class LatentMemory:
         TypeError: a setting has the wrong type (a programming error: non-integer channels,
             non-string codec).
     """
+
+    # set by _set / _room / _world_axes (read with getattr(..., None) before the first set)
+    _grown: dict[str, torch.Tensor] | None  # the append buffers (the stored tensors are views of them), or None
+    _axes_cache: torch.Tensor | None  # (N, 6) world half-axes (_world_axes), or None: recompute
 
     def __init__(
         self,
@@ -667,7 +671,8 @@ class LatentMemory:
 
     def drop(self, keep: torch.Tensor) -> None:
         """Keep only the points where ``keep (N,) bool`` is true, in order (policy ``"replace"``)."""
-        self._set(*(v[keep] for v in self._tensors().values()), key=self._key[keep])
+        self._set(self._points[keep], self._features[keep], self._footprint[keep], self._axes[keep],
+                  self._chunk[keep], key=self._key[keep])
         if self._journal is not None:
             self._journal = self._journal.dropped(keep)
 

@@ -70,8 +70,8 @@ def _reduce_depth_torch(d: torch.Tensor, factor: int, edge_tol: float) -> torch.
     cnt = torch.full_like(inv, float(factor * factor))
     hard = (~smooth).nonzero().squeeze(1)
     if hard.numel():
-        cells = rows.reshape(-1, factor, w, factor)[hard // w, :, hard % w, :]  # (hard, factor, factor)
-        sh = cells.reshape(-1, factor * factor)
+        patches = rows.reshape(-1, factor, w, factor)[hard // w, :, hard % w, :]  # (hard, factor, factor)
+        sh = patches.reshape(-1, factor * factor)
         sh = sh.masked_fill(~(sh > 0), float("inf"))  # NaN, <= 0 and -inf -> +inf (sorted last, excluded)
         sh, _ = sh.sort(dim=1)
         jump = sh[:, 1:] > sh[:, :-1] * (1 + edge_tol)

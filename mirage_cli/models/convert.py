@@ -512,6 +512,7 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: P
                 t = sf.get_tensor(e.key)
             mod = lora_plan.get(e.name) if fuse and e.source != vace_path else None
             if mod is not None:
+                assert lsf is not None  # a LoRA plan comes from the LoRA file (_plan: none without one)
                 a, b = lsf.get_tensor(mod["A"]).float(), lsf.get_tensor(mod["B"]).float()
                 t = (t.float() + lora_scale_of(mod, lsf, lora_scale, layout) * (b @ a)).to(t.dtype)
                 fused += 1
@@ -521,6 +522,7 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: P
         if lora_plan and not fuse:  # unfused: the factors under diffusers names, scale folded into B
             from safetensors.torch import save_file
 
+            assert lsf is not None  # a LoRA plan comes from the LoRA file (_plan: none without one)
             factors = {}
             for name, mod in lora_plan.items():
                 module = name[:-len(".weight")]

@@ -147,7 +147,8 @@ def missing_parts(root: Path, subfolders: list[str] | None) -> list[str]:
     least one safetensors file when there is no index).
     """
     problems: list[str] = []
-    for sf in subfolders or [None]:
+    folders: list[str | None] = list(subfolders) if subfolders else [None]  # None: the folder itself
+    for sf in folders:
         d = root / sf if sf else root
         label = f"{sf}/" if sf else "the model folder"
         if not d.is_dir():
@@ -242,7 +243,7 @@ def resolve_model(ref: str | os.PathLike, subfolders: list[str] | None = None, *
 
     snap = snapshot_dir(repo_id, cache)
     problems = missing_parts(snap, subfolders) if snap is not None else ["not in the cache"]
-    if not problems:
+    if snap is not None and not problems:
         return snap
     if download and not hub_offline():
         return _download(repo_id, subfolders, cache, label)

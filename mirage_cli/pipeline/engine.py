@@ -299,6 +299,8 @@ class ChunkEngine:
                    if chunk.index > 0 else None)
         if s.conditioning not in spec.render_conditionings:
             return (px.PixelHistory(overlap, None),)
+        # __init__ refuses a pixel_history spec without them, and only such a spec gets here
+        assert self.input_depth is not None and self.cameras is not None
         upto = chunk.start + (chunk.overlap if chunk.index > 0 else 1)  # every frame made so far
         voxel = s.voxel / 10 * (1 + px.VOXEL_GROWTH * chunk.index)  # the reference's 0.1 -> Spatia's 0.01 (+ growth)
         cloud = px.rebuild_cloud(self.pixels, self.cameras, self.memory, self.input_depth.to(dev), upto, voxel)

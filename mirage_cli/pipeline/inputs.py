@@ -105,11 +105,12 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
             raise MirageError(f"{image_path}: depths[{cfg.start_frame}]: no valid depth (all <= 0 or masked)")
         return F.interpolate(depth[None, None], size=(H, W), mode="nearest-exact")[0, 0].float(), f"geometry:{image_path}", None
     doubts: list[str] = []  # a depth file that looks like disparity: said only once it is known to fit
-    kind, depth = input_depth_source(cfg.depth, image_path, cfg.depth_scale, doubts.append)
-    if kind.startswith("file:") or kind.startswith("sidecar:"):
-        check_depth_size(depth, orig_size[0], orig_size[1], kind.split(":", 1)[1])
+    kind, loaded = input_depth_source(cfg.depth, image_path, cfg.depth_scale, doubts.append)
+    if loaded is not None:  # kind "file:PATH" / "sidecar:PATH" (the only kinds that come with a depth)
+        check_depth_size(loaded, orig_size[0], orig_size[1], kind.split(":", 1)[1])
         for doubt in doubts:
             warn(doubt)
+        depth = loaded
     elif kind in ("model", "auto"):
         model = (loaders or Loaders()).depth_model(cfg.depth_model, device=str(device), required=(kind == "model"),
                                                    progress=show_progress)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..models.codecs import Codec
 from .config import RunPlan
 from .engine import CancelToken, ChunkEngine, ChunkResult
-from .persist import FrameList, RunWriter
+from .persist import FrameList, FrameSink, RunWriter
 from .plan import Chunk
 from .prompts import chunk_prompt
 from .records import RunRecord
@@ -31,7 +31,7 @@ class Run:
     plan: RunPlan
     engine: ChunkEngine
     record: RunRecord  # record.chunks: the finished chunks' records
-    video: object  # VideoWriter (streamed video.mp4) or FrameList
+    video: FrameSink  # VideoWriter (streamed video.mp4) or FrameList
     t_start: float  # perf_counter() when the run (or this resumption) began
     writer: RunWriter | None = None
     dir: RunDir | None = None  # the locked run directory (and an --overwrite awaiting the first checkpoint)

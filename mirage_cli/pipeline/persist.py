@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,6 +50,17 @@ from .rundir import (
 )
 
 Warn = Callable[[str], None]
+
+
+class FrameSink(Protocol):
+    """Where a run's new frames go: the streamed :class:`~mirage_cli.io.VideoWriter`, a :class:`FrameList`,
+    or the explorer's ``SessionVideo``. ``frames``: how many it holds."""
+
+    frames: int
+
+    def append(self, frames: np.ndarray) -> None: ...
+    def abort(self) -> None: ...
+    def commit(self) -> None: ...
 
 
 class FrameList:
@@ -113,7 +125,7 @@ class RunWriter:
         warn: for the once-per-run blind-frame warning.
     """
 
-    def __init__(self, plan: RunPlan, record: RunRecord, video: VideoWriter | FrameList, spec: BackendSpec,
+    def __init__(self, plan: RunPlan, record: RunRecord, video: FrameSink, spec: BackendSpec,
                  rundir: RunDir | None = None, warn: Warn = print) -> None:
         self.plan, self.record, self.video, self.spec, self.dir, self.warn = plan, record, video, spec, rundir, warn
         self.blind_warned = False

@@ -181,7 +181,7 @@ def _build(hint, value, source, where: str):
             return None
         (hint,) = [a for a in args if a is not type(None)]
         return _build(hint, value, source, where)
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):  # the class (is_dataclass alone also takes instances)
         if not isinstance(value, dict):
             _bad(source, where, "an object", value)
         hints = typing.get_type_hints(hint)
@@ -232,14 +232,14 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def versions() -> dict:
+def versions() -> dict[str, str | None]:
     """Versions of Python and the libraries that shape the output (None: not installed)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    v = {"python": platform.python_version(), "torch": torch.__version__}
+    v: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("diffusers", "transformers"):
         try:
             v[name] = version(name)

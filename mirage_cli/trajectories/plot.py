@@ -22,9 +22,10 @@ from .trajectory import Trajectory
 
 BG, FG, GRID, PATH = (255, 255, 255), (30, 30, 30), (225, 225, 225), (170, 170, 170)
 START, END = (30, 90, 200), (215, 50, 40)
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont  # load_default: a FreeType font (Pillow >= 10.1) or the bitmap one
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
@@ -61,7 +62,7 @@ class _Panel:
         return x0 + (h - float(self.lo[0])) * self.ppu, y1 - (v - float(self.lo[1])) * self.ppu
 
 
-def _rotated_text(img: Image.Image, xy: tuple[int, int], text: str, font: ImageFont.ImageFont) -> None:
+def _rotated_text(img: Image.Image, xy: tuple[int, int], text: str, font: Font) -> None:
     """Vertical text (reading bottom to top) centred on ``xy``."""
     w, h = int(font.getlength(text)) + 4, 20
     tile = Image.new("RGBA", (w, h), (0, 0, 0, 0))

@@ -168,6 +168,7 @@ def input_scene(image: Path, traj, depth: str | None = None, depth_scale: float 
     from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
     from .formats.geometry_npz import geometry_frame, is_npz
 
+    d: torch.Tensor | None  # None: no depth given (the prior, below)
     if is_npz(image):
         img, d, mask = geometry_frame(image, start_frame)
         if mask is not None:

@@ -119,7 +119,8 @@ def read_dataset(data: Path, splits: tuple[str, ...] = SPLITS) -> tuple[Path, li
         MirageError: ``data`` is not the dataset (see :func:`dataset_root`).
     """
     root = dataset_root(data)
-    instances, problems, seen = [], [], {}
+    instances, problems = [], []
+    seen: dict[str, int] = {}  # output folder -> the instance index that has it
     for movement in splits:
         path = split_file(root, movement)
         if not path.is_file():
@@ -173,7 +174,8 @@ def read_instance(item, movement: str, index: int, root: Path) -> Instance:
     parts = rel.split("/")
     image = root / rel
     check_image(image, "image")
-    for part in (item["visual_style"], item.get("scene_type") or item.get("motion_type"), parts[-2] if len(parts) > 1 else ""):
+    # (scene_type: checked for a static item; motion_type: for the others)
+    for part in (item["visual_style"], item.get("scene_type") or item["motion_type"], parts[-2] if len(parts) > 1 else ""):
         if "/" in part or part in (".", ".."):
             raise MirageError(f"'{part}': not usable as a folder name")
     if movement == "static" and len(parts) < 2:

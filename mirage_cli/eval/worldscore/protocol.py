@@ -24,6 +24,7 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import Any
 
 from ...errors import MirageError
 from . import WORLDSCORE_COMMIT
@@ -102,7 +103,7 @@ def model_identity(model: str | None, describe: dict | None, earlier: dict | Non
     when the model resolves to a local folder (a ``mirage models convert`` output, a Hub snapshot),
     the sha256 over its files (``earlier``: a previous protocol's ``weights``, reused when the
     folder's files are unchanged)."""
-    ident = {"model": model, "backend": describe}
+    ident: dict[str, Any] = {"model": model, "backend": describe}  # JSON: protocol.json's weights
     if model:
         from ...models.registry import resolve_model
 

@@ -159,7 +159,8 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
     for line in problems:
         note(line)
     chosen = select(found, list(opts.only) if opts.only else None, opts.limit)
-    jobs, unreadable = [], list(problems)
+    jobs: list[tuple[Instance, Job]] = []
+    unreadable = list(problems)
     for inst in chosen:
         try:
             cams = camera_data(list(inst.camera_path), opts.frames, opts.focal, opts.speed)
@@ -174,7 +175,7 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
         raise MirageError("no WorldScore instance could run:\n" + "\n".join(unreadable or ["the selection is empty"]))
     for inst, job in jobs:  # a done instance whose files were damaged since: its step writes them again
         if finished(job) and instance_problems(layout.instance_dir(out, inst), inst.movement, opts.size):
-            Path(job.then.output).unlink(missing_ok=True)
+            Path(job.step.output).unlink(missing_ok=True)
     started = _now()
     # written first too: an interrupted run is then known to --check and needs --resume to go on
     write_protocol(out, protocol_doc(root, out, base, opts, settings, jobs, None, unreadable, len(found), started, previous))
@@ -208,10 +209,10 @@ def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOp
     for inst, job in jobs:
         rec = record.jobs[job.id] if record else None
         entry = {"id": job.id, "movement": inst.movement, "dir": inst.rel_dir, "index": inst.index,
-                 "camera_path": list(inst.camera_path), "total_frames": job.then.args["total_frames"],
+                 "camera_path": list(inst.camera_path), "total_frames": job.step.args["total_frames"],
                  "status": rec.status if rec else "pending", "attempts": rec.attempts if rec else 0,
                  "error": rec.error if rec else None, "generate_seconds": None}
-        run_file = run_json(Path(job.config.out))
+        run_file = run_json(Path(job.out))
         if rec and rec.status in ("done", "skipped") and run_file.is_file():
             run = RunRecord.read(run_file)
             first_run = first_run or run

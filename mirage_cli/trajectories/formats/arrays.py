@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,9 +95,10 @@ def check_shape(a: np.ndarray, shape: tuple, src: str, key: str) -> np.ndarray:
         raise MirageError(f"{src}: {key}: expected numbers, got dtype {a.dtype}")
     if a.ndim >= 1 and len(a) == 0:
         raise MirageError(f"{src}: {key}: empty camera path (no frames)")
-    bad = np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(1)) if a.ndim >= 1 else []
-    if len(bad):
-        raise err(src, "contains NaN or inf", int(bad[0, 0]), key)
+    if a.ndim >= 1:
+        bad = np.argwhere(~np.isfinite(a.reshape(len(a), -1)).all(1))
+        if len(bad):
+            raise err(src, "contains NaN or inf", int(bad[0, 0]), key)
     return a
 
 
@@ -137,7 +139,9 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez`` to ``path`` atomically (uncompressed, like the peers' own files)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            # Any: numpy 2's stub lets a ** mapping fill savez's allow_pickle (bool), which numpy 1.26 lacks
+            contents: dict[str, Any] = dict(arrays)
+            np.savez(f, **contents)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

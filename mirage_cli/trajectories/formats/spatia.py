@@ -67,7 +67,7 @@ def _intrinsics(path: Path, src: str) -> list[float] | None:
 def read(text: str, path: Path) -> Trajectory:
     """``w2c.txt`` (JSON Lines of w2c matrices, OpenCV) + the sibling ``intrinsics.txt``."""
     src = str(path)
-    c2ws = []
+    c2ws: list[torch.Tensor] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue  # Spatia's json.loads would fail on a blank line; a blank line carries nothing

@@ -85,7 +85,8 @@ def _video_size(mp4: Path) -> tuple[int, int] | None:
     import imageio.v2 as iio
 
     try:
-        with iio.get_reader(str(mp4), "ffmpeg") as r:
+        r = iio.get_reader(str(mp4), "ffmpeg")  # (imageio's stub types `with ... as r` as the base class)
+        with r:
             W, H = r.get_meta_data()["size"]
         return int(W), int(H)
     except Exception as e:  # any decoder failure is a bad input file

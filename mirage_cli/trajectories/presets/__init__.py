@@ -223,7 +223,7 @@ def make_preset(name: str, frames: int | None = None, fps: float | None = None, 
                             look_at_depth=look_at_depth, zoom=zoom)
     if width < 1 or height < 1:
         raise MirageError(f"preset {name}: width and height must be positive (got {width}x{height})")
-    n = params["frames"]
+    n = int(params["frames"])  # an int already (resolve_params); the dict is typed float
     try:
         t = torch.linspace(0.0, 1.0, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
         c2w, focal = PRESETS[name].build(t, params)
