@@ -64,8 +64,8 @@ from . import explore as _explore  # noqa: E402
 from . import export as _export  # noqa: E402
 from . import generate as _generate  # noqa: E402
 from . import models as _models  # noqa: E402
-from . import traj as _traj  # noqa: E402
 from . import train as _train  # noqa: E402
+from . import traj as _traj  # noqa: E402
 
 app.add_typer(_traj.app, name="traj")
 app.add_typer(_cache.app, name="cache")

@@ -24,7 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -93,7 +95,7 @@ class SampleFeed:
         self._it: Iterator[TrainingSample] | None = None
 
     def take(self, k: int) -> list[TrainingSample]:
-        out = []
+        out: list[TrainingSample] = []
         while len(out) < k:
             if self._it is None:
                 pos = self.consumed * self.world
@@ -113,7 +115,7 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.set = False
-        self._old = None
+        self._old: Any = None
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -152,6 +154,22 @@ def check_inputs(cfg: TrainConfig) -> int:
     return n
 
 
+@dataclass
+class RunState:
+    """Where a run stands (saved in each checkpoint's ``state.json``): stage index, optimizer steps done in
+    that stage and over all stages, samples this rank consumed, every step's loss."""
+
+    stage_index: int = 0
+    stage_step: int = 0
+    step: int = 0
+    consumed: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"stage_index": self.stage_index, "stage_step": self.stage_step, "step": self.step,
+                "consumed": self.consumed, "losses": list(self.losses)}
+
+
 def train(cfg: TrainConfig, resume: str | Path | None = None,
           on_step: Callable[[StepRecord], None] | None = None, say: Callable[[str], None] | None = None) -> TrainResult:
     """Train ``cfg.stages`` in order and export the weights to ``OUT/final/``.
@@ -179,7 +197,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
     if cfg.device == "cuda" and acc.device.type != "cuda":
         raise MirageError("--device cuda: no CUDA device available")
-    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     out = Path(cfg.out)
     base_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
     model = build_model(cfg.model, init_vace=cfg.init_vace, base_dtype=base_dtype, seed=cfg.seed,
@@ -188,92 +205,32 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if cfg.init_vace_file or cfg.init_lora_file:
         ck.load_exported(model, Path(cfg.init_vace_file) if cfg.init_vace_file else None,
                          Path(cfg.init_lora_file) if cfg.init_lora_file and "lora" in cfg.stages else None)
-    state = {"stage_index": 0, "stage_step": 0, "step": 0, "consumed": 0, "losses": []}
+    st = RunState()
     if ckpt is not None:
         ck.load_trainable(model, ckpt.weights, ckpt.path / ck.WEIGHTS)
-        state.update({k: ckpt.state[k] for k in state})
-        say(f"resuming from {ckpt.path} (step {state['step']})")
+        st = RunState(**{k: ckpt.state[k] for k in RunState().record()})
+        say(f"resuming from {ckpt.path} (step {st.step})")
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(acc.device)
-    cond = StoredConditioning(extras, model.config.patch_size, cfg.data)
-    feed = SampleFeed(cfg.data, rank, world, cfg.seed, state["consumed"])
-    total = cfg.max_steps * len(cfg.stages)
-    losses: list[float] = list(state["losses"])
-    if main:
+    run = _Run(cfg, acc, model, StoredConditioning(extras, model.config.patch_size, cfg.data),
+               SampleFeed(cfg.data, acc.process_index, acc.num_processes, cfg.seed, st.consumed), st, on_step)
+    if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _trim_log(out / LOG_FILE, state["step"])
-    result = TrainResult(out, None, state["step"], losses, resumed_from=ckpt.path if ckpt else None)
+        _trim_log(out / LOG_FILE, st.step)
+    result = TrainResult(out, None, st.step, st.losses, resumed_from=ckpt.path if ckpt else None)
     with _StopFlag() as stop:
-        for si in range(state["stage_index"], len(cfg.stages)):
-            stage = cfg.stages[si]
-            first = state["stage_step"] if si == state["stage_index"] else 0
-            if first >= cfg.max_steps:
-                continue
-            named = trainable(model, stage)
-            names, params = [n for n, _ in named], [p for _, p in named]
-            lr = cfg.lr_vace if stage == "vace" else cfg.lr_lora
-            opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-            warm = cfg.warmup
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-            if ckpt is not None and si == state["stage_index"] and first > 0:
-                ck.load_optimizer(opt, names, ckpt.optimizer, ckpt.path)
-                sched.load_state_dict(ckpt.state["scheduler"])
-            set_stage_modes(model, stage)
-            wrapped = acc.prepare_model(model)
-            fn = transformer_fn(wrapped)
-            for stage_step in range(first + 1, cfg.max_steps + 1):
-                t0 = time.perf_counter()
-                step = state["step"] + 1
-                loss_sum = 0.0
-                for micro in range(cfg.grad_accum):
-                    samples = feed.take(cfg.batch_size)
-                    g = torch.Generator().manual_seed(step_seed(cfg.seed, si, stage_step, micro, rank))
-                    torch.manual_seed(step_seed(cfg.seed, si, stage_step, micro, rank, 1))  # LoRA dropout
-                    batch = _draw_batch(cfg, cond, samples, g)
-                    sigmas = sample_sigmas(batch.x0.shape[2], cfg.shift, g)
-                    noise = torch.randn(batch.x0.shape, generator=g)
-                    batch = _to(batch, acc.device)
-                    sync = micro == cfg.grad_accum - 1
-                    with (contextlib.nullcontext() if sync else acc.no_sync(wrapped)), acc.autocast():
-                        loss = flow_loss(fn, batch, sigmas.to(acc.device), noise.to(acc.device))
-                        acc.backward(loss / cfg.grad_accum)
-                    loss_sum += float(acc.reduce(loss.detach(), "mean")) / cfg.grad_accum
-                if not math.isfinite(loss_sum):
-                    raise MirageError(f"step {step}: the loss is {loss_sum} (lower --lr-{stage}, or check the data)")
-                if cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                cur_lr = float(opt.param_groups[0]["lr"])
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                state.update(stage_index=si, stage_step=stage_step, step=step, consumed=feed.consumed)
-                losses.append(loss_sum)
-                rec = StepRecord(stage, step, stage_step, total, loss_sum, cur_lr, time.perf_counter() - t0,
-                                 feed.consumed * world)
-                if main:
-                    with open(out / LOG_FILE, "a") as f:
-                        f.write(json.dumps(rec.row()) + "\n")
-                    if on_step is not None:
-                        on_step(rec)
-                result.steps = step
-                due = (cfg.save_every and step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set
-                if due:
-                    acc.wait_for_everyone()
-                    if main:
-                        result.checkpoint = ck.save_checkpoint(
-                            out, step, model, opt, names,
-                            {**state, "losses": losses, "scheduler": sched.state_dict(), "stage": stage,
-                             "config": cfg.record(), "world_size": world}, cfg.keep_last)
-                if stop.set:
-                    result.interrupted = True
-                    say(f"interrupted: checkpoint at step {step} ({result.checkpoint}); continue with --resume {out}")
-                    break
+        first_stage = st.stage_index
+        for si in range(first_stage, len(cfg.stages)):
+            first = st.stage_step if si == first_stage else 0
+            if first < cfg.max_steps:
+                run.stage(si, first, ckpt if si == first_stage and first > 0 else None, stop, result)
             if result.interrupted:
+                say(f"interrupted: checkpoint at step {st.step} ({result.checkpoint}); continue with --resume {out}")
                 break
     result.seconds = time.perf_counter() - t_start
     result.model = model
-    if main and not result.interrupted:
+    if acc.is_main_process and not result.interrupted:
         final = out / FINAL
         ck.export_weights(model, final, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dtype=cfg.export_dtype,
                           meta={"steps": result.steps, "stages": ",".join(cfg.stages)})
@@ -281,6 +238,84 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         result.final = final
     acc.wait_for_everyone()
     return result
+
+
+@dataclass
+class _Run:
+    """One run's moving parts; :meth:`stage` trains one stage."""
+
+    cfg: TrainConfig
+    acc: Any
+    model: torch.nn.Module
+    cond: StoredConditioning
+    feed: SampleFeed
+    st: RunState
+    on_step: Callable[[StepRecord], None] | None
+
+    def stage(self, si: int, first: int, ckpt: ck.Checkpoint | None, stop: _StopFlag, result: TrainResult) -> None:
+        """Stage ``si`` from its step ``first`` (optimizer and scheduler from ``ckpt`` when resuming in it)."""
+        cfg, acc, st = self.cfg, self.acc, self.st
+        stage = cfg.stages[si]
+        named = trainable(self.model, stage)
+        names, params = [n for n, _ in named], [p for _, p in named]
+        lr = cfg.lr_vace if stage == "vace" else cfg.lr_lora
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_warmup, warmup=cfg.warmup))
+        if ckpt is not None:
+            ck.load_optimizer(opt, names, ckpt.optimizer, ckpt.path)
+            sched.load_state_dict(ckpt.state["scheduler"])
+        set_stage_modes(self.model, stage)
+        wrapped = acc.prepare_model(self.model)
+        fn = transformer_fn(wrapped)
+        total = cfg.max_steps * len(cfg.stages)
+        for stage_step in range(first + 1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                g = torch.Generator().manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index))
+                torch.manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index, 1))  # LoRA dropout
+                batch = _draw_batch(cfg, self.cond, self.feed.take(cfg.batch_size), g)
+                sigmas = sample_sigmas(batch.x0.shape[2], cfg.shift, g)
+                noise = torch.randn(batch.x0.shape, generator=g)
+                batch = _to(batch, acc.device)
+                sync = micro == cfg.grad_accum - 1
+                with (contextlib.nullcontext() if sync else acc.no_sync(wrapped)), acc.autocast():
+                    loss = flow_loss(fn, batch, sigmas.to(acc.device), noise.to(acc.device))
+                    acc.backward(loss / cfg.grad_accum)
+                loss_sum += float(acc.reduce(loss.detach(), "mean")) / cfg.grad_accum
+            if not math.isfinite(loss_sum):
+                raise MirageError(f"step {st.step + 1}: the loss is {loss_sum} (lower --lr-{stage}, or check the data)")
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            cur_lr = float(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            st.stage_index, st.stage_step, st.step, st.consumed = si, stage_step, st.step + 1, self.feed.consumed
+            st.losses.append(loss_sum)
+            rec = StepRecord(stage, st.step, stage_step, total, loss_sum, cur_lr, time.perf_counter() - t0,
+                             self.feed.consumed * acc.num_processes)
+            if acc.is_main_process:
+                with open(Path(cfg.out) / LOG_FILE, "a") as f:
+                    f.write(json.dumps(rec.row()) + "\n")
+                if self.on_step is not None:
+                    self.on_step(rec)
+            result.steps = st.step
+            if (cfg.save_every and st.step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    result.checkpoint = ck.save_checkpoint(
+                        Path(cfg.out), st.step, self.model, opt, names,
+                        {**st.record(), "scheduler": sched.state_dict(), "stage": stage, "config": cfg.record(),
+                         "world_size": acc.num_processes}, cfg.keep_last)
+            if stop.set:
+                result.interrupted = True
+                return
+
+
+def _warmup(step: int, warmup: int) -> float:
+    """LambdaLR factor: linear warm-up over ``warmup`` steps, then 1 (0 steps: constant, the reference)."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
 def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[TrainingSample], g: torch.Generator):

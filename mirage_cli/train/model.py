@@ -130,7 +130,8 @@ def add_lora(model: MirageTransformer3DModel, rank: int, alpha: float, dropout: 
     """Inject a peft LoRA (adapter ``default``, fp32 factors, B = 0) on :data:`LORA_TARGET_REGEX`."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=float(dropout), bias="none",
+    # peft annotates lora_alpha as int but computes the scale alpha / r in floats
+    cfg = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=float(dropout), bias="none",  # type: ignore[arg-type]
                      target_modules=LORA_TARGET_REGEX, init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) + 1)
