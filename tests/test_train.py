@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -131,6 +136,9 @@ def test_fresh_vace_and_lora_leave_the_base_prediction_unchanged(kit):
         no_hint = model(seq, ts, batch.text, batch.context, num_ref_frames=1,
                         control_hidden_states_scale=torch.zeros(len(model.config.vace_layers)), return_dict=False)[0]
     assert torch.equal(out, no_hint)
+    mixed = build_model(str(kit["base"]), lora_rank=4, base_dtype=torch.bfloat16)  # --mixed-precision bf16
+    assert {p.dtype for n, p in mixed.named_parameters() if is_vace(n) or is_lora(n)} == {torch.float32}
+    assert {p.dtype for n, p in mixed.named_parameters() if not (is_vace(n) or is_lora(n))} == {torch.bfloat16}
     copy = build_model(str(kit["base"]), init_vace="copy")
     vb, blk = copy.vace_blocks[1], copy.blocks[copy.config.vace_layers[1]]
     assert torch.equal(vb.attn1.to_q.weight, blk.attn1.to_q.weight) and vb.proj_out.weight.abs().sum() == 0
@@ -256,3 +264,50 @@ def test_bad_input_is_one_line_exit_2(kit, shards, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o" / "final").exists()
+
+
+def _cli(kit, shards, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "mirage_cli", "--threads", "1", "train", "--data", str(shards), "--model",
+            str(kit["base"]), "--out", str(out), "--lora-rank", "4", "--lora-alpha", "8", "--lr-vace", "1e-3",
+            "--lr-lora", "1e-3", "--device", "cpu", *extra]
+
+
+def _env() -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_gives_the_same_losses(kit, shards, tmp_path):
+    out = tmp_path / "i"
+    proc = subprocess.Popen(_cli(kit, shards, out, "--stage", "vace", "--max-steps", "100000", "-q"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    k = len(log.read_text().splitlines())
+    assert "interrupted" in err and f"step-{k:07d}" in err and not (out / "final").exists()
+    cfg = _cfg(kit, shards, out, stages=("vace",), max_steps=k + 2, lr_vace=1e-3)
+    resumed = train(cfg, resume=out)
+    straight = train(replace(cfg, out=str(tmp_path / "s")))
+    assert resumed.steps == k + 2 and resumed.losses == straight.losses
+    assert all(torch.equal(p, dict(straight.model.named_parameters())[n]) for n, p in resumed.model.named_parameters())
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_see_disjoint_samples_and_write_once(kit, shards, tmp_path):
+    out = tmp_path / "d"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *_cli(kit, shards, out,
+           "--max-steps", "2", "-q")[1:]]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(r) for r in (out / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and rows[-1]["samples"] == 8
+    for r in rows:
+        (a,), (b,) = r["keys"]
+        assert a != b  # each rank its own sample
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]
+    assert (out / "final" / "vace.safetensors").is_file()

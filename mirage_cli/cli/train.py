@@ -76,7 +76,9 @@ def train_cmd(
                             info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
                                  f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s")
 
-        result = train(cfg, resume=resume, on_step=tick, say=lambda m: progress.console.print(m, highlight=False))
+        result = train(cfg, resume=resume, on_step=tick, say=lambda m: progress.console.print(m, highlight=False, soft_wrap=True))
+    if result.interrupted:
+        raise typer.Exit(130)  # Ctrl-C: a resumable checkpoint was written (the message said where)
     if quiet or result.final is None:
         return
     lora = result.final / "lora.safetensors"

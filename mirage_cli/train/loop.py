@@ -55,10 +55,12 @@ class StepRecord:
     lr: float
     seconds: float
     samples: int
+    keys: tuple[tuple[str, ...], ...] = ()  # the sample keys each rank trained on in this step
 
     def row(self) -> dict:
         return {"stage": self.stage, "step": self.step, "stage_step": self.stage_step, "loss": self.loss,
-                "lr": self.lr, "seconds": round(self.seconds, 6), "samples": self.samples}
+                "lr": self.lr, "seconds": round(self.seconds, 6), "samples": self.samples,
+                "keys": [list(k) for k in self.keys]}
 
 
 @dataclass
@@ -270,13 +272,14 @@ class _Run:
         total = cfg.max_steps * len(cfg.stages)
         for stage_step in range(first + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum, keys = 0.0, []
             for micro in range(cfg.grad_accum):
                 g = torch.Generator().manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index))
                 torch.manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index, 1))  # LoRA dropout
                 batch = _draw_batch(cfg, self.cond, self.feed.take(cfg.batch_size), g)
                 sigmas = sample_sigmas(batch.x0.shape[2], cfg.shift, g)
                 noise = torch.randn(batch.x0.shape, generator=g)
+                keys.extend(batch.keys)
                 batch = _to(batch, acc.device)
                 sync = micro == cfg.grad_accum - 1
                 with (contextlib.nullcontext() if sync else acc.no_sync(wrapped)), acc.autocast():
@@ -294,7 +297,7 @@ class _Run:
             st.stage_index, st.stage_step, st.step, st.consumed = si, stage_step, st.step + 1, self.feed.consumed
             st.losses.append(loss_sum)
             rec = StepRecord(stage, st.step, stage_step, total, loss_sum, cur_lr, time.perf_counter() - t0,
-                             self.feed.consumed * acc.num_processes)
+                             self.feed.consumed * acc.num_processes, _gather_keys(acc, keys))
             if acc.is_main_process:
                 with open(Path(cfg.out) / LOG_FILE, "a") as f:
                     f.write(json.dumps(rec.row()) + "\n")
@@ -311,6 +314,15 @@ class _Run:
             if stop.set:
                 result.interrupted = True
                 return
+
+
+def _gather_keys(acc, keys: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Every rank's sample keys of a step, in rank order (one ``gather_object`` when distributed)."""
+    if acc.num_processes == 1:
+        return (tuple(keys),)
+    from accelerate.utils import gather_object
+
+    return tuple(tuple(k) for k in gather_object([keys]))
 
 
 def _warmup(step: int, warmup: int) -> float:
