@@ -12,7 +12,7 @@ needs saving for a bit-identical resume: every random draw of a step (noise, sig
 dropout, reference / preceding counts) comes from a generator seeded by ``(seed, step, micro-batch, rank)``,
 and the data position is the count of samples consumed.
 
-The exported files use the reference's naming (``TRAINING_FACTS.md`` 2.6), which ``mirage models convert``
+The exported files use the reference's naming (what its trainer saves and its inference loads), which ``mirage models convert``
 reads: ``vace.safetensors`` = ``vace_blocks.N.*`` / ``vace_patch_embedding.*`` (original Wan names), and
 ``lora.safetensors`` = ``pipe.dit.blocks.N.{self_attn|cross_attn}.{q|k|v|o}.lora_{A|B}.weight``,
 ``pipe.dit.blocks.N.ffn.{0|2}.lora_{A|B}.weight`` plus one scalar ``...alpha`` per module (``convert``

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from ..errors import MirageError
 
@@ -76,7 +76,6 @@ class TrainConfig:
     keep_last: int = 2
     gradient_checkpointing: bool = False
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]

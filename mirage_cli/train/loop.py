@@ -142,14 +142,14 @@ def check_inputs(cfg: TrainConfig) -> int:
     Raises:
         MirageError: missing, foreign or empty shards; a base that is not Wan2.2-TI2V-shaped.
     """
-    from ..models.convert import _check_base
+    from ..models.convert import check_base
     from .model import base_dir
 
     n = len(TrainingShards(cfg.data))
     if n == 0:
         raise MirageError(f"{cfg.data}: no samples (index.json lists none)")
     load_extras(cfg.data)
-    _check_base(base_dir(cfg.model))
+    check_base(base_dir(cfg.model))
     for f in (cfg.init_vace_file, cfg.init_lora_file):
         if f is not None and not Path(f).is_file():
             raise MirageError(f"{f}: no such file")

@@ -1,8 +1,8 @@
 """The model being trained: a frozen Wan2.2-TI2V base inside a :class:`MirageTransformer3DModel`, a VACE
 branch and a peft LoRA on the DiT blocks.
 
-As the reference's trainer (microsoft/LatentSpatialMemory at b2cd738, ``scripts/train.py`` and
-``vace_init.py``; ``/work/shared/TRAINING_FACTS.md`` 2.1-2.3):
+As the reference's trainer (microsoft/LatentSpatialMemory/scripts/train.py at b2cd738 and its VACE
+initialisation module ``vace_init``):
 
 - VACE blocks on every ``num_layers / n``-th DiT layer (15 on 0, 2, ..., 28 for the 30-layer 5B DiT: the
   ``mirage`` layout of :func:`~mirage_cli.models.convert.layout_layers`), dim / heads / FFN from the DiT,
@@ -65,24 +65,24 @@ def build_model(base: str, *, init_vace: str = "scratch", lora_rank: int | None 
     """
     from safetensors.torch import load_file
 
-    from ..models.convert import _check_base, _expected_model, _weight_files, layout_layers
+    from ..models.convert import check_base, expected_model, layout_layers, weight_files
     from ..models.mirage_transformer import MirageTransformer3DModel
     from ..models.registry import resolve_model
 
     root = resolve_model(base, ["transformer", "vae"])
-    cfg = _check_base(root)
+    cfg = check_base(root)
     n_layers = int(cfg["num_layers"])
     n_vace = (n_layers + 1) // 2
     while n_layers % n_vace:
         n_vace -= 1
     layers = layout_layers("mirage", n_vace, n_layers, root)
-    config = dict(_expected_model(cfg, layers, VACE_CHANNELS).config)
+    config = dict(expected_model(cfg, layers, VACE_CHANNELS).config)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = MirageTransformer3DModel(**config)
     missing = {k for k, _ in model.named_parameters()}
-    for f in _weight_files(root / "transformer"):
+    for f in weight_files(root / "transformer"):
         try:
             sd = load_file(str(f))
         except Exception as e:  # safetensors raises its own error types

@@ -1,7 +1,6 @@
 """The training objective: rectified flow with per-frame timesteps, on the mirage backend's own conditioning.
 
-As the reference's trainer (microsoft/LatentSpatialMemory at b2cd738, ``scripts/train.py``;
-``/work/shared/TRAINING_FACTS.md`` 2.4), with diffusers' flow-matching conventions
+As the reference's trainer (microsoft/LatentSpatialMemory/scripts/train.py at b2cd738), with diffusers' flow-matching conventions
 (``FlowMatchEulerDiscreteScheduler``: ``x_s = (1 - s) x0 + s eps``, shifted sigmas
 ``shift * u / (1 + (shift - 1) u)``, ``diffusers/schedulers/scheduling_flow_match_euler_discrete.py``):
 
