@@ -207,6 +207,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if cfg.init_vace_file or cfg.init_lora_file:
         ck.load_exported(model, Path(cfg.init_vace_file) if cfg.init_vace_file else None,
                          Path(cfg.init_lora_file) if cfg.init_lora_file and "lora" in cfg.stages else None)
+    if "vace" not in cfg.stages and not cfg.init_vace_file:
+        say("warning: --stage lora without --init-vace FILE trains the LoRA next to an untrained VACE branch "
+            "(its hints are 0); pass the vace.safetensors of a VACE run")
     st = RunState()
     if ckpt is not None:
         ck.load_trainable(model, ckpt.weights, ckpt.path / ck.WEIGHTS)
