@@ -293,8 +293,11 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_gives_the_same_losses(kit, shards
     cfg = _cfg(kit, shards, out, stages=("vace",), max_steps=k + 2, lr_vace=1e-3)
     resumed = train(cfg, resume=out)
     straight = train(replace(cfg, out=str(tmp_path / "s")))
-    assert resumed.steps == k + 2 and resumed.losses == straight.losses
-    assert all(torch.equal(p, dict(straight.model.named_parameters())[n]) for n, p in resumed.model.named_parameters())
+    # The interrupted steps ran in another process, where CPU kernels may round the last bit differently
+    # (seen: 1.3855215 vs 1.3855214 at one step); bit-identity within a process is checked above.
+    assert resumed.steps == k + 2 and resumed.losses == pytest.approx(straight.losses, rel=1e-5, abs=1e-7)
+    other = dict(straight.model.named_parameters())
+    assert max((p - other[n]).abs().max().item() for n, p in resumed.model.named_parameters()) < 1e-5
 
 
 @pytest.mark.slow
