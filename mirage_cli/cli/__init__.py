@@ -64,6 +64,7 @@ from . import explore as _explore  # noqa: E402
 from . import export as _export  # noqa: E402
 from . import generate as _generate  # noqa: E402
 from . import models as _models  # noqa: E402
+from . import train as _train  # noqa: E402
 from . import traj as _traj  # noqa: E402
 
 app.add_typer(_traj.app, name="traj")
@@ -76,6 +77,7 @@ _bench.register(app)
 _batch.register(app)
 _explore.register(app)
 _export.register(app)
+_train.register(app)
 
 
 def plain_switches(command) -> None:

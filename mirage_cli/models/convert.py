@@ -159,7 +159,7 @@ def _entry(sf, path: Path, key: str, name: str) -> ShardEntry:
     return ShardEntry(name, dtype, tuple(sl.get_shape()), path, key)
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a diffusers model folder (shards in index order, or the single file)."""
     idx = sorted(folder.glob("*.safetensors.index.json"))
     if idx:
@@ -174,7 +174,7 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- validation
-def _check_base(root: Path) -> dict:
+def check_base(root: Path) -> dict:
     """Validate a Wan2.2-TI2V base folder; returns the transformer config."""
     cfg_path = root / "transformer" / "config.json"
     cfg = _read_json(cfg_path)
@@ -192,7 +192,7 @@ def _check_base(root: Path) -> dict:
     return cfg
 
 
-def _expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
+def expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
     """A ``MirageTransformer3DModel`` on the meta device (config + expected parameter shapes, no memory)."""
     import inspect
 
@@ -398,7 +398,7 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
     vace_path = Path(vace).expanduser()
     lora_path = Path(lora).expanduser() if lora is not None else None
     root = resolve_model(base, list(VACE_SUBFOLDERS), download=download)
-    base_cfg = _check_base(root)
+    base_cfg = check_base(root)
 
     # 1. Plan and validate everything before writing anything.
     plan = _plan(root, base_cfg, vace_path, lora_path, vace_layers, layout)
@@ -444,13 +444,13 @@ def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path | None, v
           layout: str = "mirage") -> _Plan:
     """Every key and shape of the three sources checked against the model they make (one line naming
     the file and the first offending key otherwise)."""
-    base_files = _weight_files(root / "transformer")
+    base_files = weight_files(root / "transformer")
     entries: list[ShardEntry] = []
     for f in base_files:
         with _open(f, "base transformer") as sf:
             entries += [_entry(sf, f, k, k) for k in sf.keys()]
     vace_map, layers, in_ch = _plan_vace(vace_path, int(base_cfg["num_layers"]), vace_layers, layout)
-    model = _expected_model(base_cfg, layers, in_ch)
+    model = expected_model(base_cfg, layers, in_ch)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for e in entries:
         if e.name not in expected or e.name.startswith("vace_"):

@@ -1,0 +1,89 @@
+"""`mirage train`: parse, build a :class:`~mirage_cli.train.config.TrainConfig`, call :func:`~mirage_cli.train.loop.train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .console import Progress, err_console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `train` command to the root app."""
+    app.command("train", no_args_is_help=True)(train_cmd)
+
+
+def train_cmd(
+    data: Path = typer.Option(..., "--data", help="Shard folder written by `mirage data prepare`."),
+    model: str = typer.Option(..., "--model", "-m", help="The Wan2.2-TI2V-5B base in diffusers layout (DIR, repo id or wan2.2-ti2v-5b; `mirage models tiny DIR --kind mirage` writes a tiny one in DIR/base)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints/, train.jsonl, final/ (vace.safetensors, lora.safetensors, train.json)."),
+    stage: str = typer.Option("vace,lora", "--stage", help="vace | lora | vace,lora: stages in order, each --max-steps optimizer steps with its own AdamW."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps per stage."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Samples per micro-batch per process."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr_vace: float = typer.Option(1e-5, "--lr-vace", help="AdamW learning rate of the VACE stage."),
+    lr_lora: float = typer.Option(1e-5, "--lr-lora", help="AdamW learning rate of the LoRA stage."),
+    warmup: int = typer.Option(0, "--warmup", help="Linear warm-up steps per stage (0: constant, as the reference)."),
+    lora_rank: int = typer.Option(32, "--lora-rank", help="LoRA rank."),
+    lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA alpha (scale alpha / rank; stored in the exported file, honoured by `models convert`)."),
+    text_dropout: float = typer.Option(0.1, "--text-dropout", help="Probability a sample's caption is replaced by the empty prompt."),
+    references: int = typer.Option(4, "--references", help="Reference latent frames per sample, at most (--backend mirage uses 4)."),
+    preceding: int = typer.Option(2, "--preceding", help="Preceding latent frames per sample, at most (--backend mirage uses 2)."),
+    random_counts: bool = typer.Option(False, "--random-counts", help="Draw the reference / preceding counts uniformly in 0..max each step."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation, data order, noise, sigmas and dropout."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no | bf16 (autocast; trainable weights stay fp32, the frozen base is stored in bf16)."),
+    init_vace: str = typer.Option("scratch", "--init-vace", help="scratch (fresh blocks, zeroed output projections: the reference) | copy (DiT block weights copied) | FILE (an exported vace.safetensors)."),
+    init_lora: Path | None = typer.Option(None, "--init-lora", help="Start the LoRA from an exported lora.safetensors (same rank)."),
+    export_dtype: str = typer.Option("fp32", "--export-dtype", help="fp32 | bf16: dtype of the exported files."),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N optimizer steps (0: at the end of each stage only)."),
+    keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept on disk."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute the blocks in backward (less memory, more time)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint folder, or from the newest checkpoint of an output folder."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Train the paper's VACE branch and LoRA on `mirage data` shards (flow matching, as the reference's trainer)."""
+    from ..errors import MirageError
+    from ..train.config import INIT_VACE, TrainConfig, parse_stages
+    from ..train.loop import check_inputs, train
+
+    vace_file = None
+    if init_vace not in INIT_VACE:
+        if not Path(init_vace).is_file():
+            raise MirageError(f"--init-vace {init_vace}: expected scratch, copy or an existing file")
+        vace_file, init_vace = init_vace, "scratch"
+    if init_lora is not None and not init_lora.is_file():
+        raise MirageError(f"--init-lora {init_lora}: no such file")
+    cfg = TrainConfig(data=str(data), model=model, out=str(out), stages=parse_stages(stage), max_steps=max_steps,
+                      batch_size=batch_size, grad_accum=grad_accum, lr_vace=lr_vace, lr_lora=lr_lora, warmup=warmup,
+                      lora_rank=lora_rank, lora_alpha=lora_alpha, text_dropout=text_dropout, references=references,
+                      preceding=preceding, random_counts=random_counts, seed=seed, mixed_precision=mixed_precision,
+                      init_vace=init_vace, init_vace_file=vace_file,
+                      init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,
+                      save_every=save_every, keep_last=keep_last, gradient_checkpointing=gradient_checkpointing,
+                      device=device)
+    check_inputs(cfg)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err_console, disable=quiet)
+    with progress:
+        task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="")
+
+        def tick(rec) -> None:
+            progress.update(task, completed=rec.step, description=rec.stage,
+                            info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
+                                 f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s")
+
+        result = train(cfg, resume=resume, on_step=tick, say=lambda m: progress.console.print(m, highlight=False, soft_wrap=True))
+    if result.interrupted:
+        raise typer.Exit(130)  # Ctrl-C: a resumable checkpoint was written (the message said where)
+    if quiet or result.final is None:
+        return
+    lora = result.final / "lora.safetensors"
+    err_console.print(f"trained {result.steps} steps in {result.seconds:.1f} s; weights in {result.final}",
+                      highlight=False)
+    err_console.print("convert them for --backend mirage:\n  mirage models convert --base "
+                      f"{model} --vace {result.final / 'vace.safetensors'}"
+                      + (f" --lora {lora}" if lora.is_file() else "") + " -o MODEL", highlight=False, soft_wrap=True)

@@ -1,0 +1,379 @@
+"""The training loop of ``mirage train`` on accelerate.
+
+One process or many (``accelerate launch`` / ``torchrun``: accelerate's ``Accelerator`` picks up the
+process group, DDP by default): each rank reads its own samples from the shards (:class:`ShardStream`'s
+rank split), rank 0 alone writes. Per stage (``vace`` then ``lora``, as the reference): the stage's
+tensors are trainable (fp32), a fresh AdamW (betas 0.9 / 0.999, weight decay on every tensor as the
+reference), a constant learning rate after an optional linear warm-up, global gradient-norm clipping,
+``grad_accum`` micro-batches per optimizer step (no gradient sync before the last).
+
+Determinism: every random draw of a micro-batch comes from generators seeded by
+``(seed, stage, step, micro-batch, rank)``, and the data position is the count of samples consumed; a
+run resumed from a checkpoint (``--resume``) therefore computes the same losses and weights as an
+uninterrupted one (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.shards import ShardStream, TrainingSample, TrainingShards, load_extras
+from ..errors import MirageError
+from ..io import write_json
+from . import checkpoint as ck
+from .config import TrainConfig
+from .model import build_model, set_stage_modes, trainable
+from .objective import StoredConditioning, flow_loss, make_batch, sample_sigmas, transformer_fn
+
+LOG_FILE = "train.jsonl"
+FINAL = "final"
+RECORD = "train.json"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer step: ``step`` counts over all stages (1-based), ``stage_step`` within the stage."""
+
+    stage: str
+    step: int
+    stage_step: int
+    total_steps: int
+    loss: float
+    lr: float
+    seconds: float
+    samples: int
+    keys: tuple[tuple[str, ...], ...] = ()  # the sample keys each rank trained on in this step
+
+    def row(self) -> dict:
+        return {"stage": self.stage, "step": self.step, "stage_step": self.stage_step, "loss": self.loss,
+                "lr": self.lr, "seconds": round(self.seconds, 6), "samples": self.samples,
+                "keys": [list(k) for k in self.keys]}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the exported files' folder, steps done, every logged loss, wall time."""
+
+    out: Path
+    final: Path | None
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    resumed_from: Path | None = None
+    checkpoint: Path | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (rank 0's copy)
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (sha256 of their decimal forms)."""
+    h = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class SampleFeed:
+    """This rank's samples in order, over as many epochs as needed, from ``consumed`` samples on."""
+
+    def __init__(self, root: str, rank: int, world: int, seed: int, consumed: int = 0) -> None:
+        self.root, self.rank, self.world, self.seed = root, rank, world, seed
+        self.consumed = int(consumed)
+        n = len(TrainingShards(root))
+        self.epoch_len = n - n % world
+        if self.epoch_len == 0:
+            raise MirageError(f"{root}: {n} samples, fewer than the {world} processes")
+        self._it: Iterator[TrainingSample] | None = None
+
+    def take(self, k: int) -> list[TrainingSample]:
+        out: list[TrainingSample] = []
+        while len(out) < k:
+            if self._it is None:
+                pos = self.consumed * self.world
+                self._it = iter(ShardStream(self.root, self.rank, self.world, start=pos % self.epoch_len,
+                                            epoch=pos // self.epoch_len, shuffle_seed=self.seed))
+            s = next(self._it, None)
+            if s is None:
+                self._it = None
+                continue
+            out.append(s)
+            self.consumed += 1
+        return out
+
+
+class _StopFlag:
+    """SIGINT sets it (checked between optimizer steps, so a checkpoint is whole); a second one raises."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def check_inputs(cfg: TrainConfig) -> int:
+    """Cheap checks before anything loads: the shards (index, samples, ``dataset.safetensors``) and the
+    base model's folder and configs. Returns the number of samples.
+
+    Raises:
+        MirageError: missing, foreign or empty shards; a base that is not Wan2.2-TI2V-shaped.
+    """
+    from ..models.convert import check_base
+    from .model import base_dir
+
+    n = len(TrainingShards(cfg.data))
+    if n == 0:
+        raise MirageError(f"{cfg.data}: no samples (index.json lists none)")
+    load_extras(cfg.data)
+    check_base(base_dir(cfg.model))
+    for f in (cfg.init_vace_file, cfg.init_lora_file):
+        if f is not None and not Path(f).is_file():
+            raise MirageError(f"{f}: no such file")
+    return n
+
+
+@dataclass
+class RunState:
+    """Where a run stands (saved in each checkpoint's ``state.json``): stage index, optimizer steps done in
+    that stage and over all stages, samples this rank consumed, every step's loss."""
+
+    stage_index: int = 0
+    stage_step: int = 0
+    step: int = 0
+    consumed: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"stage_index": self.stage_index, "stage_step": self.stage_step, "step": self.step,
+                "consumed": self.consumed, "losses": list(self.losses)}
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None,
+          on_step: Callable[[StepRecord], None] | None = None, say: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``cfg.stages`` in order and export the weights to ``OUT/final/``.
+
+    Args:
+        cfg: the run's options. resume: a checkpoint folder or an output folder (its newest checkpoint).
+        on_step: called on rank 0 after every optimizer step. say: one-line messages (rank 0).
+
+    Raises:
+        MirageError: bad data or model, a checkpoint from another configuration.
+    """
+    from accelerate import Accelerator
+
+    t_start = time.perf_counter()
+    say = say or (lambda m: None)
+    check_inputs(cfg)
+    extras = load_extras(cfg.data)
+    ckpt = ck.load_checkpoint(Path(resume)) if resume is not None else None
+    if ckpt is not None:
+        diff = cfg.mismatches(ckpt.state.get("config", {}))
+        if diff:
+            k = diff[0]
+            raise MirageError(f"{ckpt.path / ck.STATE}: {k} was {ckpt.state['config'][k]!r}, now "
+                              f"{cfg.record()[k]!r}: resume with the same options (or a new --out)")
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    if cfg.device == "cuda" and acc.device.type != "cuda":
+        raise MirageError("--device cuda: no CUDA device available")
+    out = Path(cfg.out)
+    base_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+    model = build_model(cfg.model, init_vace=cfg.init_vace, base_dtype=base_dtype, seed=cfg.seed,
+                        lora_rank=cfg.lora_rank if "lora" in cfg.stages else None, lora_alpha=cfg.lora_alpha,
+                        lora_dropout=cfg.lora_dropout)
+    if cfg.init_vace_file or cfg.init_lora_file:
+        ck.load_exported(model, Path(cfg.init_vace_file) if cfg.init_vace_file else None,
+                         Path(cfg.init_lora_file) if cfg.init_lora_file and "lora" in cfg.stages else None)
+    if "vace" not in cfg.stages and not cfg.init_vace_file:
+        say("warning: --stage lora without --init-vace FILE trains the LoRA next to an untrained VACE branch "
+            "(its hints are 0); pass the vace.safetensors of a VACE run")
+    st = RunState()
+    if ckpt is not None:
+        ck.load_trainable(model, ckpt.weights, ckpt.path / ck.WEIGHTS)
+        st = RunState(**{k: ckpt.state[k] for k in RunState().record()})
+        say(f"resuming from {ckpt.path} (step {st.step})")
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.to(acc.device)
+    run = _Run(cfg, acc, model, StoredConditioning(extras, model.config.patch_size, cfg.data),
+               SampleFeed(cfg.data, acc.process_index, acc.num_processes, cfg.seed, st.consumed), st, on_step)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / LOG_FILE, st.step)
+    result = TrainResult(out, None, st.step, st.losses, resumed_from=ckpt.path if ckpt else None)
+    with _StopFlag() as stop:
+        first_stage = st.stage_index
+        for si in range(first_stage, len(cfg.stages)):
+            first = st.stage_step if si == first_stage else 0
+            if first < cfg.max_steps:
+                run.stage(si, first, ckpt if si == first_stage and first > 0 else None, stop, result)
+            if result.interrupted:
+                say(f"interrupted: checkpoint at step {st.step} ({result.checkpoint}); continue with --resume {out}")
+                break
+    result.seconds = time.perf_counter() - t_start
+    result.model = model
+    if acc.is_main_process and not result.interrupted:
+        final = out / FINAL
+        ck.export_weights(model, final, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dtype=cfg.export_dtype,
+                          meta={"steps": result.steps, "stages": ",".join(cfg.stages)})
+        write_json(final / RECORD, _record(cfg, result, acc))
+        result.final = final
+    acc.wait_for_everyone()
+    return result
+
+
+@dataclass
+class _Run:
+    """One run's moving parts; :meth:`stage` trains one stage."""
+
+    cfg: TrainConfig
+    acc: Any
+    model: torch.nn.Module
+    cond: StoredConditioning
+    feed: SampleFeed
+    st: RunState
+    on_step: Callable[[StepRecord], None] | None
+
+    def stage(self, si: int, first: int, ckpt: ck.Checkpoint | None, stop: _StopFlag, result: TrainResult) -> None:
+        """Stage ``si`` from its step ``first`` (optimizer and scheduler from ``ckpt`` when resuming in it)."""
+        cfg, acc, st = self.cfg, self.acc, self.st
+        stage = cfg.stages[si]
+        named = trainable(self.model, stage)
+        names, params = [n for n, _ in named], [p for _, p in named]
+        lr = cfg.lr_vace if stage == "vace" else cfg.lr_lora
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_warmup, warmup=cfg.warmup))
+        if ckpt is not None:
+            ck.load_optimizer(opt, names, ckpt.optimizer, ckpt.path)
+            sched.load_state_dict(ckpt.state["scheduler"])
+        set_stage_modes(self.model, stage)
+        wrapped = acc.prepare_model(self.model)
+        fn = transformer_fn(wrapped)
+        total = cfg.max_steps * len(cfg.stages)
+        for stage_step in range(first + 1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            loss_sum, keys = 0.0, []
+            for micro in range(cfg.grad_accum):
+                g = torch.Generator().manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index))
+                torch.manual_seed(step_seed(cfg.seed, si, stage_step, micro, acc.process_index, 1))  # LoRA dropout
+                batch = _draw_batch(cfg, self.cond, self.feed.take(cfg.batch_size), g)
+                sigmas = sample_sigmas(batch.x0.shape[2], cfg.shift, g)
+                noise = torch.randn(batch.x0.shape, generator=g)
+                keys.extend(batch.keys)
+                batch = _to(batch, acc.device)
+                sync = micro == cfg.grad_accum - 1
+                with (contextlib.nullcontext() if sync else acc.no_sync(wrapped)), acc.autocast():
+                    loss = flow_loss(fn, batch, sigmas.to(acc.device), noise.to(acc.device))
+                    acc.backward(loss / cfg.grad_accum)
+                loss_sum += float(acc.reduce(loss.detach(), "mean")) / cfg.grad_accum
+            if not math.isfinite(loss_sum):
+                raise MirageError(f"step {st.step + 1}: the loss is {loss_sum} (lower --lr-{stage}, or check the data)")
+            if cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            cur_lr = float(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            st.stage_index, st.stage_step, st.step, st.consumed = si, stage_step, st.step + 1, self.feed.consumed
+            st.losses.append(loss_sum)
+            rec = StepRecord(stage, st.step, stage_step, total, loss_sum, cur_lr, time.perf_counter() - t0,
+                             self.feed.consumed * acc.num_processes, _gather_keys(acc, keys))
+            if acc.is_main_process:
+                with open(Path(cfg.out) / LOG_FILE, "a") as f:
+                    f.write(json.dumps(rec.row()) + "\n")
+                if self.on_step is not None:
+                    self.on_step(rec)
+            result.steps = st.step
+            if (cfg.save_every and st.step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set:
+                acc.wait_for_everyone()
+                if acc.is_main_process:
+                    result.checkpoint = ck.save_checkpoint(
+                        Path(cfg.out), st.step, self.model, opt, names,
+                        {**st.record(), "scheduler": sched.state_dict(), "stage": stage, "config": cfg.record(),
+                         "world_size": acc.num_processes}, cfg.keep_last)
+            if stop.set:
+                result.interrupted = True
+                return
+
+
+def _gather_keys(acc, keys: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Every rank's sample keys of a step, in rank order (one ``gather_object`` when distributed)."""
+    if acc.num_processes == 1:
+        return (tuple(keys),)
+    from accelerate.utils import gather_object
+
+    return tuple(tuple(k) for k in gather_object([keys]))
+
+
+def _warmup(step: int, warmup: int) -> float:
+    """LambdaLR factor: linear warm-up over ``warmup`` steps, then 1 (0 steps: constant, the reference)."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
+def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[TrainingSample], g: torch.Generator):
+    """Reference / preceding counts (at most the options, at most what every sample holds; uniform in
+    ``0..max`` with ``random_counts``) and per-sample text dropout, then the batch's conditioning."""
+    n_ref = min([cfg.references] + [len(s.tensors["reference"]) for s in samples])
+    n_prec = min([cfg.preceding] + [len(s.tensors["preceding"]) for s in samples])
+    if cfg.random_counts:
+        n_ref = int(torch.randint(0, n_ref + 1, (1,), generator=g))
+        n_prec = int(torch.randint(0, n_prec + 1, (1,), generator=g))
+    drop = (torch.rand(len(samples), generator=g) < cfg.text_dropout).tolist()
+    return make_batch(samples, cond, n_ref, n_prec, drop)
+
+
+def _to(batch, device):
+    from dataclasses import replace
+
+    return replace(batch, **{k: getattr(batch, k).to(device) for k in ("x0", "reference", "preceding", "context",
+                                                                        "text")})
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log's rows up to ``step`` (a resumed run rewrites what followed its checkpoint)."""
+    if not path.is_file():
+        return
+    rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def _record(cfg: TrainConfig, result: TrainResult, acc) -> dict:
+    import accelerate
+    import diffusers
+    import peft
+
+    from .. import __version__
+
+    n = len(result.losses)
+    head = result.losses[:max(1, n // 20)]
+    tail = result.losses[-max(1, n // 10):]
+    return {"config": cfg.record(), "steps": result.steps, "wall_seconds": round(result.seconds, 3),
+            "device": str(acc.device), "processes": acc.num_processes,
+            "loss_first_5pct": sum(head) / len(head) if n else None,
+            "loss_last_10pct": sum(tail) / len(tail) if n else None,
+            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+            "versions": {"mirage": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "peft": peft.__version__, "accelerate": accelerate.__version__}}
