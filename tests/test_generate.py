@@ -513,3 +513,18 @@ def test_resume_after_a_kill_at_every_chunk_boundary_is_bit_identical(small_scen
         assert np.array_equal(read_video(a / "video.mp4"), read_video(c / "video.mp4")), k
         fa, fc = load_file(str(a / "cache" / "final.safetensors")), load_file(str(c / "cache" / "final.safetensors"))
         assert sorted(fa) == sorted(fc) and all(torch.equal(fa[n], fc[n]) for n in fa), k
+
+
+def test_resume_with_another_thread_count_warns(small_scene, tmp_path, monkeypatch):
+    """CPU results depend on the thread count in their last bits: a resume with another count says so."""
+    import mirage_cli.pipeline.generate as g
+
+    c = tmp_path / "c"
+    base = dict(image=str(small_scene["image"]), traj="orbit_left", frames=9, chunk_frames=5)
+    with interrupted_at_chunk(monkeypatch, 1), pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(out=str(c), **base), warn=lambda m: None)
+    recorded = json.loads((c / "run.json").read_text())["threads"]
+    monkeypatch.setattr(g, "current_threads", lambda: recorded + 1)
+    said: list[str] = []
+    generate(None, warn=said.append, resume_dir=c)
+    assert any(f"used {recorded} CPU threads" in m and f"--threads {recorded}" in m for m in said), said

@@ -239,9 +239,15 @@ def resume(run_dir: Path, warn: Warn = print, quiet: bool = False, device: str |
                               "would not reproduce it bit for bit (leave --device out)")
         dump, records = newest_dump(out)
         run = _reopen(out, record, loaders, quiet, t_start, dump, records, rundir=rundir, warn=warn)
+        threads = current_threads()
+        if record.device == "cpu" and isinstance(record.threads, int) and record.threads != threads:
+            # CPU reductions (matmul, sums) group their terms by thread: another count changes the last bits
+            warn(f"--resume: the run in {out} used {record.threads} CPU threads and this resume {threads}; the rest of "
+                 f"the run may differ from an uninterrupted one in the last bits (give --threads {record.threads} for a "
+                 "bit-identical continuation)")
         record.resumed_at = (record.resumed_at or []) + [now()]
         record.status = "running"
-        record.threads = current_threads()
+        record.threads = threads
         return run
     except BaseException:
         rundir.close()
