@@ -198,6 +198,9 @@ def test_cli_synth_prepare_inspect_json(tmp_path, model_dir, capsys):
     assert doc["samples"] == 1 and doc["keys"]["target"] == {"dtype": "F16", "shapes": {"(9, 48, 4, 8)": 1}}
     assert "text" not in doc["keys"] and doc["skipped_clips"] == {}
     assert sum(doc["references"]["iou_histogram"].values()) == sum(int(k) * v for k, v in doc["references"]["per_sample"].items())
+    png = tmp_path / "sample.png"  # --png alone draws the first sample
+    assert main(["data", "inspect", str(out), "--png", str(png), "--device", "cpu"]) == 0
+    assert png.stat().st_size > 0
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -235,6 +235,14 @@ def test_pose_string_bad_input(capsys, text, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_pose_string_without_commas_gets_the_syntax_hint(capsys):
+    from mirage_cli.errors import MirageError
+    from mirage_cli.trajectories.catalog import preset_name
+
+    with pytest.raises(MirageError, match="separates its items with commas"):
+        preset_name("w-8 left-2")
+
+
 def test_worldplay_json_bad_input(tmp_path, capsys):
     doc = _worldplay_doc()
     doc["1"]["extrinsic"][0][0] = 2.0  # not a rotation

@@ -122,7 +122,7 @@ def prepare_cmd(
 def inspect_cmd(
     shards: Path = typer.Argument(..., help="A shard folder written by `mirage data prepare`."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON (for scripts)."),
-    sample: int | None = typer.Option(None, "--sample", help="Draw this sample (index) into --png."),
+    sample: int | None = typer.Option(None, "--sample", help="Draw this sample (index) into --png \\[default with --png: 0]."),
     png: Path | None = typer.Option(None, "--png", help="PNG file for --sample: target frames, memory read, known mask, references."),
     model: str | None = typer.Option(None, "--model", "-m", help="Wan folder whose VAE decodes for --png \\[default: the dataset's]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (for --png)."),
@@ -132,8 +132,10 @@ def inspect_cmd(
     from ..errors import MirageError
     from .checks import check_output_parent
 
-    if (sample is None) != (png is None):
-        raise MirageError("--sample and --png go together (--sample N --png FILE)")
+    if sample is not None and png is None:
+        raise MirageError("--sample: draws into --png FILE; give one")
+    if png is not None and sample is None:
+        sample = 0  # the first sample
     check_output_parent(png, "--png")
     doc = inspect_shards(shards)
     if sample is not None and png is not None:  # (given together: checked above)

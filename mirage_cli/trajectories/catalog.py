@@ -8,6 +8,7 @@ that makes its poses (:data:`mirage_cli.trajectories.presets.PRESETS`, same name
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,5 +82,7 @@ def preset_name(text: str) -> str | None:
     if not path.exists():
         close = difflib.get_close_matches(name, list(CATALOG), n=1)
         hint = f" (did you mean preset '{close[0]}'?)" if close else " (`mirage traj list` shows the presets)"
+        if not close and re.search(r"[A-Za-z]+\s*-\s*[0-9]", text) and " " in text.strip():
+            hint = " (a pose string separates its items with commas: 'w-8, left-2, d-4')"
         raise MirageError(f"{text}: no such file, and not a preset name{hint}")
     return None
