@@ -54,6 +54,16 @@ def model_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): its renders
+    and tiny models are small, and the machine is shared; the count is restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB of two images in [0, 1] (channels first), optionally on a pixel mask."""
     err = (a.float() - b.float()) ** 2

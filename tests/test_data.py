@@ -27,13 +27,7 @@ SYNTH_SIZE = (128, 96)
 SIZE = (128, 64)  # the training size: a centre crop of the synthetic clips (latent grid 4 x 8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the renders and tiny models are small, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
 
 
 @pytest.fixture(scope="module")

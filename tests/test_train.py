@@ -24,13 +24,7 @@ from mirage_cli.train.loop import train
 from mirage_cli.train.model import build_model, is_lora, is_vace
 from mirage_cli.train.objective import Batch, StoredConditioning, flow_loss, make_batch, sample_sigmas, transformer_fn
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
 
 
 @pytest.fixture(scope="module")
