@@ -250,6 +250,24 @@ def test_check_finds_a_deleted_frame_and_a_rerun_repairs_it(bench, tmp_path, cap
     assert "other settings" in capsys.readouterr().err
 
 
+def test_overwrite_with_a_smaller_selection_leaves_no_stale_instance(bench, tmp_path, capsys):
+    """The evaluator scores every folder under worldscore_output: --overwrite removes the earlier run's
+    instances this selection leaves out; --resume keeps them and says so."""
+    out = tmp_path / "copy"
+    shutil.copytree(bench, out)
+    before = sorted(p.parent.relative_to(out) for p in (out / "worldscore_output").rglob("input_image.png"))
+    assert len(before) == 5
+    capsys.readouterr()
+    assert _run(DATA, out, "--split", "static", "--limit", "1", "--resume") == 0
+    assert "4 instance folder(s) of an earlier run are outside this selection" in capsys.readouterr().err
+    assert _run(DATA, out, "--split", "static", "--limit", "1", "--overwrite") == 0
+    assert "removed 4 instance folder(s)" in capsys.readouterr().err
+    after = sorted(p.parent.relative_to(out) for p in (out / "worldscore_output").rglob("input_image.png"))
+    assert [str(d) for d in after] == ["worldscore_output/static/photorealistic/indoor/dining_spaces/000"]
+    assert sorted(d.name for d in (out / "runs").iterdir()) == ["static-photorealistic-indoor-dining_spaces-000"]
+    assert main(["eval", "worldscore", "--check", str(out)]) == 0
+
+
 def test_workers_2_give_the_same_frames(bench, tmp_path):
     out = tmp_path / "w2"
     assert _run(DATA, out, "--workers", "2") == 0

@@ -144,7 +144,7 @@ def worldscore_cmd(
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs each Ray actor asks for."),
     retries: int = typer.Option(1, "--retries", help="Retries of an instance whose generation failed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT: finished instances are skipped, interrupted ones resumed (same settings only)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every instance of OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate every instance of OUT (and remove the earlier run's instances outside this selection)."),
     json_out: bool = typer.Option(False, "--json", help="Print protocol.json (or, with --check, the check) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines (failures and unreadable instances are still listed)."),
 ) -> None:

@@ -100,15 +100,17 @@ def check_output(out: Path) -> CheckReport:
     for movement in SPLITS:
         if movement in report.expected:
             report.complete.setdefault(movement, 0)
-        root = out / OUTPUT_DIR / movement
-        for folder in _instance_folders(root, DEPTHS[movement]):
-            rel = folder.relative_to(out / OUTPUT_DIR).as_posix()
-            if rel not in listed:
-                report.unexpected.append(f"{OUTPUT_DIR}/{rel}")
+    report.unexpected += [f"{OUTPUT_DIR}/{rel}" for rel in tree_instances(out) if rel not in listed]
     return report
 
 
-def _instance_folders(root: Path, depth: int) -> list[Path]:
+def tree_instances(out: Path) -> list[str]:
+    """Every instance folder under ``OUT/worldscore_output`` (relative, posix): what the evaluator scores."""
+    root = Path(out) / OUTPUT_DIR
+    return [f.relative_to(root).as_posix() for m in SPLITS for f in instance_folders(root / m, DEPTHS[m])]
+
+
+def instance_folders(root: Path, depth: int) -> list[Path]:
     """Folders ``depth`` levels below ``root``: where the evaluator looks for instances."""
     level = [root] if root.is_dir() else []
     for _ in range(depth):

@@ -22,6 +22,7 @@ reference runner (``microsoft/LatentSpatialMemory/eval/run_worldscore.py``: ``in
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from ...pipeline.config import GenerateConfig
 from ...pipeline.prompts import check_prompt_spans
 from . import layout
 from .cameras import camera_data
-from .check import instance_problems
+from .check import instance_problems, tree_instances
 from .dataset import SPLITS, Instance, read_dataset, select
 from .layouts import anchor_frames, total_frames
 from .protocol import (
@@ -173,6 +174,7 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
         jobs.append((inst, instance_job(inst, base, opts, out, len(jobs) + 1)))
     if not jobs:
         raise MirageError("no WorldScore instance could run:\n" + "\n".join(unreadable or ["the selection is empty"]))
+    _outside_selection(out, jobs, opts.overwrite, note)
     for inst, job in jobs:  # a done instance whose files were damaged since: its step writes them again
         if finished(job) and instance_problems(layout.instance_dir(out, inst), inst.movement, opts.size):
             Path(job.step.output).unlink(missing_ok=True)
@@ -189,6 +191,32 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
     with atomic_path(out / CONFIG_DIR / f"{opts.name}.yaml") as tmp:
         tmp.write_text(model_config(opts.name, out, opts.size, opts.frames, opts.fps, opts.focal))
     return doc
+
+
+def _outside_selection(out: Path, chosen: list[tuple[Instance, Job]], overwrite: bool,
+                       note: Callable[[str], None]) -> None:
+    """Instance folders already in ``out`` that this selection leaves out.
+
+    WorldScore's evaluator scores every instance folder under ``worldscore_output/``, so a stale one
+    would be scored with the new run. With ``--overwrite`` (the run is replaced) they are removed, with
+    their mirage runs; otherwise (``--resume``: same settings, still valid) they are kept and named.
+    """
+    wanted = {inst.rel_dir for inst, _ in chosen}
+    stale = [rel for rel in tree_instances(out) if rel not in wanted]
+    if not stale:
+        return
+    if not overwrite:
+        note(f"{len(stale)} instance folder(s) of an earlier run are outside this selection and stay in "
+             f"{out / layout.OUTPUT_DIR} (WorldScore's evaluator scores them too): " + ", ".join(stale[:3])
+             + (" ..." if len(stale) > 3 else ""))
+        return
+    for rel in stale:
+        shutil.rmtree(out / layout.OUTPUT_DIR / rel)
+    runs, kept = out / layout.RUNS_DIR, {job.id for _, job in chosen}
+    for run in (sorted(runs.iterdir()) if runs.is_dir() else []):
+        if run.is_dir() and run.name not in kept:
+            shutil.rmtree(run)
+    note(f"--overwrite: removed {len(stale)} instance folder(s) of the earlier run outside this selection")
 
 
 def _now() -> str:
