@@ -76,3 +76,18 @@ def test_a_format_added_to_the_registry_is_read_written_converted_and_shown(tmp_
     capsys.readouterr()
     converted = load_trajectory(tmp_path / "b.toy")  # traj convert wrote it through the registry
     assert torch.allclose(converted.cameras.c2w, load_trajectory(DATA / "camera_path.json").cameras.c2w, atol=1e-9)
+
+
+def test_convert_says_what_the_target_format_does_not_keep(tmp_path, capsys):
+    """Spatia's w2c.txt has a fixed 24 fps and no image size, COLMAP no fps: a conversion that changes
+    them prints a note per lost property (found by reading the written file back); native keeps all."""
+    src = tmp_path / "src.json"
+    t = _writable_everywhere()
+    save_trajectory(Trajectory(t.cameras, 10.0, "native", source="general"), src)
+    assert main(["traj", "convert", str(src), "--absolute", "--to", "spatia", "-o", str(tmp_path / "w2c.txt")]) == 0
+    err = capsys.readouterr().err
+    assert "fps: 10 is not kept by format 'spatia' (read back at 24)" in err and "image size: 640x480" in err
+    assert main(["traj", "convert", str(src), "--absolute", "--to", "colmap", "-o", str(tmp_path / "c")]) == 0
+    assert "fps: 10 is not kept by format 'colmap'" in capsys.readouterr().err
+    assert main(["traj", "convert", str(src), "-o", str(tmp_path / "n.json")]) == 0
+    assert "note:" not in capsys.readouterr().err

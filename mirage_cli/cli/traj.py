@@ -23,7 +23,7 @@ FORMAT_HELP = "Output format: native | nerfstudio | realestate10k | nerf | colma
 
 def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = False) -> None:
     """Write ``traj`` to ``out`` (``-`` = stdout) and say where it went."""
-    from ..trajectories import save_trajectory, trajectory_text  # deferred: torch
+    from ..trajectories import lost_in_writing, save_trajectory, trajectory_text  # deferred: torch
 
     if out == "-":
         typer.echo(trajectory_text(traj, fmt, convention=convention, pose=pose), nl=False)
@@ -31,6 +31,8 @@ def _emit(traj, out: str, fmt: str, convention: str, pose: str, quiet: bool = Fa
     paths = save_trajectory(traj, out, fmt, convention=convention, pose=pose)
     if not quiet:
         err_console.print(f"wrote {', '.join(str(p) for p in paths)} ({fmt}, {len(traj)} frames)", highlight=False)
+        for line in lost_in_writing(traj, paths[0]):
+            err_console.print(f"note: {line}", highlight=False)
 
 
 @app.command("list")

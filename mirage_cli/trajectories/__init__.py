@@ -15,7 +15,8 @@ from ..lazy import lazy_exports
 # ``mirage traj list`` and the option checks can read the torch-free ``catalog`` alone.
 _EXPORTS = {
     "FORMATS": "formats", "REGISTRY": "formats", "detect_format": "formats", "read_trajectory": "formats",
-    "save_trajectory": "formats", "trajectory_text": "formats", "convert": "load", "load_trajectory": "load",
+    "save_trajectory": "formats", "trajectory_text": "formats", "lost_in_writing": "formats",
+    "convert": "load", "load_trajectory": "load",
     "PRESETS": "presets", "make_preset": "presets", "write_presets": "presets", "DEFAULT_FPS": "trajectory",
     "DEFAULT_HEIGHT": "trajectory", "DEFAULT_WIDTH": "trajectory", "Trajectory": "trajectory", "adjust": "trajectory",
     "resample": "trajectory", "summarize": "trajectory",
@@ -23,7 +24,8 @@ _EXPORTS = {
 
 __all__ = [
     "DEFAULT_FPS", "DEFAULT_HEIGHT", "DEFAULT_WIDTH", "FORMATS", "PRESETS", "REGISTRY", "Trajectory", "adjust",
-    "convert", "detect_format", "load_trajectory", "make_preset", "read_trajectory", "resample", "save_trajectory",
+    "convert", "detect_format", "load_trajectory", "lost_in_writing",
+    "make_preset", "read_trajectory", "resample", "save_trajectory",
     "summarize", "trajectory_text", "write_presets",
 ]
 

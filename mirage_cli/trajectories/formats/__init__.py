@@ -192,6 +192,25 @@ def save_trajectory(traj: Trajectory, path: str | Path, fmt: str = "native", *,
     return f.save(traj, Path(path), **_options(f, convention, pose))
 
 
+def lost_in_writing(traj: Trajectory, written: Path) -> list[str]:
+    """One line per property of ``traj`` the file ``written`` did not keep, found by reading it back.
+
+    Foreign formats hold less than the native one (a fixed frame rate, no image size, one set of
+    intrinsics); a conversion that changes them must say so rather than pass silently.
+    """
+    back = read_trajectory(written)
+    lost = []
+    if len(back) != len(traj):
+        lost.append(f"frames: {len(traj)} written, {len(back)} read back")
+    if abs(back.fps - traj.fps) > 1e-6:
+        lost.append(f"fps: {traj.fps:g} is not kept by format {back.format!r} (read back at {back.fps:g})")
+    size, size_back = (traj.cameras.width, traj.cameras.height), (back.cameras.width, back.cameras.height)
+    if size != size_back and not traj.fov_only:
+        lost.append(f"image size: {size[0]}x{size[1]} is not kept by format {back.format!r} "
+                    f"(read back as {size_back[0]}x{size_back[1]}; the intrinsics are normalized, so the cameras hold)")
+    return lost
+
+
 def trajectory_text(traj: Trajectory, fmt: str = "native", *, convention: str = "opencv", pose: str = "c2w") -> str:
     """File content of ``traj`` in a single-file format (every format but COLMAP)."""
     f = get_format(fmt)
@@ -201,5 +220,5 @@ def trajectory_text(traj: Trajectory, fmt: str = "native", *, convention: str = 
     return f.text(traj, **_options(f, convention, pose))
 
 
-__all__ = ["FORMATS", "REGISTRY", "Format", "detect_format", "get_format", "read_trajectory", "save_trajectory",
-           "trajectory_text"]
+__all__ = ["FORMATS", "REGISTRY", "Format", "detect_format", "get_format", "lost_in_writing", "read_trajectory",
+           "save_trajectory", "trajectory_text"]
