@@ -93,6 +93,28 @@ def test_bad_rows_exit_2_one_line_each_before_anything_runs(batch_dir, tmp_path,
     assert not out.exists()  # nothing started
 
 
+def test_rows_set_per_chunk_prompts_as_a_list_or_a_prompt_file(batch_dir, tmp_path):
+    """``prompts`` (a JSON list; in CSV a JSON list as text) and ``prompt_file`` (the CLI's --prompt-file,
+    relative to the manifest) give the same job; a wrong type or both at once are one bad field each."""
+    (batch_dir / "chunks.txt").write_text("a kitchen\n\na kitchen at night\n")
+    rows = [{"id": "a", "image": "room.png", "traj": "orbit_left", "prompts": ["a kitchen", "a kitchen at night"]},
+            {"id": "b", "image": "room.png", "traj": "orbit_left", "prompt_file": "chunks.txt"},
+            {"id": "c", "image": "room.png", "traj": "orbit_left", "prompts": '["a kitchen", "a kitchen at night"]'}]
+    write_jsonl(batch_dir / "prompts.jsonl", rows)
+    a, b, c = load_manifest(batch_dir / "prompts.jsonl", tmp_path)
+    assert a.config.prompts == b.config.prompts == c.config.prompts == ["a kitchen", "a kitchen at night"]
+    write_jsonl(batch_dir / "prompts_bad.jsonl", [
+        {"id": "d", "image": "room.png", "traj": "orbit_left", "prompts": [1, 2]},
+        {"id": "e", "image": "room.png", "traj": "orbit_left", "prompts": ["x"], "prompt_file": "chunks.txt"},
+        {"id": "f", "image": "room.png", "traj": "orbit_left", "prompt_file": "missing.txt"}])
+    with pytest.raises(MirageError) as e:
+        load_manifest(batch_dir / "prompts_bad.jsonl", tmp_path)
+    lines = str(e.value).splitlines()
+    assert "row 1, field 'prompts': must be a list of texts (got [1, 2])" in lines[0]
+    assert "row 2, field 'prompt_file': give prompt_file or prompts, not both" in lines[1]
+    assert "row 3, field 'prompt_file': file not found" in lines[2]
+
+
 def test_a_non_json_row_does_not_hide_the_other_bad_rows(batch_dir, tmp_path, capsys):
     good = json.dumps(ROWS[0])
     bad = json.dumps({"id": "x", "image": "missing.png", "traj": "orbit_left"})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import MirageError
-from ..pipeline.config import GenerateConfig, check_config, traj_stem
+from ..pipeline.config import GenerateConfig, check_config, read_prompt_file, traj_stem
 
 # Options a row may not set: the batch decides where each run goes and never overwrites silently.
 BATCH_OWNED = ("out", "overwrite")
@@ -192,7 +192,15 @@ def check_row_config(cfg: GenerateConfig) -> None:
 
 def _row_job(raw: dict, n: int, base: Path, out: Path | None) -> Job:
     """One row -> Job, or RowError naming the first bad field."""
-    job_id, values = row_options(raw)
+    job_id, values = row_options(raw, extra=("prompt_file",))
+    if values.get("prompt_file") is not None:  # the CLI's --prompt-file: one prompt per chunk
+        if values.get("prompts") is not None:
+            raise RowError("prompt_file", "give prompt_file or prompts, not both")
+        try:
+            values["prompts"] = list(read_prompt_file(existing(base, "prompt_file", str(values.pop("prompt_file")))))
+        except MirageError as e:
+            raise RowError("prompt_file", str(e)) from None
+    values.pop("prompt_file", None)
     for key in ("image", "traj"):
         if not values.get(key):
             raise RowError(key, "is required")
@@ -226,9 +234,23 @@ def _check_traj(traj: str) -> None:
     load_trajectory(traj)
 
 
+def _is(kind: str, v) -> bool:
+    return isinstance(v, str) if kind == "str" else isinstance(v, int) and not isinstance(v, bool)
+
+
 def _convert(key: str, value):
     """A raw value (JSON value or CSV text) as the type ``GenerateConfig.<key>`` takes."""
     kind = _TYPES[key].replace(" | None", "")
+    if kind.startswith("list["):  # JSON list in JSONL; a JSON list as text in a CSV cell
+        item = kind[len("list["):-1]
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise RowError(key, f"must be a JSON list of {item} (got {value!r})") from None
+        if not isinstance(value, list) or not all(_is(item, v) for v in value):
+            raise RowError(key, f"must be a list of {'texts' if item == 'str' else 'integers'} (got {json.dumps(value)})")
+        return list(value)
     if kind == "str":
         if isinstance(value, (dict, list, bool)) or value is None:
             raise RowError(key, f"must be text (got {json.dumps(value)})")
