@@ -266,3 +266,10 @@ def test_gen3c_exported_cameras_read(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(doc).replace("NaN", "NaN"))
     with pytest.raises(MirageError, match=r"frame 1: start: contains NaN or inf"):
         load_trajectory(tmp_path / "bad.json")
+
+
+def test_a_pose_string_names_the_default_output_folder_without_spaces_or_commas():
+    from mirage_cli.pipeline.config import traj_stem
+
+    assert traj_stem("w-20, left-5") == "w20_left5" and traj_stem("d-8") == "d8"
+    assert traj_stem("presets/orbit_left.json") == traj_stem("preset:orbit_left") == "orbit_left"

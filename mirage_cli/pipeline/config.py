@@ -19,6 +19,7 @@ from ..errors import MirageError
 from ..geometry.modes import INTRINSICS_MODES
 from ..memory.modes import LATENT_POLICIES as WRITE_POLICIES
 from ..memory.modes import SPLAT_MODES
+from ..trajectories.posestring import is_pose_string, parse_pose_string
 from .resources import MAX_PIXELS
 
 if TYPE_CHECKING:  # no torch at import: the option checks run before torch's import (seconds)
@@ -276,5 +277,12 @@ def preview_downscale(width: int, height: int) -> int:
 
 
 def traj_stem(traj: str) -> str:
-    """``presets/orbit_left.json`` -> ``orbit_left``; ``preset:orbit_left`` -> ``orbit_left``."""
+    """A folder-name stem for a trajectory: ``presets/orbit_left.json`` -> ``orbit_left``;
+    ``preset:orbit_left`` -> ``orbit_left``; the pose string ``"w-20, left-5"`` -> ``w20_left5`` (no
+    spaces or commas in the default output folder)."""
+    if is_pose_string(traj):
+        try:
+            return "_".join(f"{step.action}{step.latents}" for step in parse_pose_string(traj))
+        except MirageError:  # a bad pose string is refused where the trajectory is loaded
+            pass
     return Path(traj.split(":", 1)[-1]).stem
