@@ -143,3 +143,18 @@ def test_dry_run_refuses_a_model_the_real_run_refuses(small_scene, tmp_path):
         with pytest.raises(MirageError):
             generate(cfg, warn=lambda m: None, quiet=True, dry_run=True)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("backend,model,kind", [("mirage", "wan2.1-vace-1.3b", "wan-vace"),
+                                                ("wan-vace", "wan2.2-ti2v-5b", "wan-base"),
+                                                ("spatia", "Wan-AI/Wan2.1-VACE-1.3B-diffusers", "wan-vace")])
+def test_a_registry_model_of_another_kind_is_refused_before_any_download(backend, model, kind, small_scene, tmp_path):
+    """Dry run and real run give the same one line, naming the kind, before resolving (no 'download it' advice
+    for a model the backend cannot run)."""
+    from mirage_cli.errors import MirageError
+
+    cfg = GenerateConfig(image=str(small_scene["image"]), traj="orbit_left", backend=backend, model=model,
+                         out=str(tmp_path / "o"))
+    for dry in (True, False):
+        with pytest.raises(MirageError, match=rf"--model {model}: a {kind} model .*which the {backend} backend does not run"):
+            generate(cfg, warn=lambda m: None, quiet=True, dry_run=dry)

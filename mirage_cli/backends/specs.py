@@ -101,6 +101,8 @@ class BackendSpec:
             downscaled grid would only upsample cell means).
         label: shown in the video's comment tag and the summary (the preview says it is one).
         model_check: ``"module:function"`` refusing a model folder the loader would refuse (``--dry-run``).
+        model_kinds: the kinds of ``mirage models`` registry entries it runs (``ModelSpec.kind``); a
+            registry name of another kind is refused before anything resolves or downloads.
     """
 
     name: str
@@ -119,6 +121,7 @@ class BackendSpec:
     exact_first_frame: bool = False
     label: str | None = None
     model_check: str = ""
+    model_kinds: tuple[str, ...] = ()
     first_chunk_frames: int | None = None
     overlap_frames: int = 1
     pad_full: bool = False
@@ -160,8 +163,28 @@ class BackendSpec:
             module, _, fn = self.model_check.partition(":")
             getattr(import_module(module), fn)(root)
 
+    def check_model_ref(self, ref: str | None) -> None:
+        """Refuse a ``--model`` registry name (or its repo id) whose kind this backend does not run,
+        before anything resolves or downloads (MirageError, one line). Folders and unknown repo ids pass:
+        their contents are checked by ``model_check`` once resolved."""
+        if not ref or not self.samples:
+            return
+        from ..models.registry import lookup  # deferred: torch
+
+        try:
+            _, entry = lookup(str(ref))
+        except MirageError:
+            return  # a folder, or an unknown name the resolver refuses with its own message
+        if entry is not None and entry.kind not in self.model_kinds:
+            needs = (f"it runs a {' or '.join(self.model_kinds)} model" if self.model_kinds else
+                     "it " + self.missing_model.removeprefix(f"the {self.name} backend ") if self.missing_model else
+                     "it runs another model")
+            raise MirageError(f"--model {ref}: a {entry.kind} model ({entry.repo_id}), which the {self.name} backend "
+                              f"does not run; {needs}")
+
     def load(self, cfg: Any, show_progress: bool = True) -> tuple[Codec, Backend]:
         """Build the codec and the backend for the options ``cfg`` (a resolved ``GenerateConfig``)."""
+        self.check_model_ref(cfg.model or self.default_model)
         module, _, fn = self.loader.partition(":")
         loader: Callable[..., tuple[Codec, Backend]] = getattr(import_module(module), fn)
         return loader(cfg, show_progress)
@@ -175,7 +198,7 @@ BACKENDS: dict[str, BackendSpec] = {
         label="PREVIEW (no neural network)"),
     "wan-vace": BackendSpec(
         name="wan-vace", summary="Wan2.1-VACE diffusion", loader="mirage_cli.backends.wan_vace:load_for_run",
-        model_check="mirage_cli.backends.wan_vace:check_model_folder",
+        model_check="mirage_cli.backends.wan_vace:check_model_folder", model_kinds=("wan-vace",),
         # Wan2.1-VACE at 480p
         defaults=SamplingDefaults(steps=30, guidance=5.0, shift=3.0, references=2, splat="patch"),
         codec=CodecGeometry("wan2.1-vae", 16, 8, 4), patch=2, chunk_frames=49, samples=True,

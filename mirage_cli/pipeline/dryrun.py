@@ -78,6 +78,7 @@ def planned_geometry(cfg: GenerateConfig, spec: BackendSpec, warn) -> CodecGeome
     from ..models.registry import VACE_SUBFOLDERS, lookup, resolve_model
 
     ref = str(cfg.model or spec.default_model)
+    spec.check_model_ref(ref)  # a registry name of another kind: refused as the real run refuses it
     try:
         root = resolve_model(ref, list(VACE_SUBFOLDERS))  # the parts the network backends' loader resolves
     except MirageError as e:
