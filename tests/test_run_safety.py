@@ -515,3 +515,8 @@ def test_the_ram_estimate_sees_the_address_space_limit_and_names_frames(monkeypa
     small = resources.estimate_peak((8000, 6000), (832, 480), (240, 416), 3, 2, 9, 1, 49)
     with pytest.raises(MirageError, match="--max-pixels"):  # not the frames' fault: the general advice
         resources.check_peak(small, 1024 ** 2, frames=49)
+    # Spatia's loop keeps every decoded frame and rebuilds an RGB cloud from every 6th: it counts
+    plain = resources.estimate_peak((832, 480), (832, 480), (30, 52), 48, 2, 81, 4, 193)
+    spatia = resources.estimate_peak((832, 480), (832, 480), (30, 52), 48, 2, 81, 4, 193, pixel_history=True)
+    assert plain.pixels == 0 and spatia.pixels >= 193 * 832 * 480 * 3 + 33 * 832 * 480 * 32
+    assert spatia.total - plain.total == spatia.pixels

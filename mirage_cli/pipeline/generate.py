@@ -182,7 +182,8 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
 
     def check_ram(frames: int) -> None:  # the peak-RAM estimate of a run `frames` long
         check_peak(estimate_peak((W0, H0), (W, H), (H // codec.spatial_factor, W // codec.spatial_factor), codec.channels,
-                                 2, cfg.chunk_frames or spec.chunk_frames, tf, frames), available_ram(), cfg.frames)
+                                 2, cfg.chunk_frames or spec.chunk_frames, tf, frames, spec.pixel_history),
+                   available_ram(), cfg.frames)
 
     if cfg.frames is not None:
         check_ram(cfg.frames)  # before anything is made --frames long (the resampled trajectory, cameras, plan)

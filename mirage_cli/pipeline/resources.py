@@ -53,21 +53,34 @@ class PeakEstimate:
     read: int  # one chunk's read: latents, known, depth and the splat's working buffers
     chunk: int  # one chunk's latents and decoded frames (float32 with its temporaries, uint8)
     history: int  # every written latent frame, kept for reference selection
+    pixels: int = 0  # spec pixel_history (Spatia): decoded frames kept, the RGB cloud rebuilt, its render
 
     @property
     def total(self) -> int:
-        return self.image + self.memory + self.read + self.chunk + self.history
+        return self.image + self.memory + self.read + self.chunk + self.history + self.pixels
 
 
 def estimate_peak(image_size: tuple[int, int], size: tuple[int, int], grid: tuple[int, int], channels: int,
-                  feature_bytes: int, chunk_frames: int, temporal_factor: int, frames: int) -> PeakEstimate:
+                  feature_bytes: int, chunk_frames: int, temporal_factor: int, frames: int,
+                  pixel_history: bool = False) -> PeakEstimate:
     """Args: image_size, size: ``(W, H)`` of the file and of the frames; grid: ``(h, w)`` latent
     cells; channels, feature_bytes: latent channels and bytes per stored feature; chunk_frames:
-    frames per chunk; temporal_factor: frames per latent frame; frames: trajectory length."""
+    frames per chunk; temporal_factor: frames per latent frame; frames: trajectory length;
+    pixel_history: the backend keeps every decoded frame and, each chunk, rebuilds an RGB point cloud
+    from every ``MAP_STRIDE``-th of them and renders it into the chunk's frames (Spatia's loop,
+    :mod:`~mirage_cli.pipeline.pixelcontext`): bounded here before the voxel downsample."""
     cells = grid[0] * grid[1]
     latent_frames = chunk_frames // temporal_factor + 1
     W0, H0 = image_size
     W, H = size
+    pixels = 0
+    if pixel_history:
+        from .pixelcontext import MAP_STRIDE  # deferred: torch (this module stays light)
+
+        kept = frames * H * W * 3  # uint8 frames
+        cloud = 2 * math.ceil(frames / MAP_STRIDE) * H * W * (POINT_BYTES_FIXED + 4)  # points + colours, while built
+        render = 2 * chunk_frames * H * W * (3 * 4 + 1 + 4 + 8)  # rgb f32, known, depth f32, index i64 (+ temporaries)
+        pixels = kept + cloud + render
     return PeakEstimate(
         image=2 * 3 * W0 * H0 * 4,
         memory=2 * cells * (POINT_BYTES_FIXED + channels * feature_bytes),  # ~ twice the input's view
@@ -76,6 +89,7 @@ def estimate_peak(image_size: tuple[int, int], size: tuple[int, int], grid: tupl
         # clamp / scale temporaries), plus the uint8 frames
         chunk=latent_frames * channels * cells * 4 + chunk_frames * H * W * (4 * 3 * 4 + 3),
         history=(frames // temporal_factor + 1) * channels * cells * 4,
+        pixels=pixels,
     )
 
 
@@ -102,9 +116,10 @@ def check_peak(est: PeakEstimate, available: int, frames: int | None = None) -> 
     if est.total <= RAM_FRACTION * available:
         return
     gb = 1024 ** 3
-    if frames is not None and est.history >= max(est.image, est.memory, est.read, est.chunk):
+    by_frames = est.history + est.pixels  # what grows with the run's length
+    if frames is not None and by_frames >= max(est.image, est.memory, est.read, est.chunk):
         raise MirageError(f"--frames {frames:,}: this run needs about {est.total / gb:.1f} GB of RAM "
-                          f"({est.history / gb:.1f} GB of it for the frames' latents), {available / gb:.1f} GB are "
+                          f"({by_frames / gb:.1f} GB of it for the frames kept), {available / gb:.1f} GB are "
                           "available; lower --frames")
     raise MirageError(f"this run needs about {est.total / gb:.1f} GB of RAM, {available / gb:.1f} GB are available; "
                       "reduce --width/--height or --max-pixels, raise --downscale, or lower --chunk-frames/--frames")
