@@ -11,6 +11,11 @@ Charged to each arm (``memory_overhead_s``):
 ``end_to_end_s`` = shared input encode + overhead + shared denoise + shared decode (+ for the latent
 arm with a denoiser, the one-time grey-video latent its VACE context uses).
 
+With two engines (``--denoiser spatia``, ``config.engines == 2``) each arm makes its own chunks: its
+``denoise_s`` / ``decode_s`` (and ``per_chunk`` arrays of both) are its own, ``shared`` keeps only the
+input encode, and the point-cloud arm's read is its engine's (cloud rebuilt and rendered) plus the
+VAE encodes of the render and mask videos (:data:`TWO_ENGINES_CHARGED`).
+
 Cache bytes are the stored payload of each memory (``nbytes``: points f32 + features/colours +
 footprint f32 + patch axes f16 + chunk i32). Peak bytes are measured, not estimated: each memory
 operation is replayed (untimed) under :class:`~mirage_cli.bench.measure.TensorPeak`; peak = bytes of
