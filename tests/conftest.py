@@ -54,6 +54,25 @@ def model_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def spatia_kit(tmp_path_factory):
+    """The tiny kit in Spatia's naming (8 DiT layers, VACE on 0 and 4, LoRA keys with ``.default.``), built once."""
+    from mirage_cli.models.tiny import make_tiny_kit
+
+    return make_tiny_kit(tmp_path_factory.mktemp("spatia-kit") / "kit", kind="spatia")
+
+
+@pytest.fixture(scope="session")
+def spatia_model(spatia_kit, tmp_path_factory):
+    """The tiny Spatia kit converted by ``mirage models convert --layout spatia`` (LoRA kept unfused), built once."""
+    from mirage_cli.cli import main
+
+    out = tmp_path_factory.mktemp("spatia-model") / "model"
+    assert main(["models", "convert", "--base", str(spatia_kit["base"]), "--vace", str(spatia_kit["vace_file"]),
+                 "--lora", str(spatia_kit["lora_file"]), "-o", str(out), "--layout", "spatia"]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): its renders

@@ -7,6 +7,7 @@ Wan VAE (the Wan2.1 latent layout: 16 channels at 8x). The real-size Wan VAEs ar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from mirage_cli.bench.loop import run_bench
 from mirage_cli.bench.measure import TensorPeak, measure_peak
 from mirage_cli.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("cache_bytes", "read_s", "write_s", "memory_overhead_s", "end_to_end_s", "peak_bytes")
 
 
@@ -392,3 +394,66 @@ def test_max_radius_beyond_the_last_span_group_is_refused():
     assert LatentMemory(4, 8, max_radius=32).max_radius == 32
     with pytest.raises(MirageError, match="max_radius must be <= 32"):
         LatentMemory(4, 8, max_radius=33)
+
+
+class _Recorder:
+    """An engine observer keeping, per chunk: the conditioning, read latents, known mask, chunk latents, chunk
+    length, references and the VAE's encode count after the step (None for a codec without one)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple] = []
+
+    def on_chunk(self, result, engine) -> None:
+        self.chunks.append((engine.settings.conditioning, result.read.latents.clone(), result.read.known.clone(),
+                            result.latents.clone(), result.chunk.length, result.references,
+                            getattr(engine.codec, "encode_calls", None)))
+
+
+def test_latent_arm_is_the_engine_generate_runs(small_scene, tmp_path):
+    """The bench's latent arm is mirage generate's ChunkEngine: on the same image, depth, trajectory and
+    chunk plan, every chunk's memory read (latents, known) and chunk latents equal a preview run's."""
+    from mirage_cli.pipeline.config import GenerateConfig
+    from mirage_cli.pipeline.generate import start
+    from mirage_cli.pipeline.loop import run_loop
+
+    traj = str(ROOT / "presets" / "orbit_left.json")
+    cfg = GenerateConfig(image=str(small_scene["image"]), traj=traj, frames=9, chunk_frames=5, downscale=1,
+                         backend="preview", device="cpu", out=str(tmp_path / "run"))
+    run = start(cfg, warn=lambda m: None, quiet=True)
+    gen = _Recorder()
+    run.engine.observers.append(gen)
+    run_loop(run)
+    ben = _Recorder()
+    report = run_bench(BenchConfig(scene=str(small_scene["image"]), traj=traj, frames=9, chunk_frames=5, codec="pixel",
+                                   height=120, width=208, device="cpu"), warn=lambda m: None, observers=[ben])
+    assert report["config"]["chunks"] == len(gen.chunks) == len(ben.chunks) == 2
+    for g, b in zip(gen.chunks, ben.chunks):
+        for x, y in zip(g[1:4], b[1:4]):
+            assert torch.equal(x, y)
+    assert report["latent"]["per_chunk"]["known_fraction"][0] < 1.0  # the orbit reveals something
+
+
+def test_spatia_denoiser_runs_both_arms_with_one_network(spatia_model):
+    """--denoiser spatia: two engines on the one tiny Spatia network, Spatia's plan (121, then 81 frames). The
+    point-cloud arm (rgb) VAE-encodes exactly one render and one mask video per chunk (plus its overlap pin
+    and reference images); the latent arm (latent) encodes no render: only its overlap pin and, once per
+    chunk length, the constant black / grey / white latents (one-time setup)."""
+    seen = _Recorder()
+    r = run_bench(BenchConfig(denoiser="spatia", model=str(spatia_model), height=32, width=32, frames=130, steps=1,
+                              device="cpu"), warn=lambda m: None, observers=[seen])
+    assert r["config"]["engines"] == 2 and r["config"]["chunks"] == 2 and r["config"]["content"] == "denoiser"
+    assert r["latent"]["per_chunk"]["codec_encodes"] == [0, 0]  # whole-chunk videos encoded: none
+    assert r["pointcloud"]["per_chunk"]["codec_encodes"] == [2, 2]  # the render and the mask, each chunk
+    assert r["pointcloud"]["encode_s"] == r["pointcloud"]["codec_s"] > 0
+    assert r["pointcloud"]["read_s"] > r["pointcloud"]["render_s"] > 0
+    for arm in ("latent", "pointcloud"):
+        assert len(r[arm]["per_chunk"]["denoise_s"]) == 2 and r[arm]["denoise_s"] > 0 and r[arm]["decode_s"] > 0
+        assert r[arm]["cache_bytes"] > 0 and r[arm]["peak_bytes"] > 0
+    assert r["shared"]["denoise_s"] == 0 and r["latent"]["setup_s"] > 0
+    # each chunk: the point cloud's engine (rgb) steps, then the latent one; every VAE encode counted between
+    assert [(c[0], c[4]) for c in seen.chunks] == [("rgb", 121), ("latent", 121), ("rgb", 81), ("latent", 81)]
+    calls = [c[6] for c in seen.chunks]
+    refs = len(seen.chunks[2][5])
+    assert calls[1] - calls[0] == 3  # latent, chunk 0: the black, grey and white latents of 121 frames
+    assert calls[2] - calls[1] == 2 + refs + 1  # rgb, chunk 1: render + mask + each reference + the overlap pin
+    assert calls[3] - calls[2] == 1 + 3  # latent, chunk 1: the overlap pin + the constant latents of 81 frames

@@ -23,18 +23,13 @@ SPEC = BACKENDS["spatia"]
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    from mirage_cli.models.tiny import make_tiny_kit
-
-    return make_tiny_kit(tmp_path_factory.mktemp("spatia-kit") / "kit", kind="spatia")
+def kit(spatia_kit):
+    return spatia_kit  # conftest.py: shared with the bench's test
 
 
 @pytest.fixture(scope="module")
-def converted(kit, tmp_path_factory):
-    out = tmp_path_factory.mktemp("spatia-model") / "model"
-    assert main(["models", "convert", "--base", str(kit["base"]), "--vace", str(kit["vace_file"]), "--lora",
-                 str(kit["lora_file"]), "-o", str(out), "--layout", "spatia"]) == 0
-    return out
+def converted(spatia_model):
+    return spatia_model
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,23 @@
-"""The two arms of ``mirage bench --compare pointcloud``, behind one interface.
+"""The two arms of ``mirage bench --compare pointcloud`` and what each measures.
 
-An arm owns one memory and measures its own operations on it:
+An arm owns one memory and records its own operations on it in an :class:`ArmRecord` (one
+:class:`ChunkNumbers` per chunk): the lift of the input (timed, peak bytes), each chunk's read
+and write, the fidelity of the read against the true render (uncharged), the cache payload.
 
-- :meth:`Arm.lift` the input image (timed, peak bytes),
-- :meth:`Arm.read` a chunk's cameras -> :class:`ArmRead` (what the denoiser would be conditioned on),
-- :meth:`Arm.write` the generated chunk back (only what the read did not cover, with the policy),
-- :meth:`Arm.fidelity` of the read against the true render (uncharged),
-- :meth:`Arm.nbytes` / ``len()``: the cache payload and its points.
-
-Per-chunk numbers go to a :class:`ChunkNumbers`; the arm's totals to its :class:`ArmRecord`.
-
-- :class:`LatentArm` (mirage): read = splat of latent points into each *latent* frame; write = lift
-  the newly revealed latent cells. No codec call.
-- :class:`PointCloudArm` (GEN3C / Spatia-style): read = render every *video* frame at pixel
-  resolution + codec encode of the rendered video and of the mask video; write = lift the newly
-  revealed pixels of the decoded frames (``append``: every valid pixel of every new frame).
+- :class:`EngineArm`: an arm that *is* a :class:`~mirage_cli.pipeline.engine.ChunkEngine`, the object
+  ``mirage generate`` runs. Its read, write and their seconds are the engine's own
+  (``ChunkResult.seconds``); the bench adds only measurement (peak bytes from untimed replays of the
+  engine's own :meth:`~mirage_cli.pipeline.engine.ChunkEngine.read` and
+  :meth:`~mirage_cli.pipeline.engine.ChunkEngine.write`). The latent arm is always one; with
+  ``--denoiser spatia`` the point-cloud arm is one too (Spatia's ``rgb`` conditioning).
+- :class:`PointCloudArm` (GEN3C / Spatia-style, beside a shared engine): read = render every *video*
+  frame at pixel resolution + codec encode of the rendered video and of the mask video; write = lift
+  the newly revealed pixels of the engine's decoded frames (``append``: every valid pixel of every new frame).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -27,6 +26,7 @@ from ..geometry.cameras import Cameras
 from ..geometry.depth import fill_depth
 from ..memory.latent import LatentMemory
 from ..memory.pointcloud import PointCloudMemory
+from ..pipeline.engine import ChunkEngine, ChunkResult
 from ..pipeline.plan import Chunk, latent_frame_indices, written_latent_frames
 from ..units import psnr_db
 from .measure import held_bytes, measure_peak, timed, timed_median, timed_update
@@ -104,7 +104,8 @@ class ChunkNumbers:
 
 @dataclass
 class ArmRecord:
-    """One arm's totals and its chunks."""
+    """One arm's totals and its chunks. ``denoise_s`` / ``decode_s``: the arm's own per-chunk seconds
+    when it has its own engine content (``--denoiser spatia``); None: the shared ones (:class:`SharedNumbers`)."""
 
     name: str
     lift_s: float = 0.0
@@ -115,6 +116,8 @@ class ArmRecord:
     chunks: list[ChunkNumbers] = field(default_factory=list)
     mse_sum: float = 0.0
     mse_count: int = 0
+    denoise_s: list[float] | None = None
+    decode_s: list[float] | None = None
 
     @property
     def read_psnr(self) -> float | None:
@@ -123,11 +126,31 @@ class ArmRecord:
             return None
         return psnr_db(self.mse_sum / self.mse_count)
 
+    def lift(self, memory, empty, clone, values: torch.Tensor, depth: torch.Tensor, camera: Cameras):
+        """Lift the input (latent ``(C, h, w)`` or image ``(3, H, W)``) with its depth ``(H, W)`` into
+        ``memory`` (timed: median over fresh copies; peak bytes on ``empty()``); returns the lifted memory."""
+        self.lift_peak = measure_peak(lambda: empty().lift(values, depth, camera))
+        memory, self.lift_s = timed_update(memory, clone, lambda m: m.lift(values, depth, camera, chunk=0))
+        self.lift_bytes = memory.nbytes()
+        return memory
+
+    def fidelity(self, nums: ChunkNumbers, pred: torch.Tensor, gt: torch.Tensor, known: torch.Tensor) -> None:
+        """PSNR of decoded read frames ``pred (n, 3, H, W)`` against the true renders ``gt`` on the
+        known pixels ``known (n, H, W)``, into ``nums`` and the arm's total."""
+        m = known[:, None].expand_as(gt)
+        if not bool(m.any()):
+            return
+        err = ((pred.float() - gt.float()) ** 2)[m]
+        s, n = float(err.sum()), int(err.numel())
+        self.mse_sum += s
+        self.mse_count += n
+        nums.psnr = psnr_db(s / n)
+
 
 @dataclass
 class ArmRead:
-    """One arm's read of a chunk. ``latents``: ``(T_lat, C, h, w)`` (the latent read, or the encoded
-    render); ``known``/``depth``: ``(T, h, w)`` at the arm's resolution (latent frames or video frames)."""
+    """The point-cloud arm's read of a chunk: ``latents (T_lat, C, h, w)`` the encoded render;
+    ``known``/``depth``: ``(L, H, W)`` at pixels of every video frame."""
 
     latents: torch.Tensor
     known: torch.Tensor
@@ -135,140 +158,94 @@ class ArmRead:
     numbers: ChunkNumbers
 
 
-@dataclass(frozen=True)
-class ChunkContent:
-    """The generated chunk: ``latents (T_lat, C, h, w)`` and its decode ``frames (L, 3, H, W)``."""
+class EngineArm:
+    """An arm that is a :class:`~mirage_cli.pipeline.engine.ChunkEngine` (see the module docstring).
 
-    latents: torch.Tensor
-    frames: torch.Tensor
-    decode_s: float
+    ``meter``: the :class:`~mirage_cli.bench.engines.MeteredCodec` of the engine's backend (``--denoiser
+    spatia``), or None. The whole-chunk videos it saw encoded (Spatia ``rgb``: the render and the mask)
+    are charged to the read, as the point-cloud arm's encodes are, not to the denoise; constant-video
+    latents made for the first chunk of a length (Spatia ``latent``) are one-time setup (``setup_s``). An arm whose
+    conditioning renders the explicit cloud also fills the point cloud's own fields (render, encode,
+    write-decode) and counts the decoded frames its engine keeps in its cache."""
 
+    def __init__(self, record: ArmRecord, engine: ChunkEngine, meter=None) -> None:
+        self.engine = engine
+        self.record = record
+        self.meter = meter
+        self.renders = engine.settings.conditioning in engine.backend.spec.render_conditionings
+        self.numbers = ChunkNumbers(frames=0)
 
-class Arm:
-    """One memory and the measurement of its operations (see the module docstring)."""
+    @property
+    def memory(self) -> LatentMemory:
+        return self.engine.memory
 
-    name = ""
+    def step(self, cams: ChunkCameras, gt_depth: torch.Tensor | None) -> ChunkResult:
+        """One chunk through the engine (exact depth ``gt_depth (L, H, W)`` for new content when given);
+        records its numbers. Peak bytes: untimed replays of the engine's read and write."""
+        engine, chunk = self.engine, cams.chunk
+        read_peak = held_bytes(engine.memory) + measure_peak(lambda: engine.read(chunk, cams.video))
+        scratch = copy.copy(engine)  # the state before the write, for the write's replay
+        scratch.memory = clone_latent(engine.memory)
+        result = engine.step(chunk, cams.video, depth=gt_depth)
+        write_peak = held_bytes(scratch.memory) + measure_peak(
+            lambda: scratch.write(chunk, result.read, result.latents, result.frames, gt_depth))
+        sec = result.seconds
+        nums = ChunkNumbers(frames=chunk.stop, read_s=sec["read"], write_s=sec["write"],
+                            peak_bytes=max(read_peak, write_peak), known_fraction=round(result.known_fraction, 6),
+                            frames_written=result.written, points_added=result.points_added)
+        denoise_s = sec["denoise"]
+        if self.meter is not None:  # whole-chunk video encodes (the render's and the mask's): the read's
+            nums.codec_encodes, nums.codec_s = self.meter.take()
+            nums.read_s += nums.codec_s
+            setup = self.meter.take_setup()  # constant-video latents: one-time, as the grey latent of wan-vace
+            self.record.setup_s += setup
+            denoise_s -= nums.codec_s + setup
+        if self.renders:
+            nums.render_s, nums.encode_s, nums.write_decode_s = sec["read"], nums.codec_s, sec["decode"]
+        if self.record.denoise_s is not None and self.record.decode_s is not None:
+            self.record.denoise_s.append(denoise_s)
+            self.record.decode_s.append(sec["decode"])
+        self.numbers = nums
+        return result
 
-    def __init__(self, memory, codec) -> None:
-        self.memory = memory
-        self.codec = codec
-        self.record = ArmRecord(self.name)
-
-    # what differs between the arms ------------------------------------------------------------
-    def _empty(self):
-        raise NotImplementedError
-
-    @staticmethod
-    def _clone(memory):
-        raise NotImplementedError
-
-    def read(self, cams: ChunkCameras) -> ArmRead:
-        raise NotImplementedError
-
-    def _write_inputs(self, read: ArmRead, content: ChunkContent, cams: ChunkCameras):
-        """``(values (T, ...), read depth (T, h, w), known (T, h, w), cameras (T,), chunk frame of each)``."""
-        raise NotImplementedError
-
-    def write_positions(self, cams: ChunkCameras) -> list[int]:
-        """Chunk frames whose content the write lifts (exact depth is needed there)."""
-        return cams.positions
-
-    def _pixel_known(self, read: ArmRead, cams: ChunkCameras) -> torch.Tensor:
-        """Known-mask ``(n, H, W)`` at pixels of the written latent frames' positions."""
-        raise NotImplementedError
-
-    # shared --------------------------------------------------------------------------------------
-    def nbytes(self) -> int:
-        return self.memory.nbytes()
-
-    def __len__(self) -> int:
-        return len(self.memory)
-
-    def lift(self, values: torch.Tensor, depth: torch.Tensor, camera: Cameras) -> None:
-        """Lift the input (latent ``(C, h, w)`` or image ``(3, H, W)``) with its depth ``(H, W)``."""
-        rec = self.record
-        rec.lift_peak = measure_peak(lambda: self._empty().lift(values, depth, camera))
-        self.memory, rec.lift_s = timed_update(self.memory, self._clone, lambda m: m.lift(values, depth, camera, chunk=0))
-        rec.lift_bytes = self.nbytes()
-
-    def write(self, read: ArmRead, content: ChunkContent, cams: ChunkCameras, gt_depth: torch.Tensor | None) -> None:
-        """Write the chunk back; depth of new content = ``gt_depth (L, H, W)`` when given (exact), else
-        the read depth filled into the holes (timed as part of the write)."""
-        nums, label = read.numbers, cams.chunk.index + 1
-        values, rdepth, known, wcams, pos = self._write_inputs(read, content, cams)
-        if gt_depth is not None:
-            depth = gt_depth[pos]
-        else:
-            depth, nums.write_depth_s = timed_median(lambda: fill_depth(rdepth, known))
-        args = (values, depth, wcams, known)
-        nums.peak_bytes = max(nums.peak_bytes, held_bytes(self.memory) + measure_peak(
-            lambda: self._clone(self.memory).write(*args, chunk=label)))
-        before = len(self)
-        self.memory, s = timed_update(self.memory, self._clone, lambda m: m.write(*args, chunk=label))
-        nums.write_s = s + nums.write_depth_s
-        nums.points_added = len(self) - before
-        nums.frames_written = len(values)
-
-    def fidelity(self, read: ArmRead, gt_rgb: torch.Tensor, cams: ChunkCameras) -> None:
-        """PSNR of the decoded read against the true render ``gt_rgb (L, 3, H, W)`` on known pixels."""
-        pos = cams.positions
-        pred, gt = self.codec.decode(read.latents)[pos], gt_rgb[pos]
-        m = self._pixel_known(read, cams)[:, None].expand_as(gt)
-        if not bool(m.any()):
-            return
-        err = ((pred.float() - gt.float()) ** 2)[m]
-        s, n = float(err.sum()), int(err.numel())
-        self.record.mse_sum += s
-        self.record.mse_count += n
-        read.numbers.psnr = psnr_db(s / n)
-
-    def finish(self, read: ArmRead) -> None:
-        """Record the chunk's numbers with the memory's size after the write."""
-        read.numbers.cache_bytes = self.nbytes()
-        read.numbers.points = len(self)
-        self.record.chunks.append(read.numbers)
-
-
-class LatentArm(Arm):
-    """mirage: the latent memory, read and written in latent space (see the module docstring)."""
-
-    name = "latent"
-
-    def __init__(self, codec, device: torch.device, write_policy: str) -> None:
-        self.device = device
-        super().__init__(LatentMemory(codec.channels, codec.spatial_factor, codec=codec.name, device=device,
-                                      write_policy=write_policy), codec)
-
-    def _empty(self):
-        return LatentMemory(self.codec.channels, self.codec.spatial_factor, device=self.device)
-
-    _clone = staticmethod(clone_latent)
-
-    def read(self, cams: ChunkCameras) -> ArmRead:
-        (lat, known, depth), read_s = timed_median(lambda: self.memory.read(cams.latent))
-        peak = held_bytes(self.memory) + measure_peak(lambda: self.memory.read(cams.latent))
-        nums = ChunkNumbers(frames=cams.chunk.stop, read_s=read_s, peak_bytes=peak,
-                            known_fraction=round(float(known[:cams.written].float().mean()), 6))
-        return ArmRead(lat, known, depth, nums)
-
-    def _write_inputs(self, read, content, cams):
-        n = cams.written
-        return content.latents[:n], read.depth[:n], read.known[:n], cams.latent[:n], cams.positions
-
-    def _pixel_known(self, read, cams):
-        f = self.codec.spatial_factor
+    def fidelity_read(self, result: ChunkResult, gt_rgb: torch.Tensor, cams: ChunkCameras) -> None:
+        """PSNR of the decoded latent read against the true render on the known pixels (uncharged)."""
+        read, f = result.read, self.engine.codec.spatial_factor
         known = read.known[:cams.written]
-        return known.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1) if f > 1 else known
+        known = known.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1) if f > 1 else known
+        pred = self.engine.codec.decode(read.latents)[cams.positions]
+        self.record.fidelity(self.numbers, pred, gt_rgb[cams.positions], known)
+
+    def cache_bytes(self) -> tuple[int, int]:
+        """``(bytes, points)`` the arm's conditioning reads from: its latent memory, and for an arm
+        that renders the explicit cloud (its engine's ``pixel_history`` frames, rebuilt into a cloud
+        each chunk) every decoded frame it keeps as well."""
+        n = self.memory.nbytes()
+        if self.renders:
+            n += self.frames_bytes()
+        return n, len(self.memory)
+
+    def frames_bytes(self) -> int:
+        """Bytes of the decoded frames the engine keeps (uint8)."""
+        return int(sum(p.nbytes for p in self.engine.pixels))
+
+    def finish(self) -> None:
+        """Record the chunk's numbers with the cache's size after the write."""
+        self.numbers.cache_bytes, self.numbers.points = self.cache_bytes()
+        if self.renders:
+            self.record.xyz_rgb_bytes = self.frames_bytes()
+        self.record.chunks.append(self.numbers)
 
 
-class PointCloudArm(Arm):
-    """The baseline: an explicit RGB point cloud, rendered at pixels and encoded (see the module docstring)."""
-
-    name = "pointcloud"
+class PointCloudArm:
+    """The baseline beside a shared engine: an explicit RGB point cloud, rendered at pixels and encoded
+    (see the module docstring)."""
 
     def __init__(self, codec, device: torch.device, write_policy: str) -> None:
         self.device = device
-        super().__init__(PointCloudMemory(device=device, write_policy=write_policy), codec)
+        self.codec = codec
+        self.record = ArmRecord("pointcloud")
+        self.memory = PointCloudMemory(device=device, write_policy=write_policy)
 
     def _empty(self):
         return PointCloudMemory(device=self.device)
@@ -276,6 +253,9 @@ class PointCloudArm(Arm):
     @staticmethod
     def _clone(memory):
         return memory.clone()
+
+    def lift(self, image: torch.Tensor, depth: torch.Tensor, camera: Cameras) -> None:
+        self.memory = self.record.lift(self.memory, self._empty, self._clone, image, depth, camera)
 
     def read(self, cams: ChunkCameras) -> ArmRead:
         mem = self.memory
@@ -287,23 +267,44 @@ class PointCloudArm(Arm):
                             render_s=render_s, encode_s=encode_s)
         return ArmRead(cond, known, depth, nums)
 
-    def write(self, read, content, cams, gt_depth) -> None:
-        read.numbers.write_decode_s = content.decode_s  # the write needs pixels: the shared decode
-        super().write(read, content, cams, gt_depth)
-
     def write_positions(self, cams: ChunkCameras) -> list[int]:
+        """Chunk frames whose content the write lifts (exact depth is needed there)."""
         # append: every new frame of the chunk (the overlap frame 0 is the previous chunk's last)
         return list(range(1, cams.chunk.real)) if self.memory.write_policy == "append" else cams.positions
 
-    def _write_inputs(self, read, content, cams):
+    def write(self, read: ArmRead, result: ChunkResult, cams: ChunkCameras, gt_depth: torch.Tensor | None) -> None:
+        """Lift the engine's decoded frames where the read did not cover them; depth of new content =
+        ``gt_depth (L, H, W)`` when given (exact), else the read depth filled into the holes (timed
+        as part of the write). The decode is the engine's (shared): ``write_decode_s``."""
+        nums, label = read.numbers, cams.chunk.index + 1
+        assert result.frames is not None  # the bench's engine decodes every chunk
+        nums.write_decode_s = result.seconds["decode"]
         pos = self.write_positions(cams)
-        return content.frames[pos], read.depth[pos], read.known[pos], cams.video[pos], pos
+        values, rdepth, known, wcams = result.frames[pos], read.depth[pos], read.known[pos], cams.video[pos]
+        if gt_depth is not None:
+            depth = gt_depth[pos]
+        else:
+            depth, nums.write_depth_s = timed_median(lambda: fill_depth(rdepth, known))
+        args = (values, depth, wcams, known)
+        scratch = self._clone(self.memory)  # copied outside the measurement, as the engine arm's replay is
+        nums.peak_bytes = max(nums.peak_bytes, held_bytes(self.memory) + measure_peak(
+            lambda: scratch.write(*args, chunk=label)))
+        before = len(self.memory)
+        self.memory, s = timed_update(self.memory, self._clone, lambda m: m.write(*args, chunk=label))
+        nums.write_s = s + nums.write_depth_s
+        nums.points_added = len(self.memory) - before
+        nums.frames_written = len(values)
 
-    def _pixel_known(self, read, cams):
-        return read.known[cams.positions]
+    def fidelity(self, read: ArmRead, gt_rgb: torch.Tensor, cams: ChunkCameras) -> None:
+        """PSNR of the decoded read (the encoded render) against the true render on known pixels (uncharged)."""
+        pos = cams.positions
+        self.record.fidelity(read.numbers, self.codec.decode(read.latents)[pos], gt_rgb[pos], read.known[pos])
 
     def finish(self, read: ArmRead) -> None:
-        super().finish(read)
+        """Record the chunk's numbers with the memory's size after the write."""
+        read.numbers.cache_bytes = self.memory.nbytes()
+        read.numbers.points = len(self.memory)
+        self.record.chunks.append(read.numbers)
         self.record.xyz_rgb_bytes = self.memory.nbytes_xyz_rgb()
 
 

@@ -13,7 +13,11 @@ from ..errors import MirageError
 
 BENCH_FORMAT = "mirage.bench"
 CODECS = ("tiny", "pixel", "wan2.1-vae", "wan2.2-vae")
-DENOISERS = ("none", "tiny", "wan2.1-1.3b", "mirage", "mirage-tiny")
+DENOISERS = ("none", "tiny", "wan2.1-1.3b", "mirage", "mirage-tiny", "spatia")
+TWO_ENGINES = ("spatia",)
+"""``--denoiser`` values that load a model (``--model``) bringing its own VAE, and run one engine per arm
+(the point-cloud arm conditioned on the rendered RGB cloud, the latent arm on the memory read)."""
+SPATIA_SPACE = (48, 16)  # the Wan2.2 VAE of Spatia's base (Wan2.2-TI2V-5B)
 COMPARES = ("pointcloud",)
 POLICIES = ("new", "replace", "average", "append")
 FIDELITY = ("auto", "on", "off")
@@ -26,7 +30,7 @@ the built codecs in the tests), so that option errors come before the seconds a 
 def denoiser_problem(denoiser: str, codec: str, space: tuple[int, int] | None) -> str | None:
     """Why ``--denoiser`` cannot run on ``--codec`` (``space`` = its ``(channels, factor)``; None for a
     codec without Wan latents), or None when it can. ``codec`` is the name the user gave."""
-    if denoiser == "none":
+    if denoiser == "none" or denoiser in TWO_ENGINES:  # the model brings its VAE
         return None
     if space is None:
         return f"--denoiser {denoiser} needs a Wan VAE codec (tiny, wan2.1-vae or wan2.2-vae), not --codec {codec}"
@@ -69,6 +73,7 @@ class BenchConfig:
     fidelity: str = "auto"  # auto | on | off
     write_depth: str = "auto"  # auto | exact | filled
     seed: int = 0
+    model: str | None = None  # --denoiser spatia: the converted model folder (or a Hub id / registry name)
 
     def __post_init__(self) -> None:
         _choose("--compare", self.compare, COMPARES, "baseline")
@@ -87,14 +92,23 @@ class BenchConfig:
             raise MirageError(f"--frames must be >= 2 (got {self.frames})")
         if self.laps < 1:
             raise MirageError(f"--laps must be >= 1 (got {self.laps})")
+        if self.two_engines and not self.model:
+            raise MirageError(f"--denoiser {self.denoiser} needs --model: a folder written by `mirage models convert "
+                              f"--layout spatia` (a tiny one: `mirage models tiny DIR --kind spatia`, then convert it)")
+        if self.model and not self.two_engines:
+            raise MirageError(f"--model applies to --denoiser {' or '.join(TWO_ENGINES)} only (the other denoisers are built in)")
+        if self.two_engines and self.fidelity == "on":
+            raise MirageError(f"--fidelity on compares a shared chunk's reads with the true render; with --denoiser "
+                              f"{self.denoiser} each arm makes its own chunks (use --fidelity off)")
         problem = denoiser_problem(self.denoiser, self.codec, None if self.codec == "pixel" else LATENT_SPACE[self.codec])
         if problem:
             raise MirageError(problem)
         multiple = self.size_multiple
         if self.height < multiple or self.width < multiple or self.height % multiple or self.width % multiple:
             denoiser = f" with --denoiser {self.denoiser}" if self.denoiser != "none" else ""
+            codec = "" if self.two_engines else f" --codec {self.codec}"
             raise MirageError(f"--height/--width {self.height}x{self.width}: must be positive multiples of {multiple} "
-                              f"for --codec {self.codec}{denoiser}")
+                              f"for{codec}{denoiser}")
         synthetic = self.scene == "synthetic"
         if synthetic and self.depth:
             raise MirageError("--depth only applies to an image --scene (the synthetic scene has exact depth)")
@@ -107,9 +121,16 @@ class BenchConfig:
                               f"(each lap has the same frames, sharing its first frame with the previous lap's last)")
 
     @property
+    def two_engines(self) -> bool:
+        """``--denoiser spatia``: one engine per arm (see :data:`TWO_ENGINES`)."""
+        return self.denoiser in TWO_ENGINES
+
+    @property
     def size_multiple(self) -> int:
-        """Frame sizes must be multiples of this: the codec's spatial factor (x2 for the transformer's patches)."""
-        return LATENT_SPACE[self.codec][1] * (2 if self.denoiser != "none" else 1)
+        """Frame sizes must be multiples of this: the codec's spatial factor (x2 for the transformer's
+        patches); with two engines, the model's VAE's."""
+        factor = SPATIA_SPACE[1] if self.two_engines else LATENT_SPACE[self.codec][1]
+        return factor * (2 if self.denoiser != "none" else 1)
 
     @property
     def frames_per_lap(self) -> int:

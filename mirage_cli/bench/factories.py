@@ -100,6 +100,17 @@ def make_denoiser(name: str, codec, device: torch.device) -> tuple[Backend | Non
     return _random_wan21_vace(codec, device, resolve_dtype("auto", device)), "random"
 
 
+def make_spatia(model: str, device: torch.device) -> tuple[Backend, Codec, str]:
+    """``(backend, its VAE, weights)`` for ``--denoiser spatia --model DIR``: Spatia's network as
+    ``mirage generate --backend spatia`` loads it (``--conditioning`` is set per arm by the bench)."""
+    from ..backends.spatia import load_spatia
+    from ..models.registry import resolve_dtype
+
+    dtype = "fp32" if resolve_dtype("auto", device) == torch.float32 else "auto"
+    backend, codec = load_spatia(model, device=str(device), dtype=dtype, progress=False)
+    return backend, codec, backend.weights
+
+
 def _random_wan21_vace(codec, device: torch.device, dtype: torch.dtype):
     """A :class:`WanVACEBackend` with the Wan2.1-VACE-1.3B transformer at random weights (seed 0)."""
     from diffusers import WanVACETransformer3DModel

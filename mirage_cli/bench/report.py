@@ -11,6 +11,11 @@ Charged to each arm (``memory_overhead_s``):
 ``end_to_end_s`` = shared input encode + overhead + shared denoise + shared decode (+ for the latent
 arm with a denoiser, the one-time grey-video latent its VACE context uses).
 
+With two engines (``--denoiser spatia``, ``config.engines == 2``) each arm makes its own chunks: its
+``denoise_s`` / ``decode_s`` (and ``per_chunk`` arrays of both) are its own, ``shared`` keeps only the
+input encode, and the point-cloud arm's read is its engine's (cloud rebuilt and rendered) plus the
+VAE encodes of the render and mask videos (:data:`TWO_ENGINES_CHARGED`).
+
 Cache bytes are the stored payload of each memory (``nbytes``: points f32 + features/colours +
 footprint f32 + patch axes f16 + chunk i32). Peak bytes are measured, not estimated: each memory
 operation is replayed (untimed) under :class:`~mirage_cli.bench.measure.TensorPeak`; peak = bytes of
@@ -29,10 +34,10 @@ from ..units import fmt_bytes
 from .arms import ArmRecord
 from .config import BENCH_FORMAT
 from .factories import codec_label
+from .loop import BenchRun, SharedNumbers
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
-from .loop import BenchRun, SharedNumbers
 from .measure import loadavg, machine_info
 
 #: Totals compared as pointcloud / latent.
@@ -56,13 +61,30 @@ CHARGED = {
 }
 
 
+#: What changes with two engines (``--denoiser spatia``): each arm makes, decodes and pays for its own chunks.
+TWO_ENGINES_CHARGED = {
+    "latent": "input lift + per chunk, the latent arm's own engine (conditioning latent): read (the engine's: "
+              "splat of latent points into each latent frame, reference choice, depth fill) + write (lift newly "
+              "revealed latent cells); no VAE encode of any render; its own denoise and decode",
+    "pointcloud": "input lift + per chunk, the point-cloud arm's own engine (conditioning rgb): read (the "
+                  "engine's: the explicit RGB cloud rebuilt from every 6th kept frame and rendered into every "
+                  "video frame, reference matching) + the VAE encode of the rendered video and of the mask video "
+                  "(inside the backend's conditioning, metered) + write; its own denoise (with the encodes of its "
+                  "pinned overlap and reference images) and decode (write_decode_s); cache = its latent memory "
+                  "(the kept frames' depth) + the decoded frames it keeps (cache_bytes_xyz_rgb_only: the frames)",
+    "shared": "the input encode only: each arm has its own denoise and decode (per_chunk denoise_s / decode_s)",
+}
+
+
 def arm_summary(rec: ArmRecord, shared: SharedNumbers, fidelity: bool, with_setup: bool) -> dict:
     """One arm's totals and per-chunk arrays (seconds, bytes)."""
     ch = rec.chunks
     pointcloud = rec.name == "pointcloud"
     read_s, write_s = sum(c.read_s for c in ch), sum(c.write_s for c in ch)
     overhead = rec.lift_s + read_s + write_s
-    denoise_s, decode_s = sum(shared.denoise_s), sum(shared.decode_s)
+    denoise_per = rec.denoise_s if rec.denoise_s is not None else shared.denoise_s  # own engine, or shared
+    decode_per = rec.decode_s if rec.decode_s is not None else shared.decode_s
+    denoise_s, decode_s = sum(denoise_per), sum(decode_per)
     setup = rec.setup_s if with_setup else 0.0
     out: dict[str, Any] = {  # JSON-ready: numbers, then the per_chunk arrays
         "cache_bytes": ch[-1].cache_bytes, "input_cache_bytes": rec.lift_bytes, "points": ch[-1].points,
@@ -84,9 +106,11 @@ def arm_summary(rec: ArmRecord, shared: SharedNumbers, fidelity: bool, with_setu
     records = [c.as_dict(pointcloud, fidelity) for c in ch]
     per_chunk = {k: [r[k] for r in records] for k in records[0]}
     per_chunk["cumulative_memory_overhead_s"] = list(accumulate((c.memory_overhead_s for c in ch), initial=rec.lift_s))[1:]
-    steps = (c.memory_overhead_s + dn + dc for c, dn, dc in zip(ch, shared.denoise_s, shared.decode_s))
+    steps = (c.memory_overhead_s + dn + dc for c, dn, dc in zip(ch, denoise_per, decode_per))
     start = shared.input_encode_s + setup + rec.lift_s
     per_chunk["cumulative_end_to_end_s"] = list(accumulate(steps, initial=start))[1:]
+    if rec.denoise_s is not None:  # the arm's own engine made its chunks (two engines)
+        per_chunk["denoise_s"], per_chunk["decode_s"] = list(denoise_per), list(decode_per)
     out["per_chunk"] = per_chunk
     return out
 
@@ -122,21 +146,25 @@ def _config_section(run: BenchRun) -> dict:
         "trajectory": s.traj_info, "codec": describe() if describe else {"name": s.codec.name},
         "latent_write_policy": s.latent_policy, "pointcloud_write_policy": s.cfg.write_policy,
         "content": s.content, "fidelity": s.fidelity, "new_content_depth": "exact" if s.exact_depth else "filled",
-        "codec_label": codec_label(s.cfg.codec, s.codec),
+        "codec_label": (f"the model's VAE ({s.codec.channels} ch, {s.codec.spatial_factor}x)" if s.two_engines
+                        else codec_label(s.cfg.codec, s.codec)),
         "denoiser": s.backend.describe() if s.backend is not None else None,
+        "engines": 2 if s.two_engines else 1,  # 2: each arm its own engine and chunks (--denoiser spatia)
     }
 
 
 def build_report(run: BenchRun) -> dict:
     """The full report: config, weights, machine, shared work, both arms, ratios, laps."""
     s, sh = run.setup, run.shared
-    lat = arm_summary(run.latent.record, sh, s.fidelity, s.backend is not None)
-    pc = arm_summary(run.pointcloud.record, sh, s.fidelity, False)
+    lat = arm_summary(run.latent, sh, s.fidelity, s.backend is not None)
+    pc = arm_summary(run.pointcloud, sh, s.fidelity, s.two_engines)
     ratios = {k: _ratio(pc[k], lat[k]) for k in RATIO_KEYS}
     ratios["cache_bytes_vs_xyz_rgb_only"] = _ratio(pc["cache_bytes_xyz_rgb_only"], lat["cache_bytes"])
     kinds = {k for k in (s.codec_weights, s.denoiser_weights) if k != "none"}
     charged = dict(CHARGED)
-    if s.backend is not None:
+    if s.two_engines:
+        charged |= TWO_ENGINES_CHARGED
+    elif s.backend is not None:
         charged["latent"] += "; end_to_end also has the one-time grey-video latent of the VACE context"
     return {
         "format": BENCH_FORMAT,
@@ -196,8 +224,9 @@ def summary_table(report: dict):
     row("write (total)", "write_s", fmt_s)
     row("memory overhead", "memory_overhead_s", fmt_s)
     row("  + write-decode", "memory_overhead_incl_decode_s", fmt_s)
-    t.add_row("denoise (shared)", fmt_s(lat["denoise_s"]), fmt_s(pc["denoise_s"]), "")
-    t.add_row("decode (shared)", fmt_s(lat["decode_s"]), fmt_s(pc["decode_s"]), "")
+    whose = "each arm's own" if c.get("engines") == 2 else "shared"
+    t.add_row(f"denoise ({whose})", fmt_s(lat["denoise_s"]), fmt_s(pc["denoise_s"]), "")
+    t.add_row(f"decode ({whose})", fmt_s(lat["decode_s"]), fmt_s(pc["decode_s"]), "")
     row("end to end", "end_to_end_s", fmt_s)
     if lat.get("read_psnr") is not None or pc.get("read_psnr") is not None:
         row("read PSNR on known pixels", "read_psnr", lambda v: f"{v:.2f} dB")

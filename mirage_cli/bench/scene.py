@@ -17,7 +17,7 @@ from ..errors import MirageError
 from ..geometry.cameras import Cameras
 from ..pipeline.plan import Chunk, plan_chunks, reference_depth, scale_cameras
 from .config import BenchConfig
-from .factories import make_codec, make_denoiser
+from .factories import make_codec, make_denoiser, make_spatia
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -44,7 +44,7 @@ class BenchSetup:
     device: torch.device
     codec: Codec
     codec_weights: str  # none | random | real
-    backend: Backend | None  # WanVACEBackend / MirageBackend for --denoiser, else None
+    backend: Backend | None  # WanVACEBackend / MirageBackend / SpatiaBackend for --denoiser, else None
     denoiser_weights: str
     data: SceneData
     cams: Cameras  # (N,) every frame of every lap
@@ -54,6 +54,11 @@ class BenchSetup:
     exact_depth: bool  # new content lifted with the synthetic scene's exact depth (else filled read depth)
     content: str  # denoiser | ground-truth | preview-fill: what stands in for the generated chunk
     latent_policy: str  # the latent memory's write policy ("append" is the point cloud's only)
+
+    @property
+    def two_engines(self) -> bool:
+        """One engine per arm (``--denoiser spatia``), else one engine with the point cloud beside it."""
+        return self.cfg.two_engines
 
     @property
     def synthetic(self) -> bool:
@@ -73,18 +78,27 @@ def prepare(cfg: BenchConfig, device: torch.device) -> BenchSetup:
 
     data = prepare_scene(cfg)
     cams, traj_info = prepare_cameras(cfg, data)
-    codec, codec_weights = make_codec(cfg.codec, device)
-    backend, denoiser_weights = make_denoiser(cfg.denoiser, codec, device)
+    backend: Backend | None
+    if cfg.two_engines:  # the model brings its VAE; the chunk plan is its spec's
+        assert cfg.model is not None  # BenchConfig refused --denoiser spatia without --model
+        backend, codec, denoiser_weights = make_spatia(cfg.model, device)
+        codec_weights = denoiser_weights
+        chunks = backend.spec.plan(len(cams), None, codec.temporal_factor)
+    else:
+        codec, codec_weights = make_codec(cfg.codec, device)
+        backend, denoiser_weights = make_denoiser(cfg.denoiser, codec, device)
+        chunks = plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor)
     synthetic = data.scene is not None  # BenchConfig refused --fidelity on / --write-depth exact without it
-    fidelity = cfg.fidelity == "on" or (cfg.fidelity == "auto" and synthetic and codec_weights != "random")
-    if backend is not None and denoiser_weights == "real":
+    fidelity = not cfg.two_engines and (cfg.fidelity == "on" or (cfg.fidelity == "auto" and synthetic
+                                                                  and codec_weights != "random"))
+    if backend is not None and (denoiser_weights == "real" or cfg.two_engines):
         content = "denoiser"
     else:
         content = "ground-truth" if fidelity else "preview-fill"
     return BenchSetup(
         cfg=cfg, device=device, codec=codec, codec_weights=codec_weights, backend=backend,
         denoiser_weights=denoiser_weights, data=data, cams=cams, traj_info=traj_info,
-        chunks=plan_chunks(len(cams), cfg.chunk_frames, codec.temporal_factor), fidelity=fidelity,
+        chunks=chunks, fidelity=fidelity,
         exact_depth=cfg.write_depth == "exact" or (cfg.write_depth == "auto" and fidelity), content=content,
         # append is the explicit cache's habit; the latent arm keeps "new" so the bench compares the
         # memory as mirage runs it against the baseline as its peers run it.

@@ -47,7 +47,8 @@ def bench_cmd(
     codec: str = typer.Option("tiny", "--codec", help="tiny | pixel | wan2.1-vae | wan2.2-vae (real weights when cached, else random weights of the real architecture)."),
     height: int = typer.Option(240, "--height", help="Frame height."),
     width: int = typer.Option(416, "--width", help="Frame width."),
-    denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached) | mirage (the paper's transformer, random weights; needs --codec wan2.2-vae) | mirage-tiny."),
+    denoiser: str = typer.Option("none", "--denoiser", help="none | tiny | wan2.1-1.3b (Wan2.1-VACE transformer; real weights when cached) | mirage (the paper's transformer, random weights; needs --codec wan2.2-vae) | mirage-tiny | spatia (--model: one engine per arm, rgb conditioning on the point cloud, latent on the memory)."),
+    model: str | None = typer.Option(None, "--model", help="--denoiser spatia: a `mirage models convert --layout spatia` folder (its VAE is the codec; the chunk plan is Spatia's)."),
     steps: int = typer.Option(4, "--steps", help="Denoiser steps per chunk."),
     write_policy: str = typer.Option("new", "--write-policy", help="new | replace | average | append (both memories)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -59,7 +60,7 @@ def bench_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (warnings still print)."),
 ) -> None:
     """Measure the latent memory against an explicit RGB point cloud on the same scene, trajectory and codec."""
-    from ..bench.config import BenchConfig
+    from ..bench.config import TWO_ENGINES, BenchConfig
     from ..bench.loop import run_bench
     from ..bench.plot import draw_plot
     from ..bench.report import notes, summary_table
@@ -91,9 +92,14 @@ def bench_cmd(
     if given_options(ctx, ("points",)):
         raise MirageError("--points applies to --memory-only only (--compare sizes the memory from the scene)")
 
+    if denoiser in TWO_ENGINES:
+        own = given_options(ctx, ("codec", "chunk_frames"))
+        if own:
+            raise MirageError(f"{', '.join(own)}: --denoiser {denoiser} uses its model's VAE and chunk plan")
     cfg = BenchConfig(compare=compare, scene=scene, depth=str(depth) if depth else None, traj=traj, frames=frames,
                       laps=laps, chunk_frames=chunk_frames, codec=codec, height=height, width=width, denoiser=denoiser,
-                      steps=steps, write_policy=write_policy, device=device, fidelity=fidelity, write_depth=write_depth, seed=seed)
+                      steps=steps, write_policy=write_policy, device=device, fidelity=fidelity, write_depth=write_depth, seed=seed,
+                      model=model)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=quiet, transient=False)
     with progress:

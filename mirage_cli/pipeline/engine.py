@@ -225,7 +225,7 @@ class ChunkEngine:
 
     # -------------------------------------------------------------------------------- one chunk
     def step(self, chunk: Chunk, cams: Cameras, *, decode: bool = True, cancel: CancelToken | None = None,
-             progress: Callable[[int, int], None] | None = None) -> ChunkResult:
+             progress: Callable[[int, int], None] | None = None, depth: torch.Tensor | None = None) -> ChunkResult:
         """Read -> denoise -> decode -> write one chunk, extend the history, tell the observers.
 
         Args:
@@ -234,13 +234,14 @@ class ChunkEngine:
             decode: decode the frames (a depth model needs them for the write, so it decodes anyway).
             cancel: checked between stages (raises :class:`Cancelled`).
             progress: ``(step, total)`` of the denoise.
+            depth: ``(L, H, W)`` z-depth of the chunk's frames when the caller knows it (a synthetic scene's:
+                ``mirage bench --write-depth exact``), given to :meth:`write`; None: the depth model or the filled read.
         Raises:
             ValueError: a chunk out of order or cameras of the wrong length.
         """
         if chunk.index != self.chunks_done or len(cams) != chunk.length:
             raise ValueError(f"chunk {chunk.index} with {len(cams)} cameras; expected chunk {self.chunks_done} "
                              f"with {chunk.length}")
-        tf = self.codec.temporal_factor
         check = cancel.check if cancel is not None else (lambda: None)
         sec: dict[str, float] = {}
         check()
@@ -262,22 +263,30 @@ class ChunkEngine:
             self.keep_pixels(chunk, frames_u8)
         sec["decode"] = time.perf_counter() - t
 
-        # WRITE: lift what the read did not cover. Only latent frames that are real trajectory frames
-        # are written (padding repeats the last camera).
         t = time.perf_counter()
-        n = written_latent_frames(chunk, tf)
-        wdepth = write_depth(read.depth, read.known, frames, tf, self.codec.spatial_factor, self.depth_model, read.filled)
-        added = self.memory.write(latents[:n], wdepth[:n], read.cams[:n], read.known[:n], chunk=chunk.index + 1)
+        n, added = self.write(chunk, read, latents, frames, depth)
         sec["write"] = time.perf_counter() - t
 
         stored = self.stored_reads(read)
         refs = [self.history[i].frame for i in read.references]
         refs += [f for p in read.pixels if isinstance(p, PixelHistory) for f in p.reference_frames]  # pixel references
         self.extend_history(chunk, latents, read.cams, stored)
-        result = ChunkResult(chunk, latents, frames, frames_u8, read, n, int(added), refs, stored, sec)
+        result = ChunkResult(chunk, latents, frames, frames_u8, read, n, added, refs, stored, sec)
         for observer in self.observers:
             observer.on_chunk(result, self)
         return result
+
+    def write(self, chunk: Chunk, read: ChunkRead, latents: torch.Tensor, frames: torch.Tensor | None,
+              depth: torch.Tensor | None = None) -> tuple[int, int]:
+        """WRITE: lift what the read did not cover into the memory. Only latent frames that are real
+        trajectory frames are written (padding repeats the last camera). ``depth``: see :meth:`step`.
+        Returns ``(latent frames written, points added)``."""
+        tf = self.codec.temporal_factor
+        n = written_latent_frames(chunk, tf)
+        wdepth = (write_depth(read.depth, read.known, frames, tf, self.codec.spatial_factor, self.depth_model, read.filled)
+                  if depth is None else depth[::tf].to(read.depth.device))
+        added = self.memory.write(latents[:n], wdepth[:n], read.cams[:n], read.known[:n], chunk=chunk.index + 1)
+        return n, int(added)
 
     def keep_pixels(self, chunk: Chunk, frames_u8: np.ndarray) -> None:
         """Keep a chunk's new decoded frames (spec ``pixel_history``; chunk 0's frame 0 stays the input image)."""
