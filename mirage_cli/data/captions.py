@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,7 +80,10 @@ def _load(ref: str, device: str):
         with hf_progress(False):
             tok = AutoTokenizer.from_pretrained(root)
             proc = AutoImageProcessor.from_pretrained(root)
-            model = AutoModelForImageTextToText.from_pretrained(root, use_safetensors=True).to(dev).eval()
+            loaded = AutoModelForImageTextToText.from_pretrained(root, use_safetensors=True)
+            # PreTrainedModel.to is decorated with functools.wraps(nn.Module.to), whose type (typeshed's _Wrapped)
+            # takes `self` as its first argument again: its declared signature is wrong, the call is Module.to's
+            model = cast(Any, loaded).to(dev).eval()
     except Exception as e:  # a foreign or corrupt folder: one line
         raise MirageError(f"--caption-model {ref}: cannot load it ({str(e).splitlines()[0] if str(e) else e})") from e
     if getattr(tok, "chat_template", None) is None:
@@ -140,7 +144,7 @@ def save_tiny_captioner(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a tiny random ``Qwen2VLForConditionalGeneration`` + tokenizer (byte-level BPE, the Qwen chat
     tokens and a chat template) + ``Qwen2VLImageProcessor`` in the Hub layout (tests, smoke runs)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from ..models.registry import RANDOM_WEIGHTS_MARKER, hf_progress
@@ -155,14 +159,16 @@ def save_tiny_captioner(path: str | os.PathLike, seed: int = 0) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens(specials)
-    tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-                             bos_token=None)
+    # transformers 5: Qwen2Tokenizer is the fast (tokenizers) class (Qwen2TokenizerFast: a runtime alias of it).
+    # No unknown token (byte-level BPE covers every byte): transformers annotates unk_token as str, yet takes None
+    tok = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         unk_token=cast(str, None), bos_token=None)
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
         "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    ids = {s: vocab[s] for s in specials}  # the tokenizer's ids: the BPE vocabulary's
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -29,7 +30,9 @@ TRANSLATIONS: dict[str, tuple[float, float, float]] = {
 """Direction of each translation key in the current camera's OpenCV axes."""
 TURNS: dict[str, float] = {"Q": -1.0, "E": 1.0}
 """Sign of each turn key's angle (positive turns right)."""
-KEYS: tuple[str, ...] = ("W", "S", "A", "D", "Q", "E", "R", "F")
+MoveKey = Literal["W", "S", "A", "D", "Q", "E", "R", "F"]
+"""A movement key (a literal type: viser's hotkeys are literals too)."""
+KEYS: tuple[MoveKey, ...] = get_args(MoveKey)
 """The movement keys (U, undo, is not a move)."""
 KEY_HELP: dict[str, str] = {"W": "forward", "S": "back", "A": "left", "D": "right", "Q": "turn left",
                             "E": "turn right", "R": "up", "F": "down"}
