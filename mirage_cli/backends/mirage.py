@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..models.convert import converted_layout as layout_of
 from ..models.wan_vae import WanVAECodec, placed_on
 from . import ChunkRequest, InputsT, PrecedingReads, ProgressFn
 from .specs import BACKENDS
@@ -233,8 +234,6 @@ def check_model_folder(root: Path) -> None:
     read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
                      "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "
                      "--vace FILE --lora FILE -o OUT`")
-    from ..models.convert import converted_layout as layout_of
-
     if layout_of(root) != "mirage":
         raise MirageError(f"{root / 'mirage.json'}: a {layout_of(root)}-layout model (converted with --layout "
                           f"{layout_of(root)}); run it with --backend {layout_of(root)}")

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..models.registry import RANDOM_WEIGHTS_MARKER, hf_progress, resolve_device, resolve_model
+from .clips import window_rng
 
 STYLES = (  # (style sentence, word budget, sentences), the reference's six
     ("Write a concise, literal description.", 120, "1-2"),
@@ -61,8 +63,6 @@ def frame_indices(n: int, fps: float) -> list[int]:
 
 def check_caption_model(ref: str) -> None:
     """The model resolves to a local folder (no download) holding a transformers config; one line otherwise."""
-    from ..models.registry import resolve_model
-
     root = resolve_model(ref)
     if not (root / "config.json").is_file():
         raise MirageError(f"--caption-model {ref}: {root} has no config.json (expected a transformers model folder)")
@@ -71,8 +71,6 @@ def check_caption_model(ref: str) -> None:
 @lru_cache(maxsize=1)
 def _load(ref: str, device: str):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-
-    from ..models.registry import hf_progress, resolve_device, resolve_model
 
     root = resolve_model(ref)
     dev = resolve_device(device)
@@ -125,8 +123,6 @@ def caption_samples(model: str | None, seed: int, device: str = "auto", fps: flo
     The style of each call is drawn from an RNG seeded by ``(seed, clip)``."""
     if model is None:
         return None
-    from .clips import window_rng
-
     rng = window_rng(seed, clip, "caption")
 
     def captioner(frames: torch.Tensor) -> tuple[str, str]:
@@ -146,8 +142,6 @@ def save_tiny_captioner(path: str | os.PathLike, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from ..models.registry import RANDOM_WEIGHTS_MARKER, hf_progress
 
     path = Path(path)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",

@@ -35,6 +35,8 @@ import numpy as np
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
 from ..pipeline.engine import Cancelled, CancelToken
+from ..pipeline.rundir import chunk_video
+from ..trajectories.catalog import CATALOG
 from .moves import KEY_HELP, KEYS, Step
 from .session import DEFAULT_ANGLE, ExploreSession
 from .uploads import accept_depth, accept_image
@@ -153,8 +155,6 @@ class ExploreApp:
             self.angle = gui.add_number("Turn (degrees)", self.opts.angle, min=0.1, max=180.0, step=1.0)
             self.prompt = gui.add_text("Prompt (next chunk)", self.opts.cfg.prompt)
             self.prompt.on_update(lambda _e: self._prompt_changed())
-            from ..trajectories.catalog import CATALOG
-
             self.preset = gui.add_dropdown("Preset", tuple(CATALOG), initial_value="orbit_left" if "orbit_left" in CATALOG
                                            else tuple(CATALOG)[0])
             self.preset_button = gui.add_button("Run preset as next chunk")
@@ -396,8 +396,6 @@ class ExploreApp:
         self._show_video(s)
 
     def _show_video(self, s: ExploreSession) -> None:
-        from ..pipeline.rundir import chunk_video
-
         k = s.chunks_done
         if not k:
             self.video.content = "<p>no chunk yet: press W (or another move)</p>"
