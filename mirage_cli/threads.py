@@ -14,7 +14,11 @@ make is deterministic (scatter-min, fixed-order sums), so it is allowed with ``-
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+
+from .errors import MirageError
 
 ENV_VAR = "MIRAGE_THREADS"
 MAX_THREADS = 256
@@ -84,8 +88,6 @@ def given_threads(ctx) -> int | None:
 def parse_threads(value: str | int | None) -> int | None:
     """``--threads`` / ``MIRAGE_THREADS`` as an int in ``[1, MAX_THREADS]`` (None: not given).
     Raises MirageError naming the option on anything else."""
-    from .errors import MirageError
-
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
@@ -125,8 +127,6 @@ class _AfterTorchImport:
     def find_spec(self, name, path=None, target=None):
         if name != "torch":
             return None
-        import importlib.util
-
         _remove_hooks()  # the search below must not find this finder again
         spec = importlib.util.find_spec("torch")
         if spec is None or spec.loader is None:
@@ -142,15 +142,11 @@ class _AfterTorchImport:
 
 
 def _remove_hooks() -> None:
-    import sys
-
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AfterTorchImport)]
 
 
 def apply_threads_on_import(n: int | None) -> None:
     """:func:`apply_threads` now if torch is imported already, else as soon as it is."""
-    import sys
-
     _remove_hooks()  # a later call (tests run main() many times in one process) replaces an earlier one
     if "torch" in sys.modules:
         apply_threads(n)

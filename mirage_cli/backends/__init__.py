@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .specs import BackendSpec
 
 E = TypeVar("E")
+InputsT = TypeVar("InputsT")  # a backend's conditioning record (build_inputs -> sample)
 
 
 @dataclass(frozen=True)
@@ -118,19 +119,21 @@ ProgressFn = Callable[[int, int], None]  # (step done, total steps)
 
 
 @runtime_checkable
-class Backend(Protocol):
+class Backend(Protocol[InputsT]):
     """A loaded backend. ``spec``: its :class:`~.specs.BackendSpec`. ``preceding_frames``: latents
-    before the overlap frame it takes as context (0: none; the overlap frame itself is always pinned)."""
+    before the overlap frame it takes as context (0: none; the overlap frame itself is always pinned).
+    Generic over the record its ``build_inputs`` returns and its ``sample`` takes (``Backend[MirageInputs]``);
+    a bare ``Backend`` takes any."""
 
     name: str
     spec: BackendSpec
     preceding_frames: int
 
-    def build_inputs(self, req: ChunkRequest) -> Any:
+    def build_inputs(self, req: ChunkRequest) -> InputsT:
         """The conditioning of one chunk (backend-specific typed record of tensors)."""
         ...
 
-    def sample(self, inputs: Any, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+    def sample(self, inputs: InputsT, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
         """Sample the chunk's latents ``(T, C, h, w)`` float32 from :meth:`build_inputs`' record."""
         ...
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import MirageError
 
@@ -73,8 +74,6 @@ class SwitchableLoRA:
 
 def load_switchable_lora(model: torch.nn.Module, path: Path) -> SwitchableLoRA:
     """Attach the factors of ``path`` (a converted folder's ``lora.safetensors``) to ``model``, switched off."""
-    from safetensors.torch import load_file
-
     try:
         factors = load_file(str(path))
     except Exception as e:  # header errors from the Rust side

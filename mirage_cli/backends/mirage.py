@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..models.convert import converted_layout as layout_of
 from ..models.wan_vae import WanVAECodec, placed_on
-from . import ChunkRequest, PrecedingReads, ProgressFn
+from . import ChunkRequest, InputsT, PrecedingReads, ProgressFn
 from .specs import BACKENDS
 from .wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, chunk_generator, load_wan_folder, read_model_index
 
@@ -70,21 +71,12 @@ class MirageInputs:
     guidance: float
 
 
-class MirageBackend(WanBackendBase):
-    """Backend protocol implementation around :class:`MirageTransformer3DModel` + UMT5 + the Wan2.2 VAE codec.
+class MirageTransformerBackend(WanBackendBase[InputsT]):
+    """What the backends around a :class:`MirageTransformer3DModel` share (``mirage``, ``spatia``): the
+    channel checks, the transformer call. Generic over the subclass's inputs record.
 
-    Args:
-        transformer: a ``MirageTransformer3DModel`` (48 latent channels, 96 VACE channels).
-        text_encoder, tokenizer: UMT5 and its tokenizer.
-        codec: the Wan2.2 :class:`WanVAECodec` (its white latents build the context).
-        device / dtype: compute device and transformer/text-encoder dtype.
-        shift: flow shift of the UniPC scheduler (5, as the reference).
-        preceding_frames: ``P``, how many latents before the overlap frame to append (0 allowed).
-        cpu_offload: as the wan-vace backend (text encoder on the CPU, transformer visits the GPU per chunk).
+    Args: as :class:`MirageBackend`.
     """
-
-    name = "mirage"
-    spec = BACKENDS["mirage"]
 
     def __init__(self, transformer, text_encoder, tokenizer, codec: WanVAECodec, *, device: torch.device,
                  dtype: torch.dtype, shift: float = DEFAULT_SHIFT, num_train_timesteps: int = 1000,
@@ -101,6 +93,27 @@ class MirageBackend(WanBackendBase):
         self._setup(transformer, text_encoder, tokenizer, codec, device=device, dtype=dtype, shift=shift,
                     num_train_timesteps=num_train_timesteps, cpu_offload=cpu_offload, model=model, weights=weights,
                     max_sequence_length=max_sequence_length)
+
+    def _velocity(self, seq, ts, emb, ctx, n_ref) -> torch.Tensor:
+        return self.transformer(hidden_states=seq, timestep=ts, encoder_hidden_states=emb,
+                                control_hidden_states=ctx, num_ref_frames=n_ref, return_dict=False)[0].float()
+
+
+class MirageBackend(MirageTransformerBackend[MirageInputs]):
+    """Backend protocol implementation around :class:`MirageTransformer3DModel` + UMT5 + the Wan2.2 VAE codec.
+
+    Args:
+        transformer: a ``MirageTransformer3DModel`` (48 latent channels, 96 VACE channels).
+        text_encoder, tokenizer: UMT5 and its tokenizer.
+        codec: the Wan2.2 :class:`WanVAECodec` (its white latents build the context).
+        device / dtype: compute device and transformer/text-encoder dtype.
+        shift: flow shift of the UniPC scheduler (5, as the reference).
+        preceding_frames: ``P``, how many latents before the overlap frame to append (0 allowed).
+        cpu_offload: as the wan-vace backend (text encoder on the CPU, transformer visits the GPU per chunk).
+    """
+
+    name = "mirage"
+    spec = BACKENDS["mirage"]
 
     # ------------------------------------------------------------------------------ context
     def vace_context(self, scene: torch.Tensor) -> torch.Tensor:
@@ -182,14 +195,6 @@ class MirageBackend(WanBackendBase):
         self._last = {"steps": steps, "guidance": guidance, "reference_frames": n_ref, "preceding_frames": n_prec}
         return x[0].permute(1, 0, 2, 3).contiguous().to(req.read_latents.device)
 
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Denoise one chunk; returns the ``T`` target latents ``(T, C, h, w)`` float32 on ``req.read_latents``' device."""
-        return self.sample(self.build_inputs(req), req, progress)
-
-    def _velocity(self, seq, ts, emb, ctx, n_ref) -> torch.Tensor:
-        return self.transformer(hidden_states=seq, timestep=ts, encoder_hidden_states=emb,
-                                control_hidden_states=ctx, num_ref_frames=n_ref, return_dict=False)[0].float()
-
     # ------------------------------------------------------------------------------ misc
     def describe(self) -> dict:
         return {**self._describe_common(),
@@ -229,8 +234,6 @@ def check_model_folder(root: Path) -> None:
     read_model_index(root, "MirageTransformer3DModel", "a `mirage models convert` folder",
                      "convert the paper's checkpoints first: `mirage models convert --base wan2.2-ti2v-5b "
                      "--vace FILE --lora FILE -o OUT`")
-    from ..models.convert import converted_layout as layout_of
-
     if layout_of(root) != "mirage":
         raise MirageError(f"{root / 'mirage.json'}: a {layout_of(root)}-layout model (converted with --layout "
                           f"{layout_of(root)}); run it with --backend {layout_of(root)}")

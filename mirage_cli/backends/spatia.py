@@ -40,7 +40,7 @@ from ..models.convert import converted_layout as layout_of
 from ..models.wan_vae import WanVAECodec, placed_on
 from . import ChunkRequest, PixelHistory, PointRender, ProgressFn
 from .lora import SwitchableLoRA, load_switchable_lora
-from .mirage import MirageBackend, reference_sigmas
+from .mirage import MirageTransformerBackend, reference_sigmas
 from .specs import BACKENDS
 from .wan_vace import load_wan_folder, read_model_index
 
@@ -83,7 +83,7 @@ class SpatiaInputs:
     lora: bool
 
 
-class SpatiaBackend(MirageBackend):
+class SpatiaBackend(MirageTransformerBackend[SpatiaInputs]):
     """Backend protocol implementation for Spatia's weights (see the module docstring).
 
     Args: as :class:`~.mirage.MirageBackend`, plus ``conditioning`` (``rgb`` | ``latent``) and ``lora``

@@ -45,6 +45,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic
 
 import torch
 
@@ -60,7 +61,7 @@ from ..models.registry import (
     weights_kind,
 )
 from ..models.wan_vae import WanVAECodec, first_line, placed_on
-from . import ChunkRequest, ProgressFn
+from . import ChunkRequest, InputsT, ProgressFn
 from .specs import BACKENDS
 
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, as WanVACEPipeline
@@ -121,10 +122,28 @@ def chunk_generator(seed: int, chunk_index: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed((int(seed) * 1_000_003 + int(chunk_index)) % (2**63 - 1))
 
 
-class WanBackendBase:
-    """What the Wan backends share: module placement, UMT5 prompt encoding, request checks, describe.
+def umt5_embeddings(tokenizer, text_encoder, text: str, max_sequence_length: int,
+                    device: torch.device) -> tuple[torch.Tensor, int]:
+    """UMT5 embeddings of an already cleaned prompt (:func:`clean_prompt`), as ``WanVACEPipeline._get_t5_prompt_embeds``
+    (diffusers 0.42, ``pipelines/wan/pipeline_wan_vace.py``): padded to ``max_sequence_length`` tokens, truncated past it.
 
-    Subclasses set ``name`` and call :meth:`_setup` from their ``__init__``.
+    Returns ``(emb, n)``: ``emb`` ``(1, L, D)`` in the encoder's dtype on ``device`` (where the encoder runs),
+    zero past the prompt's ``n`` tokens."""
+    tok = tokenizer([text], padding="max_length", max_length=max_sequence_length, truncation=True,
+                    add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+    n = int(tok.attention_mask.gt(0).sum())
+    with torch.no_grad():
+        h = text_encoder(tok.input_ids.to(device), tok.attention_mask.to(device)).last_hidden_state
+    emb = torch.zeros_like(h)
+    emb[:, :n] = h[:, :n]
+    return emb, n
+
+
+class WanBackendBase(Generic[InputsT]):
+    """What the Wan backends share: module placement, UMT5 prompt encoding, request checks, describe, and
+    ``denoise`` = :meth:`sample` after :meth:`build_inputs`, generic over the subclass's inputs record.
+
+    Subclasses set ``name``, call :meth:`_setup` from their ``__init__`` and implement the two halves.
     """
 
     name = "wan"
@@ -158,16 +177,22 @@ class WanBackendBase:
         """UMT5 embeddings ``(1, L, D)`` (``L = 512``, zero past the prompt's tokens), cached per prompt."""
         text = clean_prompt(prompt or "")
         if text not in self._prompt_cache:
-            tok = self.tokenizer([text], padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                                 add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-            n = int(tok.attention_mask.gt(0).sum())
-            with torch.no_grad():
-                dev = self.text_device
-                h = self.text_encoder(tok.input_ids.to(dev), tok.attention_mask.to(dev)).last_hidden_state
-            emb = torch.zeros_like(h)
-            emb[:, :n] = h[:, :n]
+            emb, _ = umt5_embeddings(self.tokenizer, self.text_encoder, text, self.max_sequence_length, self.text_device)
             self._prompt_cache[text] = emb.to(self.device, self.dtype)
         return self._prompt_cache[text]
+
+    # ------------------------------------------------------------------------------ the two halves
+    def build_inputs(self, req: ChunkRequest) -> InputsT:
+        """The chunk's conditioning (the subclass's typed record)."""
+        raise NotImplementedError
+
+    def sample(self, inputs: InputsT, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Sample the chunk's latents ``(T, C, h, w)`` float32 from :meth:`build_inputs`' record."""
+        raise NotImplementedError
+
+    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
+        return self.sample(self.build_inputs(req), req, progress)
 
     # ------------------------------------------------------------------------------ checks
     def _check_request(self, req: ChunkRequest) -> tuple[int, int, int, int, int, float]:
@@ -228,7 +253,7 @@ class WanVACEInputs:
     guidance: float
 
 
-class WanVACEBackend(WanBackendBase):
+class WanVACEBackend(WanBackendBase[WanVACEInputs]):
     """Backend protocol implementation around ``WanVACETransformer3DModel`` + UMT5 + ``WanVAECodec``.
 
     Args:
@@ -339,10 +364,6 @@ class WanVACEBackend(WanBackendBase):
                       "pinned_frames": len(pins)}
         out = x[0, :, n_ref + n_extra:].permute(1, 0, 2, 3).float().contiguous()
         return out.to(req.read_latents.device)
-
-    def denoise(self, req: ChunkRequest, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Denoise one chunk; returns ``(T, C, h, w)`` float32 on the device of ``req.read_latents``."""
-        return self.sample(self.build_inputs(req), req, progress)
 
     def _velocity(self, x, ts, emb, ctx, scale) -> torch.Tensor:
         return self.transformer(hidden_states=x.to(self.dtype), timestep=ts, encoder_hidden_states=emb,

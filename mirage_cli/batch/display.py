@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from rich.table import Table
+
 from .records import BatchRecord
 
 
 def batch_table(record: BatchRecord):
     """A rich Table summarising ``record``; the ETA assumes the remaining jobs take as long as the
     finished ones did on average, as many at a time as are running now."""
-    from rich.table import Table
-
     c = record.counts()
     done = [j.seconds for j in record.jobs.values() if j.status == "done" and j.seconds]
     left = c["pending"] + c["running"]

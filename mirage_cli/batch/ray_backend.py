@@ -7,10 +7,11 @@ and is replaced. Ray is an optional extra (``pip install "mirage-cli[ray]"``).
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from ..errors import MirageError
-from ..threads import worker_threads
+from ..threads import apply_threads, worker_threads
 from .manifest import Job
 from .records import JobResult
 from .workers import Worker, test_hook_env
@@ -30,10 +31,6 @@ class _ActorWorker:
     (a Ray worker process may not inherit them)."""
 
     def __init__(self, name: str, env: dict[str, str], threads: int):
-        import os
-
-        from ..threads import apply_threads
-
         os.environ.update(env)
         apply_threads(threads)  # before any torch work in this actor
         self.worker = Worker(name)

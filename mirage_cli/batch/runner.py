@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..threads import worker_threads
 from .manifest import Job, load_manifest
+from .ray_backend import RayPool
 from .records import BatchRecord, JobRecord, JobResult, batch_json, now
 from .workers import InProcessPool, ProcessPool, finished
 
@@ -43,8 +44,6 @@ class BatchOptions:
 def make_pool(opts: BatchOptions):
     """The worker pool the options ask for."""
     if opts.ray is not None:
-        from .ray_backend import RayPool
-
         return RayPool(opts.workers, None if opts.ray == "local" else opts.ray, opts.gpus_per_worker,
                        threads=opts.threads)
     n = opts.workers or 1

@@ -22,13 +22,22 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from dataclasses import replace
+from importlib import import_module
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
+
+import torch
 
 from ..backends.specs import backend_spec
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
+from ..pipeline.generate import resume, start
 from ..pipeline.inputs import Loaders, load_depth_model, prepare_codec_backend
+from ..pipeline.loop import run_loop
+from ..pipeline.records import RunRecord
+from ..pipeline.rundir import run_json
+from ..threads import apply_threads, worker_threads
 from .manifest import Job
 from .records import JobResult
 
@@ -97,8 +106,6 @@ def finished(job: Job) -> bool:
 
 def run_step(job: Job, loaders: Loaders) -> None:
     """Call the job's step, ``"module:function"``, with ``(job, loaders)``."""
-    from importlib import import_module
-
     assert job.then is not None  # called only for a job with a step
     module, _, name = job.then.call.partition(":")
     getattr(import_module(module), name)(job, loaders)
@@ -141,13 +148,6 @@ class Worker:
                              loads=self.models.loads, warnings=list(self.warnings))
 
     def _run(self, job: Job):
-        from dataclasses import replace
-
-        from ..pipeline.generate import resume, start
-        from ..pipeline.loop import run_loop
-        from ..pipeline.records import RunRecord
-        from ..pipeline.rundir import run_json
-
         loaders = self.models.loaders()
         if job.config is None:  # a step-only job (mirage data prepare)
             run_step(job, loaders)
@@ -230,8 +230,6 @@ class InProcessPool:
 
 def _process_main(conn, name: str, env: dict[str, str], threads: int) -> None:
     """A worker process: run the jobs the batch sends until it sends None, with ``threads`` torch threads."""
-    from ..threads import apply_threads
-
     os.environ.update(env)  # before anything touches CUDA: the GPU this worker owns
     apply_threads(threads)  # before any torch work: this worker's share of the cores
     worker = Worker(name)
@@ -258,10 +256,6 @@ class ProcessPool:
     torch with ``threads`` threads (default: an equal share of the cores, ``threads.worker_threads``)."""
 
     def __init__(self, n: int, threads: int | None = None):
-        import torch
-
-        from ..threads import worker_threads
-
         self.size = n
         self.threads = worker_threads(n) if threads is None else threads
         self._ctx = mp.get_context("spawn")

@@ -7,6 +7,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import difflib
 import sys
 import traceback
 
@@ -126,8 +127,6 @@ def no_such_option_message(e) -> str:
     click suggests whatever difflib finds at ratio 0.6 over the whole string, and the shared ``--``
     lifts unrelated names past it (``--bogus`` -> ``--out``). Here the names are compared without
     their dashes, at a stricter cutoff, and a prefix counts (``--out-dir`` -> ``--out``)."""
-    import difflib
-
     typed = e.option_name.lstrip("-").split("=")[0]
     close = [p for p in (e.possibilities or [])
              if difflib.SequenceMatcher(None, typed, p.lstrip("-")).ratio() >= 0.75

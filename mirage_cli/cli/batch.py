@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.live import Live
 
+from ..errors import MirageError
+from ..threads import given_threads
 from .checks import check_output_parent
 from .console import console, err_console
 
@@ -63,9 +66,7 @@ def batch_cmd(
     """Run many `mirage generate` jobs from MANIFEST, with workers that keep their models loaded."""
     from ..batch.display import batch_table
     from ..batch.runner import BatchOptions, run_batch
-    from ..errors import MirageError
     from ..io import write_json
-    from ..threads import given_threads
 
     if workers is not None and workers < 1:
         raise MirageError(f"--workers: must be >= 1 (got {workers})")
@@ -78,8 +79,6 @@ def batch_cmd(
                         fail_fast=fail_fast, threads=given_threads(ctx))
     live = None
     if not quiet:
-        from rich.live import Live
-
         live = Live(console=err_console, transient=False, auto_refresh=False)
     latest: list[BatchRecord] = []  # the last record seen, for the warnings of a batch cut short by Ctrl-C
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ..errors import MirageError
+from ..threads import apply_light_default, given_threads
+from .checks import check_output_parent
 from .console import Progress, console, err_console
 
 
@@ -64,9 +67,7 @@ def bench_cmd(
     from ..bench.loop import run_bench
     from ..bench.plot import draw_plot
     from ..bench.report import notes, summary_table
-    from ..errors import MirageError
     from ..io import write_json
-    from .checks import check_output_parent
 
     check_output_parent(json_out, "--json")
     check_output_parent(plot, "--plot")
@@ -79,7 +80,6 @@ def bench_cmd(
             raise MirageError(f"--points: must be >= 1 (got {points})")
         from ..bench.memory_speed import memory_speed_report
         from ..models.registry import resolve_device
-        from ..threads import apply_light_default, given_threads
 
         apply_light_default(given_threads(ctx))
         report = memory_speed_report(points=points, device=str(resolve_device(device)), print_report=not quiet)

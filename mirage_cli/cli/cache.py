@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..errors import MirageError
 from ..units import fmt_bytes
 from .checks import check_output_parent
 from .console import console, err_console
@@ -30,8 +31,6 @@ def parse_color(text: str, option: str = "--holes") -> tuple[float, float, float
     """A colour option -> RGB in [0, 1]: ``#rgb``, ``#rrggbb``, ``rrggbb`` (no ``#``), ``rgb(...)``,
     ``hsl(...)`` or any CSS colour name (PIL's :func:`~PIL.ImageColor.getrgb`); alpha is ignored."""
     from PIL import ImageColor
-
-    from ..errors import MirageError
 
     spec = text.strip()
     if len(spec) == 6 and all(c in "0123456789abcdefABCDEF" for c in spec):
@@ -119,7 +118,6 @@ def render_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Fly through the memory alone (no model): each latent cell shows what the memory holds, holes stay holes."""
-    from ..errors import MirageError
     from ..memory.export import render_flythrough
     from ..memory.latent import LatentMemory
     from ..trajectories import load_trajectory

@@ -2,6 +2,7 @@
 
 from rich.console import Console
 from rich.progress import Progress as _RichProgress
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,8 +29,6 @@ class Progress(_RichProgress):
 def print_trimmed(renderable, target: Console = console) -> None:
     """Print ``renderable`` (a borderless table) without the spaces rich pads every line with to
     the table's width: copied or piped output then has no trailing blanks."""
-    from rich.text import Text
-
     for line in target.render_lines(renderable, pad=False, new_lines=False):
         text = Text.assemble(*((seg.text, seg.style or "") for seg in line if not seg.control))  # "": no style, as None
         text.rstrip()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
-from .console import console, err_console
+from ..errors import MirageError
+from ..threads import given_threads
+from .checks import check_output_parent
+from .console import Progress, console, err_console
 
 app = typer.Typer(help="Training data for the paper's model: `synth` writes synthetic annotated clips, `prepare` turns "
                        "annotated clips into training samples in tar shards, `inspect` shows what shards hold.",
@@ -16,8 +20,6 @@ app = typer.Typer(help="Training data for the paper's model: `synth` writes synt
 
 def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
     """``"1280x704"`` -> ``(1280, 704)``; one line for anything else."""
-    from ..errors import MirageError
-
     w, sep, h = text.lower().partition("x")
     if not sep or not w.isdigit() or not h.isdigit():
         raise MirageError(f"{option} {text}: expected WIDTHxHEIGHT in pixels, e.g. 1280x704")
@@ -36,7 +38,6 @@ def synth_cmd(
 ) -> None:
     """Write synthetic clips with exact depth in the ViPE / reference raw layout, each with a caption."""
     from ..data.synth import synth
-    from .console import Progress
 
     wh = parse_size(size)
     with Progress(console=err_console, disable=quiet) as progress:
@@ -73,13 +74,9 @@ def prepare_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary (warnings still shown)."),
 ) -> None:
     """Turn annotated clips into training samples (latents, memory reads, references, captions) in tar shards."""
-    from dataclasses import replace
-
     from ..batch.runner import BatchOptions
     from ..data.prepare import PrepareOptions, prepare
     from ..data.samples import SampleSpec
-    from ..errors import MirageError
-    from ..threads import given_threads
 
     if workers is not None and workers < 1:
         raise MirageError(f"--workers: must be >= 1 (got {workers})")
@@ -93,8 +90,6 @@ def prepare_cmd(
                          threads=given_threads(ctx))
     show = not (quiet or json_out)
     warnings: list[str] = []
-    from .console import Progress
-
     with Progress(console=err_console, disable=not show) as progress:
         tasks: list = []  # the bar appears with the first job (an option error comes back alone, as one line)
 
@@ -129,8 +124,6 @@ def inspect_cmd(
 ) -> None:
     """Counts, shapes and dtypes per key, caption lengths, references and IoUs, skipped clips; one sample as a PNG."""
     from ..data.inspect import draw_sample, inspect_shards
-    from ..errors import MirageError
-    from .checks import check_output_parent
 
     if sample is not None and png is None:
         raise MirageError("--sample: draws into --png FILE; give one")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
 from ..backends.specs import DEFAULT_BACKEND
+from ..errors import MirageError
+from ..threads import given_threads
 from . import options
 from .console import console, err_console
 
@@ -50,7 +55,6 @@ def recon_cmd(
 ) -> None:
     """Generate each clip from its frame 0 along its cameras and compare every frame with the truth."""
     from ..batch.runner import BatchOptions
-    from ..errors import MirageError
     from ..eval.recon import eval_recon
     from ..eval.report import markdown_table, recon_table
     from ..pipeline.config import GenerateConfig, check_config, unused_options
@@ -150,8 +154,6 @@ def worldscore_cmd(
 ) -> None:
     """Generate the WorldScore benchmark in the exact layout its evaluator reads, sharded and resumable, with the protocol recorded; or --check an output."""
     from ..batch.runner import BatchOptions
-    from ..errors import MirageError
-    from ..threads import given_threads
 
     if check is not None:
         if data is not None or out is not None:
@@ -193,9 +195,6 @@ def worldscore_cmd(
                               note=lambda line: err_console.print(f"[yellow]unreadable:[/] {line}", highlight=False,
                                                                   soft_wrap=True))
     except KeyboardInterrupt:
-        import shlex
-        import sys
-
         again = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] + ["--resume"]
         err_console.print(f"[yellow]interrupted[/]; finished instances are kept. Continue with: "
                           f"mirage {' '.join(shlex.quote(a) for a in again)}", highlight=False, soft_wrap=True)
@@ -219,8 +218,6 @@ def worldscore_cmd(
 
 def _worldscore_check(out: Path, json_out: bool) -> None:
     """``--check``: print the completeness lines and every problem; exit 1 when incomplete."""
-    from dataclasses import asdict
-
     from ..eval.worldscore.check import check_output, summary_lines
 
     report = check_output(out)
@@ -292,7 +289,6 @@ def check_cmd(
     """The quality gate: every metric of a run against a committed baseline, per clip and over clips.
 
     Exit 0: no regression (improvements are reported); 1: a metric worse beyond its tolerance, or missing; 2: bad input."""
-    from ..errors import MirageError
     from ..eval.gate import check, check_table, read_baseline, summary, update_baseline
     from ..eval.report import read_eval
 

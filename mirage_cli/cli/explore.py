@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
+from ..errors import MirageError
 from ..pipeline.resources import MAX_PIXELS
 from . import options
 from .console import console, err_console
@@ -42,7 +44,6 @@ def explore_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run in --out (only a mirage run directory)."),
 ) -> None:
     """Walk through the world in a browser: one chunk per step, the memory in 3D, undo; the session is a run."""
-    from ..errors import MirageError
     from ..pipeline.config import GenerateConfig, check_config
 
     if resume is not None and (image is not None or out is not None):
@@ -56,8 +57,6 @@ def explore_cmd(
                          steps=steps, chunk_frames=chunk_frames, prompt=prompt, device=device, overwrite=overwrite)
     if image is not None:
         check_config(cfg)  # every option error before torch's import
-    from dataclasses import replace
-
     from ..explore.app import ExploreApp, ExploreOptions, host_warning
     from ..explore.session import ExploreSession
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ..backends.specs import BACKENDS
+from ..errors import MirageError
 from ..interrupts import raise_if_interrupted, sticky_interrupts
 from ..pipeline.resources import MAX_PIXELS
+from ..threads import apply_light_default, given_threads
 from ..units import fmt_bytes
 from . import options
 from .console import Progress, console, err_console
@@ -90,9 +94,7 @@ def generate_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the run record (run.json) as JSON on stdout."),
 ) -> None:
     """Make a camera-controlled video from IMAGE along --traj, keeping the scene in a latent memory."""
-    from ..errors import MirageError
     from ..pipeline.config import GenerateConfig, read_prompt_file
-    from ..threads import apply_light_default, given_threads
 
     if resume is not None and (image is not None or traj is not None or out is not None):
         raise MirageError("--resume: continues with the options stored in DIR/run.json; give no IMAGE, --traj or --out with it")
@@ -136,8 +138,6 @@ def generate_cmd(
 def check_options(cfg) -> None:
     """The checks that need no torch, no file read and no model: ``check_config`` and whether
     ``--traj`` is a file or a preset name. ``generate`` repeats them (it is called by others too)."""
-    from dataclasses import replace
-
     from ..pipeline.config import check_config
     from ..trajectories.catalog import preset_name
 
@@ -158,7 +158,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def run_backend(run_dir: Path) -> str | None:
     """The backend of the run in ``run_dir`` (None where its run.json is missing or damaged: the
     resume itself then says why, in one line)."""
-    from ..errors import MirageError
     from ..pipeline.rundir import read_run
 
     try:
@@ -169,8 +168,6 @@ def run_backend(run_dir: Path) -> str | None:
 
 def refuse_with_resume(ctx: typer.Context) -> None:
     """A resume repeats the options in DIR/run.json: any other option given would be ignored, so it is refused."""
-    from ..errors import MirageError
-
     for param in ctx.command.params:
         if param.param_type_name == "option" and param.name not in RESUME_ALLOWED and _given(ctx, param.name):
             opt = max(param.opts, key=len)
@@ -193,8 +190,6 @@ def print_dry_run(record: dict) -> None:
 
 def print_summary(record: dict) -> None:
     """What was written where, and how long each stage took."""
-    from rich.table import Table
-
     tot = record["totals"]
     b = record["backend"]
     spec = BACKENDS.get(b.get("name"))

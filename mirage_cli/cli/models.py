@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..errors import MirageError
 from ..units import fmt_bytes
 from .checks import check_output_parent
 from .console import console, err_console
@@ -52,7 +53,6 @@ def download(
     name: str = typer.Argument(..., help="Registry name (see `mirage models list`) or Hub repo id."),
 ) -> None:
     """Fetch a model's needed subfolders (configs + safetensors only) into the Hugging Face cache."""
-    from ..errors import MirageError
     from ..models.registry import hub_cache_dir, hub_offline, lookup, missing_parts, resolve_model, snapshot_dir
 
     repo_id, spec = lookup(name)
@@ -90,7 +90,6 @@ def convert(
 
     The result loads with `--backend mirage --model OUT` (`--backend spatia` for --layout spatia).
     """
-    from ..errors import MirageError
     from ..models.convert import convert_mirage
 
     if not max_shard_gb > 0:
@@ -133,8 +132,6 @@ def tiny(
     noise). mirage: convert DIR/base + DIR/vace.safetensors + DIR/lora.safetensors with `mirage models convert`.
     """
     if kind not in TINY_KINDS:  # before the import below (torch, seconds)
-        from ..errors import MirageError
-
         raise MirageError(f"unknown tiny kit kind '{kind}' (use {' or '.join(TINY_KINDS)})")
     from ..models.tiny import make_tiny_kit
 

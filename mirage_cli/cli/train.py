@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..errors import MirageError
 from .console import Progress, err_console
 
 
@@ -45,7 +46,6 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Train the paper's VACE branch and LoRA on `mirage data` shards (flow matching, as the reference's trainer)."""
-    from ..errors import MirageError
     from ..train.config import INIT_VACE, TrainConfig, parse_stages
     from ..train.loop import check_inputs, train
 

@@ -25,11 +25,14 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..models.registry import RANDOM_WEIGHTS_MARKER, hf_progress, resolve_device, resolve_model
+from .clips import window_rng
 
 STYLES = (  # (style sentence, word budget, sentences), the reference's six
     ("Write a concise, literal description.", 120, "1-2"),
@@ -60,8 +63,6 @@ def frame_indices(n: int, fps: float) -> list[int]:
 
 def check_caption_model(ref: str) -> None:
     """The model resolves to a local folder (no download) holding a transformers config; one line otherwise."""
-    from ..models.registry import resolve_model
-
     root = resolve_model(ref)
     if not (root / "config.json").is_file():
         raise MirageError(f"--caption-model {ref}: {root} has no config.json (expected a transformers model folder)")
@@ -71,15 +72,16 @@ def check_caption_model(ref: str) -> None:
 def _load(ref: str, device: str):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-    from ..models.registry import hf_progress, resolve_device, resolve_model
-
     root = resolve_model(ref)
     dev = resolve_device(device)
     try:
         with hf_progress(False):
             tok = AutoTokenizer.from_pretrained(root)
             proc = AutoImageProcessor.from_pretrained(root)
-            model = AutoModelForImageTextToText.from_pretrained(root, use_safetensors=True).to(dev).eval()
+            loaded = AutoModelForImageTextToText.from_pretrained(root, use_safetensors=True)
+            # PreTrainedModel.to is decorated with functools.wraps(nn.Module.to), whose type (typeshed's _Wrapped)
+            # takes `self` as its first argument again: its declared signature is wrong, the call is Module.to's
+            model = cast(Any, loaded).to(dev).eval()
     except Exception as e:  # a foreign or corrupt folder: one line
         raise MirageError(f"--caption-model {ref}: cannot load it ({str(e).splitlines()[0] if str(e) else e})") from e
     if getattr(tok, "chat_template", None) is None:
@@ -121,8 +123,6 @@ def caption_samples(model: str | None, seed: int, device: str = "auto", fps: flo
     The style of each call is drawn from an RNG seeded by ``(seed, clip)``."""
     if model is None:
         return None
-    from .clips import window_rng
-
     rng = window_rng(seed, clip, "caption")
 
     def captioner(frames: torch.Tensor) -> tuple[str, str]:
@@ -140,10 +140,8 @@ def save_tiny_captioner(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a tiny random ``Qwen2VLForConditionalGeneration`` + tokenizer (byte-level BPE, the Qwen chat
     tokens and a chat template) + ``Qwen2VLImageProcessor`` in the Hub layout (tests, smoke runs)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from ..models.registry import RANDOM_WEIGHTS_MARKER, hf_progress
 
     path = Path(path)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -155,14 +153,16 @@ def save_tiny_captioner(path: str | os.PathLike, seed: int = 0) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens(specials)
-    tok = Qwen2TokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-                             bos_token=None)
+    # transformers 5: Qwen2Tokenizer is the fast (tokenizers) class (Qwen2TokenizerFast: a runtime alias of it).
+    # No unknown token (byte-level BPE covers every byte): transformers annotates unk_token as str, yet takes None
+    tok = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         unk_token=cast(str, None), bos_token=None)
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
         "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    ids = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    ids = {s: vocab[s] for s in specials}  # the tokenizer's ids: the BPE vocabulary's
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

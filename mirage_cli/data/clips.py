@@ -29,6 +29,7 @@ means a broken file, so it is reported). Pose matrices must be rigid (``R^T R = 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -486,8 +487,6 @@ def read_caption_map(path: Path) -> dict[str, str]:
     Raises:
         MirageError: unreadable file, a row without those fields (one line naming the row).
     """
-    import csv
-
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import MirageError
+from ..io import atomic_path, to_uint8
+from .models import data_models
 from .shards import DATASET_FILE, TrainingShards
 
 IOU_BINS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -101,11 +104,7 @@ def draw_sample(root: Path | str, index: int, png: Path | str, model: str | None
     Raises:
         MirageError: no such sample; the model cannot be loaded.
     """
-    import torch
     from PIL import Image, ImageDraw
-
-    from ..io import atomic_path, to_uint8
-    from .models import data_models
 
     ds = TrainingShards(root)
     if not 0 <= index < len(ds):

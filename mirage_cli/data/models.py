@@ -2,9 +2,10 @@
 
 ``--model`` names a diffusers Wan2.2 folder: the base (``wan2.2-ti2v-5b``, a repo id or a directory)
 or a ``mirage models convert`` output; only its ``vae/``, ``tokenizer/`` and ``text_encoder/`` are
-loaded (never the transformer). Prompt embeddings come from the very method the backends encode
-prompts with (:meth:`~mirage_cli.backends.wan_vace.WanBackendBase.encode_prompt`: the Wan prompt
-cleaning, 512 tokens, zeros past the prompt), so training sees what inference feeds the model.
+loaded (never the transformer). Prompt embeddings come from the very function the backends encode
+prompts with (:func:`~mirage_cli.backends.wan_vace.umt5_embeddings` after
+:func:`~mirage_cli.backends.wan_vace.clean_prompt`: the Wan prompt cleaning, 512 tokens, zeros past
+the prompt), so training sees what inference feeds the model.
 
 A worker process loads them once (:func:`data_models` caches per model / device / dtype / text).
 """
@@ -16,29 +17,26 @@ from functools import lru_cache
 
 import torch
 
-from ..backends.wan_vace import MAX_SEQUENCE_LENGTH, WanBackendBase, clean_prompt
+from ..backends.wan_vace import MAX_SEQUENCE_LENGTH, clean_prompt, umt5_embeddings
 from ..errors import MirageError
 from ..models.registry import dtype_kwargs, hf_progress, resolve_device, resolve_dtype, resolve_model
 from ..models.wan_vae import WanVAECodec
 
 
 class PromptEncoder:
-    """UMT5 prompt embeddings exactly as the Wan backends compute them (same method, not a copy).
+    """UMT5 prompt embeddings exactly as the Wan backends compute them (the same function, not a copy).
 
     Attributes:
         tokenizer, text_encoder: the folder's. device / dtype: where and in which dtype embeddings come back.
     """
 
-    encode_prompt = WanBackendBase.encode_prompt  # (prompt) -> (1, 512, D), zeros past the prompt's tokens
-
     def __init__(self, tokenizer, text_encoder, device: torch.device, dtype: torch.dtype,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder.eval().requires_grad_(False).to(device)
-        self.device = self.text_device = device
+        self.device = device
         self.dtype = dtype
         self.max_sequence_length = int(max_sequence_length)
-        self._prompt_cache: dict[str, torch.Tensor] = {}
 
     @property
     def width(self) -> int:
@@ -46,13 +44,11 @@ class PromptEncoder:
         return int(self.text_encoder.config.d_model)
 
     def embed(self, prompt: str) -> torch.Tensor:
-        """``(L, D)`` embeddings of the prompt's ``L`` tokens (the zero rows past them dropped), on the CPU."""
-        emb = self.encode_prompt(prompt)[0]
-        self._prompt_cache.clear()  # captions are unique per sample: do not keep them
-        tokens = self.tokenizer([clean_prompt(prompt or "")], max_length=self.max_sequence_length, truncation=True,
-                                add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        n = int(tokens.attention_mask.gt(0).sum())
-        return emb[:n].cpu()
+        """``(L, D)`` embeddings of the prompt's ``L`` tokens (the zero rows past them dropped), on the CPU,
+        in ``dtype``: the rows ``WanBackendBase.encode_prompt`` gives before its zero padding."""
+        emb, n = umt5_embeddings(self.tokenizer, self.text_encoder, clean_prompt(prompt or ""), self.max_sequence_length,
+                                 self.device)
+        return emb[0, :n].to(self.device, self.dtype).cpu()
 
 
 @dataclass

@@ -24,11 +24,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..backends.mirage import WHITE
+from ..batch.manifest import Job, Step
 from ..errors import MirageError
 from ..io import write_json
+from ..models.registry import resolve_model
+from .captions import caption_samples, check_caption_model
 from .clips import ClipRef, find_clips, read_caption_map, read_clip
-from .samples import SampleSpec
-from .shards import DATASET_FILE, INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, pack_shards, read_index, save_extras, write_index
+from .models import data_models
+from .samples import LATENT_DTYPE, TEXT_DTYPE, SampleSpec, build_samples
+from .shards import (
+    DATASET_FILE,
+    INDEX_FILE,
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    pack_shards,
+    read_index,
+    sample_members,
+    save_extras,
+    write_index,
+    write_tar,
+)
 
 PREPARE_FORMAT = "mirage.data-prepare"
 PARTS = "parts"
@@ -121,9 +137,7 @@ def prepare(sources: list[str], out: Path | str, opts: PrepareOptions, batch=Non
         MirageError: bad options, sources, model or caption file (before anything is written); an
             earlier run in ``out`` with other options; no sample written at all (after recording why).
     """
-    from ..batch.manifest import Job, Step
     from ..batch.runner import BatchOptions, run_jobs
-    from ..models.registry import resolve_model
 
     t0 = time.perf_counter()
     check_options(opts)
@@ -134,8 +148,6 @@ def prepare(sources: list[str], out: Path | str, opts: PrepareOptions, batch=Non
     captions = read_caption_map(Path(opts.captions)) if opts.captions else {}
     resolve_model(opts.model, ["vae", "tokenizer", "text_encoder"] if opts.text else ["vae"])
     if opts.caption_model:
-        from .captions import check_caption_model
-
         check_caption_model(opts.caption_model)
     index = _open_out(out, opts)
     packed = {c for s in index["shards"] for c in s["clips"]}
@@ -253,11 +265,6 @@ def _open_out(out: Path, opts: PrepareOptions) -> dict:
 def prepare_job(job, loaders=None) -> None:
     """The step of a clip's job (run by a worker): read and check the clip, build its samples, write
     ``parts/<clip>.tar`` then ``parts/<clip>.json``. A bad clip writes its reason instead."""
-    from .captions import caption_samples
-    from .models import data_models
-    from .samples import build_samples
-    from .shards import sample_members, write_tar
-
     args = job.then.args
     opts = _options(args["options"])
     ref = ClipRef(**args["clip"])
@@ -290,10 +297,6 @@ def extras_job(job, loaders=None) -> None:
     """The dataset-wide tensors (``dataset.safetensors``): the empty prompt's embedding and the white-video
     latents for the target plus 0..2 preceding latent frames, encoded as the mirage backend builds its
     VACE context (:meth:`~mirage_cli.models.wan_vae.WanVAECodec.constant_latent`, level ``WHITE``)."""
-    from ..backends.mirage import WHITE
-    from .models import data_models
-    from .samples import LATENT_DTYPE, TEXT_DTYPE
-
     opts = _options(job.then.args["options"])
     models = data_models(opts.model, opts.device, opts.dtype, opts.text)
     codec = models.codec

@@ -53,7 +53,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..backends.mirage import MirageBackend
 from ..errors import MirageError
+from ..geometry.cameras import Cameras, rigid_inverse
+from ..memory.latent import INPUT_CHUNK, LatentMemory
+from ..pipeline.covisibility import depth_voxel_keys, frame_iou_references
 from .clips import AnnotatedClip, window_rng
 
 TENSOR_KEYS = ("target", "target_read", "target_known", "preceding", "preceding_read", "preceding_known",
@@ -121,8 +125,6 @@ def latent_cells(mask: torch.Tensor, factor: int) -> torch.Tensor:
 
 def relative_cameras(clip: AnnotatedClip, t0: int):
     """Every frame's :class:`~mirage_cli.geometry.cameras.Cameras`, poses relative to frame ``t0``."""
-    from ..geometry.cameras import Cameras, rigid_inverse
-
     c2w = torch.from_numpy(clip.c2w)
     rel = rigid_inverse(c2w[t0]) @ c2w
     H, W = clip.frames.shape[1:3]
@@ -133,8 +135,6 @@ def relative_cameras(clip: AnnotatedClip, t0: int):
 
 def inference_splat() -> str:
     """The splat mode ``--backend mirage`` reads its memory with (its spec's default)."""
-    from ..backends.mirage import MirageBackend
-
     return MirageBackend.spec.defaults.splat
 
 
@@ -143,8 +143,6 @@ def memory_read(latent0: torch.Tensor, depth0: torch.Tensor, cells0: torch.Tenso
     """Lift ``latent0 (C, h, w)`` with pixel depth ``depth0 (H, W)`` at camera ``cams[lift]`` (only the
     cells ``cells0 (h, w)``) into a fresh :class:`LatentMemory` set up as at inference, and read it
     at ``cams[frames]``. Returns ``(latents (F, C, h, w), known (F, h, w), memory)``."""
-    from ..memory.latent import INPUT_CHUNK, LatentMemory
-
     memory = LatentMemory(latent0.shape[0], spatial_factor, codec=codec_name, splat=inference_splat())
     memory.lift(latent0, depth0, cams[lift], chunk=INPUT_CHUNK, mask=cells0)
     latents, known, _ = memory.read(cams[frames])
@@ -153,8 +151,6 @@ def memory_read(latent0: torch.Tensor, depth0: torch.Tensor, cells0: torch.Tenso
 
 def choose_references(clip: AnnotatedClip, idx: SampleIndices, spec: SampleSpec) -> tuple[list[int], list[float]]:
     """The reference frames of a sample and their IoUs (see the module docstring)."""
-    from ..pipeline.covisibility import depth_voxel_keys, frame_iou_references
-
     if spec.max_references <= 0 or not idx.candidates:
         return [], []
     c2w = torch.from_numpy(clip.c2w)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, load_file, save, save_file
 
 from ..errors import MirageError
 from ..io import atomic_path, write_json
@@ -78,8 +79,6 @@ class DatasetExtras:
 # ------------------------------------------------------------------------------------ writing
 def sample_members(key: str, tensors: dict[str, torch.Tensor], meta: dict, caption: str) -> list[tuple[str, bytes]]:
     """The three tar members of a sample: ``(name, bytes)`` for safetensors, JSON and text."""
-    from safetensors.torch import save
-
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits names at the first dot)")
     blob = save({k: v.contiguous().cpu() for k, v in tensors.items()})
@@ -207,8 +206,6 @@ def write_index(root: Path, index: dict) -> None:
 
 def save_extras(path: Path, empty_text: torch.Tensor | None, white: dict[int, torch.Tensor]) -> None:
     """Write ``dataset.safetensors`` atomically."""
-    from safetensors.torch import save_file
-
     tensors = {f"white_{f}": t.contiguous().cpu() for f, t in white.items()}
     if empty_text is not None:
         tensors["empty_text"] = empty_text.contiguous().cpu()
@@ -218,8 +215,6 @@ def save_extras(path: Path, empty_text: torch.Tensor | None, white: dict[int, to
 
 def load_extras(root: Path | str) -> DatasetExtras:
     """``dataset.safetensors`` of a shard folder."""
-    from safetensors.torch import load_file
-
     path = Path(root) / DATASET_FILE
     if not path.is_file():
         raise MirageError(f"{path}: missing (written by `mirage data prepare`)")
@@ -229,8 +224,6 @@ def load_extras(root: Path | str) -> DatasetExtras:
 
 def decode_sample(key: str, group: dict[str, bytes], index: int = -1) -> TrainingSample:
     """A sample from its three members' bytes (safetensors, JSON, UTF-8 text; nothing executes)."""
-    from safetensors.torch import load
-
     return TrainingSample(key, load(group["safetensors"]), json.loads(group["json"]), group["txt"].decode("utf-8"),
                           index)
 

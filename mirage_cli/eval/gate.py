@@ -33,8 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from .. import __version__
 from ..errors import MirageError
 from ..io import write_json
+from .metrics import PSNR_CAP, aggregate
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -187,8 +193,6 @@ def check(doc: dict, baseline: dict, eval_path: Path | str = "eval.json") -> dic
     [line, ...], "improved": n, "new": n, "notes": [line, ...]}``; the aggregate rows come first
     (``clip`` = :data:`AGGREGATE`), then each baseline clip's, then clips only the run has.
     """
-    from .metrics import aggregate
-
     clips, agg = eval_means(doc, eval_path)
     base_clips = {name: c["means"] for name, c in baseline["clips"].items()}
     notes = []
@@ -225,8 +229,6 @@ def _capped_means(rows: list[dict], base_clips: dict, clips: dict, notes: list[s
     identical pair: left out of the mean over clips, as the protocol does for capped frames) is not
     a regression: the mean is then over other clips. Such rows get status ``recomposed`` and a note;
     every clip is still judged on its own rows."""
-    from .metrics import PSNR_CAP
-
     for r in rows:
         if r["clip"] != AGGREGATE or r["status"] != "REGRESSION" or rule_for(r["field"]) is not PSNR:
             continue
@@ -272,10 +274,6 @@ def check_table(result: dict, show_all: bool = False):
     """A rich Table of :func:`check`: baseline, now, delta, allowed change, status per metric,
     grouped under a line per clip; every row of the aggregate, and of the clips those that are not
     ``ok`` (every row with ``show_all``)."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
     shown = [r for r in result["rows"] if show_all or r["clip"] == AGGREGATE or r["status"] != "ok"]
     hidden = len(result["rows"]) - len(shown)
     t = Table(title="mirage eval check: the run against the baseline", box=box.SIMPLE_HEAD, pad_edge=False,
@@ -331,8 +329,6 @@ def run_facts(eval_path: Path | str) -> dict:
 def make_baseline(doc: dict, eval_path: Path | str, why: str, command: str | None = None,
                   now: _dt.datetime | None = None) -> dict:
     """The baseline document of an eval.json: its means, why, when, by which command, on what."""
-    from .. import __version__
-
     why = (why or "").strip()
     if not why:
         raise MirageError("--update needs --why \"reason\": a new baseline is a deliberate change that says why")

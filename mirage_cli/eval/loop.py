@@ -35,6 +35,13 @@ import numpy as np
 
 from ..errors import MirageError
 from ..export.run import final_memory_file, finished_record
+from ..geometry.rotations import rotation_angle_deg
+from ..io import read_video
+from ..memory.export import render_memory
+from ..memory.latent import LatentMemory
+from ..memory.storage import INPUT_CHUNK
+from ..pipeline.config import with_backend_defaults
+from ..pipeline.rundir import chunk_latents, final_dump, video_file
 from .metrics import psnr, to_float
 
 ROTATION_TOL_DEG = 0.1
@@ -94,8 +101,6 @@ class LoopScore:
 def camera_gap(cams, unit: float) -> tuple[float, float, bool]:
     """``(rotation degrees, translation in units of unit, closed)`` between the last and the first
     of ``cams`` (c2w); closed within :data:`ROTATION_TOL_DEG` and :data:`TRANSLATION_TOL`."""
-    from ..geometry.rotations import rotation_angle_deg
-
     rel = cams.c2w[0, :3, :3].T @ cams.c2w[-1, :3, :3]
     rot = float(rotation_angle_deg(rel))
     trans = float((cams.centers[-1] - cams.centers[0]).norm()) / max(float(unit), 1e-12)
@@ -106,8 +111,6 @@ def memory_change(final, inputs, camera) -> tuple[float | None, float | None, fl
     """``(psnr dB or None, changed fraction or None, covered fraction)``: ``final`` against
     ``inputs`` (two LatentMemory of one codec) rendered from ``camera`` (one Cameras), on the
     pixels ``inputs`` covers (None, None when it covers none)."""
-    from ..memory.export import render_memory
-
     got, _ = render_memory(final, camera)
     ref, known = render_memory(inputs, camera)
     f = inputs.spatial_factor
@@ -140,7 +143,6 @@ def score_reopened(run, inputs=None) -> LoopScore:
     frames, plan cameras and final memory); ``inputs``: its :func:`~mirage_cli.pipeline.generate.input_memory`
     when the caller has it already."""
     from ..pipeline.generate import input_memory
-    from ..pipeline.rundir import final_dump
 
     kept = run.video.kept
     inputs = input_memory(run) if inputs is None else inputs
@@ -162,7 +164,6 @@ def score_loop(run_dir: Path | str, loaders=None) -> LoopScore:
             finished, no memory kept, no video, an unreadable file).
     """
     from ..pipeline.generate import reopen
-    from ..pipeline.rundir import chunk_latents, final_dump
 
     out = Path(run_dir)
     record = finished_record(out, "nothing to score")
@@ -173,11 +174,7 @@ def score_loop(run_dir: Path | str, loaders=None) -> LoopScore:
 
 def _score_files(out: Path, record) -> LoopScore:
     """:func:`score_loop` without a model (see there)."""
-    from ..memory.latent import LatentMemory
-    from ..memory.storage import INPUT_CHUNK
-    from ..pipeline.config import with_backend_defaults
     from ..pipeline.generate import run_cameras
-    from ..pipeline.rundir import video_file
 
     cfg = with_backend_defaults(record.config)
     cams, _ = run_cameras(cfg, out, (record.image.width, record.image.height), record.depth.reference_depth)
@@ -186,8 +183,6 @@ def _score_files(out: Path, record) -> LoopScore:
     video = video_file(out)
     if not video.is_file():
         raise MirageError(f"{video}: missing; the run's frames are needed (or rerun it with --keep-latents)")
-    from ..io import read_video
-
     try:
         frames = read_video(video)
     except (OSError, RuntimeError, ValueError) as e:

@@ -31,14 +31,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..batch.manifest import Job, RowError, Step, check_id, check_row_config, existing, read_rows, row_options, validate_rows
 from ..batch.runner import BatchOptions, run_jobs
 from ..errors import MirageError
+from ..io import atomic_path, save_image, write_json
 from ..pipeline.config import GenerateConfig
+from ..pipeline.generate import input_memory, reopen
+from ..pipeline.plan import reference_depth
+from ..pipeline.records import RunRecord
+from ..pipeline.rundir import run_json
+from ..trajectories import Trajectory, save_trajectory
 from .loop import LOOP_FIELDS, score_reopened
-from .metrics import PSNR_CAP, clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
-from .sources import Clip, clip_specs, read_clip
+from .metrics import PSNR_CAP, aggregate, clip_means, follow_masks, load_lpips, lpips_missing, revisits, score_frames, to_float
+from .report import write_outputs
+from .sources import Clip, _clip_name, clip_specs, read_clip
 
 STRIP_FRAMES = 4
 """Comparison strips per clip: evenly spaced frames, plus the first revisit."""
@@ -62,9 +70,6 @@ def eval_recon(sources: list[str], base: GenerateConfig, out: Path, batch: Batch
         traj, depth, frames, size: as :func:`~mirage_cli.eval.sources.clip_specs`.
         on_update: called with the batch record whenever a clip's job changes state.
     """
-    from .metrics import aggregate
-    from .report import write_outputs
-
     pairs = clip_jobs(sources, base, out, traj, depth, frames, size)  # every clip checked before anything is written
     check_earlier_runs(pairs)
     for job, head in pairs:
@@ -149,8 +154,6 @@ def manifest_jobs(path: Path, base: GenerateConfig, out: Path, frames: int | Non
     cameras of a frames folder / MP4), ``depth`` (frame 0's depth file, or prior/model), ``frames``
     (keep the first N), ``id`` (default: the clip's name), and any other generate option (over the
     command's)."""
-    from .sources import _clip_name
-
     base_dir = path.resolve().parent
     heads: dict[str, Clip] = {}
 
@@ -195,9 +198,6 @@ def clip_job(spec: dict, clip: Clip, base: GenerateConfig, out: Path, row: int) 
 def write_inputs(job: Job, clip: Clip) -> None:
     """The clip's inputs: frame 0 as PNG, its cameras as a native trajectory (absolute units), frame
     0's depth as .npy (when the clip has it), all atomically (a resumed run checks the image hash)."""
-    from ..io import atomic_path, save_image
-    from ..trajectories import Trajectory, save_trajectory
-
     cfg = job.run_config
     assert cfg.image is not None and cfg.traj is not None  # clip_job sets both (files under the clip's folder)
     Path(cfg.image).parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +226,6 @@ def _check_earlier_run(run_dir: Path, options: dict, frames: int | None) -> None
     """One line when ``run_dir`` holds a run made with other ``options`` (GenerateConfig fields;
     None values and ``out``/``overwrite`` are not compared) or another number of ``frames`` (None:
     not known yet)."""
-    from ..pipeline.records import RunRecord
-    from ..pipeline.rundir import run_json
-
     path = run_json(run_dir)
     if not path.is_file():
         return
@@ -253,8 +250,6 @@ def _lpips():
 def score_job(job: Job, loaders) -> None:
     """The step of a clip's job (run by the worker, its models loaded): read the clip again, score
     the finished run, write ``score.json`` (atomically, last: its presence marks the clip done)."""
-    from ..io import write_json
-
     spec = job.step.args
     entry = score_run(read_clip(spec), Path(job.out), loaders, _lpips())
     entry["options"] = spec.get("options", {})
@@ -263,9 +258,6 @@ def score_job(job: Job, loaders) -> None:
 
 def score_run(clip: Clip, run_dir: Path, loaders=None, lpips_model=None) -> dict:
     """Score the finished run in ``run_dir`` against ``clip``. Returns its ``eval.json`` entry."""
-    from ..pipeline.generate import input_memory, reopen
-    from ..pipeline.plan import reference_depth
-
     t0 = time.perf_counter()
     run = reopen(run_dir, loaders)
     W, H = run.plan.size
@@ -326,8 +318,6 @@ def strip_frames(n: int, revisit_of: list[int]) -> list[int]:
 
 def write_strips(folder: Path, generated: np.ndarray, truth: np.ndarray, revisit_of: list[int]) -> list[Path]:
     """``generated | truth | |difference|`` PNGs for a few frames (difference amplified 4x, clipped)."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for t in strip_frames(len(generated), revisit_of):

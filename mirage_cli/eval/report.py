@@ -16,6 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+from rich.table import Table
+
 from ..errors import MirageError
 from ..io import atomic_path, write_json
 from .metrics import interval
@@ -74,9 +77,6 @@ def _fmt(v, field: str = "") -> str:
 def recon_table(doc: dict):
     """A rich Table: one row per metric (per region), one column per clip (means over frames 1..),
     and the aggregate over clips with its 95 % interval (metrics as rows so it fits a terminal)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     fields = shown_fields(doc["aggregate"])
     t = Table(title="mirage eval recon: means over frames 1..N-1, then over clips")
     t.add_column("metric", no_wrap=True)
@@ -98,9 +98,6 @@ def recon_table(doc: dict):
 def loop_table(scores):
     """A rich Table of :class:`~mirage_cli.eval.loop.LoopScore` records: one row per field, one
     column per run (fields as rows so that it fits a terminal, as :func:`recon_table`)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     t = Table(title="mirage eval loop: last frame vs first; final memory vs input-only memory (input camera)")
     t.add_column("", no_wrap=True)
     for s in scores:
@@ -221,9 +218,6 @@ def _paired(a: dict, b: dict, field: str) -> list[tuple[float, float]]:
 def compare_table(result: dict):
     """A rich Table of :func:`compare`: value per run, and per later run its difference (bold when
     it exceeds the clip-to-clip spread)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     labels = result["labels"]
     t = Table(title=f"mirage eval compare (differences from {escape(labels[0])}; * = exceeds the clip-to-clip spread)")
     t.add_column("metric")

@@ -21,14 +21,21 @@ generator that reproduces them exactly scores the PSNR cap.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..bench.scene import check_inside_room
+from ..data.scenes import SCENE_NAMES, default_camera, make_scene
 from ..errors import MirageError
 from ..geometry.cameras import Cameras, validate_cameras
+from ..io import read_video, to_uint8
+from ..pipeline.plan import reference_depth, scale_cameras
+from ..trajectories import PRESETS, load_trajectory, resample
 
 SYNTHETIC_SUITE = ("orbit_left", "dolly_in", "out_and_back")
 """The trajectories of ``synthetic`` (and of ``synthetic:SCENE``); ``out_and_back`` revisits."""
@@ -176,8 +183,6 @@ def read_npz_clip(path: Path) -> Clip:
     if "frames" in data:
         frames = data["frames"]
     elif (path.parent / "clip.mp4").exists():
-        from ..io import read_video
-
         frames = read_video(path.parent / "clip.mp4")
     else:
         raise MirageError(f"{path}: no true frames to compare with (no 'frames' key and no clip.mp4 beside it)")
@@ -202,8 +207,6 @@ def read_npz_clip(path: Path) -> Clip:
 # ------------------------------------------------------------------------------------ frames + trajectory
 def read_frames_clip(frames_path: Path, traj_path: Path, depth_path: Path | None = None) -> Clip:
     """A folder of frames (sorted by name) or an MP4, with the cameras of a trajectory file."""
-    from ..trajectories import load_trajectory
-
     frames = _read_frames(frames_path)
     if not traj_path.exists():
         raise MirageError(f"{traj_path}: trajectory file not found")
@@ -258,8 +261,6 @@ def _read_frames(path: Path) -> np.ndarray:
         if len({a.shape for a in arrs}) != 1:
             raise MirageError(f"{path}: the frames differ in size")
         return np.stack(arrs)
-    from ..io import read_video
-
     try:
         return np.asarray(read_video(path))
     except (OSError, RuntimeError, ValueError) as e:
@@ -278,9 +279,6 @@ def _clip_name(path: Path) -> str:
 def synthetic_names(spec: str, frames: int) -> list[tuple[str, str]]:
     """``synthetic[:SCENE[:TRAJ]]`` -> its ``(scene, trajectory)`` pairs (``SYNTHETIC_SUITE`` when
     TRAJ is absent); names checked here, before anything is rendered."""
-    from ..data.scenes import SCENE_NAMES
-    from ..trajectories import PRESETS
-
     parts = spec.split(":")
     if len(parts) > 3:
         raise MirageError(f"{spec}: expected synthetic[:SCENE[:TRAJ]] or synthetic[:SCENE]:loops")
@@ -319,11 +317,6 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     :data:`LOOP_SUITE` end exactly (to rounding) on frame 0's camera. ``seed``: the scene's texture
     seed (:func:`~mirage_cli.data.scenes.make_scene`; the geometry does not depend on it).
     """
-    from ..bench.scene import check_inside_room
-    from ..data.scenes import default_camera, make_scene
-    from ..pipeline.plan import reference_depth, scale_cameras
-    from ..trajectories import PRESETS, load_trajectory, resample
-
     W, H = size
     scene = make_scene(scene_name, seed)
     cam0 = default_camera(W, H)
@@ -346,8 +339,6 @@ def synthetic_clip(scene_name: str, traj_name: str, frames: int, size: tuple[int
     cams = Cameras(cam0.c2w[0] @ cams.c2w, cams.intrinsics, W, H)  # frame 0 = the room's default camera
     check_inside_room(f"synthetic:{scene_name}:{traj_name}", cams, scene)
     rgb, depth = scene.render(cams)
-    from ..io import to_uint8
-
     return Clip(f"{scene_name}-{traj_name}", to_uint8(rgb), cams, depth[0], depth, float(traj.fps),
                 f"synthetic:{scene_name}:{traj_name}", synthetic=True)
 
@@ -368,9 +359,6 @@ def _there_and_back(traj_name: str, frames: int) -> tuple[int, list[int] | None]
 def _figure_eight(static):
     """``static`` (a resampled ``static`` preset: identity poses, its fov) moved along the
     :data:`FIGURE_EIGHT` lemniscate, in reference depths (the trajectory stays ``relative``)."""
-    import dataclasses
-    import math
-
     a, b, c = FIGURE_EIGHT
     cams = static.cameras
     s = torch.linspace(0, 1, len(cams), dtype=torch.float64)

@@ -26,13 +26,17 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import MirageError
 from ..pipeline.config import GenerateConfig
 from ..pipeline.engine import Cancelled, CancelToken
+from ..pipeline.rundir import chunk_video
+from ..trajectories.catalog import CATALOG
 from .moves import KEY_HELP, KEYS, Step
 from .session import DEFAULT_ANGLE, ExploreSession
 from .uploads import accept_depth, accept_image
@@ -84,6 +88,17 @@ def viser_to_pose(wxyz, position) -> np.ndarray:
     return out
 
 
+def set_value(handle: Any, value: Any) -> None:
+    """Assign a viser GUI input's ``value``. viser 1.1 declares ``_GuiInputHandle.value``'s setter after another
+    method (``viser/_gui_handles.py``), so type checkers see the property as read-only; the setter is there."""
+    handle.value = value
+
+
+def on_event(action: Callable[[], None]) -> Callable[[Any], None]:
+    """A viser event handler (click, hotkey, upload) that runs ``action`` and ignores the event."""
+    return lambda _event: action()
+
+
 class ExploreApp:
     """The server, its page and its one worker (see the module docstring). ``session`` may be None
     (no IMAGE given): the page then waits for an uploaded image."""
@@ -122,7 +137,7 @@ class ExploreApp:
             for row in (("W", "S"), ("A", "D"), ("Q", "E"), ("R", "F")):
                 for key in row:
                     b = gui.add_button(f"{key}: {KEY_HELP[key]}")
-                    b.on_click(lambda _e, k=key: self._request_key(k))
+                    b.on_click(on_event(partial(self._request_key, key)))
                     self.buttons[key] = b
             self.undo_button = gui.add_button("U: undo")
             self.undo_button.on_click(lambda _e: self._enqueue("undo", self._undo))
@@ -131,7 +146,7 @@ class ExploreApp:
             self.cancel_button = gui.add_button("Cancel", color="red")
             self.cancel_button.on_click(lambda _e: self.cancel())
         for key in KEYS:  # keyboard: viser's hotkeys (commands), same jobs as the buttons
-            gui.add_command(f"{key}: {KEY_HELP[key]}", hotkey=key).on_trigger(lambda _e, k=key: self._request_key(k))
+            gui.add_command(f"{key}: {KEY_HELP[key]}", hotkey=key).on_trigger(on_event(partial(self._request_key, key)))
         gui.add_command("U: undo", hotkey="U").on_trigger(lambda _e: self._enqueue("undo", self._undo))
         with gui.add_folder("Step"):
             d = self.session.default_distance() if self.session is not None else 0.1
@@ -140,8 +155,6 @@ class ExploreApp:
             self.angle = gui.add_number("Turn (degrees)", self.opts.angle, min=0.1, max=180.0, step=1.0)
             self.prompt = gui.add_text("Prompt (next chunk)", self.opts.cfg.prompt)
             self.prompt.on_update(lambda _e: self._prompt_changed())
-            from ..trajectories.catalog import CATALOG
-
             self.preset = gui.add_dropdown("Preset", tuple(CATALOG), initial_value="orbit_left" if "orbit_left" in CATALOG
                                            else tuple(CATALOG)[0])
             self.preset_button = gui.add_button("Run preset as next chunk")
@@ -230,7 +243,8 @@ class ExploreApp:
                     continue
                 self.running = what
             try:
-                self.progress.value, self.progress.animated = 2.0, True
+                set_value(self.progress, 2.0)
+                self.progress.animated = True
                 job(token)
             except Cancelled:
                 self.say(f"{what}: cancelled; the session is as before it")
@@ -241,7 +255,8 @@ class ExploreApp:
                 self.say(f"{what}: {type(e).__name__}: {e}", error=True)
             finally:
                 self.running = None
-                self.progress.value, self.progress.animated = 100.0, False
+                set_value(self.progress, 100.0)
+                self.progress.animated = False
                 try:
                     self._show()
                 except Exception:  # the page must not take the worker down
@@ -258,7 +273,7 @@ class ExploreApp:
         session = self._need_session()
 
         def progress(i: int, n: int) -> None:
-            self.progress.value = 5.0 + 90.0 * i / max(n, 1)
+            set_value(self.progress, 5.0 + 90.0 * i / max(n, 1))
 
         t = time.perf_counter()
         result = session.step(step, cancel=token, progress=progress)
@@ -318,7 +333,7 @@ class ExploreApp:
                                                              out=str(old.out), overwrite=True), warn=lambda m: None)
             raise
         self.say(f"new input {Path(cfg.image).name}: session in {self.session.out}")
-        self.distance.value = self.session.default_distance()
+        set_value(self.distance, self.session.default_distance())
 
     # ------------------------------------------------------------------------------------ the view
     def _show_status(self) -> None:
@@ -328,7 +343,7 @@ class ExploreApp:
             return
         last = s.last
         spec = s.engine.backend.spec
-        known = self.known_fraction()
+        known = self.known_fraction(s)
         lines = [f"**mirage explore** — `{s.out}`",
                  f"backend **{spec.name}**{' (' + spec.label + ')' if spec.label else ''} · chunk {s.chunk_length} frames · "
                  f"{s.chunks_done} chunk(s) · {len(s.plan.cams)} frame(s) · {len(s.engine.memory):,} memory points",
@@ -343,9 +358,9 @@ class ExploreApp:
             lines.append(f"{pending} queued")
         self.status.content = "  \n".join(lines)
 
-    def known_fraction(self) -> float:
+    @staticmethod
+    def known_fraction(s: ExploreSession) -> float:
         """Fraction of the latent cells the memory covers from the current camera (the next chunk's frame 0)."""
-        s = self.session
         cam = s.plan.cams[len(s.plan.cams) - 1]
         _, known, _ = s.engine.memory.read(cam)
         return float(known.float().mean())
@@ -378,12 +393,9 @@ class ExploreApp:
         wxyz, pos = pose_to_viser(cams.c2w[-1].numpy())
         scene.add_camera_frustum("/current", np.radians(fov[-1]), W / H, scale=0.14 * ref, wxyz=wxyz, position=pos,
                                  color=(230, 40, 40))
-        self._show_video()
+        self._show_video(s)
 
-    def _show_video(self) -> None:
-        from ..pipeline.rundir import chunk_video
-
-        s = self.session
+    def _show_video(self, s: ExploreSession) -> None:
         k = s.chunks_done
         if not k:
             self.video.content = "<p>no chunk yet: press W (or another move)</p>"

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from ..errors import MirageError
 from ..geometry.rotations import quaternion_to_rotation, rotation_to_quaternion, rotation_y, slerp
+from ..trajectories.presets import make_preset
 
 TRANSLATIONS: dict[str, tuple[float, float, float]] = {
     "W": (0.0, 0.0, 1.0), "S": (0.0, 0.0, -1.0), "A": (-1.0, 0.0, 0.0), "D": (1.0, 0.0, 0.0),
@@ -29,7 +31,9 @@ TRANSLATIONS: dict[str, tuple[float, float, float]] = {
 """Direction of each translation key in the current camera's OpenCV axes."""
 TURNS: dict[str, float] = {"Q": -1.0, "E": 1.0}
 """Sign of each turn key's angle (positive turns right)."""
-KEYS: tuple[str, ...] = ("W", "S", "A", "D", "Q", "E", "R", "F")
+MoveKey = Literal["W", "S", "A", "D", "Q", "E", "R", "F"]
+"""A movement key (a literal type: viser's hotkeys are literals too)."""
+KEYS: tuple[MoveKey, ...] = get_args(MoveKey)
 """The movement keys (U, undo, is not a move)."""
 KEY_HELP: dict[str, str] = {"W": "forward", "S": "back", "A": "left", "D": "right", "Q": "turn left",
                             "E": "turn right", "R": "up", "F": "down"}
@@ -91,8 +95,6 @@ def key_target(c0: torch.Tensor, key: str, distance: float, angle: float) -> tor
 def preset_poses(c0: torch.Tensor, name: str, n: int) -> torch.Tensor:
     """``(n, 4, 4)``: preset ``name`` (its default parameters) made with ``n + 1`` frames and carried out
     from ``c0`` (its frame 0 is ``c0``), its frames 1..n."""
-    from ..trajectories.presets import make_preset
-
     rel = make_preset(name, frames=n + 1).cameras.relative_to_first().c2w
     return torch.as_tensor(c0, dtype=torch.float64) @ rel[1:]
 

@@ -36,10 +36,14 @@ import numpy as np
 import torch
 
 from ..errors import MirageError
+from ..geometry.cameras import Cameras
 from ..io import VideoWriter, to_uint8
+from ..memory.latent import LatentMemory
 from ..pipeline.config import GenerateConfig
 from ..pipeline.engine import CancelToken, ChunkResult, EngineSnapshot, decode_chunk
+from ..pipeline.generate import input_memory, resume, run_cameras, start
 from ..pipeline.loop import Run
+from ..pipeline.placement import central_depth
 from ..pipeline.plan import plan_chunks, valid_chunk_length
 from ..pipeline.records import PlannedChunk, RunRecord
 from ..pipeline.rundir import (
@@ -53,6 +57,9 @@ from ..pipeline.rundir import (
     video_file,
     write_run,
 )
+from ..trajectories import load_trajectory, save_trajectory
+from ..trajectories.catalog import COMMON_DEFAULTS
+from ..trajectories.trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory
 from .moves import Step, step_poses
 
 Warn = Callable[[str], None]
@@ -96,10 +103,6 @@ class SessionVideo:
 def first_trajectory(fov: float | None, fps: float | None):
     """The one-frame trajectory a session starts from: the input camera (identity), ``"relative"``
     scale, a vertical fov only (``fov`` degrees, default the presets' 55)."""
-    from ..geometry.cameras import Cameras
-    from ..trajectories.catalog import COMMON_DEFAULTS
-    from ..trajectories.trajectory import DEFAULT_HEIGHT, DEFAULT_WIDTH, Trajectory
-
     cams = Cameras.from_fov(torch.eye(4, dtype=torch.float64), fov or COMMON_DEFAULTS["fov"], DEFAULT_WIDTH, DEFAULT_HEIGHT)
     return Trajectory(cams, float(fps or COMMON_DEFAULTS["fps"]), "native", "relative", "mirage explore", True)
 
@@ -115,8 +118,6 @@ class ExploreSession:
     """
 
     def __init__(self, run: Run, warn: Warn = print, undo_budget: int = UNDO_BUDGET) -> None:
-        from ..trajectories import load_trajectory
-
         self.run, self.warn, self.undo_budget = run, warn, undo_budget
         self.busy = threading.Lock()  # one generation (or undo) at a time
         plan, engine = run.plan, run.engine
@@ -138,8 +139,6 @@ class ExploreSession:
         write_run(plan.out, run.record)
         self.snapshots: dict[int, EngineSnapshot] = {done: engine.snapshot()}
         if done:  # the base (input only) state: the input lifted again with the saved depth
-            from ..pipeline.generate import input_memory
-
             self.snapshots[0] = EngineSnapshot(input_memory(run), (engine.history[0],), 0, 1)
         self.last: ChunkResult | None = None
 
@@ -149,9 +148,6 @@ class ExploreSession:
                undo_budget: int = UNDO_BUDGET, cancel: CancelToken | None = None) -> ExploreSession:
         """A new session from ``cfg`` (the options of ``mirage generate`` but ``--traj``/``--frames``):
         every input checked as ``generate`` checks it, then the run directory created."""
-        from ..pipeline.generate import start
-        from ..trajectories import save_trajectory
-
         if cfg.traj or cfg.frames is not None or cfg.start_frame:
             raise MirageError("explore: the path is walked, not given (no --traj, --frames or --start-frame)")
         cfg = replace(cfg, cache_dump="chunks", keep_latents=True)  # every chunk's dump (undo) and latents (resume)
@@ -177,8 +173,6 @@ class ExploreSession:
     @classmethod
     def resume(cls, out: Path, warn: Warn = print, quiet: bool = True, undo_budget: int = UNDO_BUDGET) -> ExploreSession:
         """Continue the session in ``out`` (finished or stopped), after its last saved chunk."""
-        from ..pipeline.generate import resume
-
         out = Path(out)
         if run_json(out).is_file():
             record = RunRecord.read(run_json(out))
@@ -217,8 +211,6 @@ class ExploreSession:
 
     def default_distance(self) -> float:
         """The default step length in reference depths (:data:`STEP_FRACTION` of the depth ahead)."""
-        from ..pipeline.placement import central_depth
-
         depth = torch.from_numpy(np.load(depth_file(self.out), allow_pickle=False))
         return round(STEP_FRACTION * central_depth(depth) / self.plan.reference_depth, 4)
 
@@ -233,9 +225,6 @@ class ExploreSession:
     def _set_trajectory(self, traj) -> None:
         """Save ``traj`` as the run's trajectory.json and re-plan the run from the saved file, as
         ``generate`` plans it (same cameras bit for bit)."""
-        from ..pipeline.generate import run_cameras
-        from ..trajectories import load_trajectory, save_trajectory
-
         run, plan = self.run, self.run.plan
         save_trajectory(traj, trajectory_file(plan.out))
         cams, saved = run_cameras(plan.config, plan.out, plan.size, plan.reference_depth)
@@ -274,9 +263,6 @@ class ExploreSession:
         """Generate the next chunk along ``step``. A failure or cancellation leaves the session and its
         directory as before the step (and re-raises)."""
         with self._hold(step.describe()):
-            from ..geometry.cameras import Cameras
-            from ..trajectories.trajectory import Trajectory
-
             k, engine = self.chunks_done, self.engine
             poses = step_poses(self.current_pose(), step, self.chunk_length - 1)
             before, old = engine.snapshot(), self.traj
@@ -336,8 +322,6 @@ class ExploreSession:
 
     def _state_from_disk(self, j: int) -> EngineSnapshot:
         """The engine's state after chunk ``j`` (``j >= 1``) from its checkpoint and stored latents."""
-        from ..memory.latent import LatentMemory
-
         engine, plan = self.engine, self.plan
         dump = self.out / "cache" / f"chunk_{j - 1:03d}.safetensors"
         if not dump.is_file():

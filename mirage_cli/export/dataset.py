@@ -30,6 +30,11 @@ import torch
 
 from ..errors import MirageError
 from ..io import atomic_path
+from ..memory.export import point_colors
+from ..memory.latent import LatentMemory
+from ..trajectories.formats.colmap import model_records
+from .colmap import write_model
+from .nerfstudio import write_transforms
 from .run import FinishedRun, open_run
 
 TARGETS = ("colmap", "nerfstudio")
@@ -67,9 +72,6 @@ def _save_png(path: Path, array: np.ndarray) -> None:
 
 def memory_points(run: FinishedRun) -> tuple[np.ndarray, np.ndarray, object]:
     """``(xyz (P, 3) float64, rgb (P, 3) uint8, memory)``: the final memory's points with finite coordinates."""
-    from ..memory.export import point_colors
-    from ..memory.latent import LatentMemory
-
     memory = LatentMemory.load(run.memory_file("the export's point cloud needs it"))
     pts = memory.points.detach().double().cpu()
     valid = torch.isfinite(pts).all(1)
@@ -121,12 +123,7 @@ def export_run(run_dir: Path | str, target: str, out: Path | str, every: int = 1
             for j, dj in enumerate(d.round().clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)):
                 _save_png(out / depth_names[s + j], dj)
     if target == "colmap":
-        from ..trajectories.formats.colmap import model_records
-        from .colmap import write_model
-
         files = write_model(out / "sparse" / "0", *model_records(cams, names), xyz, rgb, binary=binary)
     else:
-        from .nerfstudio import write_transforms
-
         files = write_transforms(out, cams, run.fps, [f"images/{n}" for n in names], depth_names, xyz, rgb)
     return Export(out, target, indices, len(xyz), files, clipped)

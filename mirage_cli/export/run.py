@@ -18,7 +18,9 @@ import numpy as np
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
+from ..pipeline.config import with_backend_defaults
 from ..pipeline.records import RunRecord
+from ..pipeline.rundir import final_dump, read_dump_extras, run_json, video_file
 
 
 def finished_record(out: Path, purpose: str = "nothing to read"):
@@ -28,9 +30,6 @@ def finished_record(out: Path, purpose: str = "nothing to read"):
         MirageError: not a directory, no ``run.json``, a run not finished (the message ends with
             ``purpose``), or a reference depth that is not a finite number > 0.
     """
-    from ..pipeline.records import RunRecord
-    from ..pipeline.rundir import run_json
-
     if not out.is_dir():
         raise MirageError(f"{out}: not a directory (give a run directory of `mirage generate`)")
     path = run_json(out)
@@ -50,8 +49,6 @@ def finished_record(out: Path, purpose: str = "nothing to read"):
 def final_memory_file(out: Path, chunks: int, purpose: str = "it is needed") -> Path:
     """``cache/final.safetensors``, else the dump after the last chunk (MirageError: neither; the
     message says ``purpose``)."""
-    from ..pipeline.rundir import final_dump, read_dump_extras
-
     if final_dump(out).is_file():
         return final_dump(out)
     last = out / "cache" / f"chunk_{chunks - 1:03d}.safetensors"
@@ -79,8 +76,6 @@ class FinishedRun:
 
     @property
     def video(self) -> Path:
-        from ..pipeline.rundir import video_file
-
         return video_file(self.out)
 
     def memory_file(self, purpose: str = "it is needed") -> Path:
@@ -112,7 +107,6 @@ class FinishedRun:
 
 def open_run(run_dir: Path | str, purpose: str = "nothing to read") -> FinishedRun:
     """The finished run in ``run_dir``, read without a model (see :class:`FinishedRun`)."""
-    from ..pipeline.config import with_backend_defaults
     from ..pipeline.generate import run_cameras
 
     out = Path(run_dir)

@@ -11,11 +11,13 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras, validate_cameras
 from ..io import atomic_path, write_video
+from ..models.codecs import features_to_rgb
 from .latent import LatentMemory
 from .storage import INPUT_CHUNK
 
@@ -28,8 +30,6 @@ def point_colors(memory: LatentMemory, codec: str | None = None) -> torch.Tensor
     Exact for the pixel codec (the features are the colours); for other codecs the
     :func:`mirage_cli.models.codecs.features_to_rgb` map (a pseudo-colour without the decoder).
     """
-    from ..models.codecs import features_to_rgb
-
     name = codec or memory.codec
     if name.startswith("pixel"):
         return memory.features.float()[:, :3].clamp(0, 1).cpu()
@@ -42,8 +42,6 @@ def export_ply(memory: LatentMemory, path: str | os.PathLike, convention: str = 
     ``convention="opencv"`` keeps the memory's world axes (x right, y down, z forward);
     ``"opengl"`` flips y and z (y up), which most viewers expect. Returns the number of points.
     """
-    import numpy as np
-
     if convention not in ("opencv", "opengl"):
         raise MirageError(f"unknown convention {convention!r} (choose opencv or opengl)")
     xyz = memory.points.detach().float().cpu().numpy().astype("<f4")
@@ -58,8 +56,6 @@ def export_ply(memory: LatentMemory, path: str | os.PathLike, convention: str = 
 def write_ply(path: str | os.PathLike, xyz, rgb, comment: str = "") -> None:
     """A binary little-endian PLY of points ``xyz (P, 3)`` (written as float32) with ``rgb (P, 3)``
     uint8 colours, atomically (the layout Open3D, nerfstudio and most viewers read)."""
-    import numpy as np
-
     n = len(xyz)
     rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     xyz = np.asarray(xyz, dtype="<f4")

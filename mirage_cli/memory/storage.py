@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .. import __version__
 from ..dtypes import dtype_name
@@ -52,8 +54,6 @@ def points_per_chunk(chunk: torch.Tensor) -> dict[str, int]:
 # ------------------------------------------------------------------------------ safetensors I/O
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write ``tensors`` (moved to CPU, made contiguous) with string ``metadata``, atomically."""
-    from safetensors.torch import save_file
-
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {str(k): str(v) for k, v in metadata.items()}
     with atomic_path(path) as tmp:
@@ -81,8 +81,6 @@ def read_safetensors(path: str | os.PathLike,
         MirageError: one line naming the file when it is missing, not a file, truncated or
             otherwise not a readable safetensors file.
     """
-    from safetensors import safe_open
-
     p = Path(path)
     _check_exists(p)
     try:
@@ -99,8 +97,6 @@ def read_safetensors(path: str | os.PathLike,
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file, without reading its tensors (same errors as
     :func:`read_safetensors`)."""
-    from safetensors import safe_open
-
     p = Path(path)
     _check_exists(p)
     try:

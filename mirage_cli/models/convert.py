@@ -42,15 +42,22 @@ in a temporary directory beside ``OUT`` and renamed into place at the end: a fai
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
 import shutil
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .. import __version__
 from ..errors import MirageError
 from .registry import RANDOM_WEIGHTS_MARKER, VACE_SUBFOLDERS, resolve_model, weights_kind
 from .shards import ITEMSIZE, ShardEntry, StreamingShards
@@ -118,8 +125,6 @@ def sha256_file(path: Path, block: int = 1 << 24) -> str:
 
 def _open(path: Path, what: str):
     """``safe_open`` with a one-line error for missing / non-safetensors files."""
-    from safetensors import safe_open
-
     if not path.is_file():
         raise MirageError(f"{path}: {what} file not found")
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
@@ -194,8 +199,6 @@ def check_base(root: Path) -> dict:
 
 def expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
     """A ``MirageTransformer3DModel`` on the meta device (config + expected parameter shapes, no memory)."""
-    import inspect
-
     from accelerate import init_empty_weights
     from diffusers import WanVACETransformer3DModel
 
@@ -352,7 +355,6 @@ def _link_tree(src: Path, dst: Path) -> None:
 def _peak_rss_bytes() -> int:
     try:
         import resource
-        import sys
 
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(r if sys.platform == "darwin" else r * 1024)
@@ -494,11 +496,7 @@ def lora_scale_of(mod: dict, lsf, lora_scale: float, layout: str) -> float:
 
 def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: Path, lora_path: Path | None,
            lora_scale: float, max_shard_bytes: int, layout: str, fuse: bool, say) -> ConvertReport:
-    from contextlib import nullcontext
-
     from diffusers import UniPCMultistepScheduler
-
-    from .. import __version__
 
     entries, lora_plan, model, base_files = plan.entries, plan.lora, plan.model, plan.base_files
     (tmp / "transformer").mkdir(parents=True)
@@ -520,8 +518,6 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: P
 
         shards.write(produce)
         if lora_plan and not fuse:  # unfused: the factors under diffusers names, scale folded into B
-            from safetensors.torch import save_file
-
             assert lsf is not None  # a LoRA plan comes from the LoRA file (_plan: none without one)
             factors = {}
             for name, mod in lora_plan.items():

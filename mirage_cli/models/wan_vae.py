@@ -20,6 +20,7 @@ live on the CPU and visit the compute device for each call).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -268,8 +269,6 @@ class WanVAECodec:
 
 
 def _check_class(config_path, expected: str) -> None:
-    import json
-
     try:
         cls = json.loads(open(config_path).read()).get("_class_name")
     except (OSError, ValueError) as e:

@@ -250,8 +250,10 @@ def recorded_config(cfg: GenerateConfig, given: GenerateConfig) -> GenerateConfi
     fills them again on ``--resume``, so the run repeats exactly."""
     if backend_spec(cfg.backend).samples:
         return cfg
-    unset = {k: None for k in ("steps", "guidance", "shift", "references") if getattr(given, k) is None}
-    return replace(cfg, **unset)  # type: ignore[arg-type]  # these fields are Optional
+    return replace(cfg, steps=cfg.steps if given.steps is not None else None,
+                   guidance=cfg.guidance if given.guidance is not None else None,
+                   shift=cfg.shift if given.shift is not None else None,
+                   references=cfg.references if given.references is not None else None)
 
 
 def with_absolute_paths(cfg: GenerateConfig) -> GenerateConfig:

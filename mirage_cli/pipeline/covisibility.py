@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry.cameras import Cameras, project
+from ..geometry.cameras import Cameras, backproject, project
 
 VOXEL = 0.1  # world units (metres in the reference)
 IOU_THRESHOLD = 0.04
@@ -102,8 +102,6 @@ def depth_voxel_keys(depth: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, va
     """The occupancy of one annotated frame, as the reference's training references use it: every
     valid pixel of ``depth (H, W)`` (z-depth; ``valid (H, W)`` bool) back-projected with ``c2w (4, 4)``
     and pixel intrinsics ``K (3, 3)``, floored to ``voxel``; unique int64 keys ``(M,)``."""
-    from ..geometry.cameras import backproject
-
     pts = backproject(depth.double(), c2w.double(), K.double())[valid]
     return _voxel_keys(pts, voxel)
 

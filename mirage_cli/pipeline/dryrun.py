@@ -9,6 +9,7 @@ stands after that first lift -- what the input image alone can show from there -
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ import torch.nn.functional as F
 
 from ..backends.specs import BackendSpec, CodecGeometry
 from ..errors import MirageError
+from ..io import to_uint8, write_video
 from ..models.codecs import PixelCodec
+from ..models.registry import VACE_SUBFOLDERS, lookup, resolve_model
 from .config import GenerateConfig
 from .loop import Run
 from .records import Outputs, RunRecord, now
@@ -75,8 +78,6 @@ def planned_geometry(cfg: GenerateConfig, spec: BackendSpec, warn) -> CodecGeome
     geometry and a warning (checking a path before a large download is what a dry run is for)."""
     if not spec.samples:
         return spec.codec
-    from ..models.registry import VACE_SUBFOLDERS, lookup, resolve_model
-
     ref = str(cfg.model or spec.default_model)
     spec.check_model_ref(ref)  # a registry name of another kind: refused as the real run refuses it
     try:
@@ -96,8 +97,6 @@ def vae_geometry(config: Path, default: CodecGeometry) -> CodecGeometry:
     """Channels and factors from a diffusers ``AutoencoderKLWan`` config (``z_dim``,
     ``scale_factor_spatial`` or ``2 ** len(temperal_downsample)``, ``scale_factor_temporal`` or
     ``2 ** sum(temperal_downsample)``, as :class:`~mirage_cli.models.wan_vae.WanVAECodec` reads them)."""
-    import json
-
     try:
         c = json.loads(config.read_text())
     except (OSError, ValueError) as e:
@@ -111,8 +110,6 @@ def vae_geometry(config: Path, default: CodecGeometry) -> CodecGeometry:
 
 def run_dry(run: Run) -> RunRecord:
     """Read the first memory from every camera, write coverage.mp4 and the record."""
-    from ..io import to_uint8, write_video
-
     plan, memory, record = run.plan, run.engine.memory, run.record
     W, H = plan.size
     hole = torch.tensor(HOLE_RGB).view(1, 3, 1, 1)

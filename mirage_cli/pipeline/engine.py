@@ -33,6 +33,8 @@ from ..geometry.depth import fill_depth, fit_scale_shift
 from ..io import to_uint8
 from ..memory.latent import LatentMemory, reduce_depth
 from ..models.codecs import Codec
+from . import pixelcontext as px
+from .covisibility import voxel_iou_references
 from .plan import Chunk, latent_frame_indices, written_latent_frames
 
 
@@ -301,8 +303,6 @@ class ChunkEngine:
         """The spec ``pixel_history`` context of ``chunk``: its overlap frames and pixel references
         (:class:`~.pixelcontext.PixelHistory`) and, for a rendering conditioning, the explicit RGB cloud
         rebuilt from the frames so far and rendered into every video frame (:class:`~.pixelcontext.PointRender`)."""
-        from . import pixelcontext as px
-
         spec, s, dev = self.backend.spec, self.settings, self.first_latent.device
         overlap = (px.frames_tensor(self.pixels, list(range(chunk.start, chunk.start + chunk.overlap)), dev)
                    if chunk.index > 0 else None)
@@ -339,8 +339,6 @@ class ChunkEngine:
         candidates = [i for i in range(n) if i not in exclude]
         s = self.settings
         if self.backend.spec.references == "voxel-iou":  # the reference's selection, the one its model was trained with
-            from .covisibility import voxel_iou_references
-
             refs = voxel_iou_references(self.memory.points, self.memory.chunk, lcams, self.history_cameras(),
                                         [h.label for h in self.history], candidates, s.references, s.grid, s.voxel)
         else:

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
@@ -35,6 +36,8 @@ from ..memory.latent import INPUT_CHUNK, LatentMemory
 from ..models.codecs import Codec
 from ..models.registry import resolve_device
 from ..threads import current_threads
+from ..trajectories import load_trajectory, save_trajectory
+from ..trajectories.scale import preflight  # issue 29: path vs scene, one warning before any model loads
 from .config import (
     FRAME_SIDES,
     GenerateConfig,
@@ -48,6 +51,7 @@ from .config import (
     with_absolute_paths,
     with_backend_defaults,
 )
+from .covisibility import IOU_THRESHOLD, depth_is_metric, voxel_size
 from .dryrun import dry_run_parts, run_dry
 from .engine import CancelToken, ChunkEngine, EngineSettings, round_latents
 from .inputs import (
@@ -73,6 +77,7 @@ from .resources import available_ram, check_peak, estimate_peak, fit_max_pixels,
 from .rundir import (
     RunDir,
     chunk_latents,
+    depth_file,
     final_dump,
     load_latents,
     load_reads,
@@ -149,7 +154,6 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
     device = resolve_device(cfg.device)
     assert cfg.image is not None and cfg.traj is not None  # check_config refused their absence
     image_path, traj_ref = Path(cfg.image), cfg.traj
-    from ..trajectories.scale import preflight  # issue 29: path vs scene, one warning before any model loads
     preflight(cfg.traj, image_path, cfg.depth, cfg.depth_scale, cfg.traj_scale, cfg.start_frame, cfg.memory, warn)
     image_raw, image_hash = load_input_image(image_path, cfg.start_frame), file_sha256(image_path)
     W0, H0 = image_raw.shape[-1], image_raw.shape[-2]
@@ -199,8 +203,6 @@ def start(cfg: GenerateConfig, warn: Warn = print, quiet: bool = False, dry_run:
 
     # Every input is valid: only now the run directory is created (the trajectory is then used as
     # saved there, exactly as a resumed run will read it).
-    from ..trajectories import save_trajectory
-
     (cancel or CancelToken()).check()  # a Ctrl-C swallowed while loading: stop before touching the run directory
     out = Path(cfg.out) if cfg.out else Path("outputs") / f"{image_path.stem}-{traj_stem(traj_ref)}"
     rundir = RunDir.open_new(out, cfg.overwrite, warn)  # locked; an earlier run moved aside until our first checkpoint
@@ -309,8 +311,6 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
     """The one builder of a :class:`Run` (new, resumed, reopened): the engine on the plan, the
     chunks ``record.chunks`` holds replayed from their stored latents (bit-identical history and
     video), and the run directory's writer watching the engine."""
-    from .covisibility import voxel_size
-
     spec, cfg, s = backend.spec, plan.config, plan.settings
     settings = EngineSettings(grid=plan.grid, seed=cfg.seed, steps=s.steps, guidance=s.guidance, prompt=cfg.prompt,
                               negative_prompt=cfg.negative_prompt, references=s.references,
@@ -318,10 +318,6 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
                               conditioning=cfg.conditioning or "")
     pixels: dict[str, Any] = {}
     if spec.pixel_history:  # the input's pixels and saved depth (the explicit cloud's frame 0), the cameras
-        import numpy as np
-
-        from .rundir import depth_file
-
         depth = torch.from_numpy(np.load(depth_file(plan.out), allow_pickle=False)).float().to(plan.device)
         pixels = dict(input_image=image.to(plan.device), input_depth=depth, cameras=plan.cams)
     engine = ChunkEngine(codec, backend, memory, first_latent, plan.cams[:1], settings, depth_model=depth_model,
@@ -346,10 +342,6 @@ def _assemble(plan: RunPlan, codec: Codec, backend: Backend, first_latent: torch
 
 def input_memory(run: Run) -> LatentMemory:
     """The memory ``run`` started from: its input lifted with its saved depth (``depth.npy``)."""
-    import numpy as np
-
-    from .rundir import depth_file
-
     depth = torch.from_numpy(np.load(depth_file(run.plan.out), allow_pickle=False)).to(run.plan.device)
     return _first_memory(None, run.plan, run.codec, run.engine.first_latent, depth)
 
@@ -419,8 +411,6 @@ def run_cameras(cfg: GenerateConfig, out: Path, size: tuple[int, int], ref_depth
     poses relative to frame 0 (frame 0 = identity), translations in scene units (a relative
     trajectory scaled by ``ref_depth``); the saved Trajectory)``. Needs no model (``mirage eval loop``
     reads a run's cameras with it)."""
-    from ..trajectories import load_trajectory
-
     W, H = size
     saved = load_trajectory(trajectory_file(out))
     return scale_cameras(trajectory_cameras(saved, cfg.fov, W, H, cfg.intrinsics), saved.scale, ref_depth), saved
@@ -459,8 +449,6 @@ def _reference_selection(plan: RunPlan, spec: BackendSpec, warn: Warn) -> dict |
     had to be scaled because the depth is relative."""
     if spec.references != "voxel-iou" or not plan.config.references:
         return None
-    from .covisibility import IOU_THRESHOLD, depth_is_metric, voxel_size
-
     voxel, how = voxel_size(plan.depth_source, plan.reference_depth)
     if not depth_is_metric(plan.depth_source):
         warn(f"references: the depth ({plan.depth_source}) is not metric, so the reference's 0.1 voxel is scaled by "

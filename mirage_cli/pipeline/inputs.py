@@ -20,14 +20,16 @@ from ..geometry.cameras import Cameras
 from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
 from ..io import load_image
 from ..models.codecs import Codec
+from ..models.depth_model import load_depth_model as load
+from ..trajectories import load_trajectory, resample
+from ..trajectories.formats.geometry_npz import geometry_frame, is_npz
+from ..trajectories.scale import apply_traj_scale
 from .config import GenerateConfig
 from .resources import output_size
 
 
 def is_geometry(path: str | Path | None) -> bool:
     """Whether ``path`` is a geometry.npz (judged by content, as every trajectory format)."""
-    from ..trajectories.formats.geometry_npz import is_npz
-
     return path is not None and Path(path).is_file() and is_npz(Path(path))
 
 
@@ -39,8 +41,6 @@ def with_geometry_image(cfg: GenerateConfig) -> GenerateConfig:
 def load_input_image(path: Path, start_frame: int = 0) -> torch.Tensor:
     """The input image ``(3, H, W)`` in [0, 1]: an image file, or frame ``start_frame`` of a geometry.npz."""
     if is_geometry(path):
-        from ..trajectories.formats.geometry_npz import geometry_frame
-
         return geometry_frame(path, start_frame)[0]
     return load_image(path)
 
@@ -96,8 +96,6 @@ def prepare_depth(cfg: GenerateConfig, image_path: Path, image: torch.Tensor, or
     model = None
     if cfg.depth is None and is_geometry(image_path):
         # the reference's data pipeline: depths[K] (metric), invalid where masks[K] is False
-        from ..trajectories.formats.geometry_npz import geometry_frame
-
         _, depth, mask = geometry_frame(image_path, cfg.start_frame)
         if mask is not None:
             depth = torch.where(mask, depth, torch.zeros_like(depth))
@@ -144,9 +142,6 @@ def prepare_trajectory(cfg: GenerateConfig, size: tuple[int, int], warn: Callabl
     Warns with the reader's notes (frames reordered, fps derived) and when the file's image aspect
     differs from the ``(W, H)`` frames (how its intrinsics are fitted then matters: ``--intrinsics``).
     """
-    from ..trajectories import load_trajectory, resample
-    from ..trajectories.scale import apply_traj_scale
-
     traj = apply_traj_scale(load_trajectory(cfg.traj), cfg.traj_scale)
     if cfg.start_frame:  # the input image is frame K; poses are re-expressed relative to it later
         if cfg.start_frame >= len(traj):  # one frame may remain, as --frames 1 allows a 1-frame video
@@ -177,8 +172,6 @@ def prepare_codec_backend(cfg: GenerateConfig, show_progress: bool = True) -> tu
 
 def load_depth_model(*args, **kwargs):
     """``models.depth_model.load_depth_model``, imported when first used (transformers is heavy)."""
-    from ..models.depth_model import load_depth_model as load
-
     return load(*args, **kwargs)
 
 

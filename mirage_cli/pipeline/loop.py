@@ -18,7 +18,7 @@ from .persist import FrameList, FrameSink, RunWriter
 from .plan import Chunk
 from .prompts import chunk_prompt
 from .records import RunRecord
-from .rundir import RunDir
+from .rundir import RunDir, write_run
 
 
 @dataclass
@@ -68,8 +68,6 @@ def run_loop(run: Run, progress=None, warn: Callable[[str], None] = print, cance
     assert writer is not None, "a reopened run is for reading"
     cancel = cancel or CancelToken()
     try:
-        from .rundir import write_run
-
         write_run(plan.out, run.record)
         done = len(run.record.chunks)
         task = progress.add_task("chunks", total=len(plan.chunks), completed=done) if progress else None

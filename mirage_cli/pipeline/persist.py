@@ -29,6 +29,7 @@ from ..units import psnr_db
 from .config import RunPlan
 from .coverage import blind_frames_warning, known_per_frame
 from .engine import ChunkEngine, ChunkResult
+from .plan import latent_frame_indices
 from .records import STAGES, ChunkRecord, Outputs, RunRecord, Totals, now
 from .rundir import (
     RunDir,
@@ -94,8 +95,6 @@ def video_comment(spec: BackendSpec) -> str:
 
 def chunk_record(result: ChunkResult, memory: LatentMemory, tf: int) -> ChunkRecord:
     """The run.json record of a finished chunk (its dump time still 0)."""
-    from .plan import latent_frame_indices
-
     chunk, n, known = result.chunk, result.written, result.read.known
     return ChunkRecord(
         index=chunk.index, frames=[chunk.start, chunk.stop - 1], latent_frames=len(result.read.cams),

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras, backproject
+from ..trajectories import PRESETS, load_trajectory, resample
 
 MARGIN = 0.8  # keep the orbit this fraction of the free space (cameras have a near plane too)
 CENTRAL_WINDOW = 0.2  # the central fifth of the image (each side) gives the "depth ahead"
@@ -91,8 +92,6 @@ def place_preset(traj, traj_arg: str, look_at_depth: float | None, frames: int |
     look-at point from ``look_at_depth`` (reference depths) or, when None, from the input depth (see
     the module docstring); anything else is returned as it is. ``frames``: --frames resampling.
     Returns ``(trajectory, look-at depth used in reference depths or None)``."""
-    from ..trajectories import PRESETS, load_trajectory, resample
-
     name = traj_arg.removeprefix("preset:")
     if traj.format != "preset" or name not in PRESETS or "look_at_depth" not in PRESETS[name].params:
         if look_at_depth is not None:
@@ -109,8 +108,6 @@ def place_preset(traj, traj_arg: str, look_at_depth: float | None, frames: int |
 def placement_note(traj_arg: str, look_at_depth: float) -> str:
     """The line saying where a preset by name was placed from the input depth, and that its file
     (``mirage traj preset``, ``presets/NAME.json``) keeps the preset's own look-at depth."""
-    from ..trajectories import PRESETS
-
     name = traj_arg.removeprefix("preset:")
     own = PRESETS[name].defaults()["look_at_depth"]
     return (f"--traj {name}: look-at point placed at {look_at_depth:g} reference depths from the input depth "

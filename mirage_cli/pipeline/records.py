@@ -10,9 +10,11 @@ naming the file and the field instead of a traceback later in the loop.
 from __future__ import annotations
 
 import json
+import platform
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import MirageError
@@ -227,14 +229,11 @@ def _bad(source, where: str, expected: str, value) -> None:
 # ------------------------------------------------------------------------------------ stamps
 def now() -> str:
     """UTC time stamp, seconds precision (ISO 8601)."""
-    from datetime import datetime, timezone
-
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str | None]:
     """Versions of Python and the libraries that shape the output (None: not installed)."""
-    import platform
     from importlib.metadata import PackageNotFoundError, version
 
     import torch

@@ -27,11 +27,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from ..dtypes import LATENT_STORE_DTYPE
 from ..errors import MirageError
-from ..io import atomic_path, stale_temporaries, write_json
+from ..io import atomic_path, save_image, stale_temporaries, write_json
+from ..memory.checkpoint import read_extras
 from .plan import Chunk
 from .records import ChunkRecord, RunRecord, chunk_records_from_json, chunk_records_to_json
 from .runlock import RunLock
@@ -218,10 +222,7 @@ def coverage_video(out: Path) -> Path:
 def save_depth(out: Path, depth: torch.Tensor) -> None:
     """``OUT/depth.npy`` (float32 z-depth ``(H, W)``, scene units) and ``OUT/depth.png`` (turbo colour
     map of inverse depth between its 2nd and 98th percentile: near = red, far = blue), atomically."""
-    import numpy as np
     from matplotlib import colormaps
-
-    from ..io import save_image
 
     d = depth.detach().float().cpu()
     with atomic_path(depth_file(out)) as tmp:
@@ -317,8 +318,6 @@ def save_latents(path: Path, latents: torch.Tensor, chunk: Chunk,
     """Store a chunk's latents ``(T, C, h, w)`` as float16 (atomically); with ``reads``, also the
     memory read they were made from (``read (T, C, h, w)`` float16, ``known (T, h, w)`` bool), which
     the mirage backend takes back as preceding context -- so --resume needs it."""
-    from safetensors.torch import save_file
-
     tensors = {"latents": latents.to(LATENT_STORE_DTYPE).cpu().contiguous()}
     if reads is not None:
         tensors["read"] = reads[0].to(LATENT_STORE_DTYPE).cpu().contiguous()
@@ -331,9 +330,6 @@ def save_latents(path: Path, latents: torch.Tensor, chunk: Chunk,
 
 def load_latents(path: Path) -> torch.Tensor:
     """A chunk's stored latents ``(T, C, h, w)`` as float32."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))["latents"].float()
     except (SafetensorError, OSError, KeyError) as e:
@@ -342,8 +338,6 @@ def load_latents(path: Path) -> torch.Tensor:
 
 def load_reads(path: Path, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
     """A chunk's stored read ``(read (T, C, h, w) float32, known (T, h, w) bool)``, or None if not stored."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             if "read" not in f.keys():
@@ -365,11 +359,7 @@ def dump_extras(records: list[ChunkRecord], image_hash: str, reference_depth: fl
 def read_dump_extras(path: Path) -> dict:
     """The JSON ``extras`` of a memory dump's metadata or of a checkpoint directory's newest entry
     (without loading its tensors)."""
-    from safetensors import safe_open
-
     if path.is_dir():
-        from ..memory.checkpoint import read_extras
-
         try:
             return read_extras(path)
         except MirageError as e:  # a damaged checkpoint is skipped here; loading it says why

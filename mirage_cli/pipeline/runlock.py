@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MirageError
 
-try:
+if sys.platform != "win32":  # Windows has no fcntl: no advisory locks there; runs are then unguarded (documented)
     import fcntl
-except ImportError:  # Windows: no advisory locks here; runs are then unguarded (documented)
-    fcntl = None  # type: ignore[assignment]  # the module or None, tested before use
 
 
 def lock_path(out: Path) -> Path:
@@ -42,7 +41,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MirageError(f"{self.out.parent}: cannot write here ({e.strerror or e})") from e
-        if fcntl is None:
+        if sys.platform == "win32":
             return self
         while True:
             try:

@@ -34,7 +34,8 @@ def _font(size: int) -> Font:
 
 def _colour(i: int, n: int) -> tuple[int, int, int]:
     a = i / max(n - 1, 1)
-    return tuple(round(s + a * (e - s)) for s, e in zip(START, END))  # type: ignore[return-value]
+    r, g, b = (round(s + a * (e - s)) for s, e in zip(START, END))
+    return r, g, b
 
 
 def _nice_step(span: float) -> float:

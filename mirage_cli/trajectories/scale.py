@@ -36,6 +36,10 @@ import torch
 
 from ..errors import MirageError
 from ..geometry.cameras import Cameras, backproject
+from ..io import load_image
+from .catalog import CATALOG, preset_name
+from .formats.geometry_npz import geometry_frame, is_npz
+from .load import load_trajectory
 
 LARGE = 1.0
 """Too large: a camera leaves the scene's box by more than this times the box's size."""
@@ -166,7 +170,6 @@ def input_scene(image: Path, traj, depth: str | None = None, depth_scale: float 
     like the prior). ``traj``: the trajectory (from the input frame on), whose frame 0 intrinsics meet the
     image as in ``mirage generate`` (``--intrinsics crop``)."""
     from ..geometry.depth import check_depth_size, input_depth_source, prior_depth
-    from .formats.geometry_npz import geometry_frame, is_npz
 
     d: torch.Tensor | None  # None: no depth given (the prior, below)
     if is_npz(image):
@@ -175,8 +178,6 @@ def input_scene(image: Path, traj, depth: str | None = None, depth_scale: float 
             d = torch.where(mask, d, torch.zeros_like(d))
         source = f"geometry:{image}"
     else:
-        from ..io import load_image
-
         img = load_image(image)
         kind, d = input_depth_source(depth, image, depth_scale)
         source = kind if d is not None else "prior"
@@ -206,8 +207,6 @@ def preflight(traj_arg: str | None, image: str | Path | None, depth: str | None,
     check_traj_scale(traj_arg, traj_scale)
     if not traj_arg or not image or memory:
         return None
-    from .load import load_trajectory
-
     try:
         traj = load_trajectory(traj_arg)
         if 0 < start_frame < len(traj):
@@ -230,8 +229,6 @@ def check_traj_scale(traj_arg: str | None, traj_scale: float | None) -> None:
         return
     if not (math.isfinite(traj_scale) and traj_scale > 0):
         raise MirageError(f"--traj-scale: must be a number > 0 (got {traj_scale:g}); a negative scale mirrors the path")
-    from .catalog import CATALOG, preset_name
-
     name = preset_name(traj_arg) if traj_arg else None
     if name in CATALOG and "look_at_depth" in CATALOG[name].params:
         raise MirageError(f"--traj-scale: preset {name} is placed from the input depth (its translations already "

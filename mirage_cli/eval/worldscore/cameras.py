@@ -37,6 +37,8 @@ import torch
 
 from ...errors import MirageError
 from ...geometry.rotations import quaternion_to_rotation, rotation_to_quaternion, slerp
+from ...trajectories.formats.common import from_opencv_c2w
+from ...trajectories.formats.worldscore import read
 from .layouts import FIXED, LAYOUTS, MOVING
 
 ROTATION_DEG = 30.0
@@ -145,8 +147,6 @@ def to_trajectory(data: dict, size: tuple[int, int], fps: float, source: Path | 
     """``camera_data.json`` content as a mirage :class:`~mirage_cli.trajectories.Trajectory`
     (OpenCV c2w, normalised intrinsics ``f / W, f / H, 0.5, 0.5``, absolute units) through mirage's
     WorldScore reader, given the frame ``size = (W, H)`` and ``fps`` it does not hold."""
-    from ...trajectories.formats.worldscore import read
-
     W, H = size
     return read({**data, "width": W, "height": H, "fps": fps}, Path(source))
 
@@ -154,8 +154,6 @@ def to_trajectory(data: dict, size: tuple[int, int], fps: float, source: Path | 
 def from_trajectory(cameras) -> list[list[list[float]]]:
     """The inverse of :func:`to_trajectory` for the poses: OpenCV c2w ``(N, 4, 4)`` -> Blender c2w
     nested lists (what ``camera_data.json`` holds)."""
-    from ...trajectories.formats.common import from_opencv_c2w
-
     return from_opencv_c2w(cameras.c2w, "opengl", "c2w").tolist()
 
 

@@ -33,6 +33,7 @@ instance): each instance's run in ``OUT/runs/<job id>/run/`` with its trajectory
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import MirageError
-from ...io import atomic_path
+from ...io import atomic_path, write_video
 from .dataset import Instance
 from .layouts import anchor_frames, scene_count, total_frames
 
@@ -108,8 +109,6 @@ def center_crop(src: Path, size: tuple[int, int]):
 def write_png_if_changed(path: Path, image) -> None:
     """Save a PIL image as PNG, atomically, unless the file already holds exactly these bytes (a
     resumed run checks its input image's hash)."""
-    import io
-
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     data = buf.getvalue()
@@ -155,8 +154,6 @@ def write_instance(job, loaders) -> None:
         raise MirageError(f"{job.id}: the run made {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, the "
                           f"benchmark needs {n} of {W}x{H} (choose a resolution the backend's grid divides)")
     write_frames(folder / FRAMES, frames)
-    from ...io import write_video
-
     write_video(folder / VIDEO, frames, float(args["fps"]))
     seconds = run.record.totals.wall_seconds if run.record.totals else 0.0
     with atomic_path(folder / TIME) as tmp:

@@ -29,12 +29,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ... import __version__
 from ...batch.manifest import Job, Step
 from ...batch.runner import BatchOptions, run_jobs
 from ...batch.workers import finished
 from ...errors import MirageError
+from ...io import atomic_path
 from ...pipeline.config import GenerateConfig
 from ...pipeline.prompts import check_prompt_spans
+from ...pipeline.records import RunRecord, now, versions
+from ...pipeline.rundir import run_json
 from . import layout
 from .cameras import camera_data
 from .check import instance_problems, tree_instances
@@ -186,8 +190,6 @@ def eval_worldscore(data: Path, out: Path, base: GenerateConfig, opts: WorldScor
     doc = protocol_doc(root, out, base, opts, settings, jobs, record, unreadable, len(found), started, previous)
     write_protocol(out, doc)
     (out / CONFIG_DIR).mkdir(exist_ok=True)
-    from ...io import atomic_path
-
     with atomic_path(out / CONFIG_DIR / f"{opts.name}.yaml") as tmp:
         tmp.write_text(model_config(opts.name, out, opts.size, opts.frames, opts.fps, opts.focal))
     return doc
@@ -220,8 +222,6 @@ def _outside_selection(out: Path, chosen: list[tuple[Instance, Job]], overwrite:
 
 
 def _now() -> str:
-    from ...pipeline.records import now
-
     return now()
 
 
@@ -229,10 +229,6 @@ def protocol_doc(root: Path, out: Path, base: GenerateConfig, opts: WorldScoreOp
                  jobs: list[tuple[Instance, Job]], record, unreadable: list[str], found: int, started: str,
                  previous: dict | None = None) -> dict:
     """protocol.json's content (module docstring of :mod:`.protocol`)."""
-    from ... import __version__
-    from ...pipeline.records import RunRecord, now, versions
-    from ...pipeline.rundir import run_json
-
     entries, seconds, first_run = [], [], None
     for inst, job in jobs:
         rec = record.jobs[job.id] if record else None

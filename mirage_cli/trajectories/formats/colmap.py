@@ -195,18 +195,19 @@ def model_records(cams: Cameras, names: list[str] | None = None) -> tuple[list[M
     ``frame_%05d.png``), its pose the OpenCV w2c (COLMAP's convention)."""
     W, H = cams.width, cams.height
     K = (cams.intrinsics * torch.tensor([W, H, W, H], dtype=torch.float64)).tolist()
-    cam_ids: dict[tuple, int] = {}
+    cam_ids: dict[tuple[float, float, float, float], int] = {}
     cameras, images = [], []
     w2c = cams.w2c
     q = rotation_to_quaternion(w2c[:, :3, :3])
     for i in range(len(cams)):
-        key = tuple(rnd(v) for v in K[i])
+        fx, fy, cx, cy = (rnd(v) for v in K[i])
+        key = (fx, fy, cx, cy)
         if key not in cam_ids:
             cam_ids[key] = len(cam_ids) + 1
-            cameras.append(ModelCamera(cam_ids[key], W, H, key))  # type: ignore[arg-type]
-        vals = [rnd(v) for v in q[i].tolist() + w2c[i, :3, 3].tolist()]
+            cameras.append(ModelCamera(cam_ids[key], W, H, key))
+        qw, qx, qy, qz, tx, ty, tz = (rnd(v) for v in q[i].tolist() + w2c[i, :3, 3].tolist())
         name = names[i] if names is not None else f"frame_{i:05d}.png"
-        images.append(ModelImage(i + 1, tuple(vals[:4]), tuple(vals[4:]), cam_ids[key], name))  # type: ignore[arg-type]
+        images.append(ModelImage(i + 1, (qw, qx, qy, qz), (tx, ty, tz), cam_ids[key], name))
     return cameras, images
 
 

@@ -28,6 +28,7 @@ import torch
 
 from ...errors import MirageError
 from ...geometry.cameras import Cameras
+from ...io import load_image
 from ..trajectory import DEFAULT_FPS, Trajectory
 from .arrays import is_zip, load_npz, npz_keys
 from .common import Format
@@ -126,8 +127,6 @@ def geometry_frame(path: str | Path, index: int) -> tuple[torch.Tensor, torch.Te
 
 def _sibling_frame(path: Path, index: int) -> torch.Tensor:
     """``first_frame.png`` (index 0) or frame ``index`` of ``clip.mp4`` next to the npz, ``(3, H, W)``."""
-    from ...io import load_image
-
     png, mp4 = path.parent / "first_frame.png", path.parent / "clip.mp4"
     if index == 0 and png.exists():
         return load_image(png)

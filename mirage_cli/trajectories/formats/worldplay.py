@@ -19,6 +19,7 @@ focal lengths and centres the principal point. Translations are read as file uni
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,6 @@ def read(data: dict, path: Path) -> Trajectory:
 
 def text(traj: Trajectory) -> str:
     """WorldPlay pose JSON: every 4th frame (latent frames), c2w OpenCV, K in pixels at the trajectory's size."""
-    import json
-
     require_centred(traj, NAME)
     n = len(traj)
     if (n - 1) % FRAMES_PER_LATENT:
