@@ -29,6 +29,7 @@ def train_cmd(
     lora_rank: int = typer.Option(32, "--lora-rank", help="LoRA rank."),
     lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA alpha (scale alpha / rank; stored in the exported file, honoured by `models convert`)."),
     text_dropout: float = typer.Option(0.1, "--text-dropout", help="Probability a sample's caption is replaced by the empty prompt."),
+    memory_dropout: float = typer.Option(0.0, "--memory-dropout", help="Probability a sample's memory reads are replaced by 'nothing known' (an empty memory), so the model learns to generate without memory (mirage's option; the reference drops none)."),
     references: int = typer.Option(4, "--references", help="Reference latent frames per sample, at most (--backend mirage uses 4)."),
     preceding: int = typer.Option(2, "--preceding", help="Preceding latent frames per sample, at most (--backend mirage uses 2)."),
     random_counts: bool = typer.Option(False, "--random-counts", help="Draw the reference / preceding counts uniformly in 0..max each step."),
@@ -58,7 +59,8 @@ def train_cmd(
         raise MirageError(f"--init-lora {init_lora}: no such file")
     cfg = TrainConfig(data=str(data), model=model, out=str(out), stages=parse_stages(stage), max_steps=max_steps,
                       batch_size=batch_size, grad_accum=grad_accum, lr_vace=lr_vace, lr_lora=lr_lora, warmup=warmup,
-                      lora_rank=lora_rank, lora_alpha=lora_alpha, text_dropout=text_dropout, references=references,
+                      lora_rank=lora_rank, lora_alpha=lora_alpha, text_dropout=text_dropout, memory_dropout=memory_dropout,
+                      references=references,
                       preceding=preceding, random_counts=random_counts, seed=seed, mixed_precision=mixed_precision,
                       init_vace=init_vace, init_vace_file=vace_file,
                       init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,

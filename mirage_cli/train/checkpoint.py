@@ -8,7 +8,7 @@ A checkpoint is a folder ``OUT/checkpoints/step-NNNNNNN/`` (N = optimizer steps 
 
 Tensors via safetensors only (no pickle); the folder is written beside its final name and renamed into
 place, so a crash leaves either the previous checkpoint or the new one, never half of one. Nothing else
-needs saving for a bit-identical resume: every random draw of a step (noise, sigmas, text dropout, LoRA
+needs saving for a bit-identical resume: every random draw of a step (noise, sigmas, text and memory dropout, LoRA
 dropout, reference / preceding counts) comes from a generator seeded by ``(seed, step, micro-batch, rank)``,
 and the data position is the count of samples consumed.
 

@@ -335,14 +335,16 @@ def _warmup(step: int, warmup: int) -> float:
 
 def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[TrainingSample], g: torch.Generator):
     """Reference / preceding counts (at most the options, at most what every sample holds; uniform in
-    ``0..max`` with ``random_counts``) and per-sample text dropout, then the batch's conditioning."""
+    ``0..max`` with ``random_counts``), per-sample text dropout and (only when ``memory_dropout > 0``, so
+    runs without it draw exactly as before) memory dropout, then the batch's conditioning."""
     n_ref = min([cfg.references] + [len(s.tensors["reference"]) for s in samples])
     n_prec = min([cfg.preceding] + [len(s.tensors["preceding"]) for s in samples])
     if cfg.random_counts:
         n_ref = int(torch.randint(0, n_ref + 1, (1,), generator=g))
         n_prec = int(torch.randint(0, n_prec + 1, (1,), generator=g))
     drop = (torch.rand(len(samples), generator=g) < cfg.text_dropout).tolist()
-    return make_batch(samples, cond, n_ref, n_prec, drop)
+    forget = (torch.rand(len(samples), generator=g) < cfg.memory_dropout).tolist() if cfg.memory_dropout else None
+    return make_batch(samples, cond, n_ref, n_prec, drop, forget)
 
 
 def _to(batch, device):

@@ -111,19 +111,27 @@ class Batch:
     keys: tuple[str, ...]
 
 
-def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str) -> ChunkRequest:
+def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str,
+                   drop_memory: bool = False) -> ChunkRequest:
     """The :class:`ChunkRequest` the engine would build for this sample's chunk: the target's memory read,
     frame 0 as the overlap latent (``preceding[-1]``) after the ``n_prec`` preceding latents nearest to it,
-    their stored reads, the ``n_ref`` best references."""
+    their stored reads, the ``n_ref`` best references.
+
+    ``drop_memory`` (``--memory-dropout``): every read, the target's and the preceding frames' stored
+    ones, is "nothing known" (zeros, ``known`` all False): what the engine gives for an empty memory."""
     t = sample.tensors
     target = t["target"].float()
     T, C, h, w = target.shape
     prec = t["preceding"].float()[len(t["preceding"]) - n_prec:]
     prec_read = t["preceding_read"].float()[len(t["preceding"]) - n_prec:]
     prec_known = t["preceding_known"][len(t["preceding"]) - n_prec:]
+    read, known = t["target_read"].float(), t["target_known"]
+    if drop_memory:
+        read, known = torch.zeros_like(read), torch.zeros_like(known, dtype=torch.bool)
+        prec_read, prec_known = torch.zeros_like(prec_read), torch.zeros_like(prec_known, dtype=torch.bool)
     ref = t["reference"].float()[:n_ref] if n_ref else None
     return ChunkRequest(
-        read_latents=t["target_read"].float(), known=t["target_known"], read_depth=torch.zeros(T, h, w),
+        read_latents=read, known=known, read_depth=torch.zeros(T, h, w),
         first_latent=target[0], preceding=torch.cat([prec, target[:1]]), reference=ref,
         num_frames=1 + 4 * (T - 1), prompt=prompt, steps=1, guidance=1.0,
         extras=(PrecedingReads(torch.cat([prec_read, torch.zeros(1, C, h, w)]),
@@ -131,17 +139,17 @@ def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str)
 
 
 def make_batch(samples: Sequence[TrainingSample], cond: StoredConditioning, n_ref: int, n_prec: int,
-               drop_text: Sequence[bool]) -> Batch:
+               drop_text: Sequence[bool], drop_memory: Sequence[bool] | None = None) -> Batch:
     """Stack the samples' conditioning (each through ``build_inputs``); ``drop_text[i]``: sample ``i``
-    gets the empty prompt."""
+    gets the empty prompt; ``drop_memory[i]`` (default: none): its memory reads are "nothing known"."""
     cond.preceding_frames = n_prec
     parts = []
-    for s, drop in zip(samples, drop_text):
+    for s, drop, forget in zip(samples, drop_text, drop_memory or [False] * len(samples)):
         if "text" not in s.tensors:
             raise MirageError(f"sample {s.key}: no 'text' tensor (prepared with --no-text?): the trainer needs "
                               "the caption embeddings")
         cond.set_texts({"": cond.empty_text, s.key: cond.pad_text(s.tensors["text"])})
-        inputs = cond.build_inputs(sample_request(s, n_ref, n_prec, "" if drop else s.key))
+        inputs = cond.build_inputs(sample_request(s, n_ref, n_prec, "" if drop else s.key, forget))
         parts.append((s.tensors["target"].float().permute(1, 0, 2, 3), inputs))
     return Batch(torch.stack([x for x, _ in parts]), torch.cat([i.reference for _, i in parts]),
                  torch.cat([i.preceding for _, i in parts]), torch.cat([i.context.float() for _, i in parts]),
