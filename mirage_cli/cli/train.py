@@ -43,6 +43,7 @@ def train_cmd(
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute the blocks in backward (less memory, more time)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint folder, or from the newest checkpoint of an output folder."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="Start even when the memory estimate (printed before the run) exceeds the device's free memory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Train the paper's VACE branch and LoRA on `mirage data` shards (flow matching, as the reference's trainer)."""
@@ -65,7 +66,7 @@ def train_cmd(
                       init_vace=init_vace, init_vace_file=vace_file,
                       init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,
                       save_every=save_every, keep_last=keep_last, gradient_checkpointing=gradient_checkpointing,
-                      device=device)
+                      device=device, memory_check=not no_memory_check)
     check_inputs(cfg)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

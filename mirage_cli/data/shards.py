@@ -223,7 +223,10 @@ def load_extras(root: Path | str) -> DatasetExtras:
     path = Path(root) / DATASET_FILE
     if not path.is_file():
         raise MirageError(f"{path}: missing (written by `mirage data prepare`)")
-    t = load_file(str(path))
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise MirageError(f"{path}: not a safetensors file ({e})") from e
     return DatasetExtras(t.get("empty_text"), {int(k.split("_")[1]): v for k, v in t.items() if k.startswith("white_")})
 
 

@@ -47,6 +47,7 @@ class TrainConfig:
         save_every: checkpoint every N optimizer steps (0: only at the end). keep_last: checkpoints kept.
         gradient_checkpointing: recompute blocks in backward (memory for time).
         device: ``auto`` | ``cpu`` | ``cuda`` (accelerate's ``cpu=True`` for cpu).
+        memory_check: refuse a run whose memory estimate exceeds the free memory (:mod:`.budget`).
     """
 
     data: str
@@ -80,6 +81,7 @@ class TrainConfig:
     keep_last: int = 2
     gradient_checkpointing: bool = False
     device: str = "auto"
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]

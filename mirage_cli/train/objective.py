@@ -111,6 +111,38 @@ class Batch:
     keys: tuple[str, ...]
 
 
+#: The tensors :func:`make_batch` reads from a sample (``mirage data prepare``'s layout) and their ranks.
+SAMPLE_TENSORS = {"target": 4, "target_read": 4, "target_known": 3, "preceding": 4, "preceding_read": 4,
+                  "preceding_known": 3, "reference": 4, "text": 2}
+
+
+def check_sample(sample: TrainingSample, channels: int, text_dim: int, source: str) -> None:
+    """A sample the trainer can use: every :data:`SAMPLE_TENSORS` entry with its rank, ``channels`` latent
+    channels (the base's), ``text_dim`` text features (the base's), matching latent grids.
+
+    Raises:
+        MirageError: one line naming the sample and the tensor (shards of another model or another tool).
+    """
+    t = sample.tensors
+    where = f"{source}: sample {sample.key}"
+    for name, rank in SAMPLE_TENSORS.items():
+        if name not in t:
+            raise MirageError(f"{where}: no '{name}' tensor (not written by `mirage data prepare` for the trainer"
+                              + ("; prepared with --no-text?" if name == "text" else "") + ")")
+        if t[name].dim() != rank:
+            raise MirageError(f"{where}: '{name}' has {t[name].dim()} dimensions, expected {rank}")
+    T, C, h, w = t["target"].shape
+    if C != channels:
+        raise MirageError(f"{where}: latents have {C} channels, the base model {channels} (shards prepared "
+                          "with another VAE?)")
+    for name in ("target_read", "preceding", "preceding_read", "reference"):
+        if t[name].shape[1:] != (C, h, w):
+            raise MirageError(f"{where}: '{name}' is {tuple(t[name].shape)}, expected (N, {C}, {h}, {w})")
+    if t["text"].shape[1] != text_dim:
+        raise MirageError(f"{where}: text embeddings have {t['text'].shape[1]} features, the base model "
+                          f"{text_dim} (another text encoder?)")
+
+
 def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str,
                    drop_memory: bool = False) -> ChunkRequest:
     """The :class:`ChunkRequest` the engine would build for this sample's chunk: the target's memory read,
