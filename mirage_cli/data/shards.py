@@ -234,8 +234,11 @@ def decode_sample(key: str, group: dict[str, bytes], index: int = -1) -> Trainin
     """A sample from its three members' bytes (safetensors, JSON, UTF-8 text; nothing executes)."""
     from safetensors.torch import load
 
-    return TrainingSample(key, load(group["safetensors"]), json.loads(group["json"]), group["txt"].decode("utf-8"),
-                          index)
+    try:
+        return TrainingSample(key, load(group["safetensors"]), json.loads(group["json"]),
+                              group["txt"].decode("utf-8"), index)
+    except Exception as e:  # safetensors' own errors, JSON, UTF-8
+        raise MirageError(f"sample {key}: unreadable ({type(e).__name__}: {e})") from e
 
 
 # ------------------------------------------------------------------------------------ reading
