@@ -16,8 +16,12 @@ Bytes per process, for one stage (the run's peak is its largest stage):
   ``exp_avg_sq`` (fp32).
 - **distribution**: ``ddp`` (several processes) adds DDP's gradient buckets (one more fp32 copy of the
   trained tensors' gradients); ``fsdp`` (FULL_SHARD: parameters, gradients and optimizer state sharded,
-  the shipped ``configs/accelerate/fsdp_5b.yaml``) divides frozen + trained by the world size and adds two
-  gathered blocks (the one computing and the one prefetched) in the compute dtype.
+  the shipped ``configs/accelerate/fsdp_5b.yaml``) divides frozen + trained by the world size and adds
+  two gathered DiT blocks (the one computing and the one prefetched) in the compute dtype, plus the whole
+  VACE branch gathered in the compute dtype and, during ``vace``, its whole fp32 gradient before the
+  reduce-scatter: the VACE blocks are not FSDP units of their own (``MirageTransformer3DModel`` runs
+  them through ``WanTransformerBlock.forward``, bypassing the module hooks FSDP2 gathers on), so they
+  belong to the root unit, gathered for the whole forward and backward.
 - **activations** (an estimate): elements per token, times 4 bytes (fp32) or 2 (bf16 autocast), times
   the batch. A block keeping its tensors for backward stores about ``27 D + 4/3 F`` per token (``D`` the
   width, ``F`` the FFN width), outside the blocks ``11 D`` per token; with gradient checkpointing a block
@@ -55,8 +59,8 @@ DISTRIBUTIONS = ("single", "ddp", "fsdp")
 @dataclass(frozen=True)
 class ParamCounts:
     """Parameter counts of the trained model (module docstring): ``base`` the frozen Wan2.2 DiT,
-    ``vace`` the VACE branch, ``lora`` the LoRA factors (0 without a LoRA), ``block`` the largest block
-    (VACE block 0 with its input projection, or a DiT block with its LoRA); ``dim`` / ``ffn_dim`` the
+    ``vace`` the VACE branch, ``lora`` the LoRA factors (0 without a LoRA), ``block`` a DiT block with
+    its LoRA (an FSDP unit); ``dim`` / ``ffn_dim`` the
     width and FFN width; ``layers`` / ``vace_blocks`` the block counts; ``patch`` the patch size."""
 
     base: int
@@ -150,7 +154,7 @@ def param_counts(config: dict[str, Any], lora_rank: int | None) -> ParamCounts:
     shared = count(m, False) - 2 * dit - vace0 - vace1 - vace_patch
     layers, n_vace = int(config["num_layers"]), len(config["vace_layers"])
     return ParamCounts(base=shared + layers * dit, vace=vace_patch + vace0 + (n_vace - 1) * vace1,
-                       lora=layers * dit_lora, block=max(vace0, dit + dit_lora), dim=int(m.config.num_attention_heads
+                       lora=layers * dit_lora, block=dit + dit_lora, dim=int(m.config.num_attention_heads
                        * m.config.attention_head_dim), ffn_dim=int(m.config.ffn_dim), layers=layers,
                        vace_blocks=n_vace, patch=tuple(int(p) for p in m.config.patch_size))  # type: ignore[arg-type]
 
@@ -176,7 +180,7 @@ def estimate(counts: ParamCounts, tokens: Tokens, *, stage: str, stages: tuple[s
         overhead = (counts.vace if stage == "vace" else lora) * 4
     elif distribution == "fsdp":
         frozen, trained = frozen / world, trained / world
-        overhead = 2 * counts.block * low
+        overhead = (2 * counts.block + counts.vace) * low + (counts.vace * 4 if stage == "vace" else 0)
     D, F = counts.dim, counts.ffn_dim
     block = BLOCK_D * D + BLOCK_F * F
     block_tokens = counts.layers * tokens.dit + (counts.vace_blocks * tokens.context if stage == "vace" else 0)

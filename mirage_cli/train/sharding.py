@@ -1,8 +1,10 @@
 """Sharded training (FSDP2) for ``mirage train``: whole tensors out of shards, shards out of whole tensors.
 
 Under an accelerate FSDP config with ``fsdp_version: 2`` (``configs/accelerate/fsdp_5b.yaml``),
-accelerate applies ``torch.distributed.fsdp.fully_shard`` to every ``WanTransformerBlock`` /
-``WanVACETransformerBlock`` and to the root: each parameter becomes a ``DTensor`` holding this rank's
+accelerate applies ``torch.distributed.fsdp.fully_shard`` to every ``WanTransformerBlock`` (DiT block)
+and to the root, which holds the VACE blocks (they run through ``WanTransformerBlock.forward`` rather than
+their own ``__call__``, so the hooks FSDP2 gathers a unit on would not fire for them as units of their
+own): each parameter becomes a ``DTensor`` holding this rank's
 shard (dim-0 chunk), and AdamW's ``exp_avg`` / ``exp_avg_sq`` follow the parameter's sharding. FSDP2 keeps
 the module tree and parameter names (no ``_fsdp_wrapped_module`` prefixes), so the checkpoint names do
 not change; only the tensors must be gathered before a save and re-sharded after a load:
