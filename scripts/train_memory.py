@@ -54,7 +54,7 @@ def saved_bytes(stage: str, checkpointing: bool, layers: int) -> tuple[float, fl
 if __name__ == "__main__":
     c = param_counts(PAPER_CONFIG, 32)
     print(f"parameters: base DiT {c.base / GB:.3f} B, VACE {c.vace / GB:.3f} B, LoRA r32 {c.lora / GB:.4f} B, "
-          f"largest block {c.block / GB:.3f} B")
+          f"DiT block with its LoRA (an FSDP unit) {c.block / GB:.3f} B")
     print("GB per GPU (computed, not measured), batch 1, 4 + 9 + 2 latent frames of 1280 x 704:")
     print(memory_table())
     if "--activations" in sys.argv:

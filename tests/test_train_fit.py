@@ -125,7 +125,7 @@ def test_parameter_counts_from_the_config_are_the_built_models(kit):
 
 def test_full_size_estimate_is_the_documented_table():
     c = param_counts(PAPER_CONFIG, 32)
-    # TRAINING_FACTS.md 2.1 / 2.6: VACE 2.6 B; 600 LoRA tensors = 30 blocks x 10 modules x (A, B) of rank 32
+    # the reference trains a 2.6 B VACE branch and 600 LoRA tensors = 30 blocks x 10 modules x (A, B) of rank 32
     assert round(c.base / 1e9, 3) == 5.0 and round(c.vace / 1e9, 3) == 2.607
     assert c.lora == 30 * 32 * (16 * 3072 + 2 * (3072 + 14336))
     table = memory_table()

@@ -72,14 +72,19 @@ def train_cmd(
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=err_console, disable=quiet)
     with progress:
-        task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="")
+        # shown from the first message (the memory estimate) on: a refused run prints its one line alone
+        task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="", visible=False)
+
+        def say(message: str) -> None:
+            progress.console.print(message, highlight=False, soft_wrap=True)
+            progress.update(task, visible=True)
 
         def tick(rec) -> None:
             progress.update(task, completed=rec.step, description=rec.stage,
                             info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
                                  f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s")
 
-        result = train(cfg, resume=resume, on_step=tick, say=lambda m: progress.console.print(m, highlight=False, soft_wrap=True))
+        result = train(cfg, resume=resume, on_step=tick, say=say)
     if result.interrupted:
         raise typer.Exit(130)  # Ctrl-C: a resumable checkpoint was written (the message said where)
     if quiet or result.final is None:

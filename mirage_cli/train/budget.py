@@ -56,6 +56,11 @@ CHECKPOINTED_D = 1.0
 DISTRIBUTIONS = ("single", "ddp", "fsdp")
 
 
+def size(n: float) -> str:
+    """``58.9 GB`` from 1 GB up, else ``12.3 MB``."""
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.1f} MB"
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     """Parameter counts of the trained model (module docstring): ``base`` the frozen Wan2.2 DiT,
@@ -110,10 +115,12 @@ class Estimate:
         return self.frozen + self.trained + self.overhead + self.activations
 
     def summary(self) -> str:
-        """``stage vace: 58.4 GB = frozen 10.3 + trained 41.7 + ddp 0.0 + activations 6.4 (bf16, ...)``."""
-        return (f"stage {self.stage}: {self.total / GB:.1f} GB = weights {self.frozen / GB:.1f} + trained (weights, "
-                f"grads, AdamW) {self.trained / GB:.1f} + {self.distribution} {self.overhead / GB:.1f} + activations "
-                f"{self.activations / GB:.1f} ({self.setting()})")
+        """``stage vace: 58.9 GB = weights 10.3 GB + trained (weights, grads, AdamW) 41.7 GB + activations
+        6.9 GB (bf16, ...)`` (DDP's buckets or FSDP's gathered tensors as one more term when there are any)."""
+        extra = {"ddp": "DDP buckets", "fsdp": "FSDP gathered"}.get(self.distribution, "")
+        return (f"stage {self.stage}: {size(self.total)} = weights {size(self.frozen)} + trained (weights, grads, "
+                f"AdamW) {size(self.trained)}" + (f" + {extra} {size(self.overhead)}" if self.overhead else "")
+                + f" + activations {size(self.activations)} ({self.setting()})")
 
     def setting(self) -> str:
         return (f"{'bf16' if self.precision == 'bf16' else 'fp32'}, "
@@ -173,8 +180,8 @@ def estimate(counts: ParamCounts, tokens: Tokens, *, stage: str, stages: tuple[s
         raise ValueError(f"distribution {distribution!r}: expected one of {DISTRIBUTIONS}")
     low = 2 if precision == "bf16" else 4
     lora = counts.lora if "lora" in stages else 0
-    frozen = counts.base * low + (lora if stage == "vace" else counts.vace) * 4
-    trained = (counts.vace if stage == "vace" else lora) * 16
+    frozen: float = counts.base * low + (lora if stage == "vace" else counts.vace) * 4
+    trained: float = (counts.vace if stage == "vace" else lora) * 16
     overhead = 0.0
     if distribution == "ddp" and world > 1:
         overhead = (counts.vace if stage == "vace" else lora) * 4
@@ -219,8 +226,8 @@ def check_fits(estimates: list[Estimate], available: int, where: str) -> Estimat
                                  (peak.precision != "bf16", "--mixed-precision bf16"),
                                  (peak.distribution != "fsdp", "FSDP (configs/accelerate/fsdp_5b.yaml)"),
                                  (peak.batch_size > 1, "a smaller --batch-size")) if ok]
-        raise MirageError(f"memory: this run needs about {peak.total / GB:.1f} GB per process ({peak.summary()}), "
-                          f"{available / GB:.1f} GB {where}: it cannot fit; try "
+        raise MirageError(f"memory: this run needs about {size(peak.total)} per process ({peak.summary()}), "
+                          f"{size(available)} {where}: it cannot fit; try "
                           + (", ".join(hints) or "more GPUs with FSDP") + " (or --no-memory-check to try anyway)")
     return peak
 
@@ -245,8 +252,8 @@ class RunBudget:
 
     def line(self) -> str:
         """The one line printed before a run."""
-        return (f"memory estimate: {self.peak.total / GB:.1f} GB per process at the peak, {self.peak.summary()}; "
-                f"{self.available / GB:.1f} GB {self.where}")
+        return (f"memory estimate: {size(self.peak.total)} per process at the peak, {self.peak.summary()}; "
+                f"{size(self.available)} {self.where}")
 
     def record(self) -> dict:
         return {"peak_bytes": self.peak.total, "available_bytes": self.available, "where": self.where,

@@ -12,7 +12,7 @@ not change; only the tensors must be gathered before a save and re-sharded after
 - :func:`full`: the whole tensor of a ``DTensor`` (``DTensor.full_tensor()``: an all-gather, so **every
   rank must call it**, in the same order), any other tensor unchanged. The checkpoint code gathers only
   the trained tensors (VACE or LoRA), never the 5 B frozen base: accelerate's ``get_state_dict`` would
-  gather the whole model on every save (the reference's trainer does, TRAINING_FACTS.md 3.9).
+  gather the whole model on every save (the reference's trainer builds its full 7.6 B state dict at every save).
 - :func:`like`: a whole tensor laid out as a reference parameter (``distribute_tensor`` with its mesh
   and placements; every rank holds the whole tensor read from the checkpoint and keeps its chunk).
 
