@@ -32,7 +32,7 @@ import torch
 from ..errors import MirageError
 from ..io import atomic_path, write_json
 from .model import ADAPTER, is_lora, is_vace
-from .sharding import full, like
+from .sharding import full, is_sharded, like
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "weights.safetensors"
@@ -80,6 +80,18 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> dic
         for k, v in st.items():
             out[f"{names[i]}::{k}"] = full(torch.as_tensor(v).detach()).cpu().clone()
     return out
+
+
+def collect(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, names: list[str],
+            writer: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(trainable_state, optimizer_tensors)`` for the rank that writes (``writer``); empty dicts elsewhere.
+    Call on every rank: with FSDP2 shards every rank takes part in the gathers (and drops the result unless
+    it writes); without, the other ranks copy nothing (DDP replicas are identical)."""
+    if not (writer or any(is_sharded(p) for p in model.parameters())):
+        return {}, {}
+    weights = trainable_state(model)
+    moments = optimizer_tensors(optimizer, names) if optimizer is not None else {}
+    return (weights, moments) if writer else ({}, {})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors: dict[str, torch.Tensor],

@@ -245,7 +245,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
                 break
     result.seconds = time.perf_counter() - t_start
     result.model = model
-    weights = ck.trainable_state(model) if not result.interrupted else {}  # gathered on every rank (FSDP)
+    weights = ck.collect(model, None, [], acc.is_main_process)[0] if not result.interrupted else {}
     if acc.is_main_process and not result.interrupted:
         final = out / FINAL
         ck.export_weights(weights, final, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dtype=cfg.export_dtype,
@@ -320,7 +320,7 @@ class _Run:
             result.steps = st.step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set:
                 acc.wait_for_everyone()
-                weights, moments = ck.trainable_state(self.model), ck.optimizer_tensors(opt, names)  # every rank
+                weights, moments = ck.collect(self.model, opt, names, acc.is_main_process)  # every rank calls
                 if acc.is_main_process:
                     result.checkpoint = ck.save_checkpoint(
                         Path(cfg.out), st.step, weights, moments,
