@@ -30,6 +30,7 @@ def train_cmd(
     lora_rank: int = typer.Option(32, "--lora-rank", help="LoRA rank."),
     lora_alpha: float = typer.Option(32.0, "--lora-alpha", help="LoRA alpha (scale alpha / rank; stored in the exported file, honoured by `models convert`)."),
     text_dropout: float = typer.Option(0.1, "--text-dropout", help="Probability a sample's caption is replaced by the empty prompt."),
+    memory_dropout: float = typer.Option(0.0, "--memory-dropout", help="Probability a sample's memory reads are replaced by 'nothing known' (an empty memory), so the model learns to generate without memory (mirage's option; the reference drops none)."),
     references: int = typer.Option(4, "--references", help="Reference latent frames per sample, at most (--backend mirage uses 4)."),
     preceding: int = typer.Option(2, "--preceding", help="Preceding latent frames per sample, at most (--backend mirage uses 2)."),
     random_counts: bool = typer.Option(False, "--random-counts", help="Draw the reference / preceding counts uniformly in 0..max each step."),
@@ -43,6 +44,7 @@ def train_cmd(
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute the blocks in backward (less memory, more time)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint folder, or from the newest checkpoint of an output folder."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="Start even when the memory estimate (printed before the run) exceeds the device's free memory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Train the paper's VACE branch and LoRA on `mirage data` shards (flow matching, as the reference's trainer)."""
@@ -58,25 +60,31 @@ def train_cmd(
         raise MirageError(f"--init-lora {init_lora}: no such file")
     cfg = TrainConfig(data=str(data), model=model, out=str(out), stages=parse_stages(stage), max_steps=max_steps,
                       batch_size=batch_size, grad_accum=grad_accum, lr_vace=lr_vace, lr_lora=lr_lora, warmup=warmup,
-                      lora_rank=lora_rank, lora_alpha=lora_alpha, text_dropout=text_dropout, references=references,
+                      lora_rank=lora_rank, lora_alpha=lora_alpha, text_dropout=text_dropout, memory_dropout=memory_dropout,
+                      references=references,
                       preceding=preceding, random_counts=random_counts, seed=seed, mixed_precision=mixed_precision,
                       init_vace=init_vace, init_vace_file=vace_file,
                       init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,
                       save_every=save_every, keep_last=keep_last, gradient_checkpointing=gradient_checkpointing,
-                      device=device)
+                      device=device, memory_check=not no_memory_check)
     check_inputs(cfg)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=err_console, disable=quiet)
     with progress:
-        task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="")
+        # shown from the first message (the memory estimate) on: a refused run prints its one line alone
+        task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="", visible=False)
+
+        def say(message: str) -> None:
+            progress.console.print(message, highlight=False, soft_wrap=True)
+            progress.update(task, visible=True)
 
         def tick(rec) -> None:
             progress.update(task, completed=rec.step, description=rec.stage,
                             info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
                                  f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s")
 
-        result = train(cfg, resume=resume, on_step=tick, say=lambda m: progress.console.print(m, highlight=False, soft_wrap=True))
+        result = train(cfg, resume=resume, on_step=tick, say=say)
     if result.interrupted:
         raise typer.Exit(130)  # Ctrl-C: a resumable checkpoint was written (the message said where)
     if quiet or result.final is None:

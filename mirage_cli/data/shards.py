@@ -218,14 +218,20 @@ def load_extras(root: Path | str) -> DatasetExtras:
     path = Path(root) / DATASET_FILE
     if not path.is_file():
         raise MirageError(f"{path}: missing (written by `mirage data prepare`)")
-    t = load_file(str(path))
+    try:
+        t = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise MirageError(f"{path}: not a safetensors file ({e})") from e
     return DatasetExtras(t.get("empty_text"), {int(k.split("_")[1]): v for k, v in t.items() if k.startswith("white_")})
 
 
 def decode_sample(key: str, group: dict[str, bytes], index: int = -1) -> TrainingSample:
     """A sample from its three members' bytes (safetensors, JSON, UTF-8 text; nothing executes)."""
-    return TrainingSample(key, load(group["safetensors"]), json.loads(group["json"]), group["txt"].decode("utf-8"),
-                          index)
+    try:
+        return TrainingSample(key, load(group["safetensors"]), json.loads(group["json"]),
+                              group["txt"].decode("utf-8"), index)
+    except Exception as e:  # safetensors' own errors, JSON, UTF-8
+        raise MirageError(f"sample {key}: unreadable ({type(e).__name__}: {e})") from e
 
 
 # ------------------------------------------------------------------------------------ reading

@@ -197,16 +197,23 @@ def check_base(root: Path) -> dict:
     return cfg
 
 
-def expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
-    """A ``MirageTransformer3DModel`` on the meta device (config + expected parameter shapes, no memory)."""
-    from accelerate import init_empty_weights
+def mirage_config_dict(base_cfg: dict, vace_layers: list[int], vace_in_channels: int) -> dict:
+    """The ``MirageTransformer3DModel`` constructor arguments: the base config's ones plus the VACE layout."""
     from diffusers import WanVACETransformer3DModel
-
-    from .mirage_transformer import MirageTransformer3DModel
 
     allowed = set(inspect.signature(WanVACETransformer3DModel.__init__).parameters) - {"self"}
     cfg = {k: v for k, v in base_cfg.items() if k in allowed}
     cfg.update(vace_layers=list(vace_layers), vace_in_channels=int(vace_in_channels))
+    return cfg
+
+
+def expected_model(base_cfg: dict, vace_layers: list[int], vace_in_channels: int):
+    """A ``MirageTransformer3DModel`` on the meta device (config + expected parameter shapes, no memory)."""
+    from accelerate import init_empty_weights
+
+    from .mirage_transformer import MirageTransformer3DModel
+
+    cfg = mirage_config_dict(base_cfg, vace_layers, vace_in_channels)
     try:
         with init_empty_weights():
             return MirageTransformer3DModel(**cfg)

@@ -8,7 +8,7 @@ A checkpoint is a folder ``OUT/checkpoints/step-NNNNNNN/`` (N = optimizer steps 
 
 Tensors via safetensors only (no pickle); the folder is written beside its final name and renamed into
 place, so a crash leaves either the previous checkpoint or the new one, never half of one. Nothing else
-needs saving for a bit-identical resume: every random draw of a step (noise, sigmas, text dropout, LoRA
+needs saving for a bit-identical resume: every random draw of a step (noise, sigmas, text and memory dropout, LoRA
 dropout, reference / preceding counts) comes from a generator seeded by ``(seed, step, micro-batch, rank)``,
 and the data position is the count of samples consumed.
 
@@ -32,6 +32,7 @@ import torch
 from ..errors import MirageError
 from ..io import atomic_path, write_json
 from .model import ADAPTER, is_lora, is_vace
+from .sharding import full, is_sharded, like
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "weights.safetensors"
@@ -65,36 +66,57 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every VACE and LoRA tensor, detached fp32 copies on the CPU."""
-    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if is_vace(n) or is_lora(n)}
+    """Every VACE and LoRA tensor, whole (gathered from FSDP2 shards: call on every rank), detached fp32
+    copies on the CPU."""
+    return {n: full(p.detach()).float().cpu().clone() for n, p in model.named_parameters()
+            if is_vace(n) or is_lora(n)}
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> dict[str, torch.Tensor]:
-    """AdamW's per-parameter state keyed ``<name>::<field>`` (``names`` in the optimizer's parameter order)."""
+    """AdamW's per-parameter state keyed ``<name>::<field>`` (``names`` in the optimizer's parameter order),
+    whole (gathered from FSDP2 shards: call on every rank)."""
     out = {}
     for i, st in optimizer.state_dict()["state"].items():
         for k, v in st.items():
-            out[f"{names[i]}::{k}"] = torch.as_tensor(v).detach().cpu().clone()
+            out[f"{names[i]}::{k}"] = full(torch.as_tensor(v).detach()).cpu().clone()
     return out
+
+
+def collect(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, names: list[str],
+            writer: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(trainable_state, optimizer_tensors)`` for the rank that writes (``writer``); empty dicts elsewhere.
+    Call on every rank: with FSDP2 shards every rank takes part in the gathers (and drops the result unless
+    it writes); without, the other ranks copy nothing (DDP replicas are identical)."""
+    if not (writer or any(is_sharded(p) for p in model.parameters())):
+        return {}, {}
+    weights = trainable_state(model)
+    moments = optimizer_tensors(optimizer, names) if optimizer is not None else {}
+    return (weights, moments) if writer else ({}, {})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensors: dict[str, torch.Tensor],
                    source: Path) -> None:
-    """Restore :func:`optimizer_tensors` into ``optimizer`` (same parameter names, same order)."""
+    """Restore :func:`optimizer_tensors` into ``optimizer`` (same parameter names, same order; moment
+    tensors laid out as their parameter, sharded under FSDP2: call on every rank)."""
     sd = optimizer.state_dict()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict] = {}
     for key, v in tensors.items():
         name, _, field = key.partition("::")
         if name not in names:
             raise MirageError(f"{source / OPTIMIZER}: key '{key}' names no trainable parameter of this stage")
-        state.setdefault(names.index(name), {})[field] = v
+        i = names.index(name)
+        state.setdefault(i, {})[field] = v if field == "step" else like(v, params[i])
     sd["state"] = state
     optimizer.load_state_dict(sd)
 
 
-def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    names: list[str], state: dict, keep_last: int) -> Path:
-    """Write checkpoint ``step`` atomically (temporary folder renamed into place); keep the newest ``keep_last``."""
+def save_checkpoint(out: Path, step: int, weights: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor],
+                    state: dict, keep_last: int) -> Path:
+    """Write checkpoint ``step`` atomically (temporary folder renamed into place); keep the newest ``keep_last``.
+
+    ``weights`` / ``optimizer``: :func:`trainable_state` / :func:`optimizer_tensors` (gathered on every
+    rank; one rank writes)."""
     from safetensors.torch import save_file
 
     final = checkpoint_dir(out, step)
@@ -102,8 +124,8 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: tor
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    save_file(optimizer_tensors(optimizer, names), str(tmp / OPTIMIZER))
+    save_file(weights, str(tmp / WEIGHTS))
+    save_file(optimizer, str(tmp / OPTIMIZER))
     write_json(tmp / STATE, {"format": FORMAT, **state})
     if final.exists():  # a rerun of the same step (after a resume): replace it
         old = final.with_name(f".old-{final.name}-{os.getpid()}")
@@ -176,10 +198,10 @@ def _lora_key(module: str) -> str:
     return f"pipe.dit.blocks.{i}.{original[dname]}"
 
 
-def export_weights(model: torch.nn.Module, out: Path, *, rank: int, alpha: float, dtype: str = "fp32",
+def export_weights(weights: dict[str, torch.Tensor], out: Path, *, rank: int, alpha: float, dtype: str = "fp32",
                    meta: dict | None = None) -> tuple[Path, Path | None]:
-    """Write ``out/vace.safetensors`` and (if the model has a LoRA) ``out/lora.safetensors`` atomically,
-    in the reference's naming (module docstring). Returns their paths."""
+    """Write ``out/vace.safetensors`` and (if ``weights`` hold a LoRA) ``out/lora.safetensors`` atomically,
+    in the reference's naming (module docstring). ``weights``: :func:`trainable_state`. Returns their paths."""
     from safetensors.torch import save_file
 
     from ..models.tiny import reference_vace_name
@@ -188,12 +210,11 @@ def export_weights(model: torch.nn.Module, out: Path, *, rank: int, alpha: float
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = {k: str(v) for k, v in (meta or {}).items()}
-    vace = {reference_vace_name(n): p.detach().to("cpu", dt).contiguous() for n, p in model.named_parameters()
-            if is_vace(n)}
+    vace = {reference_vace_name(n): p.detach().to("cpu", dt).contiguous() for n, p in weights.items() if is_vace(n)}
     with atomic_path(out / VACE_FILE) as tmp:
         save_file(vace, str(tmp), metadata={"format": "mirage.vace", **info})
     lora: dict[str, torch.Tensor] = {}
-    for n, p in model.named_parameters():
+    for n, p in weights.items():
         if is_lora(n):
             module, _, rest = n.partition(".lora_")
             ab = rest.split(".")[0]  # A | B

@@ -13,8 +13,8 @@ EXPORT_DTYPES = ("fp32", "bf16")
 #: Fields a resumed run must share with the run that wrote the checkpoint (the others may change:
 #: ``max_steps`` to train longer, ``save_every``, ``keep_last``, ``quiet``).
 RESUME_FIXED = ("data", "model", "stages", "batch_size", "grad_accum", "lr_vace", "lr_lora", "warmup", "lora_rank",
-                "lora_alpha", "lora_dropout", "text_dropout", "references", "preceding", "random_counts", "seed",
-                "mixed_precision", "init_vace", "weight_decay", "max_grad_norm", "shift")
+                "lora_alpha", "lora_dropout", "text_dropout", "memory_dropout", "references", "preceding",
+                "random_counts", "seed", "mixed_precision", "init_vace", "weight_decay", "max_grad_norm", "shift")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class TrainConfig:
         max_grad_norm: global gradient-norm clip (reference 1.0; 0 = off).
         lora_rank / lora_alpha / lora_dropout: peft LoRA (reference 32 / 32 / 0.05; scale alpha / rank).
         text_dropout: probability a sample's caption is replaced by the empty prompt (reference 0.1).
+        memory_dropout: probability a sample's memory reads (the VACE context's memory part) are replaced
+            by "nothing known", what inference gives for an empty memory (mirage's option; the reference
+            drops no memory: default 0).
         references / preceding: at most this many reference / preceding latent frames per sample
             (defaults: what ``--backend mirage`` feeds at inference: 4 and 2).
         random_counts: draw the counts uniformly in ``0..max`` each step (shared by the batch).
@@ -44,6 +47,7 @@ class TrainConfig:
         save_every: checkpoint every N optimizer steps (0: only at the end). keep_last: checkpoints kept.
         gradient_checkpointing: recompute blocks in backward (memory for time).
         device: ``auto`` | ``cpu`` | ``cuda`` (accelerate's ``cpu=True`` for cpu).
+        memory_check: refuse a run whose memory estimate exceeds the free memory (:mod:`.budget`).
     """
 
     data: str
@@ -62,6 +66,7 @@ class TrainConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
     text_dropout: float = 0.1
+    memory_dropout: float = 0.0
     references: int = 4
     preceding: int = 2
     random_counts: bool = False
@@ -76,6 +81,7 @@ class TrainConfig:
     keep_last: int = 2
     gradient_checkpointing: bool = False
     device: str = "auto"
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -91,6 +97,7 @@ class TrainConfig:
             (self.lora_alpha > 0, f"--lora-alpha must be > 0 (got {self.lora_alpha})"),
             (0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})"),
             (0 <= self.text_dropout <= 1, f"--text-dropout must be in [0, 1] (got {self.text_dropout})"),
+            (0 <= self.memory_dropout <= 1, f"--memory-dropout must be in [0, 1] (got {self.memory_dropout})"),
             (self.references >= 0 and self.preceding >= 0, "--references / --preceding must be >= 0"),
             (self.preceding <= 2, f"--preceding must be <= 2 (the shards hold 2 preceding latents; got {self.preceding})"),
             (self.shift > 0, f"--shift must be > 0 (got {self.shift})"),

@@ -36,7 +36,8 @@ from ..io import write_json
 from . import checkpoint as ck
 from .config import TrainConfig
 from .model import build_model, set_stage_modes, trainable
-from .objective import StoredConditioning, flow_loss, make_batch, sample_sigmas, transformer_fn
+from .objective import StoredConditioning, check_sample, flow_loss, make_batch, sample_sigmas, transformer_fn
+from .sharding import check_supported, prepare_stage
 
 LOG_FILE = "train.jsonl"
 FINAL = "final"
@@ -76,6 +77,7 @@ class TrainResult:
     resumed_from: Path | None = None
     checkpoint: Path | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (rank 0's copy)
+    memory: dict | None = None  # the pre-run memory estimate (budget.RunBudget.record())
 
 
 def step_seed(*parts: int) -> int:
@@ -149,7 +151,8 @@ def check_inputs(cfg: TrainConfig) -> int:
     if n == 0:
         raise MirageError(f"{cfg.data}: no samples (index.json lists none)")
     load_extras(cfg.data)
-    check_base(base_dir(cfg.model))
+    base = check_base(base_dir(cfg.model))
+    check_sample(TrainingShards(cfg.data)[0], int(base["in_channels"]), int(base.get("text_dim", 4096)), cfg.data)
     for f in (cfg.init_vace_file, cfg.init_lora_file):
         if f is not None and not Path(f).is_file():
             raise MirageError(f"{f}: no such file")
@@ -199,6 +202,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
     if cfg.device == "cuda" and acc.device.type != "cuda":
         raise MirageError("--device cuda: no CUDA device available")
+    check_supported(acc)
+    from .budget import distribution_of, run_budget
+
+    budget = run_budget(cfg, *distribution_of(acc), acc.device, check=cfg.memory_check)
+    if acc.is_main_process:
+        say(budget.line())
     out = Path(cfg.out)
     base_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
     model = build_model(cfg.model, init_vace=cfg.init_vace, base_dtype=base_dtype, seed=cfg.seed,
@@ -223,7 +232,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG_FILE, st.step)
-    result = TrainResult(out, None, st.step, st.losses, resumed_from=ckpt.path if ckpt else None)
+    result = TrainResult(out, None, st.step, st.losses, resumed_from=ckpt.path if ckpt else None,
+                         memory=budget.record())
     with _StopFlag() as stop:
         first_stage = st.stage_index
         for si in range(first_stage, len(cfg.stages)):
@@ -235,9 +245,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
                 break
     result.seconds = time.perf_counter() - t_start
     result.model = model
+    weights = ck.collect(model, None, [], acc.is_main_process)[0] if not result.interrupted else {}
     if acc.is_main_process and not result.interrupted:
         final = out / FINAL
-        ck.export_weights(model, final, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dtype=cfg.export_dtype,
+        ck.export_weights(weights, final, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dtype=cfg.export_dtype,
                           meta={"steps": result.steps, "stages": ",".join(cfg.stages)})
         write_json(final / RECORD, _record(cfg, result, acc))
         result.final = final
@@ -265,12 +276,12 @@ class _Run:
         names, params = [n for n, _ in named], [p for _, p in named]
         lr = cfg.lr_vace if stage == "vace" else cfg.lr_lora
         opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        set_stage_modes(self.model, stage)
+        wrapped, opt, params = prepare_stage(acc, self.model, opt)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_warmup, warmup=cfg.warmup))
         if ckpt is not None:
             ck.load_optimizer(opt, names, ckpt.optimizer, ckpt.path)
             sched.load_state_dict(ckpt.state["scheduler"])
-        set_stage_modes(self.model, stage)
-        wrapped = acc.prepare_model(self.model)
         fn = transformer_fn(wrapped)
         total = cfg.max_steps * len(cfg.stages)
         for stage_step in range(first + 1, cfg.max_steps + 1):
@@ -309,9 +320,10 @@ class _Run:
             result.steps = st.step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set:
                 acc.wait_for_everyone()
+                weights, moments = ck.collect(self.model, opt, names, acc.is_main_process)  # every rank calls
                 if acc.is_main_process:
                     result.checkpoint = ck.save_checkpoint(
-                        Path(cfg.out), st.step, self.model, opt, names,
+                        Path(cfg.out), st.step, weights, moments,
                         {**st.record(), "scheduler": sched.state_dict(), "stage": stage, "config": cfg.record(),
                          "world_size": acc.num_processes}, cfg.keep_last)
             if stop.set:
@@ -335,14 +347,16 @@ def _warmup(step: int, warmup: int) -> float:
 
 def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[TrainingSample], g: torch.Generator):
     """Reference / preceding counts (at most the options, at most what every sample holds; uniform in
-    ``0..max`` with ``random_counts``) and per-sample text dropout, then the batch's conditioning."""
+    ``0..max`` with ``random_counts``), per-sample text dropout and (only when ``memory_dropout > 0``, so
+    runs without it draw exactly as before) memory dropout, then the batch's conditioning."""
     n_ref = min([cfg.references] + [len(s.tensors["reference"]) for s in samples])
     n_prec = min([cfg.preceding] + [len(s.tensors["preceding"]) for s in samples])
     if cfg.random_counts:
         n_ref = int(torch.randint(0, n_ref + 1, (1,), generator=g))
         n_prec = int(torch.randint(0, n_prec + 1, (1,), generator=g))
     drop = (torch.rand(len(samples), generator=g) < cfg.text_dropout).tolist()
-    return make_batch(samples, cond, n_ref, n_prec, drop)
+    forget = (torch.rand(len(samples), generator=g) < cfg.memory_dropout).tolist() if cfg.memory_dropout else None
+    return make_batch(samples, cond, n_ref, n_prec, drop, forget)
 
 
 def _to(batch, device):
@@ -375,5 +389,6 @@ def _record(cfg: TrainConfig, result: TrainResult, acc) -> dict:
             "loss_first_5pct": sum(head) / len(head) if n else None,
             "loss_last_10pct": sum(tail) / len(tail) if n else None,
             "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+            "memory_estimate": result.memory,
             "versions": {"mirage": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "peft": peft.__version__, "accelerate": accelerate.__version__}}

@@ -65,22 +65,17 @@ def build_model(base: str, *, init_vace: str = "scratch", lora_rank: int | None 
     """
     from safetensors.torch import load_file
 
-    from ..models.convert import check_base, expected_model, layout_layers, weight_files
+    from ..models.convert import weight_files
     from ..models.mirage_transformer import MirageTransformer3DModel
-    from ..models.registry import resolve_model
 
-    root = resolve_model(base, ["transformer", "vae"])
-    cfg = check_base(root)
-    n_layers = int(cfg["num_layers"])
-    n_vace = (n_layers + 1) // 2
-    while n_layers % n_vace:
-        n_vace -= 1
-    layers = layout_layers("mirage", n_vace, n_layers, root)
-    config = dict(expected_model(cfg, layers, VACE_CHANNELS).config)
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    root = base_dir(base)
+    config = mirage_config(root)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = MirageTransformer3DModel(**config)
+        try:
+            model = MirageTransformer3DModel(**config)
+        except (TypeError, ValueError) as e:
+            raise MirageError(f"{root / 'transformer' / 'config.json'}: cannot build the Mirage transformer ({e})") from e
     missing = {k for k, _ in model.named_parameters()}
     for f in weight_files(root / "transformer"):
         try:
@@ -103,6 +98,23 @@ def build_model(base: str, *, init_vace: str = "scratch", lora_rank: int | None 
     if lora_rank is not None:
         add_lora(model, lora_rank, lora_alpha, lora_dropout, seed)
     return model
+
+
+def mirage_config(root: Path) -> dict:
+    """The ``MirageTransformer3DModel`` config trained on the base folder ``root`` (its transformer's
+    ``config.json`` plus the VACE layout of the module docstring); reads no weights.
+
+    Raises:
+        MirageError: not a Wan2.2-TI2V base (one line naming the file).
+    """
+    from ..models.convert import check_base, layout_layers, mirage_config_dict
+
+    cfg = check_base(root)
+    n_layers = int(cfg["num_layers"])
+    n_vace = (n_layers + 1) // 2
+    while n_layers % n_vace:
+        n_vace -= 1
+    return mirage_config_dict(cfg, layout_layers("mirage", n_vace, n_layers, root), VACE_CHANNELS)
 
 
 def init_vace_blocks(model: MirageTransformer3DModel, how: str) -> None:

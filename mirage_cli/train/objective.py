@@ -111,19 +111,59 @@ class Batch:
     keys: tuple[str, ...]
 
 
-def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str) -> ChunkRequest:
+#: The tensors :func:`make_batch` reads from a sample (``mirage data prepare``'s layout) and their ranks.
+SAMPLE_TENSORS = {"target": 4, "target_read": 4, "target_known": 3, "preceding": 4, "preceding_read": 4,
+                  "preceding_known": 3, "reference": 4, "text": 2}
+
+
+def check_sample(sample: TrainingSample, channels: int, text_dim: int, source: str) -> None:
+    """A sample the trainer can use: every :data:`SAMPLE_TENSORS` entry with its rank, ``channels`` latent
+    channels (the base's), ``text_dim`` text features (the base's), matching latent grids.
+
+    Raises:
+        MirageError: one line naming the sample and the tensor (shards of another model or another tool).
+    """
+    t = sample.tensors
+    where = f"{source}: sample {sample.key}"
+    for name, rank in SAMPLE_TENSORS.items():
+        if name not in t:
+            raise MirageError(f"{where}: no '{name}' tensor (not written by `mirage data prepare` for the trainer"
+                              + ("; prepared with --no-text?" if name == "text" else "") + ")")
+        if t[name].dim() != rank:
+            raise MirageError(f"{where}: '{name}' has {t[name].dim()} dimensions, expected {rank}")
+    T, C, h, w = t["target"].shape
+    if C != channels:
+        raise MirageError(f"{where}: latents have {C} channels, the base model {channels} (shards prepared "
+                          "with another VAE?)")
+    for name in ("target_read", "preceding", "preceding_read", "reference"):
+        if t[name].shape[1:] != (C, h, w):
+            raise MirageError(f"{where}: '{name}' is {tuple(t[name].shape)}, expected (N, {C}, {h}, {w})")
+    if t["text"].shape[1] != text_dim:
+        raise MirageError(f"{where}: text embeddings have {t['text'].shape[1]} features, the base model "
+                          f"{text_dim} (another text encoder?)")
+
+
+def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str,
+                   drop_memory: bool = False) -> ChunkRequest:
     """The :class:`ChunkRequest` the engine would build for this sample's chunk: the target's memory read,
     frame 0 as the overlap latent (``preceding[-1]``) after the ``n_prec`` preceding latents nearest to it,
-    their stored reads, the ``n_ref`` best references."""
+    their stored reads, the ``n_ref`` best references.
+
+    ``drop_memory`` (``--memory-dropout``): every read, the target's and the preceding frames' stored
+    ones, is "nothing known" (zeros, ``known`` all False): what the engine gives for an empty memory."""
     t = sample.tensors
     target = t["target"].float()
     T, C, h, w = target.shape
     prec = t["preceding"].float()[len(t["preceding"]) - n_prec:]
     prec_read = t["preceding_read"].float()[len(t["preceding"]) - n_prec:]
     prec_known = t["preceding_known"][len(t["preceding"]) - n_prec:]
+    read, known = t["target_read"].float(), t["target_known"]
+    if drop_memory:
+        read, known = torch.zeros_like(read), torch.zeros_like(known, dtype=torch.bool)
+        prec_read, prec_known = torch.zeros_like(prec_read), torch.zeros_like(prec_known, dtype=torch.bool)
     ref = t["reference"].float()[:n_ref] if n_ref else None
     return ChunkRequest(
-        read_latents=t["target_read"].float(), known=t["target_known"], read_depth=torch.zeros(T, h, w),
+        read_latents=read, known=known, read_depth=torch.zeros(T, h, w),
         first_latent=target[0], preceding=torch.cat([prec, target[:1]]), reference=ref,
         num_frames=1 + 4 * (T - 1), prompt=prompt, steps=1, guidance=1.0,
         extras=(PrecedingReads(torch.cat([prec_read, torch.zeros(1, C, h, w)]),
@@ -131,17 +171,17 @@ def sample_request(sample: TrainingSample, n_ref: int, n_prec: int, prompt: str)
 
 
 def make_batch(samples: Sequence[TrainingSample], cond: StoredConditioning, n_ref: int, n_prec: int,
-               drop_text: Sequence[bool]) -> Batch:
+               drop_text: Sequence[bool], drop_memory: Sequence[bool] | None = None) -> Batch:
     """Stack the samples' conditioning (each through ``build_inputs``); ``drop_text[i]``: sample ``i``
-    gets the empty prompt."""
+    gets the empty prompt; ``drop_memory[i]`` (default: none): its memory reads are "nothing known"."""
     cond.preceding_frames = n_prec
     parts = []
-    for s, drop in zip(samples, drop_text):
+    for s, drop, forget in zip(samples, drop_text, drop_memory or [False] * len(samples)):
         if "text" not in s.tensors:
             raise MirageError(f"sample {s.key}: no 'text' tensor (prepared with --no-text?): the trainer needs "
                               "the caption embeddings")
         cond.set_texts({"": cond.empty_text, s.key: cond.pad_text(s.tensors["text"])})
-        inputs = cond.build_inputs(sample_request(s, n_ref, n_prec, "" if drop else s.key))
+        inputs = cond.build_inputs(sample_request(s, n_ref, n_prec, "" if drop else s.key, forget))
         parts.append((s.tensors["target"].float().permute(1, 0, 2, 3), inputs))
     return Batch(torch.stack([x for x, _ in parts]), torch.cat([i.reference for _, i in parts]),
                  torch.cat([i.preceding for _, i in parts]), torch.cat([i.context.float() for _, i in parts]),
