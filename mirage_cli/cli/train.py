@@ -86,7 +86,7 @@ def train_cmd(
 
         def validated(rec) -> None:
             psnr = "n/a" if rec.psnr is None else f"{rec.psnr:.2f} dB"
-            last_val[0] = f" | val loss {rec.loss:.4f} PSNR {psnr}"
+            last_val[0] = f" | val PSNR {psnr}"
             if quiet:
                 return
             progress.console.print(f"validation at step {rec.step}: loss {rec.loss:.4f}, PSNR {psnr}, SSIM "

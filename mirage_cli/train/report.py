@@ -22,6 +22,7 @@ from ..errors import MirageError
 PLOT_FILE = "loss.png"
 PROJECT = "mirage-train"
 SMOOTHING = 0.9
+LOG_SCALE_RANGE = 20.0  # the loss axis is logarithmic when its values span more than this factor
 SIZE_PX = (1200, 480)
 DPI = 100
 STAGE_COLORS = {"vace": "#1f77b4", "lora": "#2ca02c"}  # matplotlib's tab:blue / tab:green
@@ -120,7 +121,8 @@ def make_figure(steps: list[dict], validations: list[dict]):
     if validations:
         loss_ax.plot([r["step"] for r in validations], [r["loss"] for r in validations], "o", color=VALIDATION_COLOR,
                      label="validation (fixed noise)")
-    if steps and all(r["loss"] > 0 for r in steps + validations):
+    losses = [r["loss"] for r in steps + validations if math.isfinite(r["loss"])]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_RANGE:
         loss_ax.set_yscale("log")
     loss_ax.set_title("loss", fontsize=10)
     loss_ax.set_xlabel("optimizer step")
@@ -134,8 +136,13 @@ def make_figure(steps: list[dict], validations: list[dict]):
     if not scored:
         psnr_ax.text(0.5, 0.5, "no validation yet" if not validations else "no generation scored",
                      ha="center", va="center", transform=psnr_ax.transAxes, color="0.5")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (loss_ax, psnr_ax):
         ax.grid(True, color="0.9")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_yscale() == "linear":
+            ax.ticklabel_format(axis="y", useOffset=False)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=9)
     last = steps[-1] if steps else None
