@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +208,14 @@ class Validator:
 
     def loss(self, model: torch.nn.Module) -> float:
         """Mean fixed-noise loss of the held-out samples (each a batch of one)."""
+        from .loop import _to
+
         cfg, fn, total = self.cfg, transformer_fn(model), 0.0
         for j, s in enumerate(self.samples):
             n_ref = min(cfg.references, len(s.tensors["reference"]))
             n_prec = min(cfg.preceding, len(s.tensors["preceding"]))
             batch = make_batch([s], self.cond, n_ref, n_prec, [False])
             sigmas, noise = self.draws(j, batch.x0.shape[2], batch.x0.shape)
-            from .loop import _to
-
             batch = _to(batch, self.device)
             with self.autocast():
                 total += float(flow_loss(fn, batch, sigmas.to(self.device), noise.to(self.device)))
@@ -266,7 +266,7 @@ class Validator:
         job, _ = clip_job(spec, clip, base, folder, 1)
         write_inputs(job, clip)
         with self.autocast():
-            run = start(replace(job.run_config), warn=self.say, quiet=True, loaders=loaders)
+            run = start(job.run_config, warn=self.say, quiet=True, loaders=loaders)
             run_loop(run, warn=self.say)
             return score_run(clip, Path(job.out), loaders)
 
