@@ -103,6 +103,12 @@ def test_held_out_clips_must_leave_training_data(train_kit, train_shards, tmp_pa
     err = capsys.readouterr().err.strip()
     assert "--validate-clips 2" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+    # holding a clip out changes the training set: a run trained on every clip is not resumed with one held out
+    assert main(args[:-2] + ["--stage", "vace"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--stage", "vace", "--resume", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "held_out_clips was 0, now 1" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
