@@ -89,3 +89,26 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
     if mask is not None:
         err = err[..., mask]
     return float(10 * torch.log10(1.0 / err.mean().clamp(min=1e-12)))
+
+
+@pytest.fixture(scope="session")
+def train_kit(tmp_path_factory):
+    """The tiny mirage kit (``make_tiny_kit(kind="mirage")``: ``base`` is a Wan2.2-TI2V folder) for the trainer's tests."""
+    from mirage_cli.models.tiny import make_tiny_kit
+
+    return make_tiny_kit(tmp_path_factory.mktemp("train-kit") / "kit", kind="mirage")
+
+
+@pytest.fixture(scope="session")
+def train_shards(train_kit, tmp_path_factory):
+    """Two synthetic clips prepared at 128 x 64 (latent grid 4 x 8), one sample each; the clip folders stay
+    (validation reads the held-out clip's frames back)."""
+    from mirage_cli.data.prepare import PrepareOptions, prepare
+    from mirage_cli.data.synth import synth
+
+    clips = tmp_path_factory.mktemp("train-clips")
+    synth(clips, 2, size=(128, 96))
+    out = tmp_path_factory.mktemp("train-shards") / "s"
+    prepare([str(clips)], out, PrepareOptions(model=str(train_kit["base"]), size=(128, 64), device="cpu"),
+            warn=lambda w: None)
+    return out

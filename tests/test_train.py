@@ -16,9 +16,7 @@ import torch
 from safetensors import safe_open
 
 from mirage_cli.cli import main
-from mirage_cli.data.prepare import PrepareOptions, prepare
 from mirage_cli.data.shards import TrainingShards, load_extras
-from mirage_cli.data.synth import synth
 from mirage_cli.train.config import TrainConfig
 from mirage_cli.train.loop import train
 from mirage_cli.train.model import build_model, is_lora, is_vace
@@ -28,21 +26,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory):
-    from mirage_cli.models.tiny import make_tiny_kit
-
-    return make_tiny_kit(tmp_path_factory.mktemp("train-kit") / "kit", kind="mirage")
+def kit(train_kit):  # conftest: one tiny mirage kit for the trainer's test modules
+    return train_kit
 
 
 @pytest.fixture(scope="module")
-def shards(kit, tmp_path_factory):
-    """Two synthetic clips prepared at 128 x 64 (latent grid 4 x 8), one sample each."""
-    clips = tmp_path_factory.mktemp("train-clips")
-    synth(clips, 2, size=(128, 96))
-    out = tmp_path_factory.mktemp("train-shards") / "s"
-    prepare([str(clips)], out, PrepareOptions(model=str(kit["base"]), size=(128, 64), device="cpu"),
-            warn=lambda w: None)
-    return out
+def shards(train_shards):  # conftest: two synthetic clips prepared once
+    return train_shards
 
 
 def _cfg(kit, shards, out, **kw) -> TrainConfig:

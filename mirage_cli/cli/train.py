@@ -45,6 +45,11 @@ def train_cmd(
     resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint folder, or from the newest checkpoint of an output folder."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_memory_check: bool = typer.Option(False, "--no-memory-check", help="Start even when the memory estimate (printed before the run) exceeds the device's free memory."),
+    validate_every: int = typer.Option(0, "--validate-every", help="Validate every N optimizer steps and at the end (0: never): a loss at fixed noise and sigmas on held-out samples, and a generation of a held-out clip with the current weights, scored by PSNR / SSIM (eval's metrics)."),
+    validate_data: Path | None = typer.Option(None, "--validate-data", help="Held-out shard folder (another `mirage data prepare` output). Default: the last --validate-clips clips of --data, not trained on."),
+    validate_clips: int = typer.Option(1, "--validate-clips", help="Clips of --data held out for validation (all their samples) when --validate-data is not given."),
+    validate_steps: int | None = typer.Option(None, "--validate-steps", help="Sampling steps of the validation generation (default: --backend mirage's)."),
+    report_to: str = typer.Option("none", "--report-to", help="none | tensorboard | wandb: log losses, learning rate and validations through accelerate's trackers (the package must be installed)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Train the paper's VACE branch and LoRA on `mirage data` shards (flow matching, as the reference's trainer)."""
@@ -66,7 +71,9 @@ def train_cmd(
                       init_vace=init_vace, init_vace_file=vace_file,
                       init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,
                       save_every=save_every, keep_last=keep_last, gradient_checkpointing=gradient_checkpointing,
-                      device=device, memory_check=not no_memory_check)
+                      device=device, validate_every=validate_every,
+                      validate_data=str(validate_data) if validate_data else None, validate_clips=validate_clips,
+                      validate_steps=validate_steps, report_to=report_to, memory_check=not no_memory_check)
     check_inputs(cfg)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -74,6 +81,7 @@ def train_cmd(
     with progress:
         # shown from the first message (the memory estimate) on: a refused run prints its one line alone
         task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="", visible=False)
+        last_val = [""]  # the newest validation, shown after the step's figures
 
         def say(message: str) -> None:
             progress.console.print(message, highlight=False, soft_wrap=True)
@@ -82,9 +90,19 @@ def train_cmd(
         def tick(rec) -> None:
             progress.update(task, completed=rec.step, description=rec.stage,
                             info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
-                                 f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s")
+                                 f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s" + last_val[0])
 
-        result = train(cfg, resume=resume, on_step=tick, say=say)
+        def validated(rec) -> None:
+            psnr = "n/a" if rec.psnr is None else f"{rec.psnr:.2f} dB"
+            last_val[0] = f" | val PSNR {psnr}"
+            if quiet:
+                return
+            progress.console.print(f"validation at step {rec.step}: loss {rec.loss:.4f}, PSNR {psnr}, SSIM "
+                                   + ("n/a" if rec.ssim is None else f"{rec.ssim:.3f}") + f" ({rec.seconds:.1f} s)",
+                                   highlight=False, soft_wrap=True)
+
+        result = train(cfg, resume=resume, on_step=tick, on_validation=validated,
+                       say=say)
     if result.interrupted:
         raise typer.Exit(130)  # Ctrl-C: a resumable checkpoint was written (the message said where)
     if quiet or result.final is None:

@@ -34,7 +34,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,24 +327,30 @@ class ShardStream(torch.utils.data.IterableDataset):
             ``steps x batch x world_size``).
         epoch / shuffle_seed: the epoch order (:func:`epoch_order`; None = index order).
         drop_last: cut the epoch to a multiple of ``world_size`` (equal counts per rank).
+        subset: read only these sample indices (an epoch is over them; None: every sample).
 
     Iterating yields :class:`TrainingSample`; within a ``DataLoader`` each worker reads its share
     (:func:`stream_positions`) and the loader interleaves them back in order.
     """
 
     def __init__(self, root: Path | str, rank: int = 0, world_size: int = 1, start: int = 0, epoch: int = 0,
-                 shuffle_seed: int | None = None, drop_last: bool = True) -> None:
+                 shuffle_seed: int | None = None, drop_last: bool = True,
+                 subset: Sequence[int] | None = None) -> None:
         super().__init__()
         self.shards = TrainingShards(root)
+        self.subset = None if subset is None else [int(i) for i in subset]
+        self.n = len(self.shards) if self.subset is None else len(self.subset)
         self.rank, self.world_size, self.start = int(rank), int(world_size), int(start)
         self.epoch, self.shuffle_seed, self.drop_last = int(epoch), shuffle_seed, bool(drop_last)
 
     def __len__(self) -> int:
-        return len(stream_positions(len(self.shards), self.rank, self.world_size, 0, 1, self.start, self.drop_last))
+        return len(stream_positions(self.n, self.rank, self.world_size, 0, 1, self.start, self.drop_last))
 
     def positions(self, worker: int = 0, num_workers: int = 1) -> list[int]:
         """Sample indices (into :class:`TrainingShards`) this rank's ``worker`` reads, in order."""
-        order = epoch_order(len(self.shards), self.epoch, self.shuffle_seed)
+        order = epoch_order(self.n, self.epoch, self.shuffle_seed)
+        if self.subset is not None:
+            order = [self.subset[i] for i in order]
         return [order[p] for p in stream_positions(len(order), self.rank, self.world_size, worker, num_workers,
                                                    self.start, self.drop_last)]
 

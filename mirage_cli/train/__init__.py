@@ -10,4 +10,7 @@ Modules:
 - :mod:`.checkpoint`: resumable checkpoints (safetensors + JSON, atomic) and the exported
   ``vace.safetensors`` / ``lora.safetensors`` in the reference's naming.
 - :mod:`.loop`: the training loop on accelerate (device, mixed precision, gradient accumulation, DDP).
+- :mod:`.validate`: the held-out set and the validation every ``--validate-every`` steps (a fixed-noise loss,
+  a generation through the chunk engine with the weights being trained, scored by eval's metrics).
+- :mod:`.report`: ``OUT/loss.png`` and ``--report-to`` (accelerate's trackers).
 """

@@ -10,11 +10,13 @@ STAGES = ("vace", "lora")
 INIT_VACE = ("scratch", "copy")
 PRECISIONS = ("no", "bf16")
 EXPORT_DTYPES = ("fp32", "bf16")
+TRACKERS = ("none", "tensorboard", "wandb")
 #: Fields a resumed run must share with the run that wrote the checkpoint (the others may change:
 #: ``max_steps`` to train longer, ``save_every``, ``keep_last``, ``quiet``).
 RESUME_FIXED = ("data", "model", "stages", "batch_size", "grad_accum", "lr_vace", "lr_lora", "warmup", "lora_rank",
                 "lora_alpha", "lora_dropout", "text_dropout", "memory_dropout", "references", "preceding",
-                "random_counts", "seed", "mixed_precision", "init_vace", "weight_decay", "max_grad_norm", "shift")
+                "random_counts", "seed", "mixed_precision", "init_vace", "weight_decay", "max_grad_norm", "shift",
+                "held_out_clips")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class TrainConfig:
         gradient_checkpointing: recompute blocks in backward (memory for time).
         device: ``auto`` | ``cpu`` | ``cuda`` (accelerate's ``cpu=True`` for cpu).
         memory_check: refuse a run whose memory estimate exceeds the free memory (:mod:`.budget`).
+        validate_every: validate every N optimizer steps and at the end (0: never; :mod:`.validate`).
+        validate_data: held-out shard folder (None: the last ``validate_clips`` clips of ``data``, not trained on).
+        validate_steps: sampling steps of the validation's generation (None: the backend's default).
+        report_to: ``none`` | ``tensorboard`` | ``wandb`` (accelerate's trackers, logging to ``out``).
     """
 
     data: str
@@ -82,6 +88,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "auto"
     memory_check: bool = True
+    validate_every: int = 0
+    validate_data: str | None = None
+    validate_clips: int = 1
+    validate_steps: int | None = None
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -106,6 +117,10 @@ class TrainConfig:
             (self.export_dtype in EXPORT_DTYPES, f"--export-dtype {self.export_dtype}: expected fp32 or bf16"),
             (self.save_every >= 0 and self.keep_last >= 1, "--save-every must be >= 0 and --keep-last >= 1"),
             (self.device in ("auto", "cpu", "cuda"), f"--device {self.device}: expected auto, cpu or cuda"),
+            (self.validate_every >= 0, f"--validate-every must be >= 0 (got {self.validate_every})"),
+            (self.validate_clips >= 1, f"--validate-clips must be >= 1 (got {self.validate_clips})"),
+            (self.validate_steps is None or self.validate_steps >= 1, "--validate-steps must be >= 1"),
+            (self.report_to in TRACKERS, f"--report-to {self.report_to}: expected none, tensorboard or wandb"),
         ]
         for ok, message in checks:
             if not ok:
@@ -115,7 +130,13 @@ class TrainConfig:
         """JSON-ready dict (tuples as lists)."""
         d = asdict(self)
         d["stages"] = list(self.stages)
+        d["held_out_clips"] = self.held_out_clips
         return d
+
+    @property
+    def held_out_clips(self) -> int:
+        """Clips of ``data`` kept out of training for validation (they change the training set)."""
+        return self.validate_clips if self.validate_every and self.validate_data is None else 0
 
     def mismatches(self, saved: dict) -> list[str]:
         """Fields of :data:`RESUME_FIXED` that differ from a checkpoint's recorded config."""

@@ -34,10 +34,12 @@ from ..data.shards import ShardStream, TrainingSample, TrainingShards, load_extr
 from ..errors import MirageError
 from ..io import write_json
 from . import checkpoint as ck
+from . import report
 from .config import TrainConfig
 from .model import build_model, set_stage_modes, trainable
 from .objective import StoredConditioning, check_sample, flow_loss, make_batch, sample_sigmas, transformer_fn
 from .sharding import check_supported, prepare_stage
+from .validate import ValidationRecord, Validator, check_validation, held_out, training_indices
 
 LOG_FILE = "train.jsonl"
 FINAL = "final"
@@ -59,7 +61,7 @@ class StepRecord:
     keys: tuple[tuple[str, ...], ...] = ()  # the sample keys each rank trained on in this step
 
     def row(self) -> dict:
-        return {"stage": self.stage, "step": self.step, "stage_step": self.stage_step, "loss": self.loss,
+        return {"kind": "step", "stage": self.stage, "step": self.step, "stage_step": self.stage_step, "loss": self.loss,
                 "lr": self.lr, "seconds": round(self.seconds, 6), "samples": self.samples,
                 "keys": [list(k) for k in self.keys]}
 
@@ -89,10 +91,11 @@ def step_seed(*parts: int) -> int:
 class SampleFeed:
     """This rank's samples in order, over as many epochs as needed, from ``consumed`` samples on."""
 
-    def __init__(self, root: str, rank: int, world: int, seed: int, consumed: int = 0) -> None:
-        self.root, self.rank, self.world, self.seed = root, rank, world, seed
+    def __init__(self, root: str, rank: int, world: int, seed: int, consumed: int = 0,
+                 subset: tuple[int, ...] | None = None) -> None:
+        self.root, self.rank, self.world, self.seed, self.subset = root, rank, world, seed, subset
         self.consumed = int(consumed)
-        n = len(TrainingShards(root))
+        n = len(TrainingShards(root)) if subset is None else len(subset)
         self.epoch_len = n - n % world
         if self.epoch_len == 0:
             raise MirageError(f"{root}: {n} samples, fewer than the {world} processes")
@@ -104,7 +107,8 @@ class SampleFeed:
             if self._it is None:
                 pos = self.consumed * self.world
                 self._it = iter(ShardStream(self.root, self.rank, self.world, start=pos % self.epoch_len,
-                                            epoch=pos // self.epoch_len, shuffle_seed=self.seed))
+                                            epoch=pos // self.epoch_len, shuffle_seed=self.seed,
+                                            subset=self.subset))
             s = next(self._it, None)
             if s is None:
                 self._it = None
@@ -156,6 +160,8 @@ def check_inputs(cfg: TrainConfig) -> int:
     for f in (cfg.init_vace_file, cfg.init_lora_file):
         if f is not None and not Path(f).is_file():
             raise MirageError(f"{f}: no such file")
+    check_validation(cfg)
+    report.check_tracker(cfg.report_to)
     return n
 
 
@@ -176,12 +182,14 @@ class RunState:
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None,
-          on_step: Callable[[StepRecord], None] | None = None, say: Callable[[str], None] | None = None) -> TrainResult:
+          on_step: Callable[[StepRecord], None] | None = None, say: Callable[[str], None] | None = None,
+          on_validation: Callable[[ValidationRecord], None] | None = None) -> TrainResult:
     """Train ``cfg.stages`` in order and export the weights to ``OUT/final/``.
 
     Args:
         cfg: the run's options. resume: a checkpoint folder or an output folder (its newest checkpoint).
         on_step: called on rank 0 after every optimizer step. say: one-line messages (rank 0).
+        on_validation: called on rank 0 after every validation (``--validate-every``).
 
     Raises:
         MirageError: bad data or model, a checkpoint from another configuration.
@@ -199,7 +207,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
             k = diff[0]
             raise MirageError(f"{ckpt.path / ck.STATE}: {k} was {ckpt.state['config'][k]!r}, now "
                               f"{cfg.record()[k]!r}: resume with the same options (or a new --out)")
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision)
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
+                      **report.accelerator_kwargs(cfg.report_to, cfg.out))
     if cfg.device == "cuda" and acc.device.type != "cuda":
         raise MirageError("--device cuda: no CUDA device available")
     check_supported(acc)
@@ -227,11 +236,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(acc.device)
-    run = _Run(cfg, acc, model, StoredConditioning(extras, model.config.patch_size, cfg.data),
-               SampleFeed(cfg.data, acc.process_index, acc.num_processes, cfg.seed, st.consumed), st, on_step)
+    held = held_out(cfg)
+    cond = StoredConditioning(extras, model.config.patch_size, cfg.data)
+    run = _Run(cfg, acc, model, cond, SampleFeed(cfg.data, acc.process_index, acc.num_processes, cfg.seed, st.consumed,
+                                                 training_indices(cfg, held)), st, on_step)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG_FILE, st.step)
+        if held is not None:
+            run.validator = Validator(cfg, held, cond, acc.device, acc.autocast, say)
+            run.on_validation = on_validation
+    report.start_trackers(acc, cfg.report_to, cfg.record())
     result = TrainResult(out, None, st.step, st.losses, resumed_from=ckpt.path if ckpt else None,
                          memory=budget.record())
     with _StopFlag() as stop:
@@ -252,6 +267,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
                           meta={"steps": result.steps, "stages": ",".join(cfg.stages)})
         write_json(final / RECORD, _record(cfg, result, acc))
         result.final = final
+    if acc.is_main_process:
+        report.write_loss_plot(out)
+    report.end_trackers(acc, cfg.report_to)
     acc.wait_for_everyone()
     return result
 
@@ -267,6 +285,8 @@ class _Run:
     feed: SampleFeed
     st: RunState
     on_step: Callable[[StepRecord], None] | None
+    validator: Validator | None = None  # rank 0, with --validate-every
+    on_validation: Callable[[ValidationRecord], None] | None = None
 
     def stage(self, si: int, first: int, ckpt: ck.Checkpoint | None, stop: _StopFlag, result: TrainResult) -> None:
         """Stage ``si`` from its step ``first`` (optimizer and scheduler from ``ckpt`` when resuming in it)."""
@@ -313,10 +333,12 @@ class _Run:
             rec = StepRecord(stage, st.step, stage_step, total, loss_sum, cur_lr, time.perf_counter() - t0,
                              self.feed.consumed * acc.num_processes, _gather_keys(acc, keys))
             if acc.is_main_process:
-                with open(Path(cfg.out) / LOG_FILE, "a") as f:
-                    f.write(json.dumps(rec.row()) + "\n")
+                self.log(rec.row())
                 if self.on_step is not None:
                     self.on_step(rec)
+            if cfg.validate_every and (st.step % cfg.validate_every == 0 or (si == len(cfg.stages) - 1
+                                                                           and stage_step == cfg.max_steps)):
+                self.validate(stage)
             result.steps = st.step
             if (cfg.save_every and st.step % cfg.save_every == 0) or stage_step == cfg.max_steps or stop.set:
                 acc.wait_for_everyone()
@@ -326,9 +348,25 @@ class _Run:
                         Path(cfg.out), st.step, weights, moments,
                         {**st.record(), "scheduler": sched.state_dict(), "stage": stage, "config": cfg.record(),
                          "world_size": acc.num_processes}, cfg.keep_last)
+                    report.write_loss_plot(cfg.out)
             if stop.set:
                 result.interrupted = True
                 return
+
+    def log(self, row: dict) -> None:
+        """One row to ``train.jsonl`` and the trackers (rank 0)."""
+        with open(Path(self.cfg.out) / LOG_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        report.log_row(self.acc, self.cfg.report_to, row)
+
+    def validate(self, stage: str) -> None:
+        """A validation on rank 0 (:mod:`.validate`) while the other ranks wait."""
+        if self.validator is not None:
+            rec = self.validator.run(self.model, stage, self.st.step)
+            self.log(rec.row())
+            if self.on_validation is not None:
+                self.on_validation(rec)
+        self.acc.wait_for_everyone()
 
 
 def _gather_keys(acc, keys: list[str]) -> tuple[tuple[str, ...], ...]:
@@ -390,5 +428,6 @@ def _record(cfg: TrainConfig, result: TrainResult, acc) -> dict:
             "loss_last_10pct": sum(tail) / len(tail) if n else None,
             "resumed_from": str(result.resumed_from) if result.resumed_from else None,
             "memory_estimate": result.memory,
+            "validation": report.read_log(Path(cfg.out) / LOG_FILE)[1],
             "versions": {"mirage": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "peft": peft.__version__, "accelerate": accelerate.__version__}}
