@@ -152,7 +152,7 @@ def test_memorising_one_clip_lowers_the_loss_5x_and_generation_gains_3db(one_cli
 
 
 def test_a_short_run_on_one_clip_already_lowers_the_loss_and_generates_closer(one_clip, tmp_path):
-    fig = memorise(one_clip, tmp_path, steps=40, lr_vace=3e-3, lr_lora=3e-3, rank=8, gen_steps=4)
+    fig = memorise(one_clip, tmp_path, steps=20, lr_vace=3e-3, lr_lora=3e-3, rank=8, gen_steps=2)
     _same_conditioning(one_clip, fig["runs"])
     print("\nshort memorisation:", json.dumps({k: v for k, v in fig.items() if k != "runs"}, indent=1))
     assert fig["loss_ratio"] > 1.5
