@@ -4,7 +4,8 @@ A checkpoint is a folder ``OUT/checkpoints/step-NNNNNNN/`` (N = optimizer steps 
 
     weights.safetensors     every VACE and LoRA tensor of the model (fp32, the model's own names)
     optimizer.safetensors   the current stage's AdamW state, ``<parameter name>::<exp_avg|exp_avg_sq|step>``
-    state.json              stage, step, samples consumed, scheduler state, config, recent losses
+    state.json              stage, step, samples consumed, scheduler state, config, recent losses,
+                            torch CPU thread count
 
 Tensors via safetensors only (no pickle); the folder is written beside its final name and renamed into
 place, so a crash leaves either the previous checkpoint or the new one, never half of one. Nothing else

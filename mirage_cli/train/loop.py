@@ -10,7 +10,8 @@ reference), a constant learning rate after an optional linear warm-up, global gr
 Determinism: every random draw of a micro-batch comes from generators seeded by
 ``(seed, stage, step, micro-batch, rank)``, and the data position is the count of samples consumed; a
 run resumed from a checkpoint (``--resume``) therefore computes the same losses and weights as an
-uninterrupted one (bit for bit on the CPU).
+uninterrupted one (bit for bit on the CPU, in another process too, at the same torch thread count:
+CPU reductions group their terms by thread, so a resume at another count warns).
 """
 
 from __future__ import annotations
@@ -233,6 +234,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         ck.load_trainable(model, ckpt.weights, ckpt.path / ck.WEIGHTS)
         st = RunState(**{k: ckpt.state[k] for k in RunState().record()})
         say(f"resuming from {ckpt.path} (step {st.step})")
+        saved = ckpt.state.get("threads")
+        if acc.device.type == "cpu" and isinstance(saved, int) and saved != torch.get_num_threads():
+            # CPU reductions (matmul, sums) group their terms by thread: another count changes the last bits
+            say(f"warning: the checkpoint was written with {saved} CPU threads and this run uses "
+                f"{torch.get_num_threads()}; the losses may differ from an uninterrupted run's in the last bits "
+                f"(give --threads {saved} for a bit-identical continuation)")
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     model.to(acc.device)
@@ -347,7 +354,7 @@ class _Run:
                     result.checkpoint = ck.save_checkpoint(
                         Path(cfg.out), st.step, weights, moments,
                         {**st.record(), "scheduler": sched.state_dict(), "stage": stage, "config": cfg.record(),
-                         "world_size": acc.num_processes}, cfg.keep_last)
+                         "world_size": acc.num_processes, "threads": torch.get_num_threads()}, cfg.keep_last)
                     report.write_loss_plot(cfg.out)
             if stop.set:
                 result.interrupted = True
