@@ -52,43 +52,9 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 """``(module, target) -> reason``: in-function imports kept for a reason the rule does not see."""
 
-PENDING: set[tuple[str, str]] = {
-    ("mirage_cli.bench.arms", "torch.nn.functional"),
-    ("mirage_cli.bench.factories", "mirage_cli.backends.mirage"),
-    ("mirage_cli.bench.factories", "mirage_cli.backends.wan_vace"),
-    ("mirage_cli.bench.factories", "mirage_cli.models.codecs"),
-    ("mirage_cli.bench.factories", "mirage_cli.models.registry"),
-    ("mirage_cli.bench.factories", "mirage_cli.models.tiny"),
-    ("mirage_cli.bench.factories", "mirage_cli.models.wan_vae"),
-    ("mirage_cli.bench.factories", "types"),
-    ("mirage_cli.bench.loop", "mirage_cli.backends"),
-    ("mirage_cli.bench.loop", "mirage_cli.backends.preview"),
-    ("mirage_cli.bench.loop", "mirage_cli.models.registry"),
-    ("mirage_cli.bench.loop", "mirage_cli.models.wan_vae"),
-    ("mirage_cli.bench.measure", "torch.utils._python_dispatch"),
-    ("mirage_cli.bench.measure", "torch.utils._pytree"),
-    ("mirage_cli.bench.report", "rich.table"),
-    ("mirage_cli.bench.scene", "mirage_cli.data.scenes"),
-    ("mirage_cli.bench.scene", "mirage_cli.io"),
-    ("mirage_cli.bench.scene", "mirage_cli.memory.latent"),
-    ("mirage_cli.bench.scene", "mirage_cli.trajectories.load"),
-    ("mirage_cli.bench.scene", "mirage_cli.trajectories.presets"),
-    ("mirage_cli.bench.scene", "mirage_cli.trajectories.trajectory"),
-    ("mirage_cli.bench.scene", "torch.nn.functional"),
-    ("mirage_cli.models.tiny", "mirage_cli.models.wan_vae"),
-    ("mirage_cli.models.tiny", "safetensors.torch"),
-    ("mirage_cli.train.checkpoint", "mirage_cli.models.tiny"),
-    ("mirage_cli.train.checkpoint", "safetensors.torch"),
-    ("mirage_cli.train.loop", "dataclasses"),
-    ("mirage_cli.train.loop", "mirage_cli"),
-    ("mirage_cli.train.loop", "mirage_cli.models.convert"),
-    ("mirage_cli.train.loop", "mirage_cli.train.model"),
-    ("mirage_cli.train.model", "mirage_cli.models.convert"),
-    ("mirage_cli.train.model", "mirage_cli.models.registry"),
-    ("mirage_cli.train.model", "safetensors.torch"),
-}
-"""``(module, target)`` in files other sessions are rewriting (bench/, train/, models/tiny.py): move them to
-the top there, then remove the entry. Shrink, do not grow."""
+PENDING: set[tuple[str, str]] = set()
+"""``(module, target)`` whose move to the top is pending (a file another branch is rewriting): empty; it may
+hold an entry only while such a branch is open, and only shrinks."""
 
 
 @dataclass(frozen=True)

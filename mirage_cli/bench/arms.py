@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass, field, fields
 
 import torch
+import torch.nn.functional as F
 
 from ..geometry.cameras import Cameras
 from ..geometry.depth import fill_depth
@@ -310,8 +311,6 @@ class PointCloudArm:
 
 def warmup(image: torch.Tensor, depth: torch.Tensor, cam: Cameras, codec, device: torch.device) -> None:
     """Run every memory kernel once on a quarter-size frame (untimed): first calls pay one-time costs."""
-    import torch.nn.functional as F
-
     C, f = codec.channels, codec.spatial_factor
     small = Cameras(cam.c2w, cam.intrinsics, max(f, cam.width // 4 // f * f), max(f, cam.height // 4 // f * f))
     img = F.interpolate(image[None], size=(small.height, small.width), mode="area")[0]

@@ -4,11 +4,19 @@ random weights of the real architecture (timing of a network does not depend on 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..backends.mirage import MirageBackend
+from ..backends.spatia import load_spatia
+from ..backends.wan_vace import WanVACEBackend, load_wan_vace
 from ..errors import MirageError
+from ..models.codecs import PixelCodec
+from ..models.registry import resolve_dtype
+from ..models.tiny import TINY_MIRAGE_VACE, TINY_WAN22_TRANSFORMER_CONFIG, tiny_tokenizer, tiny_vace_components
+from ..models.wan_vae import WanVAECodec
 from .config import CODECS, DENOISERS, denoiser_problem
 
 if TYPE_CHECKING:
@@ -32,11 +40,7 @@ MIRAGE_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2
 def make_codec(name: str, device: torch.device) -> tuple[Codec, str]:
     """``(codec, weights)`` for ``--codec``; Wan VAEs use cached real weights, else random weights."""
     if name == "pixel":
-        from ..models.codecs import PixelCodec
-
         return PixelCodec(1), "none"
-    from ..models.wan_vae import WanVAECodec
-
     if name == "tiny":
         return WanVAECodec.random("wan2.1", device=device, tiny=True, tiling=False), "random"
     if name in ("wan2.1-vae", "wan2.2-vae"):
@@ -60,8 +64,6 @@ class _ZeroTextEncoder(torch.nn.Module):
         self.dim = dim
 
     def forward(self, input_ids, attention_mask=None):
-        from types import SimpleNamespace
-
         return SimpleNamespace(last_hidden_state=torch.zeros(*input_ids.shape, self.dim, device=input_ids.device))
 
 
@@ -71,9 +73,6 @@ def make_denoiser(name: str, codec, device: torch.device) -> tuple[Backend | Non
         return None, "none"
     if name not in DENOISERS:
         raise MirageError(f"--denoiser: unknown denoiser '{name}' (choose {', '.join(DENOISERS)})")
-    from ..backends.wan_vace import WanVACEBackend
-    from ..models.registry import resolve_dtype
-
     C, f = codec.channels, codec.spatial_factor
     problem = denoiser_problem(name, codec.name, (C, f) if hasattr(codec, "grey_latent") else None)
     if problem:  # BenchConfig checked the user's options; this guards direct callers
@@ -83,15 +82,11 @@ def make_denoiser(name: str, codec, device: torch.device) -> tuple[Backend | Non
         dtype = torch.float32 if tiny else resolve_dtype("auto", device)
         return _random_mirage(codec, device, dtype, tiny), "random"
     if name == "tiny":
-        from ..models.tiny import tiny_vace_components
-
         parts = tiny_vace_components(seed=0, in_channels=C, out_channels=C, vace_in_channels=2 * C + f * f)
         backend = WanVACEBackend(parts["transformer"], parts["text_encoder"], parts["tokenizer"], codec, device=device,
                                  dtype=torch.float32, model="tiny", weights="random")
         return backend, "random"
     try:  # real weights when cached (never downloads)
-        from ..backends.wan_vace import load_wan_vace
-
         backend, _ = load_wan_vace("wan2.1-vace-1.3b", device=str(device), dtype="auto")
         backend.codec = codec
         return backend, backend.weights
@@ -103,9 +98,6 @@ def make_denoiser(name: str, codec, device: torch.device) -> tuple[Backend | Non
 def make_spatia(model: str, device: torch.device) -> tuple[Backend, Codec, str]:
     """``(backend, its VAE, weights)`` for ``--denoiser spatia --model DIR``: Spatia's network as
     ``mirage generate --backend spatia`` loads it (``--conditioning`` is set per arm by the bench)."""
-    from ..backends.spatia import load_spatia
-    from ..models.registry import resolve_dtype
-
     dtype = "fp32" if resolve_dtype("auto", device) == torch.float32 else "auto"
     backend, codec = load_spatia(model, device=str(device), dtype=dtype, progress=False)
     return backend, codec, backend.weights
@@ -114,9 +106,6 @@ def make_spatia(model: str, device: torch.device) -> tuple[Backend, Codec, str]:
 def _random_wan21_vace(codec, device: torch.device, dtype: torch.dtype):
     """A :class:`WanVACEBackend` with the Wan2.1-VACE-1.3B transformer at random weights (seed 0)."""
     from diffusers import WanVACETransformer3DModel
-
-    from ..backends.wan_vace import WanVACEBackend
-    from ..models.tiny import tiny_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -129,9 +118,7 @@ def _random_wan21_vace(codec, device: torch.device, dtype: torch.dtype):
 def _random_mirage(codec, device: torch.device, dtype: torch.dtype, tiny: bool):
     """A :class:`MirageBackend` around ``codec`` with the paper's transformer (or the tiny kit's) at
     random weights (seed 0): no trained weights are published, and timing does not depend on them."""
-    from ..backends.mirage import MirageBackend
     from ..models.mirage_transformer import MirageTransformer3DModel
-    from ..models.tiny import TINY_MIRAGE_VACE, TINY_WAN22_TRANSFORMER_CONFIG, tiny_tokenizer
 
     config = {**TINY_WAN22_TRANSFORMER_CONFIG, **TINY_MIRAGE_VACE} if tiny else MIRAGE_CONFIG
     with torch.random.fork_rng(devices=[]):

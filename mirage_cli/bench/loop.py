@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.registry import resolve_device
+from ..models.wan_vae import WanVAECodec
 from ..pipeline.engine import ChunkObserver
 from .arms import ArmRecord, ChunkCameras, EngineArm, PointCloudArm, clone_latent, warmup
 from .config import BenchConfig
@@ -83,7 +85,6 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print, observers: Sequence[C
 
     ``observers``: told after every chunk of every engine of the bench (as ``mirage generate``'s run
     directory is), with the :class:`~mirage_cli.pipeline.engine.ChunkResult` and the engine."""
-    from ..models.registry import resolve_device
     from .report import build_report
 
     t_start, load_start = time.perf_counter(), loadavg()
@@ -123,8 +124,6 @@ def run_bench(cfg: BenchConfig, progress=None, warn=print, observers: Sequence[C
 
     standin = StandIn(s.backend, s.content, codec)
     if s.backend is not None:  # the wan-vace context uses the latent of a grey video (one encode per chunk shape)
-        from ..models.wan_vae import WanVAECodec
-
         vae = codec
         assert isinstance(vae, WanVAECodec)  # make_denoiser refuses a codec without a grey latent
         _, lat_rec.setup_s = timed(lambda: vae.grey_latent(s.chunks[0].length, cfg.height, cfg.width))

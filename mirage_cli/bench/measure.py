@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.benchmark import Timer, timer
 
 from .. import __version__
@@ -72,9 +74,6 @@ class TensorPeak:
     """
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
         meter = self
 
         class _Mode(TorchDispatchMode):

@@ -38,6 +38,8 @@ from .loop import BenchRun, SharedNumbers
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
+from rich.table import Table
+
 from .measure import loadavg, machine_info
 
 #: Totals compared as pointcloud / latent.
@@ -197,8 +199,6 @@ def fmt_ratio(r) -> str:
 
 def summary_table(report: dict):
     """A rich table: one row per measure, the two arms and pointcloud / latent."""
-    from rich.table import Table
-
     c = report["config"]
     lat, pc, r = report["latent"], report["pointcloud"], report["ratios"]
     title = (f"mirage bench — latent memory vs RGB point cloud — codec {c['codec_label']}, {report['weights_detail']['codec']} "

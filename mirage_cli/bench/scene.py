@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
+from ..data.scenes import default_camera, make_scene
 from ..errors import MirageError
 from ..geometry.cameras import Cameras
+from ..io import load_image
+from ..memory.latent import WRITE_POLICIES as LATENT_POLICIES
 from ..pipeline.plan import Chunk, plan_chunks, reference_depth, scale_cameras
+from ..trajectories import PRESETS, load_trajectory, resample
 from .config import BenchConfig
 from .factories import make_codec, make_denoiser, make_spatia
 
@@ -74,8 +79,6 @@ class BenchSetup:
 def prepare(cfg: BenchConfig, device: torch.device) -> BenchSetup:
     """Read the scene and the trajectory (every input error comes here, in well under a second), then
     load the codec and denoiser (seconds); plan the chunks; decide the options."""
-    from ..memory.latent import WRITE_POLICIES as LATENT_POLICIES
-
     data = prepare_scene(cfg)
     cams, traj_info = prepare_cameras(cfg, data)
     backend: Backend | None
@@ -109,8 +112,6 @@ def prepare_scene(cfg: BenchConfig) -> SceneData:
     """The input image and its depth at ``height x width`` (BenchConfig checked the size)."""
     H, W = cfg.height, cfg.width
     if cfg.scene == "synthetic":
-        from ..data.scenes import default_camera, make_scene
-
         scene = make_scene("room", seed=cfg.seed)
         rgb, depth = scene.render(default_camera(W, H))
         return SceneData(rgb[0], depth[0], reference_depth(depth[0]), scene, "synthetic room (exact depth)")
@@ -119,10 +120,7 @@ def prepare_scene(cfg: BenchConfig) -> SceneData:
 
 def _image_scene(cfg: BenchConfig) -> SceneData:
     """``--scene IMAGE`` with ``--depth`` (or its sidecar), resized to ``height x width``."""
-    import torch.nn.functional as F
-
     from ..geometry.depth import load_depth_file, sidecar_for
-    from ..io import load_image
 
     path = Path(cfg.scene)
     image = load_image(path)
@@ -148,8 +146,6 @@ def prepare_cameras(cfg: BenchConfig, data: SceneData) -> tuple[Cameras, dict]:
     on the object-free ring inside the room) and every camera must stay inside the room.
     Returns ``(cameras (N,), trajectory info for the report)``.
     """
-    from ..trajectories import PRESETS, load_trajectory, resample
-
     name = cfg.traj or "orbit_360"
     overrides = {}
     is_preset = not Path(name).exists() and name.removeprefix("preset:") in PRESETS

@@ -50,9 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..errors import MirageError
 from .registry import RANDOM_WEIGHTS_MARKER, hf_progress
+from .wan_vae import TINY_WAN22_VAE_CONFIG
 
 #: Tiny transformer config (as diffusers' own tests); ``rope_max_seq_len`` as the real models so any
 #: frame size the real model accepts also runs here.
@@ -133,8 +135,6 @@ def tiny_wan22_base_components(seed: int = 0, num_layers: int | None = None) -> 
     """Components of a tiny Wan2.2-TI2V-style ``WanPipeline`` (real classes, random weights, seeded)."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
-
-    from .wan_vae import TINY_WAN22_VAE_CONFIG
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -237,8 +237,6 @@ def save_tiny_mirage_files(base_transformer, vace_path: str | os.PathLike, lora_
 
     Returns the diffusers-named ``(vace, lora)`` dicts (values rounded to bf16 as written).
     """
-    from safetensors.torch import save_file
-
     spatia = layout == "spatia"
     vace, lora = tiny_mirage_weights(base_transformer, seed, vace_cfg=TINY_SPATIA_VACE if spatia else None)
     vace = {k: v.to(torch.bfloat16) for k, v in vace.items()}

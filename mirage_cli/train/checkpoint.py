@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import MirageError
 from ..io import atomic_path, write_json
+from ..models.tiny import LORA_TARGETS, reference_vace_name
 from .model import ADAPTER, is_lora, is_vace
 from .sharding import full, is_sharded, like
 
@@ -118,8 +120,6 @@ def save_checkpoint(out: Path, step: int, weights: dict[str, torch.Tensor], opti
 
     ``weights`` / ``optimizer``: :func:`trainable_state` / :func:`optimizer_tensors` (gathered on every
     rank; one rank writes)."""
-    from safetensors.torch import save_file
-
     final = checkpoint_dir(out, step)
     tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
     if tmp.exists():
@@ -161,8 +161,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
     Raises:
         MirageError: missing or foreign files.
     """
-    from safetensors.torch import load_file
-
     path = find_checkpoint(path)
     try:
         state = json.loads((path / STATE).read_text())
@@ -192,8 +190,6 @@ def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], sou
 # ------------------------------------------------------------------------------------------ export
 def _lora_key(module: str) -> str:
     """``blocks.N.attn1.to_q`` -> ``pipe.dit.blocks.N.self_attn.q`` (the reference's naming)."""
-    from ..models.tiny import LORA_TARGETS
-
     original = {v: k for k, v in LORA_TARGETS.items()}
     _, i, dname = module.split(".", 2)
     return f"pipe.dit.blocks.{i}.{original[dname]}"
@@ -203,10 +199,6 @@ def export_weights(weights: dict[str, torch.Tensor], out: Path, *, rank: int, al
                    meta: dict | None = None) -> tuple[Path, Path | None]:
     """Write ``out/vace.safetensors`` and (if ``weights`` hold a LoRA) ``out/lora.safetensors`` atomically,
     in the reference's naming (module docstring). ``weights``: :func:`trainable_state`. Returns their paths."""
-    from safetensors.torch import save_file
-
-    from ..models.tiny import reference_vace_name
-
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,10 +230,6 @@ def load_exported(model: torch.nn.Module, vace: Path | None, lora: Path | None) 
     Raises:
         MirageError: a key that names no parameter, or a shape mismatch.
     """
-    from safetensors.torch import load_file
-
-    from ..models.tiny import reference_vace_name
-
     params = dict(model.named_parameters())
     if vace is not None:
         names = {reference_vace_name(n): n for n in params if is_vace(n)}

@@ -24,20 +24,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import __version__
 from ..data.shards import ShardStream, TrainingSample, TrainingShards, load_extras
 from ..errors import MirageError
 from ..io import write_json
+from ..models.convert import check_base
 from . import checkpoint as ck
 from . import report
+from .budget import distribution_of, run_budget
 from .config import TrainConfig
-from .model import build_model, set_stage_modes, trainable
+from .model import base_dir, build_model, set_stage_modes, trainable
 from .objective import StoredConditioning, check_sample, flow_loss, make_batch, sample_sigmas, transformer_fn
 from .sharding import check_supported, prepare_stage
 from .validate import ValidationRecord, Validator, check_validation, held_out, training_indices
@@ -149,9 +152,6 @@ def check_inputs(cfg: TrainConfig) -> int:
     Raises:
         MirageError: missing, foreign or empty shards; a base that is not Wan2.2-TI2V-shaped.
     """
-    from ..models.convert import check_base
-    from .model import base_dir
-
     n = len(TrainingShards(cfg.data))
     if n == 0:
         raise MirageError(f"{cfg.data}: no samples (index.json lists none)")
@@ -213,8 +213,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if cfg.device == "cuda" and acc.device.type != "cuda":
         raise MirageError("--device cuda: no CUDA device available")
     check_supported(acc)
-    from .budget import distribution_of, run_budget
-
     budget = run_budget(cfg, *distribution_of(acc), acc.device, check=cfg.memory_check)
     if acc.is_main_process:
         say(budget.line())
@@ -405,8 +403,6 @@ def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[Traini
 
 
 def _to(batch, device):
-    from dataclasses import replace
-
     return replace(batch, **{k: getattr(batch, k).to(device) for k in ("x0", "reference", "preceding", "context",
                                                                         "text")})
 
@@ -423,8 +419,6 @@ def _record(cfg: TrainConfig, result: TrainResult, acc) -> dict:
     import accelerate
     import diffusers
     import peft
-
-    from .. import __version__
 
     n = len(result.losses)
     head = result.losses[:max(1, n // 20)]

@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file
 
 from ..errors import MirageError
+from ..models.convert import check_base, layout_layers, mirage_config_dict, weight_files
+from ..models.registry import resolve_model
 
 if TYPE_CHECKING:
     from ..models.mirage_transformer import MirageTransformer3DModel
@@ -63,9 +66,6 @@ def build_model(base: str, *, init_vace: str = "scratch", lora_rank: int | None 
     Raises:
         MirageError: not a Wan2.2-TI2V base (one line naming the file), unreadable weights.
     """
-    from safetensors.torch import load_file
-
-    from ..models.convert import weight_files
     from ..models.mirage_transformer import MirageTransformer3DModel
 
     root = base_dir(base)
@@ -107,8 +107,6 @@ def mirage_config(root: Path) -> dict:
     Raises:
         MirageError: not a Wan2.2-TI2V base (one line naming the file).
     """
-    from ..models.convert import check_base, layout_layers, mirage_config_dict
-
     cfg = check_base(root)
     n_layers = int(cfg["num_layers"])
     n_vace = (n_layers + 1) // 2
@@ -184,6 +182,4 @@ def lora_module_names(model: torch.nn.Module) -> list[str]:
 
 
 def base_dir(base: str) -> Path:
-    from ..models.registry import resolve_model
-
     return resolve_model(base, ["transformer", "vae"])

@@ -25,12 +25,13 @@ prepared together: the optimizer's parameters are swapped for the sharded ones).
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from ..errors import MirageError
 
 
 def is_sharded(t: torch.Tensor) -> bool:
     """Whether ``t`` is a ``DTensor`` (an FSDP2 shard)."""
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -44,8 +45,6 @@ def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     (collective), else moved to ``ref``'s device."""
     if not is_sharded(ref):
         return t.to(ref.device)
-    from torch.distributed.tensor import distribute_tensor
-
     mesh = ref.device_mesh  # type: ignore[attr-defined]
     return distribute_tensor(t.to(mesh.device_type), mesh, ref.placements)  # type: ignore[attr-defined]
 
@@ -72,8 +71,6 @@ def check_supported(acc) -> None:
         MirageError: an accelerate FSDP config with ``fsdp_version: 1``.
     """
     from accelerate.utils import DistributedType
-
-    from ..errors import MirageError
 
     if acc.distributed_type == DistributedType.FSDP and not getattr(acc, "is_fsdp2", False):
         raise MirageError("accelerate config: FSDP version 1 is not supported (a DiT block mixes the bf16 base and "

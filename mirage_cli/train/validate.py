@@ -41,12 +41,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..backends.mirage import MirageBackend
+from ..data.clips import ClipRef, read_clip
+from ..data.samples import relative_cameras
 from ..data.shards import TrainingSample, TrainingShards, load_extras, read_index
 from ..errors import MirageError
+from ..eval.sources import Clip
+from ..models.wan_vae import WanVAECodec
+from ..pipeline.config import GenerateConfig
 from .config import TrainConfig
+from .model import base_dir
 from .objective import StoredConditioning, flow_loss, make_batch, sample_sigmas, transformer_fn
 
 VALIDATION_DIR = "validation"
@@ -236,9 +243,6 @@ class Validator:
     def codec(self):
         """The base folder's Wan2.2 VAE (fp32, on the training device), loaded once."""
         if self._codec is None:
-            from ..models.wan_vae import WanVAECodec
-            from .model import base_dir
-
             self._codec = WanVAECodec.from_pretrained(base_dir(self.cfg.model), subfolder="vae", device=self.device,
                                                       dtype=torch.float32)
         return self._codec
@@ -249,7 +253,6 @@ class Validator:
         if clip is None:
             return None
         from ..eval.recon import clip_job, score_run, write_inputs
-        from ..pipeline.config import GenerateConfig
         from ..pipeline.generate import start
         from ..pipeline.inputs import Loaders
         from ..pipeline.loop import run_loop
@@ -292,12 +295,6 @@ def heldout_clip(sample: TrainingSample, options: dict):
     Raises:
         MirageError: the source folder is gone or unreadable, or its window changed.
     """
-    import numpy as np
-
-    from ..data.clips import ClipRef, read_clip
-    from ..data.samples import relative_cameras
-    from ..eval.sources import Clip
-
     m = sample.meta
     folder = Path(m["folder"])
     if not folder.exists():
