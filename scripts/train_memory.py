@@ -5,8 +5,10 @@ blocks, rank-32 LoRA; counted on the meta device, no weights) and the table of
 :func:`mirage_cli.train.budget.memory_table`: GB per GPU for every stage x precision x gradient
 checkpointing x distribution, batch 1, 4 references + 9 target + 2 preceding latent frames at 1280 x 704.
 With ``--activations`` it also prints the activation fit of ``mirage_cli/train/budget.py`` against the
-bytes autograd saves for a small model of the real classes on the CPU. Run:
-``PYTHONPATH=$PWD python3 scripts/train_memory.py [--activations]``.
+bytes autograd saves for a small model of the real classes on the CPU. With ``--time`` it prints the
+computed minutes per 1,000 steps (:func:`mirage_cli.train.budget.time_table`: FLOPs counted by torch on the
+meta device, at an assumed share of the GPUs' peak). Run:
+``PYTHONPATH=$PWD python3 scripts/train_memory.py [--activations] [--time]``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 
 import torch
 
-from mirage_cli.train.budget import GB, PAPER_CONFIG, Tokens, estimate, memory_table, param_counts
+from mirage_cli.train.budget import GB, PAPER_CONFIG, Tokens, estimate, memory_table, param_counts, time_table
 
 
 def saved_bytes(stage: str, checkpointing: bool, layers: int) -> tuple[float, float]:
@@ -63,3 +65,6 @@ if __name__ == "__main__":
                 got, est = saved_bytes(stage, False, layers)
                 print(f"activations, stage {stage}, {layers} DiT layers (D 512, F 2391, 1920 tokens, fp32): saved by "
                       f"autograd {got / 1e6:.1f} MB, estimate {est / 1e6:.1f} MB ({est / got - 1:+.0%})")
+    if "--time" in sys.argv:
+        print("minutes per 1,000 optimizer steps (computed, not measured), batch 1 per GPU, bf16, same sample:")
+        print(time_table())

@@ -69,18 +69,18 @@ def test_fraction_intervals_stay_inside_zero_one():
 
 def test_true_frames_written_as_a_run_score_the_cap(tmp_path, monkeypatch, clip):
     """The whole recon path with a perfect generator: the run is made, then its frames read back are the truth."""
-    import mirage_cli.pipeline.generate as generate
+    import mirage_cli.eval.recon as recon
     from mirage_cli.eval.recon import eval_recon
     from mirage_cli.pipeline.config import GenerateConfig
 
-    real_reopen = generate.reopen
+    real_reopen = recon.reopen  # the name eval's scoring calls
 
     def perfect(out, *a, **kw):
         run = real_reopen(out, *a, **kw)
         run.video.kept = list(clip.frames)
         return run
 
-    monkeypatch.setattr(generate, "reopen", perfect)
+    monkeypatch.setattr(recon, "reopen", perfect)
     doc = eval_recon(["synthetic:room:out_and_back"], GenerateConfig(), tmp_path / "ev", frames=9, size=(64, 48))
     agg = doc["aggregate"]
     for region in ("all", "memory", "revisit"):

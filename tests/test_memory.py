@@ -427,12 +427,12 @@ def test_save_is_atomic(room, tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     _memory(room).save(path)
     before = path.read_bytes()
-    import safetensors.torch
+    import mirage_cli.memory.storage
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(mirage_cli.memory.storage, "save_file", boom)
     with pytest.raises(MirageError, match="disk full"):  # one line for the user, old file intact
         _memory(room).save(path, extras={"x": 1})
     assert path.read_bytes() == before and not list(tmp_path.glob(".*"))

@@ -270,8 +270,9 @@ def test_temporaries_are_recognisable_and_removed_on_resume(small_scene, tmp_pat
 # ----------------------------------------------------------------------------------- 7. I/O faults
 def test_disk_full_during_a_dump_is_one_line_and_resumable(small_scene, tmp_path, monkeypatch, capsys):
     """A fault-injecting safetensors writer: ENOSPC on chunk 1's dump after writing part of it."""
-    import safetensors.torch as st
     from safetensors import SafetensorError
+
+    import mirage_cli.memory.storage as st  # the writer every memory dump goes through
 
     base = tmp_path / "base"
     assert main(run_args(small_scene["image"], base, "--cache-dump", "chunks")) == 0

@@ -27,6 +27,8 @@ from mirage_cli.train.budget import (
     memory_table,
     param_counts,
     run_budget,
+    step_flops,
+    time_table,
 )
 from mirage_cli.train.loop import _draw_batch, step_seed, train
 from mirage_cli.train.model import base_dir, build_model, is_lora, is_vace, mirage_config
@@ -121,6 +123,30 @@ def test_parameter_counts_from_the_config_are_the_built_models(kit):
         n["vace" if is_vace(name) else "lora" if is_lora(name) else "base"] += p.numel()
     assert (counts.base, counts.vace, counts.lora) == (n["base"], n["vace"], n["lora"])
     assert counts.layers == model.config.num_layers and counts.vace_blocks == len(model.vace_blocks)
+
+
+def test_step_flops_count_every_matmul_of_a_block():
+    """Two more DiT layers add exactly two blocks' matmuls and attention, counted by hand (LoRA included)."""
+    cfg = {**PAPER_CONFIG, "num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 128, "text_dim": 64,
+           "freq_dim": 32}
+    r, frames, hw = 4, (1, 3, 1), (8, 12)
+
+    def flops(layers, stage="vace", ckpt=False):
+        return step_flops({**cfg, "num_layers": layers, "vace_layers": [0]}, r, frames, hw, stage=stage,
+                          gradient_checkpointing=ckpt)
+
+    two, four = flops(2), flops(4)
+    D, F, N, L = 64, 128, 5 * 4 * 6, 512  # width, FFN width, tokens (5 latent frames of 4 x 6 patches), text
+    block = (2 * N * 4 * D * D + 2 * N * 2 * D * D + 2 * L * 2 * D * D + 2 * N * 2 * D * F  # self-attn, cross-attn, FFN
+             + 2 * N * r * 2 * D * 4 + 2 * N * r * 2 * D * 2 + 2 * L * r * 2 * D * 2 + 2 * N * r * (D + F) * 2  # LoRA
+             + 4 * N * N * D + 4 * N * L * D)  # attention scores and values
+    assert four.forward - two.forward == 2 * block
+    assert two.forward < two.total < flops(2, ckpt=True).total  # backward, then the recomputation
+
+
+@pytest.mark.slow
+def test_full_size_time_is_the_documented_table():
+    assert time_table() in (ROOT / "docs" / "training.md").read_text()  # the docs print what the code computes
 
 
 def test_full_size_estimate_is_the_documented_table():

@@ -77,11 +77,11 @@ def _train(c, out: Path, steps: int, lr_vace: float, lr_lora: float, rank: int) 
 
 def _untrained(c, out: Path, rank: int) -> Path:
     """A fresh scratch VACE and a zero LoRA (what the trainer starts from), exported as the trainer exports."""
-    from mirage_cli.train.checkpoint import export_weights
+    from mirage_cli.train.checkpoint import export_weights, trainable_state
     from mirage_cli.train.model import build_model
 
-    export_weights(build_model(str(c["base"]), lora_rank=rank, lora_alpha=float(rank)), out, rank=rank,
-                   alpha=float(rank))
+    export_weights(trainable_state(build_model(str(c["base"]), lora_rank=rank, lora_alpha=float(rank))), out,
+                   rank=rank, alpha=float(rank))
     return out
 
 

@@ -72,7 +72,7 @@ TINY_UMT5_CONFIG: dict[str, Any] = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=
 #: frozen output projection follows a LayerNorm (fixed norm per token), so the hidden state needs room
 #: beyond the 192 output directions to set each output's size; with the head of
 #: :data:`TINY_HEAD_GAIN` the VACE branch and the LoRA can then reach every output (at 24 wide they
-#: could remove about 12 % of the loss whatever the trainer did; ``scripts/train_memorise.py``).
+#: could remove about 12 % of the loss whatever the trainer did; ``tests/test_train_memorise.py``, ``scripts/tiny_head_fit.py``).
 TINY_WAN22_TRANSFORMER_CONFIG: dict[str, Any] = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128,
                                      in_channels=48, out_channels=48, text_dim=32, freq_dim=256, ffn_dim=256,
                                      num_layers=4, cross_attn_norm=True, qk_norm="rms_norm_across_heads",

@@ -316,3 +316,78 @@ def memory_table(config: dict[str, Any] = PAPER_CONFIG, lora_rank: int = 32, fra
                 rows.append(f"| {stage} | {'bf16' if precision == 'bf16' else 'fp32'} | {'yes' if ckpt else 'no'} | "
                             + " | ".join(f"{c:.1f}" for c in cells) + " |")
     return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------ time
+#: Dense bf16 tensor-core peaks in TFLOP/s (NVIDIA's data sheets: H100 / H200 SXM 989, A100 312; the
+#: sheets' larger figures assume 2:4 sparsity, which training does not use).
+PEAK_TFLOPS: dict[str, float] = {"H100 / H200 SXM": 989.0, "A100": 312.0}
+#: Model FLOP utilisations the time table spans: large-transformer training usually reaches 30-50 % of peak.
+MFU_RANGE: tuple[float, float, float] = (0.3, 0.4, 0.5)
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one optimizer step of one sample: ``forward`` and ``total`` (forward + backward + the
+    recomputation of gradient checkpointing), counted by torch's ``FlopCounterMode``."""
+
+    stage: str
+    gradient_checkpointing: bool
+    forward: float
+    total: float
+
+
+def step_flops(config: dict[str, Any], lora_rank: int, frames: tuple[int, int, int], latent_hw: tuple[int, int], *,
+               stage: str, gradient_checkpointing: bool) -> StepFlops:
+    """FLOPs of one training step of the model ``config`` describes on one sample of ``frames = (R, T, P)``
+    latent frames of ``latent_hw``, the text 512 tokens: the real ``MirageTransformer3DModel`` with its LoRA,
+    the stage's tensors trainable, run forward and backward on the **meta device** (no memory, no compute)
+    under ``torch.utils.flop_counter.FlopCounterMode``, which counts every matmul and attention call."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ..models.mirage_transformer import MirageTransformer3DModel
+    from .model import add_lora, is_lora, is_vace
+
+    with torch.device("meta"):
+        m = MirageTransformer3DModel(**config)
+        add_lora(m, lora_rank, float(lora_rank), 0.0)
+    for n, p in m.named_parameters():
+        p.requires_grad_(is_vace(n) if stage == "vace" else is_lora(n))
+    if gradient_checkpointing:
+        m.enable_gradient_checkpointing()
+    m.train()
+    R, T, P = frames
+    c = m.config
+    with torch.device("meta"):
+        x = torch.empty(1, c.in_channels, R + T + P, *latent_hw)
+        context = torch.empty(1, c.vace_in_channels, T + P, *latent_hw)
+        text = torch.empty(1, 512, c.text_dim)
+        timesteps = torch.zeros(1, R + T + P)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = m(x, timesteps, text, context, num_ref_frames=R, return_dict=False)[0]
+        forward = counter.get_total_flops()
+        out.sum().backward()
+    return StepFlops(stage, gradient_checkpointing, float(forward), float(counter.get_total_flops()))
+
+
+def time_table(config: dict[str, Any] = PAPER_CONFIG, lora_rank: int = 32, frames: tuple[int, int, int] = PAPER_FRAMES,
+               latent_hw: tuple[int, int] = PAPER_LATENT) -> str:
+    """A Markdown table of the computed minutes per 1,000 optimizer steps (batch 1 per GPU, bf16) per stage x
+    gradient checkpointing x GPU, at :data:`MFU_RANGE` of :data:`PEAK_TFLOPS` (an estimate, not a measurement:
+    communication, data loading and the optimizer step are not counted)."""
+    lo, mid, hi = MFU_RANGE
+    rows = ["| stage | gradient checkpointing | TFLOP per step | "
+            + " | ".join(f"{gpu}: min / 1k steps at {mid:.0%} ({hi:.0%} - {lo:.0%}) MFU" for gpu in PEAK_TFLOPS) + " |",
+            "|---|---|---:|" + "---:|" * len(PEAK_TFLOPS)]
+    for stage in ("vace", "lora"):
+        for ckpt in (False, True):
+            f = step_flops(config, lora_rank, frames, latent_hw, stage=stage, gradient_checkpointing=ckpt)
+
+            def minutes(peak: float, mfu: float, f: StepFlops = f) -> float:
+                return 1000 * f.total / (peak * 1e12 * mfu) / 60
+
+            cells = [f"{minutes(p, mid):.0f} ({minutes(p, hi):.0f} - {minutes(p, lo):.0f})" for p in PEAK_TFLOPS.values()]
+            rows.append(f"| {stage} | {'yes' if ckpt else 'no'} | {f.total / 1e12:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
