@@ -14,6 +14,7 @@ from PIL import Image
 
 from mirage_cli.cli import main
 from mirage_cli.data.shards import load_extras
+from mirage_cli.errors import MirageError
 from mirage_cli.train.config import TrainConfig
 from mirage_cli.train.loop import train
 from mirage_cli.train.model import build_model
@@ -138,3 +139,13 @@ def test_smoothing_is_tensorboards_debiased_ema():
     # by hand: last = 0.1 * 1 = 0.1 -> 0.1 / 0.1 = 1; last = 0.09 + 0.3 = 0.39 -> 0.39 / 0.19
     assert smoothed([1.0, 3.0]) == pytest.approx([1.0, 0.39 / 0.19])
     assert math.isnan(smoothed([1.0, float("nan"), 1.0])[1]) and smoothed([1.0, float("nan"), 1.0])[2] == pytest.approx(1.0)
+
+
+def test_validation_under_fsdp_is_refused_in_one_line(train_kit, train_shards, tmp_path, monkeypatch):
+    """Rank 0 validates alone; a model sharded by FSDP needs every rank for a forward, so the run would hang."""
+    import mirage_cli.train.loop as loop
+
+    monkeypatch.setattr(loop, "distribution_of", lambda acc: ("fsdp", 2))
+    with pytest.raises(MirageError, match="--validate-every is not supported under FSDP"):
+        train(_cfg(train_kit, train_shards, tmp_path / "w", validate_every=1))
+    assert not (tmp_path / "w").exists()  # refused before anything is written

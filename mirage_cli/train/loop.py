@@ -213,7 +213,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     if cfg.device == "cuda" and acc.device.type != "cuda":
         raise MirageError("--device cuda: no CUDA device available")
     check_supported(acc)
-    budget = run_budget(cfg, *distribution_of(acc), acc.device, check=cfg.memory_check)
+    distribution = distribution_of(acc)
+    if distribution[0] == "fsdp" and cfg.validate_every:
+        # rank 0 validates alone while the others wait; an FSDP-sharded forward needs every rank's shards
+        raise MirageError("--validate-every is not supported under FSDP (validation runs on rank 0 alone, a sharded "
+                          "model needs every rank): leave it out and score the saved checkpoints with mirage generate "
+                          "/ mirage eval, or validate under DDP")
+    budget = run_budget(cfg, *distribution, acc.device, check=cfg.memory_check)
     if acc.is_main_process:
         say(budget.line())
     out = Path(cfg.out)
