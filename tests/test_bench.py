@@ -438,10 +438,13 @@ def test_spatia_denoiser_runs_both_arms_with_one_network(spatia_model):
     point-cloud arm (rgb) VAE-encodes exactly one render and one mask video per chunk (plus its overlap pin
     and reference images); the latent arm (latent) encodes no render: only its overlap pin and, once per
     chunk length, the constant black / grey / white latents (one-time setup)."""
+    from mirage_cli.bench.report import summary_table
+
     seen = _Recorder()
     r = run_bench(BenchConfig(denoiser="spatia", model=str(spatia_model), height=32, width=32, frames=130, steps=1,
                               device="cpu"), warn=lambda m: None, observers=[seen])
     assert r["config"]["engines"] == 2 and r["config"]["chunks"] == 2 and r["config"]["content"] == "denoiser"
+    assert r["config"]["chunk_lengths"] == [121, 81] and "2 chunks of 121, then 81," in summary_table(r).title
     assert r["latent"]["per_chunk"]["codec_encodes"] == [0, 0]  # whole-chunk videos encoded: none
     assert r["pointcloud"]["per_chunk"]["codec_encodes"] == [2, 2]  # the render and the mask, each chunk
     assert r["pointcloud"]["encode_s"] == r["pointcloud"]["codec_s"] > 0

@@ -238,7 +238,8 @@ def test_validation_loss_at_fixed_noise_decreases_with_training(kit, shards, tmp
 
 def test_bad_input_is_one_line_exit_2(kit, shards, tmp_path, capsys):
     base = ["train", "--out", str(tmp_path / "o"), "--max-steps", "1", "--device", "cpu", "-q"]
-    cases = [(["--data", str(tmp_path / "none"), "--model", str(kit["base"])], "index.json"),
+    cases = [(["--data", str(tmp_path / "none"), "--model", str(kit["base"])], "no such folder"),
+             (["--data", str(shards / "index.json"), "--model", str(kit["base"])], "a file, not a shard folder"),
              (["--data", str(shards), "--model", str(shards)], "transformer"),
              (["--data", str(shards), "--model", str(kit["base"]), "--lora-rank", "0"], "--lora-rank"),
              (["--data", str(shards), "--model", str(kit["base"]), "--stage", "dit"], "--stage"),
@@ -248,6 +249,23 @@ def test_bad_input_is_one_line_exit_2(kit, shards, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert word in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o" / "final").exists()
+
+
+def test_an_out_holding_an_earlier_run_is_refused_without_resume_or_overwrite(kit, shards, tmp_path, capsys):
+    """Two runs' checkpoints in one folder would make --keep-last delete the new ones and --resume pick the old."""
+    out = tmp_path / "o"
+    args = ["train", "--data", str(shards), "--model", str(kit["base"]), "--out", str(out), "--max-steps", "1",
+            "--stage", "vace", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    capsys.readouterr()
+    assert main(args + ["--lora-rank", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds an earlier training run" in err and f"--resume {out}" in err, err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+    (out / "checkpoints" / "step-0000099").mkdir()  # an older run's higher step, which --keep-last would favour
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001"]
 
 
 def _cli(kit, shards, out, *extra) -> list[str]:

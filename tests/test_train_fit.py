@@ -275,7 +275,7 @@ def test_bad_input_before_a_run_is_one_line_exit_2(kit, shards, tmp_path, capsys
                  "2", "--lora-rank", "4", "--lora-alpha", "8", "--lr-vace", "5e-4", "--device", "cpu", "-q",
                  "--resume", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "lr_vace was 0.001, now 0.0005" in err and len(err.splitlines()) == 1, err
+    assert "--lr-vace was 0.001, now 0.0005" in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.slow

@@ -109,7 +109,7 @@ def test_held_out_clips_must_leave_training_data(train_kit, train_shards, tmp_pa
     capsys.readouterr()
     assert main(args + ["--stage", "vace", "--resume", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "held_out_clips was 0, now 1" in err and len(err.splitlines()) == 1
+    assert "--validate-clips / --validate-data was 0, now 1" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")

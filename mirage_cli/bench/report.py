@@ -144,7 +144,8 @@ def _config_section(run: BenchRun) -> dict:
     describe = getattr(s.codec, "describe", None)
     return asdict(s.cfg) | {
         "scene_label": s.data.label, "num_frames": len(s.cams), "chunks": len(s.chunks),
-        "chunk_length": s.chunks[0].length, "latent_grid": list(s.grid), "reference_depth": s.data.reference_depth,
+        "chunk_length": s.chunks[0].length, "chunk_lengths": [c.length for c in s.chunks],
+        "latent_grid": list(s.grid), "reference_depth": s.data.reference_depth,
         "trajectory": s.traj_info, "codec": describe() if describe else {"name": s.codec.name},
         "latent_write_policy": s.latent_policy, "pointcloud_write_policy": s.cfg.write_policy,
         "content": s.content, "fidelity": s.fidelity, "new_content_depth": "exact" if s.exact_depth else "filled",
@@ -197,14 +198,23 @@ def fmt_ratio(r) -> str:
     return "—" if r is None else f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
 
 
+def _lengths(config: dict) -> str:
+    """``of 9`` when every chunk has one length, else ``of 121, then 81`` (Spatia's plan); older reports
+    have only ``chunk_length``."""
+    lengths = config.get("chunk_lengths") or [config["chunk_length"]]
+    if len(set(lengths)) == 1:
+        return f"of {lengths[0]}"
+    return "of " + ", then ".join(str(n) for n in dict.fromkeys(lengths))
+
+
 def summary_table(report: dict):
     """A rich table: one row per measure, the two arms and pointcloud / latent."""
     c = report["config"]
     lat, pc, r = report["latent"], report["pointcloud"], report["ratios"]
     title = (f"mirage bench — latent memory vs RGB point cloud — codec {c['codec_label']}, {report['weights_detail']['codec']} "
              f"weights, {c['width']}x{c['height']}, {c['num_frames']} frames in "
-             f"{c['chunks']} chunk{'s' if c['chunks'] != 1 else ''} of "
-             f"{c['chunk_length']}, {report['device']}, write policy {c['pointcloud_write_policy']}")
+             f"{c['chunks']} chunk{'s' if c['chunks'] != 1 else ''} {_lengths(c)}, {report['device']}, "
+             f"write policy {c['pointcloud_write_policy']}")
     t = Table(title=title, show_header=True, title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("measure", "left"), ("latent", "right"), ("pointcloud", "right"), ("pointcloud / latent", "right"))

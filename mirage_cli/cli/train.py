@@ -41,6 +41,7 @@ def train_cmd(
     export_dtype: str = typer.Option("fp32", "--export-dtype", help="fp32 | bf16: dtype of the exported files."),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N optimizer steps (0: at the end of each stage only)."),
     keep_last: int = typer.Option(2, "--keep-last", help="Checkpoints kept on disk."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an --out that holds an earlier run (its checkpoints, final/, logs are removed first). Without it such an --out is refused unless --resume is given."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute the blocks in backward (less memory, more time)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue from a checkpoint folder, or from the newest checkpoint of an output folder."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -70,7 +71,7 @@ def train_cmd(
                       preceding=preceding, random_counts=random_counts, seed=seed, mixed_precision=mixed_precision,
                       init_vace=init_vace, init_vace_file=vace_file,
                       init_lora_file=str(init_lora) if init_lora else None, export_dtype=export_dtype,
-                      save_every=save_every, keep_last=keep_last, gradient_checkpointing=gradient_checkpointing,
+                      save_every=save_every, keep_last=keep_last, overwrite=overwrite, gradient_checkpointing=gradient_checkpointing,
                       device=device, validate_every=validate_every,
                       validate_data=str(validate_data) if validate_data else None, validate_clips=validate_clips,
                       validate_steps=validate_steps, report_to=report_to, memory_check=not no_memory_check)

@@ -184,6 +184,10 @@ def read_index(root: Path | str) -> dict:
     """
     root = Path(root)
     path = root / INDEX_FILE
+    if not root.exists():
+        raise MirageError(f"{root}: no such folder (give the folder `mirage data prepare` wrote)")
+    if not root.is_dir():
+        raise MirageError(f"{root}: a file, not a shard folder (give the folder `mirage data prepare` wrote)")
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:

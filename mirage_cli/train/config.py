@@ -54,6 +54,8 @@ class TrainConfig:
         validate_data: held-out shard folder (None: the last ``validate_clips`` clips of ``data``, not trained on).
         validate_steps: sampling steps of the validation's generation (None: the backend's default).
         report_to: ``none`` | ``tensorboard`` | ``wandb`` (accelerate's trackers, logging to ``out``).
+        overwrite: start over in an ``out`` that holds an earlier run's outputs (removed first); without it
+            such an ``out`` is refused unless the run resumes.
     """
 
     data: str
@@ -93,6 +95,7 @@ class TrainConfig:
     validate_clips: int = 1
     validate_steps: int | None = None
     report_to: str = "none"
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         bad = [s for s in self.stages if s not in STAGES]
@@ -142,6 +145,18 @@ class TrainConfig:
         """Fields of :data:`RESUME_FIXED` that differ from a checkpoint's recorded config."""
         mine = self.record()
         return [k for k in RESUME_FIXED if k in saved and saved[k] != mine[k]]
+
+
+#: The option that sets a :data:`RESUME_FIXED` field, where it is not ``--`` + the field with dashes.
+RESUME_OPTIONS = {"stages": "--stage", "held_out_clips": "--validate-clips / --validate-data"}
+
+
+def option_of(field: str) -> str:
+    """``lr_vace`` -> ``--lr-vace``: the option a user gives for a configuration field (the fields without
+    an option, such as ``weight_decay``, are named as they are)."""
+    if field in RESUME_OPTIONS:
+        return RESUME_OPTIONS[field]
+    return field if field in ("lora_dropout", "weight_decay", "max_grad_norm", "shift") else "--" + field.replace("_", "-")
 
 
 def parse_stages(text: str) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -39,14 +40,16 @@ from ..models.convert import check_base
 from . import checkpoint as ck
 from . import report
 from .budget import distribution_of, run_budget
-from .config import TrainConfig
+from .config import TrainConfig, option_of
 from .model import base_dir, build_model, set_stage_modes, trainable
 from .objective import StoredConditioning, check_sample, flow_loss, make_batch, sample_sigmas, transformer_fn
 from .sharding import check_supported, prepare_stage
-from .validate import ValidationRecord, Validator, check_validation, held_out, training_indices
+from .validate import VALIDATION_DIR, ValidationRecord, Validator, check_validation, held_out, training_indices
 
 LOG_FILE = "train.jsonl"
 FINAL = "final"
+#: What a run writes into ``--out``: an ``out`` holding any of them holds an earlier run.
+RUN_OUTPUTS = (ck.CHECKPOINTS, FINAL, LOG_FILE, report.PLOT_FILE, VALIDATION_DIR, report.PROJECT)
 RECORD = "train.json"
 
 
@@ -200,13 +203,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     t_start = time.perf_counter()
     say = say or (lambda m: None)
     check_inputs(cfg)
+    earlier = check_out(cfg, resume)
     extras = load_extras(cfg.data)
     ckpt = ck.load_checkpoint(Path(resume)) if resume is not None else None
     if ckpt is not None:
         diff = cfg.mismatches(ckpt.state.get("config", {}))
         if diff:
             k = diff[0]
-            raise MirageError(f"{ckpt.path / ck.STATE}: {k} was {ckpt.state['config'][k]!r}, now "
+            raise MirageError(f"{ckpt.path / ck.STATE}: {option_of(k)} was {ckpt.state['config'][k]!r}, now "
                               f"{cfg.record()[k]!r}: resume with the same options (or a new --out)")
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                       **report.accelerator_kwargs(cfg.report_to, cfg.out))
@@ -252,6 +256,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     run = _Run(cfg, acc, model, cond, SampleFeed(cfg.data, acc.process_index, acc.num_processes, cfg.seed, st.consumed,
                                                  training_indices(cfg, held)), st, on_step)
     if acc.is_main_process:
+        _remove(earlier)  # --overwrite: the earlier run's outputs, now that this one starts
         out.mkdir(parents=True, exist_ok=True)
         _trim_log(out / LOG_FILE, st.step)
         if held is not None:
@@ -411,6 +416,36 @@ def _draw_batch(cfg: TrainConfig, cond: StoredConditioning, samples: list[Traini
 def _to(batch, device):
     return replace(batch, **{k: getattr(batch, k).to(device) for k in ("x0", "reference", "preceding", "context",
                                                                         "text")})
+
+
+def check_out(cfg: TrainConfig, resume: str | Path | None) -> list[Path]:
+    """The earlier run's outputs in ``cfg.out`` that ``--overwrite`` removes (empty when there are none or
+    the run resumes).
+
+    Raises:
+        MirageError: ``out`` holds an earlier run's outputs, the run does not resume and ``overwrite`` is off
+            (mixing two runs' checkpoints would make ``--keep-last`` delete the new ones and ``--resume``
+            pick the old ones); ``out`` is a file.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise MirageError(f"--out {out}: is a file, not a folder")
+    if resume is not None:
+        return []
+    found = [out / name for name in RUN_OUTPUTS if (out / name).exists()]
+    if found and not cfg.overwrite:
+        raise MirageError(f"--out {out}: holds an earlier training run ({', '.join(p.name for p in found)}); "
+                          f"continue it with --resume {out}, start over with --overwrite (removes them), or "
+                          "choose another --out")
+    return found
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _trim_log(path: Path, step: int) -> None:
