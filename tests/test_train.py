@@ -372,3 +372,12 @@ def test_torchrun_two_ranks_see_disjoint_samples_and_write_once(kit, shards, tmp
         assert a != b  # each rank its own sample
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]
     assert (out / "final" / "vace.safetensors").is_file()
+
+
+def test_the_progress_line_fits_an_80_column_terminal(kit, shards, tmp_path):
+    """The stage's step, the loss and the ETA stay readable at 80 columns (rich cuts what does not fit with '…')."""
+    proc = subprocess.run(_cli(kit, shards, tmp_path / "o", "--stage", "vace", "--max-steps", "2"), timeout=300,
+                          env={**_env(), "COLUMNS": "80"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bar = [line for line in proc.stderr.replace("\r", "\n").splitlines() if line.startswith("vace 2/2")]
+    assert bar and "loss " in bar[-1] and "s/step" in bar[-1] and "…" not in bar[-1], proc.stderr[-2000:]

@@ -76,9 +76,10 @@ def train_cmd(
                       validate_data=str(validate_data) if validate_data else None, validate_clips=validate_clips,
                       validate_steps=validate_steps, report_to=report_to, memory_check=not no_memory_check)
     check_inputs(cfg)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err_console, disable=quiet)
+    compact = err_console.width < 120  # an 80-column terminal: a short bar and no samples/s, so nothing is cut
+    columns = [TextColumn("{task.description}"), BarColumn(bar_width=10 if compact else 40), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), *([] if compact else [TimeElapsedColumn()]), TimeRemainingColumn()]
+    progress = Progress(*columns, console=err_console, disable=quiet)
     with progress:
         # shown from the first message (the memory estimate) on: a refused run prints its one line alone
         task = progress.add_task("train", total=cfg.max_steps * len(cfg.stages), info="", visible=False)
@@ -89,13 +90,14 @@ def train_cmd(
             progress.update(task, visible=True)
 
         def tick(rec) -> None:
-            progress.update(task, completed=rec.step, description=rec.stage,
-                            info=f"loss {rec.loss:.4f} lr {rec.lr:.2e} {rec.seconds:.2f} s/step "
-                                 f"{cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s" + last_val[0])
+            rate = "" if compact else f" {cfg.batch_size * cfg.grad_accum / max(rec.seconds, 1e-9):.1f} samples/s"
+            # the description counts the stage's steps, the bar and M/N all stages' steps
+            progress.update(task, completed=rec.step, description=f"{rec.stage} {rec.stage_step}/{cfg.max_steps}",
+                            info=f"loss {rec.loss:.4f} lr {rec.lr:.1e} {rec.seconds:.2f} s/step{rate}" + last_val[0])
 
         def validated(rec) -> None:
             psnr = "n/a" if rec.psnr is None else f"{rec.psnr:.2f} dB"
-            last_val[0] = f" | val PSNR {psnr}"
+            last_val[0] = f" | val {psnr}"
             if quiet:
                 return
             progress.console.print(f"validation at step {rec.step}: loss {rec.loss:.4f}, PSNR {psnr}, SSIM "
