@@ -187,6 +187,8 @@ def test_cli_synth_prepare_inspect_json(tmp_path, model_dir, capsys):
     assert main(["data", "prepare", str(clips), "-o", str(out), "--model", str(model_dir), "--size", "128x64",
                  "--device", "cpu", "--no-text", "-q"]) == 0
     capsys.readouterr()
+    assert main(["data", "inspect", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("1 sample from 1 clip in 1 shard, ")
     assert main(["data", "inspect", str(out), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["samples"] == 1 and doc["keys"]["target"] == {"dtype": "F16", "shapes": {"(9, 48, 4, 8)": 1}}

@@ -281,3 +281,12 @@ def test_spatia_w2c_txt_round_trip_and_errors(tmp_path):
     (tmp_path / "bad" / "w2c.txt").write_text(lines[0] + "\n[[1, 2, 3]]\n")
     with pytest.raises(MirageError, match=r"frame 1 \(line 2\): w2c: expected a 3x4 or 4x4 matrix"):
         read_trajectory(tmp_path / "bad" / "w2c.txt")
+
+
+def test_the_convert_line_says_which_lora_keys_spatia_ignores():
+    from mirage_cli.models.convert import Ignored
+
+    line = Ignored(80, 80).line()
+    assert line.startswith("80 .alpha keys ignored: Spatia's loader scales every LoRA by 1") and "--lora-alpha" in line
+    assert Ignored(3, 1).line().endswith("; 2 keys without pipe.dit. ignored, as Spatia's loader does")
+    assert Ignored(0, 0).line() == ""

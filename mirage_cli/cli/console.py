@@ -8,6 +8,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 chunk``, ``3 chunks``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 class Progress(_RichProgress):
     """rich's Progress without the blank line it prints on stop when stderr is not a terminal
     (piped, CI, tests). That line came before every error raised inside ``with progress:``,

@@ -11,7 +11,7 @@ import typer
 from ..errors import MirageError
 from ..threads import given_threads
 from .checks import check_output_parent
-from .console import Progress, console, err_console
+from .console import Progress, console, err_console, plural
 
 app = typer.Typer(help="Training data for the paper's model: `synth` writes synthetic annotated clips, `prepare` turns "
                        "annotated clips into training samples in tar shards, `inspect` shows what shards hold.",
@@ -109,8 +109,10 @@ def prepare_cmd(
         skipped = ", ".join(f"{n} {k}" for k, n in result.skipped.items()) or "none"
         rate = f"{result.clips_per_minute:g} clips/min" if result.clips_per_minute else "no new clip"
         console.print(f"clips {result.ok} ok of {result.clips} (skipped: {skipped}; failed: {result.failed}); "
-                      f"{result.samples} samples in {result.shards} shards, {result.bytes / 1e6:.1f} MB; {rate} "
-                      f"({result.seconds:.1f} s); {out / 'prepare.json'}", highlight=False)
+                      f"{plural(result.samples, 'sample')} in {plural(result.shards, 'shard')}, "
+                      f"{result.bytes / 1e6:.1f} MB; {rate} ({result.seconds:.1f} s)",
+                      highlight=False, soft_wrap=True)
+        console.print(f"record {out / 'prepare.json'}", highlight=False, soft_wrap=True)
 
 
 @app.command("inspect", no_args_is_help=True)
@@ -136,7 +138,8 @@ def inspect_cmd(
     if json_out:
         print(json.dumps(doc, indent=2))
         return
-    console.print(f"{doc['samples']} samples from {doc['clips']} clips in {doc['shards']} shards, "
+    console.print(f"{plural(doc['samples'], 'sample')} from {plural(doc['clips'], 'clip')} in "
+                  f"{plural(doc['shards'], 'shard')}, "
                   f"{doc['bytes'] / 1e6:.1f} MB ({doc['root']})", highlight=False)
     for k, v in doc["keys"].items():
         shapes = ", ".join(f"{s} x{n}" for s, n in v["shapes"].items())

@@ -19,7 +19,7 @@ from ..pipeline.resources import MAX_PIXELS
 from ..threads import apply_light_default, given_threads
 from ..units import fmt_bytes
 from . import options
-from .console import Progress, console, err_console
+from .console import Progress, console, err_console, plural
 
 
 def register(app: typer.Typer) -> None:
@@ -222,11 +222,6 @@ def _shown(path):
         return str(Path(path).relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 chunk``, ``3 chunks``."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def grid_line(record: dict) -> str:

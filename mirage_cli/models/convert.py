@@ -289,9 +289,27 @@ def _lora_target(path: Path, key: str, module: str, targets: dict[str, tuple[int
     return name
 
 
+@dataclass(frozen=True)
+class Ignored:
+    """LoRA keys Spatia's loader leaves out: ``keys`` in all, of which ``alphas`` are ``.alpha`` tensors."""
+
+    keys: int
+    alphas: int
+
+    def line(self) -> str:
+        """``80 .alpha keys ignored: Spatia's loader scales every LoRA by 1`` (+ the other keys when any)."""
+        parts = []
+        if self.alphas:
+            parts.append(f"{self.alphas} .alpha keys ignored: Spatia's loader scales every LoRA by 1, so a LoRA "
+                         "trained with --lora-alpha other than its rank changes strength in this layout")
+        if self.keys - self.alphas:
+            parts.append(f"{self.keys - self.alphas} keys without pipe.dit. ignored, as Spatia's loader does")
+        return "; ".join(parts)
+
+
 def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]],
-               layout: str = "mirage") -> tuple[dict[str, dict], int]:
-    """LoRA file -> ``({diffusers weight name: {"A": key, "B": key, "alpha": key | None, "rank": r}}, ignored keys)``.
+               layout: str = "mirage") -> tuple[dict[str, dict], Ignored]:
+    """LoRA file -> ``({diffusers weight name: {"A": key, "B": key, "alpha": key | None, "rank": r}}, Ignored)``.
 
     ``mirage``: the reference's keys (module ``blocks.N.{self_attn|cross_attn}.{q|k|v|o}`` or
     ``blocks.N.ffn.{0|2}``, prefix ``pipe.dit.`` or ``diffusion_model.``, optional adapter segment such as
@@ -299,7 +317,7 @@ def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]],
     keys without ``pipe.dit.`` and ``.alpha`` keys are ignored (counted),
     any 2-D weight of the DiT may be a target, the scale is always 1."""
     mods: dict[str, dict] = {}
-    ignored = 0
+    ignored = alphas = 0
     with _open(path, "LoRA") as sf:
         keys = sorted(sf.keys())
         if not keys:
@@ -309,6 +327,7 @@ def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]],
                 m = _SPATIA_LORA_KEY.match(k)
                 if not m:
                     ignored += 1  # Spatia drops keys without pipe.dit., and never reads one without .lora_B.
+                    alphas += k.endswith(".alpha")
                     continue
                 name = _lora_target(path, k, m["mod"], targets)
                 part = m["ab"]
@@ -341,7 +360,7 @@ def _plan_lora(path: Path, targets: dict[str, tuple[int, ...]],
             if mod["alpha"] is not None and _shape(sf, mod["alpha"]) not in ((), (1,)):
                 raise MirageError(f"{path}: key '{mod['alpha']}' must be a scalar")
             mod["rank"] = a[0]
-    return mods, ignored
+    return mods, Ignored(ignored, alphas)
 
 
 # --------------------------------------------------------------------------------------- writing
@@ -413,7 +432,7 @@ def convert_mirage(base: str | os.PathLike, vace: str | os.PathLike, lora: str |
     plan = _plan(root, base_cfg, vace_path, lora_path, vace_layers, layout)
     say(f"validated: base {plan.base_tensors} tensors, VACE {plan.vace_tensors} tensors "
         f"(layers {list(plan.model.config.vace_layers)}), LoRA {len(plan.lora)} modules"
-        + (f" ({plan.lora_ignored} keys ignored as Spatia's loader does)" if plan.lora_ignored else ""))
+        + (f" ({plan.lora_ignored.line()})" if plan.lora_ignored.keys else ""))
 
     # 2. Write into a temporary folder beside OUT, rename at the end.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -446,7 +465,7 @@ class _Plan:
     entries: list[ShardEntry]
     model: MirageTransformer3DModel  # on the meta device
     lora: dict[str, dict]
-    lora_ignored: int = 0
+    lora_ignored: Ignored = field(default_factory=lambda: Ignored(0, 0))
 
 
 def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path | None, vace_layers: list[int] | None,
@@ -473,7 +492,7 @@ def _plan(root: Path, base_cfg: dict, vace_path: Path, lora_path: Path | None, v
     if missing:
         where = vace_path if missing[0].startswith("vace_") else root / "transformer"
         raise MirageError(f"{where}: key '{missing[0]}' is missing ({len(missing)} parameter(s) missing in all)")
-    lora, ignored = ({}, 0) if lora_path is None else _plan_lora(lora_path, {k: s for k, s in base.items()
+    lora, ignored = ({}, Ignored(0, 0)) if lora_path is None else _plan_lora(lora_path, {k: s for k, s in base.items()
                                                                              if len(s) == 2}, layout)
     return _Plan(base_files, len(base), len(vace_map), entries, model, lora, ignored)
 
@@ -565,7 +584,7 @@ def _write(tmp: Path, out: Path, root: Path, base_ref, plan: _Plan, vace_path: P
     if lora_path is not None:
         lora_info = {"path": str(lora_path.resolve()), "sha256": sha256_file(lora_path), "modules": len(lora_plan),
                      "rank": ranks[0] if len(ranks) == 1 else ranks, "scale": lora_scale, "fused": fuse,
-                     "ignored_keys": plan.lora_ignored,
+                     "ignored_keys": plan.lora_ignored.keys,
                      "alpha": "ignored (scale 1, as Spatia's loader)" if layout == "spatia" else "alpha / r when present"}
         if not fuse:
             lora_info["file"] = LORA_FILE
