@@ -445,6 +445,7 @@ def test_spatia_denoiser_runs_both_arms_with_one_network(spatia_model):
                               device="cpu"), warn=lambda m: None, observers=[seen])
     assert r["config"]["engines"] == 2 and r["config"]["chunks"] == 2 and r["config"]["content"] == "denoiser"
     assert r["config"]["chunk_lengths"] == [121, 81] and "2 chunks of 121, then 81," in summary_table(r).title
+    assert r["config"]["chunk_frames"] is None  # the spec plans the chunks; --chunk-frames is refused
     assert r["latent"]["per_chunk"]["codec_encodes"] == [0, 0]  # whole-chunk videos encoded: none
     assert r["pointcloud"]["per_chunk"]["codec_encodes"] == [2, 2]  # the render and the mask, each chunk
     assert r["pointcloud"]["encode_s"] == r["pointcloud"]["codec_s"] > 0

@@ -142,7 +142,8 @@ def laps_summary(run: BenchRun, lat: dict, pc: dict) -> list[dict]:
 def _config_section(run: BenchRun) -> dict:
     s = run.setup
     describe = getattr(s.codec, "describe", None)
-    return asdict(s.cfg) | {
+    # with two engines the backend's spec plans the chunks (--chunk-frames is refused): record none
+    return asdict(s.cfg) | ({"chunk_frames": None} if s.two_engines else {}) | {
         "scene_label": s.data.label, "num_frames": len(s.cams), "chunks": len(s.chunks),
         "chunk_length": s.chunks[0].length, "chunk_lengths": [c.length for c in s.chunks],
         "latent_grid": list(s.grid), "reference_depth": s.data.reference_depth,
