@@ -125,6 +125,13 @@ def test_local_directory_in_hub_layout(tmp_path):
         resolve_model("not-a-model")
 
 
+def test_a_mistyped_local_path_is_not_taken_for_a_repo_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kit").mkdir()
+    with pytest.raises(MirageError, match=r"model directory kit/vae does not exist \(its parent kit/ is a local folder"):
+        resolve_model("kit/vae")
+
+
 def test_weights_kind_marker(tmp_path):
     assert weights_kind(tmp_path) == "real"
     (tmp_path / "mirage_random_weights.json").write_text("{}")

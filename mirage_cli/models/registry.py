@@ -231,6 +231,9 @@ def resolve_model(ref: str | os.PathLike, subfolders: list[str] | None = None, *
         raise MirageError(f"model path {p} is a file, expected a directory in Hub layout")
     if ref_s.startswith((".", "/", "~")) or ref_s.endswith("/") or ref_s.count("/") > 1:
         raise MirageError(f"model directory {p} does not exist")
+    if "/" in ref_s and p.parent.is_dir():  # owner/name whose owner is a local folder: a mistyped path
+        raise MirageError(f"model directory {p} does not exist (its parent {p.parent}/ is a local folder, so this is "
+                          "read as a path, not as a Hugging Face repo id)")
 
     repo_id, spec = lookup(ref_s)
     name = spec.name if spec else repo_id
