@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -289,3 +290,13 @@ def test_fsdp2_checkpoint_gathers_and_reshards(kit, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(": ok (") == 2
     assert [p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()] == ["step-0000001"]
+
+
+def test_every_resume_field_names_an_option_the_cli_has():
+    """A resume mismatch names the option to give; each one exists on `mirage train` (or the field has none)."""
+    from mirage_cli.cli.train import train_cmd
+    from mirage_cli.train.config import NO_OPTION, RESUME_FIXED, option_of
+
+    flags = {f for p in inspect.signature(train_cmd).parameters.values() for f in getattr(p.default, "param_decls", [])}
+    for field in RESUME_FIXED:
+        assert field in NO_OPTION or all(o in flags for o in option_of(field).split(" / ")), field

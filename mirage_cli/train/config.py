@@ -149,14 +149,16 @@ class TrainConfig:
 
 #: The option that sets a :data:`RESUME_FIXED` field, where it is not ``--`` + the field with dashes.
 RESUME_OPTIONS = {"stages": "--stage", "held_out_clips": "--validate-clips / --validate-data"}
+#: :data:`RESUME_FIXED` fields the CLI has no option for (the reference's fixed values).
+NO_OPTION = ("lora_dropout", "weight_decay", "max_grad_norm", "shift")
 
 
 def option_of(field: str) -> str:
-    """``lr_vace`` -> ``--lr-vace``: the option a user gives for a configuration field (the fields without
-    an option, such as ``weight_decay``, are named as they are)."""
-    if field in RESUME_OPTIONS:
-        return RESUME_OPTIONS[field]
-    return field if field in ("lora_dropout", "weight_decay", "max_grad_norm", "shift") else "--" + field.replace("_", "-")
+    """``lr_vace`` -> ``--lr-vace``: the option a user gives for a configuration field (a field in
+    :data:`NO_OPTION` is named as it is)."""
+    if field in NO_OPTION:
+        return field
+    return RESUME_OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
